@@ -1,0 +1,290 @@
+// Package registry is the single source of truth about the worker fleet: which
+// workers exist, their state and why, their capabilities and weight versions.
+// It does no I/O. Every mutation bumps one generation counter, so each change
+// maps to exactly one consistent snapshot that the xDS layer can publish.
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// State is a worker's place in its lifecycle.
+type State string
+
+const (
+	// StatePending: registered, not yet routable (being checked or updated).
+	StatePending State = "pending"
+	// StateActive: receives new requests.
+	StateActive State = "active"
+	// StateDraining: finishes in-flight requests, receives no new ones.
+	StateDraining State = "draining"
+	// StateQuarantined: failed; stays out until an operator re-admits it.
+	StateQuarantined State = "quarantined"
+)
+
+// ErrNotFound is returned for operations on a worker that is not registered.
+var ErrNotFound = errors.New("worker not registered")
+
+// Video task types, as sglang-diffusion reports them in /v1/models.
+var videoTaskTypes = map[string]bool{"T2V": true, "I2V": true, "TI2V": true, "V2V": true}
+
+// Capabilities is what a worker said about itself in GET /v1/models.
+type Capabilities struct {
+	// Known is false until /v1/models was read successfully.
+	Known     bool              `json:"known"`
+	TaskTypes []string          `json:"task_types,omitempty"`
+	ModelIDs  []string          `json:"models,omitempty"`
+	Models    []json.RawMessage `json:"-"` // the entries as the worker sent them
+}
+
+// Video reports whether the worker can serve /v1/videos.
+func (c Capabilities) Video() bool {
+	for _, t := range c.TaskTypes {
+		if videoTaskTypes[strings.ToUpper(t)] {
+			return true
+		}
+	}
+	return false
+}
+
+// Worker is one registered worker. Values are copies; mutate through Registry.
+type Worker struct {
+	URL     WorkerURL
+	Address string // IP literal Envoy connects to (a hostname is resolved on admission)
+	State   State
+	Reason  string
+	Since   time.Time
+	AddedAt time.Time
+	Caps    Capabilities
+	// ConsecutiveFailures counts failed health probes in a row.
+	ConsecutiveFailures int
+	WeightVersion       string
+}
+
+// Key is the registry key: the canonical URL.
+func (w Worker) Key() string { return w.URL.String() }
+
+// Routable reports whether Envoy may send new requests to the worker.
+func (w Worker) Routable() bool { return w.State == StateActive }
+
+// InEnvoy reports whether the worker appears in Envoy's endpoints at all:
+// active ones take traffic, draining ones finish what they hold.
+func (w Worker) InEnvoy() bool { return w.State == StateActive || w.State == StateDraining }
+
+// Snapshot is a consistent view of the fleet at one generation.
+type Snapshot struct {
+	Generation uint64
+	Workers    []Worker // sorted by Key
+}
+
+// Get returns the worker with the canonical URL key.
+func (s Snapshot) Get(key string) (Worker, bool) {
+	i, ok := slices.BinarySearchFunc(s.Workers, key, func(w Worker, k string) int { return strings.Compare(w.Key(), k) })
+	if !ok {
+		return Worker{}, false
+	}
+	return s.Workers[i], true
+}
+
+// Registry holds the fleet. It is safe for concurrent use.
+type Registry struct {
+	mu      sync.Mutex
+	gen     uint64
+	workers map[string]*Worker
+	now     func() time.Time
+	subs    map[chan struct{}]struct{}
+}
+
+// New returns an empty registry. now is the clock (time.Now when nil).
+func New(now func() time.Time) *Registry {
+	if now == nil {
+		now = time.Now
+	}
+	return &Registry{workers: map[string]*Worker{}, now: now, subs: map[chan struct{}]struct{}{}}
+}
+
+// Subscribe returns a channel that receives a value after every change
+// (coalesced: a slow reader sees one wake-up for many changes) and a cancel
+// function. Readers call Snapshot to see the new state.
+func (r *Registry) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	r.mu.Lock()
+	r.subs[ch] = struct{}{}
+	r.mu.Unlock()
+	return ch, func() {
+		r.mu.Lock()
+		delete(r.subs, ch)
+		r.mu.Unlock()
+	}
+}
+
+// changedLocked bumps the generation and wakes subscribers. Caller holds mu.
+func (r *Registry) changedLocked() uint64 {
+	r.gen++
+	for ch := range r.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	return r.gen
+}
+
+// Snapshot returns a copy of the whole fleet.
+func (r *Registry) Snapshot() Snapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.snapshotLocked()
+}
+
+func (r *Registry) snapshotLocked() Snapshot {
+	out := Snapshot{Generation: r.gen, Workers: make([]Worker, 0, len(r.workers))}
+	for _, w := range r.workers {
+		out.Workers = append(out.Workers, copyWorker(*w))
+	}
+	slices.SortFunc(out.Workers, func(a, b Worker) int { return strings.Compare(a.Key(), b.Key()) })
+	return out
+}
+
+func copyWorker(w Worker) Worker {
+	w.Caps.TaskTypes = slices.Clone(w.Caps.TaskTypes)
+	w.Caps.ModelIDs = slices.Clone(w.Caps.ModelIDs)
+	w.Caps.Models = slices.Clone(w.Caps.Models)
+	return w
+}
+
+// Get returns one worker by its canonical URL.
+func (r *Registry) Get(key string) (Worker, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.workers[key]
+	if !ok {
+		return Worker{}, false
+	}
+	return copyWorker(*w), true
+}
+
+// AddResult says what Add did.
+type AddResult struct {
+	Worker     Worker
+	Created    bool
+	Generation uint64
+}
+
+// Add registers a worker in the given state, or returns the existing entry
+// unchanged: adding is idempotent. Reviving a draining or quarantined worker
+// is a separate decision (SetState), so a re-registration from the worker's
+// own side cannot bring back one that failed.
+func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state State, reason string) AddResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := u.String()
+	if w, ok := r.workers[key]; ok {
+		return AddResult{Worker: copyWorker(*w), Generation: r.gen}
+	}
+	now := r.now()
+	w := &Worker{URL: u, Address: address, State: state, Reason: reason, Since: now, AddedAt: now, Caps: caps}
+	r.workers[key] = w
+	gen := r.changedLocked()
+	return AddResult{Worker: copyWorker(*w), Created: true, Generation: gen}
+}
+
+// SetState moves a worker to a state with a reason. Setting the state it is
+// already in with the same reason is a no-op and does not bump the generation.
+// from, when not empty, makes the change conditional: it only happens while
+// the worker is in one of those states (so a slow drain cannot overwrite a
+// quarantine that happened meanwhile).
+func (r *Registry) SetState(key string, to State, reason string, from ...State) (Worker, uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.workers[key]
+	if !ok {
+		return Worker{}, r.gen, fmt.Errorf("set state of %s: %w", key, ErrNotFound)
+	}
+	if len(from) > 0 && !slices.Contains(from, w.State) {
+		return copyWorker(*w), r.gen, fmt.Errorf("set state of %s to %s: worker is %s: %w", key, to, w.State, ErrConflict)
+	}
+	if w.State == to && w.Reason == reason {
+		return copyWorker(*w), r.gen, nil
+	}
+	w.State, w.Reason, w.Since = to, reason, r.now()
+	if to == StateActive {
+		w.ConsecutiveFailures = 0
+	}
+	gen := r.changedLocked()
+	return copyWorker(*w), gen, nil
+}
+
+// ErrConflict is returned when a conditional change finds the worker in
+// another state.
+var ErrConflict = errors.New("worker state changed concurrently")
+
+// SetCapabilities records what the worker reported in /v1/models.
+func (r *Registry) SetCapabilities(key string, caps Capabilities) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.workers[key]
+	if !ok {
+		return r.gen, fmt.Errorf("set capabilities of %s: %w", key, ErrNotFound)
+	}
+	if capsEqual(w.Caps, caps) {
+		return r.gen, nil
+	}
+	w.Caps = caps
+	return r.changedLocked(), nil
+}
+
+func capsEqual(a, b Capabilities) bool {
+	return a.Known == b.Known && slices.Equal(a.TaskTypes, b.TaskTypes) && slices.Equal(a.ModelIDs, b.ModelIDs) &&
+		slices.EqualFunc(a.Models, b.Models, func(x, y json.RawMessage) bool { return string(x) == string(y) })
+}
+
+// SetAddress records a new resolved address for a worker given by hostname.
+func (r *Registry) SetAddress(key, address string) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.workers[key]
+	if !ok {
+		return r.gen, fmt.Errorf("set address of %s: %w", key, ErrNotFound)
+	}
+	if w.Address == address {
+		return r.gen, nil
+	}
+	w.Address = address
+	return r.changedLocked(), nil
+}
+
+// RecordProbe counts a health probe result and returns the number of
+// consecutive failures. It changes no routing state, so it does not bump the
+// generation.
+func (r *Registry) RecordProbe(key string, ok bool) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, found := r.workers[key]
+	if !found {
+		return 0, fmt.Errorf("record probe of %s: %w", key, ErrNotFound)
+	}
+	if ok {
+		w.ConsecutiveFailures = 0
+	} else {
+		w.ConsecutiveFailures++
+	}
+	return w.ConsecutiveFailures, nil
+}
+
+// Delete removes a worker for good.
+func (r *Registry) Delete(key string) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.workers[key]; !ok {
+		return r.gen, fmt.Errorf("delete %s: %w", key, ErrNotFound)
+	}
+	delete(r.workers, key)
+	return r.changedLocked(), nil
+}

@@ -1,0 +1,133 @@
+package registry
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func mustURL(t *testing.T, s string) WorkerURL {
+	t.Helper()
+	u, err := ParseWorkerURL(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func fixedClock() func() time.Time {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	n := 0
+	return func() time.Time { n++; return t0.Add(time.Duration(n) * time.Second) }
+}
+
+func TestAddIsIdempotentAndBumpsGenerationOnce(t *testing.T) {
+	r := New(fixedClock())
+	a := r.Add(mustURL(t, "http://h:1/"), "10.0.0.1", Capabilities{}, StateActive, "")
+	if !a.Created || a.Generation != 1 {
+		t.Fatalf("first add: %+v", a)
+	}
+	b := r.Add(mustURL(t, "http://H:1"), "10.0.0.1", Capabilities{}, StatePending, "")
+	if b.Created || b.Generation != 1 || b.Worker.State != StateActive {
+		t.Fatalf("second add changed state: %+v", b)
+	}
+	if got := len(r.Snapshot().Workers); got != 1 {
+		t.Fatalf("workers = %d, want 1", got)
+	}
+}
+
+func TestSetStateTransitions(t *testing.T) {
+	tests := []struct {
+		name    string
+		from    []State
+		to      State
+		reason  string
+		wantGen uint64
+		wantErr error
+	}{
+		{name: "same state and reason is a no-op", to: StateActive, wantGen: 1},
+		{name: "drain", to: StateDraining, reason: "removed", wantGen: 2},
+		{name: "conditional change that matches", from: []State{StateActive}, to: StateQuarantined, reason: "x", wantGen: 2},
+		{name: "conditional change that does not match", from: []State{StateDraining}, to: StateActive, wantGen: 1, wantErr: ErrConflict},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := New(fixedClock())
+			key := r.Add(mustURL(t, "http://h:1"), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key()
+			w, gen, err := r.SetState(key, tt.to, tt.reason, tt.from...)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if gen != tt.wantGen {
+				t.Fatalf("generation = %d, want %d", gen, tt.wantGen)
+			}
+			if tt.wantErr == nil && (w.State != tt.to || w.Reason != tt.reason) {
+				t.Fatalf("worker = %+v", w)
+			}
+		})
+	}
+	r := New(nil)
+	if _, _, err := r.SetState("http://nope:1", StateActive, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown worker: err = %v", err)
+	}
+}
+
+func TestSubscribeCoalescesChanges(t *testing.T) {
+	r := New(nil)
+	ch, cancel := r.Subscribe()
+	defer cancel()
+	for i := 1; i <= 3; i++ {
+		r.Add(mustURL(t, "http://h:"+string(rune('0'+i))), "10.0.0.1", Capabilities{}, StateActive, "")
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("no notification after changes")
+	}
+	select {
+	case <-ch:
+		t.Fatal("changes were not coalesced into one wake-up")
+	default:
+	}
+	if s := r.Snapshot(); s.Generation != 3 || len(s.Workers) != 3 {
+		t.Fatalf("snapshot = gen %d, %d workers", s.Generation, len(s.Workers))
+	}
+}
+
+func TestSnapshotIsACopyAndSorted(t *testing.T) {
+	r := New(nil)
+	r.Add(mustURL(t, "http://b:1"), "10.0.0.2", Capabilities{Known: true, TaskTypes: []string{"T2V"}}, StateActive, "")
+	r.Add(mustURL(t, "http://a:1"), "10.0.0.1", Capabilities{}, StateActive, "")
+	s := r.Snapshot()
+	if s.Workers[0].Key() != "http://a:1" || s.Workers[1].Key() != "http://b:1" {
+		t.Fatalf("not sorted: %v, %v", s.Workers[0].Key(), s.Workers[1].Key())
+	}
+	s.Workers[1].Caps.TaskTypes[0] = "T2I"
+	w, _ := r.Get("http://b:1")
+	if w.Caps.TaskTypes[0] != "T2V" || !w.Caps.Video() {
+		t.Fatal("snapshot shares memory with the registry")
+	}
+	if _, ok := s.Get("http://a:1"); !ok {
+		t.Fatal("Snapshot.Get missed a worker")
+	}
+}
+
+func TestRecordProbeAndDelete(t *testing.T) {
+	r := New(nil)
+	key := r.Add(mustURL(t, "http://h:1"), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key()
+	for want := 1; want <= 3; want++ {
+		if n, _ := r.RecordProbe(key, false); n != want {
+			t.Fatalf("failures = %d, want %d", n, want)
+		}
+	}
+	if n, _ := r.RecordProbe(key, true); n != 0 {
+		t.Fatalf("a passing probe left %d failures", n)
+	}
+	gen := r.Snapshot().Generation
+	if g, err := r.Delete(key); err != nil || g != gen+1 {
+		t.Fatalf("delete: gen %d err %v", g, err)
+	}
+	if _, err := r.Delete(key); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+}

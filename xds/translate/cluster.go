@@ -1,0 +1,171 @@
+package translate
+
+import (
+	"fmt"
+	"math"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	subsetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/subset/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// unlimited stands in for "no cluster-wide cap": the per-worker cap is the one
+// that matters, and a cluster-wide one would start rejecting requests (503
+// overflow) exactly when a rollout phase queues thousands of generations.
+const unlimited = math.MaxUint32
+
+// WorkersCluster builds the one cluster that holds every worker. Its endpoints
+// come over EDS. One cluster, not one per capability, because Envoy counts
+// active requests per host object: a worker listed in two clusters would be
+// seen half-loaded by each. Capability routing uses the subset load balancer,
+// whose subsets share the cluster's hosts.
+func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
+	child, err := lbPolicy(o.Policy)
+	if err != nil {
+		return nil, err
+	}
+	subset, err := typed("envoy.load_balancing_policies.subset", &subsetv3.Subset{
+		// Requests that name no subset (everything but video) may use any worker.
+		FallbackPolicy: subsetv3.Subset_ANY_ENDPOINT,
+		SubsetSelectors: []*subsetv3.Subset_LbSubsetSelector{{
+			Keys: []string{SubsetKeyVideo},
+			// Never send a video job to a worker that cannot run it.
+			FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK,
+		}},
+		SubsetLbPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: child}}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	tlsSocket, err := typed("envoy.transport_sockets.tls", &tlsv3.UpstreamTlsContext{})
+	if err != nil {
+		return nil, err
+	}
+	return &clusterv3.Cluster{
+		Name:                 ClusterWorkers,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig: adsSource(),
+		},
+		ConnectTimeout:      durationpb.New(o.ConnectTimeout),
+		LoadBalancingPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: subset}}},
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
+			// Envoy's default 50 % would, once half the fleet is out, spread
+			// traffic over failed and draining workers too.
+			HealthyPanicThreshold: &typev3.Percent{Value: 0},
+		},
+		CircuitBreakers: &clusterv3.CircuitBreakers{
+			Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+				Priority:           corev3.RoutingPriority_DEFAULT,
+				MaxConnections:     wrapperspb.UInt32(unlimited),
+				MaxPendingRequests: wrapperspb.UInt32(unlimited),
+				MaxRequests:        wrapperspb.UInt32(unlimited),
+				MaxRetries:         wrapperspb.UInt32(unlimited),
+			}},
+			// Upstream HTTP/1.1 carries one request per connection, so this is
+			// the concurrency per worker (--max-connections).
+			PerHostThresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+				Priority:       corev3.RoutingPriority_DEFAULT,
+				MaxConnections: wrapperspb.UInt32(o.MaxConnections),
+			}},
+		},
+		HealthChecks: []*corev3.HealthCheck{HealthCheck(o)},
+		// A worker removed from EDS must stop taking traffic even while it
+		// still passes health checks.
+		IgnoreHealthOnHostRemoval: true,
+		TrackClusterStats:         &clusterv3.TrackClusterStats{PerEndpointStats: true},
+		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{{
+			Name:            "https-workers",
+			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tls": structpb.NewBoolValue(true)}},
+			TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsSocket.TypedConfig}},
+		}},
+	}, nil
+}
+
+// HealthCheck is Envoy's active check of a worker's /health. sglang-diffusion
+// answers it even while generating, so a busy worker passes.
+func HealthCheck(o Options) *corev3.HealthCheck {
+	return &corev3.HealthCheck{
+		Timeout:            durationpb.New(o.HealthCheckTimeout),
+		Interval:           durationpb.New(o.HealthCheckInterval),
+		UnhealthyThreshold: wrapperspb.UInt32(o.HealthCheckFailureThreshold),
+		HealthyThreshold:   wrapperspb.UInt32(1),
+		// Envoy probes idle clusters only every 60 s by default; a router
+		// between rollout phases is idle, and must still notice a dead worker.
+		NoTrafficInterval: durationpb.New(o.HealthCheckInterval),
+		ReuseConnection:   wrapperspb.Bool(true),
+		HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+			Path: "/health",
+		}},
+	}
+}
+
+// RegistryCluster points at the control plane's REST API. It is static: the
+// control plane's address does not change while it runs.
+func RegistryCluster(o Options) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 ClusterRegistry,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(o.ConnectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: ClusterRegistry,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: socketAddress(o.RegistryAddress, o.RegistryPort),
+					}},
+				}},
+			}},
+		},
+	}
+}
+
+// lbPolicy maps --routing-algorithm to a load-balancing-policy extension.
+func lbPolicy(p Policy) (*corev3.TypedExtensionConfig, error) {
+	switch p {
+	case PolicyLeastRequest:
+		// FULL_SCAN: Envoy's default compares two random hosts, which with two
+		// workers picks the busier one a quarter of the time.
+		return typed("envoy.load_balancing_policies.least_request", &leastrequestv3.LeastRequest{
+			SelectionMethod: leastrequestv3.LeastRequest_FULL_SCAN,
+		})
+	case PolicyRoundRobin:
+		return typed("envoy.load_balancing_policies.round_robin", &roundrobinv3.RoundRobin{})
+	case PolicyRandom:
+		return typed("envoy.load_balancing_policies.random", &randomv3.Random{})
+	}
+	return nil, fmt.Errorf("translate: unknown policy %q", p)
+}
+
+func typed(name string, m proto.Message) (*corev3.TypedExtensionConfig, error) {
+	a, err := anypb.New(m)
+	if err != nil {
+		return nil, fmt.Errorf("translate: pack %s: %w", name, err)
+	}
+	return &corev3.TypedExtensionConfig{Name: name, TypedConfig: a}, nil
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+func socketAddress(addr string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       addr,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}

@@ -1,0 +1,96 @@
+// Package translate turns registry state into Envoy resources. Everything here
+// is a pure function of its arguments: no I/O, no clocks, no globals, so each
+// builder is table-tested by comparing protos and the whole translation by
+// golden files.
+package translate
+
+import (
+	"fmt"
+	"time"
+)
+
+// Resource names shared by the builders and the tests.
+const (
+	ListenerFront   = "front"
+	RouteFront      = "front"
+	ClusterWorkers  = "workers"
+	ClusterRegistry = "registry"
+
+	// Endpoint metadata keys the subset load balancer selects on.
+	SubsetKeyVideo = "video"
+
+	// transportSocketMatchKey is the endpoint metadata filter Envoy reads to
+	// pick a transport socket per endpoint (TLS for https:// workers).
+	transportSocketMatchKey = "envoy.transport_socket_match"
+)
+
+// Policy is the load-balancing policy across workers.
+type Policy string
+
+const (
+	PolicyLeastRequest Policy = "least-request"
+	PolicyRoundRobin   Policy = "round-robin"
+	PolicyRandom       Policy = "random"
+)
+
+// ParsePolicy accepts the spellings the Python routers accept.
+func ParsePolicy(s string) (Policy, error) {
+	switch Policy(s) {
+	case PolicyLeastRequest, PolicyRoundRobin, PolicyRandom:
+		return Policy(s), nil
+	}
+	return "", fmt.Errorf("unknown routing algorithm %q (want least-request, round-robin or random)", s)
+}
+
+// Options are the router settings that shape Envoy's configuration. They come
+// from the command line and do not change while the router runs.
+type Options struct {
+	ListenAddress string
+	ListenPort    uint32
+
+	Policy Policy
+	// Timeout bounds a whole request to a worker; 0 means no limit, because
+	// generations take seconds to minutes and Envoy's 15 s default would cut them.
+	Timeout time.Duration
+	// MaxConnections is the upstream concurrency per worker.
+	MaxConnections uint32
+	// MaxRetries is how often a request that failed before a worker answered is
+	// tried again on another worker.
+	MaxRetries uint32
+
+	ConnectTimeout              time.Duration
+	HealthCheckInterval         time.Duration
+	HealthCheckTimeout          time.Duration
+	HealthCheckFailureThreshold uint32
+
+	// RegistryAddress and RegistryPort are where Envoy reaches the control
+	// plane's REST API (the "registry" cluster).
+	RegistryAddress string
+	RegistryPort    uint32
+}
+
+// Validate reports options that would produce a configuration Envoy rejects.
+func (o Options) Validate() error {
+	switch {
+	case o.ListenAddress == "":
+		return fmt.Errorf("listen address is empty")
+	case o.ListenPort == 0 || o.ListenPort > 65535:
+		return fmt.Errorf("listen port %d out of range", o.ListenPort)
+	case o.RegistryAddress == "" || o.RegistryPort == 0 || o.RegistryPort > 65535:
+		return fmt.Errorf("registry address %s:%d is not valid", o.RegistryAddress, o.RegistryPort)
+	case o.Timeout < 0:
+		return fmt.Errorf("timeout must not be negative")
+	case o.MaxConnections == 0:
+		return fmt.Errorf("max connections must be at least 1")
+	case o.ConnectTimeout <= 0:
+		return fmt.Errorf("connect timeout must be positive")
+	case o.HealthCheckInterval <= 0 || o.HealthCheckTimeout <= 0:
+		return fmt.Errorf("health check interval and timeout must be positive")
+	case o.HealthCheckFailureThreshold == 0:
+		return fmt.Errorf("health check failure threshold must be at least 1")
+	}
+	if _, err := ParsePolicy(string(o.Policy)); err != nil {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,53 @@
+package translate
+
+import (
+	"fmt"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"github.com/diffrouter/diffusion-router/registry"
+)
+
+// Resources is one complete, consistent Envoy configuration.
+type Resources struct {
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+}
+
+// Build translates the fleet into Envoy's configuration.
+func Build(snap registry.Snapshot, o Options) (Resources, error) {
+	if err := o.Validate(); err != nil {
+		return Resources{}, fmt.Errorf("translate: %w", err)
+	}
+	workers, err := WorkersCluster(o)
+	if err != nil {
+		return Resources{}, err
+	}
+	front, err := FrontListener(o)
+	if err != nil {
+		return Resources{}, err
+	}
+	return Resources{
+		Clusters:  []*clusterv3.Cluster{workers, RegistryCluster(o)},
+		Endpoints: []*endpointv3.ClusterLoadAssignment{WorkersLoadAssignment(snap.Workers)},
+		Listeners: []*listenerv3.Listener{front},
+		Routes:    []*routev3.RouteConfiguration{FrontRoutes(o, FleetOf(snap.Workers))},
+	}, nil
+}
+
+// FleetOf counts what the route table depends on.
+func FleetOf(workers []registry.Worker) Fleet {
+	var f Fleet
+	for _, w := range workers {
+		f.Workers++
+		if w.Caps.Video() {
+			f.VideoWorkers++
+		}
+	}
+	return f
+}

@@ -1,0 +1,308 @@
+package translate
+
+import (
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	subsetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/subset/v3"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/diffrouter/diffusion-router/registry"
+)
+
+func testOptions() Options {
+	return Options{
+		ListenAddress:               "0.0.0.0",
+		ListenPort:                  30080,
+		Policy:                      PolicyLeastRequest,
+		MaxConnections:              100,
+		MaxRetries:                  2,
+		ConnectTimeout:              5 * time.Second,
+		HealthCheckInterval:         10 * time.Second,
+		HealthCheckTimeout:          5 * time.Second,
+		HealthCheckFailureThreshold: 3,
+		RegistryAddress:             "127.0.0.1",
+		RegistryPort:                40000,
+	}
+}
+
+func worker(t *testing.T, rawURL, addr string, state registry.State, taskTypes ...string) registry.Worker {
+	t.Helper()
+	u, err := registry.ParseWorkerURL(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return registry.Worker{URL: u, Address: addr, State: state, Caps: registry.Capabilities{Known: len(taskTypes) > 0, TaskTypes: taskTypes}}
+}
+
+func assertProtoEqual(t *testing.T, got, want proto.Message) {
+	t.Helper()
+	if !proto.Equal(got, want) {
+		t.Fatalf("proto mismatch\n got: %s\nwant: %s", prototext.Format(got), prototext.Format(want))
+	}
+}
+
+// childPolicy digs the per-subset policy out of the workers cluster.
+func childPolicy(t *testing.T, c *clusterv3.Cluster) proto.Message {
+	t.Helper()
+	cfg := c.GetLoadBalancingPolicy().GetPolicies()[0].GetTypedExtensionConfig()
+	if cfg.GetName() != "envoy.load_balancing_policies.subset" {
+		t.Fatalf("outer policy = %q, want the subset policy", cfg.GetName())
+	}
+	var s subsetv3.Subset
+	if err := cfg.GetTypedConfig().UnmarshalTo(&s); err != nil {
+		t.Fatal(err)
+	}
+	if s.GetFallbackPolicy() != subsetv3.Subset_ANY_ENDPOINT {
+		t.Errorf("fallback = %v, want ANY_ENDPOINT", s.GetFallbackPolicy())
+	}
+	sel := s.GetSubsetSelectors()
+	if len(sel) != 1 || sel[0].GetKeys()[0] != SubsetKeyVideo || sel[0].GetFallbackPolicy() != subsetv3.Subset_LbSubsetSelector_NO_FALLBACK {
+		t.Errorf("video selector = %v, want keys [video] with NO_FALLBACK", sel)
+	}
+	m, err := s.GetSubsetLbPolicy().GetPolicies()[0].GetTypedExtensionConfig().GetTypedConfig().UnmarshalNew()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestWorkersClusterPolicy(t *testing.T) {
+	tests := []struct {
+		policy Policy
+		want   proto.Message
+	}{
+		{PolicyLeastRequest, &leastrequestv3.LeastRequest{SelectionMethod: leastrequestv3.LeastRequest_FULL_SCAN}},
+		{PolicyRoundRobin, &roundrobinv3.RoundRobin{}},
+		{PolicyRandom, &randomv3.Random{}},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.policy), func(t *testing.T) {
+			o := testOptions()
+			o.Policy = tt.policy
+			c, err := WorkersCluster(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertProtoEqual(t, childPolicy(t, c), tt.want)
+			if got := c.GetCommonLbConfig().GetHealthyPanicThreshold().GetValue(); got != 0 {
+				t.Errorf("panic threshold = %v, want 0", got)
+			}
+			if !c.GetIgnoreHealthOnHostRemoval() {
+				t.Error("ignore_health_on_host_removal is off")
+			}
+			if got := c.GetCircuitBreakers().GetPerHostThresholds()[0].GetMaxConnections().GetValue(); got != 100 {
+				t.Errorf("per-host max connections = %d, want 100", got)
+			}
+		})
+	}
+	o := testOptions()
+	o.Policy = "fastest"
+	if _, err := WorkersCluster(o); err == nil {
+		t.Fatal("unknown policy accepted")
+	}
+}
+
+func TestHealthCheckFollowsFlags(t *testing.T) {
+	o := testOptions()
+	o.HealthCheckInterval = 2 * time.Second
+	o.HealthCheckFailureThreshold = 7
+	got := HealthCheck(o)
+	want := &corev3.HealthCheck{
+		Timeout:            durationpb.New(5 * time.Second),
+		Interval:           durationpb.New(2 * time.Second),
+		UnhealthyThreshold: wrapUint(7),
+		HealthyThreshold:   wrapUint(1),
+		NoTrafficInterval:  durationpb.New(2 * time.Second),
+		ReuseConnection:    wrapBool(true),
+		HealthChecker:      &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/health"}},
+	}
+	assertProtoEqual(t, got, want)
+}
+
+func TestWorkersLoadAssignment(t *testing.T) {
+	tests := []struct {
+		name       string
+		workers    []registry.Worker
+		wantHosts  []string
+		wantHealth []corev3.HealthStatus
+		wantVideo  []bool
+		wantTLS    []bool
+	}{
+		{name: "empty fleet"},
+		{
+			name: "states map to health or absence",
+			workers: []registry.Worker{
+				worker(t, "http://127.0.0.1:1", "127.0.0.1", registry.StateActive, "T2I"),
+				worker(t, "http://127.0.0.1:2", "127.0.0.1", registry.StateDraining, "T2V"),
+				worker(t, "http://127.0.0.1:3", "127.0.0.1", registry.StatePending),
+				worker(t, "http://127.0.0.1:4", "127.0.0.1", registry.StateQuarantined),
+			},
+			wantHosts:  []string{"127.0.0.1:1", "127.0.0.1:2"},
+			wantHealth: []corev3.HealthStatus{corev3.HealthStatus_HEALTHY, corev3.HealthStatus_DRAINING},
+			wantVideo:  []bool{false, true},
+			wantTLS:    []bool{false, false},
+		},
+		{
+			name:       "https worker selects the TLS transport socket",
+			workers:    []registry.Worker{worker(t, "https://gpu.example:8443", "10.1.2.3", registry.StateActive, "TI2V")},
+			wantHosts:  []string{"gpu.example:8443"},
+			wantHealth: []corev3.HealthStatus{corev3.HealthStatus_HEALTHY},
+			wantVideo:  []bool{true},
+			wantTLS:    []bool{true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cla := WorkersLoadAssignment(tt.workers)
+			if cla.GetClusterName() != ClusterWorkers {
+				t.Fatalf("cluster name = %q", cla.GetClusterName())
+			}
+			var lbs []*endpointv3.LbEndpoint
+			for _, l := range cla.GetEndpoints() {
+				lbs = append(lbs, l.GetLbEndpoints()...)
+			}
+			if len(lbs) != len(tt.wantHosts) {
+				t.Fatalf("%d endpoints, want %d", len(lbs), len(tt.wantHosts))
+			}
+			for i, lb := range lbs {
+				if got := lb.GetEndpoint().GetHostname(); got != tt.wantHosts[i] {
+					t.Errorf("endpoint %d hostname = %q, want %q", i, got, tt.wantHosts[i])
+				}
+				if lb.GetHealthStatus() != tt.wantHealth[i] {
+					t.Errorf("endpoint %d health = %v, want %v", i, lb.GetHealthStatus(), tt.wantHealth[i])
+				}
+				if got := lb.GetMetadata().GetFilterMetadata()["envoy.lb"].GetFields()[SubsetKeyVideo].GetBoolValue(); got != tt.wantVideo[i] {
+					t.Errorf("endpoint %d video = %v, want %v", i, got, tt.wantVideo[i])
+				}
+				_, tls := lb.GetMetadata().GetFilterMetadata()[transportSocketMatchKey]
+				if tls != tt.wantTLS[i] {
+					t.Errorf("endpoint %d tls match = %v, want %v", i, tls, tt.wantTLS[i])
+				}
+			}
+		})
+	}
+}
+
+func TestFrontRoutes(t *testing.T) {
+	tests := []struct {
+		name  string
+		fleet Fleet
+		// status of the direct response for the catch-all and the video route; 0 = routed to workers
+		wantCatchAll, wantVideo uint32
+	}{
+		{name: "no workers", fleet: Fleet{}, wantCatchAll: 503, wantVideo: 400},
+		{name: "image workers only", fleet: Fleet{Workers: 2}, wantCatchAll: 0, wantVideo: 400},
+		{name: "video workers", fleet: Fleet{Workers: 2, VideoWorkers: 1}, wantCatchAll: 0, wantVideo: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rc := FrontRoutes(testOptions(), tt.fleet)
+			routes := rc.GetVirtualHosts()[0].GetRoutes()
+			byMatch := map[string]*routev3.Route{}
+			for _, r := range routes {
+				key := r.GetMatch().GetPath() + r.GetMatch().GetPrefix()
+				byMatch[key] = r
+			}
+			for _, p := range RegistryPaths {
+				if byMatch[p].GetRoute().GetCluster() != ClusterRegistry {
+					t.Errorf("%s does not go to the registry", p)
+				}
+			}
+			if byMatch["/workers/"].GetRoute().GetCluster() != ClusterRegistry {
+				t.Error("/workers/ prefix does not go to the registry")
+			}
+			if last := routes[len(routes)-1]; last.GetMatch().GetPrefix() != "/" {
+				t.Errorf("catch-all is not last: %v", last.GetMatch())
+			}
+			check := func(key string, want uint32, video bool) {
+				r := byMatch[key]
+				if want != 0 {
+					if got := r.GetDirectResponse().GetStatus(); got != want {
+						t.Errorf("%s: direct status = %d, want %d", key, got, want)
+					}
+					return
+				}
+				a := r.GetRoute()
+				if a.GetCluster() != ClusterWorkers {
+					t.Fatalf("%s: cluster = %q", key, a.GetCluster())
+				}
+				if a.GetTimeout() == nil || a.GetTimeout().AsDuration() != 0 {
+					t.Errorf("%s: timeout = %v, want explicit 0 (none)", key, a.GetTimeout())
+				}
+				gotVideo := a.GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()[SubsetKeyVideo].GetBoolValue()
+				if gotVideo != video {
+					t.Errorf("%s: video subset = %v, want %v", key, gotVideo, video)
+				}
+				if a.GetRetryPolicy().GetNumRetries().GetValue() != 2 {
+					t.Errorf("%s: retries = %v", key, a.GetRetryPolicy())
+				}
+			}
+			check("/", tt.wantCatchAll, false)
+			check("/v1/videos", tt.wantVideo, true)
+			check("/v1/videos/", tt.wantVideo, true)
+		})
+	}
+}
+
+func TestTimeoutFlagReachesRoutes(t *testing.T) {
+	o := testOptions()
+	o.Timeout = 90 * time.Second
+	a := FrontRoutes(o, Fleet{Workers: 1}).GetVirtualHosts()[0].GetRoutes()
+	last := a[len(a)-1].GetRoute()
+	if last.GetTimeout().AsDuration() != 90*time.Second || last.GetIdleTimeout().AsDuration() != 90*time.Second {
+		t.Fatalf("timeout %v idle %v, want 90s", last.GetTimeout(), last.GetIdleTimeout())
+	}
+	if last.GetRetryPolicy().GetPerTryTimeout().AsDuration() != 90*time.Second {
+		t.Fatalf("per-try timeout = %v", last.GetRetryPolicy().GetPerTryTimeout())
+	}
+	o.MaxRetries = 0
+	a = FrontRoutes(o, Fleet{Workers: 1}).GetVirtualHosts()[0].GetRoutes()
+	if a[len(a)-1].GetRoute().GetRetryPolicy() != nil {
+		t.Fatal("retry policy present with --max-retries 0")
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Options)
+	}{
+		{"no listen address", func(o *Options) { o.ListenAddress = "" }},
+		{"port zero", func(o *Options) { o.ListenPort = 0 }},
+		{"negative timeout", func(o *Options) { o.Timeout = -time.Second }},
+		{"zero connections", func(o *Options) { o.MaxConnections = 0 }},
+		{"zero threshold", func(o *Options) { o.HealthCheckFailureThreshold = 0 }},
+		{"zero interval", func(o *Options) { o.HealthCheckInterval = 0 }},
+		{"bad policy", func(o *Options) { o.Policy = "x" }},
+		{"no registry", func(o *Options) { o.RegistryPort = 0 }},
+	}
+	if err := testOptions().Validate(); err != nil {
+		t.Fatalf("valid options rejected: %v", err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := testOptions()
+			tt.mutate(&o)
+			if err := o.Validate(); err == nil {
+				t.Fatal("accepted")
+			}
+			if _, err := Build(registry.Snapshot{}, o); err == nil {
+				t.Fatal("Build accepted invalid options")
+			}
+		})
+	}
+}
+
+func wrapUint(v uint32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(v) }
+func wrapBool(v bool) *wrapperspb.BoolValue     { return wrapperspb.Bool(v) }
