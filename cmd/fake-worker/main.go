@@ -1,0 +1,93 @@
+// Command fake-worker is a stand-in for an sglang-diffusion server, for tests,
+// demos and benchmarks of the router. See package fakeworker.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/fakeworker"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "fake-worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	cfg := fakeworker.DefaultConfig()
+	fs := flag.NewFlagSet("fake-worker", flag.ContinueOnError)
+	host := fs.String("host", "127.0.0.1", "address to listen on")
+	port := fs.Int("port", 0, "port to listen on (0: a free port, printed on start)")
+	fs.StringVar(&cfg.WorkerID, "worker-id", "", "name in every response (default fake-worker-PORT)")
+	fs.StringVar(&cfg.ModelPath, "model-path", cfg.ModelPath, "model the worker claims to serve")
+	fs.StringVar(&cfg.TaskType, "task-type", cfg.TaskType, "T2I, I2I, TI2I, T2V, I2V or TI2V")
+	fs.DurationVar(&cfg.Base, "base", cfg.Base, "fixed cost per request (text encode + VAE decode), unscaled")
+	fs.DurationVar(&cfg.PerStep, "per-step", cfg.PerStep, "cost of one denoising step at 1024x1024, unscaled")
+	fs.IntVar(&cfg.DefaultSteps, "steps", cfg.DefaultSteps, "default num_inference_steps")
+	fs.IntVar(&cfg.DefaultSize, "size", cfg.DefaultSize, "default width and height")
+	fs.IntVar(&cfg.VideoFrames, "frames", cfg.VideoFrames, "default frames of a video")
+	fs.Float64Var(&cfg.Jitter, "jitter", cfg.Jitter, "relative service-time jitter, uniform in +/-")
+	fs.Float64Var(&cfg.TimeScale, "time-scale", cfg.TimeScale, "multiplies every service time (0.001: milliseconds for seconds)")
+	fs.DurationVar(&cfg.UpdateTime, "update-time", cfg.UpdateTime, "time update_weights_from_disk blocks the queue, unscaled")
+	fs.Float64Var(&cfg.FailRate, "fail-rate", 0, "fraction of generations that answer 500")
+	fs.Float64Var(&cfg.HangRate, "hang-rate", 0, "fraction of generations that never answer")
+	fs.DurationVar(&cfg.StartupDelay, "startup-delay", 0, "wait before opening the port")
+	fs.DurationVar(&cfg.Warmup, "warmup", 0, "after the port opens, generations wait this long (health answers at once)")
+	fs.Int64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *port < 0 || *port > 65535 {
+		return fmt.Errorf("--port %d out of range", *port)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if cfg.StartupDelay > 0 {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(cfg.StartupDelay):
+		}
+	}
+	lis, err := net.Listen("tcp", net.JoinHostPort(*host, strconv.Itoa(*port)))
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	actual := lis.Addr().(*net.TCPAddr).Port
+	if cfg.WorkerID == "" {
+		cfg.WorkerID = "fake-worker-" + strconv.Itoa(actual)
+	}
+	srv, err := fakeworker.New(cfg)
+	if err != nil {
+		return err
+	}
+	go srv.Run(ctx)
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(shutdown)
+	}()
+	// Tests and scripts read this line to learn the port.
+	fmt.Printf("fake-worker %s listening on http://%s\n", cfg.WorkerID, net.JoinHostPort(*host, strconv.Itoa(actual)))
+	if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,117 @@
+package envoy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// HostStats is what one Envoy reports about one upstream host.
+type HostStats struct {
+	Cluster  string
+	Hostname string // as set in EDS: host:port of the worker URL
+	Address  string // ip:port Envoy connects to
+	// Active requests in flight from this Envoy to the host.
+	RqActive uint64
+	RqTotal  uint64
+	RqError  uint64
+	// Health as this Envoy sees it.
+	FailedActiveHC   bool
+	FailedOutlier    bool
+	EDSHealth        string
+	PendingActiveHC  bool
+	ActiveHCTimeouts bool
+}
+
+// AdminClient reads an Envoy admin interface.
+type AdminClient struct {
+	HTTP *http.Client
+}
+
+// NewAdminClient returns a client with a short timeout: admin answers are
+// local and fast, and a hung Envoy must not stall the control plane.
+func NewAdminClient() *AdminClient {
+	return &AdminClient{HTTP: &http.Client{Timeout: 3 * time.Second}}
+}
+
+// Clusters fetches /clusters?format=json from the admin address (host:port)
+// and returns the stats of every host in every cluster.
+func (c *AdminClient) Clusters(ctx context.Context, admin string) ([]HostStats, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/clusters?format=json", nil)
+	if err != nil {
+		return nil, fmt.Errorf("envoy admin %s: %w", admin, err)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("envoy admin %s: %w", admin, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("envoy admin %s: read clusters: %w", admin, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("envoy admin %s: /clusters answered %d", admin, resp.StatusCode)
+	}
+	return ParseClusters(body)
+}
+
+// ParseClusters decodes the admin /clusters?format=json document.
+func ParseClusters(body []byte) ([]HostStats, error) {
+	var doc adminv3.Clusters
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("decode envoy /clusters: %w", err)
+	}
+	var out []HostStats
+	for _, cs := range doc.GetClusterStatuses() {
+		for _, h := range cs.GetHostStatuses() {
+			hs := HostStats{Cluster: cs.GetName(), Hostname: h.GetHostname()}
+			if sa := h.GetAddress().GetSocketAddress(); sa != nil {
+				hs.Address = sa.GetAddress() + ":" + strconv.FormatUint(uint64(sa.GetPortValue()), 10)
+			}
+			for _, st := range h.GetStats() {
+				switch st.GetName() {
+				case "rq_active":
+					hs.RqActive = st.GetValue()
+				case "rq_total":
+					hs.RqTotal = st.GetValue()
+				case "rq_error":
+					hs.RqError = st.GetValue()
+				}
+			}
+			hh := h.GetHealthStatus()
+			hs.FailedActiveHC = hh.GetFailedActiveHealthCheck()
+			hs.FailedOutlier = hh.GetFailedOutlierCheck()
+			hs.PendingActiveHC = hh.GetPendingActiveHc()
+			hs.ActiveHCTimeouts = hh.GetActiveHcTimeout()
+			hs.EDSHealth = hh.GetEdsHealthStatus().String()
+			out = append(out, hs)
+		}
+	}
+	return out, nil
+}
+
+// Ready reports whether the admin interface answers /ready with 200 (Envoy
+// has its initial configuration and is serving).
+func (c *AdminClient) Ready(ctx context.Context, admin string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/ready", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("envoy admin %s: %w", admin, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("envoy admin %s: /ready answered %d", admin, resp.StatusCode)
+	}
+	return nil
+}

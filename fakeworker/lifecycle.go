@@ -1,0 +1,341 @@
+package fakeworker
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Videos: creation answers at once with a queued job; the GPU runs it later;
+// clients poll until completed or failed, then fetch the content.
+
+func (s *Server) handleVideoCreate(w http.ResponseWriter, r *http.Request) {
+	if !s.cfg.Video() {
+		writeJSON(w, 400, map[string]any{"error": fmt.Sprintf("model %s (task type %s) does not generate videos", s.currentModel(), s.cfg.TaskType)})
+		return
+	}
+	var body map[string]any
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
+		if err := r.ParseMultipartForm(32 << 20); err != nil {
+			validationError(w, "malformed multipart body: "+err.Error())
+			return
+		}
+		body = map[string]any{}
+		for k, v := range r.MultipartForm.Value {
+			if len(v) > 0 {
+				body[k] = v[0]
+			}
+		}
+		for _, k := range []string{"num_inference_steps", "num_frames", "seed", "width", "height"} {
+			if v, ok := body[k].(string); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					validationError(w, k+" must be a number")
+					return
+				}
+				body[k] = f
+			}
+		}
+	} else {
+		var err error
+		if body, err = decodeJSONObject(r); err != nil {
+			validationError(w, err.Error())
+			return
+		}
+	}
+	p, perr := s.parseGenParams(body, true)
+	if perr != nil {
+		validationError(w, perr.msg)
+		return
+	}
+	if !s.admitGeneration(w) {
+		return
+	}
+	fail, _ := s.outcome()
+	v := &video{
+		ID: newID("video_"), Object: "video", Status: "queued", CreatedAt: time.Now().Unix(),
+		Model: s.currentModel(), Prompt: p.Prompt, Size: fmt.Sprintf("%dx%d", p.Width, p.Height),
+		Seconds: strconv.FormatFloat(float64(p.Frames)/16, 'f', 2, 64), WorkerID: s.cfg.WorkerID,
+		cost: s.cost(p),
+	}
+	s.mu.Lock()
+	s.videos[v.ID] = v
+	snapshot := *v
+	s.mu.Unlock()
+
+	j := &job{kind: "video", cost: v.cost}
+	j.run = func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if fail {
+			msg := "simulated generation failure"
+			v.Status, v.Error = "failed", &msg
+			s.failed++
+			return
+		}
+		v.Status, v.Progress = "completed", 100
+		v.content = fakeMP4(v.ID)
+		s.served["video"]++
+	}
+	s.gpu.submit(j)
+	go func() {
+		<-j.started
+		s.mu.Lock()
+		if v.Status == "queued" {
+			v.Status, v.started = "in_progress", j.startedAt
+		}
+		s.mu.Unlock()
+	}()
+	writeJSON(w, 200, snapshot)
+}
+
+// fakeMP4 is a small blob that starts like an MP4 file.
+func fakeMP4(id string) []byte {
+	b := []byte("\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom")
+	return append(b, []byte(id)...)
+}
+
+func (s *Server) videoView(v *video) video {
+	out := *v
+	if out.Status == "in_progress" && v.cost > 0 {
+		out.Progress = min(99, int(100*time.Since(v.started)/v.cost))
+	}
+	return out
+}
+
+func (s *Server) handleVideoGet(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	v, ok := s.videos[r.PathValue("id")]
+	var view video
+	if ok {
+		view = s.videoView(v)
+	}
+	s.mu.Unlock()
+	if !ok {
+		writeJSON(w, 404, map[string]any{"error": "video not found"})
+		return
+	}
+	writeJSON(w, 200, view)
+}
+
+func (s *Server) handleVideoList(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	out := make([]video, 0, len(s.videos))
+	for _, v := range s.videos {
+		out = append(out, s.videoView(v))
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	writeJSON(w, 200, map[string]any{"object": "list", "data": out})
+}
+
+func (s *Server) handleVideoDelete(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	s.mu.Lock()
+	_, ok := s.videos[id]
+	delete(s.videos, id)
+	s.mu.Unlock()
+	if !ok {
+		writeJSON(w, 404, map[string]any{"error": "video not found"})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"id": id, "object": "video.deleted", "deleted": true})
+}
+
+func (s *Server) handleVideoContent(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	v, ok := s.videos[r.PathValue("id")]
+	var status string
+	var content []byte
+	if ok {
+		status, content = v.Status, v.content
+	}
+	s.mu.Unlock()
+	switch {
+	case !ok:
+		writeJSON(w, 404, map[string]any{"error": "video not found"})
+	case status != "completed":
+		writeJSON(w, 400, map[string]any{"error": "video is " + status + ", not completed"})
+	default:
+		w.Header().Set("Content-Type", "video/mp4")
+		_, _ = w.Write(content)
+	}
+}
+
+// Weights and memory: the RL control calls.
+
+func (s *Server) handleUpdateWeights(w http.ResponseWriter, r *http.Request) {
+	body, err := decodeJSONObject(r)
+	if err != nil {
+		writeJSON(w, 400, map[string]any{"success": false, "message": err.Error()})
+		return
+	}
+	path, ok := body["model_path"].(string)
+	if !ok || path == "" {
+		writeJSON(w, 400, map[string]any{"success": false, "message": "model_path is required"})
+		return
+	}
+	if v, ok := body["flush_cache"]; ok && v != nil {
+		if _, isBool := v.(bool); !isBool {
+			writeJSON(w, 400, map[string]any{"success": false, "message": "flush_cache must be a boolean"})
+			return
+		}
+	}
+	if v, ok := body["target_modules"]; ok && v != nil {
+		if _, isList := v.([]any); !isList {
+			writeJSON(w, 400, map[string]any{"success": false, "message": "target_modules must be a list or null"})
+			return
+		}
+	}
+	s.mu.Lock()
+	faults, sleeping := s.faults, s.sleeping
+	s.mu.Unlock()
+	if sleeping {
+		writeJSON(w, 400, map[string]any{"success": false, "message": "cannot update weights while memory is released"})
+		return
+	}
+	if faults.UpdateHang {
+		<-r.Context().Done()
+		return
+	}
+	// The update waits behind in-flight generations and blocks the queue
+	// while it loads, as in sglang-diffusion.
+	j := &job{kind: "update", cost: time.Duration(float64(s.cfg.UpdateTime) * s.cfg.TimeScale)}
+	j.run = func() {
+		if faults.UpdateFail {
+			return
+		}
+		s.mu.Lock()
+		s.modelPath = path
+		s.updates++
+		s.mu.Unlock()
+	}
+	s.gpu.submit(j)
+	<-j.done
+	if faults.UpdateFail {
+		writeJSON(w, 400, map[string]any{"success": false, "message": "simulated failure loading weights from " + path})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"success": true, "message": "Updated model weights from disk: " + path, "worker_id": s.cfg.WorkerID})
+}
+
+func (s *Server) handleSleep(sleep bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		s.mu.Lock()
+		s.sleeping = sleep
+		s.mu.Unlock()
+		msg := "memory resumed"
+		if sleep {
+			msg = "memory released"
+		}
+		writeJSON(w, 200, map[string]any{"success": true, "message": msg, "worker_id": s.cfg.WorkerID})
+	}
+}
+
+func (s *Server) handleChecksum(w http.ResponseWriter, _ *http.Request) {
+	sum := sha256.Sum256([]byte(s.currentModel()))
+	writeJSON(w, 200, map[string]any{"success": true, "checksum": hex.EncodeToString(sum[:]), "worker_id": s.cfg.WorkerID})
+}
+
+func (s *Server) handleSetLora(w http.ResponseWriter, r *http.Request) {
+	body, err := decodeJSONObject(r)
+	if err != nil {
+		writeJSON(w, 400, map[string]any{"success": false, "message": err.Error()})
+		return
+	}
+	name, _ := body["lora_nickname"].(string)
+	path, _ := body["lora_path"].(string)
+	if name == "" {
+		writeJSON(w, 400, map[string]any{"success": false, "message": "lora_nickname is required"})
+		return
+	}
+	s.mu.Lock()
+	s.loras[name] = path
+	s.mu.Unlock()
+	writeJSON(w, 200, map[string]any{"success": true, "message": "LoRA " + name + " set"})
+}
+
+func (s *Server) handleMergeLora(merge bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		s.mu.Lock()
+		s.merged = merge
+		s.mu.Unlock()
+		writeJSON(w, 200, map[string]any{"success": true, "merged": merge})
+	}
+}
+
+func (s *Server) handleListLoras(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	out := map[string]any{"loras": s.loras, "merged": s.merged}
+	s.mu.Unlock()
+	writeJSON(w, 200, out)
+}
+
+// Test hooks.
+
+// Stats is what GET /stats answers.
+type Stats struct {
+	WorkerID      string         `json:"worker_id"`
+	ModelPath     string         `json:"model_path"`
+	Served        map[string]int `json:"served"`
+	ServedTotal   int            `json:"served_total"`
+	Failed        int            `json:"failed"`
+	Hung          int            `json:"hung"`
+	WeightUpdates int            `json:"weight_updates"`
+	Sleeping      bool           `json:"sleeping"`
+	gpuStats
+}
+
+func (s *Server) handleStats(w http.ResponseWriter, _ *http.Request) {
+	g := s.gpu.stats()
+	s.mu.Lock()
+	st := Stats{WorkerID: s.cfg.WorkerID, ModelPath: s.modelPath, Served: map[string]int{}, Failed: s.failed,
+		Hung: s.hung, WeightUpdates: s.updates, Sleeping: s.sleeping, gpuStats: g}
+	for k, v := range s.served {
+		st.Served[k] = v
+		st.ServedTotal += v
+	}
+	s.mu.Unlock()
+	writeJSON(w, 200, st)
+}
+
+func (s *Server) handleGetFaults(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	f := s.faults
+	s.mu.Unlock()
+	writeJSON(w, 200, f)
+}
+
+func (s *Server) handleSetFaults(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	f := s.faults
+	s.mu.Unlock()
+	if err := decodeStrict(r, &f); err != nil {
+		writeJSON(w, 400, map[string]any{"error": err.Error()})
+		return
+	}
+	if f.FailRate < 0 || f.FailRate > 1 || f.HangRate < 0 || f.HangRate > 1 {
+		writeJSON(w, 400, map[string]any{"error": "fail_rate and hang_rate must be in [0, 1]"})
+		return
+	}
+	s.mu.Lock()
+	s.faults = f
+	s.mu.Unlock()
+	writeJSON(w, 200, f)
+}
+
+func decodeStrict(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("invalid JSON body: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,531 @@
+package fakeworker
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Server is one fake sglang-diffusion worker.
+type Server struct {
+	cfg Config
+	gpu *gpu
+
+	mu        sync.Mutex
+	rng       *mrand.Rand
+	modelPath string
+	updates   int
+	sleeping  bool
+	faults    Faults
+	loras     map[string]string
+	merged    bool
+	served    map[string]int
+	failed    int
+	hung      int
+	images    map[string][]byte
+	imageIDs  []string // insertion order, to bound memory
+	videos    map[string]*video
+}
+
+// Faults can be changed while the worker runs (POST /_fake/faults).
+type Faults struct {
+	FailRate   float64 `json:"fail_rate"`
+	HangRate   float64 `json:"hang_rate"`
+	UpdateFail bool    `json:"update_fail"`
+	UpdateHang bool    `json:"update_hang"`
+}
+
+type video struct {
+	ID        string  `json:"id"`
+	Object    string  `json:"object"`
+	Status    string  `json:"status"`
+	Progress  int     `json:"progress"`
+	CreatedAt int64   `json:"created_at"`
+	Model     string  `json:"model"`
+	Prompt    string  `json:"prompt"`
+	Size      string  `json:"size"`
+	Seconds   string  `json:"seconds"`
+	Error     *string `json:"error"`
+	WorkerID  string  `json:"worker_id"`
+
+	cost    time.Duration
+	started time.Time
+	content []byte
+}
+
+const maxStoredImages = 4096
+
+// New returns a worker; call Run to start its GPU.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("fake worker config: %w", err)
+	}
+	seed := uint64(cfg.Seed)
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	return &Server{
+		cfg:       cfg,
+		gpu:       newGPU(),
+		rng:       mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		modelPath: cfg.ModelPath,
+		faults:    Faults{FailRate: cfg.FailRate, HangRate: cfg.HangRate},
+		loras:     map[string]string{},
+		served:    map[string]int{},
+		images:    map[string][]byte{},
+		videos:    map[string]*video{},
+	}, nil
+}
+
+// Run processes the GPU queue until ctx ends.
+func (s *Server) Run(ctx context.Context) { s.gpu.loop(ctx, s.cfg.Warmup) }
+
+// Handler is the worker's HTTP API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, 200, map[string]any{"status": "ok"})
+	})
+	mux.HandleFunc("GET /v1/models", s.handleModels)
+	mux.HandleFunc("GET /models", s.handleModelInfo)
+	mux.HandleFunc("GET /v1/model_info", s.handleModelInfo)
+	mux.HandleFunc("GET /model_info", s.handleModelInfo)
+	mux.HandleFunc("GET /server_info", s.handleServerInfo)
+	mux.HandleFunc("POST /v1/images/generations", s.handleImageGenerations)
+	mux.HandleFunc("POST /v1/images/edits", s.handleImageEdits)
+	mux.HandleFunc("GET /v1/images/{id}/content", s.handleImageContent)
+	mux.HandleFunc("POST /v1/videos", s.handleVideoCreate)
+	mux.HandleFunc("GET /v1/videos", s.handleVideoList)
+	mux.HandleFunc("GET /v1/videos/{id}", s.handleVideoGet)
+	mux.HandleFunc("DELETE /v1/videos/{id}", s.handleVideoDelete)
+	mux.HandleFunc("GET /v1/videos/{id}/content", s.handleVideoContent)
+	mux.HandleFunc("POST /v1/diffusion/generate", s.handleNative)
+	mux.HandleFunc("POST /update_weights_from_disk", s.handleUpdateWeights)
+	mux.HandleFunc("POST /release_memory_occupation", s.handleSleep(true))
+	mux.HandleFunc("POST /resume_memory_occupation", s.handleSleep(false))
+	mux.HandleFunc("POST /get_weights_checksum", s.handleChecksum)
+	mux.HandleFunc("POST /v1/set_lora", s.handleSetLora)
+	mux.HandleFunc("POST /v1/merge_lora_weights", s.handleMergeLora(true))
+	mux.HandleFunc("POST /v1/unmerge_lora_weights", s.handleMergeLora(false))
+	mux.HandleFunc("GET /v1/list_loras", s.handleListLoras)
+	mux.HandleFunc("GET /stats", s.handleStats)
+	mux.HandleFunc("GET /_fake/faults", s.handleGetFaults)
+	mux.HandleFunc("POST /_fake/faults", s.handleSetFaults)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 404, map[string]any{"detail": "Not Found"})
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Every response names the worker and the weights it holds, so tests
+		// can tell who served what through the router.
+		w.Header().Set("X-Worker-Id", s.cfg.WorkerID)
+		w.Header().Set("X-Model-Path", s.currentModel())
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) currentModel() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.modelPath
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// validationError answers like FastAPI does for a request it cannot accept.
+func validationError(w http.ResponseWriter, msg string) {
+	writeJSON(w, 422, map[string]any{"detail": []map[string]any{{"type": "value_error", "msg": msg}}})
+}
+
+func newID(prefix string) string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+func (s *Server) handleModels(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, 200, map[string]any{"object": "list", "data": []map[string]any{{
+		"id": s.currentModel(), "object": "model", "created": time.Now().Unix(), "owned_by": "sglang",
+		"root": s.currentModel(), "task_type": s.cfg.TaskType,
+	}}})
+}
+
+func (s *Server) handleModelInfo(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, 200, map[string]any{
+		"model_path": s.currentModel(), "task_type": s.cfg.TaskType, "pipeline_name": "fake_pipeline",
+		"num_gpus": 1, "dit_precision": "bf16", "vae_precision": "fp16", "worker_id": s.cfg.WorkerID,
+	})
+}
+
+func (s *Server) handleServerInfo(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	info := map[string]any{"model_path": s.modelPath, "task_type": s.cfg.TaskType, "worker_id": s.cfg.WorkerID,
+		"sleeping": s.sleeping, "weight_updates": s.updates, "version": "fake-worker"}
+	s.mu.Unlock()
+	writeJSON(w, 200, info)
+}
+
+// genParams are the fields of a generation request that shape its cost.
+type genParams struct {
+	Prompt         string
+	N              int
+	Steps          int
+	Width, Height  int
+	Frames         int
+	ResponseFormat string
+	Seed           int64
+}
+
+type paramError struct {
+	status int
+	msg    string
+}
+
+func (e *paramError) Error() string { return e.msg }
+
+// parseGenParams validates the fields sglang-diffusion validates.
+func (s *Server) parseGenParams(body map[string]any, video bool) (genParams, *paramError) {
+	p := genParams{N: 1, Steps: s.cfg.DefaultSteps, Width: s.cfg.DefaultSize, Height: s.cfg.DefaultSize, Frames: 1, ResponseFormat: "url"}
+	if video {
+		p.Frames = s.cfg.VideoFrames
+	}
+	prompt, ok := body["prompt"].(string)
+	if !ok || strings.TrimSpace(prompt) == "" {
+		return p, &paramError{422, "prompt is required and must be a non-empty string"}
+	}
+	p.Prompt = prompt
+	intField := func(name string, lo, hi int, dst *int) *paramError {
+		v, present := body[name]
+		if !present || v == nil {
+			return nil
+		}
+		f, ok := v.(float64)
+		if !ok || f != float64(int(f)) || int(f) < lo || int(f) > hi {
+			return &paramError{422, fmt.Sprintf("%s must be an integer in [%d, %d]", name, lo, hi)}
+		}
+		*dst = int(f)
+		return nil
+	}
+	for _, f := range []struct {
+		name   string
+		lo, hi int
+		dst    *int
+	}{
+		{"n", 1, 10, &p.N}, {"num_inference_steps", 1, 1000, &p.Steps},
+		{"width", 16, 8192, &p.Width}, {"height", 16, 8192, &p.Height}, {"num_frames", 1, 1024, &p.Frames},
+	} {
+		if err := intField(f.name, f.lo, f.hi, f.dst); err != nil {
+			return p, err
+		}
+	}
+	if v, ok := body["size"]; ok && v != nil {
+		size, ok := v.(string)
+		w, h, found := strings.Cut(strings.ToLower(size), "x")
+		wi, err1 := strconv.Atoi(w)
+		hi, err2 := strconv.Atoi(h)
+		if !ok || !found || err1 != nil || err2 != nil || wi < 16 || hi < 16 || wi > 8192 || hi > 8192 {
+			return p, &paramError{422, fmt.Sprintf("size must look like 1024x1024, got %v", v)}
+		}
+		p.Width, p.Height = wi, hi
+	}
+	if v, ok := body["response_format"]; ok && v != nil {
+		rf, _ := v.(string)
+		if rf != "url" && rf != "b64_json" {
+			return p, &paramError{400, fmt.Sprintf("response_format must be url or b64_json, got %v", v)}
+		}
+		p.ResponseFormat = rf
+	}
+	if v, ok := body["guidance_scale"]; ok && v != nil {
+		if _, ok := v.(float64); !ok {
+			return p, &paramError{422, "guidance_scale must be a number"}
+		}
+	}
+	if v, ok := body["seed"]; ok && v != nil {
+		f, ok := v.(float64)
+		if !ok {
+			return p, &paramError{422, "seed must be an integer"}
+		}
+		p.Seed = int64(f)
+	}
+	return p, nil
+}
+
+// cost draws the jittered service time of a request.
+func (s *Server) cost(p genParams) time.Duration {
+	base := s.cfg.ServiceTime(p.Steps, p.Width, p.Height, p.Frames, p.N)
+	s.mu.Lock()
+	j := 1 + s.cfg.Jitter*(2*s.rng.Float64()-1)
+	s.mu.Unlock()
+	return time.Duration(float64(base) * j)
+}
+
+// outcome decides, before the work runs, whether a request fails or hangs.
+func (s *Server) outcome() (fail, hang bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults.HangRate > 0 && s.rng.Float64() < s.faults.HangRate {
+		return false, true
+	}
+	return s.faults.FailRate > 0 && s.rng.Float64() < s.faults.FailRate, false
+}
+
+// admitGeneration rejects work the worker cannot take right now.
+func (s *Server) admitGeneration(w http.ResponseWriter) bool {
+	s.mu.Lock()
+	sleeping := s.sleeping
+	s.mu.Unlock()
+	if sleeping {
+		writeJSON(w, 503, map[string]any{"error": "worker memory is released (sleeping); call /resume_memory_occupation first"})
+		return false
+	}
+	return true
+}
+
+// runGeneration queues the work, waits for the GPU and accounts for it.
+// It returns false when the response was already written (hang or failure).
+func (s *Server) runGeneration(w http.ResponseWriter, r *http.Request, kind string, p genParams) (time.Duration, bool) {
+	fail, hang := s.outcome()
+	if hang {
+		s.mu.Lock()
+		s.hung++
+		s.mu.Unlock()
+		<-r.Context().Done() // accept and never answer
+		return 0, false
+	}
+	j := &job{kind: kind, cost: s.cost(p)}
+	s.gpu.submit(j)
+	<-j.done
+	s.mu.Lock()
+	if fail {
+		s.failed++
+	} else {
+		s.served[kind]++
+	}
+	s.mu.Unlock()
+	if fail {
+		writeJSON(w, 500, map[string]any{"error": "simulated generation failure", "worker_id": s.cfg.WorkerID})
+		return 0, false
+	}
+	return j.cost, true
+}
+
+func decodeJSONObject(r *http.Request) (map[string]any, error) {
+	var body map[string]any
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<20))
+	if err := dec.Decode(&body); err != nil {
+		return nil, fmt.Errorf("body is not a JSON object: %v", err)
+	}
+	if body == nil {
+		return nil, fmt.Errorf("body is not a JSON object")
+	}
+	return body, nil
+}
+
+func (s *Server) handleImageGenerations(w http.ResponseWriter, r *http.Request) {
+	body, err := decodeJSONObject(r)
+	if err != nil {
+		validationError(w, err.Error())
+		return
+	}
+	p, perr := s.parseGenParams(body, false)
+	if perr != nil {
+		if perr.status == 400 {
+			writeJSON(w, 400, map[string]any{"error": perr.msg})
+		} else {
+			validationError(w, perr.msg)
+		}
+		return
+	}
+	if !s.admitGeneration(w) {
+		return
+	}
+	spent, ok := s.runGeneration(w, r, "image", p)
+	if !ok {
+		return
+	}
+	writeJSON(w, 200, s.imageResponse(p, spent, nil))
+}
+
+// imageResponse renders the OpenAI-style images answer with real PNGs.
+func (s *Server) imageResponse(p genParams, spent time.Duration, extra map[string]any) map[string]any {
+	id := newID("img_")
+	data := make([]map[string]any, 0, p.N)
+	for i := range p.N {
+		pic := tinyPNG(p.Seed + int64(i))
+		item := map[string]any{"revised_prompt": p.Prompt, "index": i}
+		imgID := fmt.Sprintf("%s_%d", id, i)
+		if p.ResponseFormat == "b64_json" {
+			item["b64_json"] = base64.StdEncoding.EncodeToString(pic)
+		} else {
+			item["url"] = "/v1/images/" + imgID + "/content"
+		}
+		item["file_path"] = "/tmp/sglang-fake/" + imgID + ".png"
+		s.storeImage(imgID, pic)
+		data = append(data, item)
+	}
+	out := map[string]any{
+		"id": id, "created": time.Now().Unix(), "model": s.currentModel(), "data": data,
+		"inference_time_s": spent.Seconds(), "peak_memory_mb": 20480.0, "worker_id": s.cfg.WorkerID,
+	}
+	for k, v := range extra {
+		out[k] = v
+	}
+	return out
+}
+
+func (s *Server) storeImage(id string, pic []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.images[id] = pic
+	s.imageIDs = append(s.imageIDs, id)
+	if len(s.imageIDs) > maxStoredImages {
+		delete(s.images, s.imageIDs[0])
+		s.imageIDs = s.imageIDs[1:]
+	}
+}
+
+// tinyPNG draws a 16x16 gradient coloured by the seed: a valid PNG that
+// image decoders accept, small enough for thousands of test requests.
+func tinyPNG(seed int64) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, 16, 16))
+	r, g := uint8(seed*37), uint8(seed*91)
+	for y := range 16 {
+		for x := range 16 {
+			img.Set(x, y, color.RGBA{R: r + uint8(x*8), G: g + uint8(y*8), B: 128, A: 255})
+		}
+	}
+	var buf bytes.Buffer
+	_ = png.Encode(&buf, img)
+	return buf.Bytes()
+}
+
+func (s *Server) handleImageContent(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	pic, ok := s.images[r.PathValue("id")]
+	s.mu.Unlock()
+	if !ok {
+		writeJSON(w, 404, map[string]any{"error": "image not found"})
+		return
+	}
+	w.Header().Set("Content-Type", "image/png")
+	_, _ = w.Write(pic)
+}
+
+// handleImageEdits streams a multipart upload: files are hashed as they
+// arrive, never held whole, like a server that must take megabytes.
+func (s *Server) handleImageEdits(w http.ResponseWriter, r *http.Request) {
+	mr, err := r.MultipartReader()
+	if err != nil {
+		validationError(w, "body must be multipart/form-data: "+err.Error())
+		return
+	}
+	fields := map[string]any{}
+	h := sha256.New()
+	var inputBytes int64
+	files := 0
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			validationError(w, "malformed multipart body: "+err.Error())
+			return
+		}
+		name := part.FormName()
+		if part.FileName() != "" || name == "image" || name == "image[]" || name == "mask" {
+			n, err := io.Copy(h, part)
+			if err != nil {
+				validationError(w, "reading upload: "+err.Error())
+				return
+			}
+			inputBytes += n
+			if name != "mask" {
+				files++
+			}
+			continue
+		}
+		v, err := io.ReadAll(io.LimitReader(part, 1<<20))
+		if err != nil {
+			validationError(w, "reading field: "+err.Error())
+			return
+		}
+		fields[name] = string(v)
+	}
+	if files == 0 && fields["url"] == nil {
+		validationError(w, "an image file (image or image[]) or url is required")
+		return
+	}
+	body := map[string]any{"prompt": fields["prompt"], "size": fields["size"], "response_format": fields["response_format"]}
+	for _, k := range []string{"n", "num_inference_steps", "seed"} {
+		if v, ok := fields[k].(string); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				validationError(w, k+" must be a number")
+				return
+			}
+			body[k] = f
+		}
+	}
+	p, perr := s.parseGenParams(body, false)
+	if perr != nil {
+		if perr.status == 400 {
+			writeJSON(w, 400, map[string]any{"error": perr.msg})
+		} else {
+			validationError(w, perr.msg)
+		}
+		return
+	}
+	if !s.admitGeneration(w) {
+		return
+	}
+	spent, ok := s.runGeneration(w, r, "edit", p)
+	if !ok {
+		return
+	}
+	writeJSON(w, 200, s.imageResponse(p, spent, map[string]any{
+		"input_bytes": inputBytes, "input_files": files, "input_sha256": hex.EncodeToString(h.Sum(nil)),
+	}))
+}
+
+func (s *Server) handleNative(w http.ResponseWriter, r *http.Request) {
+	body, err := decodeJSONObject(r)
+	if err != nil {
+		validationError(w, err.Error())
+		return
+	}
+	p, perr := s.parseGenParams(body, s.cfg.Video())
+	if perr != nil {
+		validationError(w, perr.msg)
+		return
+	}
+	if !s.admitGeneration(w) {
+		return
+	}
+	spent, ok := s.runGeneration(w, r, "native", p)
+	if !ok {
+		return
+	}
+	writeJSON(w, 200, map[string]any{
+		"id": newID("gen_"), "model": s.currentModel(), "worker_id": s.cfg.WorkerID,
+		"output": []string{base64.StdEncoding.EncodeToString(tinyPNG(p.Seed))}, "inference_time_s": spent.Seconds(),
+	})
+}
