@@ -278,12 +278,17 @@ func (r *Registry) RecordProbe(key string, ok bool) (int, error) {
 	return w.ConsecutiveFailures, nil
 }
 
-// Delete removes a worker for good.
-func (r *Registry) Delete(key string) (uint64, error) {
+// Delete removes a worker for good. from, when not empty, makes it
+// conditional on the worker's state, as in SetState.
+func (r *Registry) Delete(key string, from ...State) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.workers[key]; !ok {
+	w, ok := r.workers[key]
+	if !ok {
 		return r.gen, fmt.Errorf("delete %s: %w", key, ErrNotFound)
+	}
+	if len(from) > 0 && !slices.Contains(from, w.State) {
+		return r.gen, fmt.Errorf("delete %s: worker is %s: %w", key, w.State, ErrConflict)
 	}
 	delete(r.workers, key)
 	return r.changedLocked(), nil

@@ -1,0 +1,498 @@
+// Package api is the registry's REST API, compatible with the Python
+// diffusion routers. It is served on the control plane's own port and, through
+// Envoy, on the front port.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/registry"
+)
+
+// MaxBodyBytes bounds every request body the registry reads.
+const MaxBodyBytes = 1 << 20
+
+// Server answers the registry API.
+type Server struct {
+	Fleet *fleet.Manager
+	Log   *logrus.Entry
+	// FanoutTimeout bounds each worker's answer to a fleet-wide call.
+	FanoutTimeout time.Duration
+}
+
+// fanoutPaths are relayed to every active worker.
+var fanoutPaths = []string{
+	"/update_weights_from_disk",
+	"/release_memory_occupation",
+	"/resume_memory_occupation",
+	"/get_weights_checksum",
+	"/v1/set_lora",
+	"/v1/merge_lora_weights",
+	"/v1/unmerge_lora_weights",
+}
+
+// apiError is an error with the status it answers.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, format string, a ...any) *apiError {
+	return &apiError{status: status, msg: fmt.Sprintf(format, a...)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		writeJSON(w, ae.status, map[string]any{"error": ae.msg})
+	case errors.Is(err, registry.ErrInvalidURL):
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error()})
+	case errors.Is(err, registry.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, map[string]any{"error": err.Error()})
+	case errors.Is(err, fleet.ErrUnreachable), errors.Is(err, fleet.ErrRejected), errors.Is(err, registry.ErrConflict):
+		writeJSON(w, http.StatusConflict, map[string]any{"error": err.Error()})
+	default:
+		writeJSON(w, http.StatusInternalServerError, map[string]any{"error": err.Error()})
+	}
+}
+
+// ServeHTTP dispatches by path. It does not use http.ServeMux because worker
+// ids are URLs, and ServeMux would "clean" an unescaped one (http://h:1) and
+// redirect.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.Log.WithField("path", r.URL.Path).Errorf("panic in registry handler: %v", p)
+			writeJSON(w, http.StatusInternalServerError, map[string]any{"error": "internal error"})
+		}
+	}()
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	path := r.URL.Path
+	if strings.HasPrefix(path, "/workers/") {
+		raw := r.URL.EscapedPath()
+		s.methods(w, r, map[string]http.HandlerFunc{
+			http.MethodGet:    func(w http.ResponseWriter, r *http.Request) { s.getWorker(w, r, raw) },
+			http.MethodPut:    func(w http.ResponseWriter, r *http.Request) { s.putWorker(w, r, raw) },
+			http.MethodDelete: func(w http.ResponseWriter, r *http.Request) { s.deleteWorker(w, r, raw) },
+		})
+		return
+	}
+	if slices.Contains(fanoutPaths, path) {
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.fanout})
+		return
+	}
+	switch path {
+	case "/add_worker":
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.addWorker})
+	case "/remove_worker":
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.removeWorker})
+	case "/list_workers":
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.listWorkers})
+	case "/workers":
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.getWorkers, http.MethodPost: s.addWorker})
+	case "/health":
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.health})
+	case "/health_workers":
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.getWorkers})
+	case "/v1/models":
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.models})
+	default:
+		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no registry endpoint " + path})
+	}
+}
+
+func (s *Server) methods(w http.ResponseWriter, r *http.Request, byMethod map[string]http.HandlerFunc) {
+	h, ok := byMethod[r.Method]
+	if !ok && r.Method == http.MethodHead {
+		h, ok = byMethod[http.MethodGet]
+	}
+	if !ok {
+		allowed := make([]string, 0, len(byMethod))
+		for m := range byMethod {
+			allowed = append(allowed, m)
+		}
+		slices.Sort(allowed)
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]any{"error": fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))})
+		return
+	}
+	h(w, r)
+}
+
+// readBody reads the (size-limited) body.
+func readBody(r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", MaxBodyBytes)
+		}
+		return nil, errorf(http.StatusBadRequest, "reading request body: %v", err)
+	}
+	return b, nil
+}
+
+// decodeObject parses a JSON object body; an empty body is an empty object.
+func decodeObject(body []byte) (map[string]any, error) {
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return map[string]any{}, nil
+	}
+	var v any
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return nil, errorf(http.StatusBadRequest, "invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return nil, errorf(http.StatusBadRequest, "invalid JSON body: trailing data after the object")
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, errorf(http.StatusBadRequest, "request body must be a JSON object")
+	}
+	return obj, nil
+}
+
+// workerURLFrom takes the worker URL from ?url= / ?worker_url= or from the
+// JSON body's "url" / "worker_url", as the Python routers do.
+func workerURLFrom(r *http.Request) (string, error) {
+	q := r.URL.Query()
+	for _, k := range []string{"url", "worker_url"} {
+		if v := q.Get(k); v != "" {
+			return v, nil
+		}
+	}
+	body, err := readBody(r)
+	if err != nil {
+		return "", err
+	}
+	obj, err := decodeObject(body)
+	if err != nil {
+		return "", err
+	}
+	for _, k := range []string{"url", "worker_url"} {
+		v, present := obj[k]
+		if !present || v == nil {
+			continue
+		}
+		s, ok := v.(string)
+		if !ok {
+			return "", errorf(http.StatusBadRequest, "%q must be a string", k)
+		}
+		return s, nil
+	}
+	return "", errorf(http.StatusBadRequest, "worker url is required: use ?url=... or a JSON body {\"url\": ...}")
+}
+
+func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
+	raw, err := workerURLFrom(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := s.Fleet.Admit(r.Context(), raw)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	status := http.StatusOK
+	if res.Created {
+		status = http.StatusCreated
+		if r.URL.Path == "/add_worker" {
+			status = http.StatusOK // the Python routers answer 200 here
+		}
+	}
+	writeJSON(w, status, map[string]any{
+		"status": "ok", "added": res.Created, "readmitted": res.Revived, "synced": res.Synced, "envoys": res.Envoys,
+		"worker": s.view(res.Worker, s.Fleet.Loads()), "urls": s.urls(),
+	})
+}
+
+func (s *Server) removeWorker(w http.ResponseWriter, r *http.Request) {
+	raw, err := workerURLFrom(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	s.remove(w, r.Context(), raw, false)
+}
+
+func (s *Server) remove(w http.ResponseWriter, ctx context.Context, raw string, decoded bool) {
+	var u registry.WorkerURL
+	var err error
+	if decoded {
+		u, err = registry.DecodeID(raw)
+	} else {
+		u, err = registry.ParseWorkerURL(raw)
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	wk, synced, err := s.Fleet.Remove(ctx, u.String())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "synced": synced, "worker": s.view(wk, s.Fleet.Loads()), "urls": s.urls()})
+}
+
+func (s *Server) urls() []string {
+	snap := s.Fleet.Registry().Snapshot()
+	out := make([]string, 0, len(snap.Workers))
+	for _, w := range snap.Workers {
+		out = append(out, w.Key())
+	}
+	return out
+}
+
+func (s *Server) listWorkers(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"urls": s.urls()})
+}
+
+func (s *Server) getWorkers(w http.ResponseWriter, _ *http.Request) {
+	loads := s.Fleet.Loads()
+	snap := s.Fleet.Registry().Snapshot()
+	out := make([]map[string]any, 0, len(snap.Workers))
+	for _, wk := range snap.Workers {
+		out = append(out, s.view(wk, loads))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"workers": out})
+}
+
+func (s *Server) lookup(raw string) (registry.Worker, error) {
+	id := strings.TrimPrefix(raw, "/workers/")
+	u, err := registry.DecodeID(id)
+	if err != nil {
+		return registry.Worker{}, err
+	}
+	wk, ok := s.Fleet.Registry().Get(u.String())
+	if !ok {
+		return registry.Worker{}, fmt.Errorf("worker %s: %w", u.String(), registry.ErrNotFound)
+	}
+	return wk, nil
+}
+
+func (s *Server) getWorker(w http.ResponseWriter, _ *http.Request, raw string) {
+	wk, err := s.lookup(raw)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.view(wk, s.Fleet.Loads()))
+}
+
+// putWorker sets is_dead: true quarantines, false re-admits (after a
+// passing /health).
+func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
+	wk, err := s.lookup(raw)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	body, err := readBody(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	obj, err := decodeObject(body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	for k := range obj {
+		if k != "is_dead" {
+			writeError(w, errorf(http.StatusBadRequest, "unknown field %q (PUT /workers/{id} takes {\"is_dead\": bool})", k))
+			return
+		}
+	}
+	dead, ok := obj["is_dead"].(bool)
+	if !ok {
+		writeError(w, errorf(http.StatusBadRequest, "\"is_dead\" is required and must be a boolean"))
+		return
+	}
+	var synced bool
+	if dead {
+		wk, synced, err = s.Fleet.Quarantine(r.Context(), wk.Key(), "marked dead by operator")
+	} else {
+		var res fleet.AdmitResult
+		res, err = s.Fleet.Admit(r.Context(), wk.Key())
+		wk, synced = res.Worker, res.Synced
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := s.view(wk, s.Fleet.Loads())
+	out["synced"] = synced
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) deleteWorker(w http.ResponseWriter, r *http.Request, raw string) {
+	s.remove(w, r.Context(), strings.TrimPrefix(raw, "/workers/"), true)
+}
+
+// view is a worker as the API shows it. Field names follow the Python
+// routers (worker_id, url, active_requests, is_dead, consecutive_failures).
+func (s *Server) view(wk registry.Worker, loads map[string]fleet.Load) map[string]any {
+	l := loads[wk.Key()]
+	var video any
+	if wk.Caps.Known {
+		video = wk.Caps.Video()
+	}
+	v := map[string]any{
+		"worker_id":             registry.EncodeID(wk.Key()),
+		"url":                   wk.Key(),
+		"address":               wk.Address,
+		"state":                 wk.State,
+		"reason":                wk.Reason,
+		"is_dead":               wk.State == registry.StateQuarantined,
+		"consecutive_failures":  wk.ConsecutiveFailures,
+		"active_requests":       l.ActiveRequests,
+		"requests":              l.Requests,
+		"errors":                l.Errors,
+		"failing_health_checks": l.FailingHealthChecks,
+		"ejected":               l.Ejected,
+		"task_types":            nonNil(wk.Caps.TaskTypes),
+		"models":                nonNil(wk.Caps.ModelIDs),
+		"video_support":         video,
+		"weight_version":        wk.WeightVersion,
+	}
+	if !wk.Since.IsZero() {
+		v["since"] = wk.Since.UTC().Format(time.RFC3339Nano)
+	}
+	if !wk.AddedAt.IsZero() {
+		v["added_at"] = wk.AddedAt.UTC().Format(time.RFC3339Nano)
+	}
+	return v
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// servable counts workers that can take a request now: active, and not
+// failing Envoy's health checks.
+func servable(snap registry.Snapshot, loads map[string]fleet.Load) int {
+	n := 0
+	for _, w := range snap.Workers {
+		if w.State == registry.StateActive && !loads[w.Key()].FailingHealthChecks && !loads[w.Key()].Ejected {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
+	snap := s.Fleet.Registry().Snapshot()
+	healthy := servable(snap, s.Fleet.Loads())
+	status, code := "healthy", http.StatusOK
+	if healthy == 0 {
+		status, code = "unhealthy", http.StatusServiceUnavailable
+	}
+	counts := map[registry.State]int{}
+	for _, wk := range snap.Workers {
+		counts[wk.State]++
+	}
+	writeJSON(w, code, map[string]any{
+		"status": status, "healthy_workers": healthy, "total_workers": len(snap.Workers),
+		"dead_workers": counts[registry.StateQuarantined], "draining_workers": counts[registry.StateDraining],
+		"generation": snap.Generation,
+	})
+}
+
+// models merges the workers' /v1/models lists, one entry per model id.
+func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
+	seen := map[string]bool{}
+	data := []json.RawMessage{}
+	for _, wk := range s.Fleet.Registry().Snapshot().Workers {
+		if wk.State != registry.StateActive {
+			continue
+		}
+		for i, raw := range wk.Caps.Models {
+			key := string(raw)
+			if i < len(wk.Caps.ModelIDs) {
+				var e struct {
+					ID string `json:"id"`
+				}
+				if json.Unmarshal(raw, &e) == nil && e.ID != "" {
+					key = "id:" + e.ID
+				}
+			}
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			data = append(data, raw)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+}
+
+// fanout relays a fleet-wide control call to every active worker. 200 only
+// when every worker succeeded; otherwise 502 with each worker's answer.
+func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	obj, err := decodeObject(body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if r.URL.Path == "/update_weights_from_disk" {
+		if p, ok := obj["model_path"].(string); !ok || strings.TrimSpace(p) == "" {
+			writeError(w, errorf(http.StatusBadRequest, "\"model_path\" is required and must be a non-empty string"))
+			return
+		}
+	}
+	if len(body) == 0 {
+		body = []byte("{}")
+	}
+	results := s.Fleet.Broadcast(r.Context(), r.URL.Path, body, "application/json", s.FanoutTimeout)
+	if len(results) == 0 {
+		writeError(w, errorf(http.StatusServiceUnavailable, "No healthy workers available in the pool for %s", r.URL.Path))
+		return
+	}
+	failed := 0
+	for _, res := range results {
+		if !res.OK() {
+			failed++
+		}
+	}
+	status := http.StatusOK
+	out := map[string]any{"results": results, "succeeded": len(results) - failed, "failed": failed}
+	if failed > 0 {
+		status = http.StatusBadGateway
+		out["error"] = fmt.Sprintf("%d of %d workers failed %s", failed, len(results), r.URL.Path)
+	}
+	s.Log.WithFields(logrus.Fields{"path": r.URL.Path, "workers": len(results), "failed": failed}).Info("fleet-wide call")
+	writeJSON(w, status, out)
+}

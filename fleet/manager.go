@@ -1,0 +1,461 @@
+// Package fleet carries out operations on workers that need I/O: admitting a
+// worker (resolving it, reading its capabilities), draining it, probing its
+// health, and reading what every connected Envoy observes about it. State
+// itself lives in the registry; this package is the only one that changes it.
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/registry"
+	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
+	"github.com/diffrouter/diffusion-router/xds/translate"
+)
+
+// Syncer is the xDS side as the fleet sees it.
+type Syncer interface {
+	WaitSynced(ctx context.Context, gen uint64) (int, error)
+	Nodes() []xdsserver.Node
+}
+
+// Config tunes the fleet operations.
+type Config struct {
+	// ProbeTimeout bounds one request to a worker's /health or /v1/models.
+	ProbeTimeout time.Duration
+	// HealthInterval and FailureThreshold drive the control plane's own
+	// /health probes: that many failures in a row quarantine a worker.
+	HealthInterval   time.Duration
+	FailureThreshold int
+	// DrainTimeout bounds how long a removed worker may finish its requests.
+	DrainTimeout time.Duration
+	// SyncTimeout bounds how long an API call waits for Envoys to apply it.
+	SyncTimeout time.Duration
+	// ObserveInterval is how often Envoy admin stats are read.
+	ObserveInterval time.Duration
+}
+
+// Manager performs fleet operations.
+type Manager struct {
+	reg    *registry.Registry
+	syncer Syncer
+	cfg    Config
+	log    *logrus.Entry
+	client *http.Client
+	admin  *envoy.AdminClient
+	// resolve looks a worker hostname up; replaced in tests.
+	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+
+	mu      sync.Mutex
+	load    map[string]Load // worker key -> what Envoys see
+	drains  map[string]*drain
+	wg      sync.WaitGroup
+	baseCtx context.Context
+}
+
+// Load is what the connected Envoys report about one worker, summed.
+type Load struct {
+	ActiveRequests uint64 `json:"active_requests"`
+	Requests       uint64 `json:"requests"`
+	Errors         uint64 `json:"errors"`
+	// FailingHealthChecks is true when any Envoy's active health check fails.
+	FailingHealthChecks bool `json:"failing_health_checks"`
+	// Ejected is true when any Envoy's outlier detection ejected it.
+	Ejected bool `json:"ejected"`
+}
+
+// NewManager wires a manager. ctx bounds the background work it starts.
+func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg Config, log *logrus.Entry) *Manager {
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = 5 * time.Second
+	}
+	if cfg.SyncTimeout <= 0 {
+		cfg.SyncTimeout = 5 * time.Second
+	}
+	if cfg.ObserveInterval <= 0 {
+		cfg.ObserveInterval = time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 10 * time.Minute
+	}
+	return &Manager{
+		reg: reg, syncer: syncer, cfg: cfg, log: log,
+		// No redirects: a worker's answer is taken as it is.
+		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		admin:  envoy.NewAdminClient(),
+		resolve: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		},
+		load:    map[string]Load{},
+		drains:  map[string]*drain{},
+		baseCtx: ctx,
+	}
+}
+
+// Registry exposes the registry for read access.
+func (m *Manager) Registry() *registry.Registry { return m.reg }
+
+// Wait blocks until background drains have finished.
+func (m *Manager) Wait() { m.wg.Wait() }
+
+// Error kinds the API maps to status codes.
+var (
+	ErrUnreachable = errors.New("worker unreachable")
+	ErrRejected    = errors.New("worker rejected")
+)
+
+// AdmitResult says what Admit did.
+type AdmitResult struct {
+	Worker  registry.Worker
+	Created bool
+	// Revived is true when a draining or quarantined worker became active.
+	Revived bool
+	Synced  bool
+	Envoys  int
+}
+
+// Admit registers a worker (idempotent) and waits, bounded, until every
+// connected Envoy can route to it. A draining worker is taken back at once;
+// a quarantined one only after its /health answers 200.
+func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
+	u, err := registry.ParseWorkerURL(raw)
+	if err != nil {
+		return AdmitResult{}, err
+	}
+	if w, ok := m.reg.Get(u.String()); ok {
+		return m.readmit(ctx, w)
+	}
+	addr, err := m.resolveAddr(ctx, u)
+	if err != nil {
+		return AdmitResult{}, err
+	}
+	caps := m.probeCapabilities(ctx, u)
+	res := m.reg.Add(u, addr, caps, registry.StateActive, "")
+	out := AdmitResult{Worker: res.Worker, Created: res.Created}
+	if res.Created {
+		m.log.WithFields(logrus.Fields{"worker": u.String(), "address": addr, "task_types": caps.TaskTypes, "known": caps.Known}).Info("worker added")
+	}
+	out.Envoys, out.Synced = m.waitRoutable(ctx, res.Worker, res.Generation)
+	return out, nil
+}
+
+func (m *Manager) readmit(ctx context.Context, w registry.Worker) (AdmitResult, error) {
+	switch w.State {
+	case registry.StateActive, registry.StatePending:
+		return AdmitResult{Worker: w, Synced: true}, nil
+	case registry.StateQuarantined:
+		if err := m.CheckHealth(ctx, w.URL); err != nil {
+			return AdmitResult{Worker: w}, fmt.Errorf("re-admit %s (quarantined: %s): %w", w.Key(), w.Reason, err)
+		}
+	}
+	m.cancelDrain(w.Key())
+	nw, gen, err := m.reg.SetState(w.Key(), registry.StateActive, "", w.State)
+	if err != nil {
+		return AdmitResult{Worker: nw}, err
+	}
+	m.log.WithFields(logrus.Fields{"worker": w.Key(), "was": w.State}).Info("worker re-admitted")
+	out := AdmitResult{Worker: nw, Revived: true}
+	out.Envoys, out.Synced = m.waitRoutable(ctx, nw, gen)
+	return out, nil
+}
+
+func (m *Manager) waitSynced(ctx context.Context, gen uint64) (int, bool) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
+	defer cancel()
+	n, err := m.syncer.WaitSynced(ctx, gen)
+	if err != nil {
+		m.log.WithError(err).Warn("Envoys did not confirm the change in time")
+		return n, false
+	}
+	return n, true
+}
+
+// waitRoutable waits until every Envoy has the change and reports the worker
+// as a healthy host. Envoy holds a new host back until its first active
+// health check passes, so "config acknowledged" alone is not "routable".
+func (m *Manager) waitRoutable(ctx context.Context, w registry.Worker, gen uint64) (int, bool) {
+	n, ok := m.waitSynced(ctx, gen)
+	if !ok || n == 0 {
+		return n, ok
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
+	defer cancel()
+	hostname := hostPort(w.URL)
+	for {
+		if m.routableEverywhere(ctx, hostname) {
+			return n, true
+		}
+		select {
+		case <-ctx.Done():
+			m.log.WithField("worker", w.Key()).Warn("Envoys did not report the worker healthy in time (is its /health answering?)")
+			return n, false
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (m *Manager) routableEverywhere(ctx context.Context, hostname string) bool {
+	for _, node := range m.syncer.Nodes() {
+		if node.AdminAddress == "" {
+			continue // cannot tell; the ACK has to do
+		}
+		hosts, err := m.admin.Clusters(ctx, node.AdminAddress)
+		if err != nil {
+			return false
+		}
+		found := false
+		for _, h := range hosts {
+			if h.Cluster == translate.ClusterWorkers && h.Hostname == hostname {
+				found = !h.FailedActiveHC && !h.PendingActiveHC && h.EDSHealth == "HEALTHY"
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// resolveAddr gives the IP Envoy connects to. A hostname is resolved here,
+// once, and every address it resolves to must pass the same checks as an IP
+// literal: DNS must not turn into a way to reach a metadata service.
+func (m *Manager) resolveAddr(ctx context.Context, u registry.WorkerURL) (string, error) {
+	if a, err := netip.ParseAddr(u.Host); err == nil {
+		return a.String(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.ProbeTimeout)
+	defer cancel()
+	addrs, err := m.resolve(ctx, u.Host)
+	if err != nil || len(addrs) == 0 {
+		return "", fmt.Errorf("%w: %s does not resolve: %v", registry.ErrInvalidURL, u.Host, err)
+	}
+	for _, a := range addrs {
+		if err := registry.CheckWorkerAddr(a); err != nil {
+			return "", fmt.Errorf("%w: %s resolves to %s: %v", registry.ErrInvalidURL, u.Host, a, err)
+		}
+	}
+	// Prefer IPv4, as most GPU hosts listen there.
+	slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
+		switch {
+		case a.Unmap().Is4() && !b.Unmap().Is4():
+			return -1
+		case !a.Unmap().Is4() && b.Unmap().Is4():
+			return 1
+		}
+		return 0
+	})
+	return addrs[0].Unmap().String(), nil
+}
+
+// probeCapabilities reads /v1/models. A worker that does not answer is still
+// admitted (it may be starting); its capabilities stay unknown until a later
+// refresh succeeds.
+func (m *Manager) probeCapabilities(ctx context.Context, u registry.WorkerURL) registry.Capabilities {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.ProbeTimeout)
+	defer cancel()
+	body, err := m.get(ctx, u.String()+"/v1/models", 4<<20)
+	if err != nil {
+		m.log.WithError(err).WithField("worker", u.String()).Debug("could not read capabilities")
+		return registry.Capabilities{}
+	}
+	caps, err := ParseModels(body)
+	if err != nil {
+		m.log.WithError(err).WithField("worker", u.String()).Warn("worker answered /v1/models with something unexpected")
+		return registry.Capabilities{}
+	}
+	return caps
+}
+
+// ParseModels reads a /v1/models answer.
+func ParseModels(body []byte) (registry.Capabilities, error) {
+	var doc struct {
+		Data []json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return registry.Capabilities{}, fmt.Errorf("decode /v1/models: %w", err)
+	}
+	caps := registry.Capabilities{Known: true}
+	for _, raw := range doc.Data {
+		var entry struct {
+			ID       string `json:"id"`
+			TaskType string `json:"task_type"`
+		}
+		if err := json.Unmarshal(raw, &entry); err != nil {
+			return registry.Capabilities{}, fmt.Errorf("decode /v1/models entry: %w", err)
+		}
+		if entry.ID != "" && !slices.Contains(caps.ModelIDs, entry.ID) {
+			caps.ModelIDs = append(caps.ModelIDs, entry.ID)
+		}
+		if entry.TaskType != "" && !slices.Contains(caps.TaskTypes, entry.TaskType) {
+			caps.TaskTypes = append(caps.TaskTypes, entry.TaskType)
+		}
+		caps.Models = append(caps.Models, raw)
+	}
+	return caps, nil
+}
+
+// CheckHealth asks the worker's /health once.
+func (m *Manager) CheckHealth(ctx context.Context, u registry.WorkerURL) error {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.ProbeTimeout)
+	defer cancel()
+	_, err := m.get(ctx, u.String()+"/health", 64<<10)
+	return err
+}
+
+func (m *Manager) get(ctx context.Context, url string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
+	}
+	resp, err := m.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: GET %s: %v", ErrUnreachable, url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, fmt.Errorf("%w: GET %s: %v", ErrUnreachable, url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%w: GET %s answered %d", ErrRejected, url, resp.StatusCode)
+	}
+	return body, nil
+}
+
+// Remove starts draining a worker: Envoy stops sending it new requests at
+// once, the ones it holds finish, then it leaves the registry. It returns
+// when every Envoy stopped routing to it (bounded by the sync timeout).
+func (m *Manager) Remove(ctx context.Context, key string) (registry.Worker, bool, error) {
+	w, ok := m.reg.Get(key)
+	if !ok {
+		return registry.Worker{}, false, fmt.Errorf("remove %s: %w", key, registry.ErrNotFound)
+	}
+	if w.State == registry.StateDraining {
+		return w, true, nil
+	}
+	if !w.InEnvoy() {
+		// Nothing can be in flight on a worker Envoy does not know.
+		_, err := m.reg.Delete(key, w.State)
+		m.log.WithField("worker", key).Info("worker removed")
+		w.State = "removed"
+		return w, true, err
+	}
+	nw, gen, err := m.reg.SetState(key, registry.StateDraining, "removed by operator", w.State)
+	if err != nil {
+		return nw, false, err
+	}
+	m.log.WithField("worker", key).Info("worker draining")
+	_, synced := m.waitSynced(ctx, gen)
+	m.startDrain(key, gen)
+	return nw, synced, nil
+}
+
+// drain is one running drain; a pointer, so a finished drain removes only
+// its own entry and not a newer one for the same worker.
+type drain struct{ cancel context.CancelFunc }
+
+func (m *Manager) cancelDrain(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if d, ok := m.drains[key]; ok {
+		d.cancel()
+		delete(m.drains, key)
+	}
+}
+
+func (m *Manager) startDrain(key string, gen uint64) {
+	ctx, cancel := context.WithTimeout(m.baseCtx, m.cfg.DrainTimeout)
+	d := &drain{cancel: cancel}
+	m.mu.Lock()
+	if old, ok := m.drains[key]; ok {
+		old.cancel()
+	}
+	m.drains[key] = d
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer func() {
+			cancel()
+			m.mu.Lock()
+			if m.drains[key] == d {
+				delete(m.drains, key)
+			}
+			m.mu.Unlock()
+		}()
+		idle := m.waitIdle(ctx, key, gen)
+		if m.baseCtx.Err() != nil || errors.Is(ctx.Err(), context.Canceled) {
+			return // shutting down, or re-admitted meanwhile
+		}
+		// Only a worker still draining goes: a re-admission wins.
+		if _, err := m.reg.Delete(key, registry.StateDraining); err != nil {
+			return
+		}
+		log := m.log.WithField("worker", key)
+		if idle {
+			log.Info("worker drained and removed")
+		} else {
+			log.WithField("drain_timeout", m.cfg.DrainTimeout.String()).Warn("worker removed before its requests finished (drain timeout)")
+		}
+	}()
+}
+
+// waitIdle polls every connected Envoy until none has a request in flight to
+// the worker. It returns false if ctx ended first.
+func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
+	if _, err := m.syncer.WaitSynced(ctx, gen); err != nil {
+		return false
+	}
+	u, err := registry.ParseWorkerURL(key)
+	if err != nil {
+		return false
+	}
+	hostname := net.JoinHostPort(u.Host, strconv.Itoa(int(u.Port)))
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if m.inFlight(ctx, hostname) == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// inFlight sums a host's active requests over every Envoy; an Envoy whose
+// admin interface cannot be read counts as busy, so a drain never ends on a
+// guess.
+func (m *Manager) inFlight(ctx context.Context, hostname string) uint64 {
+	var total uint64
+	for _, n := range m.syncer.Nodes() {
+		if n.AdminAddress == "" {
+			return 1
+		}
+		hosts, err := m.admin.Clusters(ctx, n.AdminAddress)
+		if err != nil {
+			return 1
+		}
+		for _, h := range hosts {
+			if h.Hostname == hostname {
+				total += h.RqActive
+			}
+		}
+	}
+	return total
+}

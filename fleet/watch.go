@@ -1,0 +1,160 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/xds/translate"
+)
+
+// Loads returns what the Envoys last reported, by worker key.
+func (m *Manager) Loads() map[string]Load {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]Load, len(m.load))
+	for k, v := range m.load {
+		out[k] = v
+	}
+	return out
+}
+
+// Observe reads every connected Envoy's admin /clusters at the observe
+// interval until ctx ends. It is the one way Envoy's view (in-flight requests,
+// health flags) flows back into the control plane.
+func (m *Manager) Observe(ctx context.Context) {
+	t := time.NewTicker(m.cfg.ObserveInterval)
+	defer t.Stop()
+	for {
+		m.observeOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Manager) observeOnce(ctx context.Context) {
+	byHost := map[string]Load{}
+	for _, n := range m.syncer.Nodes() {
+		if n.AdminAddress == "" {
+			continue
+		}
+		hosts, err := m.admin.Clusters(ctx, n.AdminAddress)
+		if err != nil {
+			m.log.WithError(err).WithField("node", n.ID).Debug("cannot read Envoy admin")
+			continue
+		}
+		for _, h := range hosts {
+			if h.Cluster != translate.ClusterWorkers {
+				continue
+			}
+			l := byHost[h.Hostname]
+			l.ActiveRequests += h.RqActive
+			l.Requests += h.RqTotal
+			l.Errors += h.RqError
+			l.FailingHealthChecks = l.FailingHealthChecks || h.FailedActiveHC
+			l.Ejected = l.Ejected || h.FailedOutlier
+			byHost[h.Hostname] = l
+		}
+	}
+	out := map[string]Load{}
+	for _, w := range m.reg.Snapshot().Workers {
+		if l, ok := byHost[hostPort(w.URL)]; ok {
+			out[w.Key()] = l
+		}
+	}
+	m.mu.Lock()
+	m.load = out
+	m.mu.Unlock()
+}
+
+func hostPort(u registry.WorkerURL) string {
+	return net.JoinHostPort(u.Host, strconv.Itoa(int(u.Port)))
+}
+
+// Probe checks every active worker's /health at the health-check interval
+// until ctx ends. FailureThreshold failures in a row quarantine the worker;
+// nothing un-quarantines it but an operator. Workers whose capabilities are
+// not known yet get their /v1/models read again.
+func (m *Manager) Probe(ctx context.Context) {
+	if m.cfg.HealthInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(m.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m.probeOnce(ctx)
+	}
+}
+
+func (m *Manager) probeOnce(ctx context.Context) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for _, w := range m.reg.Snapshot().Workers {
+		if w.State != registry.StateActive {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(w registry.Worker) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			m.probeWorker(ctx, w)
+		}(w)
+	}
+	wg.Wait()
+}
+
+func (m *Manager) probeWorker(ctx context.Context, w registry.Worker) {
+	err := m.CheckHealth(ctx, w.URL)
+	if ctx.Err() != nil {
+		return
+	}
+	n, rerr := m.reg.RecordProbe(w.Key(), err == nil)
+	if rerr != nil {
+		return // removed meanwhile
+	}
+	log := m.log.WithField("worker", w.Key())
+	if err != nil {
+		log.WithError(err).WithField("consecutive_failures", n).Warn("health probe failed")
+		if m.cfg.FailureThreshold > 0 && n >= m.cfg.FailureThreshold {
+			reason := fmt.Sprintf("health check failed %d times in a row: %v", n, err)
+			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, registry.StateActive); err == nil {
+				log.WithField("reason", reason).Error("worker quarantined")
+			}
+		}
+		return
+	}
+	if !w.Caps.Known {
+		if caps := m.probeCapabilities(ctx, w.URL); caps.Known {
+			if _, err := m.reg.SetCapabilities(w.Key(), caps); err == nil {
+				log.WithFields(logrus.Fields{"task_types": caps.TaskTypes, "models": caps.ModelIDs}).Info("worker capabilities learned")
+			}
+		}
+	}
+}
+
+// Quarantine takes a worker out of rotation until an operator re-admits it.
+func (m *Manager) Quarantine(ctx context.Context, key, reason string) (registry.Worker, bool, error) {
+	m.cancelDrain(key)
+	w, gen, err := m.reg.SetState(key, registry.StateQuarantined, reason)
+	if err != nil {
+		return w, false, err
+	}
+	m.log.WithFields(logrus.Fields{"worker": key, "reason": reason}).Warn("worker quarantined")
+	_, synced := m.waitSynced(ctx, gen)
+	return w, synced, nil
+}

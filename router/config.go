@@ -1,0 +1,211 @@
+// Package router wires the control plane together: registry, fleet
+// operations, REST API, xDS server and (by default) a supervised local Envoy.
+package router
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/xds/translate"
+)
+
+// Config is the router's command line.
+type Config struct {
+	// Flags of the Python routers.
+	Host                        string
+	Port                        int
+	WorkerURLs                  []string
+	RoutingAlgorithm            string
+	Timeout                     time.Duration // 0: none
+	MaxConnections              int
+	HealthCheckInterval         time.Duration
+	HealthCheckFailureThreshold int
+	LogLevel                    string
+	Verbose                     bool
+
+	// Our own.
+	MaxRetries          int
+	ConnectTimeout      time.Duration
+	HealthCheckTimeout  time.Duration
+	DrainTimeout        time.Duration
+	SyncTimeout         time.Duration
+	WeightUpdateTimeout time.Duration
+	XDSHost             string
+	XDSPort             int
+	APIHost             string
+	APIPort             int
+	// RegistryAdvertise is how Envoy reaches the API (host:port); default:
+	// the API's own address.
+	RegistryAdvertise string
+	AdminHost         string
+	AdminPort         int
+	StateDir          string
+	EnvoyBin          string
+	EnvoyLogLevel     string
+	EnvoyConcurrency  int
+	ExternalEnvoy     bool
+}
+
+// seconds is a flag.Value of (fractional) seconds, as the Python CLIs take.
+type seconds struct {
+	d       *time.Duration
+	allow0  bool
+	noneOK  bool
+	present bool
+}
+
+func (s *seconds) String() string {
+	if s.d == nil {
+		return ""
+	}
+	return fmt.Sprint(s.d.Seconds())
+}
+
+func (s *seconds) Set(v string) error {
+	if s.noneOK && (strings.EqualFold(v, "none") || v == "") {
+		*s.d = 0
+		return nil
+	}
+	var f float64
+	if _, err := fmt.Sscanf(v, "%g", &f); err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return fmt.Errorf("%q is not a number of seconds", v)
+	}
+	if f < 0 || (f == 0 && !s.allow0) {
+		return fmt.Errorf("%q must be positive", v)
+	}
+	if f > 365*24*3600 {
+		return fmt.Errorf("%q seconds is more than a year", v)
+	}
+	*s.d = time.Duration(f * float64(time.Second))
+	return nil
+}
+
+// Parse reads the command line. --worker-urls takes several values separated
+// by spaces (as in the Python CLIs) or commas.
+func Parse(args []string, stderr io.Writer) (Config, error) {
+	c := Config{}
+	fs := flag.NewFlagSet("diffusion-router", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.Host, "host", "0.0.0.0", "address of the front listener (Envoy)")
+	fs.IntVar(&c.Port, "port", 30080, "port of the front listener (Envoy)")
+	var urls string
+	fs.StringVar(&urls, "worker-urls", "", "initial worker URLs, space or comma separated")
+	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(translate.PolicyLeastRequest), "least-request, round-robin or random")
+	fs.Var(&seconds{d: &c.Timeout, noneOK: true, allow0: true}, "timeout", "seconds a request to a worker may take (default: no limit)")
+	fs.IntVar(&c.MaxConnections, "max-connections", 100, "concurrent requests per worker")
+	c.HealthCheckInterval = 10 * time.Second
+	fs.Var(&seconds{d: &c.HealthCheckInterval}, "health-check-interval", "seconds between health checks of each worker")
+	fs.IntVar(&c.HealthCheckFailureThreshold, "health-check-failure-threshold", 3, "failed health checks in a row that take a worker out")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warning or error")
+	fs.BoolVar(&c.Verbose, "verbose", false, "same as --log-level debug")
+
+	fs.IntVar(&c.MaxRetries, "max-retries", 2, "retries, on another worker, of a request that failed before a worker took it")
+	c.ConnectTimeout = 5 * time.Second
+	fs.Var(&seconds{d: &c.ConnectTimeout}, "connect-timeout", "seconds to open a connection to a worker")
+	c.HealthCheckTimeout = 5 * time.Second
+	fs.Var(&seconds{d: &c.HealthCheckTimeout}, "health-check-timeout", "seconds a worker's /health may take")
+	c.DrainTimeout = 10 * time.Minute
+	fs.Var(&seconds{d: &c.DrainTimeout}, "drain-timeout", "seconds a removed worker may take to finish its requests")
+	c.SyncTimeout = 5 * time.Second
+	fs.Var(&seconds{d: &c.SyncTimeout}, "sync-timeout", "seconds an API call waits for Envoys to apply a change")
+	c.WeightUpdateTimeout = 10 * time.Minute
+	fs.Var(&seconds{d: &c.WeightUpdateTimeout}, "weight-update-timeout", "seconds each worker may take for a fleet-wide call such as update_weights_from_disk")
+	fs.StringVar(&c.XDSHost, "xds-host", "127.0.0.1", "address of the xDS (gRPC) server")
+	fs.IntVar(&c.XDSPort, "xds-port", 0, "port of the xDS server (0: a free port)")
+	fs.StringVar(&c.APIHost, "api-host", "127.0.0.1", "address of the direct registry API")
+	fs.IntVar(&c.APIPort, "api-port", 0, "port of the direct registry API (0: a free port)")
+	fs.StringVar(&c.RegistryAdvertise, "registry-advertise", "", "host:port at which Envoy reaches the registry API (default: the API address)")
+	fs.StringVar(&c.AdminHost, "admin-host", "127.0.0.1", "address of the local Envoy's admin interface")
+	fs.IntVar(&c.AdminPort, "admin-port", 0, "port of the local Envoy's admin interface (0: a free port)")
+	fs.StringVar(&c.StateDir, "state-dir", "", "directory for the Envoy bootstrap and router state (default: a temporary directory)")
+	fs.StringVar(&c.EnvoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, then .tools/envoy/bin/envoy, then PATH)")
+	fs.StringVar(&c.EnvoyLogLevel, "envoy-log-level", "warning", "log level of the local Envoy")
+	fs.IntVar(&c.EnvoyConcurrency, "envoy-concurrency", 0, "worker threads of the local Envoy (0: one per core)")
+	fs.BoolVar(&c.ExternalEnvoy, "external-envoy", false, "run the control plane only; Envoys connect to --xds-host:--xds-port")
+
+	// Accept "--worker-urls A B C": fold the values into one argument.
+	folded, err := foldMultiValue(args, "worker-urls")
+	if err != nil {
+		return c, err
+	}
+	if err := fs.Parse(folded); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	for _, u := range strings.FieldsFunc(urls, func(r rune) bool { return r == ',' || r == ' ' }) {
+		c.WorkerURLs = append(c.WorkerURLs, u)
+	}
+	if c.Verbose {
+		c.LogLevel = "debug"
+	}
+	return c, c.Validate()
+}
+
+// foldMultiValue joins the values that follow --name (until the next flag)
+// into a single --name=v1 v2 argument.
+func foldMultiValue(args []string, name string) ([]string, error) {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			out = append(out, args[i:]...)
+			break
+		}
+		if a != "-"+name && a != "--"+name {
+			out = append(out, a)
+			continue
+		}
+		var vals []string
+		for i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+			i++
+			vals = append(vals, args[i])
+		}
+		out = append(out, "--"+name+"="+strings.Join(vals, " "))
+	}
+	return out, nil
+}
+
+// Validate checks ranges the flag types cannot express.
+func (c Config) Validate() error {
+	var errs []error
+	port := func(name string, p int, zeroOK bool) {
+		if p < 0 || p > 65535 || (p == 0 && !zeroOK) {
+			errs = append(errs, fmt.Errorf("--%s %d is not a valid port", name, p))
+		}
+	}
+	port("port", c.Port, false)
+	port("xds-port", c.XDSPort, true)
+	port("api-port", c.APIPort, true)
+	port("admin-port", c.AdminPort, true)
+	if _, err := translate.ParsePolicy(c.RoutingAlgorithm); err != nil {
+		errs = append(errs, fmt.Errorf("--routing-algorithm: %w", err))
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > 1<<20 {
+		errs = append(errs, fmt.Errorf("--max-connections %d must be in [1, %d]", c.MaxConnections, 1<<20))
+	}
+	if c.HealthCheckFailureThreshold < 1 || c.HealthCheckFailureThreshold > 1000 {
+		errs = append(errs, fmt.Errorf("--health-check-failure-threshold %d must be in [1, 1000]", c.HealthCheckFailureThreshold))
+	}
+	if c.MaxRetries < 0 || c.MaxRetries > 10 {
+		errs = append(errs, fmt.Errorf("--max-retries %d must be in [0, 10]", c.MaxRetries))
+	}
+	if c.EnvoyConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("--envoy-concurrency must not be negative"))
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warning", "warn", "error", "critical":
+	default:
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warning or error", c.LogLevel))
+	}
+	if c.Host == "" || c.XDSHost == "" || c.APIHost == "" || c.AdminHost == "" {
+		errs = append(errs, errors.New("--host, --xds-host, --api-host and --admin-host must not be empty"))
+	}
+	return errors.Join(errs...)
+}

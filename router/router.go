@@ -1,0 +1,324 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/api"
+	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/registry"
+	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
+	"github.com/diffrouter/diffusion-router/xds/translate"
+)
+
+// Addresses are where a running router can be reached; ports chosen at start
+// are filled in.
+type Addresses struct {
+	Front string // host:port of Envoy's listener ("" with --external-envoy)
+	API   string
+	XDS   string
+	Admin string // local Envoy's admin ("" with --external-envoy)
+}
+
+// NewLogger builds the logger from --log-level.
+func NewLogger(level string) *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(os.Stderr)
+	l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000"})
+	lv, err := logrus.ParseLevel(strings.ToLower(level))
+	if err != nil {
+		lv = logrus.InfoLevel
+	}
+	l.SetLevel(lv)
+	return l
+}
+
+// Run starts the router and blocks until ctx ends. ready, if not nil, is
+// called once Envoy (or, with --external-envoy, the control plane) serves.
+func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	base := log.WithField("component", "router")
+
+	stateDir := c.StateDir
+	if stateDir == "" {
+		d, err := os.MkdirTemp("", "diffusion-router-")
+		if err != nil {
+			return fmt.Errorf("create state directory: %w", err)
+		}
+		defer os.RemoveAll(d)
+		stateDir = d
+	} else if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return fmt.Errorf("create state directory %s: %w", stateDir, err)
+	}
+
+	apiLis, err := net.Listen("tcp", net.JoinHostPort(c.APIHost, strconv.Itoa(c.APIPort)))
+	if err != nil {
+		return fmt.Errorf("listen for the registry API: %w", err)
+	}
+	defer apiLis.Close()
+	xdsLis, err := net.Listen("tcp", net.JoinHostPort(c.XDSHost, strconv.Itoa(c.XDSPort)))
+	if err != nil {
+		return fmt.Errorf("listen for xDS: %w", err)
+	}
+	defer xdsLis.Close()
+	addrs := Addresses{API: apiLis.Addr().String(), XDS: xdsLis.Addr().String()}
+
+	regHost, regPort, err := splitHostPort(addrs.API)
+	if err != nil {
+		return err
+	}
+	if c.RegistryAdvertise != "" {
+		if regHost, regPort, err = splitHostPort(c.RegistryAdvertise); err != nil {
+			return fmt.Errorf("--registry-advertise: %w", err)
+		}
+	}
+	opts := translate.Options{
+		ListenAddress:               c.Host,
+		ListenPort:                  uint32(c.Port),
+		Policy:                      translate.Policy(c.RoutingAlgorithm),
+		Timeout:                     c.Timeout,
+		MaxConnections:              uint32(c.MaxConnections),
+		MaxRetries:                  uint32(c.MaxRetries),
+		ConnectTimeout:              c.ConnectTimeout,
+		HealthCheckInterval:         c.HealthCheckInterval,
+		HealthCheckTimeout:          c.HealthCheckTimeout,
+		HealthCheckFailureThreshold: uint32(c.HealthCheckFailureThreshold),
+		RegistryAddress:             regHost,
+		RegistryPort:                regPort,
+	}
+	if err := opts.Validate(); err != nil {
+		return fmt.Errorf("router options: %w", err)
+	}
+
+	reg := registry.New(nil)
+	xds := xdsserver.New(log.WithField("component", "xds"))
+	if err := publish(ctx, reg, xds, opts); err != nil {
+		return err
+	}
+	fl := fleet.NewManager(ctx, reg, xds, fleet.Config{
+		ProbeTimeout:     c.HealthCheckTimeout,
+		HealthInterval:   c.HealthCheckInterval,
+		FailureThreshold: c.HealthCheckFailureThreshold,
+		DrainTimeout:     c.DrainTimeout,
+		SyncTimeout:      c.SyncTimeout,
+	}, log.WithField("component", "fleet"))
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	goRun := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+
+	goRun("publisher", func() error { return publishLoop(ctx, reg, xds, opts, base) })
+	goRun("xds", func() error { return xds.Serve(ctx, xdsLis) })
+	apiSrv := &http.Server{
+		Handler:           &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout},
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	goRun("api", func() error {
+		if err := apiSrv.Serve(apiLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	go fl.Observe(ctx)
+	go fl.Probe(ctx)
+
+	base.WithFields(logrus.Fields{"api": addrs.API, "xds": addrs.XDS, "state_dir": stateDir,
+		"routing_algorithm": c.RoutingAlgorithm}).Info("control plane listening")
+
+	admitInitial(ctx, fl, c.WorkerURLs, base)
+
+	if !c.ExternalEnvoy {
+		sup, adminAddr, err := localEnvoy(c, stateDir, addrs.XDS, log)
+		if err != nil {
+			cancel()
+			_ = apiSrv.Close()
+			wg.Wait()
+			return err
+		}
+		addrs.Admin = adminAddr
+		addrs.Front = net.JoinHostPort(connectHost(c.Host), strconv.Itoa(c.Port))
+		goRun("envoy", func() error { return sup.Run(ctx) })
+		if err := waitEnvoyReady(ctx, adminAddr, addrs.Front); err != nil {
+			base.WithError(err).Error("Envoy did not become ready")
+			cancel()
+		} else {
+			base.WithFields(logrus.Fields{"front": addrs.Front, "admin": addrs.Admin}).Info("Envoy ready")
+		}
+	}
+	if ctx.Err() == nil && ready != nil {
+		ready(addrs)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		base.WithError(runErr).Error("router component failed; shutting down")
+	}
+	cancel()
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stop()
+	_ = apiSrv.Shutdown(shutdownCtx)
+	wg.Wait()
+	fl.Wait()
+	return runErr
+}
+
+func splitHostPort(hp string) (string, uint32, error) {
+	h, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: %w", hp, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, fmt.Errorf("address %q: bad port", hp)
+	}
+	return h, uint32(n), nil
+}
+
+// connectHost turns a wildcard listen address into one a client can dial.
+func connectHost(h string) string {
+	switch h {
+	case "0.0.0.0", "":
+		return "127.0.0.1"
+	case "::":
+		return "::1"
+	}
+	return h
+}
+
+// publish translates the registry's current state and hands it to xDS.
+func publish(ctx context.Context, reg *registry.Registry, xds *xdsserver.Server, o translate.Options) error {
+	snap := reg.Snapshot()
+	res, err := translate.Build(snap, o)
+	if err != nil {
+		return fmt.Errorf("translate generation %d: %w", snap.Generation, err)
+	}
+	return xds.Publish(ctx, snap.Generation, res)
+}
+
+// publishLoop republishes after every registry change: REST call ->
+// registry -> snapshot -> Envoy, one way.
+func publishLoop(ctx context.Context, reg *registry.Registry, xds *xdsserver.Server, o translate.Options, log *logrus.Entry) error {
+	changes, unsubscribe := reg.Subscribe()
+	defer unsubscribe()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changes:
+		}
+		if err := publish(ctx, reg, xds, o); err != nil {
+			// A translation error is a bug; keep serving the last good config.
+			log.WithError(err).Error("cannot publish the new configuration; Envoy keeps the previous one")
+		}
+	}
+}
+
+// admitInitial registers --worker-urls in parallel; one that cannot be
+// admitted is logged, not fatal, so a router can start before its workers.
+func admitInitial(ctx context.Context, fl *fleet.Manager, urls []string, log *logrus.Entry) {
+	var wg sync.WaitGroup
+	for _, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := fl.Admit(ctx, u); err != nil {
+				log.WithError(err).WithField("worker", u).Error("cannot add worker from --worker-urls")
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// localEnvoy prepares the supervised Envoy: binary, admin port, bootstrap.
+func localEnvoy(c Config, stateDir, xdsAddr string, log *logrus.Logger) (*envoy.Supervisor, string, error) {
+	bin, err := envoy.FindBinary(c.EnvoyBin)
+	if err != nil {
+		return nil, "", err
+	}
+	adminPort := c.AdminPort
+	if adminPort == 0 {
+		if adminPort, err = freePort(c.AdminHost); err != nil {
+			return nil, "", fmt.Errorf("choose an admin port: %w", err)
+		}
+	}
+	xh, xp, err := splitHostPort(xdsAddr)
+	if err != nil {
+		return nil, "", err
+	}
+	host, _ := os.Hostname()
+	bs, err := envoy.Render(envoy.Bootstrap{
+		NodeID:       fmt.Sprintf("diffusion-router-%s-%d", host, os.Getpid()),
+		AdminAddress: c.AdminHost, AdminPort: adminPort,
+		XDSAddress: connectHost(xh), XDSPort: int(xp),
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(stateDir, "envoy-bootstrap.yaml")
+	if err := os.WriteFile(path, bs, 0o644); err != nil {
+		return nil, "", fmt.Errorf("write bootstrap: %w", err)
+	}
+	level := c.EnvoyLogLevel
+	if level == "warning" {
+		level = "warn"
+	}
+	return &envoy.Supervisor{
+		Bin: bin, ConfigPath: path, LogLevel: level, Concurrency: c.EnvoyConcurrency,
+		Log: log.WithField("component", "supervisor"),
+	}, net.JoinHostPort(c.AdminHost, strconv.Itoa(adminPort)), nil
+}
+
+// waitEnvoyReady polls Envoy's admin /ready and the front port.
+func waitEnvoyReady(ctx context.Context, admin, front string) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	ac := envoy.NewAdminClient()
+	for {
+		err := ac.Ready(ctx, admin)
+		if err == nil {
+			var conn net.Conn
+			conn, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", front)
+			if err == nil {
+				conn.Close()
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("envoy not ready: %w (last: %v)", ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
