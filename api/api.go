@@ -224,10 +224,14 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusOK // the Python routers answer 200 here
 		}
 	}
-	writeJSON(w, status, map[string]any{
+	out := map[string]any{
 		"status": "ok", "added": res.Created, "readmitted": res.Revived, "synced": res.Synced, "envoys": res.Envoys,
 		"worker": s.view(res.Worker, s.Fleet.Loads()), "urls": s.urls(),
-	})
+	}
+	if res.HealthError != "" {
+		out["warning"] = "worker registered, but its /health did not answer: " + res.HealthError
+	}
+	writeJSON(w, status, out)
 }
 
 func (s *Server) removeWorker(w http.ResponseWriter, r *http.Request) {

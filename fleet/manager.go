@@ -125,6 +125,9 @@ type AdmitResult struct {
 	Revived bool
 	Synced  bool
 	Envoys  int
+	// HealthError is set when the worker's /health did not answer 200 on
+	// admission; it is registered all the same.
+	HealthError string
 }
 
 // Admit registers a worker (idempotent) and waits, bounded, until every
@@ -142,13 +145,28 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 	if err != nil {
 		return AdmitResult{}, err
 	}
-	caps := m.probeCapabilities(ctx, u)
+	// Like the Python routers, a worker that does not answer yet is still
+	// registered (it may be loading its model); Envoy's health checks keep
+	// traffic away until it does.
+	healthErr := m.CheckHealth(ctx, u)
+	caps := registry.Capabilities{}
+	if healthErr == nil {
+		caps = m.probeCapabilities(ctx, u)
+	}
 	res := m.reg.Add(u, addr, caps, registry.StateActive, "")
 	out := AdmitResult{Worker: res.Worker, Created: res.Created}
-	if res.Created {
-		m.log.WithFields(logrus.Fields{"worker": u.String(), "address": addr, "task_types": caps.TaskTypes, "known": caps.Known}).Info("worker added")
+	if healthErr != nil {
+		out.HealthError = healthErr.Error()
 	}
-	out.Envoys, out.Synced = m.waitRoutable(ctx, res.Worker, res.Generation)
+	if res.Created {
+		m.log.WithFields(logrus.Fields{"worker": u.String(), "address": addr, "task_types": caps.TaskTypes,
+			"health": out.HealthError}).Info("worker added")
+	}
+	if healthErr != nil {
+		out.Envoys, out.Synced = m.waitSynced(ctx, res.Generation)
+	} else {
+		out.Envoys, out.Synced = m.waitRoutable(ctx, res.Worker, res.Generation)
+	}
 	return out, nil
 }
 

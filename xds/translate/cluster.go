@@ -64,6 +64,11 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 			// Envoy's default 50 % would, once half the fleet is out, spread
 			// traffic over failed and draining workers too.
 			HealthyPanicThreshold: &typev3.Percent{Value: 0},
+			// Envoy batches health changes for 1 s by default, so a worker
+			// that just passed its first health check (or failed one) would
+			// stay out of (or in) rotation on the worker threads for up to a
+			// second after the admin interface shows the change.
+			UpdateMergeWindow: durationpb.New(0),
 		},
 		CircuitBreakers: &clusterv3.CircuitBreakers{
 			Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
