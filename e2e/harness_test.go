@@ -53,7 +53,12 @@ func setup(m *testing.M) (int, error) {
 	}
 	defer os.RemoveAll(dir)
 	binDir = dir
-	build := exec.Command("go", "build", "-o", dir, "../cmd/diffusion-router", "../cmd/fake-worker")
+	args := []string{"build", "-o", dir}
+	if os.Getenv("DIFFROUTER_E2E_RACE") == "1" {
+		// The control plane is concurrent: run it under the race detector.
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/diffusion-router", "../cmd/fake-worker")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return 0, fmt.Errorf("build binaries: %w", err)
@@ -102,6 +107,9 @@ func start(t *testing.T, name string, args ...string) *proc {
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop()
+		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
+			t.Errorf("%s reported a data race", name)
+		}
 		if t.Failed() {
 			t.Logf("--- output of %s %v ---\n%s", name, args, tail(p.out.String(), 200))
 		}

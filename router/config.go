@@ -49,6 +49,10 @@ type Config struct {
 	EnvoyLogLevel     string
 	EnvoyConcurrency  int
 	ExternalEnvoy     bool
+	// DemoWorkers fake workers run inside the process (for trying the
+	// router without GPUs), at DemoTimeScale of real H100 speed.
+	DemoWorkers   int
+	DemoTimeScale float64
 }
 
 // seconds is a flag.Value of (fractional) seconds, as the Python CLIs take.
@@ -127,6 +131,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.EnvoyLogLevel, "envoy-log-level", "warning", "log level of the local Envoy")
 	fs.IntVar(&c.EnvoyConcurrency, "envoy-concurrency", 0, "worker threads of the local Envoy (0: one per core)")
 	fs.BoolVar(&c.ExternalEnvoy, "external-envoy", false, "run the control plane only; Envoys connect to --xds-host:--xds-port")
+	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers in-process and register them (the last one generates videos)")
+	fs.Float64Var(&c.DemoTimeScale, "demo-time-scale", 0.1, "speed of demo workers relative to an H100 (0.1: a FLUX.1-dev image in ~0.7 s)")
 
 	// Accept "--worker-urls A B C": fold the values into one argument.
 	folded, err := foldMultiValue(args, "worker-urls")
@@ -195,6 +201,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRetries < 0 || c.MaxRetries > 10 {
 		errs = append(errs, fmt.Errorf("--max-retries %d must be in [0, 10]", c.MaxRetries))
+	}
+	if c.DemoWorkers < 0 || c.DemoWorkers > 256 {
+		errs = append(errs, fmt.Errorf("--demo-workers %d must be in [0, 256]", c.DemoWorkers))
+	}
+	if c.DemoTimeScale < 0 || math.IsNaN(c.DemoTimeScale) || math.IsInf(c.DemoTimeScale, 0) {
+		errs = append(errs, fmt.Errorf("--demo-time-scale must be a non-negative number"))
 	}
 	if c.EnvoyConcurrency < 0 {
 		errs = append(errs, fmt.Errorf("--envoy-concurrency must not be negative"))

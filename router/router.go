@@ -116,6 +116,15 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		SyncTimeout:      c.SyncTimeout,
 	}, log.WithField("component", "fleet"))
 
+	initial := c.WorkerURLs
+	if c.DemoWorkers > 0 {
+		demo, err := startDemoWorkers(ctx, c.DemoWorkers, c.DemoTimeScale, log.WithField("component", "demo"))
+		if err != nil {
+			return err
+		}
+		initial = append(append([]string(nil), initial...), demo...)
+	}
+
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	goRun := func(name string, f func() error) {
@@ -146,7 +155,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	base.WithFields(logrus.Fields{"api": addrs.API, "xds": addrs.XDS, "state_dir": stateDir,
 		"routing_algorithm": c.RoutingAlgorithm}).Info("control plane listening")
 
-	admitInitial(ctx, fl, c.WorkerURLs, base)
+	admitInitial(ctx, fl, initial, base)
 
 	if !c.ExternalEnvoy {
 		sup, adminAddr, err := localEnvoy(c, stateDir, addrs.XDS, log)

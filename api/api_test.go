@@ -1,0 +1,209 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/registry"
+	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
+)
+
+// noEnvoys is the xDS side with nobody connected: changes apply at once.
+type noEnvoys struct{}
+
+func (noEnvoys) WaitSynced(context.Context, uint64) (int, error) { return 0, nil }
+func (noEnvoys) Nodes() []xdsserver.Node                          { return nil }
+
+func newAPI(t *testing.T) (*Server, *registry.Registry) {
+	t.Helper()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	reg := registry.New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	fl := fleet.NewManager(ctx, reg, noEnvoys{}, fleet.Config{ProbeTimeout: 2 * time.Second}, log.WithField("t", t.Name()))
+	return &Server{Fleet: fl, Log: log.WithField("t", t.Name()), FanoutTimeout: 5 * time.Second}, reg
+}
+
+// worker runs a fake worker in-process; faults may be set through its API.
+func worker(t *testing.T, taskType string) *httptest.Server {
+	t.Helper()
+	cfg := fakeworker.DefaultConfig()
+	cfg.TaskType, cfg.TimeScale, cfg.WorkerID = taskType, 0.0001, "w"
+	w, err := fakeworker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go w.Run(ctx)
+	srv := httptest.NewServer(w.Handler())
+	t.Cleanup(func() { srv.Close(); cancel() })
+	return srv
+}
+
+func call(t *testing.T, h http.Handler, method, target, body string) (int, map[string]any) {
+	t.Helper()
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	var v map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
+		t.Fatalf("%s %s: answer is not a JSON object: %q", method, target, rec.Body.String())
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("%s %s: content type %q", method, target, ct)
+	}
+	return rec.Code, v
+}
+
+func TestAddListRemove(t *testing.T) {
+	s, reg := newAPI(t)
+	w := worker(t, "T2I")
+	code, v := call(t, s, "POST", "/add_worker?url="+url.QueryEscape(w.URL+"/"), "")
+	if code != 200 || v["added"] != true {
+		t.Fatalf("add = %d %v", code, v)
+	}
+	code, v = call(t, s, "POST", "/workers", `{"worker_url": "`+w.URL+`"}`)
+	if code != 200 || v["added"] != false {
+		t.Fatalf("second add = %d %v, want 200 and added=false", code, v)
+	}
+	_, v = call(t, s, "GET", "/list_workers", "")
+	if urls := v["urls"].([]any); len(urls) != 1 || urls[0] != w.URL {
+		t.Fatalf("urls = %v", urls)
+	}
+	code, v = call(t, s, "GET", "/health", "")
+	if code != 200 || v["healthy_workers"] != 1.0 {
+		t.Fatalf("health = %d %v", code, v)
+	}
+	// Envoy does not know... nothing is in flight with no Envoy, so remove
+	// drains at once.
+	code, v = call(t, s, "POST", "/remove_worker", `{"url": "`+w.URL+`"}`)
+	if code != 200 {
+		t.Fatalf("remove = %d %v", code, v)
+	}
+	s.Fleet.Wait()
+	if n := len(reg.Snapshot().Workers); n != 0 {
+		t.Fatalf("%d workers after drain, want 0", n)
+	}
+	code, _ = call(t, s, "GET", "/health", "")
+	if code != 503 {
+		t.Fatalf("health with no workers = %d, want 503", code)
+	}
+}
+
+func TestPutWorker(t *testing.T) {
+	s, reg := newAPI(t)
+	w := worker(t, "T2V")
+	if code, v := call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`"}`); code != 200 {
+		t.Fatalf("add = %d %v", code, v)
+	}
+	id := "/workers/" + registry.EncodeID(w.URL)
+	tests := []struct {
+		body      string
+		wantCode  int
+		wantState registry.State
+	}{
+		{`{"is_dead": "yes"}`, 400, registry.StateActive},
+		{`{"dead": true}`, 400, registry.StateActive},
+		{`{}`, 400, registry.StateActive},
+		{`nope`, 400, registry.StateActive},
+		{`{"is_dead": true}`, 200, registry.StateQuarantined},
+		{`{"is_dead": false}`, 200, registry.StateActive},
+	}
+	for _, tt := range tests {
+		code, v := call(t, s, "PUT", id, tt.body)
+		if code != tt.wantCode {
+			t.Fatalf("PUT %s = %d %v, want %d", tt.body, code, v, tt.wantCode)
+		}
+		if got := reg.Snapshot().Workers[0].State; got != tt.wantState {
+			t.Fatalf("after PUT %s state = %s, want %s", tt.body, got, tt.wantState)
+		}
+	}
+	// Re-admission checks /health first: a dead worker stays out with 409.
+	call(t, s, "PUT", id, `{"is_dead": true}`)
+	w.Close()
+	code, v := call(t, s, "PUT", id, `{"is_dead": false}`)
+	if code != 409 || !strings.Contains(v["error"].(string), "quarantined") {
+		t.Fatalf("re-admit of a dead worker = %d %v, want 409 naming the quarantine", code, v)
+	}
+	if got := reg.Snapshot().Workers[0].State; got != registry.StateQuarantined {
+		t.Fatalf("state = %s after failed re-admission", got)
+	}
+}
+
+func TestFanout(t *testing.T) {
+	s, _ := newAPI(t)
+	code, v := call(t, s, "POST", "/update_weights_from_disk", `{"model_path":"/w/v2"}`)
+	if code != 503 || !strings.Contains(v["error"].(string), "No healthy workers") {
+		t.Fatalf("no workers = %d %v", code, v)
+	}
+	good, bad := worker(t, "T2I"), worker(t, "T2I")
+	for _, w := range []*httptest.Server{good, bad} {
+		call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`"}`)
+	}
+	if code, v := call(t, s, "POST", "/update_weights_from_disk", `{"flush_cache": true}`); code != 400 {
+		t.Fatalf("missing model_path = %d %v", code, v)
+	}
+	code, v = call(t, s, "POST", "/update_weights_from_disk", `{"model_path":"/w/v2"}`)
+	if code != 200 || len(v["results"].([]any)) != 2 || v["failed"] != 0.0 {
+		t.Fatalf("all succeed = %d %v", code, v)
+	}
+	resp, err := http.Post(bad.URL+"/_fake/faults", "application/json", strings.NewReader(`{"update_fail": true}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("set fault: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	code, v = call(t, s, "POST", "/update_weights_from_disk", `{"model_path":"/w/v3"}`)
+	if code != 502 || v["failed"] != 1.0 || v["succeeded"] != 1.0 {
+		t.Fatalf("partial failure = %d %v, want 502 with one failure", code, v)
+	}
+	for _, r := range v["results"].([]any) {
+		res := r.(map[string]any)
+		if res["worker_url"] == bad.URL && res["status_code"] != 400.0 {
+			t.Fatalf("failed worker result = %v", res)
+		}
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	s, reg := newAPI(t)
+	tests := []struct {
+		method, target, body string
+		want                 int
+	}{
+		{"POST", "/add_worker", "", 400},
+		{"POST", "/add_worker", `{"url": null}`, 400},
+		{"POST", "/add_worker", `{"url": "http://a:1"} {"x": 1}`, 400},
+		{"POST", "/add_worker", `{"url": "gopher://a:1"}`, 400},
+		{"POST", "/add_worker", `{"url": "http://[fe80::1]:1"}`, 400},
+		{"POST", "/add_worker", `{"url": "http://no-such-host.invalid:1"}`, 400},
+		{"DELETE", "/add_worker", "", 405},
+		{"PATCH", "/workers", "", 405},
+		{"GET", "/nowhere", "", 404},
+		{"GET", "/workers/" + registry.EncodeID("http://10.0.0.1:1"), "", 404},
+		{"POST", "/add_worker", `{"url":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 413},
+	}
+	for _, tt := range tests {
+		code, v := call(t, s, tt.method, tt.target, tt.body)
+		if code != tt.want {
+			t.Errorf("%s %s %.40q = %d %v, want %d", tt.method, tt.target, tt.body, code, v, tt.want)
+		}
+		if _, ok := v["error"].(string); !ok {
+			t.Errorf("%s %s: no error message: %v", tt.method, tt.target, v)
+		}
+	}
+	if g := reg.Snapshot().Generation; g != 0 {
+		t.Fatalf("bad requests changed the registry (generation %d)", g)
+	}
+}

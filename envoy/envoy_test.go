@@ -1,0 +1,158 @@
+package envoy
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"sigs.k8s.io/yaml"
+)
+
+func TestRender(t *testing.T) {
+	out, err := Render(Bootstrap{NodeID: "n1", AdminAddress: "127.0.0.1", AdminPort: 9901, XDSAddress: "127.0.0.1", XDSPort: 18000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(out, &doc); err != nil {
+		t.Fatalf("bootstrap is not YAML: %v\n%s", err, out)
+	}
+	node := doc["node"].(map[string]any)
+	if node["id"] != "n1" || node["metadata"].(map[string]any)["admin_address"] != "127.0.0.1:9901" {
+		t.Fatalf("node = %v", node)
+	}
+	if !strings.Contains(string(out), "port_value: 18000") || !strings.Contains(string(out), "port_value: 9901") {
+		t.Fatalf("ports missing:\n%s", out)
+	}
+	for _, bad := range []Bootstrap{
+		{AdminAddress: "a", AdminPort: 1, XDSAddress: "b", XDSPort: 2},
+		{NodeID: "n", AdminAddress: "a", AdminPort: 0, XDSAddress: "b", XDSPort: 2},
+		{NodeID: "n", AdminPort: 1, XDSAddress: "b", XDSPort: 2},
+	} {
+		if _, err := Render(bad); err == nil {
+			t.Errorf("Render(%+v) accepted", bad)
+		}
+	}
+}
+
+func TestParseClusters(t *testing.T) {
+	body := `{"cluster_statuses":[{"name":"workers","host_statuses":[
+	  {"address":{"socket_address":{"address":"127.0.0.1","port_value":30001}},"hostname":"127.0.0.1:30001",
+	   "stats":[{"name":"rq_active","type":"GAUGE","value":"3"},{"name":"rq_total","value":"10"},{"name":"rq_error","value":"1"}],
+	   "health_status":{"eds_health_status":"HEALTHY","failed_outlier_check":true}},
+	  {"address":{"socket_address":{"address":"127.0.0.1","port_value":30002}},"hostname":"127.0.0.1:30002",
+	   "health_status":{"eds_health_status":"DRAINING","failed_active_health_check":true}}]}],"unknown_field":1}`
+	hosts, err := ParseClusters([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hosts) != 2 {
+		t.Fatalf("%d hosts", len(hosts))
+	}
+	h := hosts[0]
+	if h.Cluster != "workers" || h.Address != "127.0.0.1:30001" || h.RqActive != 3 || h.RqTotal != 10 || h.RqError != 1 || !h.FailedOutlier || h.EDSHealth != "HEALTHY" {
+		t.Fatalf("host 0 = %+v", h)
+	}
+	if !hosts[1].FailedActiveHC || hosts[1].EDSHealth != "DRAINING" || hosts[1].RqActive != 0 {
+		t.Fatalf("host 1 = %+v", hosts[1])
+	}
+	if _, err := ParseClusters([]byte("{not json")); err == nil {
+		t.Fatal("accepted garbage")
+	}
+}
+
+// TestSupervisorRestarts runs a stand-in "envoy" that dies at once and
+// checks that the supervisor starts it again and stops cleanly.
+func TestSupervisorRestarts(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "envoy")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho '[critical][main] simulated crash' >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	s := &Supervisor{Bin: bin, ConfigPath: "unused", Log: log.WithField("t", "x"), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Status().Starts < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d starts", s.Status().Starts)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Status().LastExit; got != "exit status 3" {
+		t.Fatalf("last exit = %q", got)
+	}
+}
+
+func TestSupervisorStopsLongRunningProcess(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "envoy")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	s := &Supervisor{Bin: bin, ConfigPath: "unused", Log: log.WithField("t", "x"), StopGrace: time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Status().PID == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	pid := s.Status().PID
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("supervisor did not stop the process")
+	}
+	if _, err := os.Stat(filepath.Join("/proc", itoa(pid))); err == nil {
+		b, _ := os.ReadFile(filepath.Join("/proc", itoa(pid), "stat"))
+		if !strings.Contains(string(b), ") Z ") {
+			t.Fatalf("process %d still running", pid)
+		}
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestFindBinary(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "envoy")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := FindBinary(exe); err != nil || got != exe {
+		t.Fatalf("flag: %q %v", got, err)
+	}
+	t.Setenv(EnvVar, exe)
+	if got, err := FindBinary(""); err != nil || got != exe {
+		t.Fatalf("env: %q %v", got, err)
+	}
+	if _, err := FindBinary(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing binary accepted")
+	}
+	if _, err := FindBinary(dir); err == nil {
+		t.Fatal("directory accepted")
+	}
+}

@@ -1,0 +1,225 @@
+package fakeworker
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestServiceTime(t *testing.T) {
+	c := DefaultConfig()
+	tests := []struct {
+		name                            string
+		steps, width, height, frames, n int
+		want                            time.Duration
+	}{
+		{"FLUX.1-dev at 1024^2, 50 steps", 50, 1024, 1024, 1, 1, 300*time.Millisecond + 50*139*time.Millisecond},
+		{"a quarter of the pixels", 50, 512, 512, 1, 1, 300*time.Millisecond + 50*139*time.Millisecond/4},
+		{"frames multiply", 10, 1024, 1024, 4, 1, 300*time.Millisecond + 40*139*time.Millisecond},
+		{"n images multiply", 10, 1024, 1024, 1, 2, 300*time.Millisecond + 20*139*time.Millisecond},
+	}
+	for _, tt := range tests {
+		if got := c.ServiceTime(tt.steps, tt.width, tt.height, tt.frames, tt.n); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	c.TimeScale = 0.001
+	if got := c.ServiceTime(50, 1024, 1024, 1, 1); got != (300*time.Millisecond+50*139*time.Millisecond)/1000 {
+		t.Errorf("scaled: %v", got)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, mutate := range []func(*Config){
+		func(c *Config) { c.TaskType = "T2X" },
+		func(c *Config) { c.Jitter = 1 },
+		func(c *Config) { c.FailRate = 2 },
+		func(c *Config) { c.DefaultSteps = 0 },
+		func(c *Config) { c.TimeScale = -1 },
+		func(c *Config) { c.ModelPath = "" },
+	} {
+		c := DefaultConfig()
+		mutate(&c)
+		if c.Validate() == nil {
+			t.Errorf("accepted %+v", c)
+		}
+	}
+}
+
+func newTestWorker(t *testing.T, mutate func(*Config)) *httptest.Server {
+	t.Helper()
+	c := DefaultConfig()
+	c.WorkerID, c.TimeScale, c.Jitter = "w1", 0.001, 0
+	if mutate != nil {
+		mutate(&c)
+	}
+	s, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go s.Run(ctx)
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(func() { srv.Close(); cancel() })
+	return srv
+}
+
+func post(t *testing.T, url, body string) (int, map[string]any, http.Header) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&v)
+	return resp.StatusCode, v, resp.Header
+}
+
+func TestImageValidation(t *testing.T) {
+	srv := newTestWorker(t, nil)
+	tests := []struct {
+		body string
+		want int
+	}{
+		{`{"prompt":"a cat"}`, 200},
+		{`{"prompt":"a cat","size":"512x768","n":2,"response_format":"b64_json"}`, 200},
+		{`{}`, 422},
+		{`{"prompt":""}`, 422},
+		{`not json`, 422},
+		{`{"prompt":"x","n":11}`, 422},
+		{`{"prompt":"x","n":1.5}`, 422},
+		{`{"prompt":"x","size":"big"}`, 422},
+		{`{"prompt":"x","response_format":"png"}`, 400},
+		{`{"prompt":"x","guidance_scale":"high"}`, 422},
+	}
+	for _, tt := range tests {
+		code, v, h := post(t, srv.URL+"/v1/images/generations", tt.body)
+		if code != tt.want {
+			t.Errorf("%s = %d %v, want %d", tt.body, code, v, tt.want)
+		}
+		if h.Get("X-Worker-Id") != "w1" {
+			t.Errorf("%s: response does not name the worker", tt.body)
+		}
+	}
+}
+
+// TestFIFOOneAtATime: concurrent requests are served one after another, so
+// the last one waits for all the others.
+func TestFIFOOneAtATime(t *testing.T) {
+	srv := newTestWorker(t, func(c *Config) { c.TimeScale = 0.01 }) // ~20 ms per 10-step request
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, v, _ := post(t, srv.URL+"/v1/images/generations", `{"prompt":"x","num_inference_steps":10}`); code != 200 {
+				t.Errorf("status %d %v", code, v)
+			}
+		}()
+	}
+	wg.Wait()
+	one := DefaultConfig()
+	one.TimeScale = 0.01
+	if elapsed, serial := time.Since(start), 5*one.ServiceTime(10, 1024, 1024, 1, 1); elapsed < serial {
+		t.Fatalf("5 requests took %v, less than 5 service times (%v): not serialised", elapsed, serial)
+	}
+	resp, err := http.Get(srv.URL + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s Stats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	if s.ServedTotal != 5 || s.MaxQueueDepth < 2 || s.WaitTotalSecs <= 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func TestVideoJobLifecycle(t *testing.T) {
+	srv := newTestWorker(t, func(c *Config) { c.TaskType = "T2V" })
+	code, v, _ := post(t, srv.URL+"/v1/videos", `{"prompt":"waves","num_inference_steps":2}`)
+	if code != 200 || v["status"] != "queued" || v["object"] != "video" {
+		t.Fatalf("create = %d %v", code, v)
+	}
+	id := v["id"].(string)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get(srv.URL + "/v1/videos/" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var job map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&job)
+		resp.Body.Close()
+		if job["status"] == "completed" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job still %v", job["status"])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	resp, err := http.Get(srv.URL + "/v1/videos/" + id + "/content")
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "video/mp4" {
+		t.Fatalf("content: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	image := newTestWorker(t, nil)
+	if code, _, _ := post(t, image.URL+"/v1/videos", `{"prompt":"x"}`); code != 400 {
+		t.Fatalf("image worker accepted a video: %d", code)
+	}
+}
+
+func TestWeightsAndSleep(t *testing.T) {
+	srv := newTestWorker(t, nil)
+	if code, v, _ := post(t, srv.URL+"/update_weights_from_disk", `{}`); code != 400 || v["success"] != false {
+		t.Fatalf("missing model_path = %d %v", code, v)
+	}
+	code, v, _ := post(t, srv.URL+"/update_weights_from_disk", `{"model_path":"/ckpt/step-2"}`)
+	if code != 200 || v["success"] != true {
+		t.Fatalf("update = %d %v", code, v)
+	}
+	_, img, h := post(t, srv.URL+"/v1/images/generations", `{"prompt":"x"}`)
+	if img["model"] != "/ckpt/step-2" || h.Get("X-Model-Path") != "/ckpt/step-2" {
+		t.Fatalf("generation after update names %v / %q", img["model"], h.Get("X-Model-Path"))
+	}
+	post(t, srv.URL+"/release_memory_occupation", `{}`)
+	if code, _, _ := post(t, srv.URL+"/v1/images/generations", `{"prompt":"x"}`); code != 503 {
+		t.Fatalf("sleeping worker generated: %d", code)
+	}
+	if code, v, _ := post(t, srv.URL+"/update_weights_from_disk", `{"model_path":"/x"}`); code != 400 || v["success"] != false {
+		t.Fatalf("update while asleep = %d %v", code, v)
+	}
+	post(t, srv.URL+"/resume_memory_occupation", `{}`)
+	if code, _, _ := post(t, srv.URL+"/v1/images/generations", `{"prompt":"x"}`); code != 200 {
+		t.Fatalf("woken worker = %d", code)
+	}
+}
+
+func TestFaults(t *testing.T) {
+	srv := newTestWorker(t, func(c *Config) { c.FailRate = 1 })
+	if code, _, _ := post(t, srv.URL+"/v1/images/generations", `{"prompt":"x"}`); code != 500 {
+		t.Fatalf("fail-rate 1 answered %d", code)
+	}
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"fail_rate": 0}`); code != 200 {
+		t.Fatal("cannot clear faults")
+	}
+	if code, _, _ := post(t, srv.URL+"/v1/images/generations", `{"prompt":"x"}`); code != 200 {
+		t.Fatalf("after clearing = %d", code)
+	}
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"fail_rate": 3}`); code != 400 {
+		t.Fatal("accepted fail_rate 3")
+	}
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"fial_rate": 1}`); code != 400 {
+		t.Fatal("accepted an unknown field")
+	}
+}

@@ -1,0 +1,81 @@
+package router
+
+import (
+	"io"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(t *testing.T, c Config)
+		wantErr bool
+	}{
+		{name: "defaults match the Python routers", args: nil, check: func(t *testing.T, c Config) {
+			if c.Host != "0.0.0.0" || c.Port != 30080 || c.RoutingAlgorithm != "least-request" || c.Timeout != 0 ||
+				c.MaxConnections != 100 || c.HealthCheckInterval != 10*time.Second || c.HealthCheckFailureThreshold != 3 {
+				t.Fatalf("defaults = %+v", c)
+			}
+			if c.APIHost != "127.0.0.1" || c.AdminHost != "127.0.0.1" || c.APIPort != 0 || c.AdminPort != 0 {
+				t.Fatalf("own ports must default to free loopback ports: %+v", c)
+			}
+		}},
+		{name: "space separated worker urls", args: []string{"--worker-urls", "http://a:1", "http://b:2", "--port", "1"}, check: func(t *testing.T, c Config) {
+			if !slices.Equal(c.WorkerURLs, []string{"http://a:1", "http://b:2"}) || c.Port != 1 {
+				t.Fatalf("urls = %v port %d", c.WorkerURLs, c.Port)
+			}
+		}},
+		{name: "comma separated worker urls", args: []string{"--worker-urls=http://a:1,http://b:2"}, check: func(t *testing.T, c Config) {
+			if !slices.Equal(c.WorkerURLs, []string{"http://a:1", "http://b:2"}) {
+				t.Fatalf("urls = %v", c.WorkerURLs)
+			}
+		}},
+		{name: "worker urls last", args: []string{"--port", "2", "--worker-urls", "http://a:1"}, check: func(t *testing.T, c Config) {
+			if !slices.Equal(c.WorkerURLs, []string{"http://a:1"}) {
+				t.Fatalf("urls = %v", c.WorkerURLs)
+			}
+		}},
+		{name: "fractional timeout", args: []string{"--timeout", "2.5"}, check: func(t *testing.T, c Config) {
+			if c.Timeout != 2500*time.Millisecond {
+				t.Fatalf("timeout = %v", c.Timeout)
+			}
+		}},
+		{name: "timeout none", args: []string{"--timeout", "None"}, check: func(t *testing.T, c Config) {
+			if c.Timeout != 0 {
+				t.Fatalf("timeout = %v", c.Timeout)
+			}
+		}},
+		{name: "verbose means debug", args: []string{"--verbose"}, check: func(t *testing.T, c Config) {
+			if c.LogLevel != "debug" {
+				t.Fatalf("level = %q", c.LogLevel)
+			}
+		}},
+		{name: "bad policy", args: []string{"--routing-algorithm", "fastest"}, wantErr: true},
+		{name: "negative timeout", args: []string{"--timeout", "-1"}, wantErr: true},
+		{name: "timeout not a number", args: []string{"--timeout", "soon"}, wantErr: true},
+		{name: "zero interval", args: []string{"--health-check-interval", "0"}, wantErr: true},
+		{name: "zero connections", args: []string{"--max-connections", "0"}, wantErr: true},
+		{name: "port out of range", args: []string{"--port", "70000"}, wantErr: true},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: true},
+		{name: "stray argument", args: []string{"extra"}, wantErr: true},
+		{name: "too many retries", args: []string{"--max-retries", "99"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse(tt.args, io.Discard)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("Parse(%v) accepted: %+v", tt.args, c)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse(%v): %v", tt.args, err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
