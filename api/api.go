@@ -18,6 +18,7 @@ import (
 
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
 // MaxBodyBytes bounds every request body the registry reads.
@@ -29,17 +30,6 @@ type Server struct {
 	Log   *logrus.Entry
 	// FanoutTimeout bounds each worker's answer to a fleet-wide call.
 	FanoutTimeout time.Duration
-}
-
-// fanoutPaths are relayed to every active worker.
-var fanoutPaths = []string{
-	"/update_weights_from_disk",
-	"/release_memory_occupation",
-	"/resume_memory_occupation",
-	"/get_weights_checksum",
-	"/v1/set_lora",
-	"/v1/merge_lora_weights",
-	"/v1/unmerge_lora_weights",
 }
 
 // apiError is an error with the status it answers.
@@ -99,7 +89,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	if slices.Contains(fanoutPaths, path) {
+	if slices.Contains(translate.FanoutPaths, path) {
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.fanout})
 		return
 	}
@@ -175,6 +165,16 @@ func decodeObject(body []byte) (map[string]any, error) {
 	return obj, nil
 }
 
+// readObject reads and parses a JSON object body.
+func readObject(r *http.Request) ([]byte, map[string]any, error) {
+	body, err := readBody(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	obj, err := decodeObject(body)
+	return body, obj, err
+}
+
 // workerURLFrom takes the worker URL from ?url= / ?worker_url= or from the
 // JSON body's "url" / "worker_url", as the Python routers do.
 func workerURLFrom(r *http.Request) (string, error) {
@@ -184,11 +184,7 @@ func workerURLFrom(r *http.Request) (string, error) {
 			return v, nil
 		}
 	}
-	body, err := readBody(r)
-	if err != nil {
-		return "", err
-	}
-	obj, err := decodeObject(body)
+	_, obj, err := readObject(r)
 	if err != nil {
 		return "", err
 	}
@@ -316,12 +312,7 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 		writeError(w, err)
 		return
 	}
-	body, err := readBody(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	obj, err := decodeObject(body)
+	_, obj, err := readObject(r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -461,12 +452,7 @@ func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
 // fanout relays a fleet-wide control call to every active worker. 200 only
 // when every worker succeeded; otherwise 502 with each worker's answer.
 func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	obj, err := decodeObject(body)
+	body, obj, err := readObject(r)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -23,7 +23,7 @@ import (
 type noEnvoys struct{}
 
 func (noEnvoys) WaitSynced(context.Context, uint64) (int, error) { return 0, nil }
-func (noEnvoys) Nodes() []xdsserver.Node                          { return nil }
+func (noEnvoys) Nodes() []xdsserver.Node                         { return nil }
 
 func newAPI(t *testing.T) (*Server, *registry.Registry) {
 	t.Helper()

@@ -383,6 +383,17 @@ func TestAddIsRoutableAndRemoveDrains(t *testing.T) {
 	if s := stats(t, slow); s.ServedTotal != 1 {
 		t.Fatalf("drained worker served %d requests, want exactly the one in flight", s.ServedTotal)
 	}
+	// Fleet changes travel over EDS and RDS only: the listener (and with it
+	// every client connection) was never replaced.
+	st := get(t, r.Admin+"/stats?filter=^listener_manager%5C.listener_(modified|removed)$")
+	for _, line := range strings.Split(strings.TrimSpace(string(st.Body)), "\n") {
+		if !strings.HasSuffix(line, ": 0") {
+			t.Errorf("Envoy replaced its listener during fleet changes: %s", line)
+		}
+	}
+	if !strings.Contains(string(st.Body), "listener_modified") {
+		t.Fatalf("stats filter matched nothing: %q", st.Body)
+	}
 }
 
 // TestEnvoyRestartedBySupervisor kills the router's Envoy; the router starts

@@ -33,15 +33,9 @@ func (s *Server) handleVideoCreate(w http.ResponseWriter, r *http.Request) {
 				body[k] = v[0]
 			}
 		}
-		for _, k := range []string{"num_inference_steps", "num_frames", "seed", "width", "height"} {
-			if v, ok := body[k].(string); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					validationError(w, k+" must be a number")
-					return
-				}
-				body[k] = f
-			}
+		if err := numericFields(body, "num_inference_steps", "num_frames", "seed", "width", "height", "guidance_scale"); err != nil {
+			validationError(w, err.Error())
+			return
 		}
 	} else {
 		var err error

@@ -327,6 +327,41 @@ func (s *Server) runGeneration(w http.ResponseWriter, r *http.Request, kind stri
 	return j.cost, true
 }
 
+// generate validates a generation request, queues it and waits for the GPU.
+// It writes the error response itself and returns ok=false when there is
+// nothing left to answer.
+func (s *Server) generate(w http.ResponseWriter, r *http.Request, kind string, body map[string]any, video bool) (genParams, time.Duration, bool) {
+	p, perr := s.parseGenParams(body, video)
+	if perr != nil {
+		if perr.status == 400 {
+			writeJSON(w, 400, map[string]any{"error": perr.msg})
+		} else {
+			validationError(w, perr.msg)
+		}
+		return p, 0, false
+	}
+	if !s.admitGeneration(w) {
+		return p, 0, false
+	}
+	spent, ok := s.runGeneration(w, r, kind, p)
+	return p, spent, ok
+}
+
+// numericFields turns form values (strings) into the numbers a JSON body
+// would carry.
+func numericFields(body map[string]any, keys ...string) error {
+	for _, k := range keys {
+		if v, ok := body[k].(string); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return fmt.Errorf("%s must be a number", k)
+			}
+			body[k] = f
+		}
+	}
+	return nil
+}
+
 func decodeJSONObject(r *http.Request) (map[string]any, error) {
 	var body map[string]any
 	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<20))
@@ -345,19 +380,7 @@ func (s *Server) handleImageGenerations(w http.ResponseWriter, r *http.Request) 
 		validationError(w, err.Error())
 		return
 	}
-	p, perr := s.parseGenParams(body, false)
-	if perr != nil {
-		if perr.status == 400 {
-			writeJSON(w, 400, map[string]any{"error": perr.msg})
-		} else {
-			validationError(w, perr.msg)
-		}
-		return
-	}
-	if !s.admitGeneration(w) {
-		return
-	}
-	spent, ok := s.runGeneration(w, r, "image", p)
+	p, spent, ok := s.generate(w, r, "image", body, false)
 	if !ok {
 		return
 	}
@@ -474,30 +497,11 @@ func (s *Server) handleImageEdits(w http.ResponseWriter, r *http.Request) {
 		validationError(w, "an image file (image or image[]) or url is required")
 		return
 	}
-	body := map[string]any{"prompt": fields["prompt"], "size": fields["size"], "response_format": fields["response_format"]}
-	for _, k := range []string{"n", "num_inference_steps", "seed"} {
-		if v, ok := fields[k].(string); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				validationError(w, k+" must be a number")
-				return
-			}
-			body[k] = f
-		}
-	}
-	p, perr := s.parseGenParams(body, false)
-	if perr != nil {
-		if perr.status == 400 {
-			writeJSON(w, 400, map[string]any{"error": perr.msg})
-		} else {
-			validationError(w, perr.msg)
-		}
+	if err := numericFields(fields, "n", "num_inference_steps", "seed", "guidance_scale", "width", "height"); err != nil {
+		validationError(w, err.Error())
 		return
 	}
-	if !s.admitGeneration(w) {
-		return
-	}
-	spent, ok := s.runGeneration(w, r, "edit", p)
+	p, spent, ok := s.generate(w, r, "edit", fields, false)
 	if !ok {
 		return
 	}
@@ -512,15 +516,7 @@ func (s *Server) handleNative(w http.ResponseWriter, r *http.Request) {
 		validationError(w, err.Error())
 		return
 	}
-	p, perr := s.parseGenParams(body, s.cfg.Video())
-	if perr != nil {
-		validationError(w, perr.msg)
-		return
-	}
-	if !s.admitGeneration(w) {
-		return
-	}
-	spent, ok := s.runGeneration(w, r, "native", p)
+	p, spent, ok := s.generate(w, r, "native", body, s.cfg.Video())
 	if !ok {
 		return
 	}

@@ -14,7 +14,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -154,7 +153,7 @@ func lbPolicy(p Policy) (*corev3.TypedExtensionConfig, error) {
 }
 
 func typed(name string, m proto.Message) (*corev3.TypedExtensionConfig, error) {
-	a, err := anypb.New(m)
+	a, err := pack(m)
 	if err != nil {
 		return nil, fmt.Errorf("translate: pack %s: %w", name, err)
 	}

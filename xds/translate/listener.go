@@ -6,7 +6,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -22,11 +21,11 @@ const (
 // that a fleet change never replaces the listener (which would drain every
 // client connection).
 func FrontListener(o Options) (*listenerv3.Listener, error) {
-	router, err := anypb.New(&routerv3.Router{})
+	router, err := pack(&routerv3.Router{})
 	if err != nil {
 		return nil, err
 	}
-	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+	hcm, err := pack(&hcmv3.HttpConnectionManager{
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix: "front",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{

@@ -4,22 +4,14 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// RegistryPaths are answered by the control plane, on the front port as on
-// its own. Everything else goes to a worker.
-var RegistryPaths = []string{
-	"/add_worker",
-	"/remove_worker",
-	"/list_workers",
-	"/workers",
-	"/health",
-	"/health_workers",
-	"/v1/models",
+// FanoutPaths are fleet-wide control calls: the control plane relays them to
+// every worker and aggregates the answers.
+var FanoutPaths = []string{
 	"/update_weights_from_disk",
 	"/release_memory_occupation",
 	"/resume_memory_occupation",
@@ -28,6 +20,18 @@ var RegistryPaths = []string{
 	"/v1/merge_lora_weights",
 	"/v1/unmerge_lora_weights",
 }
+
+// RegistryPaths are answered by the control plane, on the front port as on
+// its own. Everything else goes to a worker.
+var RegistryPaths = append([]string{
+	"/add_worker",
+	"/remove_worker",
+	"/list_workers",
+	"/workers",
+	"/health",
+	"/health_workers",
+	"/v1/models",
+}, FanoutPaths...)
 
 // Messages of the router's own replies; the local-reply config wraps them in
 // JSON {"error": ...}.
@@ -115,7 +119,7 @@ func workersAction(o Options) *routev3.RouteAction {
 // the request: a generation is expensive and not idempotent, so a request a
 // worker accepted is never sent twice.
 func retryPolicy(o Options) *routev3.RetryPolicy {
-	predicate, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
+	predicate, _ := pack(&previoushostsv3.PreviousHostsPredicate{})
 	p := &routev3.RetryPolicy{
 		RetryOn:    "connect-failure,refused-stream,reset-before-request",
 		NumRetries: wrapperspb.UInt32(o.MaxRetries),

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"bytes"
 	"testing"
 	"time"
 
@@ -306,3 +307,34 @@ func TestOptionsValidate(t *testing.T) {
 
 func wrapUint(v uint32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(v) }
 func wrapBool(v bool) *wrapperspb.BoolValue     { return wrapperspb.Bool(v) }
+
+// TestBuildIsDeterministic: the same input must encode to the same bytes, or
+// the xDS versions (content hashes) change on every publish and Envoy
+// replaces an unchanged listener, draining client connections.
+func TestBuildIsDeterministic(t *testing.T) {
+	snap := registry.Snapshot{Workers: []registry.Worker{worker(t, "http://127.0.0.1:1", "127.0.0.1", registry.StateActive, "T2I")}}
+	var first [][]byte
+	for i := range 20 {
+		res, err := Build(snap, testOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var enc [][]byte
+		for _, m := range []proto.Message{res.Clusters[0], res.Clusters[1], res.Endpoints[0], res.Listeners[0], res.Routes[0]} {
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			enc = append(enc, b)
+		}
+		if i == 0 {
+			first = enc
+			continue
+		}
+		for j := range enc {
+			if !bytes.Equal(enc[j], first[j]) {
+				t.Fatalf("build %d: resource %d encodes differently", i, j)
+			}
+		}
+	}
+}
