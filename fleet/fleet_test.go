@@ -18,7 +18,7 @@ import (
 type noEnvoys struct{}
 
 func (noEnvoys) WaitSynced(context.Context, uint64) (int, error) { return 0, nil }
-func (noEnvoys) Nodes() []xdsserver.Node                          { return nil }
+func (noEnvoys) Nodes() []xdsserver.Node                         { return nil }
 
 func newManager(t *testing.T) *Manager {
 	t.Helper()
