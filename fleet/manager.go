@@ -46,6 +46,8 @@ type Config struct {
 	SyncTimeout time.Duration
 	// ObserveInterval is how often Envoy admin stats are read.
 	ObserveInterval time.Duration
+	// OutlierFailures is Envoy's ejection threshold, named in reasons.
+	OutlierFailures int
 }
 
 // Manager performs fleet operations.

@@ -43,6 +43,7 @@ func (m *Manager) Observe(ctx context.Context) {
 
 func (m *Manager) observeOnce(ctx context.Context) {
 	byHost := map[string]Load{}
+	ejectedBy := map[string][]string{} // hostname -> node ids
 	for _, n := range m.syncer.Nodes() {
 		if n.AdminAddress == "" {
 			continue
@@ -62,13 +63,25 @@ func (m *Manager) observeOnce(ctx context.Context) {
 			l.Errors += h.RqError
 			l.FailingHealthChecks = l.FailingHealthChecks || h.FailedActiveHC
 			l.Ejected = l.Ejected || h.FailedOutlier
+			if h.FailedOutlier {
+				ejectedBy[h.Hostname] = append(ejectedBy[h.Hostname], n.ID)
+			}
 			byHost[h.Hostname] = l
 		}
 	}
 	out := map[string]Load{}
 	for _, w := range m.reg.Snapshot().Workers {
-		if l, ok := byHost[hostPort(w.URL)]; ok {
+		hp := hostPort(w.URL)
+		if l, ok := byHost[hp]; ok {
 			out[w.Key()] = l
+		}
+		if nodes := ejectedBy[hp]; len(nodes) > 0 && w.State == registry.StateActive {
+			// An ejection by any Envoy takes the worker out of every Envoy,
+			// for good: Envoy would let it back after the ejection time.
+			reason := fmt.Sprintf("ejected by Envoy outlier detection (%d failed requests in a row) on %v", m.cfg.OutlierFailures, nodes)
+			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, registry.StateActive); err == nil {
+				m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
+			}
 		}
 	}
 	m.mu.Lock()

@@ -29,6 +29,8 @@ type Config struct {
 	Verbose                     bool
 
 	// Our own.
+	OutlierFailures     int
+	ObserveInterval     time.Duration
 	MaxRetries          int
 	ConnectTimeout      time.Duration
 	HealthCheckTimeout  time.Duration
@@ -108,6 +110,9 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warning or error")
 	fs.BoolVar(&c.Verbose, "verbose", false, "same as --log-level debug")
 
+	fs.IntVar(&c.OutlierFailures, "outlier-consecutive-failures", 5, "failed requests in a row (5xx, connect failure, reset, timeout) after which Envoy ejects a worker and the router quarantines it")
+	c.ObserveInterval = 500 * time.Millisecond
+	fs.Var(&seconds{d: &c.ObserveInterval}, "observe-interval", "seconds between reads of each Envoy's admin stats (ejections, in-flight requests)")
 	fs.IntVar(&c.MaxRetries, "max-retries", 2, "retries, on another worker, of a request that failed before a worker took it")
 	c.ConnectTimeout = 5 * time.Second
 	fs.Var(&seconds{d: &c.ConnectTimeout}, "connect-timeout", "seconds to open a connection to a worker")
@@ -198,6 +203,9 @@ func (c Config) Validate() error {
 	}
 	if c.HealthCheckFailureThreshold < 1 || c.HealthCheckFailureThreshold > 1000 {
 		errs = append(errs, fmt.Errorf("--health-check-failure-threshold %d must be in [1, 1000]", c.HealthCheckFailureThreshold))
+	}
+	if c.OutlierFailures < 1 || c.OutlierFailures > 1000 {
+		errs = append(errs, fmt.Errorf("--outlier-consecutive-failures %d must be in [1, 1000]", c.OutlierFailures))
 	}
 	if c.MaxRetries < 0 || c.MaxRetries > 10 {
 		errs = append(errs, fmt.Errorf("--max-retries %d must be in [0, 10]", c.MaxRetries))

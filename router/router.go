@@ -96,6 +96,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		HealthCheckInterval:         c.HealthCheckInterval,
 		HealthCheckTimeout:          c.HealthCheckTimeout,
 		HealthCheckFailureThreshold: uint32(c.HealthCheckFailureThreshold),
+		OutlierConsecutiveFailures:  uint32(c.OutlierFailures),
 		RegistryAddress:             regHost,
 		RegistryPort:                regPort,
 	}
@@ -114,6 +115,8 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		FailureThreshold: c.HealthCheckFailureThreshold,
 		DrainTimeout:     c.DrainTimeout,
 		SyncTimeout:      c.SyncTimeout,
+		ObserveInterval:  c.ObserveInterval,
+		OutlierFailures:  c.OutlierFailures,
 	}, log.WithField("component", "fleet"))
 
 	initial := c.WorkerURLs

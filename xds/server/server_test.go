@@ -21,7 +21,7 @@ func options() translate.Options {
 	return translate.Options{
 		ListenAddress: "127.0.0.1", ListenPort: 30080, Policy: translate.PolicyLeastRequest, MaxConnections: 10,
 		ConnectTimeout: time.Second, HealthCheckInterval: time.Second, HealthCheckTimeout: time.Second,
-		HealthCheckFailureThreshold: 3, RegistryAddress: "127.0.0.1", RegistryPort: 1,
+		HealthCheckFailureThreshold: 3, RegistryAddress: "127.0.0.1", RegistryPort: 1, OutlierConsecutiveFailures: 5,
 	}
 }
 

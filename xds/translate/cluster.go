@@ -3,6 +3,7 @@ package translate
 import (
 	"fmt"
 	"math"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -84,7 +85,8 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 				MaxConnections: wrapperspb.UInt32(o.MaxConnections),
 			}},
 		},
-		HealthChecks: []*corev3.HealthCheck{HealthCheck(o)},
+		HealthChecks:     []*corev3.HealthCheck{HealthCheck(o)},
+		OutlierDetection: OutlierDetection(o),
 		// A worker removed from EDS must stop taking traffic even while it
 		// still passes health checks.
 		IgnoreHealthOnHostRemoval: true,
@@ -112,6 +114,36 @@ func HealthCheck(o Options) *corev3.HealthCheck {
 		HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
 			Path: "/health",
 		}},
+	}
+}
+
+// OutlierDetection ejects a worker after OutlierConsecutiveFailures failed
+// requests in a row. Every default that would let an ejected worker drift
+// back is overridden: any fraction of the fleet may be ejected, a passing
+// health check does not un-eject, and the ejection lasts long enough for the
+// control plane, which watches every Envoy, to quarantine the worker for good.
+func OutlierDetection(o Options) *clusterv3.OutlierDetection {
+	n := wrapperspb.UInt32(o.OutlierConsecutiveFailures)
+	all := wrapperspb.UInt32(100)
+	off := wrapperspb.UInt32(0)
+	return &clusterv3.OutlierDetection{
+		// Local-origin failures (connect failures, resets, timeouts) count
+		// like 5xx answers: a worker that cannot be reached is as bad as one
+		// that fails.
+		SplitExternalLocalOriginErrors: false,
+		Consecutive_5Xx:                n,
+		EnforcingConsecutive_5Xx:       all,
+		ConsecutiveGatewayFailure:      n,
+		// Envoy's default of 0 would count gateway failures but never eject.
+		EnforcingConsecutiveGatewayFailure: all,
+		EnforcingSuccessRate:               off,
+		EnforcingFailurePercentage:         off,
+		Interval:                           durationpb.New(time.Second),
+		BaseEjectionTime:                   durationpb.New(time.Hour),
+		MaxEjectionTime:                    durationpb.New(24 * time.Hour),
+		// Envoy's default of 10 % would leave most failed workers in rotation.
+		MaxEjectionPercent:                     all,
+		SuccessfulActiveHealthCheckUnejectHost: wrapperspb.Bool(false),
 	}
 }
 

@@ -62,6 +62,9 @@ type Options struct {
 	HealthCheckInterval         time.Duration
 	HealthCheckTimeout          time.Duration
 	HealthCheckFailureThreshold uint32
+	// OutlierConsecutiveFailures is how many failed requests in a row (5xx,
+	// connect failures, resets, timeouts) make Envoy eject a worker at once.
+	OutlierConsecutiveFailures uint32
 
 	// RegistryAddress and RegistryPort are where Envoy reaches the control
 	// plane's REST API (the "registry" cluster).
@@ -88,6 +91,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("health check interval and timeout must be positive")
 	case o.HealthCheckFailureThreshold == 0:
 		return fmt.Errorf("health check failure threshold must be at least 1")
+	case o.OutlierConsecutiveFailures == 0:
+		return fmt.Errorf("outlier consecutive failures must be at least 1")
 	}
 	if _, err := ParsePolicy(string(o.Policy)); err != nil {
 		return err

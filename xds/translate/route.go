@@ -36,14 +36,19 @@ var RegistryPaths = append([]string{
 // Messages of the router's own replies; the local-reply config wraps them in
 // JSON {"error": ...}.
 const (
-	MsgNoWorkers      = "no workers are registered; add one with POST /add_worker"
-	MsgNoVideoWorkers = "no video-capable worker is registered (no worker reports a video task type such as T2V, I2V or TI2V in /v1/models)"
+	MsgNoWorkers           = "no workers are registered; add one with POST /add_worker"
+	MsgNoVideoWorkers      = "no video-capable worker is registered (no worker reports a video task type such as T2V, I2V or TI2V in /v1/models)"
+	MsgAllQuarantined      = "all workers are quarantined; re-admit one with POST /add_worker or PUT /workers/{worker_id} {\"is_dead\": false} (see GET /workers for the reasons)"
+	MsgAllVideoQuarantined = "all video-capable workers are quarantined; re-admit one with POST /add_worker or PUT /workers/{worker_id} {\"is_dead\": false}"
 )
 
 // Fleet is what the routes depend on: whether anything can be routed at all.
 type Fleet struct {
 	Workers      int // registered, in any state
 	VideoWorkers int // registered and video-capable, in any state
+	// Quarantined and VideoQuarantined count the quarantined among them.
+	Quarantined      int
+	VideoQuarantined int
 }
 
 // FrontRoutes is the route table of the front listener.
@@ -60,9 +65,12 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/v1/videos/"}},
 	} {
 		r := &routev3.Route{Match: m}
-		if f.VideoWorkers == 0 {
+		switch {
+		case f.VideoWorkers == 0:
 			r.Action = directResponse(400, MsgNoVideoWorkers)
-		} else {
+		case f.VideoQuarantined == f.VideoWorkers:
+			r.Action = directResponse(503, MsgAllVideoQuarantined)
+		default:
 			action := workersAction(o)
 			action.MetadataMatch = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 				"envoy.lb": {Fields: map[string]*structpb.Value{SubsetKeyVideo: structpb.NewBoolValue(true)}},
@@ -73,9 +81,12 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	}
 
 	catchAll := &routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}}
-	if f.Workers == 0 {
+	switch {
+	case f.Workers == 0:
 		catchAll.Action = directResponse(503, MsgNoWorkers)
-	} else {
+	case f.Quarantined == f.Workers:
+		catchAll.Action = directResponse(503, MsgAllQuarantined)
+	default:
 		catchAll.Action = &routev3.Route_Route{Route: workersAction(o)}
 	}
 	routes = append(routes, catchAll)
@@ -115,13 +126,16 @@ func workersAction(o Options) *routev3.RouteAction {
 	return a
 }
 
-// retryPolicy retries only failures that happened before a worker started on
-// the request: a generation is expensive and not idempotent, so a request a
-// worker accepted is never sent twice.
+// retryPolicy retries, on another worker, requests that failed before any
+// worker answered: connection refused, refused stream, or a reset (a worker
+// that died, or a pooled connection it had closed). An answer, even a 5xx, is
+// never retried: the worker ran the request. A request that makes every
+// worker crash would be tried MaxRetries+1 times; --max-retries 0 turns
+// retries off.
 func retryPolicy(o Options) *routev3.RetryPolicy {
 	predicate, _ := pack(&previoushostsv3.PreviousHostsPredicate{})
 	p := &routev3.RetryPolicy{
-		RetryOn:    "connect-failure,refused-stream,reset-before-request",
+		RetryOn:    "connect-failure,refused-stream,reset",
 		NumRetries: wrapperspb.UInt32(o.MaxRetries),
 		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{
 			Name:       "envoy.retry_host_predicates.previous_hosts",

@@ -44,9 +44,16 @@ func Build(snap registry.Snapshot, o Options) (Resources, error) {
 func FleetOf(workers []registry.Worker) Fleet {
 	var f Fleet
 	for _, w := range workers {
+		q := w.State == registry.StateQuarantined
 		f.Workers++
+		if q {
+			f.Quarantined++
+		}
 		if w.Caps.Video() {
 			f.VideoWorkers++
+			if q {
+				f.VideoQuarantined++
+			}
 		}
 	}
 	return f

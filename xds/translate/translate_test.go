@@ -34,6 +34,7 @@ func testOptions() Options {
 		HealthCheckFailureThreshold: 3,
 		RegistryAddress:             "127.0.0.1",
 		RegistryPort:                40000,
+		OutlierConsecutiveFailures:  5,
 	}
 }
 
@@ -101,6 +102,11 @@ func TestWorkersClusterPolicy(t *testing.T) {
 			}
 			if !c.GetIgnoreHealthOnHostRemoval() {
 				t.Error("ignore_health_on_host_removal is off")
+			}
+			od := c.GetOutlierDetection()
+			if od.GetConsecutive_5Xx().GetValue() != 5 || od.GetEnforcingConsecutiveGatewayFailure().GetValue() != 100 ||
+				od.GetMaxEjectionPercent().GetValue() != 100 || od.GetSuccessfulActiveHealthCheckUnejectHost().GetValue() {
+				t.Errorf("outlier detection lets ejected workers back: %v", od)
 			}
 			if got := c.GetCircuitBreakers().GetPerHostThresholds()[0].GetMaxConnections().GetValue(); got != 100 {
 				t.Errorf("per-host max connections = %d, want 100", got)
@@ -205,6 +211,8 @@ func TestFrontRoutes(t *testing.T) {
 		{name: "no workers", fleet: Fleet{}, wantCatchAll: 503, wantVideo: 400},
 		{name: "image workers only", fleet: Fleet{Workers: 2}, wantCatchAll: 0, wantVideo: 400},
 		{name: "video workers", fleet: Fleet{Workers: 2, VideoWorkers: 1}, wantCatchAll: 0, wantVideo: 0},
+		{name: "all quarantined", fleet: Fleet{Workers: 2, VideoWorkers: 1, Quarantined: 2, VideoQuarantined: 1}, wantCatchAll: 503, wantVideo: 503},
+		{name: "video workers quarantined", fleet: Fleet{Workers: 2, VideoWorkers: 1, Quarantined: 1, VideoQuarantined: 1}, wantCatchAll: 0, wantVideo: 503},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -284,6 +292,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"negative timeout", func(o *Options) { o.Timeout = -time.Second }},
 		{"zero connections", func(o *Options) { o.MaxConnections = 0 }},
 		{"zero threshold", func(o *Options) { o.HealthCheckFailureThreshold = 0 }},
+		{"zero outlier failures", func(o *Options) { o.OutlierConsecutiveFailures = 0 }},
 		{"zero interval", func(o *Options) { o.HealthCheckInterval = 0 }},
 		{"bad policy", func(o *Options) { o.Policy = "x" }},
 		{"no registry", func(o *Options) { o.RegistryPort = 0 }},
