@@ -30,6 +30,9 @@ type Server struct {
 	Log   *logrus.Entry
 	// FanoutTimeout bounds each worker's answer to a fleet-wide call.
 	FanoutTimeout time.Duration
+	// QuarantineChecksumMismatch quarantines workers whose weights checksum
+	// differs from the majority's.
+	QuarantineChecksumMismatch bool
 }
 
 // apiError is an error with the status it answers.
@@ -61,6 +64,8 @@ func writeError(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error()})
 	case errors.Is(err, registry.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": err.Error()})
+	case errors.Is(err, fleet.ErrCatchUp):
+		writeJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error()})
 	case errors.Is(err, fleet.ErrUnreachable), errors.Is(err, fleet.ErrRejected), errors.Is(err, registry.ErrConflict):
 		writeJSON(w, http.StatusConflict, map[string]any{"error": err.Error()})
 	default:
@@ -396,7 +401,7 @@ func nonNil(s []string) []string {
 func servable(snap registry.Snapshot, loads map[string]fleet.Load) int {
 	n := 0
 	for _, w := range snap.Workers {
-		if w.State == registry.StateActive && !loads[w.Key()].FailingHealthChecks && !loads[w.Key()].Ejected {
+		if w.Routable() && !loads[w.Key()].FailingHealthChecks && !loads[w.Key()].Ejected {
 			n++
 		}
 	}
@@ -417,7 +422,8 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, code, map[string]any{
 		"status": status, "healthy_workers": healthy, "total_workers": len(snap.Workers),
 		"dead_workers": counts[registry.StateQuarantined], "draining_workers": counts[registry.StateDraining],
-		"generation": snap.Generation,
+		"generation": snap.Generation, "weight_version": snap.Fleet.Version, "model_path": snap.Fleet.ModelPath,
+		"running_operation": s.Fleet.Running(),
 	})
 }
 
@@ -449,40 +455,155 @@ func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 }
 
-// fanout relays a fleet-wide control call to every active worker. 200 only
-// when every worker succeeded; otherwise 502 with each worker's answer.
+// fanout handles the fleet-wide control calls.
 func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
 	body, obj, err := readObject(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if r.URL.Path == "/update_weights_from_disk" {
-		if p, ok := obj["model_path"].(string); !ok || strings.TrimSpace(p) == "" {
-			writeError(w, errorf(http.StatusBadRequest, "\"model_path\" is required and must be a non-empty string"))
-			return
-		}
-	}
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	results := s.Fleet.Broadcast(r.Context(), r.URL.Path, body, "application/json", s.FanoutTimeout)
-	if len(results) == 0 {
-		writeError(w, errorf(http.StatusServiceUnavailable, "No healthy workers available in the pool for %s", r.URL.Path))
+	if r.URL.Path == "/update_weights_from_disk" {
+		s.updateWeights(w, r, obj)
 		return
 	}
-	failed := 0
-	for _, res := range results {
-		if !res.OK() {
-			failed++
-		}
+	spec := fleet.CallSpec{Path: r.URL.Path, Body: body, Timeout: s.FanoutTimeout, Quarantine: true,
+		Target: func(wk registry.Worker) bool { return wk.State == registry.StateActive && !wk.Asleep }}
+	reg := s.Fleet.Registry()
+	switch r.URL.Path {
+	case "/release_memory_occupation":
+		spec.OnSuccess = func(wk registry.Worker) error { _, err := reg.SetAsleep(wk.Key(), true); return err }
+	case "/resume_memory_occupation":
+		spec.Target = func(wk registry.Worker) bool { return wk.State == registry.StateActive && wk.Asleep }
+		spec.OnSuccess = func(wk registry.Worker) error { _, err := reg.SetAsleep(wk.Key(), false); return err }
+	case "/get_weights_checksum":
+		spec.Quarantine = false // reading a checksum changes nothing
 	}
+	out, err := s.Fleet.Call(r.Context(), spec)
+	if err != nil {
+		s.fleetError(w, r.URL.Path, err)
+		return
+	}
+	resp := map[string]any{"operation_id": out.ID, "results": out.Results, "succeeded": out.Succeeded,
+		"failed": out.Failed, "quarantined": out.Quarantined}
+	if r.URL.Path == "/get_weights_checksum" {
+		s.checksumSummary(r.Context(), out, resp)
+	}
+	s.writeOutcome(w, r.URL.Path, out.Failed, len(out.Results), resp)
+}
+
+func (s *Server) fleetError(w http.ResponseWriter, path string, err error) {
+	var busy *fleet.BusyError
+	switch {
+	case errors.As(err, &busy):
+		writeJSON(w, http.StatusConflict, map[string]any{"error": busy.Error(), "running": busy.Running})
+	case errors.Is(err, fleet.ErrNoTargets):
+		writeError(w, errorf(http.StatusServiceUnavailable, "No healthy workers available in the pool for %s", path))
+	default:
+		writeError(w, err)
+	}
+}
+
+// writeOutcome answers 200 only when every targeted worker succeeded.
+func (s *Server) writeOutcome(w http.ResponseWriter, path string, failed, total int, resp map[string]any) {
 	status := http.StatusOK
-	out := map[string]any{"results": results, "succeeded": len(results) - failed, "failed": failed}
 	if failed > 0 {
 		status = http.StatusBadGateway
-		out["error"] = fmt.Sprintf("%d of %d workers failed %s", failed, len(results), r.URL.Path)
+		resp["error"] = fmt.Sprintf("%d of %d workers failed %s", failed, total, path)
 	}
-	s.Log.WithFields(logrus.Fields{"path": r.URL.Path, "workers": len(results), "failed": failed}).Info("fleet-wide call")
-	writeJSON(w, status, out)
+	writeJSON(w, status, resp)
+}
+
+// updateWeights validates an update_weights_from_disk body and runs it.
+// The router's own fields (weight_version, mode, max_unavailable) are taken
+// out; everything else goes to the workers as sent.
+func (s *Server) updateWeights(w http.ResponseWriter, r *http.Request, obj map[string]any) {
+	if p, ok := obj["model_path"].(string); !ok || strings.TrimSpace(p) == "" {
+		writeError(w, errorf(http.StatusBadRequest, "\"model_path\" is required and must be a non-empty string"))
+		return
+	}
+	spec := fleet.UpdateSpec{Mode: fleet.ModeInplace, MaxUnavailable: 1, Timeout: s.FanoutTimeout, Request: map[string]any{}}
+	for k, v := range obj {
+		switch k {
+		case "weight_version":
+			switch x := v.(type) {
+			case string:
+				spec.Version = x
+			case json.Number:
+				spec.Version = x.String()
+			default:
+				writeError(w, errorf(http.StatusBadRequest, "\"weight_version\" must be a string or a number"))
+				return
+			}
+			if strings.TrimSpace(spec.Version) == "" || len(spec.Version) > 128 {
+				writeError(w, errorf(http.StatusBadRequest, "\"weight_version\" must be 1 to 128 characters"))
+				return
+			}
+		case "mode":
+			m, _ := v.(string)
+			if m != fleet.ModeInplace && m != fleet.ModeDrain {
+				writeError(w, errorf(http.StatusBadRequest, "\"mode\" must be %q or %q", fleet.ModeInplace, fleet.ModeDrain))
+				return
+			}
+			spec.Mode = m
+		case "max_unavailable":
+			n, ok := v.(json.Number)
+			i, err := n.Int64()
+			if !ok || err != nil || i < 1 || i > 1<<20 {
+				writeError(w, errorf(http.StatusBadRequest, "\"max_unavailable\" must be a positive integer"))
+				return
+			}
+			spec.MaxUnavailable = int(i)
+		default:
+			spec.Request[k] = v
+		}
+	}
+	out, err := s.Fleet.UpdateWeights(r.Context(), spec)
+	if err != nil {
+		s.fleetError(w, r.URL.Path, err)
+		return
+	}
+	s.writeOutcome(w, r.URL.Path, out.Failed, len(out.Results), map[string]any{
+		"operation_id": out.ID, "results": out.Results, "succeeded": out.Succeeded, "failed": out.Failed,
+		"quarantined": out.Quarantined, "weight_version": out.Version, "model_path": out.ModelPath, "mode": out.Mode,
+	})
+}
+
+// checksumSummary finds the checksum most workers report and the workers
+// that differ from it.
+func (s *Server) checksumSummary(ctx context.Context, out fleet.Outcome, resp map[string]any) {
+	counts := map[string]int{}
+	by := map[string]string{}
+	for _, r := range out.Results {
+		if m, ok := r.Body.(map[string]any); ok && r.OK() {
+			if c, ok := m["checksum"].(string); ok {
+				counts[c]++
+				by[r.WorkerURL] = c
+			}
+		}
+	}
+	majority, best := "", 0
+	for c, n := range counts {
+		if n > best || (n == best && c < majority) {
+			majority, best = c, n
+		}
+	}
+	mismatched := []string{}
+	for _, r := range out.Results {
+		if c, ok := by[r.WorkerURL]; ok && c != majority {
+			mismatched = append(mismatched, r.WorkerURL)
+		}
+	}
+	slices.Sort(mismatched)
+	resp["checksum"], resp["mismatched"], resp["consistent"] = majority, mismatched, len(mismatched) == 0 && len(by) > 0
+	if s.QuarantineChecksumMismatch {
+		for _, u := range mismatched {
+			if _, _, err := s.Fleet.Quarantine(ctx, u, "weights checksum differs from the fleet's majority ("+majority+")"); err == nil {
+				out.Quarantined = append(out.Quarantined, u)
+			}
+		}
+		resp["quarantined"] = out.Quarantined
+	}
 }

@@ -207,3 +207,40 @@ func TestBadRequests(t *testing.T) {
 		t.Fatalf("bad requests changed the registry (generation %d)", g)
 	}
 }
+
+func TestChecksumMismatch(t *testing.T) {
+	s, reg := newAPI(t)
+	s.QuarantineChecksumMismatch = true
+	var ws []*httptest.Server
+	for range 3 {
+		w := worker(t, "T2I")
+		ws = append(ws, w)
+		call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`"}`)
+	}
+	// One worker loads other weights behind the router's back.
+	resp, err := http.Post(ws[1].URL+"/update_weights_from_disk", "application/json", strings.NewReader(`{"model_path":"/rogue"}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("direct update: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	code, v := call(t, s, "POST", "/get_weights_checksum", "")
+	if code != 200 || v["consistent"] != false {
+		t.Fatalf("checksum = %d %v", code, v)
+	}
+	if m := v["mismatched"].([]any); len(m) != 1 || m[0] != ws[1].URL {
+		t.Fatalf("mismatched = %v, want [%s]", m, ws[1].URL)
+	}
+	w, _ := reg.Get(ws[1].URL)
+	if w.State != registry.StateQuarantined || !strings.Contains(w.Reason, "checksum") {
+		t.Fatalf("rogue worker = %s (%s)", w.State, w.Reason)
+	}
+	// LoRA calls fan out with the same result shape.
+	code, v = call(t, s, "POST", "/v1/set_lora", `{"lora_nickname":"style","lora_path":"/lora/style"}`)
+	if code != 200 || v["succeeded"] != 2.0 {
+		t.Fatalf("set_lora = %d %v", code, v)
+	}
+	code, v = call(t, s, "POST", "/v1/set_lora", `{}`)
+	if code != 502 || v["failed"] != 2.0 {
+		t.Fatalf("bad set_lora = %d %v, want 502 with both failed", code, v)
+	}
+}

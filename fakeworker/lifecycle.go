@@ -75,6 +75,7 @@ func (s *Server) handleVideoCreate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		v.Status, v.Progress = "completed", 100
+		v.Model = s.modelPath // the weights that produced it
 		v.content = fakeMP4(v.ID)
 		s.served["video"]++
 	}

@@ -192,6 +192,8 @@ type genParams struct {
 	Frames         int
 	ResponseFormat string
 	Seed           int64
+	// Model is filled in after generation: the weights that produced it.
+	Model string
 }
 
 type paramError struct {
@@ -301,18 +303,27 @@ func (s *Server) admitGeneration(w http.ResponseWriter) bool {
 
 // runGeneration queues the work, waits for the GPU and accounts for it.
 // It returns false when the response was already written (hang or failure).
-func (s *Server) runGeneration(w http.ResponseWriter, r *http.Request, kind string, p genParams) (time.Duration, bool) {
+func (s *Server) runGeneration(w http.ResponseWriter, r *http.Request, kind string, p genParams) (time.Duration, string, bool) {
 	fail, hang := s.outcome()
 	if hang {
 		s.mu.Lock()
 		s.hung++
 		s.mu.Unlock()
 		<-r.Context().Done() // accept and never answer
-		return 0, false
+		return 0, "", false
 	}
 	j := &job{kind: kind, cost: s.cost(p)}
+	var model string
+	// The weights that produced the sample are those loaded when the GPU
+	// finished it, which an update queued behind it cannot change.
+	j.run = func() {
+		s.mu.Lock()
+		model = s.modelPath
+		s.mu.Unlock()
+	}
 	s.gpu.submit(j)
 	<-j.done
+	w.Header().Set("X-Model-Path", model)
 	s.mu.Lock()
 	if fail {
 		s.failed++
@@ -322,9 +333,9 @@ func (s *Server) runGeneration(w http.ResponseWriter, r *http.Request, kind stri
 	s.mu.Unlock()
 	if fail {
 		writeJSON(w, 500, map[string]any{"error": "simulated generation failure", "worker_id": s.cfg.WorkerID})
-		return 0, false
+		return 0, "", false
 	}
-	return j.cost, true
+	return j.cost, model, true
 }
 
 // generate validates a generation request, queues it and waits for the GPU.
@@ -343,7 +354,8 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, kind string, b
 	if !s.admitGeneration(w) {
 		return p, 0, false
 	}
-	spent, ok := s.runGeneration(w, r, kind, p)
+	spent, model, ok := s.runGeneration(w, r, kind, p)
+	p.Model = model
 	return p, spent, ok
 }
 
@@ -405,7 +417,7 @@ func (s *Server) imageResponse(p genParams, spent time.Duration, extra map[strin
 		data = append(data, item)
 	}
 	out := map[string]any{
-		"id": id, "created": time.Now().Unix(), "model": s.currentModel(), "data": data,
+		"id": id, "created": time.Now().Unix(), "model": p.Model, "data": data,
 		"inference_time_s": spent.Seconds(), "peak_memory_mb": 20480.0, "worker_id": s.cfg.WorkerID,
 	}
 	for k, v := range extra {
@@ -521,7 +533,7 @@ func (s *Server) handleNative(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, map[string]any{
-		"id": newID("gen_"), "model": s.currentModel(), "worker_id": s.cfg.WorkerID,
+		"id": newID("gen_"), "model": p.Model, "worker_id": s.cfg.WorkerID,
 		"output": []string{base64.StdEncoding.EncodeToString(tinyPNG(p.Seed))}, "inference_time_s": spent.Seconds(),
 	})
 }

@@ -6,11 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"sort"
-	"sync"
 	"time"
-
-	"github.com/diffrouter/diffusion-router/registry"
 )
 
 // CallResult is one worker's answer to a fleet-wide call, in the shape the
@@ -32,29 +28,6 @@ func (c CallResult) OK() bool {
 		}
 	}
 	return true
-}
-
-// Broadcast POSTs body to path on every active worker in parallel, each call
-// bounded by timeout, and returns the answers sorted by worker URL.
-func (m *Manager) Broadcast(ctx context.Context, path string, body []byte, contentType string, timeout time.Duration) []CallResult {
-	var targets []registry.Worker
-	for _, w := range m.reg.Snapshot().Workers {
-		if w.State == registry.StateActive {
-			targets = append(targets, w)
-		}
-	}
-	results := make([]CallResult, len(targets))
-	var wg sync.WaitGroup
-	for i, w := range targets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = m.call(ctx, w.URL.String(), path, body, contentType, timeout)
-		}()
-	}
-	wg.Wait()
-	sort.Slice(results, func(i, j int) bool { return results[i].WorkerURL < results[j].WorkerURL })
-	return results
 }
 
 func (m *Manager) call(ctx context.Context, base, path string, body []byte, contentType string, timeout time.Duration) CallResult {

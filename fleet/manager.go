@@ -48,6 +48,8 @@ type Config struct {
 	ObserveInterval time.Duration
 	// OutlierFailures is Envoy's ejection threshold, named in reasons.
 	OutlierFailures int
+	// WeightUpdateTimeout bounds one worker's weight update.
+	WeightUpdateTimeout time.Duration
 }
 
 // Manager performs fleet operations.
@@ -60,6 +62,8 @@ type Manager struct {
 	admin  *envoy.AdminClient
 	// resolve looks a worker hostname up; replaced in tests.
 	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+
+	ops opLock
 
 	mu      sync.Mutex
 	load    map[string]Load // worker key -> what Envoys see
@@ -92,6 +96,9 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Minute
+	}
+	if cfg.WeightUpdateTimeout <= 0 {
+		cfg.WeightUpdateTimeout = 10 * time.Minute
 	}
 	return &Manager{
 		reg: reg, syncer: syncer, cfg: cfg, log: log,
@@ -155,7 +162,23 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 	if healthErr == nil {
 		caps = m.probeCapabilities(ctx, u)
 	}
-	res := m.reg.Add(u, addr, caps, registry.StateActive, "")
+	fleet := m.reg.Snapshot().Fleet
+	state, reason := registry.StateActive, ""
+	if fleet.Version != "" {
+		// A joiner takes traffic only once it holds the fleet's weights.
+		state, reason = registry.StatePending, "loading the fleet's weights (version "+fleet.Version+")"
+	}
+	res := m.reg.Add(u, addr, caps, state, reason)
+	if res.Created && state == registry.StatePending {
+		w, err := m.catchUp(ctx, res.Worker)
+		if err != nil {
+			return AdmitResult{Worker: w, Created: true}, err
+		}
+		if w, res.Generation, err = m.reg.SetState(w.Key(), registry.StateActive, "", registry.StatePending); err != nil {
+			return AdmitResult{Worker: w, Created: true}, err
+		}
+		res.Worker = w
+	}
 	out := AdmitResult{Worker: res.Worker, Created: res.Created}
 	if healthErr != nil {
 		out.HealthError = healthErr.Error()
@@ -182,6 +205,19 @@ func (m *Manager) readmit(ctx context.Context, w registry.Worker) (AdmitResult, 
 		}
 	}
 	m.cancelDrain(w.Key())
+	fleet := m.reg.Snapshot().Fleet
+	// A quarantined worker may have restarted with any weights: it always
+	// reloads the fleet's before it serves again.
+	if fleet.Version != "" && (w.State == registry.StateQuarantined || w.WeightVersion != fleet.Version) {
+		pw, _, err := m.reg.SetState(w.Key(), registry.StatePending, "loading the fleet's weights (version "+fleet.Version+")", w.State)
+		if err != nil {
+			return AdmitResult{Worker: pw}, err
+		}
+		if cw, err := m.catchUp(ctx, pw); err != nil {
+			return AdmitResult{Worker: cw}, err
+		}
+		w.State = registry.StatePending
+	}
 	nw, gen, err := m.reg.SetState(w.Key(), registry.StateActive, "", w.State)
 	if err != nil {
 		return AdmitResult{Worker: nw}, err

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,7 +27,14 @@ const (
 	StateDraining State = "draining"
 	// StateQuarantined: failed; stays out until an operator re-admits it.
 	StateQuarantined State = "quarantined"
+	// StateUpdating: taken out of rotation for a drain-mode weight update;
+	// finishes in-flight requests, then loads weights, then returns.
+	StateUpdating State = "updating"
 )
+
+// InitialWeightVersion is the version of weights a worker was started with,
+// before any update through the router.
+const InitialWeightVersion = "0"
 
 // ErrNotFound is returned for operations on a worker that is not registered.
 var ErrNotFound = errors.New("worker not registered")
@@ -64,23 +72,50 @@ type Worker struct {
 	Caps    Capabilities
 	// ConsecutiveFailures counts failed health probes in a row.
 	ConsecutiveFailures int
-	WeightVersion       string
+	// WeightVersion and ModelPath say which weights the worker holds.
+	WeightVersion string
+	ModelPath     string
+	// Asleep is set while the worker's memory is released: it takes no
+	// requests until it is resumed.
+	Asleep bool
 }
 
 // Key is the registry key: the canonical URL.
 func (w Worker) Key() string { return w.URL.String() }
 
 // Routable reports whether Envoy may send new requests to the worker.
-func (w Worker) Routable() bool { return w.State == StateActive }
+func (w Worker) Routable() bool { return w.State == StateActive && !w.Asleep }
 
 // InEnvoy reports whether the worker appears in Envoy's endpoints at all:
-// active ones take traffic, draining ones finish what they hold.
-func (w Worker) InEnvoy() bool { return w.State == StateActive || w.State == StateDraining }
+// active ones take traffic, draining and updating ones finish what they hold.
+func (w Worker) InEnvoy() bool {
+	switch w.State {
+	case StateActive:
+		return !w.Asleep
+	case StateDraining, StateUpdating:
+		return true
+	}
+	return false
+}
+
+// Weights is a version of model weights: what the trainer last pushed.
+type Weights struct {
+	Version   string `json:"weight_version"`
+	ModelPath string `json:"model_path"`
+	// Request is the body of the update that installed them (without the
+	// router's own fields), replayed to workers that join later.
+	Request map[string]any `json:"-"`
+	// UpdatedAt is when the fleet switched.
+	UpdatedAt time.Time `json:"updated_at"`
+}
 
 // Snapshot is a consistent view of the fleet at one generation.
 type Snapshot struct {
 	Generation uint64
 	Workers    []Worker // sorted by Key
+	// Fleet is the fleet's weight version; Version is empty until the first
+	// update through the router.
+	Fleet Weights
 }
 
 // Get returns the worker with the canonical URL key.
@@ -97,6 +132,8 @@ type Registry struct {
 	mu      sync.Mutex
 	gen     uint64
 	workers map[string]*Worker
+	fleet   Weights
+	counter int // last numeric version handed out
 	now     func() time.Time
 	subs    map[chan struct{}]struct{}
 }
@@ -144,7 +181,7 @@ func (r *Registry) Snapshot() Snapshot {
 }
 
 func (r *Registry) snapshotLocked() Snapshot {
-	out := Snapshot{Generation: r.gen, Workers: make([]Worker, 0, len(r.workers))}
+	out := Snapshot{Generation: r.gen, Workers: make([]Worker, 0, len(r.workers)), Fleet: r.fleet}
 	for _, w := range r.workers {
 		out.Workers = append(out.Workers, copyWorker(*w))
 	}
@@ -189,7 +226,11 @@ func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state Sta
 		return AddResult{Worker: copyWorker(*w), Generation: r.gen}
 	}
 	now := r.now()
-	w := &Worker{URL: u, Address: address, State: state, Reason: reason, Since: now, AddedAt: now, Caps: caps}
+	w := &Worker{URL: u, Address: address, State: state, Reason: reason, Since: now, AddedAt: now, Caps: caps,
+		WeightVersion: InitialWeightVersion}
+	if len(caps.ModelIDs) > 0 {
+		w.ModelPath = caps.ModelIDs[0]
+	}
 	r.workers[key] = w
 	gen := r.changedLocked()
 	return AddResult{Worker: copyWorker(*w), Created: true, Generation: gen}
@@ -292,4 +333,63 @@ func (r *Registry) Delete(key string, from ...State) (uint64, error) {
 	}
 	delete(r.workers, key)
 	return r.changedLocked(), nil
+}
+
+// SetWorkerWeights records that a worker now holds a weight version. It
+// changes the worker's endpoint metadata, so it bumps the generation.
+func (r *Registry) SetWorkerWeights(key, version, modelPath string) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.workers[key]
+	if !ok {
+		return r.gen, fmt.Errorf("set weights of %s: %w", key, ErrNotFound)
+	}
+	if w.WeightVersion == version && w.ModelPath == modelPath {
+		return r.gen, nil
+	}
+	w.WeightVersion, w.ModelPath = version, modelPath
+	return r.changedLocked(), nil
+}
+
+// SetAsleep records that a worker released (or resumed) its memory.
+func (r *Registry) SetAsleep(key string, asleep bool) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.workers[key]
+	if !ok {
+		return r.gen, fmt.Errorf("set asleep of %s: %w", key, ErrNotFound)
+	}
+	if w.Asleep == asleep {
+		return r.gen, nil
+	}
+	w.Asleep = asleep
+	return r.changedLocked(), nil
+}
+
+// SetFleetWeights records the fleet's new weight version.
+func (r *Registry) SetFleetWeights(wt Weights) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	wt.UpdatedAt = r.now()
+	r.fleet = wt
+	return r.changedLocked()
+}
+
+// NextVersion returns the version for an update that names none: one more
+// than the last numeric version seen.
+func (r *Registry) NextVersion() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.counter++
+	return strconv.Itoa(r.counter)
+}
+
+// NoteVersion tells the counter about a version the caller chose, so that
+// numeric ones are not handed out again.
+func (r *Registry) NoteVersion(v string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n, err := strconv.Atoi(v); err == nil && n > r.counter {
+		r.counter = n
+	}
 }

@@ -117,6 +117,8 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		SyncTimeout:      c.SyncTimeout,
 		ObserveInterval:  c.ObserveInterval,
 		OutlierFailures:  c.OutlierFailures,
+		// Each worker's update, and in drain mode its drain, is bounded.
+		WeightUpdateTimeout: c.WeightUpdateTimeout,
 	}, log.WithField("component", "fleet"))
 
 	initial := c.WorkerURLs
@@ -143,7 +145,8 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	goRun("publisher", func() error { return publishLoop(ctx, reg, xds, opts, base) })
 	goRun("xds", func() error { return xds.Serve(ctx, xdsLis) })
 	apiSrv := &http.Server{
-		Handler:           &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout},
+		Handler: &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
+			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	goRun("api", func() error {

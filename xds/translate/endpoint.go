@@ -31,15 +31,17 @@ func WorkersLoadAssignment(workers []registry.Worker) *endpointv3.ClusterLoadAss
 
 func lbEndpoint(w registry.Worker) *endpointv3.LbEndpoint {
 	health := corev3.HealthStatus_HEALTHY
-	if w.State == registry.StateDraining {
+	if w.State == registry.StateDraining || w.State == registry.StateUpdating {
 		health = corev3.HealthStatus_DRAINING
 	}
 	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 		"envoy.lb": {Fields: map[string]*structpb.Value{
 			SubsetKeyVideo: structpb.NewBoolValue(w.Caps.Video()),
 		}},
-		"diffusion-router": {Fields: map[string]*structpb.Value{
-			"url": structpb.NewStringValue(w.Key()),
+		metadataNamespace: {Fields: map[string]*structpb.Value{
+			"url":            structpb.NewStringValue(w.Key()),
+			"weight_version": structpb.NewStringValue(w.WeightVersion),
+			"model_path":     structpb.NewStringValue(w.ModelPath),
 		}},
 	}}
 	if w.URL.TLS() {

@@ -40,6 +40,15 @@ const (
 	MsgNoVideoWorkers      = "no video-capable worker is registered (no worker reports a video task type such as T2V, I2V or TI2V in /v1/models)"
 	MsgAllQuarantined      = "all workers are quarantined; re-admit one with POST /add_worker or PUT /workers/{worker_id} {\"is_dead\": false} (see GET /workers for the reasons)"
 	MsgAllVideoQuarantined = "all video-capable workers are quarantined; re-admit one with POST /add_worker or PUT /workers/{worker_id} {\"is_dead\": false}"
+	MsgFleetAsleep         = "the fleet is asleep (memory released); call POST /resume_memory_occupation first"
+)
+
+// Response headers that name, on every proxied answer, the worker that
+// served it and the weight version it held (from its endpoint metadata).
+const (
+	HeaderWorker        = "x-diffusion-worker"
+	HeaderWeightVersion = "x-weight-version"
+	metadataNamespace   = "diffusion-router"
 )
 
 // Fleet is what the routes depend on: whether anything can be routed at all.
@@ -49,6 +58,10 @@ type Fleet struct {
 	// Quarantined and VideoQuarantined count the quarantined among them.
 	Quarantined      int
 	VideoQuarantined int
+	// Routable counts active workers that are awake; Asleep the active ones
+	// whose memory is released.
+	Routable, VideoRoutable int
+	Asleep, VideoAsleep     int
 }
 
 // FrontRoutes is the route table of the front listener.
@@ -70,12 +83,15 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 			r.Action = directResponse(400, MsgNoVideoWorkers)
 		case f.VideoQuarantined == f.VideoWorkers:
 			r.Action = directResponse(503, MsgAllVideoQuarantined)
+		case f.VideoRoutable == 0 && f.VideoAsleep > 0:
+			r.Action = directResponse(503, MsgFleetAsleep)
 		default:
 			action := workersAction(o)
 			action.MetadataMatch = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 				"envoy.lb": {Fields: map[string]*structpb.Value{SubsetKeyVideo: structpb.NewBoolValue(true)}},
 			}}
 			r.Action = &routev3.Route_Route{Route: action}
+			r.ResponseHeadersToAdd = servedByHeaders()
 		}
 		routes = append(routes, r)
 	}
@@ -86,8 +102,11 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		catchAll.Action = directResponse(503, MsgNoWorkers)
 	case f.Quarantined == f.Workers:
 		catchAll.Action = directResponse(503, MsgAllQuarantined)
+	case f.Routable == 0 && f.Asleep > 0:
+		catchAll.Action = directResponse(503, MsgFleetAsleep)
 	default:
 		catchAll.Action = &routev3.Route_Route{Route: workersAction(o)}
+		catchAll.ResponseHeadersToAdd = servedByHeaders()
 	}
 	routes = append(routes, catchAll)
 
@@ -99,6 +118,19 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 			Routes:  routes,
 		}},
 	}
+}
+
+// servedByHeaders tag a proxied answer with the serving worker and its weight
+// version, read from the chosen endpoint's metadata, and replace any value a
+// worker or client put there.
+func servedByHeaders() []*corev3.HeaderValueOption {
+	h := func(name, key string) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: name, Value: "%UPSTREAM_METADATA(" + metadataNamespace + ":" + key + ")%"},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	return []*corev3.HeaderValueOption{h(HeaderWorker, "url"), h(HeaderWeightVersion, "weight_version")}
 }
 
 func registryRoute(m *routev3.RouteMatch) *routev3.Route {

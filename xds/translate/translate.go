@@ -45,16 +45,26 @@ func FleetOf(workers []registry.Worker) Fleet {
 	var f Fleet
 	for _, w := range workers {
 		q := w.State == registry.StateQuarantined
+		asleep := w.State == registry.StateActive && w.Asleep
+		routable := w.Routable()
+		video := w.Caps.Video()
 		f.Workers++
-		if q {
-			f.Quarantined++
-		}
-		if w.Caps.Video() {
+		f.Quarantined += b2i(q)
+		f.Asleep += b2i(asleep)
+		f.Routable += b2i(routable)
+		if video {
 			f.VideoWorkers++
-			if q {
-				f.VideoQuarantined++
-			}
+			f.VideoQuarantined += b2i(q)
+			f.VideoAsleep += b2i(asleep)
+			f.VideoRoutable += b2i(routable)
 		}
 	}
 	return f
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

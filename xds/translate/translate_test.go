@@ -209,10 +209,12 @@ func TestFrontRoutes(t *testing.T) {
 		wantCatchAll, wantVideo uint32
 	}{
 		{name: "no workers", fleet: Fleet{}, wantCatchAll: 503, wantVideo: 400},
-		{name: "image workers only", fleet: Fleet{Workers: 2}, wantCatchAll: 0, wantVideo: 400},
-		{name: "video workers", fleet: Fleet{Workers: 2, VideoWorkers: 1}, wantCatchAll: 0, wantVideo: 0},
+		{name: "image workers only", fleet: Fleet{Workers: 2, Routable: 2}, wantCatchAll: 0, wantVideo: 400},
+		{name: "video workers", fleet: Fleet{Workers: 2, VideoWorkers: 1, Routable: 2, VideoRoutable: 1}, wantCatchAll: 0, wantVideo: 0},
+		{name: "fleet asleep", fleet: Fleet{Workers: 2, VideoWorkers: 1, Asleep: 2, VideoAsleep: 1}, wantCatchAll: 503, wantVideo: 503},
+		{name: "draining only is routed (to 503 no healthy upstream)", fleet: Fleet{Workers: 1}, wantCatchAll: 0, wantVideo: 400},
 		{name: "all quarantined", fleet: Fleet{Workers: 2, VideoWorkers: 1, Quarantined: 2, VideoQuarantined: 1}, wantCatchAll: 503, wantVideo: 503},
-		{name: "video workers quarantined", fleet: Fleet{Workers: 2, VideoWorkers: 1, Quarantined: 1, VideoQuarantined: 1}, wantCatchAll: 0, wantVideo: 503},
+		{name: "video workers quarantined", fleet: Fleet{Workers: 2, VideoWorkers: 1, Quarantined: 1, VideoQuarantined: 1, Routable: 1}, wantCatchAll: 0, wantVideo: 503},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,197 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/registry"
+)
+
+// BusyError is returned when a fleet-wide operation is already running:
+// weight updates and other fleet calls never interleave.
+type BusyError struct{ Running string }
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("fleet operation %s is running; retry when it has finished", e.Running)
+}
+
+// ErrNoTargets means no worker was eligible for a fleet-wide call.
+var ErrNoTargets = errors.New("no eligible workers")
+
+// opLock serialises fleet-wide operations. Calls from the API fail fast with
+// a BusyError; a joining worker's catch-up waits its turn.
+type opLock struct {
+	mu      sync.Mutex
+	running string
+	free    chan struct{} // closed when the running operation ends
+}
+
+func (l *opLock) try(id string) (func(), error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.running != "" {
+		return nil, &BusyError{Running: l.running}
+	}
+	return l.takeLocked(id), nil
+}
+
+func (l *opLock) wait(ctx context.Context, id string) (func(), error) {
+	for {
+		l.mu.Lock()
+		if l.running == "" {
+			release := l.takeLocked(id)
+			l.mu.Unlock()
+			return release, nil
+		}
+		free := l.free
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for fleet operation: %w", ctx.Err())
+		case <-free:
+		}
+	}
+}
+
+func (l *opLock) takeLocked(id string) func() {
+	l.running = id
+	l.free = make(chan struct{})
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.running = ""
+		close(l.free)
+	}
+}
+
+// Running returns the id of the fleet operation in progress, if any.
+func (m *Manager) Running() string {
+	m.ops.mu.Lock()
+	defer m.ops.mu.Unlock()
+	return m.ops.running
+}
+
+// Outcome is the result of a fleet-wide operation.
+type Outcome struct {
+	ID          string       `json:"operation_id"`
+	Results     []CallResult `json:"results"`
+	Succeeded   int          `json:"succeeded"`
+	Failed      int          `json:"failed"`
+	Quarantined []string     `json:"quarantined"`
+}
+
+func (o *Outcome) add(r CallResult, quarantined bool) {
+	o.Results = append(o.Results, r)
+	if r.OK() {
+		o.Succeeded++
+	} else {
+		o.Failed++
+		if quarantined {
+			o.Quarantined = append(o.Quarantined, r.WorkerURL)
+		}
+	}
+}
+
+func (o *Outcome) sort() {
+	sort.Slice(o.Results, func(i, j int) bool { return o.Results[i].WorkerURL < o.Results[j].WorkerURL })
+	sort.Strings(o.Quarantined)
+}
+
+// CallSpec describes a fleet-wide call other than a weight update.
+type CallSpec struct {
+	Path string
+	Body []byte
+	// Target picks the workers to call.
+	Target func(registry.Worker) bool
+	// OnSuccess records what a successful call changed.
+	OnSuccess func(registry.Worker) error
+	// Quarantine takes workers whose call failed out of rotation: they may
+	// hold a state (adapters, memory) that differs from the fleet's.
+	Quarantine bool
+	Timeout    time.Duration
+}
+
+// Call runs a fleet-wide call on every target worker in parallel.
+func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
+	id := newOpID(strings.TrimPrefix(spec.Path, "/"))
+	release, err := m.ops.try(id)
+	if err != nil {
+		return Outcome{}, err
+	}
+	defer release()
+	out := Outcome{ID: id, Quarantined: []string{}}
+	var targets []registry.Worker
+	for _, w := range m.reg.Snapshot().Workers {
+		if spec.Target(w) {
+			targets = append(targets, w)
+		}
+	}
+	if len(targets) == 0 {
+		return out, ErrNoTargets
+	}
+	results := m.callAll(ctx, targets, spec.Path, spec.Body, spec.Timeout)
+	for i, r := range results {
+		w := targets[i]
+		if r.OK() {
+			if spec.OnSuccess != nil {
+				if err := spec.OnSuccess(w); err != nil {
+					m.log.WithError(err).WithField("worker", w.Key()).Warn("could not record the call's result")
+				}
+			}
+			out.add(r, false)
+			continue
+		}
+		q := false
+		if spec.Quarantine {
+			reason := fmt.Sprintf("%s failed: %s", spec.Path, describe(r))
+			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, w.State); err == nil {
+				q = true
+				m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
+			}
+		}
+		out.add(r, q)
+	}
+	out.sort()
+	// Answer once every Envoy routes by the new state (asleep, quarantined).
+	m.waitSynced(ctx, m.reg.Snapshot().Generation)
+	m.log.WithFields(logrus.Fields{"op": id, "workers": len(targets), "failed": out.Failed}).Info("fleet-wide call done")
+	return out, nil
+}
+
+// describe summarises a failed call for a quarantine reason.
+func describe(r CallResult) string {
+	b, _ := json.Marshal(r.Body)
+	msg := string(b)
+	if len(msg) > 300 {
+		msg = msg[:300] + "..."
+	}
+	return fmt.Sprintf("status %d: %s", r.StatusCode, msg)
+}
+
+func newOpID(kind string) string {
+	return fmt.Sprintf("%s-%d", kind, time.Now().UnixNano())
+}
+
+// callAll POSTs body to path on each worker in parallel; results are in the
+// order of workers.
+func (m *Manager) callAll(ctx context.Context, workers []registry.Worker, path string, body []byte, timeout time.Duration) []CallResult {
+	results := make([]CallResult, len(workers))
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = m.call(ctx, w.URL.String(), path, body, "application/json", timeout)
+		}()
+	}
+	wg.Wait()
+	return results
+}

@@ -1,0 +1,197 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/registry"
+)
+
+// Update modes.
+const (
+	// ModeInplace sends the update to every worker at once; each worker
+	// queues it behind its in-flight generations (the Python routers' way).
+	ModeInplace = "inplace"
+	// ModeDrain takes workers out of rotation in batches, waits for their
+	// in-flight requests, updates them and puts them back: no request is
+	// ever served by a worker whose weights changed under it.
+	ModeDrain = "drain"
+)
+
+// UpdateSpec is one update_weights_from_disk through the router.
+type UpdateSpec struct {
+	// Request is what each worker receives (model_path and whatever else the
+	// caller sent, without the router's own fields).
+	Request map[string]any
+	// Version names the new weights; empty: the next number.
+	Version        string
+	Mode           string
+	MaxUnavailable int
+	// Timeout bounds each worker's update (and, in drain mode, its drain).
+	Timeout time.Duration
+}
+
+// UpdateOutcome is the answer to an update.
+type UpdateOutcome struct {
+	Outcome
+	Version   string `json:"weight_version"`
+	ModelPath string `json:"model_path"`
+	Mode      string `json:"mode"`
+}
+
+// ErrCatchUp means a joining worker could not load the fleet's weights.
+var ErrCatchUp = errors.New("worker could not load the fleet's weights")
+
+// UpdateWeights switches the fleet to new weights. Workers whose update fails
+// or times out may hold partial or old weights: they are quarantined.
+func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOutcome, error) {
+	modelPath, _ := spec.Request["model_path"].(string)
+	id := newOpID("update_weights")
+	release, err := m.ops.try(id)
+	if err != nil {
+		return UpdateOutcome{}, err
+	}
+	defer release()
+	version := spec.Version
+	if version == "" {
+		version = m.reg.NextVersion()
+	} else {
+		m.reg.NoteVersion(version)
+	}
+	out := UpdateOutcome{Outcome: Outcome{ID: id, Quarantined: []string{}}, Version: version, ModelPath: modelPath, Mode: spec.Mode}
+	var targets []registry.Worker
+	for _, w := range m.reg.Snapshot().Workers {
+		if w.State == registry.StateActive {
+			targets = append(targets, w)
+		}
+	}
+	if len(targets) == 0 {
+		return out, ErrNoTargets
+	}
+	body, err := json.Marshal(spec.Request)
+	if err != nil {
+		return out, fmt.Errorf("encode update: %w", err)
+	}
+	log := m.log.WithFields(logrus.Fields{"op": id, "version": version, "model_path": modelPath, "mode": spec.Mode, "workers": len(targets)})
+	log.Info("weight update started")
+	started := time.Now()
+	if spec.Mode == ModeDrain {
+		batch := max(1, spec.MaxUnavailable)
+		for i := 0; i < len(targets); i += batch {
+			m.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome)
+		}
+	} else {
+		results := m.callAll(ctx, targets, "/update_weights_from_disk", body, spec.Timeout)
+		for i, r := range results {
+			out.add(r, m.settle(targets[i], r, version, modelPath, registry.StateActive))
+		}
+	}
+	if out.Succeeded > 0 {
+		m.reg.SetFleetWeights(registry.Weights{Version: version, ModelPath: modelPath, Request: spec.Request})
+	}
+	out.sort()
+	m.waitSynced(ctx, m.reg.Snapshot().Generation)
+	log.WithFields(logrus.Fields{"failed": out.Failed, "took": time.Since(started).Round(time.Millisecond).String()}).Info("weight update done")
+	return out, nil
+}
+
+// settle records one worker's update result: the new version on success, a
+// quarantine on failure. It reports whether the worker was quarantined.
+func (m *Manager) settle(w registry.Worker, r CallResult, version, modelPath string, from registry.State) bool {
+	if r.OK() {
+		if _, err := m.reg.SetWorkerWeights(w.Key(), version, modelPath); err != nil {
+			m.log.WithError(err).WithField("worker", w.Key()).Warn("updated worker left the registry")
+		}
+		if from != registry.StateActive {
+			_, _, _ = m.reg.SetState(w.Key(), registry.StateActive, "", from)
+		}
+		return false
+	}
+	reason := fmt.Sprintf("weight update to version %s (%s) failed: %s", version, modelPath, describe(r))
+	if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, from); err != nil {
+		return false
+	}
+	m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
+	return true
+}
+
+// updateDrained updates one batch: out of rotation, wait for in-flight
+// requests, update, back into rotation (and routable) before the next batch.
+func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome) {
+	var taken []registry.Worker
+	var gen uint64
+	for _, w := range batch {
+		nw, g, err := m.reg.SetState(w.Key(), registry.StateUpdating, "weight update to version "+version, registry.StateActive)
+		if err != nil {
+			continue // left rotation meanwhile (quarantined, removed)
+		}
+		taken, gen = append(taken, nw), g
+	}
+	var wg sync.WaitGroup
+	results := make([]CallResult, len(taken))
+	for i, w := range taken {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			if !m.waitIdle(dctx, w.Key(), gen) {
+				results[i] = CallResult{WorkerURL: w.Key(), StatusCode: 504, Body: map[string]any{
+					"error": fmt.Sprintf("in-flight requests did not finish within %s", timeout)}}
+				return
+			}
+			results[i] = m.call(ctx, w.URL.String(), "/update_weights_from_disk", body, "application/json", timeout)
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		out.add(r, m.settle(taken[i], r, version, modelPath, registry.StateUpdating))
+	}
+	// The next batch leaves rotation only once this one is back.
+	for i, w := range taken {
+		if results[i].OK() {
+			if cur, ok := m.reg.Get(w.Key()); ok {
+				m.waitRoutable(ctx, cur, m.reg.Snapshot().Generation)
+			}
+		}
+	}
+}
+
+// catchUp brings a joining worker (state pending) to the fleet's weights
+// before it takes traffic. It waits for a running fleet operation to finish,
+// so the version it loads is the one the fleet ends up with.
+func (m *Manager) catchUp(ctx context.Context, w registry.Worker) (registry.Worker, error) {
+	release, err := m.ops.wait(ctx, newOpID("catch_up"))
+	if err != nil {
+		return w, err
+	}
+	defer release()
+	fleet := m.reg.Snapshot().Fleet
+	req := fleet.Request
+	if req == nil {
+		req = map[string]any{"model_path": fleet.ModelPath}
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return w, fmt.Errorf("encode catch-up update: %w", err)
+	}
+	r := m.call(ctx, w.URL.String(), "/update_weights_from_disk", body, "application/json", m.cfg.WeightUpdateTimeout)
+	if !r.OK() {
+		m.settle(w, r, fleet.Version, fleet.ModelPath, registry.StatePending)
+		cur, _ := m.reg.Get(w.Key())
+		return cur, fmt.Errorf("%w: version %s (%s): %s", ErrCatchUp, fleet.Version, fleet.ModelPath, describe(r))
+	}
+	// Record the weights but leave the state to the caller (pending -> active).
+	if _, err := m.reg.SetWorkerWeights(w.Key(), fleet.Version, fleet.ModelPath); err != nil {
+		return w, err
+	}
+	m.log.WithFields(logrus.Fields{"worker": w.Key(), "version": fleet.Version}).Info("joining worker loaded the fleet's weights")
+	cur, _ := m.reg.Get(w.Key())
+	return cur, nil
+}
