@@ -491,7 +491,7 @@ func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/get_weights_checksum" {
 		s.checksumSummary(r.Context(), out, resp)
 	}
-	s.writeOutcome(w, r.URL.Path, out.Failed, len(out.Results), resp)
+	s.writeOutcome(w, r.URL.Path, out, resp)
 }
 
 func (s *Server) fleetError(w http.ResponseWriter, path string, err error) {
@@ -506,9 +506,17 @@ func (s *Server) fleetError(w http.ResponseWriter, path string, err error) {
 	}
 }
 
-// writeOutcome answers 200 only when every targeted worker succeeded.
-func (s *Server) writeOutcome(w http.ResponseWriter, path string, failed, total int, resp map[string]any) {
+// writeOutcome answers 200 only when every targeted worker succeeded; 400
+// when every worker refused the request alike (nothing changed).
+func (s *Server) writeOutcome(w http.ResponseWriter, path string, out fleet.Outcome, resp map[string]any) {
+	failed, total := out.Failed, len(out.Results)
 	status := http.StatusOK
+	resp["rejected"] = out.Rejected
+	if out.Rejected {
+		writeJSON(w, http.StatusBadRequest, mergeError(resp, fmt.Sprintf(
+			"every worker refused %s with status %d; no worker was changed or quarantined", path, out.Results[0].StatusCode)))
+		return
+	}
 	if failed > 0 {
 		status = http.StatusBadGateway
 		resp["error"] = fmt.Sprintf("%d of %d workers failed %s", failed, total, path)
@@ -565,7 +573,7 @@ func (s *Server) updateWeights(w http.ResponseWriter, r *http.Request, obj map[s
 		s.fleetError(w, r.URL.Path, err)
 		return
 	}
-	s.writeOutcome(w, r.URL.Path, out.Failed, len(out.Results), map[string]any{
+	s.writeOutcome(w, r.URL.Path, out.Outcome, map[string]any{
 		"operation_id": out.ID, "results": out.Results, "succeeded": out.Succeeded, "failed": out.Failed,
 		"quarantined": out.Quarantined, "weight_version": out.Version, "model_path": out.ModelPath, "mode": out.Mode,
 	})
@@ -606,4 +614,9 @@ func (s *Server) checksumSummary(ctx context.Context, out fleet.Outcome, resp ma
 		}
 		resp["quarantined"] = out.Quarantined
 	}
+}
+
+func mergeError(resp map[string]any, msg string) map[string]any {
+	resp["error"] = msg
+	return resp
 }

@@ -239,8 +239,45 @@ func TestChecksumMismatch(t *testing.T) {
 	if code != 200 || v["succeeded"] != 2.0 {
 		t.Fatalf("set_lora = %d %v", code, v)
 	}
+	// A request every worker refuses alike is the caller's fault: 400, and
+	// nobody is quarantined.
 	code, v = call(t, s, "POST", "/v1/set_lora", `{}`)
-	if code != 502 || v["failed"] != 2.0 {
-		t.Fatalf("bad set_lora = %d %v, want 502 with both failed", code, v)
+	if code != 400 || v["rejected"] != true || len(v["quarantined"].([]any)) != 0 {
+		t.Fatalf("bad set_lora = %d %v, want 400, rejected, nobody quarantined", code, v)
+	}
+	for _, w := range []*httptest.Server{ws[0], ws[2]} {
+		if wk, _ := reg.Get(w.URL); wk.State != registry.StateActive {
+			t.Fatalf("%s is %s after a rejected call", w.URL, wk.State)
+		}
+	}
+}
+
+func TestUpdateRejectedByEveryWorkerChangesNothing(t *testing.T) {
+	s, reg := newAPI(t)
+	var ws []*httptest.Server
+	for range 3 {
+		w := worker(t, "T2I")
+		ws = append(ws, w)
+		call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`"}`)
+		resp, err := http.Post(w.URL+"/_fake/faults", "application/json", strings.NewReader(`{"update_fail": true}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	for _, mode := range []string{"inplace", "drain"} {
+		code, v := call(t, s, "POST", "/update_weights_from_disk", `{"model_path":"/typo","mode":"`+mode+`","max_unavailable":2}`)
+		if code != 400 || v["rejected"] != true {
+			t.Fatalf("%s: every worker failing alike = %d %v, want 400 rejected", mode, code, v)
+		}
+		snap := reg.Snapshot()
+		if snap.Fleet.Version != "" {
+			t.Fatalf("%s: fleet version moved to %q", mode, snap.Fleet.Version)
+		}
+		for _, w := range snap.Workers {
+			if w.State != registry.StateActive || w.WeightVersion != registry.InitialWeightVersion {
+				t.Fatalf("%s: %s is %s at version %s", mode, w.Key(), w.State, w.WeightVersion)
+			}
+		}
 	}
 }

@@ -86,6 +86,28 @@ type Outcome struct {
 	Succeeded   int          `json:"succeeded"`
 	Failed      int          `json:"failed"`
 	Quarantined []string     `json:"quarantined"`
+	// Rejected is set when every worker refused the call with the same
+	// client error: the request is at fault, not the workers, so none was
+	// quarantined (sglang applies such calls all-or-nothing per worker).
+	Rejected bool `json:"rejected"`
+}
+
+// rejectedByAll reports whether at least two workers answered and all of
+// them refused with one and the same 4xx status.
+func rejectedByAll(results []CallResult) bool {
+	if len(results) < 2 {
+		return false
+	}
+	first := results[0].StatusCode
+	if first < 400 || first > 499 {
+		return false
+	}
+	for _, r := range results {
+		if r.StatusCode != first {
+			return false
+		}
+	}
+	return true
 }
 
 func (o *Outcome) add(r CallResult, quarantined bool) {
@@ -138,6 +160,14 @@ func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 		return out, ErrNoTargets
 	}
 	results := m.callAll(ctx, targets, spec.Path, spec.Body, spec.Timeout)
+	if rejectedByAll(results) {
+		out.Rejected = true
+		for _, r := range results {
+			out.add(r, false)
+		}
+		out.sort()
+		return out, nil
+	}
 	for i, r := range results {
 		w := targets[i]
 		if r.OK() {

@@ -83,14 +83,27 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 	started := time.Now()
 	if spec.Mode == ModeDrain {
 		batch := max(1, spec.MaxUnavailable)
-		for i := 0; i < len(targets); i += batch {
-			m.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome)
+		for i := 0; i < len(targets) && !out.Rejected; i += batch {
+			m.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome, i == 0)
 		}
 	} else {
 		results := m.callAll(ctx, targets, "/update_weights_from_disk", body, spec.Timeout)
-		for i, r := range results {
-			out.add(r, m.settle(targets[i], r, version, modelPath, registry.StateActive))
+		if rejectedByAll(results) {
+			out.Rejected = true
+			for _, r := range results {
+				out.add(r, false)
+			}
+		} else {
+			for i, r := range results {
+				out.add(r, m.settle(targets[i], r, version, modelPath, registry.StateActive))
+			}
 		}
+	}
+	if out.Rejected {
+		log.Warn("every worker rejected the update; nothing changed")
+		out.sort()
+		m.waitSynced(ctx, m.reg.Snapshot().Generation)
+		return out, nil
 	}
 	if out.Succeeded > 0 {
 		m.reg.SetFleetWeights(registry.Weights{Version: version, ModelPath: modelPath, Request: spec.Request})
@@ -123,7 +136,9 @@ func (m *Manager) settle(w registry.Worker, r CallResult, version, modelPath str
 
 // updateDrained updates one batch: out of rotation, wait for in-flight
 // requests, update, back into rotation (and routable) before the next batch.
-func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome) {
+// When first is set and the whole batch rejects the update alike, the
+// workers go back to rotation unchanged and the update stops (Rejected).
+func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome, first bool) {
 	var taken []registry.Worker
 	var gen uint64
 	for _, w := range batch {
@@ -150,6 +165,14 @@ func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, bo
 		}()
 	}
 	wg.Wait()
+	if first && rejectedByAll(results) {
+		out.Rejected = true
+		for i, r := range results {
+			_, _, _ = m.reg.SetState(taken[i].Key(), registry.StateActive, "", registry.StateUpdating)
+			out.add(r, false)
+		}
+		return
+	}
 	for i, r := range results {
 		out.add(r, m.settle(taken[i], r, version, modelPath, registry.StateUpdating))
 	}
