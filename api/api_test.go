@@ -281,3 +281,37 @@ func TestUpdateRejectedByEveryWorkerChangesNothing(t *testing.T) {
 		}
 	}
 }
+
+func TestUpdateTimeoutQuarantines(t *testing.T) {
+	s, reg := newAPI(t)
+	s.FanoutTimeout = 200 * time.Millisecond
+	good, slow := worker(t, "T2I"), worker(t, "T2I")
+	for _, w := range []*httptest.Server{good, slow} {
+		call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`"}`)
+	}
+	resp, err := http.Post(slow.URL+"/_fake/faults", "application/json", strings.NewReader(`{"update_hang": true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	code, v := call(t, s, "POST", "/update_weights_from_disk", `{"model_path":"/ckpt/2","weight_version":2}`)
+	if code != 502 || v["weight_version"] != "2" {
+		t.Fatalf("update with a hung worker = %d %v", code, v)
+	}
+	if w, _ := reg.Get(slow.URL); w.State != registry.StateQuarantined || !strings.Contains(w.Reason, "weight update") {
+		t.Fatalf("hung worker = %s (%s)", w.State, w.Reason)
+	}
+	if w, _ := reg.Get(good.URL); w.State != registry.StateActive || w.WeightVersion != "2" {
+		t.Fatalf("good worker = %s at %s", w.State, w.WeightVersion)
+	}
+	// Bad router fields are refused before anything is sent.
+	for _, body := range []string{`{"model_path":"/x","mode":"fast"}`, `{"model_path":"/x","max_unavailable":0}`,
+		`{"model_path":"/x","weight_version":{}}`, `{"model_path":"/x","weight_version":""}`, `{"model_path":7}`} {
+		if code, v := call(t, s, "POST", "/update_weights_from_disk", body); code != 400 {
+			t.Fatalf("%s = %d %v, want 400", body, code, v)
+		}
+	}
+	if reg.Snapshot().Fleet.Version != "2" {
+		t.Fatal("refused update changed the fleet version")
+	}
+}
