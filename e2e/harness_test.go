@@ -63,6 +63,13 @@ func setup(m *testing.M) (int, error) {
 	if err := build.Run(); err != nil {
 		return 0, fmt.Errorf("build binaries: %w", err)
 	}
+	// The Wasm filter lands next to the router binary, where it looks first.
+	wasm := exec.Command("go", "build", "-buildmode=c-shared", "-o", filepath.Join(dir, "diffusion-tagger.wasm"), "../filter")
+	wasm.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	wasm.Stdout, wasm.Stderr = os.Stderr, os.Stderr
+	if err := wasm.Run(); err != nil {
+		return 0, fmt.Errorf("build the wasm filter: %w", err)
+	}
 	return m.Run(), nil
 }
 

@@ -134,6 +134,13 @@ func (s *Server) Handler() http.Handler {
 		// can tell who served what through the router.
 		w.Header().Set("X-Worker-Id", s.cfg.WorkerID)
 		w.Header().Set("X-Model-Path", s.currentModel())
+		// Echo the router's request tags, so tests can see what reached
+		// the worker.
+		for _, h := range []string{"X-Diffusion-Task", "X-Diffusion-Model", "X-Diffusion-Cost", "X-Request-Id"} {
+			if v := r.Header.Get(h); v != "" {
+				w.Header().Set("X-Seen-"+strings.TrimPrefix(h, "X-"), v)
+			}
+		}
 		mux.ServeHTTP(w, r)
 	})
 }

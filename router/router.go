@@ -100,6 +100,18 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		RegistryAddress:             regHost,
 		RegistryPort:                regPort,
 	}
+	if !c.ExternalEnvoy || c.WasmFilter != "" {
+		// With external Envoys the filter path must be given: it is a path
+		// on their file system, not this one's.
+		if opts.Filter, err = filterOptions(c.WasmFilter, stateDir); err != nil {
+			return err
+		}
+	}
+	if opts.Filter != nil {
+		base.WithField("path", opts.Filter.Path).Info("Wasm filter enabled")
+	} else {
+		base.Warn("running without the Wasm filter: no request tags, no job affinity across video workers")
+	}
 	if err := opts.Validate(); err != nil {
 		return fmt.Errorf("router options: %w", err)
 	}

@@ -38,11 +38,15 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 	subset, err := typed("envoy.load_balancing_policies.subset", &subsetv3.Subset{
 		// Requests that name no subset (everything but video) may use any worker.
 		FallbackPolicy: subsetv3.Subset_ANY_ENDPOINT,
-		SubsetSelectors: []*subsetv3.Subset_LbSubsetSelector{{
-			Keys: []string{SubsetKeyVideo},
-			// Never send a video job to a worker that cannot run it.
-			FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK,
-		}},
+		// No fallback for any selector: a video job never goes to a worker
+		// that cannot run it, a job poll never to another worker than the
+		// one holding the job, a model never to a worker without it.
+		SubsetSelectors: []*subsetv3.Subset_LbSubsetSelector{
+			{Keys: []string{SubsetKeyVideo}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{SubsetKeyWorker}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK, SingleHostPerSubset: true},
+			{Keys: []string{SubsetKeyModel}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{SubsetKeyModel, SubsetKeyVideo}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+		},
 		SubsetLbPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: child}}},
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/diffrouter/diffusion-router/filter/jobid"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
@@ -36,7 +37,8 @@ func lbEndpoint(w registry.Worker) *endpointv3.LbEndpoint {
 	}
 	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 		"envoy.lb": {Fields: map[string]*structpb.Value{
-			SubsetKeyVideo: structpb.NewBoolValue(w.Caps.Video()),
+			SubsetKeyVideo:  structpb.NewBoolValue(w.Caps.Video()),
+			SubsetKeyWorker: structpb.NewStringValue(jobid.WorkerKey(w.Key())),
 		}},
 		metadataNamespace: {Fields: map[string]*structpb.Value{
 			"url":            structpb.NewStringValue(w.Key()),
@@ -44,6 +46,9 @@ func lbEndpoint(w registry.Worker) *endpointv3.LbEndpoint {
 			"model_path":     structpb.NewStringValue(w.ModelPath),
 		}},
 	}}
+	if len(w.Caps.ModelIDs) > 0 {
+		md.FilterMetadata["envoy.lb"].Fields[SubsetKeyModel] = structpb.NewStringValue(w.Caps.ModelIDs[0])
+	}
 	if w.URL.TLS() {
 		md.FilterMetadata[transportSocketMatchKey] = &structpb.Struct{Fields: map[string]*structpb.Value{
 			"tls": structpb.NewBoolValue(true),

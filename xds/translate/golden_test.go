@@ -24,11 +24,13 @@ type goldenInput struct {
 	Policy     string  `json:"policy"`
 	TimeoutSec float64 `json:"timeout_seconds"`
 	MaxRetries *uint32 `json:"max_retries"`
+	Filter     bool    `json:"wasm_filter"`
 	Workers    []struct {
 		URL       string   `json:"url"`
 		Address   string   `json:"address"`
 		State     string   `json:"state"`
 		TaskTypes []string `json:"task_types"`
+		Model     string   `json:"model"`
 	} `json:"workers"`
 }
 
@@ -55,12 +57,18 @@ func TestGolden(t *testing.T) {
 				o.Policy = Policy(gi.Policy)
 			}
 			o.Timeout = time.Duration(gi.TimeoutSec * float64(time.Second))
+			if gi.Filter {
+				o.Filter = &FilterOptions{Path: "/opt/diffusion-router/diffusion-tagger.wasm", Config: `{"secret":"golden-secret-0123456789"}`}
+			}
 			if gi.MaxRetries != nil {
 				o.MaxRetries = *gi.MaxRetries
 			}
 			var snap registry.Snapshot
 			for _, w := range gi.Workers {
 				rw := worker(t, w.URL, w.Address, registry.State(w.State), w.TaskTypes...)
+				if w.Model != "" {
+					rw.Caps.ModelIDs = []string{w.Model}
+				}
 				snap.Workers = append(snap.Workers, rw)
 			}
 			res, err := Build(snap, o)

@@ -4,8 +4,11 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	headertometadatav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_to_metadata/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -25,6 +28,10 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	filters, err := tagFilters(o)
+	if err != nil {
+		return nil, err
+	}
 	hcm, err := pack(&hcmv3.HttpConnectionManager{
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix: "front",
@@ -32,13 +39,15 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 			ConfigSource:    adsSource(),
 			RouteConfigName: RouteFront,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
+		HttpFilters: append(filters, &hcmv3.HttpFilter{
 			Name:       "envoy.filters.http.router",
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
-		}},
+		}),
 		UseRemoteAddress:          wrapperspb.Bool(true),
 		PreserveExternalRequestId: true,
-		NormalizePath:             wrapperspb.Bool(true),
+		// Clients get the id back to correlate with worker and router logs.
+		AlwaysSetRequestIdInResponse: true,
+		NormalizePath:                wrapperspb.Bool(true),
 		// Worker ids are URL-encoded URLs: %2F must reach the registry as sent.
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_KEEP_UNCHANGED,
 		ServerName:                   "diffusion-router",
@@ -66,6 +75,17 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 func LocalReplyConfig() *hcmv3.LocalReplyConfig {
 	return &hcmv3.LocalReplyConfig{
 		Mappers: []*hcmv3.ResponseMapper{
+			{
+				// A pinned job poll whose worker left the fleet.
+				Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{
+					Filters: []*accesslogv3.AccessLogFilter{
+						{FilterSpecifier: &accesslogv3.AccessLogFilter_HeaderFilter{HeaderFilter: &accesslogv3.HeaderFilter{Header: present(HeaderTarget)}}},
+						flagFilter("UH"),
+					},
+				}}},
+				StatusCode:         wrapperspb.UInt32(404),
+				BodyFormatOverride: jsonError(MsgJobWorkerGone),
+			},
 			{
 				Filter:             flagFilter("UH"),
 				BodyFormatOverride: jsonError(MsgNoHealthyWorker),
@@ -99,4 +119,52 @@ func jsonError(msg string) *corev3.SubstitutionFormatString {
 			"request_id": structpb.NewStringValue("%REQ(X-REQUEST-ID)%"),
 		},
 	}}}
+}
+
+// tagFilters are the HTTP filters before the router: the Wasm tagger, then
+// header-to-metadata, which turns the worker the tagger named for a job
+// (x-diffusion-target) into load-balancer metadata. Without the filter
+// there are none: a client-sent x-diffusion-target must never steer.
+func tagFilters(o Options) ([]*hcmv3.HttpFilter, error) {
+	if o.Filter == nil {
+		return nil, nil
+	}
+	cfg, err := pack(wrapperspb.String(o.Filter.Config))
+	if err != nil {
+		return nil, err
+	}
+	wasm, err := pack(&wasmfilterv3.Wasm{Config: &wasmv3.PluginConfig{
+		Name:   "diffusion-tagger",
+		RootId: "diffusion-tagger",
+		Vm: &wasmv3.PluginConfig_VmConfig{VmConfig: &wasmv3.VmConfig{
+			VmId:    "diffusion-tagger",
+			Runtime: "envoy.wasm.runtime.v8",
+			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{Local: &corev3.DataSource{
+				Specifier: &corev3.DataSource_Filename{Filename: o.Filter.Path},
+			}}},
+		}},
+		Configuration: cfg,
+		// A VM that fails must not take traffic down with it.
+		FailurePolicy: wasmv3.FailurePolicy_FAIL_OPEN,
+		// The plugin holds request headers (StopIteration) while it reads a
+		// small body. Without this Envoy turns that into "stop all", stops
+		// feeding it the body, and the request stalls.
+		AllowOnHeadersStopIteration: wrapperspb.Bool(true),
+	}})
+	if err != nil {
+		return nil, err
+	}
+	h2m, err := pack(&headertometadatav3.Config{RequestRules: []*headertometadatav3.Config_Rule{{
+		Header: HeaderTarget,
+		OnHeaderPresent: &headertometadatav3.Config_KeyValuePair{
+			MetadataNamespace: "envoy.lb", Key: SubsetKeyWorker, Type: headertometadatav3.Config_STRING,
+		},
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return []*hcmv3.HttpFilter{
+		{Name: "envoy.filters.http.wasm", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wasm}},
+		{Name: "envoy.filters.http.header_to_metadata", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: h2m}},
+	}, nil
 }

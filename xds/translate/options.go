@@ -17,7 +17,9 @@ const (
 	ClusterRegistry = "registry"
 
 	// Endpoint metadata keys the subset load balancer selects on.
-	SubsetKeyVideo = "video"
+	SubsetKeyVideo  = "video"
+	SubsetKeyWorker = "worker"
+	SubsetKeyModel  = "model"
 
 	// transportSocketMatchKey is the endpoint metadata filter Envoy reads to
 	// pick a transport socket per endpoint (TLS for https:// workers).
@@ -70,6 +72,17 @@ type Options struct {
 	// plane's REST API (the "registry" cluster).
 	RegistryAddress string
 	RegistryPort    uint32
+
+	// Filter, when set, puts the Wasm tagging filter in front of the router.
+	Filter *FilterOptions
+}
+
+// FilterOptions configure the Wasm filter.
+type FilterOptions struct {
+	// Path is the .wasm file as the Envoy process sees it.
+	Path string
+	// Config is the plugin's JSON configuration.
+	Config string
 }
 
 // Validate reports options that would produce a configuration Envoy rejects.
@@ -96,6 +109,9 @@ func (o Options) Validate() error {
 	}
 	if _, err := ParsePolicy(string(o.Policy)); err != nil {
 		return err
+	}
+	if o.Filter != nil && (o.Filter.Path == "" || o.Filter.Config == "") {
+		return fmt.Errorf("wasm filter needs a path and a configuration")
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -41,6 +42,8 @@ const (
 	MsgAllQuarantined      = "all workers are quarantined; re-admit one with POST /add_worker or PUT /workers/{worker_id} {\"is_dead\": false} (see GET /workers for the reasons)"
 	MsgAllVideoQuarantined = "all video-capable workers are quarantined; re-admit one with POST /add_worker or PUT /workers/{worker_id} {\"is_dead\": false}"
 	MsgFleetAsleep         = "the fleet is asleep (memory released); call POST /resume_memory_occupation first"
+	MsgUnknownModel        = "no registered worker serves the requested model (see GET /v1/models)"
+	MsgJobWorkerGone       = "the worker that holds this job is no longer serving (removed or quarantined)"
 )
 
 // Response headers that name, on every proxied answer, the worker that
@@ -48,7 +51,10 @@ const (
 const (
 	HeaderWorker        = "x-diffusion-worker"
 	HeaderWeightVersion = "x-weight-version"
-	metadataNamespace   = "diffusion-router"
+	// Request headers set by the Wasm filter.
+	HeaderTarget      = "x-diffusion-target"
+	HeaderModel       = "x-diffusion-model"
+	metadataNamespace = "diffusion-router"
 )
 
 // Fleet is what the routes depend on: whether anything can be routed at all.
@@ -62,53 +68,68 @@ type Fleet struct {
 	// whose memory is released.
 	Routable, VideoRoutable int
 	Asleep, VideoAsleep     int
+	// Models and VideoModels are the models registered workers serve,
+	// sorted.
+	Models, VideoModels []string
 }
 
 // FrontRoutes is the route table of the front listener.
 func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
-	routes := make([]*routev3.Route, 0, len(RegistryPaths)+4)
+	routes := make([]*routev3.Route, 0, len(RegistryPaths)+8+3*len(f.Models))
 	for _, p := range RegistryPaths {
 		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}}))
 	}
 	routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/workers/"}}))
 
-	// Video jobs live on video-capable workers only.
-	for _, m := range []*routev3.RouteMatch{
-		{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/videos"}},
-		{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/v1/videos/"}},
-	} {
-		r := &routev3.Route{Match: m}
-		switch {
-		case f.VideoWorkers == 0:
-			r.Action = directResponse(400, MsgNoVideoWorkers)
-		case f.VideoQuarantined == f.VideoWorkers:
-			r.Action = directResponse(503, MsgAllVideoQuarantined)
-		case f.VideoRoutable == 0 && f.VideoAsleep > 0:
-			r.Action = directResponse(503, MsgFleetAsleep)
-		default:
-			action := workersAction(o)
-			action.MetadataMatch = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
-				"envoy.lb": {Fields: map[string]*structpb.Value{SubsetKeyVideo: structpb.NewBoolValue(true)}},
-			}}
-			r.Action = &routev3.Route_Route{Route: action}
-			r.ResponseHeadersToAdd = servedByHeaders()
+	if o.Filter != nil {
+		// The filter checked the job id and named its worker; the subset
+		// load balancer picks exactly that worker (or none: 404).
+		for _, prefix := range []string{"/v1/videos/", "/v1/images/"} {
+			routes = append(routes, &routev3.Route{
+				Match: &routev3.RouteMatch{
+					PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: prefix},
+					Headers:       []*routev3.HeaderMatcher{present(HeaderTarget)},
+				},
+				Action:               &routev3.Route_Route{Route: workersAction(o)},
+				ResponseHeadersToAdd: servedByHeaders(),
+			})
 		}
-		routes = append(routes, r)
 	}
 
-	catchAll := &routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}}
+	// Video jobs live on video-capable workers only.
+	for _, m := range []func() *routev3.RouteMatch{
+		func() *routev3.RouteMatch {
+			return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/videos"}}
+		},
+		func() *routev3.RouteMatch {
+			return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/v1/videos/"}}
+		},
+	} {
+		switch {
+		case f.VideoWorkers == 0:
+			routes = append(routes, &routev3.Route{Match: m(), Action: directResponse(400, MsgNoVideoWorkers)})
+		case f.VideoQuarantined == f.VideoWorkers:
+			routes = append(routes, &routev3.Route{Match: m(), Action: directResponse(503, MsgAllVideoQuarantined)})
+		case f.VideoRoutable == 0 && f.VideoAsleep > 0:
+			routes = append(routes, &routev3.Route{Match: m(), Action: directResponse(503, MsgFleetAsleep)})
+		default:
+			routes = append(routes, modelRoutes(o, m, f.VideoModels, true)...)
+		}
+	}
+
+	catchAll := func() *routev3.RouteMatch {
+		return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
+	}
 	switch {
 	case f.Workers == 0:
-		catchAll.Action = directResponse(503, MsgNoWorkers)
+		routes = append(routes, &routev3.Route{Match: catchAll(), Action: directResponse(503, MsgNoWorkers)})
 	case f.Quarantined == f.Workers:
-		catchAll.Action = directResponse(503, MsgAllQuarantined)
+		routes = append(routes, &routev3.Route{Match: catchAll(), Action: directResponse(503, MsgAllQuarantined)})
 	case f.Routable == 0 && f.Asleep > 0:
-		catchAll.Action = directResponse(503, MsgFleetAsleep)
+		routes = append(routes, &routev3.Route{Match: catchAll(), Action: directResponse(503, MsgFleetAsleep)})
 	default:
-		catchAll.Action = &routev3.Route_Route{Route: workersAction(o)}
-		catchAll.ResponseHeadersToAdd = servedByHeaders()
+		routes = append(routes, modelRoutes(o, catchAll, f.Models, false)...)
 	}
-	routes = append(routes, catchAll)
 
 	return &routev3.RouteConfiguration{
 		Name: RouteFront,
@@ -118,6 +139,47 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 			Routes:  routes,
 		}},
 	}
+}
+
+// modelRoutes routes one match to the workers: a request naming a model
+// (x-diffusion-model, set by the filter from the body) goes to a worker that
+// serves it, one naming a model nobody serves gets 404, one naming none
+// goes to any worker (of the right task type when video is set).
+func modelRoutes(o Options, match func() *routev3.RouteMatch, models []string, video bool) []*routev3.Route {
+	routed := func(m *routev3.RouteMatch, fields map[string]*structpb.Value) *routev3.Route {
+		a := workersAction(o)
+		if len(fields) > 0 {
+			a.MetadataMatch = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.lb": {Fields: fields}}}
+		}
+		return &routev3.Route{Match: m, Action: &routev3.Route_Route{Route: a}, ResponseHeadersToAdd: servedByHeaders()}
+	}
+	base := func() map[string]*structpb.Value {
+		if video {
+			return map[string]*structpb.Value{SubsetKeyVideo: structpb.NewBoolValue(true)}
+		}
+		return map[string]*structpb.Value{}
+	}
+	var out []*routev3.Route
+	for _, model := range models {
+		m := match()
+		m.Headers = []*routev3.HeaderMatcher{{
+			Name: HeaderModel,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+				MatchPattern: &matcherv3.StringMatcher_Exact{Exact: model},
+			}},
+		}}
+		fields := base()
+		fields[SubsetKeyModel] = structpb.NewStringValue(model)
+		out = append(out, routed(m, fields))
+	}
+	unknown := match()
+	unknown.Headers = []*routev3.HeaderMatcher{present(HeaderModel)}
+	out = append(out, &routev3.Route{Match: unknown, Action: directResponse(404, MsgUnknownModel)})
+	return append(out, routed(match(), base()))
+}
+
+func present(name string) *routev3.HeaderMatcher {
+	return &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}}
 }
 
 // servedByHeaders tag a proxied answer with the serving worker and its weight

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"slices"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -58,7 +59,17 @@ func FleetOf(workers []registry.Worker) Fleet {
 			f.VideoAsleep += b2i(asleep)
 			f.VideoRoutable += b2i(routable)
 		}
+		if len(w.Caps.ModelIDs) > 0 {
+			f.Models = append(f.Models, w.Caps.ModelIDs[0])
+			if video {
+				f.VideoModels = append(f.VideoModels, w.Caps.ModelIDs[0])
+			}
+		}
 	}
+	slices.Sort(f.Models)
+	f.Models = slices.Compact(f.Models)
+	slices.Sort(f.VideoModels)
+	f.VideoModels = slices.Compact(f.VideoModels)
 	return f
 }
 

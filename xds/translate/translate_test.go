@@ -2,6 +2,9 @@ package translate
 
 import (
 	"bytes"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
 	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
@@ -68,9 +72,15 @@ func childPolicy(t *testing.T, c *clusterv3.Cluster) proto.Message {
 	if s.GetFallbackPolicy() != subsetv3.Subset_ANY_ENDPOINT {
 		t.Errorf("fallback = %v, want ANY_ENDPOINT", s.GetFallbackPolicy())
 	}
-	sel := s.GetSubsetSelectors()
-	if len(sel) != 1 || sel[0].GetKeys()[0] != SubsetKeyVideo || sel[0].GetFallbackPolicy() != subsetv3.Subset_LbSubsetSelector_NO_FALLBACK {
-		t.Errorf("video selector = %v, want keys [video] with NO_FALLBACK", sel)
+	var keys []string
+	for _, sel := range s.GetSubsetSelectors() {
+		keys = append(keys, strings.Join(sel.GetKeys(), "+"))
+		if sel.GetFallbackPolicy() != subsetv3.Subset_LbSubsetSelector_NO_FALLBACK {
+			t.Errorf("selector %v falls back: a request could reach a worker that cannot serve it", sel.GetKeys())
+		}
+	}
+	if want := []string{"video", "worker", "model", "model+video"}; !slices.Equal(keys, want) {
+		t.Errorf("selectors = %v, want %v", keys, want)
 	}
 	m, err := s.GetSubsetLbPolicy().GetPolicies()[0].GetTypedExtensionConfig().GetTypedConfig().UnmarshalNew()
 	if err != nil {
@@ -222,6 +232,9 @@ func TestFrontRoutes(t *testing.T) {
 			routes := rc.GetVirtualHosts()[0].GetRoutes()
 			byMatch := map[string]*routev3.Route{}
 			for _, r := range routes {
+				if len(r.GetMatch().GetHeaders()) > 0 {
+					continue
+				}
 				key := r.GetMatch().GetPath() + r.GetMatch().GetPrefix()
 				byMatch[key] = r
 			}
@@ -347,5 +360,76 @@ func TestBuildIsDeterministic(t *testing.T) {
 				t.Fatalf("build %d: resource %d encodes differently", i, j)
 			}
 		}
+	}
+}
+
+// TestModelRoutes: a request naming a served model goes to that model's
+// subset, one naming an unknown model gets 404, one naming none any worker.
+func TestModelRoutes(t *testing.T) {
+	rc := FrontRoutes(testOptions(), Fleet{Workers: 2, Routable: 2, Models: []string{"flux", "qwen"}})
+	var got []string
+	for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
+		if r.GetMatch().GetPrefix() != "/" {
+			continue
+		}
+		desc := "any"
+		if hs := r.GetMatch().GetHeaders(); len(hs) == 1 {
+			if hs[0].GetPresentMatch() {
+				desc = "present"
+			} else {
+				desc = hs[0].GetStringMatch().GetExact()
+			}
+		}
+		if d := r.GetDirectResponse(); d != nil {
+			desc += fmt.Sprintf("->%d", d.GetStatus())
+		} else {
+			m := r.GetRoute().GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()[SubsetKeyModel].GetStringValue()
+			desc += "->model:" + m
+		}
+		got = append(got, desc)
+	}
+	want := []string{"flux->model:flux", "qwen->model:qwen", "present->404", "any->model:"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("catch-all routes = %v, want %v", got, want)
+	}
+}
+
+func TestFilterRoutesAndListener(t *testing.T) {
+	o := testOptions()
+	if len(FrontRoutes(o, Fleet{Workers: 1, Routable: 1}).GetVirtualHosts()[0].GetRoutes()) == 0 {
+		t.Fatal("no routes")
+	}
+	pinned := func(rc *routev3.RouteConfiguration) int {
+		n := 0
+		for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
+			for _, h := range r.GetMatch().GetHeaders() {
+				if h.GetName() == HeaderTarget {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	if n := pinned(FrontRoutes(o, Fleet{Workers: 1, Routable: 1})); n != 0 {
+		t.Fatalf("%d pinned routes without the filter: a client header could steer", n)
+	}
+	o.Filter = &FilterOptions{Path: "/x.wasm", Config: `{"secret":"s"}`}
+	if n := pinned(FrontRoutes(o, Fleet{Workers: 1, Routable: 1})); n != 2 {
+		t.Fatalf("%d pinned routes with the filter, want 2 (videos and images)", n)
+	}
+	l, err := FrontListener(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hcm hcmv3.HttpConnectionManager
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range hcm.GetHttpFilters() {
+		names = append(names, f.GetName())
+	}
+	if want := []string{"envoy.filters.http.wasm", "envoy.filters.http.header_to_metadata", "envoy.filters.http.router"}; !slices.Equal(names, want) {
+		t.Fatalf("filters = %v, want %v", names, want)
 	}
 }

@@ -1,0 +1,150 @@
+package tagger
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Task is the class of a request, set as x-diffusion-task.
+type Task string
+
+const (
+	TaskImage     Task = "image"
+	TaskImageEdit Task = "image-edit"
+	TaskVideo     Task = "video"
+	TaskVideoPoll Task = "video-poll"
+	TaskNative    Task = "native"
+	TaskControl   Task = "control"
+	TaskOther     Task = "other"
+)
+
+// Tasks lists every class, for per-class metrics.
+var Tasks = []Task{TaskImage, TaskImageEdit, TaskVideo, TaskVideoPoll, TaskNative, TaskControl, TaskOther}
+
+var controlPaths = map[string]bool{
+	"/add_worker": true, "/remove_worker": true, "/list_workers": true, "/workers": true, "/health": true,
+	"/health_workers": true, "/v1/models": true, "/update_weights_from_disk": true,
+	"/release_memory_occupation": true, "/resume_memory_occupation": true, "/get_weights_checksum": true,
+	"/v1/set_lora": true, "/v1/merge_lora_weights": true, "/v1/unmerge_lora_weights": true, "/v1/list_loras": true,
+}
+
+// Classify names the task of a request from its method and path.
+func Classify(method, path string) Task {
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	switch {
+	case method == "POST" && path == "/v1/images/generations":
+		return TaskImage
+	case method == "POST" && path == "/v1/images/edits":
+		return TaskImageEdit
+	case method == "POST" && path == "/v1/videos":
+		return TaskVideo
+	case path == "/v1/videos" || strings.HasPrefix(path, "/v1/videos/"):
+		return TaskVideoPoll
+	case method == "POST" && (path == "/v1/diffusion/generate" || path == "/rollout/generate"):
+		return TaskNative
+	case controlPaths[path] || strings.HasPrefix(path, "/workers/"):
+		return TaskControl
+	}
+	return TaskOther
+}
+
+// ParsesBody reports whether the task's JSON body is read for the model and
+// the cost estimate.
+func (t Task) ParsesBody() bool { return t == TaskImage || t == TaskVideo || t == TaskNative }
+
+// Defaults are the server's values for fields a request leaves out.
+type Defaults struct {
+	Steps       int `json:"steps"`
+	Width       int `json:"width"`
+	Height      int `json:"height"`
+	VideoFrames int `json:"video_frames"`
+}
+
+// BodyFacts is what the filter learns from a generation body.
+type BodyFacts struct {
+	Model string
+	// Cost is the estimated GPU work in megapixel-steps:
+	// n x steps x W x H x frames / 2^20.
+	Cost int64
+}
+
+// ParseBody reads a JSON generation body.
+func ParseBody(t Task, body []byte, d Defaults) (BodyFacts, error) {
+	var req struct {
+		Model  string      `json:"model"`
+		N      json.Number `json:"n"`
+		Steps  json.Number `json:"num_inference_steps"`
+		Size   string      `json:"size"`
+		Width  json.Number `json:"width"`
+		Height json.Number `json:"height"`
+		Frames json.Number `json:"num_frames"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&req); err != nil {
+		return BodyFacts{}, fmt.Errorf("body is not a JSON object: %w", err)
+	}
+	n := intOr(req.N, 1)
+	steps := intOr(req.Steps, d.Steps)
+	w, h := intOr(req.Width, d.Width), intOr(req.Height, d.Height)
+	if req.Size != "" {
+		ws, hs, ok := strings.Cut(strings.ToLower(req.Size), "x")
+		wi, err1 := strconv.Atoi(ws)
+		hi, err2 := strconv.Atoi(hs)
+		if !ok || err1 != nil || err2 != nil {
+			return BodyFacts{}, fmt.Errorf("size %q is not WxH", req.Size)
+		}
+		w, h = wi, hi
+	}
+	frames := 1
+	if t == TaskVideo {
+		frames = intOr(req.Frames, d.VideoFrames)
+	}
+	for _, v := range []int{n, steps, w, h, frames} {
+		if v <= 0 || v > 1<<20 {
+			return BodyFacts{}, fmt.Errorf("field out of range: %d", v)
+		}
+	}
+	// In float: the product of five client-chosen numbers can overflow int64.
+	cost := float64(n) * float64(steps) * float64(w) * float64(h) * float64(frames) / (1 << 20)
+	return BodyFacts{Model: req.Model, Cost: int64(min(max(cost, 1), 1e15))}, nil
+}
+
+func intOr(n json.Number, def int) int {
+	if n == "" {
+		return def
+	}
+	i, err := strconv.Atoi(string(n))
+	if err != nil {
+		return -1
+	}
+	return i
+}
+
+// jobPath splits a job path into its prefix, id and suffix:
+// /v1/videos/{id}, /v1/videos/{id}/content, /v1/images/{id}/content.
+func jobPath(path string) (prefix, id, suffix string, ok bool) {
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	for _, p := range []string{"/v1/videos/", "/v1/images/"} {
+		if !strings.HasPrefix(path, p) {
+			continue
+		}
+		rest := path[len(p):]
+		id, suffix, _ = strings.Cut(rest, "/")
+		if suffix != "" {
+			suffix = "/" + suffix
+		}
+		if id == "" || (p == "/v1/images/" && suffix != "/content") || (suffix != "" && suffix != "/content") {
+			return "", "", "", false
+		}
+		return p, id, suffix, true
+	}
+	return "", "", "", false
+}

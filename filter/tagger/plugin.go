@@ -1,0 +1,344 @@
+// Package tagger is the router's proxy-wasm plugin. Inside Envoy, before
+// routing, it classifies each request (x-diffusion-task), reads the model and
+// estimates the GPU cost of small JSON generation bodies (x-diffusion-model,
+// x-diffusion-cost), makes the job ids clients see carry the worker that
+// holds the job, and measures the time a request spends in the router. It
+// fails open: what it cannot parse passes through untouched and is counted.
+package tagger
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/diffrouter/diffusion-router/filter/jobid"
+)
+
+// Header names the plugin sets. Values a client sends for them are replaced.
+const (
+	HeaderTask     = "x-diffusion-task"
+	HeaderModel    = "x-diffusion-model"
+	HeaderCost     = "x-diffusion-cost"
+	HeaderTarget   = "x-diffusion-target"
+	HeaderRouterMS = "x-diffusion-router-ms"
+	HeaderWorker   = "x-diffusion-worker"
+	HeaderReqID    = "x-request-id"
+)
+
+// Config is the plugin configuration, JSON, set by the control plane.
+type Config struct {
+	// Secret authenticates the worker identity inside job ids; every Envoy
+	// of one router gets the same.
+	Secret string `json:"secret"`
+	// MaxBodyBytes bounds the bodies the plugin reads; larger ones stream
+	// through untouched.
+	MaxBodyBytes int      `json:"max_body_bytes"`
+	Defaults     Defaults `json:"defaults"`
+	// FailClosed answers 500 when the plugin itself fails (a host call
+	// error); by default such requests pass through untouched.
+	FailClosed bool `json:"fail_closed"`
+}
+
+// ParseConfig reads and checks the plugin configuration.
+func ParseConfig(b []byte) (Config, error) {
+	c := Config{MaxBodyBytes: 64 << 10, Defaults: Defaults{Steps: 50, Width: 1024, Height: 1024, VideoFrames: 81}}
+	if len(bytes.TrimSpace(b)) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("plugin configuration: %w", err)
+		}
+	}
+	switch {
+	case len(c.Secret) < 16:
+		return c, fmt.Errorf("plugin configuration: secret must be at least 16 characters")
+	case c.MaxBodyBytes <= 0 || c.MaxBodyBytes > 16<<20:
+		return c, fmt.Errorf("plugin configuration: max_body_bytes must be in (0, 16 MiB]")
+	case c.Defaults.Steps <= 0 || c.Defaults.Width <= 0 || c.Defaults.Height <= 0 || c.Defaults.VideoFrames <= 0:
+		return c, fmt.Errorf("plugin configuration: defaults must be positive")
+	}
+	return c, nil
+}
+
+// NewVMContext is the plugin's entry point.
+func NewVMContext() types.VMContext { return &vmContext{} }
+
+type vmContext struct{ types.DefaultVMContext }
+
+func (*vmContext) NewPluginContext(uint32) types.PluginContext { return &pluginContext{} }
+
+type pluginContext struct {
+	types.DefaultPluginContext
+	cfg     Config
+	signer  jobid.Signer
+	metrics *metrics
+}
+
+func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
+	raw, err := proxywasm.GetPluginConfiguration()
+	if err != nil && err != types.ErrorStatusNotFound {
+		proxywasm.LogCriticalf("diffusion-tagger: reading configuration: %v", err)
+		return types.OnPluginStartStatusFailed
+	}
+	cfg, err := ParseConfig(raw)
+	if err != nil {
+		proxywasm.LogCriticalf("diffusion-tagger: %v", err)
+		return types.OnPluginStartStatusFailed
+	}
+	p.cfg, p.signer, p.metrics = cfg, jobid.NewSigner([]byte(cfg.Secret)), newMetrics()
+	return types.OnPluginStartStatusOK
+}
+
+func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
+	return &httpContext{p: p, start: time.Now()}
+}
+
+type httpContext struct {
+	types.DefaultHttpContext
+	p     *pluginContext
+	start time.Time
+	task  Task
+
+	readBody bool
+	// rewrite: the response carries job ids to wrap; jobKey is the worker
+	// the request was pinned to (polls), empty for creations.
+	rewrite bool
+	jobKey  string
+}
+
+// fail handles an error of the plugin itself: counted, logged, and the
+// request passes (or, fail-closed, gets a 500).
+func (c *httpContext) fail(where string, err error) types.Action {
+	c.p.metrics.filterErrors.Increment(1)
+	proxywasm.LogWarnf("diffusion-tagger: %s: %v", where, err)
+	if c.p.cfg.FailClosed {
+		_ = proxywasm.SendHttpResponse(500, textHeaders, []byte("router filter error: "+where), -1)
+		return types.ActionPause
+	}
+	return types.ActionContinue
+}
+
+// The filter's own replies are plain text: Envoy's local-reply config (set
+// by the control plane) turns every local reply into {"error": ...}.
+var textHeaders = [][2]string{{"content-type", "text/plain"}}
+
+func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action {
+	method, err := proxywasm.GetHttpRequestHeader(":method")
+	if err != nil {
+		return c.fail("read :method", err)
+	}
+	path, err := proxywasm.GetHttpRequestHeader(":path")
+	if err != nil {
+		return c.fail("read :path", err)
+	}
+	// Tags are the router's word, never the client's.
+	for _, h := range []string{HeaderTask, HeaderModel, HeaderCost, HeaderTarget} {
+		_ = proxywasm.RemoveHttpRequestHeader(h)
+	}
+	c.task = Classify(method, path)
+	c.p.metrics.requests[c.task].Increment(1)
+	if err := proxywasm.ReplaceHttpRequestHeader(HeaderTask, string(c.task)); err != nil {
+		return c.fail("set "+HeaderTask, err)
+	}
+	if id, _ := proxywasm.GetHttpRequestHeader(HeaderReqID); id == "" {
+		_ = proxywasm.ReplaceHttpRequestHeader(HeaderReqID, newRequestID())
+	}
+
+	if prefix, wrapped, suffix, ok := jobPath(path); ok && (method == "GET" || method == "DELETE" || method == "HEAD") {
+		return c.pinToWorker(path, prefix, wrapped, suffix)
+	}
+	switch {
+	case method == "POST" && (c.task == TaskVideo || c.task == TaskImage || c.task == TaskImageEdit):
+		c.rewrite = true // the answer carries ids to wrap
+	case method == "GET" && c.task == TaskVideoPoll:
+		c.rewrite = true // a list of jobs
+	}
+	if !endOfStream && c.task.ParsesBody() && c.smallJSONBody() {
+		c.readBody = true
+		return types.ActionPause // hold the headers until the body told us the model
+	}
+	return types.ActionContinue
+}
+
+// smallJSONBody reports whether the request body is JSON and announced as
+// small enough to read. A body without a length is read up to the limit.
+func (c *httpContext) smallJSONBody() bool {
+	ct, _ := proxywasm.GetHttpRequestHeader("content-type")
+	if !strings.Contains(strings.ToLower(ct), "json") {
+		return false
+	}
+	if cl, err := proxywasm.GetHttpRequestHeader("content-length"); err == nil && cl != "" {
+		n, err := strconv.Atoi(cl)
+		if err != nil || n > c.p.cfg.MaxBodyBytes {
+			c.p.metrics.bodiesSkipped.Increment(1)
+			return false
+		}
+	}
+	return true
+}
+
+// pinToWorker checks a wrapped job id, restores the worker's own id in the
+// path and names the worker for the load balancer. An id the router did not
+// issue is answered 404 here: it never reaches a worker.
+func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Action {
+	id, key, ok := c.p.signer.Unwrap(wrapped)
+	if !ok {
+		c.p.metrics.unknownJobIDs.Increment(1)
+		_ = proxywasm.SendHttpResponse(404, textHeaders, []byte("unknown job id "+strconv.Quote(wrapped)+": it was not issued by this router"), -1)
+		return types.ActionPause
+	}
+	query := ""
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		query = path[i:]
+	}
+	if err := proxywasm.ReplaceHttpRequestHeader(":path", prefix+id+suffix+query); err != nil {
+		return c.fail("rewrite :path", err)
+	}
+	if err := proxywasm.ReplaceHttpRequestHeader(HeaderTarget, key); err != nil {
+		return c.fail("set "+HeaderTarget, err)
+	}
+	c.jobKey = key
+	c.rewrite = suffix == "" // a job object comes back; content does not
+	return types.ActionContinue
+}
+
+func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
+	if !c.readBody {
+		return types.ActionContinue
+	}
+	if bodySize > c.p.cfg.MaxBodyBytes {
+		// Too large after all (no content-length): let it stream untagged.
+		c.readBody = false
+		c.p.metrics.bodiesSkipped.Increment(1)
+		return types.ActionContinue
+	}
+	if !endOfStream {
+		return types.ActionPause
+	}
+	c.readBody = false
+	body, err := proxywasm.GetHttpRequestBody(0, bodySize)
+	if err != nil {
+		return c.fail("read request body", err)
+	}
+	facts, err := ParseBody(c.task, body, c.p.cfg.Defaults)
+	if err != nil {
+		c.p.metrics.parseErrors.Increment(1)
+		return types.ActionContinue // the worker will say what is wrong
+	}
+	if facts.Model != "" && validHeaderValue(facts.Model) {
+		if err := proxywasm.ReplaceHttpRequestHeader(HeaderModel, facts.Model); err != nil {
+			return c.fail("set "+HeaderModel, err)
+		}
+	}
+	if err := proxywasm.ReplaceHttpRequestHeader(HeaderCost, strconv.FormatInt(facts.Cost, 10)); err != nil {
+		return c.fail("set "+HeaderCost, err)
+	}
+	c.p.metrics.cost.Record(uint64(facts.Cost))
+	return types.ActionContinue
+}
+
+func validHeaderValue(s string) bool {
+	if len(s) > 512 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Action {
+	status, _ := proxywasm.GetHttpResponseHeader(":status")
+	if code, err := strconv.Atoi(status); err == nil && code >= 500 {
+		c.p.metrics.errors[c.task].Increment(1)
+	}
+	elapsed := time.Since(c.start).Milliseconds()
+	upstream := int64(-1)
+	if v, err := proxywasm.GetHttpResponseHeader("x-envoy-upstream-service-time"); err == nil && v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			upstream = n
+			c.p.metrics.upstreamMS.Record(uint64(max(n, 0)))
+		}
+	}
+	routerMS := elapsed
+	if upstream >= 0 {
+		routerMS = max(elapsed-upstream, 0)
+	}
+	c.p.metrics.routerMS.Record(uint64(routerMS))
+	_ = proxywasm.ReplaceHttpResponseHeader(HeaderRouterMS, strconv.FormatInt(routerMS, 10))
+
+	if !c.rewrite || endOfStream || !strings.HasPrefix(status, "2") {
+		c.rewrite = false
+		return types.ActionContinue
+	}
+	ct, _ := proxywasm.GetHttpResponseHeader("content-type")
+	if !strings.Contains(strings.ToLower(ct), "json") {
+		c.rewrite = false
+		return types.ActionContinue
+	}
+	if c.jobKey == "" {
+		worker, _ := proxywasm.GetHttpResponseHeader(HeaderWorker)
+		if worker == "" {
+			c.rewrite = false
+			return types.ActionContinue
+		}
+		c.jobKey = jobid.WorkerKey(worker)
+	}
+	if cl, _ := proxywasm.GetHttpResponseHeader("content-length"); cl != "" {
+		if n, err := strconv.Atoi(cl); err != nil || n > c.p.cfg.MaxBodyBytes {
+			c.rewrite = false
+			return types.ActionContinue
+		}
+	}
+	// The body changes length once its ids are wrapped.
+	_ = proxywasm.RemoveHttpResponseHeader("content-length")
+	return types.ActionContinue
+}
+
+func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.Action {
+	if !c.rewrite {
+		return types.ActionContinue
+	}
+	if bodySize > c.p.cfg.MaxBodyBytes {
+		c.rewrite = false
+		c.p.metrics.bodiesSkipped.Increment(1)
+		return types.ActionContinue
+	}
+	if !endOfStream {
+		return types.ActionPause
+	}
+	c.rewrite = false
+	body, err := proxywasm.GetHttpResponseBody(0, bodySize)
+	if err != nil {
+		return c.fail("read response body", err)
+	}
+	out, changed, err := WrapIDs(body, c.p.signer, c.jobKey)
+	if err != nil {
+		c.p.metrics.parseErrors.Increment(1)
+		return types.ActionContinue
+	}
+	if changed {
+		if err := proxywasm.ReplaceHttpResponseBody(out); err != nil {
+			return c.fail("replace response body", err)
+		}
+	}
+	return types.ActionContinue
+}
+
+func newRequestID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return strconv.FormatInt(time.Now().UnixNano(), 16)
+	}
+	return hex.EncodeToString(b[:])
+}

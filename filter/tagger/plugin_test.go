@@ -1,0 +1,315 @@
+package tagger
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/proxytest"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/diffrouter/diffusion-router/filter/jobid"
+)
+
+// wasmBinary is the plugin compiled for wasip1, so every test also runs
+// against the real .wasm (under wazero) and not only natively.
+var wasmBinary []byte
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tagger-wasm-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	out := filepath.Join(dir, "plugin.wasm")
+	build := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "../")
+	build.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build the wasm plugin:", err)
+		os.Exit(1)
+	}
+	if wasmBinary, err = os.ReadFile(out); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const testSecret = "0123456789abcdef-test-secret"
+
+var testConfig = []byte(`{"secret":"` + testSecret + `","max_body_bytes":1024,"defaults":{"steps":50,"width":1024,"height":1024,"video_frames":16}}`)
+
+// eachRunner runs f natively and against the compiled .wasm.
+func eachRunner(t *testing.T, f func(t *testing.T, host proxytest.HostEmulator)) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			var vm types.VMContext = NewVMContext()
+			if runner == "wasm" {
+				v, err := proxytest.NewWasmVMContext(wasmBinary)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer v.Close()
+				vm = v
+			}
+			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(vm).WithPluginConfiguration(testConfig))
+			defer reset()
+			if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+				t.Fatalf("plugin start = %v", st)
+			}
+			f(t, host)
+		})
+	}
+}
+
+func header(hs [][2]string, name string) (string, bool) {
+	for _, h := range hs {
+		if strings.EqualFold(h[0], name) {
+			return h[1], true
+		}
+	}
+	return "", false
+}
+
+func TestRequestTags(t *testing.T) {
+	tests := []struct {
+		name        string
+		method      string
+		path        string
+		contentType string
+		body        string
+		wantTask    string
+		wantModel   string
+		wantCost    string
+		wantPause   bool // headers held until the body is read
+	}{
+		{name: "image with model and size", method: "POST", path: "/v1/images/generations", contentType: "application/json",
+			body: `{"prompt":"p","model":"flux","n":2,"num_inference_steps":10,"size":"512x512"}`, wantTask: "image", wantModel: "flux", wantCost: "5", wantPause: true},
+		{name: "image with server defaults", method: "POST", path: "/v1/images/generations", contentType: "application/json",
+			body: `{"prompt":"p"}`, wantTask: "image", wantCost: "50", wantPause: true},
+		{name: "video uses frames", method: "POST", path: "/v1/videos", contentType: "application/json",
+			body: `{"prompt":"p","model":"wan","num_inference_steps":4,"width":1024,"height":512}`, wantTask: "video", wantModel: "wan", wantCost: "32", wantPause: true},
+		{name: "native", method: "POST", path: "/v1/diffusion/generate", contentType: "application/json",
+			body: `{"prompt":"p","num_inference_steps":1,"size":"1024x1024"}`, wantTask: "native", wantCost: "1", wantPause: true},
+		{name: "multipart edit streams", method: "POST", path: "/v1/images/edits", contentType: "multipart/form-data; boundary=x",
+			body: "--x--", wantTask: "image-edit"},
+		{name: "body over the limit streams", method: "POST", path: "/v1/images/generations", contentType: "application/json",
+			body: `{"prompt":"` + strings.Repeat("a", 2000) + `"}`, wantTask: "image"},
+		{name: "broken JSON passes", method: "POST", path: "/v1/images/generations", contentType: "application/json",
+			body: `{"prompt":`, wantTask: "image", wantPause: true},
+		{name: "poll", method: "GET", path: "/v1/videos", wantTask: "video-poll"},
+		{name: "control", method: "POST", path: "/update_weights_from_disk", contentType: "application/json", body: `{}`, wantTask: "control"},
+		{name: "other", method: "GET", path: "/v1/model_info", wantTask: "other"},
+	}
+	// One plugin per runner for the whole table: compiling the .wasm is the
+	// slow part, and contexts are independent.
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				before, _ := host.GetCounterMetric("diffusion_router.requests." + tt.wantTask)
+				id := host.InitializeHttpContext()
+				hs := [][2]string{{":method", tt.method}, {":path", tt.path}, {":authority", "router"},
+					// Spoofed tags: replaced or removed, never trusted.
+					{HeaderTask, "control"}, {HeaderModel, "spoofed"}, {HeaderCost, "1"}, {HeaderTarget, "ffffffffffffffff"}}
+				if tt.contentType != "" {
+					hs = append(hs, [2]string{"content-type", tt.contentType}, [2]string{"content-length", fmt.Sprint(len(tt.body))})
+				}
+				action := host.CallOnRequestHeaders(id, hs, tt.body == "")
+				if (action == types.ActionPause) != tt.wantPause {
+					t.Fatalf("headers action = %v, want pause=%v", action, tt.wantPause)
+				}
+				if tt.body != "" {
+					if a := host.CallOnRequestBody(id, []byte(tt.body), true); a != types.ActionContinue {
+						t.Fatalf("body action = %v", a)
+					}
+				}
+				got := host.GetCurrentRequestHeaders(id)
+				if v, _ := header(got, HeaderTask); v != tt.wantTask {
+					t.Errorf("task = %q, want %q", v, tt.wantTask)
+				}
+				if v, _ := header(got, HeaderModel); v != tt.wantModel {
+					t.Errorf("model = %q, want %q", v, tt.wantModel)
+				}
+				if v, _ := header(got, HeaderCost); v != tt.wantCost {
+					t.Errorf("cost = %q, want %q", v, tt.wantCost)
+				}
+				if _, ok := header(got, HeaderTarget); ok {
+					t.Error("client's x-diffusion-target was kept")
+				}
+				if v, _ := header(got, HeaderReqID); len(v) != 32 {
+					t.Errorf("x-request-id = %q, want a generated id", v)
+				}
+				if n, err := host.GetCounterMetric("diffusion_router.requests." + tt.wantTask); err != nil || n != before+1 {
+					t.Errorf("requests counter for %s = %d (%v), want %d", tt.wantTask, n, err, before+1)
+				}
+			})
+		}
+	})
+}
+
+func TestKeepsClientRequestID(t *testing.T) {
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		id := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(id, [][2]string{{":method", "GET"}, {":path", "/health"}, {HeaderReqID, "trace-1"}}, true)
+		if v, _ := header(host.GetCurrentRequestHeaders(id), HeaderReqID); v != "trace-1" {
+			t.Fatalf("x-request-id = %q", v)
+		}
+	})
+}
+
+func TestParseErrorsAreCounted(t *testing.T) {
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		id := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"}}, false)
+		host.CallOnRequestBody(id, []byte(`{"size":"huge"}`), true)
+		if n, _ := host.GetCounterMetric("diffusion_router.filter.parse_errors"); n != 1 {
+			t.Fatalf("parse errors = %d", n)
+		}
+	})
+}
+
+// TestJobAffinity: a created job's id comes back wrapped with the worker;
+// a poll with it is pinned to that worker with the original id restored; a
+// forged id is answered 404 by the filter itself.
+func TestJobAffinity(t *testing.T) {
+	signer := jobid.NewSigner([]byte(testSecret))
+	worker := "http://127.0.0.1:30001"
+	key := jobid.WorkerKey(worker)
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		id := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", "/v1/videos"}, {"content-type", "multipart/form-data; boundary=b"}}, false)
+		host.CallOnRequestBody(id, []byte("--b--"), true)
+		host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"content-length", "52"},
+			{HeaderWorker, worker}, {"x-envoy-upstream-service-time", "7"}}, false)
+		if a := host.CallOnResponseBody(id, []byte(`{"id":"video_1","object":"video","status":"queued","progress":0}`), true); a != types.ActionContinue {
+			t.Fatalf("response body action = %v", a)
+		}
+		var job map[string]any
+		if err := json.Unmarshal(host.GetCurrentResponseBody(id), &job); err != nil {
+			t.Fatal(err)
+		}
+		wrapped := job["id"].(string)
+		if orig, k, ok := signer.Unwrap(wrapped); !ok || orig != "video_1" || k != key {
+			t.Fatalf("created id %q does not carry the worker", wrapped)
+		}
+		if job["progress"] != 0.0 || job["status"] != "queued" {
+			t.Fatalf("other fields changed: %v", job)
+		}
+		rh := host.GetCurrentResponseHeaders(id)
+		if _, ok := header(rh, "content-length"); ok {
+			t.Error("stale content-length kept on a rewritten body")
+		}
+		if v, _ := header(rh, HeaderRouterMS); v == "" {
+			t.Error("no x-diffusion-router-ms")
+		}
+
+		poll := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(poll, [][2]string{{":method", "GET"}, {":path", "/v1/videos/" + wrapped + "/content?x=1"}}, true)
+		ph := host.GetCurrentRequestHeaders(poll)
+		if v, _ := header(ph, ":path"); v != "/v1/videos/video_1/content?x=1" {
+			t.Fatalf("poll path = %q", v)
+		}
+		if v, _ := header(ph, HeaderTarget); v != key {
+			t.Fatalf("poll target = %q, want %q", v, key)
+		}
+
+		forged := host.InitializeHttpContext()
+		if a := host.CallOnRequestHeaders(forged, [][2]string{{":method", "GET"}, {":path", "/v1/videos/video_1." + key + ".AAAAAAAAAAAAAAAA"}}, true); a != types.ActionPause {
+			t.Fatalf("forged id action = %v", a)
+		}
+		local := host.GetSentLocalResponse(forged)
+		if local == nil || local.StatusCode != 404 || !strings.Contains(string(local.Data), "unknown job id") {
+			t.Fatalf("forged id answer = %+v", local)
+		}
+	})
+}
+
+func TestImageURLsWrapped(t *testing.T) {
+	signer := jobid.NewSigner([]byte(testSecret))
+	body := []byte(`{"id":"img_1","created":1795833091,"data":[{"url":"/v1/images/img_1_0/content","revised_prompt":"p"},{"b64_json":"AAAA"}]}`)
+	out, changed, err := WrapIDs(body, signer, jobid.WorkerKey("http://w:1"))
+	if err != nil || !changed {
+		t.Fatalf("WrapIDs: %v %v", changed, err)
+	}
+	var doc struct {
+		Created json.Number `json:"created"`
+		Data    []struct {
+			URL string `json:"url"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc.Created != "1795833091" {
+		t.Fatalf("number rewritten: %s", doc.Created)
+	}
+	_, inner, _, ok := jobPath(doc.Data[0].URL)
+	if !ok {
+		t.Fatalf("url %q", doc.Data[0].URL)
+	}
+	if orig, _, ok := signer.Unwrap(inner); !ok || orig != "img_1_0" {
+		t.Fatalf("url id %q not wrapped", inner)
+	}
+	again, changed, _ := WrapIDs(out, signer, jobid.WorkerKey("http://w:1"))
+	if changed || string(again) != string(out) {
+		t.Fatal("wrapping is not idempotent")
+	}
+	if _, _, err := WrapIDs([]byte("[1]"), signer, "k"); err == nil {
+		t.Fatal("non-object accepted")
+	}
+}
+
+func TestConfig(t *testing.T) {
+	for _, bad := range []string{`{"secret":"short"}`, `{"secret":"0123456789abcdef0","max_body_bytes":0}`, `{"secret":"0123456789abcdef0","nope":1}`, `{`} {
+		if _, err := ParseConfig([]byte(bad)); err == nil {
+			t.Errorf("ParseConfig(%s) accepted", bad)
+		}
+	}
+	eachRunnerWithConfig(t, []byte(`{"secret":"short"}`), types.OnPluginStartStatusFailed)
+}
+
+func eachRunnerWithConfig(t *testing.T, cfg []byte, want types.OnPluginStartStatus) {
+	for _, runner := range []string{"go", "wasm"} {
+		var vm types.VMContext = NewVMContext()
+		if runner == "wasm" {
+			v, err := proxytest.NewWasmVMContext(wasmBinary)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			vm = v
+		}
+		host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(vm).WithPluginConfiguration(cfg))
+		if st := host.StartPlugin(); st != want {
+			t.Errorf("%s: plugin start with %s = %v, want %v", runner, cfg, st, want)
+		}
+		reset()
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct{ method, path, want string }{
+		{"POST", "/v1/images/generations?x=1", "image"},
+		{"POST", "/v1/images/edits", "image-edit"},
+		{"GET", "/v1/images/generations", "other"},
+		{"POST", "/v1/videos", "video"},
+		{"GET", "/v1/videos/abc", "video-poll"},
+		{"DELETE", "/v1/videos/abc", "video-poll"},
+		{"POST", "/rollout/generate", "native"},
+		{"GET", "/workers/http%3A%2F%2Fa%3A1", "control"},
+		{"GET", "/health", "control"},
+		{"GET", "/v1/images/abc/content", "other"},
+	}
+	for _, tt := range tests {
+		if got := Classify(tt.method, tt.path); string(got) != tt.want {
+			t.Errorf("Classify(%s %s) = %s, want %s", tt.method, tt.path, got, tt.want)
+		}
+	}
+}
