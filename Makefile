@@ -10,7 +10,7 @@ ENVOY := .tools/envoy/bin/envoy
 PORT ?= 30080
 DEMO_WORKERS ?= 4
 
-.PHONY: all build filter envoy run test unit e2e soak vet fmt-check golden clean
+.PHONY: all build filter envoy run test unit e2e soak bench-filter vet fmt-check golden clean
 
 all: build
 
@@ -54,6 +54,11 @@ test: fmt-check vet envoy
 # The full Wasm soak: 50,000 requests through Envoy with the filter.
 soak: envoy
 	DIFFROUTER_SOAK_REQUESTS=50000 $(GO) test -count=1 -timeout 30m -run TestFilterSoak -v ./e2e/
+
+# What the Wasm filter costs per request (reported, not asserted).
+bench-filter: envoy
+	$(GO) test -run XXX -bench FilterOverhead -benchtime 3000x -count 3 ./e2e/
+	$(GO) test -run XXX -bench GenerationRequest -benchmem ./filter/tagger
 
 # Regenerate the golden Envoy configurations after an intended change.
 golden:

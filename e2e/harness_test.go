@@ -75,7 +75,7 @@ func setup(m *testing.M) (int, error) {
 
 // proc is a process started by a test.
 type proc struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	cmd  *exec.Cmd
 	out  *syncBuffer
@@ -101,7 +101,7 @@ func (s *syncBuffer) String() string {
 
 // start runs a binary from binDir in its own process group. The test's
 // cleanup stops the whole group, and prints the output if the test failed.
-func start(t *testing.T, name string, args ...string) *proc {
+func start(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, name), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -187,7 +187,7 @@ type fakeWorker struct {
 
 // startWorker runs a fake worker on a free port; args add to the defaults
 // (milliseconds instead of seconds).
-func startWorker(t *testing.T, args ...string) *fakeWorker {
+func startWorker(t testing.TB, args ...string) *fakeWorker {
 	t.Helper()
 	all := append([]string{"--time-scale", "0.001", "--update-time", "2s", "--seed", "1"}, args...)
 	p := start(t, "fake-worker", all...)
@@ -208,7 +208,7 @@ var routerReady = regexp.MustCompile(`ready on (http://\S+) \(registry API (http
 
 // startRouter runs the router on a free front port. args add to (and may
 // override) the defaults.
-func startRouter(t *testing.T, args ...string) *routerProc {
+func startRouter(t testing.TB, args ...string) *routerProc {
 	t.Helper()
 	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(freePort(t)), "--state-dir", t.TempDir(),
 		"--health-check-interval", "1", "--envoy-concurrency", "2", "--log-level", "debug"}, args...)
@@ -217,7 +217,7 @@ func startRouter(t *testing.T, args ...string) *routerProc {
 	return &routerProc{proc: p, Front: m[1], API: m[2], Admin: m[3]}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -236,7 +236,7 @@ type response struct {
 	Body   []byte
 }
 
-func (r response) JSON(t *testing.T) map[string]any {
+func (r response) JSON(t testing.TB) map[string]any {
 	t.Helper()
 	var v map[string]any
 	if err := json.Unmarshal(r.Body, &v); err != nil {
@@ -245,7 +245,7 @@ func (r response) JSON(t *testing.T) map[string]any {
 	return v
 }
 
-func do(t *testing.T, method, url, contentType string, body io.Reader) response {
+func do(t testing.TB, method, url, contentType string, body io.Reader) response {
 	t.Helper()
 	r, err := tryDo(context.Background(), method, url, contentType, body)
 	if err != nil {
@@ -274,7 +274,7 @@ func tryDo(ctx context.Context, method, url, contentType string, body io.Reader)
 	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}, nil
 }
 
-func postJSON(t *testing.T, url string, v any) response {
+func postJSON(t testing.TB, url string, v any) response {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -283,13 +283,13 @@ func postJSON(t *testing.T, url string, v any) response {
 	return do(t, http.MethodPost, url, "application/json", bytes.NewReader(b))
 }
 
-func get(t *testing.T, url string) response {
+func get(t testing.TB, url string) response {
 	t.Helper()
 	return do(t, http.MethodGet, url, "", nil)
 }
 
 // eventually polls cond until it is true or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -312,7 +312,7 @@ type workerStats struct {
 	BusySeconds   float64        `json:"busy_seconds"`
 }
 
-func stats(t *testing.T, w *fakeWorker) workerStats {
+func stats(t testing.TB, w *fakeWorker) workerStats {
 	t.Helper()
 	var s workerStats
 	r := get(t, w.URL+"/stats")
@@ -322,7 +322,7 @@ func stats(t *testing.T, w *fakeWorker) workerStats {
 	return s
 }
 
-func listURLs(t *testing.T, base string) []string {
+func listURLs(t testing.TB, base string) []string {
 	t.Helper()
 	var v struct {
 		URLs []string `json:"urls"`
@@ -337,7 +337,7 @@ func listURLs(t *testing.T, base string) []string {
 func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }
 
 // childPID finds the child of parent whose command name is comm.
-func childPID(t *testing.T, parent int, comm string) int {
+func childPID(t testing.TB, parent int, comm string) int {
 	t.Helper()
 	var found int
 	eventually(t, 10*time.Second, comm+" child of "+strconv.Itoa(parent), func() bool {

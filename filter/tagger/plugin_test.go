@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -311,5 +312,30 @@ func TestClassify(t *testing.T) {
 		if got := Classify(tt.method, tt.path); string(got) != tt.want {
 			t.Errorf("Classify(%s %s) = %s, want %s", tt.method, tt.path, got, tt.want)
 		}
+	}
+}
+
+// BenchmarkGenerationRequest measures the plugin's work for one image
+// generation (request headers, a small JSON body, response headers), run
+// natively. `go test -bench . -benchmem ./filter/tagger` reports time and
+// allocations per request.
+func BenchmarkGenerationRequest(b *testing.B) {
+	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(NewVMContext()).WithPluginConfiguration(testConfig))
+	defer reset()
+	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+		b.Fatalf("start = %v", st)
+	}
+	body := []byte(`{"prompt":"a fox","model":"flux","num_inference_steps":28,"size":"1024x1024","response_format":"b64_json"}`)
+	reqHeaders := [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"},
+		{"content-length", strconv.Itoa(len(body))}, {"x-request-id", "r1"}}
+	respHeaders := [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"x-envoy-upstream-service-time", "7000"}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		id := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(id, reqHeaders, false)
+		host.CallOnRequestBody(id, body, true)
+		host.CallOnResponseHeaders(id, respHeaders, false)
+		host.CompleteHttpContext(id)
 	}
 }
