@@ -219,6 +219,12 @@ func TestLargeMultipartUploadStreams(t *testing.T) {
 	if resp.Status != 200 {
 		t.Fatalf("edit = %d %s", resp.Status, resp.Body)
 	}
+	if got := resp.Header.Get("X-Seen-Diffusion-Task"); got != "image-edit" {
+		t.Errorf("worker saw task %q, want image-edit", got)
+	}
+	if got := resp.Header.Get("X-Seen-Diffusion-Model"); got != "" {
+		t.Errorf("a multipart body was parsed for a model: %q", got)
+	}
 	v := resp.JSON(t)
 	if v["input_bytes"] != float64(len(payload)) || v["input_sha256"] != hex.EncodeToString(sum[:]) {
 		t.Fatalf("worker received %v bytes (sha %v), want %d (%x)", v["input_bytes"], v["input_sha256"], len(payload), sum)

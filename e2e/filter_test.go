@@ -285,4 +285,3 @@ func statValue(t *testing.T, admin, name string) int64 {
 	t.Fatalf("stat %s not found in %q", name, body)
 	return 0
 }
-

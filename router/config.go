@@ -57,6 +57,9 @@ type Config struct {
 	// WasmFilter is the tagging filter's .wasm ("" finds the build output,
 	// "none" runs without it).
 	WasmFilter string
+	// FilterFailClosed makes the filter answer 500 when it fails itself,
+	// instead of passing the request through untagged.
+	FilterFailClosed bool
 	// DemoWorkers fake workers run inside the process (for trying the
 	// router without GPUs), at DemoTimeScale of real H100 speed.
 	DemoWorkers   int
@@ -144,6 +147,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&c.ExternalEnvoy, "external-envoy", false, "run the control plane only; Envoys connect to --xds-host:--xds-port")
 	fs.BoolVar(&c.QuarantineChecksumMismatch, "quarantine-checksum-mismatch", false, "quarantine workers whose /get_weights_checksum differs from the fleet's majority")
 	fs.StringVar(&c.WasmFilter, "wasm-filter", "", "the Wasm tagging filter (default: "+FilterFile+" next to the binary or in bin/; none: no filter)")
+	fs.BoolVar(&c.FilterFailClosed, "filter-fail-closed", false, "answer 500 when the Wasm filter itself fails, instead of passing the request through untagged")
 	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers in-process and register them (the last one generates videos)")
 	fs.Float64Var(&c.DemoTimeScale, "demo-time-scale", 0.1, "speed of demo workers relative to an H100 (0.1: a FLUX.1-dev image in ~0.7 s)")
 

@@ -84,7 +84,7 @@ func filterSecret(stateDir string) (string, error) {
 }
 
 // filterOptions builds the filter's configuration, or nil when it is off.
-func filterOptions(flag, stateDir string) (*translate.FilterOptions, error) {
+func filterOptions(flag, stateDir string, failClosed bool) (*translate.FilterOptions, error) {
 	path, err := findFilter(flag)
 	if err != nil || path == "" {
 		return nil, err
@@ -96,6 +96,7 @@ func filterOptions(flag, stateDir string) (*translate.FilterOptions, error) {
 	cfg, err := json.Marshal(map[string]any{
 		"secret":         secret,
 		"max_body_bytes": 64 << 10,
+		"fail_closed":    failClosed,
 		// sglang-diffusion's defaults for fields a request leaves out.
 		"defaults": map[string]int{"steps": 50, "width": 1024, "height": 1024, "video_frames": 81},
 	})
