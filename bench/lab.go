@@ -1,0 +1,138 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/fakeworker"
+)
+
+// Workers starts n fake workers in this process on free loopback ports.
+// stop closes them.
+func Workers(n int, cfg fakeworker.Config) (urls []string, stop func(), err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var servers []*http.Server
+	stop = func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+		cancel()
+	}
+	for i := range n {
+		c := cfg
+		c.WorkerID = fmt.Sprintf("bench-worker-%d", i+1)
+		w, err := fakeworker.New(c)
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("worker %d: %w", i+1, err)
+		}
+		srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		go w.Run(ctx)
+		go func() { _ = srv.Serve(lis) }()
+		urls = append(urls, "http://"+lis.Addr().String())
+	}
+	return urls, stop, nil
+}
+
+// Router is a diffusion-router process started for a benchmark.
+type Router struct {
+	Front, API, Admin string
+	PID               int
+	cmd               *exec.Cmd
+	done              chan struct{}
+}
+
+var readyLine = regexp.MustCompile(`ready on (http://\S+) \(registry API (http://\S+), Envoy admin (http://[^)\s]+)\)`)
+
+// StartRouter runs the router binary on a free port and waits until it
+// serves. Its log goes to logw (may be nil).
+func StartRouter(bin string, logw io.Writer, args ...string) (*Router, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(port), "--log-level", "warning"}, args...)
+	cmd := exec.Command(bin, all...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if logw == nil {
+		logw = io.Discard
+	}
+	cmd.Stderr = logw
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	r := &Router{cmd: cmd, PID: cmd.Process.Pid, done: make(chan struct{})}
+	ready := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := readyLine.FindStringSubmatch(sc.Text()); m != nil {
+				ready <- m
+			}
+		}
+	}()
+	go func() { _ = cmd.Wait(); close(r.done) }()
+	select {
+	case m := <-ready:
+		r.Front, r.API, r.Admin = m[1], m[2], m[3]
+		return r, nil
+	case <-r.done:
+		return nil, errors.New("router exited before it was ready")
+	case <-time.After(90 * time.Second):
+		r.Stop()
+		return nil, errors.New("router not ready after 90 s")
+	}
+}
+
+// Stop ends the router and its Envoy (the whole process group).
+func (r *Router) Stop() {
+	_ = syscall.Kill(-r.PID, syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-r.PID, syscall.SIGKILL)
+		<-r.done
+	}
+	_ = syscall.Kill(-r.PID, syscall.SIGKILL)
+}
+
+// RSSKiB reads a process's resident memory from /proc.
+func RSSKiB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}

@@ -1,0 +1,227 @@
+// Command bench loads a diffusion router (or workers directly) the way
+// sglang's bench_serving.py does, and runs the router's experiments:
+//
+//	bench [run] --base-url URL --num-prompts N --max-concurrency C ...
+//	bench grid     workers x concurrency x policy, with plots
+//	bench overhead the router's own cost against a direct call and a Go proxy
+//	bench scale    fleets of 64, 256 and 1024 workers
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/bench"
+)
+
+const defaultMix = "6:512x512:8,3:1024x1024:28,1:1024x1024:50"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	args := os.Args[1:]
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = runCmd(ctx, args)
+	case "grid":
+		err = gridCmd(ctx, args)
+	case "overhead":
+		err = overheadCmd(ctx, args)
+	case "scale":
+		err = scaleCmd(ctx, args)
+	default:
+		err = fmt.Errorf("unknown command %q (run, grid, overhead, scale)", cmd)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a list of positive integers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func runCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench run", flag.ContinueOnError)
+	base := fs.String("base-url", "http://127.0.0.1:30080", "router (or worker) URL; comma separated to spread over several")
+	task := fs.String("task", "text-to-image", "text-to-image or text-to-video")
+	n := fs.Int("num-prompts", 1000, "requests to send")
+	conc := fs.Int("max-concurrency", 0, "requests in flight at most (closed loop without --request-rate)")
+	rate := fs.String("request-rate", "inf", "Poisson arrivals per second, or inf")
+	mixFlag := fs.String("request-mix", defaultMix, "weighted list weight:WxH:steps[:frames],...")
+	seed := fs.Uint64("seed", 1, "random seed of the workload")
+	timeout := fs.Duration("timeout", 0, "limit per request (0: none)")
+	out := fs.String("output-file", "", "write the JSON report here")
+	noBar := fs.Bool("disable-tqdm", false, "no progress bar")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	mix, err := bench.ParseMix(*mixFlag)
+	if err != nil {
+		return err
+	}
+	r := 0.0
+	if *rate != "inf" {
+		if r, err = strconv.ParseFloat(*rate, 64); err != nil || r <= 0 || math.IsInf(r, 0) {
+			return fmt.Errorf("--request-rate %q: want a positive number or inf", *rate)
+		}
+	}
+	c := bench.Config{Targets: strings.Split(*base, ","), Task: *task, NumPrompts: *n, MaxConcurrency: *conc,
+		RequestRate: r, Mix: mix, Seed: *seed, Timeout: *timeout}
+	if c.MaxConcurrency == 0 && c.RequestRate == 0 {
+		c.MaxConcurrency = c.NumPrompts
+	}
+	if !*noBar && isTerminal(os.Stderr) {
+		c.Progress = os.Stderr
+	}
+	results, dur, err := bench.Run(ctx, c)
+	if err != nil {
+		return err
+	}
+	rep := bench.Summarize(results, dur)
+	fmt.Printf("============ Serving Benchmark Result ============\n")
+	fmt.Printf("%-34s %d\n%-34s %d\n%-34s %.2f\n%-34s %.2f\n", "Successful requests:", rep.CompletedRequests,
+		"Failed requests:", rep.FailedRequests, "Benchmark duration (s):", rep.Duration, "Request throughput (req/s):", rep.ThroughputQPS)
+	fmt.Printf("%-34s %.3f\n%-34s %.3f\n%-34s %.3f\n%-34s %.3f\n", "Mean latency (s):", rep.LatencyMean,
+		"Median latency (s):", rep.LatencyMedian, "P99 latency (s):", rep.LatencyP99, "Max latency (s):", rep.LatencyMax)
+	for w, k := range rep.PerWorker {
+		fmt.Printf("  %-32s %d\n", w, k)
+	}
+	if rep.FirstError != "" {
+		fmt.Printf("first error: %s\n", rep.FirstError)
+	}
+	if *out != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		return os.WriteFile(*out, append(b, '\n'), 0o644)
+	}
+	return nil
+}
+
+func outDir(flagValue string) (string, error) {
+	dir := flagValue
+	if dir == "" {
+		dir = filepath.Join("bench-results", time.Now().Format("20060102-150405"))
+	}
+	return dir, os.MkdirAll(dir, 0o755)
+}
+
+func gridCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench grid", flag.ContinueOnError)
+	bin := fs.String("router-bin", "bin/diffusion-router", "diffusion-router binary")
+	workers := fs.String("workers", "1,2,4,8", "fleet sizes")
+	conc := fs.String("concurrency", "1,10,100", "client concurrencies")
+	policies := fs.String("policies", "least-request,round-robin,random", "routing policies")
+	baseline := fs.Bool("baseline", true, "also run without a router (the client spreads requests)")
+	n := fs.Int("num-prompts", 1000, "requests per cell")
+	mixFlag := fs.String("request-mix", defaultMix, "weighted list weight:WxH:steps[:frames],...")
+	scale := fs.Float64("time-scale", 0.002, "fake workers' speed relative to an H100")
+	out := fs.String("out", "", "output directory (default bench-results/<time>)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	g := bench.GridConfig{RouterBin: *bin, Policies: strings.Split(*policies, ","), Baseline: *baseline, NumPrompts: *n,
+		TimeScale: *scale, Log: os.Stderr}
+	var err error
+	if g.Workers, err = ints(*workers); err != nil {
+		return err
+	}
+	if g.Concurrency, err = ints(*conc); err != nil {
+		return err
+	}
+	if g.Mix, err = bench.ParseMix(*mixFlag); err != nil {
+		return err
+	}
+	if g.OutDir, err = outDir(*out); err != nil {
+		return err
+	}
+	rows, err := bench.RunGrid(ctx, g)
+	if err != nil {
+		return err
+	}
+	if err := bench.WriteGrid(rows, g.OutDir); err != nil {
+		return err
+	}
+	fmt.Print(bench.Markdown(rows))
+	fmt.Fprintln(os.Stderr, "results in", g.OutDir)
+	return nil
+}
+
+func overheadCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench overhead", flag.ContinueOnError)
+	bin := fs.String("router-bin", "bin/diffusion-router", "diffusion-router binary")
+	n := fs.Int("requests", 3000, "requests per measurement")
+	rate := fs.Float64("rate", 1000, "open-loop request rate")
+	workers := fs.Int("workers", 4, "near-instant fake workers")
+	out := fs.String("out", "", "output directory (default bench-results/<time>)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	res, err := bench.RunOverhead(ctx, bench.OverheadConfig{RouterBin: *bin, Workers: *workers, Requests: *n, Rate: *rate, Log: os.Stdout})
+	if err != nil {
+		return err
+	}
+	dir, err := outDir(*out)
+	if err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(res, "", "  ")
+	return os.WriteFile(filepath.Join(dir, "overhead.json"), append(b, '\n'), 0o644)
+}
+
+func scaleCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench scale", flag.ContinueOnError)
+	bin := fs.String("router-bin", "bin/diffusion-router", "diffusion-router binary")
+	sizes := fs.String("sizes", "64,256,1024", "fleet sizes")
+	update := fs.Duration("update-time", 2*time.Second, "how long one worker's weight update takes")
+	out := fs.String("out", "", "output directory (default bench-results/<time>)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s, err := ints(*sizes)
+	if err != nil {
+		return err
+	}
+	res, err := bench.RunScale(ctx, bench.ScaleConfig{RouterBin: *bin, Sizes: s, UpdateTime: *update, Log: os.Stdout})
+	if err != nil {
+		return err
+	}
+	dir, err := outDir(*out)
+	if err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(res, "", "  ")
+	return os.WriteFile(filepath.Join(dir, "scale.json"), append(b, '\n'), 0o644)
+}
