@@ -58,7 +58,7 @@ func setup(m *testing.M) (int, error) {
 		// The control plane is concurrent: run it under the race detector.
 		args = append(args, "-race")
 	}
-	build := exec.Command("go", append(args, "../cmd/diffusion-router", "../cmd/fake-worker")...)
+	build := exec.Command("go", append(args, "../cmd/diffusion-router", "../cmd/fake-worker", "../cmd/bench")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return 0, fmt.Errorf("build binaries: %w", err)

@@ -2,7 +2,10 @@ package envoy
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -154,5 +157,20 @@ func TestFindBinary(t *testing.T) {
 	}
 	if _, err := FindBinary(dir); err == nil {
 		t.Fatal("directory accepted")
+	}
+}
+
+func TestEndpointStats(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want := `^cluster\.workers\.endpoint\.127\.0\.0\.1_30001\.(healthy|rq_active)$`
+		if r.URL.Path != "/stats" || r.URL.Query().Get("filter") != want {
+			t.Errorf("query = %s %q", r.URL.Path, r.URL.Query().Get("filter"))
+		}
+		fmt.Fprint(w, "cluster.workers.endpoint.127.0.0.1_30001.rq_active: 3\ncluster.workers.endpoint.127.0.0.1_30001.healthy: 1\n")
+	}))
+	defer srv.Close()
+	healthy, active, found, err := NewAdminClient().EndpointStats(context.Background(), strings.TrimPrefix(srv.URL, "http://"), "workers", "127.0.0.1:30001")
+	if err != nil || !healthy || active != 3 || !found {
+		t.Fatalf("EndpointStats = %v %d %v %v", healthy, active, found, err)
 	}
 }

@@ -249,9 +249,8 @@ func (m *Manager) waitRoutable(ctx context.Context, w registry.Worker, gen uint6
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
 	defer cancel()
-	hostname := hostPort(w.URL)
 	for {
-		if m.routableEverywhere(ctx, hostname) {
+		if m.routableEverywhere(ctx, w) {
 			return n, true
 		}
 		select {
@@ -263,22 +262,14 @@ func (m *Manager) waitRoutable(ctx context.Context, w registry.Worker, gen uint6
 	}
 }
 
-func (m *Manager) routableEverywhere(ctx context.Context, hostname string) bool {
+func (m *Manager) routableEverywhere(ctx context.Context, w registry.Worker) bool {
+	addr := net.JoinHostPort(w.Address, strconv.Itoa(int(w.URL.Port)))
 	for _, node := range m.syncer.Nodes() {
 		if node.AdminAddress == "" {
 			continue // cannot tell; the ACK has to do
 		}
-		hosts, err := m.admin.Clusters(ctx, node.AdminAddress)
-		if err != nil {
-			return false
-		}
-		found := false
-		for _, h := range hosts {
-			if h.Cluster == translate.ClusterWorkers && h.Hostname == hostname {
-				found = !h.FailedActiveHC && !h.PendingActiveHC && h.EDSHealth == "HEALTHY"
-			}
-		}
-		if !found {
+		healthy, _, found, err := m.admin.EndpointStats(ctx, node.AdminAddress, translate.ClusterWorkers, addr)
+		if err != nil || !found || !healthy {
 			return false
 		}
 	}
@@ -479,11 +470,15 @@ func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
 	if err != nil {
 		return false
 	}
-	hostname := net.JoinHostPort(u.Host, strconv.Itoa(int(u.Port)))
+	w, ok := m.reg.Get(u.String())
+	if !ok {
+		return true // gone: nothing can be in flight through the router
+	}
+	addr := net.JoinHostPort(w.Address, strconv.Itoa(int(u.Port)))
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if m.inFlight(ctx, hostname) == 0 {
+		if m.inFlight(ctx, addr) == 0 {
 			return true
 		}
 		select {
@@ -497,21 +492,17 @@ func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
 // inFlight sums a host's active requests over every Envoy; an Envoy whose
 // admin interface cannot be read counts as busy, so a drain never ends on a
 // guess.
-func (m *Manager) inFlight(ctx context.Context, hostname string) uint64 {
+func (m *Manager) inFlight(ctx context.Context, addr string) uint64 {
 	var total uint64
 	for _, n := range m.syncer.Nodes() {
 		if n.AdminAddress == "" {
 			return 1
 		}
-		hosts, err := m.admin.Clusters(ctx, n.AdminAddress)
+		_, active, _, err := m.admin.EndpointStats(ctx, n.AdminAddress, translate.ClusterWorkers, addr)
 		if err != nil {
 			return 1
 		}
-		for _, h := range hosts {
-			if h.Hostname == hostname {
-				total += h.RqActive
-			}
-		}
+		total += active
 	}
 	return total
 }

@@ -147,7 +147,7 @@ func gridCmd(ctx context.Context, args []string) error {
 	baseline := fs.Bool("baseline", true, "also run without a router (the client spreads requests)")
 	n := fs.Int("num-prompts", 1000, "requests per cell")
 	mixFlag := fs.String("request-mix", defaultMix, "weighted list weight:WxH:steps[:frames],...")
-	scale := fs.Float64("time-scale", 0.002, "fake workers' speed relative to an H100")
+	scale := fs.Float64("time-scale", 0.01, "fake workers' speed relative to an H100")
 	out := fs.String("out", "", "output directory (default bench-results/<time>)")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"encoding/json"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBenchGridSmoke runs a small grid (one cell per policy plus the
+// no-router baseline) and checks that every output is produced and that the
+// numbers are consistent with each other.
+func TestBenchGridSmoke(t *testing.T) {
+	t.Parallel()
+	out := t.TempDir()
+	const prompts = 150
+	cmd := exec.Command(filepath.Join(binDir, "bench"), "grid", "--router-bin", filepath.Join(binDir, "diffusion-router"),
+		"--workers", "2", "--concurrency", "8", "--num-prompts", "150", "--out", out)
+	cmd.Env = append(os.Environ(), "ENVOY_BIN="+envoyBin)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench grid: %v\n%s", err, b)
+	}
+	for _, f := range []string{"grid.csv", "grid.md"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Fatalf("%s missing or empty: %v", f, err)
+		}
+	}
+	for _, f := range []string{"throughput.png", "p99.png", "per-worker.png"} {
+		fh, err := os.Open(filepath.Join(out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := png.DecodeConfig(fh)
+		fh.Close()
+		if err != nil || cfg.Width < 100 {
+			t.Fatalf("%s is not a PNG plot: %v", f, err)
+		}
+	}
+	var rows []struct {
+		Policy        string         `json:"policy"`
+		Completed     int            `json:"completed_requests"`
+		Failed        int            `json:"failed_requests"`
+		ThroughputQPS float64        `json:"throughput_qps"`
+		LatencyP50    float64        `json:"latency_p50"`
+		LatencyP99    float64        `json:"latency_p99"`
+		PerWorker     map[string]int `json:"per_worker_requests"`
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "grid.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &rows); err != nil {
+		t.Fatal(err)
+	}
+	policies := map[string]bool{}
+	for _, r := range rows {
+		policies[r.Policy] = true
+		if r.Completed+r.Failed != prompts || r.Failed != 0 {
+			t.Errorf("%s: completed %d + failed %d != %d sent", r.Policy, r.Completed, r.Failed, prompts)
+		}
+		sum := 0
+		for _, n := range r.PerWorker {
+			sum += n
+		}
+		if sum != r.Completed || len(r.PerWorker) != 2 {
+			t.Errorf("%s: per-worker counts %v do not add up to %d over 2 workers", r.Policy, r.PerWorker, r.Completed)
+		}
+		if r.ThroughputQPS <= 0 || r.LatencyP99 < r.LatencyP50 {
+			t.Errorf("%s: inconsistent stats qps %v p50 %v p99 %v", r.Policy, r.ThroughputQPS, r.LatencyP50, r.LatencyP99)
+		}
+	}
+	for _, p := range []string{"least-request", "round-robin", "random", "no-router"} {
+		if !policies[p] {
+			t.Errorf("no row for %s", p)
+		}
+	}
+	runs, _ := filepath.Glob(filepath.Join(out, "runs", "*.json"))
+	if len(runs) != len(rows) {
+		t.Errorf("%d per-run files for %d rows", len(runs), len(rows))
+	}
+	md, _ := os.ReadFile(filepath.Join(out, "grid.md"))
+	if strings.Count(string(md), "\n") != len(rows)+2 {
+		t.Errorf("markdown table has the wrong number of lines:\n%s", md)
+	}
+}
