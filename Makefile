@@ -10,7 +10,7 @@ ENVOY := .tools/envoy/bin/envoy
 PORT ?= 30080
 DEMO_WORKERS ?= 4
 
-.PHONY: all build filter envoy run test unit e2e soak bench-filter vet fmt-check golden clean
+.PHONY: all build filter envoy run test unit e2e soak bench bench-filter vet fmt-check golden clean
 
 all: build
 
@@ -50,10 +50,22 @@ e2e: envoy
 test: fmt-check vet envoy
 	DIFFROUTER_E2E_RACE=1 $(GO) test -race -count=1 -timeout 25m $$($(GO) list ./... | grep -v /filter/tagger)
 	$(GO) test -count=1 -timeout 10m ./filter/tagger
+	@# Each fuzz target briefly, from its committed seed corpus.
+	@for f in FuzzAddWorker FuzzWorkerByID FuzzFleetCalls; do \
+		$(GO) test -run XXX -fuzz "^$$f$$" -fuzztime 5s ./api || exit 1; \
+	done
 
 # The full Wasm soak: 50,000 requests through Envoy with the filter.
 soak: envoy
 	DIFFROUTER_SOAK_REQUESTS=50000 $(GO) test -count=1 -timeout 30m -run TestFilterSoak -v ./e2e/
+
+# The benchmark suite (minutes; not in CI): the grid of workers x
+# concurrency x policy with plots, the router's own cost, and large fleets.
+# Results go to bench-results/<time>/.
+bench: build envoy
+	./$(BIN)/bench grid
+	./$(BIN)/bench overhead
+	./$(BIN)/bench scale
 
 # What the Wasm filter costs per request (reported, not asserted).
 bench-filter: envoy

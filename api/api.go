@@ -5,6 +5,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +34,13 @@ type Server struct {
 	// QuarantineChecksumMismatch quarantines workers whose weights checksum
 	// differs from the majority's.
 	QuarantineChecksumMismatch bool
+	// AdminToken, if set, is required as a bearer token on every call that
+	// changes state, on the front port and the direct port alike.
+	AdminToken string
+	// Metrics, if set, is served at /metrics. Envoy never routes /metrics
+	// here (the front port's belongs to the workers), so it is reachable on
+	// the direct port only.
+	Metrics http.Handler
 }
 
 // apiError is an error with the status it answers.
@@ -84,6 +92,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if s.AdminToken != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="diffusion-router"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "this call changes the fleet and needs the admin token: Authorization: Bearer <token>"})
+		return
+	}
 	path := r.URL.Path
 	if strings.HasPrefix(path, "/workers/") {
 		raw := r.URL.EscapedPath()
@@ -99,6 +112,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch path {
+	case "/metrics":
+		if s.Metrics == nil {
+			writeJSON(w, http.StatusNotFound, map[string]any{"error": "metrics are not enabled"})
+			return
+		}
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.Metrics.ServeHTTP})
 	case "/add_worker":
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.addWorker})
 	case "/remove_worker":
@@ -116,6 +135,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no registry endpoint " + path})
 	}
+}
+
+// authorized checks the bearer token in constant time.
+func (s *Server) authorized(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.AdminToken)) == 1
 }
 
 func (s *Server) methods(w http.ResponseWriter, r *http.Request, byMethod map[string]http.HandlerFunc) {

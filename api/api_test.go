@@ -315,3 +315,40 @@ func TestUpdateTimeoutQuarantines(t *testing.T) {
 		t.Fatal("refused update changed the fleet version")
 	}
 }
+
+func TestAdminToken(t *testing.T) {
+	s, reg := newAPI(t)
+	s.AdminToken = "s3cret-token"
+	w := worker(t, "T2I")
+	body := `{"url":"` + w.URL + `"}`
+	tests := []struct {
+		auth string
+		want int
+	}{
+		{"", 401},
+		{"Bearer wrong", 401},
+		{"Basic s3cret-token", 401},
+		{"Bearer s3cret-token", 200},
+	}
+	for _, tt := range tests {
+		req := httptest.NewRequest("POST", "/add_worker", strings.NewReader(body))
+		if tt.auth != "" {
+			req.Header.Set("Authorization", tt.auth)
+		}
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, req)
+		if rec.Code != tt.want {
+			t.Fatalf("auth %q = %d %s, want %d", tt.auth, rec.Code, rec.Body, tt.want)
+		}
+		if strings.Contains(rec.Body.String(), "s3cret-token") {
+			t.Fatal("the answer echoes the token")
+		}
+		if tt.want == 401 && len(reg.Snapshot().Workers) != 0 {
+			t.Fatal("an unauthorized call changed the registry")
+		}
+	}
+	// Reads stay open.
+	if code, _ := call(t, s, "GET", "/list_workers", ""); code != 200 {
+		t.Fatalf("GET without token = %d", code)
+	}
+}

@@ -73,9 +73,16 @@ func TestPythonRouterClientFlow(t *testing.T) {
 	if !seen[a.ID] || !seen[b.ID] {
 		t.Fatalf("8 sequential requests reached %v, want both workers", seen)
 	}
-	// The registry answers the same on its own port.
+	// The registry answers the same on its own port, which also serves the
+	// control plane's Prometheus metrics.
 	if d := get(t, r.API+"/list_workers"); d.Status != 200 {
 		t.Fatalf("direct API list_workers = %d", d.Status)
+	}
+	m := string(get(t, r.API+"/metrics").Body)
+	for _, want := range []string{`diffusion_router_workers{state="active"} 2`, `diffusion_router_envoys_connected{synced="true"} 1`, "diffusion_router_xds_pushes_total"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 	// Adding the same worker again is idempotent.
 	again := postJSON(t, r.Front+"/add_worker", map[string]any{"url": a.URL + "/"})

@@ -50,7 +50,22 @@ type Config struct {
 	OutlierFailures int
 	// WeightUpdateTimeout bounds one worker's weight update.
 	WeightUpdateTimeout time.Duration
+	// Recorder, if set, is told about probes and weight updates (metrics).
+	Recorder Recorder
+	// Resolve, if set, replaces DNS lookups of worker hostnames (tests).
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 }
+
+// Recorder receives the outcomes the control plane's metrics count.
+type Recorder interface {
+	Probe(ok bool)
+	WeightUpdate(outcome string, took time.Duration)
+}
+
+type noRecorder struct{}
+
+func (noRecorder) Probe(bool)                         {}
+func (noRecorder) WeightUpdate(string, time.Duration) {}
 
 // Manager performs fleet operations.
 type Manager struct {
@@ -97,6 +112,14 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Minute
 	}
+	if cfg.Recorder == nil {
+		cfg.Recorder = noRecorder{}
+	}
+	if cfg.Resolve == nil {
+		cfg.Resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
 	if cfg.WeightUpdateTimeout <= 0 {
 		cfg.WeightUpdateTimeout = 10 * time.Minute
 	}
@@ -105,9 +128,7 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 		// No redirects: a worker's answer is taken as it is.
 		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		admin:  envoy.NewAdminClient(),
-		resolve: func(ctx context.Context, host string) ([]netip.Addr, error) {
-			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		},
+		resolve: cfg.Resolve,
 		load:    map[string]Load{},
 		drains:  map[string]*drain{},
 		baseCtx: ctx,

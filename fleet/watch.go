@@ -136,6 +136,7 @@ func (m *Manager) probeWorker(ctx context.Context, w registry.Worker) {
 	if ctx.Err() != nil {
 		return
 	}
+	m.cfg.Recorder.Probe(err == nil)
 	n, rerr := m.reg.RecordProbe(w.Key(), err == nil)
 	if rerr != nil {
 		return // removed meanwhile

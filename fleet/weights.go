@@ -100,6 +100,7 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 		}
 	}
 	if out.Rejected {
+		m.cfg.Recorder.WeightUpdate("rejected", time.Since(started))
 		log.Warn("every worker rejected the update; nothing changed")
 		out.sort()
 		m.waitSynced(ctx, m.reg.Snapshot().Generation)
@@ -110,6 +111,11 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 	}
 	out.sort()
 	m.waitSynced(ctx, m.reg.Snapshot().Generation)
+	outcome := "ok"
+	if out.Failed > 0 {
+		outcome = "partial"
+	}
+	m.cfg.Recorder.WeightUpdate(outcome, time.Since(started))
 	log.WithFields(logrus.Fields{"failed": out.Failed, "took": time.Since(started).Round(time.Millisecond).String()}).Info("weight update done")
 	return out, nil
 }

@@ -8,11 +8,16 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
+
+// AdminTokenEnv names the environment variable that holds the admin token,
+// so that it need not appear on a command line.
+const AdminTokenEnv = "DIFFUSION_ROUTER_ADMIN_TOKEN"
 
 // Config is the router's command line.
 type Config struct {
@@ -54,6 +59,8 @@ type Config struct {
 	// QuarantineChecksumMismatch quarantines workers whose weights checksum
 	// differs from the fleet's majority.
 	QuarantineChecksumMismatch bool
+	// AdminToken protects every call that changes the fleet.
+	AdminToken string
 	// WasmFilter is the tagging filter's .wasm ("" finds the build output,
 	// "none" runs without it).
 	WasmFilter string
@@ -148,6 +155,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&c.QuarantineChecksumMismatch, "quarantine-checksum-mismatch", false, "quarantine workers whose /get_weights_checksum differs from the fleet's majority")
 	fs.StringVar(&c.WasmFilter, "wasm-filter", "", "the Wasm tagging filter (default: "+FilterFile+" next to the binary or in bin/; none: no filter)")
 	fs.BoolVar(&c.FilterFailClosed, "filter-fail-closed", false, "answer 500 when the Wasm filter itself fails, instead of passing the request through untagged")
+	fs.StringVar(&c.AdminToken, "admin-token", os.Getenv(AdminTokenEnv), "bearer token required by every call that changes the fleet (default $"+AdminTokenEnv+"; none: open)")
 	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers in-process and register them (the last one generates videos)")
 	fs.Float64Var(&c.DemoTimeScale, "demo-time-scale", 0.1, "speed of demo workers relative to an H100 (0.1: a FLUX.1-dev image in ~0.7 s)")
 

@@ -18,6 +18,7 @@ import (
 	"github.com/diffrouter/diffusion-router/api"
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/registry"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 	"github.com/diffrouter/diffusion-router/xds/translate"
@@ -118,9 +119,11 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 
 	reg := registry.New(nil)
 	xds := xdsserver.New(log.WithField("component", "xds"))
+	mx := metrics.New(reg, xds.Nodes)
 	if err := publish(ctx, reg, xds, opts); err != nil {
 		return err
 	}
+	mx.XDSPush()
 	fl := fleet.NewManager(ctx, reg, xds, fleet.Config{
 		ProbeTimeout:     c.HealthCheckTimeout,
 		HealthInterval:   c.HealthCheckInterval,
@@ -129,6 +132,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		SyncTimeout:      c.SyncTimeout,
 		ObserveInterval:  c.ObserveInterval,
 		OutlierFailures:  c.OutlierFailures,
+		Recorder:         mx,
 		// Each worker's update, and in drain mode its drain, is bounded.
 		WeightUpdateTimeout: c.WeightUpdateTimeout,
 	}, log.WithField("component", "fleet"))
@@ -154,11 +158,11 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		}()
 	}
 
-	goRun("publisher", func() error { return publishLoop(ctx, reg, xds, opts, base) })
+	goRun("publisher", func() error { return publishLoop(ctx, reg, xds, opts, mx, base) })
 	goRun("xds", func() error { return xds.Serve(ctx, xdsLis) })
 	apiSrv := &http.Server{
 		Handler: &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
-			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch},
+			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: mx.Handler(), AdminToken: c.AdminToken},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	goRun("api", func() error {
@@ -247,7 +251,7 @@ func publish(ctx context.Context, reg *registry.Registry, xds *xdsserver.Server,
 
 // publishLoop republishes after every registry change: REST call ->
 // registry -> snapshot -> Envoy, one way.
-func publishLoop(ctx context.Context, reg *registry.Registry, xds *xdsserver.Server, o translate.Options, log *logrus.Entry) error {
+func publishLoop(ctx context.Context, reg *registry.Registry, xds *xdsserver.Server, o translate.Options, mx *metrics.Metrics, log *logrus.Entry) error {
 	changes, unsubscribe := reg.Subscribe()
 	defer unsubscribe()
 	for {
@@ -259,7 +263,9 @@ func publishLoop(ctx context.Context, reg *registry.Registry, xds *xdsserver.Ser
 		if err := publish(ctx, reg, xds, o); err != nil {
 			// A translation error is a bug; keep serving the last good config.
 			log.WithError(err).Error("cannot publish the new configuration; Envoy keeps the previous one")
+			continue
 		}
+		mx.XDSPush()
 	}
 }
 
