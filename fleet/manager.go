@@ -126,8 +126,8 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 	return &Manager{
 		reg: reg, syncer: syncer, cfg: cfg, log: log,
 		// No redirects: a worker's answer is taken as it is.
-		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		admin:  envoy.NewAdminClient(),
+		client:  &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		admin:   envoy.NewAdminClient(),
 		resolve: cfg.Resolve,
 		load:    map[string]Load{},
 		drains:  map[string]*drain{},
