@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -35,7 +36,9 @@ type OverheadConfig struct {
 	Workers   int
 	Requests  int
 	Rate      float64
-	Log       io.Writer
+	// RouterArgs are extra router flags (for example --wasm-filter none).
+	RouterArgs []string
+	Log        io.Writer
 }
 
 // RunOverhead compares talking to the workers directly, through the router
@@ -48,7 +51,7 @@ func RunOverhead(ctx context.Context, oc OverheadConfig) ([]PathCost, error) {
 		return nil, err
 	}
 	defer stop()
-	r, err := StartRouter(oc.RouterBin, nil, append([]string{"--worker-urls"}, urls...)...)
+	r, err := StartRouter(oc.RouterBin, nil, append(append([]string{}, oc.RouterArgs...), append([]string{"--worker-urls"}, urls...)...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +66,7 @@ func RunOverhead(ctx context.Context, oc OverheadConfig) ([]PathCost, error) {
 	for _, p := range []struct {
 		name    string
 		targets []string
-	}{{"direct", urls}, {"router (Envoy + filter)", []string{r.Front}}, {"httputil.ReverseProxy", []string{proxy}}} {
+	}{{"direct", urls}, {"router " + strings.Join(oc.RouterArgs, " "), []string{r.Front}}, {"httputil.ReverseProxy", []string{proxy}}} {
 		pc := PathCost{Path: p.name, Rate: oc.Rate}
 		run := func(c Config) (Report, error) {
 			c.Targets, c.Task, c.Mix = p.targets, "text-to-image", mix

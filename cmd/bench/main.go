@@ -185,11 +185,13 @@ func overheadCmd(ctx context.Context, args []string) error {
 	n := fs.Int("requests", 3000, "requests per measurement")
 	rate := fs.Float64("rate", 1000, "open-loop request rate")
 	workers := fs.Int("workers", 4, "near-instant fake workers")
+	routerArgs := fs.String("router-args", "", "extra router flags, space separated (for example --wasm-filter none)")
 	out := fs.String("out", "", "output directory (default bench-results/<time>)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	res, err := bench.RunOverhead(ctx, bench.OverheadConfig{RouterBin: *bin, Workers: *workers, Requests: *n, Rate: *rate, Log: os.Stdout})
+	res, err := bench.RunOverhead(ctx, bench.OverheadConfig{RouterBin: *bin, Workers: *workers, Requests: *n, Rate: *rate,
+		RouterArgs: strings.Fields(*routerArgs), Log: os.Stdout})
 	if err != nil {
 		return err
 	}
