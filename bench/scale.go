@@ -101,7 +101,7 @@ func RunScale(ctx context.Context, sc ScaleConfig) ([]ScaleResult, error) {
 		}
 		res.PushP50MS, res.PushP99MS = pct(pushes, 0.5), pct(pushes, 0.99)
 		res.ControlPlaneKiB, _ = RSSKiB(r.PID)
-		if envoyPID := childOf(r.PID, "envoy"); envoyPID > 0 {
+		if envoyPID := ChildPID(r.PID, "envoy"); envoyPID > 0 {
 			res.EnvoyKiB, _ = RSSKiB(envoyPID)
 		}
 		// One worker's update time, then the whole fleet's.
@@ -158,8 +158,8 @@ func call(client *http.Client, method, u, body string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// childOf finds a child process of parent by command name.
-func childOf(parent int, comm string) int {
+// ChildPID finds a child process of parent by command name (0: none).
+func ChildPID(parent int, comm string) int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/bench"
 	"github.com/diffrouter/diffusion-router/envoy"
 )
 
@@ -336,41 +337,13 @@ func listURLs(t testing.TB, base string) []string {
 
 func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }
 
-// childPID finds the child of parent whose command name is comm.
+// childPID waits for the child of parent whose command name is comm.
 func childPID(t testing.TB, parent int, comm string) int {
 	t.Helper()
 	var found int
 	eventually(t, 10*time.Second, comm+" child of "+strconv.Itoa(parent), func() bool {
-		entries, err := os.ReadDir("/proc")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range entries {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-			if err != nil {
-				continue
-			}
-			// pid (comm) state ppid ...
-			s := string(b)
-			open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-			if open < 0 || close < open {
-				continue
-			}
-			fields := strings.Fields(s[close+1:])
-			if len(fields) < 2 {
-				continue
-			}
-			ppid, _ := strconv.Atoi(fields[1])
-			if ppid == parent && s[open+1:close] == comm {
-				found = pid
-				return true
-			}
-		}
-		return false
+		found = bench.ChildPID(parent, comm)
+		return found != 0
 	})
 	return found
 }

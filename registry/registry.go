@@ -266,19 +266,30 @@ func (r *Registry) SetState(key string, to State, reason string, from ...State) 
 // another state.
 var ErrConflict = errors.New("worker state changed concurrently")
 
-// SetCapabilities records what the worker reported in /v1/models.
-func (r *Registry) SetCapabilities(key string, caps Capabilities) (uint64, error) {
+// mutate applies change to one worker under the lock; change reports
+// whether it changed anything routing depends on (a new generation).
+func (r *Registry) mutate(key, what string, change func(w *Worker) bool) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	w, ok := r.workers[key]
 	if !ok {
-		return r.gen, fmt.Errorf("set capabilities of %s: %w", key, ErrNotFound)
+		return r.gen, fmt.Errorf("%s of %s: %w", what, key, ErrNotFound)
 	}
-	if capsEqual(w.Caps, caps) {
+	if !change(w) {
 		return r.gen, nil
 	}
-	w.Caps = caps
 	return r.changedLocked(), nil
+}
+
+// SetCapabilities records what the worker reported in /v1/models.
+func (r *Registry) SetCapabilities(key string, caps Capabilities) (uint64, error) {
+	return r.mutate(key, "set capabilities", func(w *Worker) bool {
+		if capsEqual(w.Caps, caps) {
+			return false
+		}
+		w.Caps = caps
+		return true
+	})
 }
 
 func capsEqual(a, b Capabilities) bool {
@@ -288,17 +299,13 @@ func capsEqual(a, b Capabilities) bool {
 
 // SetAddress records a new resolved address for a worker given by hostname.
 func (r *Registry) SetAddress(key, address string) (uint64, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	w, ok := r.workers[key]
-	if !ok {
-		return r.gen, fmt.Errorf("set address of %s: %w", key, ErrNotFound)
-	}
-	if w.Address == address {
-		return r.gen, nil
-	}
-	w.Address = address
-	return r.changedLocked(), nil
+	return r.mutate(key, "set address", func(w *Worker) bool {
+		if w.Address == address {
+			return false
+		}
+		w.Address = address
+		return true
+	})
 }
 
 // RecordProbe counts a health probe result and returns the number of
@@ -338,32 +345,24 @@ func (r *Registry) Delete(key string, from ...State) (uint64, error) {
 // SetWorkerWeights records that a worker now holds a weight version. It
 // changes the worker's endpoint metadata, so it bumps the generation.
 func (r *Registry) SetWorkerWeights(key, version, modelPath string) (uint64, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	w, ok := r.workers[key]
-	if !ok {
-		return r.gen, fmt.Errorf("set weights of %s: %w", key, ErrNotFound)
-	}
-	if w.WeightVersion == version && w.ModelPath == modelPath {
-		return r.gen, nil
-	}
-	w.WeightVersion, w.ModelPath = version, modelPath
-	return r.changedLocked(), nil
+	return r.mutate(key, "set weights", func(w *Worker) bool {
+		if w.WeightVersion == version && w.ModelPath == modelPath {
+			return false
+		}
+		w.WeightVersion, w.ModelPath = version, modelPath
+		return true
+	})
 }
 
 // SetAsleep records that a worker released (or resumed) its memory.
 func (r *Registry) SetAsleep(key string, asleep bool) (uint64, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	w, ok := r.workers[key]
-	if !ok {
-		return r.gen, fmt.Errorf("set asleep of %s: %w", key, ErrNotFound)
-	}
-	if w.Asleep == asleep {
-		return r.gen, nil
-	}
-	w.Asleep = asleep
-	return r.changedLocked(), nil
+	return r.mutate(key, "set asleep", func(w *Worker) bool {
+		if w.Asleep == asleep {
+			return false
+		}
+		w.Asleep = asleep
+		return true
+	})
 }
 
 // SetFleetWeights records the fleet's new weight version.

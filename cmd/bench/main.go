@@ -195,12 +195,21 @@ func overheadCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	dir, err := outDir(*out)
+	return writeResult(*out, "overhead.json", res)
+}
+
+// writeResult saves an experiment's result as JSON in the output directory.
+func writeResult(flagDir, name string, v any) error {
+	dir, err := outDir(flagDir)
 	if err != nil {
 		return err
 	}
-	b, _ := json.MarshalIndent(res, "", "  ")
-	return os.WriteFile(filepath.Join(dir, "overhead.json"), append(b, '\n'), 0o644)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "results in", dir)
+	return os.WriteFile(filepath.Join(dir, name), append(b, '\n'), 0o644)
 }
 
 func scaleCmd(ctx context.Context, args []string) error {
@@ -220,10 +229,5 @@ func scaleCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	dir, err := outDir(*out)
-	if err != nil {
-		return err
-	}
-	b, _ := json.MarshalIndent(res, "", "  ")
-	return os.WriteFile(filepath.Join(dir, "scale.json"), append(b, '\n'), 0o644)
+	return writeResult(*out, "scale.json", res)
 }
