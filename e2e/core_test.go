@@ -12,12 +12,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -426,5 +428,47 @@ func TestEnvoyRestartedBySupervisor(t *testing.T) {
 	})
 	if newPID := childPID(t, r.cmd.Process.Pid, "envoy"); newPID == pid {
 		t.Fatalf("Envoy pid unchanged (%d)", pid)
+	}
+}
+
+// TestGracefulShutdown: on SIGTERM the front port stops taking connections,
+// the request in flight finishes, then the router exits.
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	slow := startWorker(t, "--time-scale", "0.01") // a 1000-step request takes ~1.4 s
+	r := startRouter(t, "--shutdown-timeout", "30", "--worker-urls", slow.URL)
+	long := make(chan response, 1)
+	go func() {
+		resp, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json",
+			strings.NewReader(`{"prompt":"long","num_inference_steps":1000}`))
+		if err != nil {
+			resp = response{Status: -1, Body: []byte(err.Error())}
+		}
+		long <- resp
+	}()
+	eventually(t, 10*time.Second, "the long request to reach the worker", func() bool { return stats(t, slow).QueueDepth == 1 })
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the front port to refuse new connections", func() bool {
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(r.Front, "http://"), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	if got := <-long; got.Status != 200 {
+		t.Fatalf("request in flight at SIGTERM = %d %s", got.Status, got.Body)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("router did not exit after its last request")
+	}
+	if code := r.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("router exit code %d", code)
+	}
+	if !strings.Contains(r.out.String(), "all requests finished") {
+		t.Fatal("the log does not say the drain completed")
 	}
 }

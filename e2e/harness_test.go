@@ -104,7 +104,13 @@ func (s *syncBuffer) String() string {
 // cleanup stops the whole group, and prints the output if the test failed.
 func start(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, name), args...)
+	return startPath(t, name, filepath.Join(binDir, name), args...)
+}
+
+// startPath is start for a binary outside binDir (Envoy).
+func startPath(t testing.TB, name, path string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(path, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &proc{t: t, name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out

@@ -156,3 +156,46 @@ func (c *AdminClient) EndpointStats(ctx context.Context, admin, cluster, address
 	}
 	return healthy, rqActive, found, nil
 }
+
+// DrainListeners makes Envoy stop accepting connections on its listeners;
+// connections already open carry on.
+func (c *AdminClient) DrainListeners(ctx context.Context, admin string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/drain_listeners", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("envoy admin %s: %w", admin, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("envoy admin %s: /drain_listeners answered %d", admin, resp.StatusCode)
+	}
+	return nil
+}
+
+// Stat reads one counter or gauge.
+func (c *AdminClient) Stat(ctx context.Context, admin, name string) (uint64, error) {
+	q := url.Values{"filter": {"^" + regexp.QuoteMeta(name) + "$"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/stats?"+q.Encode(), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("envoy admin %s: %w", admin, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if k, v, ok := strings.Cut(line, ": "); ok && k == name {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("envoy admin %s: no stat %s", admin, name)
+}

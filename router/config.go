@@ -61,6 +61,8 @@ type Config struct {
 	QuarantineChecksumMismatch bool
 	// AdminToken protects every call that changes the fleet.
 	AdminToken string
+	// ShutdownTimeout bounds how long SIGTERM waits for in-flight requests.
+	ShutdownTimeout time.Duration
 	// WasmFilter is the tagging filter's .wasm ("" finds the build output,
 	// "none" runs without it).
 	WasmFilter string
@@ -155,6 +157,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&c.QuarantineChecksumMismatch, "quarantine-checksum-mismatch", false, "quarantine workers whose /get_weights_checksum differs from the fleet's majority")
 	fs.StringVar(&c.WasmFilter, "wasm-filter", "", "the Wasm tagging filter (default: "+FilterFile+" next to the binary or in bin/; none: no filter)")
 	fs.BoolVar(&c.FilterFailClosed, "filter-fail-closed", false, "answer 500 when the Wasm filter itself fails, instead of passing the request through untagged")
+	c.ShutdownTimeout = 60 * time.Second
+	fs.Var(&seconds{d: &c.ShutdownTimeout}, "shutdown-timeout", "on SIGTERM, seconds in-flight requests may take to finish after the front port stops taking new connections")
 	fs.StringVar(&c.AdminToken, "admin-token", os.Getenv(AdminTokenEnv), "bearer token required by every call that changes the fleet (default $"+AdminTokenEnv+"; none: open)")
 	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers in-process and register them (the last one generates videos)")
 	fs.Float64Var(&c.DemoTimeScale, "demo-time-scale", 0.1, "speed of demo workers relative to an H100 (0.1: a FLUX.1-dev image in ~0.7 s)")

@@ -179,6 +179,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 
 	admitInitial(ctx, fl, initial, base)
 
+	stopLocalEnvoy := func() {}
 	if !c.ExternalEnvoy {
 		sup, adminAddr, err := localEnvoy(c, stateDir, addrs.XDS, log)
 		if err != nil {
@@ -189,7 +190,14 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		}
 		addrs.Admin = adminAddr
 		addrs.Front = net.JoinHostPort(connectHost(c.Host), strconv.Itoa(c.Port))
-		goRun("envoy", func() error { return sup.Run(ctx) })
+		// Envoy outlives ctx: on shutdown it first drains (see below).
+		envoyCtx, stopEnvoy := context.WithCancel(context.Background())
+		defer stopEnvoy()
+		stopLocalEnvoy = func() {
+			drainEnvoy(adminAddr, c.ShutdownTimeout, base)
+			stopEnvoy()
+		}
+		goRun("envoy", func() error { return sup.Run(envoyCtx) })
 		if err := waitEnvoyReady(ctx, adminAddr, addrs.Front); err != nil {
 			base.WithError(err).Error("Envoy did not become ready")
 			cancel()
@@ -207,6 +215,9 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	case runErr = <-errc:
 		base.WithError(runErr).Error("router component failed; shutting down")
 	}
+	// The control plane keeps serving xDS while Envoy drains, so Envoy keeps
+	// its configuration to the end.
+	stopLocalEnvoy()
 	cancel()
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
@@ -351,6 +362,32 @@ func waitEnvoyReady(ctx context.Context, admin, front string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("envoy not ready: %w (last: %v)", ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// drainEnvoy stops the front listener from taking new connections and waits,
+// bounded, until the requests in flight have finished.
+func drainEnvoy(admin string, timeout time.Duration, log *logrus.Entry) {
+	ac := envoy.NewAdminClient()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := ac.DrainListeners(ctx, admin); err != nil {
+		log.WithError(err).Warn("could not drain Envoy's listeners; stopping it now")
+		return
+	}
+	log.WithField("timeout", timeout.String()).Info("shutting down: no new connections; waiting for requests in flight")
+	for {
+		n, err := ac.Stat(ctx, admin, "http.front.downstream_rq_active")
+		if err == nil && n == 0 {
+			log.Info("all requests finished")
+			return
+		}
+		select {
+		case <-ctx.Done():
+			log.WithField("in_flight", n).Warn("shutdown timeout: stopping Envoy with requests in flight")
+			return
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -9,14 +9,27 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
+	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/router"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "bootstrap" {
+		if err := printBootstrap(os.Args[2:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return
+			}
+			fmt.Fprintln(os.Stderr, "diffusion-router bootstrap:", err)
+			os.Exit(2)
+		}
+		return
+	}
 	cfg, err := router.Parse(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -40,4 +53,34 @@ func main() {
 		log.WithError(err).Error("diffusion-router stopped")
 		os.Exit(1)
 	}
+}
+
+// printBootstrap writes the bootstrap of an Envoy that takes its
+// configuration from a control plane started with --external-envoy.
+func printBootstrap(args []string) error {
+	fs := flag.NewFlagSet("diffusion-router bootstrap", flag.ContinueOnError)
+	xds := fs.String("xds", "", "host:port of the control plane's xDS server (required)")
+	adminAddr := fs.String("admin-address", "127.0.0.1", "address of this Envoy's admin interface")
+	adminPort := fs.Int("admin-port", 9901, "port of this Envoy's admin interface")
+	advertise := fs.String("admin-advertise", "", "host:port at which the control plane reaches this admin interface (default address:port)")
+	host, _ := os.Hostname()
+	nodeID := fs.String("node-id", fmt.Sprintf("envoy-%s-%d", host, os.Getpid()), "this Envoy's node id (unique per replica)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	h, p, err := net.SplitHostPort(*xds)
+	if err != nil {
+		return fmt.Errorf("--xds %q: %w", *xds, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return fmt.Errorf("--xds %q: bad port", *xds)
+	}
+	out, err := envoy.Render(envoy.Bootstrap{NodeID: *nodeID, AdminAddress: *adminAddr, AdminPort: *adminPort,
+		AdminAdvertise: *advertise, XDSAddress: h, XDSPort: port})
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
+	return err
 }
