@@ -141,6 +141,23 @@ func (m *Manager) Registry() *registry.Registry { return m.reg }
 // Wait blocks until background drains have finished.
 func (m *Manager) Wait() { m.wg.Wait() }
 
+// ResumeAfterRestart finishes what a previous control plane left half done:
+// drains go on; a worker caught in the middle of loading weights holds
+// weights nobody knows, so it is quarantined.
+func (m *Manager) ResumeAfterRestart(ctx context.Context) {
+	for _, w := range m.reg.Snapshot().Workers {
+		switch w.State {
+		case registry.StateDraining:
+			m.startDrain(w.Key(), m.reg.Snapshot().Generation)
+		case registry.StateUpdating, registry.StatePending:
+			reason := "interrupted by a control-plane restart while loading weights: its weights are unknown"
+			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, w.State); err == nil {
+				m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Warn("worker quarantined")
+			}
+		}
+	}
+}
+
 // Error kinds the API maps to status codes.
 var (
 	ErrUnreachable = errors.New("worker unreachable")

@@ -134,8 +134,11 @@ type Registry struct {
 	workers map[string]*Worker
 	fleet   Weights
 	counter int // last numeric version handed out
-	now     func() time.Time
-	subs    map[chan struct{}]struct{}
+	// store, when set, receives every change (see Persist).
+	store        *Store
+	onStoreError func(error)
+	now          func() time.Time
+	subs         map[chan struct{}]struct{}
 }
 
 // New returns an empty registry. now is the clock (time.Now when nil).
@@ -164,6 +167,13 @@ func (r *Registry) Subscribe() (<-chan struct{}, func()) {
 // changedLocked bumps the generation and wakes subscribers. Caller holds mu.
 func (r *Registry) changedLocked() uint64 {
 	r.gen++
+	if r.store != nil {
+		// Written before anyone learns of the change: what an API call
+		// answered is on disk.
+		if err := r.store.save(r.gen, r.counter, r.fleet, r.workers); err != nil && r.onStoreError != nil {
+			r.onStoreError(err)
+		}
+	}
 	for ch := range r.subs {
 		select {
 		case ch <- struct{}{}:

@@ -118,7 +118,25 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	}
 
 	reg := registry.New(nil)
+	store, err := registry.OpenStore(stateDir)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if err := reg.Persist(store, func(err error) {
+		base.WithError(err).Error("cannot write the registry to its store; the change holds in memory only")
+	}); err != nil {
+		return err
+	}
+	epoch, err := store.NextEpoch()
+	if err != nil {
+		return fmt.Errorf("registry store: %w", err)
+	}
+	if n := len(reg.Snapshot().Workers); n > 0 {
+		base.WithFields(logrus.Fields{"workers": n, "store": filepath.Join(stateDir, registry.StoreFile)}).Info("registry restored")
+	}
 	xds := xdsserver.New(log.WithField("component", "xds"))
+	xds.SetEpoch(epoch)
 	mx := metrics.New(reg, xds.Nodes)
 	if err := publish(ctx, reg, xds, opts); err != nil {
 		return err
@@ -137,6 +155,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		WeightUpdateTimeout: c.WeightUpdateTimeout,
 	}, log.WithField("component", "fleet"))
 
+	fl.ResumeAfterRestart(ctx)
 	initial := c.WorkerURLs
 	if c.DemoWorkers > 0 {
 		demo, err := startDemoWorkers(ctx, c.DemoWorkers, c.DemoTimeScale, log.WithField("component", "demo"))
@@ -285,6 +304,13 @@ func publishLoop(ctx context.Context, reg *registry.Registry, xds *xdsserver.Ser
 func admitInitial(ctx context.Context, fl *fleet.Manager, urls []string, log *logrus.Entry) {
 	var wg sync.WaitGroup
 	for _, u := range urls {
+		// A worker the store already holds keeps its state: a restart
+		// must not re-admit one that was quarantined.
+		if wu, err := registry.ParseWorkerURL(u); err == nil {
+			if _, known := fl.Registry().Get(wu.String()); known {
+				continue
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

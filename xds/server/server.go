@@ -74,6 +74,16 @@ type Server struct {
 	versions   map[string]string // type URL -> published version
 	streams    map[int64]*stream
 	changed    chan struct{} // closed and replaced on every change
+	// epoch prefixes every version: a restarted control plane serves even an
+	// unchanged configuration under a newer version.
+	epoch uint64
+}
+
+// SetEpoch sets the version prefix; call it before the first Publish.
+func (s *Server) SetEpoch(epoch uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.epoch = epoch
 }
 
 // New returns a server with nothing published yet.
@@ -112,6 +122,9 @@ func (s *Server) Publish(ctx context.Context, gen uint64, r translate.Resources)
 		if err != nil {
 			return fmt.Errorf("publish generation %d: %w", gen, err)
 		}
+		s.mu.Lock()
+		v = fmt.Sprintf("%d.%s", s.epoch, v)
+		s.mu.Unlock()
 		versions[typ] = v
 		snap.Resources[cachev3.GetResponseType(typ)] = cachev3.NewResources(v, byType[typ])
 	}
@@ -130,8 +143,8 @@ func (s *Server) Publish(ctx context.Context, gen uint64, r translate.Resources)
 	s.generation = gen
 	s.versions = versions
 	s.notifyLocked()
-	s.log.WithFields(logrus.Fields{"generation": gen, "clusters": versions[resourcev3.ClusterType][:8],
-		"endpoints": versions[resourcev3.EndpointType][:8], "routes": versions[resourcev3.RouteType][:8]}).Debug("published xDS snapshot")
+	s.log.WithFields(logrus.Fields{"generation": gen, "clusters": versions[resourcev3.ClusterType],
+		"endpoints": versions[resourcev3.EndpointType], "routes": versions[resourcev3.RouteType]}).Debug("published xDS snapshot")
 	return nil
 }
 

@@ -1,0 +1,89 @@
+package registry
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestStoreRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(nil)
+	if err := r.Persist(s, func(err error) { t.Errorf("store: %v", err) }); err != nil {
+		t.Fatal(err)
+	}
+	a := r.Add(mustURL(t, "http://10.0.0.1:1"), "10.0.0.1", Capabilities{Known: true, TaskTypes: []string{"T2V"}, ModelIDs: []string{"wan"}}, StateActive, "")
+	r.Add(mustURL(t, "http://10.0.0.2:1"), "10.0.0.2", Capabilities{}, StateActive, "")
+	r.Add(mustURL(t, "http://10.0.0.3:1"), "10.0.0.3", Capabilities{}, StateActive, "")
+	if _, err := r.Delete("http://10.0.0.3:1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.SetState("http://10.0.0.2:1", StateQuarantined, "weight update failed"); err != nil {
+		t.Fatal(err)
+	}
+	r.NoteVersion("7")
+	r.SetFleetWeights(Weights{Version: "7", ModelPath: "/ckpt/7", Request: map[string]any{"model_path": "/ckpt/7", "flush_cache": true}})
+	if _, err := r.SetWorkerWeights(a.Worker.Key(), "7", "/ckpt/7"); err != nil {
+		t.Fatal(err)
+	}
+	before := r.Snapshot()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	r2 := New(nil)
+	if err := r2.Persist(s2, nil); err != nil {
+		t.Fatal(err)
+	}
+	after := r2.Snapshot()
+	if after.Generation != before.Generation || len(after.Workers) != 2 {
+		t.Fatalf("restored gen %d with %d workers, want gen %d with 2", after.Generation, len(after.Workers), before.Generation)
+	}
+	for i := range before.Workers {
+		b, a := before.Workers[i], after.Workers[i]
+		if b.Key() != a.Key() || b.State != a.State || b.Reason != a.Reason || b.WeightVersion != a.WeightVersion ||
+			!b.Since.Equal(a.Since) || b.Caps.Video() != a.Caps.Video() || b.ModelPath != a.ModelPath {
+			t.Fatalf("worker %d: %+v, restored %+v", i, b, a)
+		}
+	}
+	if after.Fleet.Version != "7" || after.Fleet.Request["flush_cache"] != true {
+		t.Fatalf("fleet = %+v", after.Fleet)
+	}
+	if v := r2.NextVersion(); v != "8" {
+		t.Fatalf("next version after restore = %s, want 8", v)
+	}
+	e1, _ := s2.NextEpoch()
+	e2, _ := s2.NextEpoch()
+	if e2 != e1+1 {
+		t.Fatalf("epochs %d, %d", e1, e2)
+	}
+}
+
+func TestStoreRefusesCorruptOrLocked(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, StoreFile), []byte(strings.Repeat("not a database ", 500)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenStore(dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("corrupt store: %v", err)
+	}
+	dir2 := t.TempDir()
+	s, err := OpenStore(dir2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := OpenStore(dir2); err == nil || !strings.Contains(err.Error(), "locked") {
+		t.Fatalf("second open: %v", err)
+	}
+}
