@@ -19,12 +19,17 @@ const FilterFile = "diffusion-tagger.wasm"
 // findFilter resolves --wasm-filter: "none" turns the filter off; empty looks
 // for the build output next to the executable, then in bin/ from the working
 // directory upwards.
-func findFilter(flag string) (string, error) {
+func findFilter(flag string, external bool) (string, error) {
 	switch flag {
 	case "none", "off":
 		return "", nil
 	case "":
 	default:
+		if external {
+			// A path on the Envoys' file system (another container), not
+			// this one's: nothing to check here.
+			return flag, nil
+		}
 		abs, err := filepath.Abs(flag)
 		if err != nil {
 			return "", err
@@ -84,8 +89,8 @@ func filterSecret(stateDir string) (string, error) {
 }
 
 // filterOptions builds the filter's configuration, or nil when it is off.
-func filterOptions(flag, stateDir string, failClosed bool) (*translate.FilterOptions, error) {
-	path, err := findFilter(flag)
+func filterOptions(flag, stateDir string, failClosed, external bool) (*translate.FilterOptions, error) {
+	path, err := findFilter(flag, external)
 	if err != nil || path == "" {
 		return nil, err
 	}

@@ -104,7 +104,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	if !c.ExternalEnvoy || c.WasmFilter != "" {
 		// With external Envoys the filter path must be given: it is a path
 		// on their file system, not this one's.
-		if opts.Filter, err = filterOptions(c.WasmFilter, stateDir, c.FilterFailClosed); err != nil {
+		if opts.Filter, err = filterOptions(c.WasmFilter, stateDir, c.FilterFailClosed, c.ExternalEnvoy); err != nil {
 			return err
 		}
 	}

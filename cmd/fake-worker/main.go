@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,6 +47,8 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.StartupDelay, "startup-delay", 0, "wait before opening the port")
 	fs.DurationVar(&cfg.Warmup, "warmup", 0, "after the port opens, generations wait this long (health answers at once)")
 	fs.Int64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
+	register := fs.String("register-with", "", "router (or registry API) URL to announce this worker to with POST /add_worker (demos)")
+	advertise := fs.String("advertise", "", "this worker's URL as the router reaches it (with --register-with)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,10 +87,43 @@ func run(args []string) error {
 		defer cancel()
 		_ = hs.Shutdown(shutdown)
 	}()
+	if *register != "" {
+		go announce(ctx, *register, *advertise)
+	}
 	// Tests and scripts read this line to learn the port.
 	fmt.Printf("fake-worker %s listening on http://%s\n", cfg.WorkerID, net.JoinHostPort(*host, strconv.Itoa(actual)))
 	if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+// announce registers the worker with a router, retrying until the router
+// answers: in a compose demo the router may start after the worker.
+func announce(ctx context.Context, router, self string) {
+	body := fmt.Sprintf(`{"url": %q}`, self)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(router, "/")+"/add_worker", strings.NewReader(body))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake-worker: register:", err)
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if tok := os.Getenv("DIFFUSION_ROUTER_ADMIN_TOKEN"); tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated {
+				fmt.Println("fake-worker: registered with", router)
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
 }

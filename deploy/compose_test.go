@@ -1,0 +1,181 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/router"
+)
+
+func loadProject(t *testing.T) *types.Project {
+	t.Helper()
+	details := types.ConfigDetails{
+		WorkingDir:  "..",
+		ConfigFiles: []types.ConfigFile{{Filename: "../docker-compose.yaml"}},
+		Environment: types.Mapping{},
+	}
+	p, err := loader.LoadWithContext(context.Background(), details, func(o *loader.Options) {
+		o.SetProjectName("diffusion-router", true)
+		o.Profiles = []string{"*"}
+	})
+	if err != nil {
+		t.Fatalf("docker-compose.yaml does not load: %v", err)
+	}
+	return p
+}
+
+func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
+	t.Helper()
+	s, ok := p.Services[name]
+	if !ok {
+		t.Fatalf("no service %q in docker-compose.yaml", name)
+	}
+	return s
+}
+
+func published(t *testing.T, s types.ServiceConfig, target uint32) types.ServicePortConfig {
+	t.Helper()
+	for _, p := range s.Ports {
+		if p.Target == target {
+			return p
+		}
+	}
+	t.Fatalf("service %s does not publish port %d", s.Name, target)
+	return types.ServicePortConfig{}
+}
+
+func TestComposeIsConsistent(t *testing.T) {
+	p := loadProject(t)
+	cp := service(t, p, "control-plane")
+	cfg, err := router.Parse(cp.Command, io.Discard)
+	if err != nil {
+		t.Fatalf("control plane flags: %v", err)
+	}
+	if !cfg.ExternalEnvoy {
+		t.Fatal("the control plane must run with --external-envoy: Envoy is its own service")
+	}
+	// The direct API: published on the host's loopback only.
+	if api := published(t, cp, uint32(cfg.APIPort)); api.HostIP != "127.0.0.1" {
+		t.Errorf("the registry API is published on %q, want 127.0.0.1", api.HostIP)
+	}
+	if cfg.RegistryAdvertise != fmt.Sprintf("control-plane:%d", cfg.APIPort) {
+		t.Errorf("--registry-advertise %q does not name the control-plane service and its API port %d", cfg.RegistryAdvertise, cfg.APIPort)
+	}
+	stateMounted := false
+	for _, v := range cp.Volumes {
+		stateMounted = stateMounted || (v.Type == types.VolumeTypeVolume && v.Target == cfg.StateDir)
+	}
+	if !stateMounted {
+		t.Errorf("--state-dir %s is not on a named volume: the registry would not survive a restart", cfg.StateDir)
+	}
+
+	ev := service(t, p, "envoy")
+	published(t, ev, uint32(cfg.Port))
+	var bootstrapPath, bootstrapSource string
+	for i, a := range ev.Command {
+		if a == "-c" && i+1 < len(ev.Command) {
+			bootstrapPath = ev.Command[i+1]
+		}
+	}
+	for _, v := range ev.Volumes {
+		if v.Target == bootstrapPath {
+			bootstrapSource = v.Source
+		}
+	}
+	if bootstrapPath == "" || bootstrapSource == "" {
+		t.Fatalf("Envoy's -c %q is not a mounted file", bootstrapPath)
+	}
+	got, err := os.ReadFile(bootstrapSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := envoy.Render(envoy.Bootstrap{NodeID: "envoy-1", AdminAddress: "0.0.0.0", AdminPort: 9901,
+		AdminAdvertise: "envoy:9901", XDSAddress: "control-plane", XDSPort: cfg.XDSPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s is not the bootstrap for control-plane:%d; regenerate it with:\n  diffusion-router bootstrap --xds control-plane:%d --admin-address 0.0.0.0 --admin-port 9901 --admin-advertise envoy:9901 --node-id envoy-1",
+			filepath.Base(bootstrapSource), cfg.XDSPort, cfg.XDSPort)
+	}
+	for _, port := range ev.Ports {
+		if port.Target == 9901 {
+			t.Error("Envoy's admin interface is published: it can change Envoy's state")
+		}
+	}
+
+	// The filter path the control plane hands out is where the Envoy image
+	// puts the filter.
+	dockerfile, err := os.ReadFile(filepath.Join("..", ev.Build.Dockerfile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(dockerfile), " "+cfg.WasmFilter+"\n") {
+		t.Errorf("%s does not put the filter at %s", ev.Build.Dockerfile, cfg.WasmFilter)
+	}
+	install, err := os.ReadFile("../scripts/install-envoy.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := regexp.MustCompile(`ENVOY_VERSION:-([0-9.]+)`).FindSubmatch(install)
+	if pinned == nil || !strings.Contains(string(dockerfile), "FROM envoyproxy/envoy:v"+string(pinned[1])+"\n") {
+		t.Errorf("the Envoy image is not the pinned version %s", pinned)
+	}
+
+	demo := 0
+	for name, s := range p.Services {
+		if !strings.HasPrefix(name, "fake-worker") {
+			continue
+		}
+		demo++
+		if len(s.Profiles) != 1 || s.Profiles[0] != "demo" {
+			t.Errorf("%s is not in the demo profile only: %v", name, s.Profiles)
+		}
+		flags := map[string]string{}
+		for _, a := range s.Command {
+			if k, v, ok := strings.Cut(strings.TrimPrefix(a, "--"), "="); ok {
+				flags[k] = v
+			}
+		}
+		if want := fmt.Sprintf("http://%s", net.JoinHostPort(name, flags["port"])); flags["advertise"] != want {
+			t.Errorf("%s advertises %q, want %q", name, flags["advertise"], want)
+		}
+		if want := fmt.Sprintf("http://control-plane:%d", cfg.APIPort); flags["register-with"] != want {
+			t.Errorf("%s registers with %q, want %q", name, flags["register-with"], want)
+		}
+	}
+	if demo == 0 {
+		t.Error("no demo workers")
+	}
+}
+
+func TestImagesAreStaticAndNonRoot(t *testing.T) {
+	for _, f := range []string{"Dockerfile.router", "Dockerfile.fake-worker", "Dockerfile.envoy"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(b)
+		if strings.Count(s, "\nFROM ") < 1 || !strings.Contains(s, " AS ") {
+			t.Errorf("%s is not a multi-stage build", f)
+		}
+		m := regexp.MustCompile(`(?m)^USER (\d+)`).FindStringSubmatch(s)
+		if m == nil || m[1] == "0" {
+			t.Errorf("%s does not run as a non-root user", f)
+		}
+		if f != "Dockerfile.envoy" && !strings.Contains(s, "CGO_ENABLED=0") {
+			t.Errorf("%s does not build a static binary", f)
+		}
+	}
+}
