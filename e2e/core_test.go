@@ -472,3 +472,42 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("the log does not say the drain completed")
 	}
 }
+
+// TestAdminTokenOnBothPorts: with a token set (here through the environment,
+// so it is not on the command line), fleet changes need it on the front port
+// and the direct port alike; reads do not; answers never echo it.
+func TestAdminTokenOnBothPorts(t *testing.T) {
+	t.Parallel()
+	w := startWorker(t)
+	r := startRouterEnv(t, []string{"DIFFUSION_ROUTER_ADMIN_TOKEN=e2e-admin-token-123"})
+	for _, base := range []string{r.Front, r.API} {
+		body := `{"url":"` + w.URL + `"}`
+		before := listURLs(t, base)
+		denied := do(t, "DELETE", base+"/workers/"+strings.NewReplacer(":", "%3A", "/", "%2F").Replace(w.URL), "", nil)
+		if len(before) == 0 {
+			denied = do(t, "POST", base+"/add_worker", "application/json", strings.NewReader(body))
+		}
+		if denied.Status != 401 || strings.Contains(string(denied.Body), "e2e-admin-token-123") {
+			t.Fatalf("%s without token = %d %s", base, denied.Status, denied.Body)
+		}
+		if after := listURLs(t, base); !slices.Equal(before, after) {
+			t.Fatalf("an unauthorized call changed the registry: %v -> %v", before, after)
+		}
+		req, _ := http.NewRequest("POST", base+"/add_worker", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer e2e-admin-token-123")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s with token = %d", base, resp.StatusCode)
+		}
+	}
+	if got := listURLs(t, r.Front); len(got) != 1 {
+		t.Fatalf("workers = %v", got)
+	}
+	if gen := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "x"}); gen.Status != 200 {
+		t.Fatalf("generation (no token needed) = %d", gen.Status)
+	}
+}

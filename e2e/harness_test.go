@@ -110,11 +110,17 @@ func start(t testing.TB, name string, args ...string) *proc {
 // startPath is start for a binary outside binDir (Envoy).
 func startPath(t testing.TB, name, path string, args ...string) *proc {
 	t.Helper()
+	return startPathEnv(t, name, path, nil, args...)
+}
+
+// startPathEnv is startPath with extra environment variables.
+func startPathEnv(t testing.TB, name, path string, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(path, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &proc{t: t, name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.Env = append(os.Environ(), envoy.EnvVar+"="+envoyBin)
+	cmd.Env = append(append(os.Environ(), envoy.EnvVar+"="+envoyBin), env...)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -217,9 +223,15 @@ var routerReady = regexp.MustCompile(`ready on (http://\S+) \(registry API (http
 // override) the defaults.
 func startRouter(t testing.TB, args ...string) *routerProc {
 	t.Helper()
+	return startRouterEnv(t, nil, args...)
+}
+
+// startRouterEnv is startRouter with extra environment variables.
+func startRouterEnv(t testing.TB, env []string, args ...string) *routerProc {
+	t.Helper()
 	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(freePort(t)), "--state-dir", t.TempDir(),
 		"--health-check-interval", "1", "--envoy-concurrency", "2", "--log-level", "debug"}, args...)
-	p := start(t, "diffusion-router", all...)
+	p := startPathEnv(t, "diffusion-router", filepath.Join(binDir, "diffusion-router"), env, all...)
 	m := p.waitOutput(routerReady, 60*time.Second)
 	return &routerProc{proc: p, Front: m[1], API: m[2], Admin: m[3]}
 }
