@@ -29,7 +29,7 @@ import (
 // with response_format b64_json and decode the image.
 func TestPythonRouterClientFlow(t *testing.T) {
 	t.Parallel()
-	a, b := startWorker(t), startWorker(t)
+	a, b := startWorker(t, "--time-scale", "0.01"), startWorker(t, "--time-scale", "0.01")
 	r := startRouter(t, "--worker-urls", a.URL, b.URL+"/")
 
 	h := get(t, r.Front+"/health")
@@ -47,33 +47,32 @@ func TestPythonRouterClientFlow(t *testing.T) {
 	if info.Status != 200 || info.JSON(t)["model_path"] == nil {
 		t.Fatalf("/v1/model_info = %d %s", info.Status, info.Body)
 	}
+	// While one worker holds a long request, least-request sends every
+	// new one to the other: both serve, deterministically.
+	long := startLongRequest(r.Front)
+	eventually(t, 10*time.Second, "the long request to reach a worker", func() bool {
+		return stats(t, a).QueueDepth+stats(t, b).QueueDepth == 1
+	})
+	busy := a
+	if stats(t, b).QueueDepth == 1 {
+		busy = b
+	}
 	seen := map[string]bool{}
-	for i := range 8 {
+	for i := range 4 {
 		resp := postJSON(t, r.Front+"/v1/images/generations", map[string]any{
 			"prompt": fmt.Sprintf("a fox %d", i), "response_format": "b64_json", "size": "512x512", "num_inference_steps": 4,
 		})
 		if resp.Status != 200 {
 			t.Fatalf("generation %d = %d %s", i, resp.Status, resp.Body)
 		}
-		var v struct {
-			Data []struct {
-				B64 string `json:"b64_json"`
-			} `json:"data"`
-		}
-		if err := json.Unmarshal(resp.Body, &v); err != nil || len(v.Data) != 1 {
-			t.Fatalf("generation body: %v %s", err, resp.Body)
-		}
-		raw, err := base64.StdEncoding.DecodeString(v.Data[0].B64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := png.Decode(bytes.NewReader(raw)); err != nil {
-			t.Fatalf("b64_json is not a PNG: %v", err)
-		}
+		checkPNG(t, resp)
 		seen[resp.Header.Get("X-Worker-Id")] = true
 	}
-	if !seen[a.ID] || !seen[b.ID] {
-		t.Fatalf("8 sequential requests reached %v, want both workers", seen)
+	if seen[busy.ID] || len(seen) != 1 {
+		t.Fatalf("requests while %s was busy reached %v", busy.ID, seen)
+	}
+	if got := <-long; got.Status != 200 || got.Header.Get("X-Worker-Id") != busy.ID {
+		t.Fatalf("long request = %d from %s", got.Status, got.Header.Get("X-Worker-Id"))
 	}
 	// The registry answers the same on its own port, which also serves the
 	// control plane's Prometheus metrics.
@@ -335,15 +334,7 @@ func TestAddIsRoutableAndRemoveDrains(t *testing.T) {
 	slow := startWorker(t, "--time-scale", "0.01") // a 1000-step request takes ~1.4 s
 	r := startRouter(t, "--worker-urls", slow.URL)
 
-	long := make(chan response, 1)
-	go func() {
-		resp, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json",
-			strings.NewReader(`{"prompt":"long","num_inference_steps":1000}`))
-		if err != nil {
-			resp = response{Status: -1, Body: []byte(err.Error())}
-		}
-		long <- resp
-	}()
+	long := startLongRequest(r.Front)
 	eventually(t, 10*time.Second, "the long request to reach the slow worker", func() bool { return stats(t, slow).QueueDepth == 1 })
 
 	fresh := startWorker(t)
@@ -437,15 +428,7 @@ func TestGracefulShutdown(t *testing.T) {
 	t.Parallel()
 	slow := startWorker(t, "--time-scale", "0.01") // a 1000-step request takes ~1.4 s
 	r := startRouter(t, "--shutdown-timeout", "30", "--worker-urls", slow.URL)
-	long := make(chan response, 1)
-	go func() {
-		resp, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json",
-			strings.NewReader(`{"prompt":"long","num_inference_steps":1000}`))
-		if err != nil {
-			resp = response{Status: -1, Body: []byte(err.Error())}
-		}
-		long <- resp
-	}()
+	long := startLongRequest(r.Front)
 	eventually(t, 10*time.Second, "the long request to reach the worker", func() bool { return stats(t, slow).QueueDepth == 1 })
 	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -509,5 +492,42 @@ func TestAdminTokenOnBothPorts(t *testing.T) {
 	}
 	if gen := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "x"}); gen.Status != 200 {
 		t.Fatalf("generation (no token needed) = %d", gen.Status)
+	}
+}
+
+// startLongRequest sends a 1000-step generation in the background; the
+// channel gets its answer.
+func startLongRequest(front string) <-chan response {
+	long := make(chan response, 1)
+	go func() {
+		resp, err := tryDo(context.Background(), "POST", front+"/v1/images/generations", "application/json",
+			strings.NewReader(`{"prompt":"long","num_inference_steps":1000}`))
+		if err != nil {
+			resp = response{Status: -1, Body: []byte(err.Error())}
+		}
+		long <- resp
+	}()
+	return long
+}
+
+// checkPNG checks that a b64_json generation answer carries a real PNG.
+func checkPNG(t *testing.T, resp response) {
+	t.Helper()
+	var v struct {
+		Data []struct {
+			B64 string `json:"b64_json"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(resp.Body, &v); err != nil || len(v.Data) != 1 {
+		t.Errorf("generation body: %v %s", err, resp.Body)
+		return
+	}
+	raw, err := base64.StdEncoding.DecodeString(v.Data[0].B64)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	if _, err := png.Decode(bytes.NewReader(raw)); err != nil {
+		t.Errorf("b64_json is not a PNG: %v", err)
 	}
 }

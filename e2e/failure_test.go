@@ -152,10 +152,11 @@ func TestFailingWorkerEjected(t *testing.T) {
 		return stateOf(t, r.Front, bad.URL) == "quarantined"
 	})
 	failed := stats(t, bad).Failed
-	// Ejection happens on the third failure; the outlier detector runs on
-	// Envoy's main thread, so one more request may slip through.
-	if failed < 3 || failed > 4 {
-		t.Fatalf("failing worker answered %d requests before ejection, want 3 (at most 4)", failed)
+	// Ejection happens on the third failure. Envoy's outlier detector runs
+	// on its main thread, after the worker thread reported the failure, so
+	// on a loaded machine a few more sequential requests can slip through.
+	if failed < 3 || failed > 6 {
+		t.Fatalf("failing worker answered %d requests before ejection, want 3 (at most 6)", failed)
 	}
 	if int(g.failed.Load()) != failed {
 		t.Fatalf("client saw %d failures, worker failed %d", g.failed.Load(), failed)
@@ -224,8 +225,10 @@ func TestMajorityFailing(t *testing.T) {
 		}
 		return true
 	})
-	if f := warm.failed.Load(); f > 5*4 {
-		t.Fatalf("%d failures before the ejections, want at most 4 per failing worker", f)
+	// Each failing worker fails at most the threshold plus what was in
+	// flight to it (the concurrency) before its ejection took effect.
+	if f := warm.failed.Load(); f > 5*(3+8) {
+		t.Fatalf("%d failures before the ejections, want at most %d", f, 5*(3+8))
 	}
 	before := make([]int, 5)
 	for i, w := range workers[:5] {

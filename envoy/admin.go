@@ -124,37 +124,54 @@ func (c *AdminClient) Ready(ctx context.Context, admin string) error {
 // with thousands of hosts where /clusters does not.
 func (c *AdminClient) EndpointStats(ctx context.Context, admin, cluster, address string) (healthy bool, rqActive uint64, found bool, err error) {
 	prefix := "cluster." + cluster + ".endpoint." + strings.NewReplacer(":", "_").Replace(address) + "."
-	q := url.Values{"filter": {"^" + regexp.QuoteMeta(prefix) + "(healthy|rq_active)$"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/stats?"+q.Encode(), nil)
+	vals, err := c.stats(ctx, admin, "^"+regexp.QuoteMeta(prefix)+"(healthy|rq_active)$")
 	if err != nil {
 		return false, 0, false, err
 	}
+	h, found := vals[prefix+"healthy"]
+	return h == 1, vals[prefix+"rq_active"], found, nil
+}
+
+// Stat reads one counter or gauge.
+func (c *AdminClient) Stat(ctx context.Context, admin, name string) (uint64, error) {
+	vals, err := c.stats(ctx, admin, "^"+regexp.QuoteMeta(name)+"$")
+	if err != nil {
+		return 0, err
+	}
+	v, ok := vals[name]
+	if !ok {
+		return 0, fmt.Errorf("envoy admin %s: no stat %s", admin, name)
+	}
+	return v, nil
+}
+
+// stats reads the numeric stats whose names match filter.
+func (c *AdminClient) stats(ctx context.Context, admin, filter string) (map[string]uint64, error) {
+	q := url.Values{"filter": {filter}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/stats?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return false, 0, false, fmt.Errorf("envoy admin %s: %w", admin, err)
+		return nil, fmt.Errorf("envoy admin %s: %w", admin, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return false, 0, false, fmt.Errorf("envoy admin %s: /stats: status %d: %v", admin, resp.StatusCode, err)
+		return nil, fmt.Errorf("envoy admin %s: /stats: status %d: %v", admin, resp.StatusCode, err)
 	}
+	out := map[string]uint64{}
 	for _, line := range strings.Split(string(body), "\n") {
 		name, value, ok := strings.Cut(line, ": ")
 		if !ok {
 			continue
 		}
-		n, perr := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
-		if perr != nil {
-			continue
-		}
-		switch strings.TrimPrefix(name, prefix) {
-		case "healthy":
-			healthy, found = n == 1, true
-		case "rq_active":
-			rqActive = n
+		if n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64); err == nil {
+			out[name] = n
 		}
 	}
-	return healthy, rqActive, found, nil
+	return out, nil
 }
 
 // DrainListeners makes Envoy stop accepting connections on its listeners;
@@ -174,28 +191,4 @@ func (c *AdminClient) DrainListeners(ctx context.Context, admin string) error {
 		return fmt.Errorf("envoy admin %s: /drain_listeners answered %d", admin, resp.StatusCode)
 	}
 	return nil
-}
-
-// Stat reads one counter or gauge.
-func (c *AdminClient) Stat(ctx context.Context, admin, name string) (uint64, error) {
-	q := url.Values{"filter": {"^" + regexp.QuoteMeta(name) + "$"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/stats?"+q.Encode(), nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("envoy admin %s: %w", admin, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if k, v, ok := strings.Cut(line, ": "); ok && k == name {
-			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("envoy admin %s: no stat %s", admin, name)
 }

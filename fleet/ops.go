@@ -190,8 +190,18 @@ func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 		out.add(r, q)
 	}
 	out.sort()
-	// Answer once every Envoy routes by the new state (asleep, quarantined).
-	m.waitSynced(ctx, m.reg.Snapshot().Generation)
+	// Answer once every Envoy routes by the new state (asleep, quarantined),
+	// and workers that came back (woken) pass their first health check.
+	gen := m.reg.Snapshot().Generation
+	m.waitSynced(ctx, gen)
+	var back sync.WaitGroup
+	for _, w := range targets {
+		if cur, ok := m.reg.Get(w.Key()); ok && !w.InEnvoy() && cur.InEnvoy() {
+			back.Add(1)
+			go func() { defer back.Done(); m.waitRoutable(ctx, cur, gen) }()
+		}
+	}
+	back.Wait()
 	m.log.WithFields(logrus.Fields{"op": id, "workers": len(targets), "failed": out.Failed}).Info("fleet-wide call done")
 	return out, nil
 }
