@@ -94,9 +94,18 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 				out.add(r, false)
 			}
 		} else {
+			// Every success in one registry change: one store write and one
+			// xDS push for the whole fleet, not one per worker.
+			var ok []string
 			for i, r := range results {
+				if r.OK() {
+					ok = append(ok, targets[i].Key())
+					out.add(r, false)
+					continue
+				}
 				out.add(r, m.settle(targets[i], r, version, modelPath, registry.StateActive))
 			}
+			m.reg.SetWorkersWeights(ok, version, modelPath)
 		}
 	}
 	if out.Rejected {

@@ -164,13 +164,14 @@ func (r *Registry) Subscribe() (<-chan struct{}, func()) {
 	}
 }
 
-// changedLocked bumps the generation and wakes subscribers. Caller holds mu.
-func (r *Registry) changedLocked() uint64 {
+// changedLocked bumps the generation, writes the changed workers (keys) and
+// the fleet's data to the store, and wakes subscribers. Caller holds mu.
+func (r *Registry) changedLocked(keys ...string) uint64 {
 	r.gen++
 	if r.store != nil {
 		// Written before anyone learns of the change: what an API call
 		// answered is on disk.
-		if err := r.store.save(r.gen, r.counter, r.fleet, r.workers); err != nil && r.onStoreError != nil {
+		if err := r.store.save(r.gen, r.counter, r.fleet, r.workers, keys); err != nil && r.onStoreError != nil {
 			r.onStoreError(err)
 		}
 	}
@@ -242,7 +243,7 @@ func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state Sta
 		w.ModelPath = caps.ModelIDs[0]
 	}
 	r.workers[key] = w
-	gen := r.changedLocked()
+	gen := r.changedLocked(key)
 	return AddResult{Worker: copyWorker(*w), Created: true, Generation: gen}
 }
 
@@ -268,7 +269,7 @@ func (r *Registry) SetState(key string, to State, reason string, from ...State) 
 	if to == StateActive {
 		w.ConsecutiveFailures = 0
 	}
-	gen := r.changedLocked()
+	gen := r.changedLocked(key)
 	return copyWorker(*w), gen, nil
 }
 
@@ -288,7 +289,7 @@ func (r *Registry) mutate(key, what string, change func(w *Worker) bool) (uint64
 	if !change(w) {
 		return r.gen, nil
 	}
-	return r.changedLocked(), nil
+	return r.changedLocked(key), nil
 }
 
 // SetCapabilities records what the worker reported in /v1/models.
@@ -349,7 +350,7 @@ func (r *Registry) Delete(key string, from ...State) (uint64, error) {
 		return r.gen, fmt.Errorf("delete %s: worker is %s: %w", key, w.State, ErrConflict)
 	}
 	delete(r.workers, key)
-	return r.changedLocked(), nil
+	return r.changedLocked(key), nil
 }
 
 // SetWorkerWeights records that a worker now holds a weight version. It
@@ -373,6 +374,25 @@ func (r *Registry) SetAsleep(key string, asleep bool) (uint64, error) {
 		w.Asleep = asleep
 		return true
 	})
+}
+
+// SetWorkersWeights records that several workers now hold a weight version,
+// as one change (one store write, one xDS push): a fleet-wide update settles
+// all its successes at once.
+func (r *Registry) SetWorkersWeights(keys []string, version, modelPath string) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var changed []string
+	for _, k := range keys {
+		if w, ok := r.workers[k]; ok && (w.WeightVersion != version || w.ModelPath != modelPath) {
+			w.WeightVersion, w.ModelPath = version, modelPath
+			changed = append(changed, k)
+		}
+	}
+	if len(changed) == 0 {
+		return r.gen
+	}
+	return r.changedLocked(changed...)
 }
 
 // SetFleetWeights records the fleet's new weight version.

@@ -131,3 +131,23 @@ func TestRecordProbeAndDelete(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
+
+func TestSetWorkersWeightsIsOneChange(t *testing.T) {
+	r := New(nil)
+	var keys []string
+	for _, u := range []string{"http://a:1", "http://b:1", "http://c:1"} {
+		keys = append(keys, r.Add(mustURL(t, u), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key())
+	}
+	gen := r.Snapshot().Generation
+	if g := r.SetWorkersWeights(append(keys, "http://gone:1"), "v2", "/ckpt/2"); g != gen+1 {
+		t.Fatalf("generation %d -> %d, want one change", gen, g)
+	}
+	for _, w := range r.Snapshot().Workers {
+		if w.WeightVersion != "v2" || w.ModelPath != "/ckpt/2" {
+			t.Fatalf("%s at %s %s", w.Key(), w.WeightVersion, w.ModelPath)
+		}
+	}
+	if g := r.SetWorkersWeights(keys, "v2", "/ckpt/2"); g != gen+1 {
+		t.Fatal("an unchanged version bumped the generation")
+	}
+}

@@ -101,24 +101,19 @@ func (s *Store) NextEpoch() (uint64, error) {
 	return epoch, err
 }
 
-// save writes the whole registry. Caller holds the registry's lock.
-func (s *Store) save(gen uint64, counter int, fleet Weights, workers map[string]*Worker) error {
+// save writes the workers named by keys (or deletes those that left) and
+// the fleet's data, in one transaction. Caller holds the registry's lock.
+func (s *Store) save(gen uint64, counter int, fleet Weights, workers map[string]*Worker, keys []string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		wb := tx.Bucket(bucketWorkers)
-		// Drop workers that left.
-		var gone [][]byte
-		_ = wb.ForEach(func(k, _ []byte) error {
-			if _, ok := workers[string(k)]; !ok {
-				gone = append(gone, append([]byte(nil), k...))
+		for _, key := range keys {
+			w, ok := workers[key]
+			if !ok {
+				if err := wb.Delete([]byte(key)); err != nil {
+					return err
+				}
+				continue
 			}
-			return nil
-		})
-		for _, k := range gone {
-			if err := wb.Delete(k); err != nil {
-				return err
-			}
-		}
-		for key, w := range workers {
 			b, err := json.Marshal(storedWorker{
 				URL: key, Address: w.Address, State: w.State, Reason: w.Reason, Since: w.Since, AddedAt: w.AddedAt,
 				Known: w.Caps.Known, TaskTypes: w.Caps.TaskTypes, ModelIDs: w.Caps.ModelIDs, Models: w.Caps.Models,
