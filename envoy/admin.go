@@ -103,7 +103,12 @@ func ParseClusters(body []byte) ([]HostStats, error) {
 // Ready reports whether the admin interface answers /ready with 200 (Envoy
 // has its initial configuration and is serving).
 func (c *AdminClient) Ready(ctx context.Context, admin string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/ready", nil)
+	return c.expectOK(ctx, http.MethodGet, admin, "/ready")
+}
+
+// expectOK sends a request to the admin interface and wants a 200.
+func (c *AdminClient) expectOK(ctx context.Context, method, admin, path string) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+admin+path, nil)
 	if err != nil {
 		return err
 	}
@@ -114,7 +119,7 @@ func (c *AdminClient) Ready(ctx context.Context, admin string) error {
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("envoy admin %s: /ready answered %d", admin, resp.StatusCode)
+		return fmt.Errorf("envoy admin %s: %s answered %d", admin, path, resp.StatusCode)
 	}
 	return nil
 }
@@ -177,18 +182,5 @@ func (c *AdminClient) stats(ctx context.Context, admin, filter string) (map[stri
 // DrainListeners makes Envoy stop accepting connections on its listeners;
 // connections already open carry on.
 func (c *AdminClient) DrainListeners(ctx context.Context, admin string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/drain_listeners", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return fmt.Errorf("envoy admin %s: %w", admin, err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("envoy admin %s: /drain_listeners answered %d", admin, resp.StatusCode)
-	}
-	return nil
+	return c.expectOK(ctx, http.MethodPost, admin, "/drain_listeners")
 }

@@ -47,20 +47,25 @@ const testSecret = "0123456789abcdef-test-secret"
 
 var testConfig = []byte(`{"secret":"` + testSecret + `","max_body_bytes":1024,"defaults":{"steps":50,"width":1024,"height":1024,"video_frames":16}}`)
 
+// newVM is the plugin, natively ("go") or compiled ("wasm", under wazero).
+func newVM(t *testing.T, runner string) types.VMContext {
+	t.Helper()
+	if runner == "go" {
+		return NewVMContext()
+	}
+	v, err := proxytest.NewWasmVMContext(wasmBinary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	return v
+}
+
 // eachRunner runs f natively and against the compiled .wasm.
 func eachRunner(t *testing.T, f func(t *testing.T, host proxytest.HostEmulator)) {
 	for _, runner := range []string{"go", "wasm"} {
 		t.Run(runner, func(t *testing.T) {
-			var vm types.VMContext = NewVMContext()
-			if runner == "wasm" {
-				v, err := proxytest.NewWasmVMContext(wasmBinary)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer v.Close()
-				vm = v
-			}
-			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(vm).WithPluginConfiguration(testConfig))
+			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).WithPluginConfiguration(testConfig))
 			defer reset()
 			if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
 				t.Fatalf("plugin start = %v", st)
@@ -278,16 +283,7 @@ func TestConfig(t *testing.T) {
 
 func eachRunnerWithConfig(t *testing.T, cfg []byte, want types.OnPluginStartStatus) {
 	for _, runner := range []string{"go", "wasm"} {
-		var vm types.VMContext = NewVMContext()
-		if runner == "wasm" {
-			v, err := proxytest.NewWasmVMContext(wasmBinary)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer v.Close()
-			vm = v
-		}
-		host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(vm).WithPluginConfiguration(cfg))
+		host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).WithPluginConfiguration(cfg))
 		if st := host.StartPlugin(); st != want {
 			t.Errorf("%s: plugin start with %s = %v, want %v", runner, cfg, st, want)
 		}
