@@ -90,16 +90,17 @@ func runLoad(t *testing.T, base string, work []skewedRequest, concurrency int) l
 }
 
 // TestLeastRequestBeatsRoundRobin runs the same skewed workload through a
-// least-request router and a round-robin router in front of identical fleets
-// and compares client latencies and the workers' own queueing.
+// least-request router and a round-robin router in front of identical fleets,
+// at the same time, so that whatever else loads the machine loads both
+// alike, and compares client latencies and the workers' own queueing.
 func TestLeastRequestBeatsRoundRobin(t *testing.T) {
 	t.Parallel()
-	work := skewedWorkload(400, 42)
+	work := skewedWorkload(600, 42)
 	type outcome struct {
 		load      loadResult
 		queueWait float64
 	}
-	run := func(policy string) outcome {
+	setup := func(policy string) (*routerProc, []*fakeWorker) {
 		var workers []*fakeWorker
 		var urls []string
 		for range 4 {
@@ -107,23 +108,39 @@ func TestLeastRequestBeatsRoundRobin(t *testing.T) {
 			workers = append(workers, w)
 			urls = append(urls, w.URL)
 		}
-		r := startRouter(t, append([]string{"--routing-algorithm", policy, "--worker-urls"}, urls...)...)
-		load := runLoad(t, r.Front, work, 8)
-		var wait float64
+		return startRouter(t, append([]string{"--routing-algorithm", policy, "--worker-urls"}, urls...)...), workers
+	}
+	lrRouter, lrWorkers := setup("least-request")
+	rrRouter, rrWorkers := setup("round-robin")
+	var lr, rr outcome
+	var wg sync.WaitGroup
+	for _, c := range []struct {
+		r       *routerProc
+		workers []*fakeWorker
+		out     *outcome
+	}{{lrRouter, lrWorkers, &lr}, {rrRouter, rrWorkers, &rr}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.out.load = runLoad(t, c.r.Front, work, 8)
+		}()
+	}
+	wg.Wait()
+	for _, c := range []struct {
+		name    string
+		workers []*fakeWorker
+		out     *outcome
+	}{{"least-request", lrWorkers, &lr}, {"round-robin", rrWorkers, &rr}} {
 		served := 0
-		for _, w := range workers {
+		for _, w := range c.workers {
 			s := stats(t, w)
-			wait += s.WaitTotalSecs
+			c.out.queueWait += s.WaitTotalSecs
 			served += s.ServedTotal
 		}
-		if load.failures != 0 || served != len(work) {
-			t.Fatalf("%s: %d failures, workers served %d of %d", policy, load.failures, served, len(work))
+		if c.out.load.failures != 0 || served != len(work) {
+			t.Fatalf("%s: %d failures, workers served %d of %d", c.name, c.out.load.failures, served, len(work))
 		}
-		r.stop()
-		return outcome{load: load, queueWait: wait}
 	}
-	lr := run("least-request")
-	rr := run("round-robin")
 	t.Logf("least-request: mean %v p99 %v queue wait %.2fs; round-robin: mean %v p99 %v queue wait %.2fs",
 		lr.load.mean(), lr.load.quantile(0.99), lr.queueWait, rr.load.mean(), rr.load.quantile(0.99), rr.queueWait)
 	if lr.load.mean() >= rr.load.mean() {
