@@ -36,20 +36,23 @@ func newAPI(t *testing.T) (*Server, *registry.Registry) {
 	return &Server{Fleet: fl, Log: log.WithField("t", t.Name()), FanoutTimeout: 5 * time.Second}, reg
 }
 
+// testWorker is a fake worker running in-process.
+type testWorker struct {
+	URL   string
+	Close func()
+}
+
 // worker runs a fake worker in-process; faults may be set through its API.
-func worker(t *testing.T, taskType string) *httptest.Server {
+func worker(t *testing.T, taskType string) testWorker {
 	t.Helper()
 	cfg := fakeworker.DefaultConfig()
 	cfg.TaskType, cfg.TimeScale, cfg.WorkerID = taskType, 0.0001, "w"
-	w, err := fakeworker.New(cfg)
+	url, stop, err := fakeworker.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go w.Run(ctx)
-	srv := httptest.NewServer(w.Handler())
-	t.Cleanup(func() { srv.Close(); cancel() })
-	return srv
+	t.Cleanup(stop)
+	return testWorker{URL: url, Close: stop}
 }
 
 func call(t *testing.T, h http.Handler, method, target, body string) (int, map[string]any) {
@@ -149,7 +152,7 @@ func TestFanout(t *testing.T) {
 		t.Fatalf("no workers = %d %v", code, v)
 	}
 	good, bad := worker(t, "T2I"), worker(t, "T2I")
-	for _, w := range []*httptest.Server{good, bad} {
+	for _, w := range []testWorker{good, bad} {
 		call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`"}`)
 	}
 	if code, v := call(t, s, "POST", "/update_weights_from_disk", `{"flush_cache": true}`); code != 400 {
@@ -211,7 +214,7 @@ func TestBadRequests(t *testing.T) {
 func TestChecksumMismatch(t *testing.T) {
 	s, reg := newAPI(t)
 	s.QuarantineChecksumMismatch = true
-	var ws []*httptest.Server
+	var ws []testWorker
 	for range 3 {
 		w := worker(t, "T2I")
 		ws = append(ws, w)
@@ -245,7 +248,7 @@ func TestChecksumMismatch(t *testing.T) {
 	if code != 400 || v["rejected"] != true || len(v["quarantined"].([]any)) != 0 {
 		t.Fatalf("bad set_lora = %d %v, want 400, rejected, nobody quarantined", code, v)
 	}
-	for _, w := range []*httptest.Server{ws[0], ws[2]} {
+	for _, w := range []testWorker{ws[0], ws[2]} {
 		if wk, _ := reg.Get(w.URL); wk.State != registry.StateActive {
 			t.Fatalf("%s is %s after a rejected call", w.URL, wk.State)
 		}
@@ -254,7 +257,7 @@ func TestChecksumMismatch(t *testing.T) {
 
 func TestUpdateRejectedByEveryWorkerChangesNothing(t *testing.T) {
 	s, reg := newAPI(t)
-	var ws []*httptest.Server
+	var ws []testWorker
 	for range 3 {
 		w := worker(t, "T2I")
 		ws = append(ws, w)
@@ -286,7 +289,7 @@ func TestUpdateTimeoutQuarantines(t *testing.T) {
 	s, reg := newAPI(t)
 	s.FanoutTimeout = 200 * time.Millisecond
 	good, slow := worker(t, "T2I"), worker(t, "T2I")
-	for _, w := range []*httptest.Server{good, slow} {
+	for _, w := range []testWorker{good, slow} {
 		call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`"}`)
 	}
 	resp, err := http.Post(slow.URL+"/_fake/faults", "application/json", strings.NewReader(`{"update_hang": true}`))

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"math"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -74,20 +73,13 @@ func TestParseMix(t *testing.T) {
 // TestRunAgainstFakeWorkers runs both loop kinds against two in-process fake
 // workers spread by the client, and checks the accounting.
 func TestRunAgainstFakeWorkers(t *testing.T) {
-	var targets []string
-	for _, task := range []string{"T2V", "T2V"} {
-		cfg := fakeworker.DefaultConfig()
-		cfg.TimeScale, cfg.TaskType, cfg.WorkerID = 0.0001, task, "w"+string(rune('0'+len(targets)))
-		w, err := fakeworker.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		go w.Run(ctx)
-		srv := httptest.NewServer(w.Handler())
-		t.Cleanup(func() { srv.Close(); cancel() })
-		targets = append(targets, srv.URL)
+	cfg := fakeworker.DefaultConfig()
+	cfg.TimeScale, cfg.TaskType = 0.0001, "T2V"
+	targets, stop, err := Workers(2, cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(stop)
 	mix, _ := ParseMix("1:256x256:4:2,1:512x512:8:1")
 	for _, c := range []Config{
 		{Targets: targets, Task: "text-to-image", NumPrompts: 50, MaxConcurrency: 4, Mix: mix, Seed: 1},

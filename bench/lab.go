@@ -2,12 +2,10 @@ package bench
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -22,32 +20,22 @@ import (
 // Workers starts n fake workers in this process on free loopback ports.
 // stop closes them.
 func Workers(n int, cfg fakeworker.Config) (urls []string, stop func(), err error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var servers []*http.Server
+	var stops []func()
 	stop = func() {
-		for _, s := range servers {
-			_ = s.Close()
+		for _, s := range stops {
+			s()
 		}
-		cancel()
 	}
 	for i := range n {
 		c := cfg
 		c.WorkerID = fmt.Sprintf("bench-worker-%d", i+1)
-		w, err := fakeworker.New(c)
-		if err != nil {
-			stop()
-			return nil, nil, err
-		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		url, s, err := fakeworker.Start(c)
 		if err != nil {
 			stop()
 			return nil, nil, fmt.Errorf("worker %d: %w", i+1, err)
 		}
-		srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		servers = append(servers, srv)
-		go w.Run(ctx)
-		go func() { _ = srv.Serve(lis) }()
-		urls = append(urls, "http://"+lis.Addr().String())
+		stops = append(stops, s)
+		urls = append(urls, url)
 	}
 	return urls, stop, nil
 }

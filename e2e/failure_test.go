@@ -73,13 +73,7 @@ func (g *loadGen) run(base, body string, total, concurrency int) {
 // gets nothing until an operator re-adds it.
 func TestKilledWorkerStaysOut(t *testing.T) {
 	t.Parallel()
-	var workers []*fakeWorker
-	var urls []string
-	for range 4 {
-		w := startWorker(t)
-		workers = append(workers, w)
-		urls = append(urls, w.URL)
-	}
+	workers, urls := startFleet(t, 4)
 	victim := workers[0]
 	r := startRouter(t, append([]string{"--worker-urls"}, urls...)...)
 
@@ -201,13 +195,7 @@ func TestHangingWorkerCutByTimeout(t *testing.T) {
 // the other 3 serve everything.
 func TestMajorityFailing(t *testing.T) {
 	t.Parallel()
-	var workers []*fakeWorker
-	var urls []string
-	for range 8 {
-		w := startWorker(t)
-		workers = append(workers, w)
-		urls = append(urls, w.URL)
-	}
+	workers, urls := startFleet(t, 8)
 	r := startRouter(t, append([]string{"--outlier-consecutive-failures", "3", "--worker-urls"}, urls...)...)
 	for _, w := range workers[:5] {
 		resp := postJSON(t, w.URL+"/_fake/faults", map[string]any{"fail_rate": 1})

@@ -101,13 +101,7 @@ func TestLeastRequestBeatsRoundRobin(t *testing.T) {
 		queueWait float64
 	}
 	setup := func(policy string) (*routerProc, []*fakeWorker) {
-		var workers []*fakeWorker
-		var urls []string
-		for range 4 {
-			w := startWorker(t, "--time-scale", "0.01", "--jitter", "0")
-			workers = append(workers, w)
-			urls = append(urls, w.URL)
-		}
+		workers, urls := startFleet(t, 4, "--time-scale", "0.01", "--jitter", "0")
 		return startRouter(t, append([]string{"--routing-algorithm", policy, "--worker-urls"}, urls...)...), workers
 	}
 	lrRouter, lrWorkers := setup("least-request")

@@ -2,10 +2,7 @@ package router
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -26,23 +23,11 @@ func startDemoWorkers(ctx context.Context, n int, timeScale float64, log *logrus
 		if n > 1 && i == n-1 {
 			cfg.TaskType, cfg.ModelPath = "T2V", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 		}
-		w, err := fakeworker.New(cfg)
-		if err != nil {
-			return nil, err
-		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		url, stop, err := fakeworker.Start(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("demo worker: %w", err)
 		}
-		srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		go w.Run(ctx)
-		go func() {
-			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.WithError(err).Error("demo worker stopped")
-			}
-		}()
-		context.AfterFunc(ctx, func() { _ = srv.Close() })
-		url := "http://" + lis.Addr().String()
+		context.AfterFunc(ctx, stop)
 		log.WithFields(logrus.Fields{"worker": url, "id": cfg.WorkerID, "task_type": cfg.TaskType}).Info("demo worker started")
 		urls = append(urls, url)
 	}
