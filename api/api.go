@@ -421,12 +421,15 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// servable counts workers that can take a request now: active, and not
-// failing Envoy's health checks.
-func servable(snap registry.Snapshot, loads map[string]fleet.Load) int {
+// servable counts workers that Envoy would route a request to now: active,
+// listed by the Envoys (a new worker waits for its first health check
+// there), and not failing health checks or ejected. Without a readable
+// Envoy admin interface the registry's word is all there is.
+func servable(snap registry.Snapshot, loads map[string]fleet.Load, observable bool) int {
 	n := 0
 	for _, w := range snap.Workers {
-		if w.Routable() && !loads[w.Key()].FailingHealthChecks && !loads[w.Key()].Ejected {
+		l := loads[w.Key()]
+		if w.Routable() && (l.Seen || !observable) && !l.FailingHealthChecks && !l.Ejected {
 			n++
 		}
 	}
@@ -435,7 +438,7 @@ func servable(snap registry.Snapshot, loads map[string]fleet.Load) int {
 
 func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 	snap := s.Fleet.Registry().Snapshot()
-	healthy := servable(snap, s.Fleet.Loads())
+	healthy := servable(snap, s.Fleet.Loads(), s.Fleet.Observable())
 	status, code := "healthy", http.StatusOK
 	if healthy == 0 {
 		status, code = "unhealthy", http.StatusServiceUnavailable

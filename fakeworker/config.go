@@ -34,11 +34,13 @@ type Config struct {
 	UpdateTime time.Duration
 
 	// Faults.
-	FailRate     float64       // fraction of generations that answer 500
-	HangRate     float64       // fraction of generations that never answer
-	StartupDelay time.Duration // before the port opens
-	Warmup       time.Duration // port open, /health 200, generation waits
-	Seed         int64
+	FailRate float64 // fraction of generations that answer 500
+	HangRate float64 // fraction of generations that never answer
+	// StreamChunkBytes > 0 streams generation answers chunked (see Faults).
+	StreamChunkBytes int
+	StartupDelay     time.Duration // before the port opens
+	Warmup           time.Duration // port open, /health 200, generation waits
+	Seed             int64
 }
 
 // DefaultConfig models FLUX.1-dev on an H100 at full speed.
@@ -75,6 +77,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("time scale must not be negative")
 	case c.FailRate < 0 || c.FailRate > 1 || c.HangRate < 0 || c.HangRate > 1:
 		return fmt.Errorf("fail and hang rates must be in [0, 1]")
+	case c.StreamChunkBytes < 0:
+		return fmt.Errorf("stream chunk bytes must not be negative")
 	}
 	return nil
 }

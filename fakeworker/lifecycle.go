@@ -56,7 +56,7 @@ func (s *Server) handleVideoCreate(w http.ResponseWriter, r *http.Request) {
 	v := &video{
 		ID: newID("video_"), Object: "video", Status: "queued", CreatedAt: time.Now().Unix(),
 		Model: s.currentModel(), Prompt: p.Prompt, Size: fmt.Sprintf("%dx%d", p.Width, p.Height),
-		Seconds: strconv.FormatFloat(float64(p.Frames)/16, 'f', 2, 64), WorkerID: s.cfg.WorkerID,
+		Seconds: strconv.FormatFloat(float64(p.Frames)/16, 'f', 2, 64), Quality: "standard", WorkerID: s.cfg.WorkerID,
 		cost: s.cost(p),
 	}
 	s.mu.Lock()
@@ -77,6 +77,10 @@ func (s *Server) handleVideoCreate(w http.ResponseWriter, r *http.Request) {
 		v.Status, v.Progress = "completed", 100
 		v.Model = s.modelPath // the weights that produced it
 		v.content = fakeMP4(v.ID)
+		url, file, done := "/v1/videos/"+v.ID+"/content", "/tmp/sglang-fake/"+v.ID+".mp4", time.Now().Unix()
+		took, peak := v.cost.Seconds(), 40960.0
+		v.URL, v.FilePath, v.CompletedAt, v.NumOutputs = &url, &file, &done, 1
+		v.InferenceTime, v.PeakMemoryMB = &took, &peak
 		s.served["video"]++
 	}
 	s.gpu.submit(j)
@@ -316,8 +320,8 @@ func (s *Server) handleSetFaults(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 400, map[string]any{"error": err.Error()})
 		return
 	}
-	if f.FailRate < 0 || f.FailRate > 1 || f.HangRate < 0 || f.HangRate > 1 {
-		writeJSON(w, 400, map[string]any{"error": "fail_rate and hang_rate must be in [0, 1]"})
+	if f.FailRate < 0 || f.FailRate > 1 || f.HangRate < 0 || f.HangRate > 1 || f.StreamChunkBytes < 0 {
+		writeJSON(w, 400, map[string]any{"error": "fail_rate and hang_rate must be in [0, 1], stream_chunk_bytes not negative"})
 		return
 	}
 	s.mu.Lock()

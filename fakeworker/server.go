@@ -48,6 +48,10 @@ type Faults struct {
 	HangRate   float64 `json:"hang_rate"`
 	UpdateFail bool    `json:"update_fail"`
 	UpdateHang bool    `json:"update_hang"`
+	// StreamChunkBytes > 0 sends generation answers the way a streaming
+	// server does: no Content-Length, chunked, a short head flushed first
+	// and then pieces of this many bytes, each flushed.
+	StreamChunkBytes int `json:"stream_chunk_bytes"`
 }
 
 type video struct {
@@ -60,8 +64,17 @@ type video struct {
 	Prompt    string  `json:"prompt"`
 	Size      string  `json:"size"`
 	Seconds   string  `json:"seconds"`
+	Quality   string  `json:"quality"`
 	Error     *string `json:"error"`
 	WorkerID  string  `json:"worker_id"`
+	// Set once the job completed, as sglang-diffusion sets them;
+	// bench_serving.py counts outputs from num_outputs and file_path.
+	URL           *string  `json:"url"`
+	CompletedAt   *int64   `json:"completed_at"`
+	FilePath      *string  `json:"file_path"`
+	NumOutputs    int      `json:"num_outputs"`
+	InferenceTime *float64 `json:"inference_time_s"`
+	PeakMemoryMB  *float64 `json:"peak_memory_mb"`
 
 	cost    time.Duration
 	started time.Time
@@ -84,7 +97,7 @@ func New(cfg Config) (*Server, error) {
 		gpu:       newGPU(),
 		rng:       mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		modelPath: cfg.ModelPath,
-		faults:    Faults{FailRate: cfg.FailRate, HangRate: cfg.HangRate},
+		faults:    Faults{FailRate: cfg.FailRate, HangRate: cfg.HangRate, StreamChunkBytes: cfg.StreamChunkBytes},
 		loras:     map[string]string{},
 		served:    map[string]int{},
 		images:    map[string][]byte{},
@@ -127,6 +140,20 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /_fake/faults", s.handleGetFaults)
 	mux.HandleFunc("POST /_fake/faults", s.handleSetFaults)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// FastAPI tells a wrong method (405, Allow) from an unknown path.
+		var allowed []string
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodPut} {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+				allowed = append(allowed, m)
+			}
+		}
+		if len(allowed) > 0 {
+			w.Header().Set("Allow", strings.Join(allowed, ", "))
+			writeJSON(w, 405, map[string]any{"detail": "Method Not Allowed"})
+			return
+		}
 		writeJSON(w, 404, map[string]any{"detail": "Not Found"})
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -403,7 +430,38 @@ func (s *Server) handleImageGenerations(w http.ResponseWriter, r *http.Request) 
 	if !ok {
 		return
 	}
-	writeJSON(w, 200, s.imageResponse(p, spent, nil))
+	s.writeAnswer(w, s.imageResponse(p, spent, nil))
+}
+
+// writeAnswer sends a generation's 200 answer, streamed in chunks when the
+// stream_chunk_bytes fault asks for it.
+func (s *Server) writeAnswer(w http.ResponseWriter, v any) {
+	s.mu.Lock()
+	chunk := s.faults.StreamChunkBytes
+	s.mu.Unlock()
+	fl, ok := w.(http.Flusher)
+	if chunk <= 0 || !ok {
+		writeJSON(w, 200, v)
+		return
+	}
+	body, err := json.Marshal(v)
+	if err != nil {
+		writeJSON(w, 500, map[string]any{"error": err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	head := min(16, len(body))
+	_, _ = w.Write(body[:head])
+	fl.Flush()
+	for rest := body[head:]; len(rest) > 0; {
+		n := min(chunk, len(rest))
+		if _, err := w.Write(rest[:n]); err != nil {
+			return
+		}
+		fl.Flush()
+		rest = rest[n:]
+	}
 }
 
 // imageResponse renders the OpenAI-style images answer with real PNGs.
@@ -413,14 +471,20 @@ func (s *Server) imageResponse(p genParams, spent time.Duration, extra map[strin
 	for i := range p.N {
 		pic := tinyPNG(p.Seed + int64(i))
 		item := map[string]any{"revised_prompt": p.Prompt, "index": i}
-		imgID := fmt.Sprintf("%s_%d", id, i)
+		// Like sglang, the images of one request share its id and are told
+		// apart by ?variant=N.
+		url, file := "/v1/images/"+id+"/content", "/tmp/sglang-fake/"+id+".png"
+		if p.N > 1 {
+			url += "?variant=" + strconv.Itoa(i)
+			file = fmt.Sprintf("/tmp/sglang-fake/%s_%d.png", id, i)
+		}
 		if p.ResponseFormat == "b64_json" {
 			item["b64_json"] = base64.StdEncoding.EncodeToString(pic)
 		} else {
-			item["url"] = "/v1/images/" + imgID + "/content"
+			item["url"] = url
 		}
-		item["file_path"] = "/tmp/sglang-fake/" + imgID + ".png"
-		s.storeImage(imgID, pic)
+		item["file_path"] = file
+		s.storeImage(imageKey(id, i), pic)
 		data = append(data, item)
 	}
 	out := map[string]any{
@@ -459,9 +523,20 @@ func tinyPNG(seed int64) []byte {
 	return buf.Bytes()
 }
 
+func imageKey(id string, variant int) string { return id + "#" + strconv.Itoa(variant) }
+
 func (s *Server) handleImageContent(w http.ResponseWriter, r *http.Request) {
+	variant := 0
+	if v := r.URL.Query().Get("variant"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			validationError(w, "variant must be a non-negative integer")
+			return
+		}
+		variant = n
+	}
 	s.mu.Lock()
-	pic, ok := s.images[r.PathValue("id")]
+	pic, ok := s.images[imageKey(r.PathValue("id"), variant)]
 	s.mu.Unlock()
 	if !ok {
 		writeJSON(w, 404, map[string]any{"error": "image not found"})
@@ -524,7 +599,7 @@ func (s *Server) handleImageEdits(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, 200, s.imageResponse(p, spent, map[string]any{
+	s.writeAnswer(w, s.imageResponse(p, spent, map[string]any{
 		"input_bytes": inputBytes, "input_files": files, "input_sha256": hex.EncodeToString(h.Sum(nil)),
 	}))
 }

@@ -3,8 +3,10 @@ package fakeworker
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -161,7 +163,14 @@ func TestVideoJobLifecycle(t *testing.T) {
 		_ = json.NewDecoder(resp.Body).Decode(&job)
 		resp.Body.Close()
 		if job["status"] == "completed" {
+			// The fields bench_serving.py reads to count outputs.
+			if job["num_outputs"] != 1.0 || job["file_path"] == nil || job["url"] != "/v1/videos/"+id+"/content" || job["completed_at"] == nil {
+				t.Fatalf("completed job lacks sglang's fields: %v", job)
+			}
 			break
+		}
+		if job["file_path"] != nil || job["num_outputs"] != 0.0 {
+			t.Fatalf("unfinished job claims outputs: %v", job)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("job still %v", job["status"])
@@ -221,5 +230,83 @@ func TestFaults(t *testing.T) {
 	}
 	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"fial_rate": 1}`); code != 400 {
 		t.Fatal("accepted an unknown field")
+	}
+}
+
+func TestImageVariants(t *testing.T) {
+	srv := newTestWorker(t, nil)
+	code, v, _ := post(t, srv.URL+"/v1/images/generations", `{"prompt":"two","n":2,"num_inference_steps":1,"seed":7}`)
+	if code != 200 {
+		t.Fatalf("generate = %d %v", code, v)
+	}
+	data := v["data"].([]any)
+	seen := map[string]bool{}
+	for i, d := range data {
+		url := d.(map[string]any)["url"].(string)
+		if want := "?variant=" + strconv.Itoa(i); !strings.HasSuffix(url, "/content"+want) {
+			t.Fatalf("image %d url %q lacks %s", i, url, want)
+		}
+		resp, err := http.Get(srv.URL + url)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", url, err, resp)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		seen[string(b)] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("the two variants served %d distinct images", len(seen))
+	}
+	resp, err := http.Get(srv.URL + data[0].(map[string]any)["url"].(string)[:len("/v1/images/")+len(v["id"].(string))] + "/content?variant=x")
+	if err != nil || resp.StatusCode != 422 {
+		t.Fatalf("bad variant: %v %v", err, resp)
+	}
+	resp.Body.Close()
+}
+
+func TestWrongMethodIs405(t *testing.T) {
+	srv := newTestWorker(t, nil)
+	for _, tt := range []struct {
+		method, path string
+		want         int
+	}{
+		{"POST", "/v1/models", 405}, {"GET", "/v1/images/generations", 405}, {"PUT", "/v1/videos/x", 405},
+		{"GET", "/no/such/path", 404},
+	} {
+		req, _ := http.NewRequest(tt.method, srv.URL+tt.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want || body["detail"] == nil {
+			t.Errorf("%s %s = %d %v, want %d with a detail", tt.method, tt.path, resp.StatusCode, body, tt.want)
+		}
+		if tt.want == 405 && resp.Header.Get("Allow") == "" {
+			t.Errorf("%s %s: 405 without Allow", tt.method, tt.path)
+		}
+	}
+}
+
+func TestStreamedAnswers(t *testing.T) {
+	srv := newTestWorker(t, func(c *Config) { c.StreamChunkBytes = 1000 })
+	prompt := strings.Repeat("p", 50_000)
+	resp, err := http.Post(srv.URL+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"`+prompt+`","num_inference_steps":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength != -1 || len(resp.TransferEncoding) == 0 || resp.TransferEncoding[0] != "chunked" {
+		t.Fatalf("answer not chunked: length %d, encoding %v", resp.ContentLength, resp.TransferEncoding)
+	}
+	var v struct {
+		Data []struct {
+			RevisedPrompt string `json:"revised_prompt"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || len(v.Data) != 1 || v.Data[0].RevisedPrompt != prompt {
+		t.Fatalf("streamed answer broken: %v", err)
 	}
 }

@@ -80,11 +80,14 @@ type Manager struct {
 
 	ops opLock
 
-	mu      sync.Mutex
-	load    map[string]Load // worker key -> what Envoys see
-	drains  map[string]*drain
-	wg      sync.WaitGroup
-	baseCtx context.Context
+	mu   sync.Mutex
+	load map[string]Load // worker key -> what Envoys see
+	// confirmed holds workers that a routability check found healthy in
+	// every Envoy since the last observation that listed them.
+	confirmed map[string]bool
+	drains    map[string]*drain
+	wg        sync.WaitGroup
+	baseCtx   context.Context
 }
 
 // Load is what the connected Envoys report about one worker, summed.
@@ -96,6 +99,10 @@ type Load struct {
 	FailingHealthChecks bool `json:"failing_health_checks"`
 	// Ejected is true when any Envoy's outlier detection ejected it.
 	Ejected bool `json:"ejected"`
+	// Seen is true once an Envoy listed the worker as healthy or a
+	// routability check confirmed it: until then Envoy does not route to a
+	// new worker, whatever the registry says.
+	Seen bool `json:"-"`
 }
 
 // NewManager wires a manager. ctx bounds the background work it starts.
@@ -126,12 +133,13 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 	return &Manager{
 		reg: reg, syncer: syncer, cfg: cfg, log: log,
 		// No redirects: a worker's answer is taken as it is.
-		client:  &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		admin:   envoy.NewAdminClient(),
-		resolve: cfg.Resolve,
-		load:    map[string]Load{},
-		drains:  map[string]*drain{},
-		baseCtx: ctx,
+		client:    &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		admin:     envoy.NewAdminClient(),
+		resolve:   cfg.Resolve,
+		load:      map[string]Load{},
+		confirmed: map[string]bool{},
+		drains:    map[string]*drain{},
+		baseCtx:   ctx,
 	}
 }
 
@@ -289,6 +297,9 @@ func (m *Manager) waitRoutable(ctx context.Context, w registry.Worker, gen uint6
 	defer cancel()
 	for {
 		if m.routableEverywhere(ctx, w) {
+			m.mu.Lock()
+			m.confirmed[w.Key()] = true
+			m.mu.Unlock()
 			return n, true
 		}
 		select {

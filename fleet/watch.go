@@ -18,11 +18,27 @@ import (
 func (m *Manager) Loads() map[string]Load {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make(map[string]Load, len(m.load))
+	out := make(map[string]Load, len(m.load)+len(m.confirmed))
 	for k, v := range m.load {
 		out[k] = v
 	}
+	for k := range m.confirmed {
+		l := out[k]
+		l.Seen = true
+		out[k] = l
+	}
 	return out
+}
+
+// Observable reports whether any connected Envoy's admin interface can be
+// read: only then does Load.Seen say anything.
+func (m *Manager) Observable() bool {
+	for _, n := range m.syncer.Nodes() {
+		if n.AdminAddress != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Observe reads every connected Envoy's admin /clusters at the observe
@@ -63,6 +79,7 @@ func (m *Manager) observeOnce(ctx context.Context) {
 			l.Errors += h.RqError
 			l.FailingHealthChecks = l.FailingHealthChecks || h.FailedActiveHC
 			l.Ejected = l.Ejected || h.FailedOutlier
+			l.Seen = true
 			if h.FailedOutlier {
 				ejectedBy[h.Hostname] = append(ejectedBy[h.Hostname], n.ID)
 			}
@@ -86,6 +103,11 @@ func (m *Manager) observeOnce(ctx context.Context) {
 	}
 	m.mu.Lock()
 	m.load = out
+	for k := range m.confirmed {
+		if _, listed := out[k]; listed {
+			delete(m.confirmed, k) // Envoy's own word from now on
+		}
+	}
 	m.mu.Unlock()
 }
 

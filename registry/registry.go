@@ -51,6 +51,19 @@ type Capabilities struct {
 	Models    []json.RawMessage `json:"-"` // the entries as the worker sent them
 }
 
+// Image task types: the workers image generations and edits prefer.
+var imageTaskTypes = map[string]bool{"T2I": true, "I2I": true, "TI2I": true}
+
+// Image reports whether the worker generates or edits images.
+func (c Capabilities) Image() bool {
+	for _, t := range c.TaskTypes {
+		if imageTaskTypes[strings.ToUpper(t)] {
+			return true
+		}
+	}
+	return false
+}
+
 // Video reports whether the worker can serve /v1/videos.
 func (c Capabilities) Video() bool {
 	for _, t := range c.TaskTypes {

@@ -44,6 +44,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.UpdateTime, "update-time", cfg.UpdateTime, "time update_weights_from_disk blocks the queue, unscaled")
 	fs.Float64Var(&cfg.FailRate, "fail-rate", 0, "fraction of generations that answer 500")
 	fs.Float64Var(&cfg.HangRate, "hang-rate", 0, "fraction of generations that never answer")
+	fs.IntVar(&cfg.StreamChunkBytes, "stream-chunk-bytes", 0, "stream generation answers chunked, without Content-Length, in pieces of this size (0: one write)")
 	fs.DurationVar(&cfg.StartupDelay, "startup-delay", 0, "wait before opening the port")
 	fs.DurationVar(&cfg.Warmup, "warmup", 0, "after the port opens, generations wait this long (health answers at once)")
 	fs.Int64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")

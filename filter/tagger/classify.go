@@ -68,6 +68,9 @@ type Defaults struct {
 // BodyFacts is what the filter learns from a generation body.
 type BodyFacts struct {
 	Model string
+	// ResponseFormat is the image answer's form ("url" or "b64_json"),
+	// empty when the request leaves it to the server.
+	ResponseFormat string
 	// Cost is the estimated GPU work in megapixel-steps:
 	// n x steps x W x H x frames / 2^20.
 	Cost int64
@@ -77,6 +80,7 @@ type BodyFacts struct {
 func ParseBody(t Task, body []byte, d Defaults) (BodyFacts, error) {
 	var req struct {
 		Model  string      `json:"model"`
+		Format string      `json:"response_format"`
 		N      json.Number `json:"n"`
 		Steps  json.Number `json:"num_inference_steps"`
 		Size   string      `json:"size"`
@@ -112,7 +116,7 @@ func ParseBody(t Task, body []byte, d Defaults) (BodyFacts, error) {
 	}
 	// In float: the product of five client-chosen numbers can overflow int64.
 	cost := float64(n) * float64(steps) * float64(w) * float64(h) * float64(frames) / (1 << 20)
-	return BodyFacts{Model: req.Model, Cost: int64(min(max(cost, 1), 1e15))}, nil
+	return BodyFacts{Model: req.Model, ResponseFormat: req.Format, Cost: int64(min(max(cost, 1), 1e15))}, nil
 }
 
 func intOr(n json.Number, def int) int {

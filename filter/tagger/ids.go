@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/diffrouter/diffusion-router/filter/jobid"
 )
@@ -29,7 +30,13 @@ func WrapIDs(body []byte, s jobid.Signer, workerKey string) ([]byte, bool, error
 			if u, ok := obj["url"].(string); ok {
 				if prefix, id, suffix, ok := jobPath(u); ok && suffix == "/content" {
 					if _, _, wrapped := s.Unwrap(id); !wrapped {
-						obj["url"] = prefix + s.Wrap(id, workerKey) + suffix
+						// The query stays: sglang tells the images of one
+						// request apart by ?variant=N.
+						query := ""
+						if i := strings.IndexByte(u, '?'); i >= 0 {
+							query = u[i:]
+						}
+						obj["url"] = prefix + s.Wrap(id, workerKey) + suffix + query
 						changed = true
 					}
 				}

@@ -47,6 +47,13 @@ type Config struct {
 	FailClosed bool `json:"fail_closed"`
 }
 
+// MaxHeldBytes bounds what the plugin may hold of one body. Envoy cuts a
+// held body that outgrows the front listener's buffer limit, and one read
+// from a worker can bring about 1 MiB at once; the control plane sizes that
+// limit so that what is held plus one read always fits (see
+// translate.FrontBufferLimit).
+const MaxHeldBytes = 1 << 20
+
 // ParseConfig reads and checks the plugin configuration.
 func ParseConfig(b []byte) (Config, error) {
 	c := Config{MaxBodyBytes: 64 << 10, Defaults: Defaults{Steps: 50, Width: 1024, Height: 1024, VideoFrames: 81}}
@@ -60,8 +67,8 @@ func ParseConfig(b []byte) (Config, error) {
 	switch {
 	case len(c.Secret) < 16:
 		return c, fmt.Errorf("plugin configuration: secret must be at least 16 characters")
-	case c.MaxBodyBytes <= 0 || c.MaxBodyBytes > 16<<20:
-		return c, fmt.Errorf("plugin configuration: max_body_bytes must be in (0, 16 MiB]")
+	case c.MaxBodyBytes <= 0 || c.MaxBodyBytes > MaxHeldBytes:
+		return c, fmt.Errorf("plugin configuration: max_body_bytes must be in (0, %d]", MaxHeldBytes)
 	case c.Defaults.Steps <= 0 || c.Defaults.Width <= 0 || c.Defaults.Height <= 0 || c.Defaults.VideoFrames <= 0:
 		return c, fmt.Errorf("plugin configuration: defaults must be positive")
 	}
@@ -242,6 +249,11 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 		return c.fail("set "+HeaderCost, err)
 	}
 	c.p.metrics.cost.Record(uint64(facts.Cost))
+	if facts.ResponseFormat == "b64_json" {
+		// Base64 images carry no id a client could come back with: the
+		// answer (megabytes) streams through untouched.
+		c.rewrite = false
+	}
 	return types.ActionContinue
 }
 

@@ -272,6 +272,61 @@ func TestImageURLsWrapped(t *testing.T) {
 	}
 }
 
+func TestImageVariantsKeepTheirQuery(t *testing.T) {
+	signer := jobid.NewSigner([]byte(testSecret))
+	key := jobid.WorkerKey("http://w:1")
+	body := []byte(`{"id":"img_9","data":[{"url":"/v1/images/img_9/content?variant=0"},{"url":"/v1/images/img_9/content?variant=1"}]}`)
+	out, changed, err := WrapIDs(body, signer, key)
+	if err != nil || !changed {
+		t.Fatalf("WrapIDs: %v %v", changed, err)
+	}
+	var doc struct {
+		Data []struct {
+			URL string `json:"url"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range doc.Data {
+		want := "?variant=" + strconv.Itoa(i)
+		if !strings.HasSuffix(d.URL, "/content"+want) {
+			t.Fatalf("url %d = %q, want it to end in /content%s", i, d.URL, want)
+		}
+		_, inner, _, ok := jobPath(d.URL)
+		if orig, k, ok2 := signer.Unwrap(inner); !ok || !ok2 || orig != "img_9" || k != key {
+			t.Fatalf("url %d = %q: id not wrapped for the worker", i, d.URL)
+		}
+	}
+	if doc.Data[0].URL == doc.Data[1].URL {
+		t.Fatal("both images got the same url")
+	}
+}
+
+// An answer the plugin must not change is never held: b64 images carry no
+// id a client comes back with, so they stream through as they arrive.
+func TestBase64AnswersStreamUnheld(t *testing.T) {
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		for _, tt := range []struct {
+			format   string
+			wantHold bool
+		}{{"b64_json", false}, {"url", true}, {"", true}} {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"}}, false)
+			req := `{"prompt":"p"}`
+			if tt.format != "" {
+				req = `{"prompt":"p","response_format":"` + tt.format + `"}`
+			}
+			host.CallOnRequestBody(id, []byte(req), true)
+			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {HeaderWorker, "http://w:1"}}, false)
+			a := host.CallOnResponseBody(id, []byte(`{"id":"img_1","data":[{"b64_json":"`), false)
+			if held := a != types.ActionContinue; held != tt.wantHold {
+				t.Fatalf("response_format %q: first chunk action %v, want held=%v", tt.format, a, tt.wantHold)
+			}
+		}
+	})
+}
+
 func TestConfig(t *testing.T) {
 	for _, bad := range []string{`{"secret":"short"}`, `{"secret":"0123456789abcdef0","max_body_bytes":0}`, `{"secret":"0123456789abcdef0","nope":1}`, `{`} {
 		if _, err := ParseConfig([]byte(bad)); err == nil {

@@ -46,6 +46,8 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 			{Keys: []string{SubsetKeyWorker}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK, SingleHostPerSubset: true},
 			{Keys: []string{SubsetKeyModel}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
 			{Keys: []string{SubsetKeyModel, SubsetKeyVideo}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{SubsetKeyImage}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{SubsetKeyImage, SubsetKeyModel}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
 		},
 		SubsetLbPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: child}}},
 	})
@@ -62,8 +64,9 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
 			EdsConfig: adsSource(),
 		},
-		ConnectTimeout:      durationpb.New(o.ConnectTimeout),
-		LoadBalancingPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: subset}}},
+		ConnectTimeout:                durationpb.New(o.ConnectTimeout),
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(WorkerReadLimit),
+		LoadBalancingPolicy:           &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: subset}}},
 		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
 			// Envoy's default 50 % would, once half the fleet is out, spread
 			// traffic over failed and draining workers too.

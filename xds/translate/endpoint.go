@@ -38,6 +38,7 @@ func lbEndpoint(w registry.Worker) *endpointv3.LbEndpoint {
 	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 		"envoy.lb": {Fields: map[string]*structpb.Value{
 			SubsetKeyVideo:  structpb.NewBoolValue(w.Caps.Video()),
+			SubsetKeyImage:  structpb.NewBoolValue(w.Caps.Image()),
 			SubsetKeyWorker: structpb.NewStringValue(jobid.WorkerKey(w.Key())),
 		}},
 		metadataNamespace: {Fields: map[string]*structpb.Value{

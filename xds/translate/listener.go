@@ -57,8 +57,9 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 		return nil, err
 	}
 	return &listenerv3.Listener{
-		Name:    ListenerFront,
-		Address: socketAddress(o.ListenAddress, o.ListenPort),
+		Name:                          ListenerFront,
+		Address:                       socketAddress(o.ListenAddress, o.ListenPort),
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(FrontBufferLimit),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       "envoy.filters.network.http_connection_manager",

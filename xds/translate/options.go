@@ -18,8 +18,20 @@ const (
 
 	// Endpoint metadata keys the subset load balancer selects on.
 	SubsetKeyVideo  = "video"
+	SubsetKeyImage  = "image"
 	SubsetKeyWorker = "worker"
 	SubsetKeyModel  = "model"
+
+	// WorkerReadLimit is the workers cluster's per-connection buffer limit:
+	// one read from a worker brings at most this much (plus one 16 KiB
+	// slice) to the filters at once.
+	WorkerReadLimit = 1 << 20
+	// FrontBufferLimit is the front listener's buffer limit, which also
+	// bounds what a filter may hold of one stream. It leaves room for the
+	// Wasm filter's largest hold (1 MiB) plus one worker read, so an answer
+	// the filter holds is never cut by Envoy (rs_too_large), however the
+	// worker chunks it.
+	FrontBufferLimit = 4 << 20
 
 	// transportSocketMatchKey is the endpoint metadata filter Envoy reads to
 	// pick a transport socket per endpoint (TLS for https:// workers).

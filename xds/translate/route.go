@@ -68,10 +68,17 @@ type Fleet struct {
 	// whose memory is released.
 	Routable, VideoRoutable int
 	Asleep, VideoAsleep     int
+	// ImageRoutable counts routable workers with an image task type.
+	ImageRoutable int
 	// Models and VideoModels are the models registered workers serve,
-	// sorted.
-	Models, VideoModels []string
+	// ImageModels those image workers serve; sorted.
+	Models, VideoModels, ImageModels []string
 }
+
+// ImagePaths are requests an image worker serves best: generations and
+// edits, and the model description clients read before sending them.
+// While any image worker is routable they go to image workers only.
+var ImagePaths = []string{"/v1/images/generations", "/v1/images/edits", "/v1/model_info", "/model_info"}
 
 // FrontRoutes is the route table of the front listener.
 func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
@@ -113,7 +120,17 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		case f.VideoRoutable == 0 && f.VideoAsleep > 0:
 			routes = append(routes, &routev3.Route{Match: m(), Action: directResponse(503, MsgFleetAsleep)})
 		default:
-			routes = append(routes, modelRoutes(o, m, f.VideoModels, true)...)
+			routes = append(routes, modelRoutes(o, m, f.VideoModels, SubsetKeyVideo)...)
+		}
+	}
+
+	// Images prefer image workers; with none routable they go to any.
+	if f.ImageRoutable > 0 {
+		for _, p := range ImagePaths {
+			m := func() *routev3.RouteMatch {
+				return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}}
+			}
+			routes = append(routes, modelRoutes(o, m, f.ImageModels, SubsetKeyImage)...)
 		}
 	}
 
@@ -128,7 +145,7 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	case f.Routable == 0 && f.Asleep > 0:
 		routes = append(routes, &routev3.Route{Match: catchAll(), Action: directResponse(503, MsgFleetAsleep)})
 	default:
-		routes = append(routes, modelRoutes(o, catchAll, f.Models, false)...)
+		routes = append(routes, modelRoutes(o, catchAll, f.Models, "")...)
 	}
 
 	return &routev3.RouteConfiguration{
@@ -144,8 +161,8 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 // modelRoutes routes one match to the workers: a request naming a model
 // (x-diffusion-model, set by the filter from the body) goes to a worker that
 // serves it, one naming a model nobody serves gets 404, one naming none
-// goes to any worker (of the right task type when video is set).
-func modelRoutes(o Options, match func() *routev3.RouteMatch, models []string, video bool) []*routev3.Route {
+// goes to any worker (of the task type subsetKey names, when set).
+func modelRoutes(o Options, match func() *routev3.RouteMatch, models []string, subsetKey string) []*routev3.Route {
 	routed := func(m *routev3.RouteMatch, fields map[string]*structpb.Value) *routev3.Route {
 		a := workersAction(o)
 		if len(fields) > 0 {
@@ -154,8 +171,8 @@ func modelRoutes(o Options, match func() *routev3.RouteMatch, models []string, v
 		return &routev3.Route{Match: m, Action: &routev3.Route_Route{Route: a}, ResponseHeadersToAdd: servedByHeaders()}
 	}
 	base := func() map[string]*structpb.Value {
-		if video {
-			return map[string]*structpb.Value{SubsetKeyVideo: structpb.NewBoolValue(true)}
+		if subsetKey != "" {
+			return map[string]*structpb.Value{subsetKey: structpb.NewBoolValue(true)}
 		}
 		return map[string]*structpb.Value{}
 	}

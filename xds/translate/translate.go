@@ -48,7 +48,7 @@ func FleetOf(workers []registry.Worker) Fleet {
 		q := w.State == registry.StateQuarantined
 		asleep := w.State == registry.StateActive && w.Asleep
 		routable := w.Routable()
-		video := w.Caps.Video()
+		video, image := w.Caps.Video(), w.Caps.Image()
 		f.Workers++
 		f.Quarantined += b2i(q)
 		f.Asleep += b2i(asleep)
@@ -59,17 +59,23 @@ func FleetOf(workers []registry.Worker) Fleet {
 			f.VideoAsleep += b2i(asleep)
 			f.VideoRoutable += b2i(routable)
 		}
+		if image {
+			f.ImageRoutable += b2i(routable)
+		}
 		if len(w.Caps.ModelIDs) > 0 {
 			f.Models = append(f.Models, w.Caps.ModelIDs[0])
 			if video {
 				f.VideoModels = append(f.VideoModels, w.Caps.ModelIDs[0])
 			}
+			if image {
+				f.ImageModels = append(f.ImageModels, w.Caps.ModelIDs[0])
+			}
 		}
 	}
-	slices.Sort(f.Models)
-	f.Models = slices.Compact(f.Models)
-	slices.Sort(f.VideoModels)
-	f.VideoModels = slices.Compact(f.VideoModels)
+	for _, l := range []*[]string{&f.Models, &f.VideoModels, &f.ImageModels} {
+		slices.Sort(*l)
+		*l = slices.Compact(*l)
+	}
 	return f
 }
 

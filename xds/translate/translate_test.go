@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/diffrouter/diffusion-router/filter/tagger"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
@@ -79,7 +80,7 @@ func childPolicy(t *testing.T, c *clusterv3.Cluster) proto.Message {
 			t.Errorf("selector %v falls back: a request could reach a worker that cannot serve it", sel.GetKeys())
 		}
 	}
-	if want := []string{"video", "worker", "model", "model+video"}; !slices.Equal(keys, want) {
+	if want := []string{"video", "worker", "model", "model+video", "image", "image+model"}; !slices.Equal(keys, want) {
 		t.Errorf("selectors = %v, want %v", keys, want)
 	}
 	m, err := s.GetSubsetLbPolicy().GetPolicies()[0].GetTypedExtensionConfig().GetTypedConfig().UnmarshalNew()
@@ -431,5 +432,62 @@ func TestFilterRoutesAndListener(t *testing.T) {
 	}
 	if want := []string{"envoy.filters.http.wasm", "envoy.filters.http.header_to_metadata", "envoy.filters.http.router"}; !slices.Equal(names, want) {
 		t.Fatalf("filters = %v, want %v", names, want)
+	}
+}
+
+// Image requests prefer image workers while one is routable, and go to any
+// worker when none is.
+func TestImageRoutesPreferImageWorkers(t *testing.T) {
+	imageSubset := func(rc *routev3.RouteConfiguration, path string) (found, restricted bool) {
+		for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
+			if r.GetMatch().GetPath() != path || len(r.GetMatch().GetHeaders()) > 0 {
+				continue
+			}
+			f := r.GetRoute().GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()
+			return true, f[SubsetKeyImage].GetBoolValue()
+		}
+		return false, false
+	}
+	tests := []struct {
+		name  string
+		fleet Fleet
+		want  bool
+	}{
+		{"image and video workers", Fleet{Workers: 2, Routable: 2, VideoWorkers: 1, VideoRoutable: 1, ImageRoutable: 1}, true},
+		{"only video workers", Fleet{Workers: 1, Routable: 1, VideoWorkers: 1, VideoRoutable: 1}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rc := FrontRoutes(testOptions(), tt.fleet)
+			for _, p := range ImagePaths {
+				found, restricted := imageSubset(rc, p)
+				if found != tt.want || restricted != tt.want {
+					t.Errorf("%s: own route %v, image subset %v; want %v", p, found, restricted, tt.want)
+				}
+			}
+		})
+	}
+	w := worker(t, "http://127.0.0.1:9", "127.0.0.1", registry.StateActive, "T2I")
+	if f := FleetOf([]registry.Worker{w}); f.ImageRoutable != 1 {
+		t.Fatalf("a T2I worker is not counted as an image worker: %+v", f)
+	}
+}
+
+// What the Wasm filter may hold plus one read from a worker must fit the
+// front listener's buffer, or Envoy cuts held answers.
+func TestBufferLimitsLeaveRoomForHeldBodies(t *testing.T) {
+	if need := tagger.MaxHeldBytes + WorkerReadLimit + 16<<10; FrontBufferLimit <= need {
+		t.Fatalf("front buffer limit %d, need more than %d", FrontBufferLimit, need)
+	}
+	l, err := FrontListener(testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := WorkersCluster(testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.GetPerConnectionBufferLimitBytes().GetValue() != FrontBufferLimit || c.GetPerConnectionBufferLimitBytes().GetValue() != WorkerReadLimit {
+		t.Fatalf("limits not set: listener %v, cluster %v", l.GetPerConnectionBufferLimitBytes(), c.GetPerConnectionBufferLimitBytes())
 	}
 }
