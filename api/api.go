@@ -254,6 +254,8 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 		"status": "ok", "added": res.Created, "readmitted": res.Revived, "synced": res.Synced, "envoys": res.Envoys,
 		"worker": s.view(res.Worker, s.Fleet.Loads()), "urls": s.urls(),
 	}
+	// The seed (Miles) router answers the list as worker_urls.
+	out["worker_urls"] = out["urls"]
 	if res.HealthError != "" {
 		out["warning"] = "worker registered, but its /health did not answer: " + res.HealthError
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -57,27 +58,26 @@ func TestTwoEnvoyReplicas(t *testing.T) {
 	eventually(t, 20*time.Second, "both replicas to run the current configuration", func() bool {
 		return strings.Contains(string(get(t, api+"/metrics").Body), `diffusion_router_envoys_connected{synced="true"} 2`)
 	})
-	routes := func(admin string) string {
+	// Compared as JSON values: Envoy prints the fields of a metadata
+	// match (a protobuf Struct) in no fixed order.
+	routes := func(admin string) []any {
 		var dump struct {
-			Configs []json.RawMessage `json:"configs"`
+			Configs []struct {
+				VersionInfo string `json:"version_info"`
+				RouteConfig any    `json:"route_config"`
+			} `json:"configs"`
 		}
 		if err := json.Unmarshal(get(t, admin+"/config_dump?resource=dynamic_route_configs").Body, &dump); err != nil {
 			t.Fatal(err)
 		}
-		var b strings.Builder
+		var out []any
 		for _, c := range dump.Configs {
-			var rc struct {
-				VersionInfo string          `json:"version_info"`
-				RouteConfig json.RawMessage `json:"route_config"`
-			}
-			_ = json.Unmarshal(c, &rc)
-			b.WriteString(rc.VersionInfo)
-			b.Write(rc.RouteConfig)
+			out = append(out, c.VersionInfo, c.RouteConfig)
 		}
-		return b.String()
+		return out
 	}
-	if ra, rb := routes(adminA), routes(adminB); ra == "" || ra != rb {
-		t.Fatalf("the replicas run different routes:\n%.300s\n%.300s", ra, rb)
+	if ra, rb := routes(adminA), routes(adminB); len(ra) == 0 || !reflect.DeepEqual(ra, rb) {
+		t.Fatalf("the replicas run different routes:\n%.300v\n%.300v", ra, rb)
 	}
 
 	// Both replicas listen on the one front port (SO_REUSEPORT), so the

@@ -37,11 +37,13 @@ func Classify(method, path string) Task {
 		path = path[:i]
 	}
 	switch {
-	case method == "POST" && path == "/v1/images/generations":
+	// /generate and /generate_video are the seed (Miles) router's names for
+	// the same two calls; Envoy rewrites them to the worker's paths.
+	case method == "POST" && (path == "/v1/images/generations" || path == "/generate"):
 		return TaskImage
 	case method == "POST" && path == "/v1/images/edits":
 		return TaskImageEdit
-	case method == "POST" && path == "/v1/videos":
+	case method == "POST" && (path == "/v1/videos" || path == "/generate_video"):
 		return TaskVideo
 	case path == "/v1/videos" || strings.HasPrefix(path, "/v1/videos/"):
 		return TaskVideoPoll
@@ -130,23 +132,23 @@ func intOr(n json.Number, def int) int {
 	return i
 }
 
-// jobPath splits a job path into its prefix, id and suffix:
-// /v1/videos/{id}, /v1/videos/{id}/content, /v1/images/{id}/content.
+// jobPath splits a path under a job prefix (/v1/videos/, /v1/images/) into
+// the prefix, the job id (the first segment, possibly empty) and the rest
+// (possibly empty, with its leading slash). Every such path names a job and
+// must carry an id the router signed; only the creation paths
+// /v1/images/generations and /v1/images/edits are not job paths.
 func jobPath(path string) (prefix, id, suffix string, ok bool) {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
 	}
 	for _, p := range []string{"/v1/videos/", "/v1/images/"} {
-		if !strings.HasPrefix(path, p) {
+		rest, found := strings.CutPrefix(path, p)
+		if !found || (p == "/v1/images/" && (rest == "generations" || rest == "edits")) {
 			continue
 		}
-		rest := path[len(p):]
 		id, suffix, _ = strings.Cut(rest, "/")
-		if suffix != "" {
-			suffix = "/" + suffix
-		}
-		if id == "" || (p == "/v1/images/" && suffix != "/content") || (suffix != "" && suffix != "/content") {
-			return "", "", "", false
+		if i := len(id); i < len(rest) {
+			suffix = rest[i:]
 		}
 		return p, id, suffix, true
 	}

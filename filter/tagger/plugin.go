@@ -159,7 +159,9 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		_ = proxywasm.ReplaceHttpRequestHeader(HeaderReqID, newRequestID())
 	}
 
-	if prefix, wrapped, suffix, ok := jobPath(path); ok && (method == "GET" || method == "DELETE" || method == "HEAD") {
+	// Every path under a job prefix goes to the job's worker or nowhere:
+	// one check, whatever the method or the rest of the path.
+	if prefix, wrapped, suffix, ok := jobPath(path); ok {
 		return c.pinToWorker(path, prefix, wrapped, suffix)
 	}
 	switch {
@@ -213,7 +215,9 @@ func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Ac
 		return c.fail("set "+HeaderTarget, err)
 	}
 	c.jobKey = key
-	c.rewrite = suffix == "" // a job object comes back; content does not
+	// A job object (or a new job of the same worker) comes back as JSON;
+	// content is not JSON and passes untouched.
+	c.rewrite = true
 	return types.ActionContinue
 }
 

@@ -350,6 +350,9 @@ func TestClassify(t *testing.T) {
 	tests := []struct{ method, path, want string }{
 		{"POST", "/v1/images/generations?x=1", "image"},
 		{"POST", "/v1/images/edits", "image-edit"},
+		{"POST", "/generate", "image"},
+		{"POST", "/generate_video", "video"},
+		{"GET", "/generate", "other"},
 		{"GET", "/v1/images/generations", "other"},
 		{"POST", "/v1/videos", "video"},
 		{"GET", "/v1/videos/abc", "video-poll"},
@@ -389,4 +392,47 @@ func BenchmarkGenerationRequest(b *testing.B) {
 		host.CallOnResponseHeaders(id, respHeaders, false)
 		host.CompleteHttpContext(id)
 	}
+}
+
+// Every path under a job prefix carries an id the router signed or is
+// refused by the filter, whatever the method or the rest of the path.
+func TestJobPathsNeedSignedIDs(t *testing.T) {
+	signer := jobid.NewSigner([]byte(testSecret))
+	key := jobid.WorkerKey("http://127.0.0.1:30001")
+	signed := signer.Wrap("video_1", key)
+	tests := []struct {
+		method, path string
+		wantPath     string // "" means refused with 404
+	}{
+		{"GET", "/v1/videos/raw", ""},
+		{"GET", "/v1/videos/raw/content/", ""},
+		{"GET", "/v1/videos/raw/x", ""},
+		{"GET", "/v1/videos/", ""},
+		{"POST", "/v1/videos/raw/remix", ""},
+		{"GET", "/v1/images/raw", ""},
+		{"GET", "/v1/images/raw/content?variant=1", ""},
+		{"GET", "/v1/videos/" + signed, "/v1/videos/video_1"},
+		{"POST", "/v1/videos/" + signed + "/remix", "/v1/videos/video_1/remix"},
+		{"GET", "/v1/images/" + signed + "/content?variant=1", "/v1/images/video_1/content?variant=1"},
+	}
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		for _, tt := range tests {
+			id := host.InitializeHttpContext()
+			a := host.CallOnRequestHeaders(id, [][2]string{{":method", tt.method}, {":path", tt.path}}, true)
+			local := host.GetSentLocalResponse(id)
+			if tt.wantPath == "" {
+				if a != types.ActionPause || local == nil || local.StatusCode != 404 {
+					t.Errorf("%s %s: action %v, local reply %+v; want refused with 404", tt.method, tt.path, a, local)
+				}
+				continue
+			}
+			h := host.GetCurrentRequestHeaders(id)
+			if p, _ := header(h, ":path"); a != types.ActionContinue || local != nil || p != tt.wantPath {
+				t.Errorf("%s %s: action %v, path %q; want it pinned as %q", tt.method, tt.path, a, p, tt.wantPath)
+			}
+			if k, _ := header(h, HeaderTarget); tt.wantPath != "" && k != key {
+				t.Errorf("%s %s: target %q, want %q", tt.method, tt.path, k, key)
+			}
+		}
+	})
 }

@@ -38,6 +38,9 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 	subset, err := typed("envoy.load_balancing_policies.subset", &subsetv3.Subset{
 		// Requests that name no subset (everything but video) may use any worker.
 		FallbackPolicy: subsetv3.Subset_ANY_ENDPOINT,
+		// A worker's "model" is the list of every id its /v1/models names;
+		// a route naming one of them matches.
+		ListAsAny: true,
 		// No fallback for any selector: a video job never goes to a worker
 		// that cannot run it, a job poll never to another worker than the
 		// one holding the job, a model never to a worker without it.

@@ -48,7 +48,11 @@ func lbEndpoint(w registry.Worker) *endpointv3.LbEndpoint {
 		}},
 	}}
 	if len(w.Caps.ModelIDs) > 0 {
-		md.FilterMetadata["envoy.lb"].Fields[SubsetKeyModel] = structpb.NewStringValue(w.Caps.ModelIDs[0])
+		ids := make([]*structpb.Value, len(w.Caps.ModelIDs))
+		for i, m := range w.Caps.ModelIDs {
+			ids[i] = structpb.NewStringValue(m)
+		}
+		md.FilterMetadata["envoy.lb"].Fields[SubsetKeyModel] = structpb.NewListValue(&structpb.ListValue{Values: ids})
 	}
 	if w.URL.TLS() {
 		md.FilterMetadata[transportSocketMatchKey] = &structpb.Struct{Fields: map[string]*structpb.Value{

@@ -31,6 +31,7 @@ type goldenInput struct {
 		State     string   `json:"state"`
 		TaskTypes []string `json:"task_types"`
 		Model     string   `json:"model"`
+		Models    []string `json:"models"`
 	} `json:"workers"`
 }
 
@@ -69,6 +70,7 @@ func TestGolden(t *testing.T) {
 				if w.Model != "" {
 					rw.Caps.ModelIDs = []string{w.Model}
 				}
+				rw.Caps.ModelIDs = append(rw.Caps.ModelIDs, w.Models...)
 				snap.Workers = append(snap.Workers, rw)
 			}
 			res, err := Build(snap, o)

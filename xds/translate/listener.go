@@ -48,6 +48,10 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 		// Clients get the id back to correlate with worker and router logs.
 		AlwaysSetRequestIdInResponse: true,
 		NormalizePath:                wrapperspb.Bool(true),
+		// //add_worker and /v1//videos/{id} must not slip past the
+		// registry routes or the filter's job-id check: routes and the
+		// filter see the path with slashes merged.
+		MergeSlashes: true,
 		// Worker ids are URL-encoded URLs: %2F must reach the registry as sent.
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_KEEP_UNCHANGED,
 		ServerName:                   "diffusion-router",

@@ -80,6 +80,28 @@ type Fleet struct {
 // While any image worker is routable they go to image workers only.
 var ImagePaths = []string{"/v1/images/generations", "/v1/images/edits", "/v1/model_info", "/model_info"}
 
+// The seed router's own generation endpoints (the Miles diffusion router):
+// the same bodies and answers as the worker paths they stand for, to which
+// Envoy rewrites them.
+const (
+	SeedPathImage = "/generate"       // -> /v1/images/generations
+	SeedPathVideo = "/generate_video" // -> /v1/videos, video workers only
+)
+
+// withRewrite makes the routes that reach a worker send it path instead
+// of the matched one.
+func withRewrite(routes []*routev3.Route, path string) []*routev3.Route {
+	if path == "" {
+		return routes
+	}
+	for _, r := range routes {
+		if a := r.GetRoute(); a != nil {
+			a.PrefixRewrite = path
+		}
+	}
+	return routes
+}
+
 // FrontRoutes is the route table of the front listener.
 func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	routes := make([]*routev3.Route, 0, len(RegistryPaths)+8+3*len(f.Models))
@@ -103,50 +125,56 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		}
 	}
 
-	// Video jobs live on video-capable workers only.
-	for _, m := range []func() *routev3.RouteMatch{
-		func() *routev3.RouteMatch {
-			return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/videos"}}
-		},
-		func() *routev3.RouteMatch {
-			return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/v1/videos/"}}
-		},
-	} {
-		switch {
-		case f.VideoWorkers == 0:
-			routes = append(routes, &routev3.Route{Match: m(), Action: directResponse(400, MsgNoVideoWorkers)})
-		case f.VideoQuarantined == f.VideoWorkers:
-			routes = append(routes, &routev3.Route{Match: m(), Action: directResponse(503, MsgAllVideoQuarantined)})
-		case f.VideoRoutable == 0 && f.VideoAsleep > 0:
-			routes = append(routes, &routev3.Route{Match: m(), Action: directResponse(503, MsgFleetAsleep)})
-		default:
-			routes = append(routes, modelRoutes(o, m, f.VideoModels, SubsetKeyVideo)...)
+	exact := func(p string) func() *routev3.RouteMatch {
+		return func() *routev3.RouteMatch {
+			return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}}
 		}
 	}
+	prefix := func(p string) func() *routev3.RouteMatch {
+		return func() *routev3.RouteMatch {
+			return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: p}}
+		}
+	}
+
+	// Video jobs live on video-capable workers only.
+	video := func(m func() *routev3.RouteMatch, rewrite string) []*routev3.Route {
+		switch {
+		case f.VideoWorkers == 0:
+			return []*routev3.Route{{Match: m(), Action: directResponse(400, MsgNoVideoWorkers)}}
+		case f.VideoQuarantined == f.VideoWorkers:
+			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgAllVideoQuarantined)}}
+		case f.VideoRoutable == 0 && f.VideoAsleep > 0:
+			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgFleetAsleep)}}
+		}
+		return withRewrite(modelRoutes(o, m, f.VideoModels, SubsetKeyVideo), rewrite)
+	}
+	// Anything else goes to any worker.
+	anyWorker := func(m func() *routev3.RouteMatch, rewrite string) []*routev3.Route {
+		switch {
+		case f.Workers == 0:
+			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgNoWorkers)}}
+		case f.Quarantined == f.Workers:
+			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgAllQuarantined)}}
+		case f.Routable == 0 && f.Asleep > 0:
+			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgFleetAsleep)}}
+		}
+		return withRewrite(modelRoutes(o, m, f.Models, ""), rewrite)
+	}
+
+	routes = append(routes, video(exact("/v1/videos"), "")...)
+	routes = append(routes, video(prefix("/v1/videos/"), "")...)
+	routes = append(routes, video(exact(SeedPathVideo), "/v1/videos")...)
 
 	// Images prefer image workers; with none routable they go to any.
 	if f.ImageRoutable > 0 {
 		for _, p := range ImagePaths {
-			m := func() *routev3.RouteMatch {
-				return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}}
-			}
-			routes = append(routes, modelRoutes(o, m, f.ImageModels, SubsetKeyImage)...)
+			routes = append(routes, modelRoutes(o, exact(p), f.ImageModels, SubsetKeyImage)...)
 		}
+		routes = append(routes, withRewrite(modelRoutes(o, exact(SeedPathImage), f.ImageModels, SubsetKeyImage), "/v1/images/generations")...)
+	} else {
+		routes = append(routes, anyWorker(exact(SeedPathImage), "/v1/images/generations")...)
 	}
-
-	catchAll := func() *routev3.RouteMatch {
-		return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
-	}
-	switch {
-	case f.Workers == 0:
-		routes = append(routes, &routev3.Route{Match: catchAll(), Action: directResponse(503, MsgNoWorkers)})
-	case f.Quarantined == f.Workers:
-		routes = append(routes, &routev3.Route{Match: catchAll(), Action: directResponse(503, MsgAllQuarantined)})
-	case f.Routable == 0 && f.Asleep > 0:
-		routes = append(routes, &routev3.Route{Match: catchAll(), Action: directResponse(503, MsgFleetAsleep)})
-	default:
-		routes = append(routes, modelRoutes(o, catchAll, f.Models, "")...)
-	}
+	routes = append(routes, anyWorker(prefix("/"), "")...)
 
 	return &routev3.RouteConfiguration{
 		Name: RouteFront,

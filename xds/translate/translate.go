@@ -62,14 +62,13 @@ func FleetOf(workers []registry.Worker) Fleet {
 		if image {
 			f.ImageRoutable += b2i(routable)
 		}
-		if len(w.Caps.ModelIDs) > 0 {
-			f.Models = append(f.Models, w.Caps.ModelIDs[0])
-			if video {
-				f.VideoModels = append(f.VideoModels, w.Caps.ModelIDs[0])
-			}
-			if image {
-				f.ImageModels = append(f.ImageModels, w.Caps.ModelIDs[0])
-			}
+		// Every id a worker lists routes to it.
+		f.Models = append(f.Models, w.Caps.ModelIDs...)
+		if video {
+			f.VideoModels = append(f.VideoModels, w.Caps.ModelIDs...)
+		}
+		if image {
+			f.ImageModels = append(f.ImageModels, w.Caps.ModelIDs...)
 		}
 	}
 	for _, l := range []*[]string{&f.Models, &f.VideoModels, &f.ImageModels} {
