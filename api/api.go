@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
 
@@ -139,8 +140,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // authorized checks the bearer token in constant time.
 func (s *Server) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.AdminToken)) == 1
+	// The scheme is case-insensitive (RFC 7235); the token is not.
+	scheme, got, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+	return ok && strings.EqualFold(scheme, "Bearer") &&
+		subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.AdminToken)) == 1
 }
 
 func (s *Server) methods(w http.ResponseWriter, r *http.Request, byMethod map[string]http.HandlerFunc) {
@@ -178,6 +181,11 @@ func readBody(r *http.Request) ([]byte, error) {
 func decodeObject(body []byte) (map[string]any, error) {
 	if len(strings.TrimSpace(string(body))) == 0 {
 		return map[string]any{}, nil
+	}
+	// Go's decoder would turn invalid UTF-8 into U+FFFD, and the workers and
+	// the store would get a string the client never sent.
+	if !utf8.Valid(body) {
+		return nil, errorf(http.StatusBadRequest, "invalid JSON body: not valid UTF-8")
 	}
 	var v any
 	dec := json.NewDecoder(strings.NewReader(string(body)))
@@ -258,6 +266,10 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 	out["worker_urls"] = out["urls"]
 	if res.HealthError != "" {
 		out["warning"] = "worker registered, but its /health did not answer: " + res.HealthError
+	}
+	if res.SameServerAs != "" {
+		out["same_server_as"] = res.SameServerAs
+		out["note"] = "this url names the server already registered as " + res.SameServerAs + " (same scheme, address and port): it is that worker"
 	}
 	writeJSON(w, status, out)
 }
@@ -361,6 +373,11 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 		return
 	}
 	var synced bool
+	if dead && wk.State == registry.StateDraining {
+		// The operator's removal wins: it ends with the worker gone.
+		writeError(w, errorf(http.StatusConflict, "worker %s is being removed (draining): it leaves the fleet once its requests finish, so it is not quarantined; re-add it to keep it", wk.Key()))
+		return
+	}
 	if dead {
 		wk, synced, err = s.Fleet.Quarantine(r.Context(), wk.Key(), "marked dead by operator")
 	} else {

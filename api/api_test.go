@@ -133,6 +133,16 @@ func TestPutWorker(t *testing.T) {
 			t.Fatalf("after PUT %s state = %s, want %s", tt.body, got, tt.wantState)
 		}
 	}
+	// A worker being removed stays removed: marking it dead is a 409.
+	if _, _, err := reg.SetState(reg.Snapshot().Workers[0].Key(), registry.StateDraining, "removed by operator"); err != nil {
+		t.Fatal(err)
+	}
+	if code, v := call(t, s, "PUT", id, `{"is_dead": true}`); code != 409 || reg.Snapshot().Workers[0].State != registry.StateDraining {
+		t.Fatalf("is_dead on a draining worker = %d %v, state %s", code, v, reg.Snapshot().Workers[0].State)
+	}
+	if _, _, err := reg.SetState(reg.Snapshot().Workers[0].Key(), registry.StateActive, ""); err != nil {
+		t.Fatal(err)
+	}
 	// Re-admission checks /health first: a dead worker stays out with 409.
 	call(t, s, "PUT", id, `{"is_dead": true}`)
 	w.Close()
@@ -196,6 +206,8 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/nowhere", "", 404},
 		{"GET", "/workers/" + registry.EncodeID("http://10.0.0.1:1"), "", 404},
 		{"POST", "/add_worker", `{"url":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 413},
+		{"POST", "/add_worker", "{\"url\": \"http://a:1/\xc3\x28\"}", 400},
+		{"POST", "/update_weights_from_disk", "{\"model_path\": \"/m/\xc3\x28\"}", 400},
 	}
 	for _, tt := range tests {
 		code, v := call(t, s, tt.method, tt.target, tt.body)
@@ -331,7 +343,10 @@ func TestAdminToken(t *testing.T) {
 		{"", 401},
 		{"Bearer wrong", 401},
 		{"Basic s3cret-token", 401},
+		{"Bearer S3CRET-TOKEN", 401},
 		{"Bearer s3cret-token", 200},
+		{"bearer s3cret-token", 200},
+		{"BEARER  s3cret-token", 200},
 	}
 	for _, tt := range tests {
 		req := httptest.NewRequest("POST", "/add_worker", strings.NewReader(body))

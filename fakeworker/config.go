@@ -15,6 +15,9 @@ import (
 type Config struct {
 	WorkerID  string
 	ModelPath string
+	// ExtraModelIDs are more ids /v1/models lists beside the model path
+	// (a server that serves several names).
+	ExtraModelIDs []string
 	// TaskType is what /v1/models reports: T2I, I2I, TI2I (images) or T2V,
 	// I2V, TI2V (videos).
 	TaskType string

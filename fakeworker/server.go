@@ -196,10 +196,14 @@ func newID(prefix string) string {
 }
 
 func (s *Server) handleModels(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, 200, map[string]any{"object": "list", "data": []map[string]any{{
-		"id": s.currentModel(), "object": "model", "created": time.Now().Unix(), "owned_by": "sglang",
-		"root": s.currentModel(), "task_type": s.cfg.TaskType,
-	}}})
+	data := []map[string]any{}
+	for _, id := range append([]string{s.currentModel()}, s.cfg.ExtraModelIDs...) {
+		data = append(data, map[string]any{
+			"id": id, "object": "model", "created": time.Now().Unix(), "owned_by": "sglang",
+			"root": s.currentModel(), "task_type": s.cfg.TaskType,
+		})
+	}
+	writeJSON(w, 200, map[string]any{"object": "list", "data": data})
 }
 
 func (s *Server) handleModelInfo(w http.ResponseWriter, _ *http.Request) {

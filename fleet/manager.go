@@ -183,6 +183,9 @@ type AdmitResult struct {
 	// HealthError is set when the worker's /health did not answer 200 on
 	// admission; it is registered all the same.
 	HealthError string
+	// SameServerAs is set when the URL given names a server already
+	// registered under another URL: Worker is that registration.
+	SameServerAs string
 }
 
 // Admit registers a worker (idempotent) and waits, bounded, until every
@@ -200,6 +203,11 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 	if err != nil {
 		return AdmitResult{}, err
 	}
+	// One server is one worker, however its URL is spelled: two entries
+	// would split its load count and send it every fleet-wide call twice.
+	if w, ok := m.reg.FindServer(u.Scheme, addr, u.Port); ok {
+		return m.sameServer(ctx, u, w)
+	}
 	// Like the Python routers, a worker that does not answer yet is still
 	// registered (it may be loading its model); Envoy's health checks keep
 	// traffic away until it does.
@@ -215,6 +223,9 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 		state, reason = registry.StatePending, "loading the fleet's weights (version "+fleet.Version+")"
 	}
 	res := m.reg.Add(u, addr, caps, state, reason)
+	if res.SameServer {
+		return m.sameServer(ctx, u, res.Worker) // registered meanwhile
+	}
 	if res.Created && state == registry.StatePending {
 		w, err := m.catchUp(ctx, res.Worker)
 		if err != nil {
@@ -239,6 +250,15 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 		out.Envoys, out.Synced = m.waitRoutable(ctx, res.Worker, res.Generation)
 	}
 	return out, nil
+}
+
+// sameServer answers an add of a new spelling of a registered worker's
+// URL as an add of that worker.
+func (m *Manager) sameServer(ctx context.Context, u registry.WorkerURL, w registry.Worker) (AdmitResult, error) {
+	m.log.WithFields(logrus.Fields{"url": u.String(), "worker": w.Key()}).Info("add of a worker already registered under another url")
+	res, err := m.readmit(ctx, w)
+	res.SameServerAs = w.Key()
+	return res, err
 }
 
 func (m *Manager) readmit(ctx context.Context, w registry.Worker) (AdmitResult, error) {

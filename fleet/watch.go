@@ -184,12 +184,15 @@ func (m *Manager) probeWorker(ctx context.Context, w registry.Worker) {
 }
 
 // Quarantine takes a worker out of rotation until an operator re-admits it.
+// A worker being removed (draining) is not quarantined: the operator's
+// removal wins, and the worker leaves once its requests finish.
 func (m *Manager) Quarantine(ctx context.Context, key, reason string) (registry.Worker, bool, error) {
-	m.cancelDrain(key)
-	w, gen, err := m.reg.SetState(key, registry.StateQuarantined, reason)
+	w, gen, err := m.reg.SetState(key, registry.StateQuarantined, reason,
+		registry.StateActive, registry.StatePending, registry.StateUpdating, registry.StateQuarantined)
 	if err != nil {
 		return w, false, err
 	}
+	m.cancelDrain(key)
 	m.log.WithFields(logrus.Fields{"worker": key, "reason": reason}).Warn("worker quarantined")
 	_, synced := m.waitSynced(ctx, gen)
 	return w, synced, nil

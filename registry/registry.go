@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -236,6 +237,44 @@ type AddResult struct {
 	Worker     Worker
 	Created    bool
 	Generation uint64
+	// SameServer is set when the URL was new but names a server already
+	// registered under another URL (Worker is that one).
+	SameServer bool
+}
+
+// ServerIdentity is what makes two worker URLs one worker: the scheme and
+// the address and port Envoy connects to. localhost, 127.0.0.1 and [::1]
+// are one machine's own loopback; other addresses count as given.
+func ServerIdentity(scheme, address string, port uint32) string {
+	if a, err := netip.ParseAddr(address); err == nil {
+		a = a.Unmap()
+		if a == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || a == netip.IPv6Loopback() {
+			address = "loopback"
+		} else {
+			address = a.String()
+		}
+	}
+	return scheme + "://" + address + ":" + strconv.FormatUint(uint64(port), 10)
+}
+
+// FindServer returns the registered worker whose server is the one at
+// scheme, address and port, if any.
+func (r *Registry) FindServer(scheme, address string, port uint32) (Worker, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w := r.findServerLocked(ServerIdentity(scheme, address, port)); w != nil {
+		return copyWorker(*w), true
+	}
+	return Worker{}, false
+}
+
+func (r *Registry) findServerLocked(id string) *Worker {
+	for _, w := range r.workers {
+		if ServerIdentity(w.URL.Scheme, w.Address, w.URL.Port) == id {
+			return w
+		}
+	}
+	return nil
 }
 
 // Add registers a worker in the given state, or returns the existing entry
@@ -248,6 +287,9 @@ func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state Sta
 	key := u.String()
 	if w, ok := r.workers[key]; ok {
 		return AddResult{Worker: copyWorker(*w), Generation: r.gen}
+	}
+	if w := r.findServerLocked(ServerIdentity(u.Scheme, address, u.Port)); w != nil {
+		return AddResult{Worker: copyWorker(*w), Generation: r.gen, SameServer: true}
 	}
 	now := r.now()
 	w := &Worker{URL: u, Address: address, State: state, Reason: reason, Since: now, AddedAt: now, Caps: caps,

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -149,5 +150,42 @@ func TestSetWorkersWeightsIsOneChange(t *testing.T) {
 	}
 	if g := r.SetWorkersWeights(keys, "v2", "/ckpt/2"); g != gen+1 {
 		t.Fatal("an unchanged version bumped the generation")
+	}
+}
+
+func TestOneServerOneWorker(t *testing.T) {
+	tests := []struct {
+		a, b [3]string // scheme, address, port
+		same bool
+	}{
+		{[3]string{"http", "127.0.0.1", "9"}, [3]string{"http", "::1", "9"}, true},
+		{[3]string{"http", "127.0.0.1", "9"}, [3]string{"http", "::ffff:127.0.0.1", "9"}, true},
+		{[3]string{"http", "10.0.0.1", "9"}, [3]string{"http", "10.0.0.1", "9"}, true},
+		{[3]string{"http", "127.0.0.1", "9"}, [3]string{"http", "127.0.0.1", "10"}, false},
+		{[3]string{"http", "127.0.0.1", "9"}, [3]string{"https", "127.0.0.1", "9"}, false},
+		{[3]string{"http", "127.0.0.1", "9"}, [3]string{"http", "127.0.0.2", "9"}, false},
+		{[3]string{"http", "10.0.0.1", "9"}, [3]string{"http", "10.0.0.2", "9"}, false},
+	}
+	for _, tt := range tests {
+		port := func(s string) uint32 { n, _ := strconv.Atoi(s); return uint32(n) }
+		got := ServerIdentity(tt.a[0], tt.a[1], port(tt.a[2])) == ServerIdentity(tt.b[0], tt.b[1], port(tt.b[2]))
+		if got != tt.same {
+			t.Errorf("%v and %v: same server %v, want %v", tt.a, tt.b, got, tt.same)
+		}
+	}
+
+	r := New(nil)
+	first, _ := ParseWorkerURL("http://127.0.0.1:9")
+	again, _ := ParseWorkerURL("http://[::1]:9")
+	if res := r.Add(first, "127.0.0.1", Capabilities{}, StateActive, ""); !res.Created {
+		t.Fatal("first add did not create")
+	}
+	gen := r.Snapshot().Generation
+	res := r.Add(again, "::1", Capabilities{}, StateActive, "")
+	if res.Created || !res.SameServer || res.Worker.Key() != first.String() {
+		t.Fatalf("second spelling: %+v", res)
+	}
+	if len(r.Snapshot().Workers) != 1 || r.Snapshot().Generation != gen {
+		t.Fatal("second spelling changed the registry")
 	}
 }

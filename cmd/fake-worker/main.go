@@ -33,6 +33,7 @@ func run(args []string) error {
 	port := fs.Int("port", 0, "port to listen on (0: a free port, printed on start)")
 	fs.StringVar(&cfg.WorkerID, "worker-id", "", "name in every response (default fake-worker-PORT)")
 	fs.StringVar(&cfg.ModelPath, "model-path", cfg.ModelPath, "model the worker claims to serve")
+	extraIDs := fs.String("extra-model-ids", "", "comma-separated ids /v1/models lists beside --model-path")
 	fs.StringVar(&cfg.TaskType, "task-type", cfg.TaskType, "T2I, I2I, TI2I, T2V, I2V or TI2V")
 	fs.DurationVar(&cfg.Base, "base", cfg.Base, "fixed cost per request (text encode + VAE decode), unscaled")
 	fs.DurationVar(&cfg.PerStep, "per-step", cfg.PerStep, "cost of one denoising step at 1024x1024, unscaled")
@@ -52,6 +53,9 @@ func run(args []string) error {
 	advertise := fs.String("advertise", "", "this worker's URL as the router reaches it (with --register-with)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *extraIDs != "" {
+		cfg.ExtraModelIDs = strings.Split(*extraIDs, ",")
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
