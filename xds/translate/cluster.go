@@ -13,8 +13,10 @@ import (
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	subsetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/subset/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -61,6 +63,15 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	httpOpts, err := pack(&httpv3.HttpProtocolOptions{
+		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(WorkerIdleTimeout)},
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &corev3.Http1ProtocolOptions{}},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
 	return &clusterv3.Cluster{
 		Name:                 ClusterWorkers,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -100,7 +111,14 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 		// A worker removed from EDS must stop taking traffic even while it
 		// still passes health checks.
 		IgnoreHealthOnHostRemoval: true,
-		TrackClusterStats:         &clusterv3.TrackClusterStats{PerEndpointStats: true},
+		// Envoy closes idle connections to workers before they do
+		// (uvicorn's keep-alive is 5 s), so a request is never sent on a
+		// connection the worker is closing: that race resets the request
+		// and counts as a connection failure of a healthy worker.
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": httpOpts,
+		},
+		TrackClusterStats: &clusterv3.TrackClusterStats{PerEndpointStats: true},
 		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{{
 			Name:            "https-workers",
 			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tls": structpb.NewBoolValue(true)}},
@@ -138,12 +156,20 @@ func OutlierDetection(o Options) *clusterv3.OutlierDetection {
 	off := wrapperspb.UInt32(0)
 	return &clusterv3.OutlierDetection{
 		// Local-origin failures (connect failures, resets, timeouts) count
-		// like 5xx answers: a worker that cannot be reached is as bad as one
-		// that fails.
+		// as gateway failures (502/503/504), like a worker answering one.
 		SplitExternalLocalOriginErrors: false,
-		Consecutive_5Xx:                n,
-		EnforcingConsecutive_5Xx:       all,
-		ConsecutiveGatewayFailure:      n,
+		// Any 5xx answer, N in a row.
+		Consecutive_5Xx:          n,
+		EnforcingConsecutive_5Xx: all,
+		// A worker that cannot be reached or does not answer is ejected
+		// after two such failures in a row, not N. A dead worker holds no
+		// requests, so under least-request a full scan picks it for every
+		// retry (the previous-hosts predicate cannot steer a deterministic
+		// pick away): it must leave before a client's retries run out. Two,
+		// not one, because one reset can be a healthy worker closing an
+		// idle keep-alive connection just as Envoy reused it, and an
+		// ejection is a quarantine for good.
+		ConsecutiveGatewayFailure: wrapperspb.UInt32(min(2, o.OutlierConsecutiveFailures)),
 		// Envoy's default of 0 would count gateway failures but never eject.
 		EnforcingConsecutiveGatewayFailure: all,
 		EnforcingSuccessRate:               off,

@@ -33,6 +33,10 @@ const (
 	// worker chunks it.
 	FrontBufferLimit = 4 << 20
 
+	// WorkerIdleTimeout closes an idle connection to a worker before the
+	// worker's own keep-alive limit (uvicorn: 5 s) would.
+	WorkerIdleTimeout = 3 * time.Second
+
 	// transportSocketMatchKey is the endpoint metadata filter Envoy reads to
 	// pick a transport socket per endpoint (TLS for https:// workers).
 	transportSocketMatchKey = "envoy.transport_socket_match"
