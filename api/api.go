@@ -108,6 +108,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
+	if id, ok := strings.CutPrefix(path, "/v1/models/"); ok {
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { s.model(w, id) }})
+		return
+	}
 	if slices.Contains(translate.FanoutPaths, path) {
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.fanout})
 		return
@@ -251,15 +255,9 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	status := http.StatusOK
-	if res.Created {
-		status = http.StatusCreated
-		if r.URL.Path == "/add_worker" {
-			status = http.StatusOK // the Python routers answer 200 here
-		}
-	}
+	// The Python routers answer 200 and "success" on both paths.
 	out := map[string]any{
-		"status": "ok", "added": res.Created, "readmitted": res.Revived, "synced": res.Synced, "envoys": res.Envoys,
+		"status": "success", "added": res.Created, "readmitted": res.Revived, "synced": res.Synced, "envoys": res.Envoys,
 		"worker": s.view(res.Worker, s.Fleet.Loads()), "urls": s.urls(),
 	}
 	// The seed (Miles) router answers the list as worker_urls.
@@ -271,7 +269,7 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 		out["same_server_as"] = res.SameServerAs
 		out["note"] = "this url names the server already registered as " + res.SameServerAs + " (same scheme, address and port): it is that worker"
 	}
-	writeJSON(w, status, out)
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) removeWorker(w http.ResponseWriter, r *http.Request) {
@@ -300,7 +298,8 @@ func (s *Server) remove(w http.ResponseWriter, ctx context.Context, raw string, 
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "synced": synced, "worker": s.view(wk, s.Fleet.Loads()), "urls": s.urls()})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "success", "worker_id": registry.EncodeID(wk.Key()), "synced": synced,
+		"worker": s.view(wk, s.Fleet.Loads()), "urls": s.urls()})
 }
 
 func (s *Server) urls() []string {
@@ -345,7 +344,7 @@ func (s *Server) getWorker(w http.ResponseWriter, _ *http.Request, raw string) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.view(wk, s.Fleet.Loads()))
+	writeJSON(w, http.StatusOK, map[string]any{"worker": s.view(wk, s.Fleet.Loads())})
 }
 
 // putWorker sets is_dead: true quarantines, false re-admits (after a
@@ -362,14 +361,34 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 		return
 	}
 	for k := range obj {
-		if k != "is_dead" {
-			writeError(w, errorf(http.StatusBadRequest, "unknown field %q (PUT /workers/{id} takes {\"is_dead\": bool})", k))
+		if k != "is_dead" && k != "refresh_video_support" {
+			writeError(w, errorf(http.StatusBadRequest, "unknown field %q (PUT /workers/{id} takes {\"is_dead\": bool, \"refresh_video_support\": bool})", k))
 			return
 		}
 	}
-	dead, ok := obj["is_dead"].(bool)
-	if !ok {
-		writeError(w, errorf(http.StatusBadRequest, "\"is_dead\" is required and must be a boolean"))
+	deadV, hasDead := obj["is_dead"]
+	dead, ok := deadV.(bool)
+	if hasDead && !ok {
+		writeError(w, errorf(http.StatusBadRequest, "\"is_dead\" must be a boolean"))
+		return
+	}
+	refreshV, hasRefresh := obj["refresh_video_support"]
+	refresh, ok := refreshV.(bool)
+	if hasRefresh && !ok {
+		writeError(w, errorf(http.StatusBadRequest, "\"refresh_video_support\" must be a boolean"))
+		return
+	}
+	if !hasDead && !refresh {
+		writeError(w, errorf(http.StatusBadRequest, "give \"is_dead\" (bool) or \"refresh_video_support\": true"))
+		return
+	}
+	if !hasDead {
+		// Re-read the worker's /v1/models, as the Python routers do.
+		if wk, err = s.Fleet.RefreshCapabilities(r.Context(), wk.Key()); err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "worker": s.view(wk, s.Fleet.Loads())})
 		return
 	}
 	var synced bool
@@ -389,9 +408,7 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 		writeError(w, err)
 		return
 	}
-	out := s.view(wk, s.Fleet.Loads())
-	out["synced"] = synced
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, map[string]any{"status": "success", "synced": synced, "worker": s.view(wk, s.Fleet.Loads())})
 }
 
 func (s *Server) deleteWorker(w http.ResponseWriter, r *http.Request, raw string) {
@@ -408,6 +425,8 @@ func (s *Server) view(wk registry.Worker, loads map[string]fleet.Load) map[strin
 	}
 	v := map[string]any{
 		"worker_id":             registry.EncodeID(wk.Key()),
+		"display_id":            wk.Key(),
+		"is_sleeping":           wk.Asleep,
 		"url":                   wk.Key(),
 		"address":               wk.Address,
 		"state":                 wk.State,
@@ -463,19 +482,44 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 		status, code = "unhealthy", http.StatusServiceUnavailable
 	}
 	counts := map[registry.State]int{}
+	sleeping := 0
 	for _, wk := range snap.Workers {
 		counts[wk.State]++
+		if wk.Asleep {
+			sleeping++
+		}
 	}
 	writeJSON(w, code, map[string]any{
 		"status": status, "healthy_workers": healthy, "total_workers": len(snap.Workers),
 		"dead_workers": counts[registry.StateQuarantined], "draining_workers": counts[registry.StateDraining],
-		"generation": snap.Generation, "weight_version": snap.Fleet.Version, "model_path": snap.Fleet.ModelPath,
+		"sleeping_workers": sleeping,
+		"generation":       snap.Generation, "weight_version": snap.Fleet.Version, "model_path": snap.Fleet.ModelPath,
 		"running_operation": s.Fleet.Running(),
 	})
 }
 
+// model answers GET /v1/models/{id} (the OpenAI SDK's models.retrieve) from
+// the merged list: the entry of a worker that serves the id.
+func (s *Server) model(w http.ResponseWriter, id string) {
+	for _, raw := range s.mergedModels() {
+		var e struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(raw, &e) == nil && e.ID == id {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(append(raw, '\n'))
+			return
+		}
+	}
+	writeError(w, errorf(http.StatusNotFound, "model %q is not served by any active worker (see GET /v1/models)", id))
+}
+
 // models merges the workers' /v1/models lists, one entry per model id.
 func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": s.mergedModels()})
+}
+
+func (s *Server) mergedModels() []json.RawMessage {
 	seen := map[string]bool{}
 	data := []json.RawMessage{}
 	for _, wk := range s.Fleet.Registry().Snapshot().Workers {
@@ -499,7 +543,7 @@ func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
 			data = append(data, raw)
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+	return data
 }
 
 // fanout handles the fleet-wide control calls.
@@ -529,6 +573,15 @@ func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
 		spec.Quarantine = false // reading a checksum changes nothing
 	}
 	out, err := s.Fleet.Call(r.Context(), spec)
+	if errors.Is(err, fleet.ErrNoTargets) {
+		// Sleeping a sleeping fleet (or waking an awake one) is harmless,
+		// as with the Python routers: nothing to do is a success.
+		if msg := alreadyDone(r.URL.Path, reg.Snapshot()); msg != "" {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": msg, "results": []any{},
+				"succeeded": 0, "failed": 0, "quarantined": []string{}})
+			return
+		}
+	}
 	if err != nil {
 		s.fleetError(w, r.URL.Path, err)
 		return
@@ -539,6 +592,28 @@ func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
 		s.checksumSummary(r.Context(), out, resp)
 	}
 	s.writeOutcome(w, r.URL.Path, out, resp)
+}
+
+// alreadyDone names why a sleep or wake call that found no worker to
+// change has nothing to do, or is empty when no worker can serve at all.
+func alreadyDone(path string, snap registry.Snapshot) string {
+	asleep, awake := 0, 0
+	for _, wk := range snap.Workers {
+		if wk.State == registry.StateActive {
+			if wk.Asleep {
+				asleep++
+			} else {
+				awake++
+			}
+		}
+	}
+	switch {
+	case path == "/release_memory_occupation" && asleep > 0 && awake == 0:
+		return "All workers are already sleeping"
+	case path == "/resume_memory_occupation" && awake > 0 && asleep == 0:
+		return "All workers are already active"
+	}
+	return ""
 }
 
 func (s *Server) fleetError(w http.ResponseWriter, path string, err error) {

@@ -109,7 +109,8 @@ func TestWorkersResourceAndModels(t *testing.T) {
 	v := startWorker(t, "--task-type", "T2V", "--model-path", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
 	r := startRouter(t)
 	for _, w := range []*fakeWorker{a, b} {
-		if resp := postJSON(t, r.Front+"/workers", map[string]any{"url": w.URL}); resp.Status != 201 {
+		// 200 and "success", as the Python routers answer.
+		if resp := postJSON(t, r.Front+"/workers", map[string]any{"url": w.URL}); resp.Status != 200 || resp.JSON(t)["status"] != "success" {
 			t.Fatalf("POST /workers = %d %s", resp.Status, resp.Body)
 		}
 	}
@@ -132,8 +133,8 @@ func TestWorkersResourceAndModels(t *testing.T) {
 	if w.Status != 200 {
 		t.Fatalf("GET /workers/%s = %d %s", id, w.Status, w.Body)
 	}
-	wv := w.JSON(t)
-	for _, k := range []string{"worker_id", "url", "state", "active_requests", "is_dead", "consecutive_failures"} {
+	wv, _ := w.JSON(t)["worker"].(map[string]any)
+	for _, k := range []string{"worker_id", "display_id", "url", "state", "active_requests", "is_dead", "is_sleeping", "consecutive_failures"} {
 		if _, ok := wv[k]; !ok {
 			t.Errorf("worker object lacks %q: %v", k, wv)
 		}
@@ -143,21 +144,22 @@ func TestWorkersResourceAndModels(t *testing.T) {
 	}
 	// PUT is_dead true takes it out; false brings it back after /health.
 	put := do(t, "PUT", r.Front+"/workers/"+id, "application/json", strings.NewReader(`{"is_dead": true}`))
-	if put.Status != 200 || put.JSON(t)["is_dead"] != true || put.JSON(t)["state"] != "quarantined" {
+	putWorker := func() map[string]any { v, _ := put.JSON(t)["worker"].(map[string]any); return v }
+	if put.Status != 200 || put.JSON(t)["status"] != "success" || putWorker()["is_dead"] != true || putWorker()["state"] != "quarantined" {
 		t.Fatalf("PUT is_dead=true = %d %s", put.Status, put.Body)
 	}
 	if resp := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": "x"}); resp.Status != 503 {
 		t.Fatalf("video with the only video worker quarantined = %d %s, want 503", resp.Status, resp.Body)
 	}
 	put = do(t, "PUT", r.Front+"/workers/"+id, "application/json", strings.NewReader(`{"is_dead": false}`))
-	if put.Status != 200 || put.JSON(t)["state"] != "active" {
+	if put.Status != 200 || putWorker()["state"] != "active" {
 		t.Fatalf("PUT is_dead=false = %d %s", put.Status, put.Body)
 	}
 	if resp := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": "x"}); resp.Status != 200 {
 		t.Fatalf("video after re-admission = %d %s", resp.Status, resp.Body)
 	}
 	del := do(t, "DELETE", r.Front+"/workers/"+id, "", nil)
-	if del.Status != 200 {
+	if del.Status != 200 || del.JSON(t)["status"] != "success" || del.JSON(t)["worker_id"] == nil {
 		t.Fatalf("DELETE = %d %s", del.Status, del.Body)
 	}
 	eventually(t, 10*time.Second, "deleted worker to leave the registry", func() bool {

@@ -15,6 +15,9 @@ import (
 type Config struct {
 	WorkerID  string
 	ModelPath string
+	// ServedName, when set, is the id /v1/models lists instead of the
+	// model path (sglang's served model name); the path stays its root.
+	ServedName string
 	// ExtraModelIDs are more ids /v1/models lists beside the model path
 	// (a server that serves several names).
 	ExtraModelIDs []string

@@ -115,6 +115,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, 200, map[string]any{"status": "ok"})
 	})
 	mux.HandleFunc("GET /v1/models", s.handleModels)
+	mux.HandleFunc("GET /v1/models/{id...}", s.handleModel)
 	mux.HandleFunc("GET /models", s.handleModelInfo)
 	mux.HandleFunc("GET /v1/model_info", s.handleModelInfo)
 	mux.HandleFunc("GET /model_info", s.handleModelInfo)
@@ -196,14 +197,33 @@ func newID(prefix string) string {
 }
 
 func (s *Server) handleModels(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, 200, map[string]any{"object": "list", "data": s.modelEntries()})
+}
+
+func (s *Server) modelEntries() []map[string]any {
 	data := []map[string]any{}
-	for _, id := range append([]string{s.currentModel()}, s.cfg.ExtraModelIDs...) {
+	first := s.currentModel()
+	if s.cfg.ServedName != "" {
+		first = s.cfg.ServedName
+	}
+	for _, id := range append([]string{first}, s.cfg.ExtraModelIDs...) {
 		data = append(data, map[string]any{
 			"id": id, "object": "model", "created": time.Now().Unix(), "owned_by": "sglang",
 			"root": s.currentModel(), "task_type": s.cfg.TaskType,
 		})
 	}
-	writeJSON(w, 200, map[string]any{"object": "list", "data": data})
+	return data
+}
+
+// handleModel is GET /v1/models/{id}, the OpenAI SDK's models.retrieve.
+func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
+	for _, m := range s.modelEntries() {
+		if m["id"] == r.PathValue("id") {
+			writeJSON(w, 200, m)
+			return
+		}
+	}
+	writeJSON(w, 404, map[string]any{"detail": "Model not found"})
 }
 
 func (s *Server) handleModelInfo(w http.ResponseWriter, _ *http.Request) {

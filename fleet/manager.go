@@ -261,7 +261,37 @@ func (m *Manager) sameServer(ctx context.Context, u registry.WorkerURL, w regist
 	return res, err
 }
 
+// RefreshCapabilities reads the worker's /v1/models again and records what
+// changed: the server behind a URL may have been replaced (another model,
+// another task type). A worker that does not answer keeps what was known.
+func (m *Manager) RefreshCapabilities(ctx context.Context, key string) (registry.Worker, error) {
+	w, ok := m.reg.Get(key)
+	if !ok {
+		return w, fmt.Errorf("refresh %s: %w", key, registry.ErrNotFound)
+	}
+	caps := m.probeCapabilities(ctx, w.URL)
+	if !caps.Known || registry.CapsEqual(w.Caps, caps) {
+		return w, nil
+	}
+	if _, err := m.reg.SetCapabilities(key, caps); err != nil {
+		return w, err
+	}
+	log := m.log.WithFields(logrus.Fields{"worker": key, "task_types": caps.TaskTypes, "models": caps.ModelIDs})
+	if w.Caps.Known {
+		log.WithFields(logrus.Fields{"were_task_types": w.Caps.TaskTypes, "were_models": w.Caps.ModelIDs}).Warn("worker capabilities changed")
+	} else {
+		log.Info("worker capabilities learned")
+	}
+	nw, _ := m.reg.Get(key)
+	return nw, nil
+}
+
 func (m *Manager) readmit(ctx context.Context, w registry.Worker) (AdmitResult, error) {
+	// Admission always reads /v1/models again, so a replaced server is
+	// routed (and caught up) as what it is now.
+	if nw, err := m.RefreshCapabilities(ctx, w.Key()); err == nil {
+		w = nw
+	}
 	switch w.State {
 	case registry.StateActive, registry.StatePending:
 		return AdmitResult{Worker: w, Synced: true}, nil
@@ -407,13 +437,18 @@ func ParseModels(body []byte) (registry.Capabilities, error) {
 	for _, raw := range doc.Data {
 		var entry struct {
 			ID       string `json:"id"`
+			Root     string `json:"root"`
 			TaskType string `json:"task_type"`
 		}
 		if err := json.Unmarshal(raw, &entry); err != nil {
 			return registry.Capabilities{}, fmt.Errorf("decode /v1/models entry: %w", err)
 		}
-		if entry.ID != "" && !slices.Contains(caps.ModelIDs, entry.ID) {
-			caps.ModelIDs = append(caps.ModelIDs, entry.ID)
+		// Requests may name the served name (id) or the model path (root,
+		// what /v1/model_info reports): both route here.
+		for _, name := range []string{entry.ID, entry.Root} {
+			if name != "" && !slices.Contains(caps.ModelIDs, name) {
+				caps.ModelIDs = append(caps.ModelIDs, name)
+			}
 		}
 		if entry.TaskType != "" && !slices.Contains(caps.TaskTypes, entry.TaskType) {
 			caps.TaskTypes = append(caps.TaskTypes, entry.TaskType)

@@ -125,13 +125,37 @@ func (m *Manager) Probe(ctx context.Context) {
 	}
 	t := time.NewTicker(m.cfg.HealthInterval)
 	defer t.Stop()
+	// Workers that have not answered yet (registered before their server
+	// listens) are looked at about once a second, whatever the interval,
+	// so they are known (task types, models) as soon as they come up.
+	fast := time.NewTicker(min(m.cfg.HealthInterval, translate.RecheckInterval))
+	defer fast.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			m.probeOnce(ctx)
+		case <-fast.C:
+			m.probeStarting(ctx)
 		}
-		m.probeOnce(ctx)
+	}
+}
+
+// starting reports whether a worker has never answered /v1/models: it is
+// taken to be starting up, so failed probes do not count against it (it
+// gets no traffic either: Envoy's own checks keep it out).
+func starting(w registry.Worker) bool { return w.State == registry.StateActive && !w.Caps.Known }
+
+// probeStarting reads the capabilities of starting workers that answer now.
+func (m *Manager) probeStarting(ctx context.Context) {
+	for _, w := range m.reg.Snapshot().Workers {
+		if !starting(w) || m.CheckHealth(ctx, w.URL) != nil {
+			continue
+		}
+		if _, err := m.RefreshCapabilities(ctx, w.Key()); err == nil {
+			m.log.WithField("worker", w.Key()).Info("worker is up")
+		}
 	}
 }
 
@@ -139,7 +163,7 @@ func (m *Manager) probeOnce(ctx context.Context) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
 	for _, w := range m.reg.Snapshot().Workers {
-		if w.State != registry.StateActive {
+		if w.State != registry.StateActive || starting(w) {
 			continue
 		}
 		wg.Add(1)
@@ -173,13 +197,6 @@ func (m *Manager) probeWorker(ctx context.Context, w registry.Worker) {
 			}
 		}
 		return
-	}
-	if !w.Caps.Known {
-		if caps := m.probeCapabilities(ctx, w.URL); caps.Known {
-			if _, err := m.reg.SetCapabilities(w.Key(), caps); err == nil {
-				log.WithFields(logrus.Fields{"task_types": caps.TaskTypes, "models": caps.ModelIDs}).Info("worker capabilities learned")
-			}
-		}
 	}
 }
 

@@ -350,15 +350,21 @@ func (r *Registry) mutate(key, what string, change func(w *Worker) bool) (uint64
 // SetCapabilities records what the worker reported in /v1/models.
 func (r *Registry) SetCapabilities(key string, caps Capabilities) (uint64, error) {
 	return r.mutate(key, "set capabilities", func(w *Worker) bool {
-		if capsEqual(w.Caps, caps) {
+		if CapsEqual(w.Caps, caps) {
 			return false
+		}
+		// A worker that never loaded weights through the router holds the
+		// model it now reports.
+		if w.WeightVersion == InitialWeightVersion && len(caps.ModelIDs) > 0 {
+			w.ModelPath = caps.ModelIDs[0]
 		}
 		w.Caps = caps
 		return true
 	})
 }
 
-func capsEqual(a, b Capabilities) bool {
+// CapsEqual reports whether two capability records say the same.
+func CapsEqual(a, b Capabilities) bool {
 	return a.Known == b.Known && slices.Equal(a.TaskTypes, b.TaskTypes) && slices.Equal(a.ModelIDs, b.ModelIDs) &&
 		slices.EqualFunc(a.Models, b.Models, func(x, y json.RawMessage) bool { return string(x) == string(y) })
 }

@@ -69,6 +69,9 @@ type Config struct {
 	// FilterFailClosed makes the filter answer 500 when it fails itself,
 	// instead of passing the request through untagged.
 	FilterFailClosed bool
+	// StrictModelRouting answers 404 to a request naming a model no
+	// worker lists, instead of sending it to a worker of its task type.
+	StrictModelRouting bool
 	// DemoWorkers fake workers run inside the process (for trying the
 	// router without GPUs), at DemoTimeScale of real H100 speed.
 	DemoWorkers   int
@@ -156,6 +159,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&c.ExternalEnvoy, "external-envoy", false, "run the control plane only; Envoys connect to --xds-host:--xds-port")
 	fs.BoolVar(&c.QuarantineChecksumMismatch, "quarantine-checksum-mismatch", false, "quarantine workers whose /get_weights_checksum differs from the fleet's majority")
 	fs.StringVar(&c.WasmFilter, "wasm-filter", "", "the Wasm tagging filter (default: "+FilterFile+" next to the binary or in bin/; none: no filter)")
+	fs.BoolVar(&c.StrictModelRouting, "strict-model-routing", false, "answer 404 to a request naming a model no worker lists (default: send it to a worker of its task type, as sglang ignores the name)")
 	fs.BoolVar(&c.FilterFailClosed, "filter-fail-closed", false, "answer 500 when the Wasm filter itself fails, instead of passing the request through untagged")
 	c.ShutdownTimeout = 60 * time.Second
 	fs.Var(&seconds{d: &c.ShutdownTimeout}, "shutdown-timeout", "on SIGTERM, seconds in-flight requests may take to finish after the front port stops taking new connections")

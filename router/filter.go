@@ -102,6 +102,7 @@ func filterOptions(flag, stateDir string, failClosed, external bool) (*translate
 		"secret":         secret,
 		"max_body_bytes": 64 << 10,
 		"fail_closed":    failClosed,
+		"fallback_route": translate.RouteModelFallback,
 		// sglang-diffusion's defaults for fields a request leaves out.
 		"defaults": map[string]int{"steps": 50, "width": 1024, "height": 1024, "video_frames": 81},
 	})

@@ -93,6 +93,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		Timeout:                     c.Timeout,
 		MaxConnections:              uint32(c.MaxConnections),
 		MaxRetries:                  uint32(c.MaxRetries),
+		StrictModels:                c.StrictModelRouting,
 		ConnectTimeout:              c.ConnectTimeout,
 		HealthCheckInterval:         c.HealthCheckInterval,
 		HealthCheckTimeout:          c.HealthCheckTimeout,

@@ -34,6 +34,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.WorkerID, "worker-id", "", "name in every response (default fake-worker-PORT)")
 	fs.StringVar(&cfg.ModelPath, "model-path", cfg.ModelPath, "model the worker claims to serve")
 	extraIDs := fs.String("extra-model-ids", "", "comma-separated ids /v1/models lists beside --model-path")
+	fs.StringVar(&cfg.ServedName, "served-model-name", "", "id /v1/models lists instead of --model-path (sglang's served model name)")
 	fs.StringVar(&cfg.TaskType, "task-type", cfg.TaskType, "T2I, I2I, TI2I, T2V, I2V or TI2V")
 	fs.DurationVar(&cfg.Base, "base", cfg.Base, "fixed cost per request (text encode + VAE decode), unscaled")
 	fs.DurationVar(&cfg.PerStep, "per-step", cfg.PerStep, "cost of one denoising step at 1024x1024, unscaled")

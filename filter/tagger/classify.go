@@ -49,7 +49,7 @@ func Classify(method, path string) Task {
 		return TaskVideoPoll
 	case method == "POST" && (path == "/v1/diffusion/generate" || path == "/rollout/generate"):
 		return TaskNative
-	case controlPaths[path] || strings.HasPrefix(path, "/workers/"):
+	case controlPaths[path] || strings.HasPrefix(path, "/workers/") || strings.HasPrefix(path, "/v1/models/"):
 		return TaskControl
 	}
 	return TaskOther

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,9 @@ type Config struct {
 	// Secret authenticates the worker identity inside job ids; every Envoy
 	// of one router gets the same.
 	Secret string `json:"secret"`
+	// FallbackRoute is the name of the route that takes requests naming a
+	// model no worker lists (counted and logged once per name).
+	FallbackRoute string `json:"fallback_route"`
 	// MaxBodyBytes bounds the bodies the plugin reads; larger ones stream
 	// through untouched.
 	MaxBodyBytes int      `json:"max_body_bytes"`
@@ -87,7 +91,11 @@ type pluginContext struct {
 	cfg     Config
 	signer  jobid.Signer
 	metrics *metrics
+	// fallbackNames counts the model names this VM looked up for logging.
+	fallbackNames int
 }
+
+const maxLoggedFallbacks = 256
 
 func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	raw, err := proxywasm.GetPluginConfiguration()
@@ -119,6 +127,8 @@ type httpContext struct {
 	// the request was pinned to (polls), empty for creations.
 	rewrite bool
 	jobKey  string
+	// model is the model the body named (x-diffusion-model), if any.
+	model string
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the
@@ -163,6 +173,13 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	// one check, whatever the method or the rest of the path.
 	if prefix, wrapped, suffix, ok := jobPath(path); ok {
 		return c.pinToWorker(path, prefix, wrapped, suffix)
+	}
+	// A job list that names a job (?video_id=, or the ?after= cursor) is
+	// that job's worker's list.
+	if base, query, _ := strings.Cut(path, "?"); base == "/v1/videos" && method == "GET" && query != "" {
+		if a, handled := c.pinListQuery(base, query); handled {
+			return a
+		}
 	}
 	switch {
 	case method == "POST" && (c.task == TaskVideo || c.task == TaskImage || c.task == TaskImageEdit):
@@ -221,6 +238,42 @@ func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Ac
 	return types.ActionContinue
 }
 
+// pinListQuery unwraps the job ids a list query names (video_id, after)
+// and pins the request to their worker. It reports false when the query
+// names no job.
+func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
+	values, err := url.ParseQuery(query)
+	if err != nil {
+		return types.ActionContinue, false
+	}
+	key := ""
+	for _, name := range []string{"video_id", "after"} {
+		wrapped := values.Get(name)
+		if wrapped == "" {
+			continue
+		}
+		id, k, ok := c.p.signer.Unwrap(wrapped)
+		if !ok || (key != "" && k != key) {
+			c.p.metrics.unknownJobIDs.Increment(1)
+			_ = proxywasm.SendHttpResponse(404, textHeaders, []byte("unknown job id "+strconv.Quote(wrapped)+": it was not issued by this router"), -1)
+			return types.ActionPause, true
+		}
+		key = k
+		values.Set(name, id)
+	}
+	if key == "" {
+		return types.ActionContinue, false
+	}
+	if err := proxywasm.ReplaceHttpRequestHeader(":path", base+"?"+values.Encode()); err != nil {
+		return c.fail("rewrite :path", err), true
+	}
+	if err := proxywasm.ReplaceHttpRequestHeader(HeaderTarget, key); err != nil {
+		return c.fail("set "+HeaderTarget, err), true
+	}
+	c.jobKey, c.rewrite = key, true
+	return types.ActionContinue, true
+}
+
 func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
 	if !c.readBody {
 		return types.ActionContinue
@@ -248,6 +301,7 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 		if err := proxywasm.ReplaceHttpRequestHeader(HeaderModel, facts.Model); err != nil {
 			return c.fail("set "+HeaderModel, err)
 		}
+		c.model = facts.Model
 	}
 	if err := proxywasm.ReplaceHttpRequestHeader(HeaderCost, strconv.FormatInt(facts.Cost, 10)); err != nil {
 		return c.fail("set "+HeaderCost, err)
@@ -292,6 +346,9 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 	}
 	c.p.metrics.routerMS.Record(uint64(routerMS))
 	_ = proxywasm.ReplaceHttpResponseHeader(HeaderRouterMS, strconv.FormatInt(routerMS, 10))
+	if c.model != "" && c.p.cfg.FallbackRoute != "" {
+		c.noteFallback()
+	}
 
 	if !c.rewrite || endOfStream || !strings.HasPrefix(status, "2") {
 		c.rewrite = false
@@ -349,6 +406,29 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 		}
 	}
 	return types.ActionContinue
+}
+
+// noteFallback counts a request whose model no worker lists (it went to a
+// worker of its task type) and logs each such name once per Envoy: the
+// first VM to claim the name in shared data logs it.
+func (c *httpContext) noteFallback() {
+	route, err := proxywasm.GetProperty([]string{"xds", "route_name"})
+	if err != nil || string(route) != c.p.cfg.FallbackRoute {
+		return
+	}
+	c.p.metrics.modelFallbacks.Increment(1)
+	// Names are the clients' to choose: shared data holds a bounded number.
+	if c.p.fallbackNames >= maxLoggedFallbacks {
+		return
+	}
+	c.p.fallbackNames++
+	key := "diffusion-router.model-fallback." + c.model
+	if _, _, err := proxywasm.GetSharedData(key); err == nil {
+		return
+	}
+	if err := proxywasm.SetSharedData(key, []byte{1}, 0); err == nil {
+		proxywasm.LogWarnf("diffusion-tagger: no worker lists model %q; such requests go to any worker of their task type (sglang ignores the name); --strict-model-routing answers 404 instead", c.model)
+	}
 }
 
 func newRequestID() string {

@@ -414,6 +414,11 @@ func TestJobPathsNeedSignedIDs(t *testing.T) {
 		{"GET", "/v1/videos/" + signed, "/v1/videos/video_1"},
 		{"POST", "/v1/videos/" + signed + "/remix", "/v1/videos/video_1/remix"},
 		{"GET", "/v1/images/" + signed + "/content?variant=1", "/v1/images/video_1/content?variant=1"},
+		// A list naming a job goes to that job's worker, with its own id.
+		{"GET", "/v1/videos?video_id=raw", ""},
+		{"GET", "/v1/videos?after=raw&limit=2", ""},
+		{"GET", "/v1/videos?video_id=" + signed + "&limit=2", "/v1/videos?limit=2&video_id=video_1"},
+		{"GET", "/v1/videos?after=" + signed, "/v1/videos?after=video_1"},
 	}
 	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
 		for _, tt := range tests {
@@ -433,6 +438,18 @@ func TestJobPathsNeedSignedIDs(t *testing.T) {
 			if k, _ := header(h, HeaderTarget); tt.wantPath != "" && k != key {
 				t.Errorf("%s %s: target %q, want %q", tt.method, tt.path, k, key)
 			}
+		}
+		// A list that names no job is any video worker's, untouched.
+		id := host.InitializeHttpContext()
+		if a := host.CallOnRequestHeaders(id, [][2]string{{":method", "GET"}, {":path", "/v1/videos?limit=5"}}, true); a != types.ActionContinue {
+			t.Fatalf("plain list: action %v", a)
+		}
+		h := host.GetCurrentRequestHeaders(id)
+		if p, _ := header(h, ":path"); p != "/v1/videos?limit=5" {
+			t.Fatalf("plain list path = %q", p)
+		}
+		if _, pinned := header(h, HeaderTarget); pinned {
+			t.Fatal("plain list pinned to a worker")
 		}
 	})
 }

@@ -135,15 +135,28 @@ func HealthCheck(o Options) *corev3.HealthCheck {
 		Interval:           durationpb.New(o.HealthCheckInterval),
 		UnhealthyThreshold: wrapperspb.UInt32(o.HealthCheckFailureThreshold),
 		HealthyThreshold:   wrapperspb.UInt32(1),
+		// A worker that is not (or not yet) healthy is checked about once a
+		// second whatever the interval: one registered before its server
+		// listens (the usual order when a trainer starts the fleet and the
+		// router together) is routable a second after it comes up.
+		UnhealthyInterval: durationpb.New(recheck(o.HealthCheckInterval)),
 		// Envoy probes idle clusters only every 60 s by default; a router
-		// between rollout phases is idle, and must still notice a dead worker.
-		NoTrafficInterval: durationpb.New(o.HealthCheckInterval),
-		ReuseConnection:   wrapperspb.Bool(true),
+		// between rollout phases is idle, and must still notice a dead
+		// worker (and pick up a new one quickly).
+		NoTrafficInterval:        durationpb.New(recheck(o.HealthCheckInterval)),
+		NoTrafficHealthyInterval: durationpb.New(o.HealthCheckInterval),
+		ReuseConnection:          wrapperspb.Bool(true),
 		HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
 			Path: "/health",
 		}},
 	}
 }
+
+// RecheckInterval is how often a worker that has not passed a health check
+// is checked again, when the health-check interval is longer.
+const RecheckInterval = time.Second
+
+func recheck(interval time.Duration) time.Duration { return min(interval, RecheckInterval) }
 
 // OutlierDetection ejects a worker after OutlierConsecutiveFailures failed
 // requests in a row. Every default that would let an ejected worker drift

@@ -22,6 +22,10 @@ const (
 	SubsetKeyWorker = "worker"
 	SubsetKeyModel  = "model"
 
+	// RouteModelFallback names the route of requests whose model no worker
+	// lists; the filter counts them by this name.
+	RouteModelFallback = "model-fallback"
+
 	// WorkerReadLimit is the workers cluster's per-connection buffer limit:
 	// one read from a worker brings at most this much (plus one 16 KiB
 	// slice) to the filters at once.
@@ -88,6 +92,11 @@ type Options struct {
 	// plane's REST API (the "registry" cluster).
 	RegistryAddress string
 	RegistryPort    uint32
+
+	// StrictModels answers 404 to a request naming a model no worker
+	// lists; by default it goes to a worker of its task type, as a
+	// sglang-diffusion server ignores the name.
+	StrictModels bool
 
 	// Filter, when set, puts the Wasm tagging filter in front of the router.
 	Filter *FilterOptions

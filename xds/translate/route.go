@@ -34,6 +34,10 @@ var RegistryPaths = append([]string{
 	"/v1/models",
 }, FanoutPaths...)
 
+// RegistryPrefixes are path prefixes the control plane answers: one worker
+// (/workers/{id}) and one model of the merged list (/v1/models/{id}).
+var RegistryPrefixes = []string{"/workers/", "/v1/models/"}
+
 // Messages of the router's own replies; the local-reply config wraps them in
 // JSON {"error": ...}.
 const (
@@ -44,6 +48,7 @@ const (
 	MsgFleetAsleep         = "the fleet is asleep (memory released); call POST /resume_memory_occupation first"
 	MsgUnknownModel        = "no registered worker serves the requested model (see GET /v1/models)"
 	MsgJobWorkerGone       = "the worker that holds this job is no longer serving (removed or quarantined)"
+	MsgJobWorkerAsleep     = "Mapped worker is sleeping (memory released); the job is kept: call POST /resume_memory_occupation, then poll again"
 )
 
 // Response headers that name, on every proxied answer, the worker that
@@ -68,6 +73,9 @@ type Fleet struct {
 	// whose memory is released.
 	Routable, VideoRoutable int
 	Asleep, VideoAsleep     int
+	// AsleepKeys are the job-id keys of active workers whose memory is
+	// released: their jobs are still there, the worker wakes later.
+	AsleepKeys []string
 	// ImageRoutable counts routable workers with an image task type.
 	ImageRoutable int
 	// Models and VideoModels are the models registered workers serve,
@@ -108,12 +116,28 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	for _, p := range RegistryPaths {
 		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}}))
 	}
-	routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/workers/"}}))
+	for _, p := range RegistryPrefixes {
+		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: p}}))
+	}
 
 	if o.Filter != nil {
+		// A job whose worker sleeps is not gone: 503 until it wakes.
+		for _, key := range f.AsleepKeys {
+			for _, prefix := range []string{"/v1/videos", "/v1/images/"} {
+				routes = append(routes, &routev3.Route{
+					Match: &routev3.RouteMatch{
+						PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: prefix},
+						Headers: []*routev3.HeaderMatcher{{Name: HeaderTarget, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+							StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: key}},
+						}}},
+					},
+					Action: directResponse(503, MsgJobWorkerAsleep),
+				})
+			}
+		}
 		// The filter checked the job id and named its worker; the subset
 		// load balancer picks exactly that worker (or none: 404).
-		for _, prefix := range []string{"/v1/videos/", "/v1/images/"} {
+		for _, prefix := range []string{"/v1/videos", "/v1/images/"} {
 			routes = append(routes, &routev3.Route{
 				Match: &routev3.RouteMatch{
 					PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: prefix},
@@ -188,8 +212,9 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 
 // modelRoutes routes one match to the workers: a request naming a model
 // (x-diffusion-model, set by the filter from the body) goes to a worker that
-// serves it, one naming a model nobody serves gets 404, one naming none
-// goes to any worker (of the task type subsetKey names, when set).
+// serves it; one naming a model nobody lists goes, like one naming none, to
+// any worker (of the task type subsetKey names, when set), on a route of
+// its own name so the filter counts it, or gets 404 with StrictModels.
 func modelRoutes(o Options, match func() *routev3.RouteMatch, models []string, subsetKey string) []*routev3.Route {
 	routed := func(m *routev3.RouteMatch, fields map[string]*structpb.Value) *routev3.Route {
 		a := workersAction(o)
@@ -219,7 +244,13 @@ func modelRoutes(o Options, match func() *routev3.RouteMatch, models []string, s
 	}
 	unknown := match()
 	unknown.Headers = []*routev3.HeaderMatcher{present(HeaderModel)}
-	out = append(out, &routev3.Route{Match: unknown, Action: directResponse(404, MsgUnknownModel)})
+	if o.StrictModels {
+		out = append(out, &routev3.Route{Match: unknown, Action: directResponse(404, MsgUnknownModel)})
+	} else {
+		fallback := routed(unknown, base())
+		fallback.Name = RouteModelFallback
+		out = append(out, fallback)
+	}
 	return append(out, routed(match(), base()))
 }
 

@@ -9,6 +9,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
+	"github.com/diffrouter/diffusion-router/filter/jobid"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
@@ -52,6 +53,9 @@ func FleetOf(workers []registry.Worker) Fleet {
 		f.Workers++
 		f.Quarantined += b2i(q)
 		f.Asleep += b2i(asleep)
+		if asleep {
+			f.AsleepKeys = append(f.AsleepKeys, jobid.WorkerKey(w.Key()))
+		}
 		f.Routable += b2i(routable)
 		if video {
 			f.VideoWorkers++

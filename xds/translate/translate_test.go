@@ -132,20 +132,52 @@ func TestWorkersClusterPolicy(t *testing.T) {
 }
 
 func TestHealthCheckFollowsFlags(t *testing.T) {
-	o := testOptions()
-	o.HealthCheckInterval = 2 * time.Second
-	o.HealthCheckFailureThreshold = 7
-	got := HealthCheck(o)
-	want := &corev3.HealthCheck{
-		Timeout:            durationpb.New(5 * time.Second),
-		Interval:           durationpb.New(2 * time.Second),
-		UnhealthyThreshold: wrapUint(7),
-		HealthyThreshold:   wrapUint(1),
-		NoTrafficInterval:  durationpb.New(2 * time.Second),
-		ReuseConnection:    wrapBool(true),
-		HealthChecker:      &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/health"}},
+	tests := []struct {
+		interval, recheck time.Duration
+	}{
+		// Workers not (yet) healthy are checked about once a second,
+		// whatever the interval; never less often than the interval.
+		{2 * time.Second, time.Second},
+		{time.Hour, time.Second},
+		{500 * time.Millisecond, 500 * time.Millisecond},
 	}
-	assertProtoEqual(t, got, want)
+	for _, tt := range tests {
+		o := testOptions()
+		o.HealthCheckInterval = tt.interval
+		o.HealthCheckFailureThreshold = 7
+		want := &corev3.HealthCheck{
+			Timeout:                  durationpb.New(5 * time.Second),
+			Interval:                 durationpb.New(tt.interval),
+			UnhealthyThreshold:       wrapUint(7),
+			HealthyThreshold:         wrapUint(1),
+			UnhealthyInterval:        durationpb.New(tt.recheck),
+			NoTrafficInterval:        durationpb.New(tt.recheck),
+			NoTrafficHealthyInterval: durationpb.New(tt.interval),
+			ReuseConnection:          wrapBool(true),
+			HealthChecker:            &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/health"}},
+		}
+		assertProtoEqual(t, HealthCheck(o), want)
+	}
+}
+
+// A job whose worker sleeps answers 503 (it is kept), not 404.
+func TestAsleepWorkersJobsAre503(t *testing.T) {
+	o := testOptions()
+	o.Filter = &FilterOptions{Path: "/f.wasm", Config: "{}"}
+	rc := FrontRoutes(o, Fleet{Workers: 1, Asleep: 1, AsleepKeys: []string{"k1"}})
+	found := 0
+	for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
+		hs := r.GetMatch().GetHeaders()
+		if len(hs) == 1 && hs[0].GetName() == HeaderTarget && hs[0].GetStringMatch().GetExact() == "k1" {
+			if r.GetDirectResponse().GetStatus() != 503 {
+				t.Fatalf("asleep worker's job route: %v", r)
+			}
+			found++
+		}
+	}
+	if found != 2 {
+		t.Fatalf("%d routes for the asleep worker's jobs, want 2 (videos, images)", found)
+	}
 }
 
 func TestWorkersLoadAssignment(t *testing.T) {
@@ -367,7 +399,25 @@ func TestBuildIsDeterministic(t *testing.T) {
 // TestModelRoutes: a request naming a served model goes to that model's
 // subset, one naming an unknown model gets 404, one naming none any worker.
 func TestModelRoutes(t *testing.T) {
-	rc := FrontRoutes(testOptions(), Fleet{Workers: 2, Routable: 2, Models: []string{"flux", "qwen"}})
+	for _, tt := range []struct {
+		strict bool
+		want   []string
+	}{
+		// A name nobody lists goes to any worker (sglang ignores it), on
+		// the fallback route the filter counts; strict mode answers 404.
+		{false, []string{"flux->model:flux", "qwen->model:qwen", "present->model:(model-fallback)", "any->model:"}},
+		{true, []string{"flux->model:flux", "qwen->model:qwen", "present->404", "any->model:"}},
+	} {
+		o := testOptions()
+		o.StrictModels = tt.strict
+		if got := catchAllRoutes(o); !slices.Equal(got, tt.want) {
+			t.Errorf("strict %v: catch-all routes = %v, want %v", tt.strict, got, tt.want)
+		}
+	}
+}
+
+func catchAllRoutes(o Options) []string {
+	rc := FrontRoutes(o, Fleet{Workers: 2, Routable: 2, Models: []string{"flux", "qwen"}})
 	var got []string
 	for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
 		if r.GetMatch().GetPrefix() != "/" {
@@ -386,13 +436,13 @@ func TestModelRoutes(t *testing.T) {
 		} else {
 			m := r.GetRoute().GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()[SubsetKeyModel].GetStringValue()
 			desc += "->model:" + m
+			if r.GetName() != "" {
+				desc += "(" + r.GetName() + ")"
+			}
 		}
 		got = append(got, desc)
 	}
-	want := []string{"flux->model:flux", "qwen->model:qwen", "present->404", "any->model:"}
-	if !slices.Equal(got, want) {
-		t.Fatalf("catch-all routes = %v, want %v", got, want)
-	}
+	return got
 }
 
 func TestFilterRoutesAndListener(t *testing.T) {
