@@ -94,8 +94,10 @@ func TestModelRouting(t *testing.T) {
 	if len(seen) != 3 {
 		t.Fatalf("requests without a model reached %v, want all three workers", seen)
 	}
-	unknown := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "p", "model": "sdxl"})
-	if unknown.Status != 404 || !strings.Contains(fmt.Sprint(unknown.JSON(t)["error"]), "model") {
+	// A name no worker lists is ignored, as sglang ignores it (404 only with
+	// --strict-model-routing, see TestStrictModelRouting).
+	unknown := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "p", "model": "sdxl", "num_inference_steps": 2})
+	if unknown.Status != 200 {
 		t.Fatalf("unknown model = %d %s", unknown.Status, unknown.Body)
 	}
 }

@@ -175,7 +175,10 @@ func TestFlagsReachEnvoy(t *testing.T) {
 		{"--timeout (per try)", "per_try_timeout", "42.500s"},
 		{"--max-connections", "max_connections", "7"},
 		{"--health-check-interval", "interval", "3s"},
-		{"--health-check-interval (idle)", "no_traffic_interval", "3s"},
+		{"--health-check-interval (idle, healthy)", "no_traffic_healthy_interval", "3s"},
+		// Workers not yet healthy are checked every second, whatever the interval.
+		{"--health-check-interval (idle, not yet healthy)", "no_traffic_interval", "1s"},
+		{"--health-check-interval (unhealthy)", "unhealthy_interval", "1s"},
 		{"--health-check-failure-threshold", "unhealthy_threshold", "4"},
 		{"--health-check-timeout", "timeout", "2s"},
 		{"--max-retries", "num_retries", "1"},
