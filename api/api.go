@@ -653,6 +653,9 @@ func (s *Server) updateWeights(w http.ResponseWriter, r *http.Request, obj map[s
 	if p, ok := obj["model_path"].(string); !ok || strings.TrimSpace(p) == "" {
 		writeError(w, errorf(http.StatusBadRequest, "\"model_path\" is required and must be a non-empty string"))
 		return
+	} else if !registry.ValidName(p) {
+		writeError(w, errorf(http.StatusBadRequest, "\"model_path\" must be at most 1024 bytes without control characters"))
+		return
 	}
 	spec := fleet.UpdateSpec{Mode: fleet.ModeInplace, MaxUnavailable: 1, Timeout: s.FanoutTimeout, Request: map[string]any{}}
 	for k, v := range obj {
@@ -667,8 +670,8 @@ func (s *Server) updateWeights(w http.ResponseWriter, r *http.Request, obj map[s
 				writeError(w, errorf(http.StatusBadRequest, "\"weight_version\" must be a string or a number"))
 				return
 			}
-			if strings.TrimSpace(spec.Version) == "" || len(spec.Version) > 128 {
-				writeError(w, errorf(http.StatusBadRequest, "\"weight_version\" must be 1 to 128 characters"))
+			if !registry.ValidVersion(spec.Version) {
+				writeError(w, errorf(http.StatusBadRequest, "\"weight_version\" must be 1 to 128 visible ASCII characters (0x21-0x7E: no spaces or control characters); it is sent to clients in the x-weight-version header"))
 				return
 			}
 		case "mode":

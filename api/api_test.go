@@ -208,6 +208,11 @@ func TestBadRequests(t *testing.T) {
 		{"POST", "/add_worker", `{"url":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 413},
 		{"POST", "/add_worker", "{\"url\": \"http://a:1/\xc3\x28\"}", 400},
 		{"POST", "/update_weights_from_disk", "{\"model_path\": \"/m/\xc3\x28\"}", 400},
+		// Values that reach a header (x-weight-version) or Envoy metadata.
+		{"POST", "/update_weights_from_disk", `{"model_path": "m1", "weight_version": "v\r\nSet-Cookie: session=attacker\r\nContent-Length: 5\r\n\r\nHIJACK"}`, 400},
+		{"POST", "/update_weights_from_disk", `{"model_path": "m1", "weight_version": "v 1"}`, 400},
+		{"POST", "/update_weights_from_disk", `{"model_path": "m1", "weight_version": "v\u00e9"}`, 400},
+		{"POST", "/update_weights_from_disk", `{"model_path": "m\nx"}`, 400},
 	}
 	for _, tt := range tests {
 		code, v := call(t, s, tt.method, tt.target, tt.body)

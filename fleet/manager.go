@@ -446,7 +446,9 @@ func ParseModels(body []byte) (registry.Capabilities, error) {
 		// Requests may name the served name (id) or the model path (root,
 		// what /v1/model_info reports): both route here.
 		for _, name := range []string{entry.ID, entry.Root} {
-			if name != "" && !slices.Contains(caps.ModelIDs, name) {
+			// A name that cannot be matched safely (control characters)
+			// is not routed by.
+			if registry.ValidName(name) && !slices.Contains(caps.ModelIDs, name) {
 				caps.ModelIDs = append(caps.ModelIDs, name)
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // State is a worker's place in its lifecycle.
@@ -110,6 +111,37 @@ func (w Worker) InEnvoy() bool {
 		return true
 	}
 	return false
+}
+
+// ValidVersion reports whether s may be a weight version. Versions reach
+// every client in the x-weight-version header, so they are 1 to 128
+// visible ASCII characters (0x21-0x7E): no spaces, no control characters,
+// nothing that could end a header line.
+func ValidVersion(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidName reports whether s may be a model name or path: 1 to 1024
+// bytes of UTF-8 without control characters (they would reach Envoy's
+// metadata and route matchers, and a header where a name is echoed).
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 1024 || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Weights is a version of model weights: what the trainer last pushed.

@@ -297,7 +297,14 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 		c.p.metrics.parseErrors.Increment(1)
 		return types.ActionContinue // the worker will say what is wrong
 	}
-	if facts.Model != "" && validHeaderValue(facts.Model) {
+	if facts.Model != "" && !validHeaderValue(facts.Model) {
+		// A name with control characters cannot be matched or passed on
+		// safely: refuse it rather than route as if it were absent.
+		c.p.metrics.parseErrors.Increment(1)
+		_ = proxywasm.SendHttpResponse(400, textHeaders, []byte("the request's \"model\" has control characters or is over 512 bytes"), -1)
+		return types.ActionPause
+	}
+	if facts.Model != "" {
 		if err := proxywasm.ReplaceHttpRequestHeader(HeaderModel, facts.Model); err != nil {
 			return c.fail("set "+HeaderModel, err)
 		}

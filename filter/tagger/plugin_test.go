@@ -453,3 +453,26 @@ func TestJobPathsNeedSignedIDs(t *testing.T) {
 		}
 	})
 }
+
+// A model name that would not be a safe header value is refused, never
+// routed as if no model were named.
+func TestModelWithControlCharactersRefused(t *testing.T) {
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		for _, tt := range []struct {
+			model string
+			want  int // 0: passes
+		}{{"m\r\nx: y", 400}, {"m\x00", 400}, {strings.Repeat("m", 600), 400}, {"black-forest-labs/FLUX.1-dev", 0}} {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"}}, false)
+			body, _ := json.Marshal(map[string]any{"prompt": "p", "model": tt.model})
+			host.CallOnRequestBody(id, body, true)
+			local := host.GetSentLocalResponse(id)
+			switch {
+			case tt.want == 0 && local != nil:
+				t.Errorf("model %q refused: %+v", tt.model, local)
+			case tt.want != 0 && (local == nil || int(local.StatusCode) != tt.want):
+				t.Errorf("model %q: local reply %+v, want %d", tt.model, local, tt.want)
+			}
+		}
+	})
+}
