@@ -69,6 +69,9 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &ae):
 		writeJSON(w, ae.status, map[string]any{"error": ae.msg})
+	case errors.Is(err, registry.ErrStore):
+		// Nothing changed: the router does not answer what it cannot keep.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
 	case errors.Is(err, registry.ErrInvalidURL):
 		writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error()})
 	case errors.Is(err, registry.ErrNotFound):
@@ -495,6 +498,7 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 		"sleeping_workers": sleeping,
 		"generation":       snap.Generation, "weight_version": snap.Fleet.Version, "model_path": snap.Fleet.ModelPath,
 		"running_operation": s.Fleet.Running(),
+		"store":             storeView(s.Fleet.Registry()),
 	})
 }
 
@@ -512,6 +516,17 @@ func (s *Server) model(w http.ResponseWriter, id string) {
 		}
 	}
 	writeError(w, errorf(http.StatusNotFound, "model %q is not served by any active worker (see GET /v1/models)", id))
+}
+
+// storeView says whether the registry store writes: while it fails, every
+// change is refused with 503.
+func storeView(reg *registry.Registry) map[string]any {
+	err, failures := reg.StoreHealth()
+	v := map[string]any{"healthy": err == nil, "write_failures": failures}
+	if err != nil {
+		v["error"] = err.Error()
+	}
+	return v
 }
 
 // models merges the workers' /v1/models lists, one entry per model id.

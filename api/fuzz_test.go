@@ -99,7 +99,7 @@ func FuzzWorkerByID(f *testing.F) {
 	}
 	s, reg := fuzzAPI(f)
 	u, _ := registry.ParseWorkerURL("http://127.0.0.1:1")
-	reg.Add(u, "127.0.0.1", registry.Capabilities{}, registry.StateActive, "")
+	_, _ = reg.Add(u, "127.0.0.1", registry.Capabilities{}, registry.StateActive, "")
 	f.Fuzz(func(t *testing.T, method, id, body string) {
 		switch method {
 		case "GET", "PUT", "DELETE", "POST", "PATCH":

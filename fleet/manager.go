@@ -222,7 +222,10 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 		// A joiner takes traffic only once it holds the fleet's weights.
 		state, reason = registry.StatePending, "loading the fleet's weights (version "+fleet.Version+")"
 	}
-	res := m.reg.Add(u, addr, caps, state, reason)
+	res, err := m.reg.Add(u, addr, caps, state, reason)
+	if err != nil {
+		return AdmitResult{}, err
+	}
 	if res.SameServer {
 		return m.sameServer(ctx, u, res.Worker) // registered meanwhile
 	}

@@ -64,6 +64,7 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 	} else {
 		m.reg.NoteVersion(version)
 	}
+	var storeErr error // a change the registry store could not write
 	out := UpdateOutcome{Outcome: Outcome{ID: id, Quarantined: []string{}}, Version: version, ModelPath: modelPath, Mode: spec.Mode}
 	var targets []registry.Worker
 	for _, w := range m.reg.Snapshot().Workers {
@@ -105,7 +106,9 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 				}
 				out.add(r, m.settle(targets[i], r, version, modelPath, registry.StateActive))
 			}
-			m.reg.SetWorkersWeights(ok, version, modelPath)
+			if _, err := m.reg.SetWorkersWeights(ok, version, modelPath); err != nil {
+				storeErr = err
+			}
 		}
 	}
 	if out.Rejected {
@@ -115,8 +118,16 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 		m.waitSynced(ctx, m.reg.Snapshot().Generation)
 		return out, nil
 	}
-	if out.Succeeded > 0 {
-		m.reg.SetFleetWeights(registry.Weights{Version: version, ModelPath: modelPath, Request: spec.Request})
+	if out.Succeeded > 0 && storeErr == nil {
+		if _, err := m.reg.SetFleetWeights(registry.Weights{Version: version, ModelPath: modelPath, Request: spec.Request}); err != nil {
+			storeErr = err
+		}
+	}
+	if storeErr != nil {
+		// The workers hold what they loaded; the router could not record
+		// it and says so rather than answer as if it had.
+		out.sort()
+		return out, fmt.Errorf("%d workers loaded weights %s, but the router could not record it: %w", out.Succeeded, version, storeErr)
 	}
 	out.sort()
 	m.waitSynced(ctx, m.reg.Snapshot().Generation)

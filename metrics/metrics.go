@@ -73,10 +73,12 @@ func (m *Metrics) Probe(ok bool) {
 }
 
 var (
-	workersDesc = prometheus.NewDesc("diffusion_router_workers", "Registered workers by state.", []string{"state"}, nil)
-	asleepDesc  = prometheus.NewDesc("diffusion_router_workers_asleep", "Workers whose memory is released.", nil, nil)
-	envoysDesc  = prometheus.NewDesc("diffusion_router_envoys_connected", "Envoys connected over xDS, and how many of them run the current configuration.", []string{"synced"}, nil)
-	genDesc     = prometheus.NewDesc("diffusion_router_registry_generation", "Registry generation (changes since start).", nil, nil)
+	workersDesc   = prometheus.NewDesc("diffusion_router_workers", "Registered workers by state.", []string{"state"}, nil)
+	asleepDesc    = prometheus.NewDesc("diffusion_router_workers_asleep", "Workers whose memory is released.", nil, nil)
+	envoysDesc    = prometheus.NewDesc("diffusion_router_envoys_connected", "Envoys connected over xDS, and how many of them run the current configuration.", []string{"synced"}, nil)
+	genDesc       = prometheus.NewDesc("diffusion_router_registry_generation", "Registry generation (changes since start).", nil, nil)
+	storeOKDesc   = prometheus.NewDesc("diffusion_router_store_healthy", "1 when the registry store's last write worked (or there is no store), 0 while it fails.", nil, nil)
+	storeErrsDesc = prometheus.NewDesc("diffusion_router_store_write_failures_total", "Registry changes refused because the store could not write them.", nil, nil)
 )
 
 // fleetCollector reads the registry and the xDS server at scrape time, so
@@ -91,6 +93,8 @@ func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- asleepDesc
 	ch <- envoysDesc
 	ch <- genDesc
+	ch <- storeOKDesc
+	ch <- storeErrsDesc
 }
 
 func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
@@ -118,4 +122,11 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(envoysDesc, prometheus.GaugeValue, float64(synced), "true")
 	ch <- prometheus.MustNewConstMetric(envoysDesc, prometheus.GaugeValue, float64(unsynced), "false")
 	ch <- prometheus.MustNewConstMetric(genDesc, prometheus.CounterValue, float64(snap.Generation))
+	storeErr, failures := c.fleet.StoreHealth()
+	healthy := 1.0
+	if storeErr != nil {
+		healthy = 0
+	}
+	ch <- prometheus.MustNewConstMetric(storeOKDesc, prometheus.GaugeValue, healthy)
+	ch <- prometheus.MustNewConstMetric(storeErrsDesc, prometheus.CounterValue, float64(failures))
 }

@@ -18,7 +18,7 @@ func TestMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		reg.Add(u, u.Host, registry.Capabilities{}, registry.StateActive, "")
+		_, _ = reg.Add(u, u.Host, registry.Capabilities{}, registry.StateActive, "")
 	}
 	if _, _, err := reg.SetState("http://10.0.0.3:1", registry.StateQuarantined, "test"); err != nil {
 		t.Fatal(err)

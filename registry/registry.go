@@ -183,8 +183,11 @@ type Registry struct {
 	// store, when set, receives every change (see Persist).
 	store        *Store
 	onStoreError func(error)
-	now          func() time.Time
-	subs         map[chan struct{}]struct{}
+	// storeErr is the last write's error; storeFailures counts them.
+	storeErr      error
+	storeFailures uint64
+	now           func() time.Time
+	subs          map[chan struct{}]struct{}
 }
 
 // New returns an empty registry. now is the clock (time.Now when nil).
@@ -210,24 +213,75 @@ func (r *Registry) Subscribe() (<-chan struct{}, func()) {
 	}
 }
 
-// changedLocked bumps the generation, writes the changed workers (keys) and
-// the fleet's data to the store, and wakes subscribers. Caller holds mu.
-func (r *Registry) changedLocked(keys ...string) uint64 {
-	r.gen++
+// ErrStore marks a change the store could not write. The change was taken
+// back: memory and disk never disagree.
+var ErrStore = errors.New("the registry store could not write the change")
+
+// undo is what a change is about to touch, to put back if the store
+// cannot write it.
+type undo struct {
+	workers map[string]*Worker // key -> the worker as it was; nil: absent
+	fleet   Weights
+	counter int
+}
+
+// beginLocked remembers the workers (keys) and the fleet data before a
+// change. Caller holds mu.
+func (r *Registry) beginLocked(keys ...string) undo {
+	u := undo{workers: make(map[string]*Worker, len(keys)), fleet: r.fleet, counter: r.counter}
+	for _, k := range keys {
+		if w, ok := r.workers[k]; ok {
+			c := copyWorker(*w)
+			u.workers[k] = &c
+		} else {
+			u.workers[k] = nil
+		}
+	}
+	return u
+}
+
+// commitLocked bumps the generation, writes the changed workers (keys) and
+// the fleet's data to the store, and wakes subscribers. If the store
+// cannot write, the change is undone and an ErrStore returned. Caller
+// holds mu.
+func (r *Registry) commitLocked(u undo, keys ...string) (uint64, error) {
 	if r.store != nil {
 		// Written before anyone learns of the change: what an API call
 		// answered is on disk.
-		if err := r.store.save(r.gen, r.counter, r.fleet, r.workers, keys); err != nil && r.onStoreError != nil {
-			r.onStoreError(err)
+		if err := r.store.save(r.gen+1, r.counter, r.fleet, r.workers, keys); err != nil {
+			for k, w := range u.workers {
+				if w == nil {
+					delete(r.workers, k)
+				} else {
+					r.workers[k] = w
+				}
+			}
+			r.fleet, r.counter = u.fleet, u.counter
+			r.storeErr = err
+			r.storeFailures++
+			if r.onStoreError != nil {
+				r.onStoreError(err)
+			}
+			return r.gen, fmt.Errorf("%w (%s): %v", ErrStore, r.store.Path(), err)
 		}
+		r.storeErr = nil
 	}
+	r.gen++
 	for ch := range r.subs {
 		select {
 		case ch <- struct{}{}:
 		default:
 		}
 	}
-	return r.gen
+	return r.gen, nil
+}
+
+// StoreHealth reports the last store write's error (nil when it worked or
+// there is no store) and how many writes have failed since start.
+func (r *Registry) StoreHealth() (error, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.storeErr, r.storeFailures
 }
 
 // Snapshot returns a copy of the whole fleet.
@@ -313,16 +367,17 @@ func (r *Registry) findServerLocked(id string) *Worker {
 // unchanged: adding is idempotent. Reviving a draining or quarantined worker
 // is a separate decision (SetState), so a re-registration from the worker's
 // own side cannot bring back one that failed.
-func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state State, reason string) AddResult {
+func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state State, reason string) (AddResult, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := u.String()
 	if w, ok := r.workers[key]; ok {
-		return AddResult{Worker: copyWorker(*w), Generation: r.gen}
+		return AddResult{Worker: copyWorker(*w), Generation: r.gen}, nil
 	}
 	if w := r.findServerLocked(ServerIdentity(u.Scheme, address, u.Port)); w != nil {
-		return AddResult{Worker: copyWorker(*w), Generation: r.gen, SameServer: true}
+		return AddResult{Worker: copyWorker(*w), Generation: r.gen, SameServer: true}, nil
 	}
+	undo := r.beginLocked(key)
 	now := r.now()
 	w := &Worker{URL: u, Address: address, State: state, Reason: reason, Since: now, AddedAt: now, Caps: caps,
 		WeightVersion: InitialWeightVersion}
@@ -330,8 +385,11 @@ func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state Sta
 		w.ModelPath = caps.ModelIDs[0]
 	}
 	r.workers[key] = w
-	gen := r.changedLocked(key)
-	return AddResult{Worker: copyWorker(*w), Created: true, Generation: gen}
+	gen, err := r.commitLocked(undo, key)
+	if err != nil {
+		return AddResult{Generation: gen}, fmt.Errorf("add %s: %w", key, err)
+	}
+	return AddResult{Worker: copyWorker(*w), Created: true, Generation: gen}, nil
 }
 
 // SetState moves a worker to a state with a reason. Setting the state it is
@@ -352,11 +410,15 @@ func (r *Registry) SetState(key string, to State, reason string, from ...State) 
 	if w.State == to && w.Reason == reason {
 		return copyWorker(*w), r.gen, nil
 	}
+	undo := r.beginLocked(key)
 	w.State, w.Reason, w.Since = to, reason, r.now()
 	if to == StateActive {
 		w.ConsecutiveFailures = 0
 	}
-	gen := r.changedLocked(key)
+	gen, err := r.commitLocked(undo, key)
+	if err != nil {
+		return copyWorker(*r.workers[key]), gen, fmt.Errorf("set state of %s to %s: %w", key, to, err)
+	}
 	return copyWorker(*w), gen, nil
 }
 
@@ -373,10 +435,15 @@ func (r *Registry) mutate(key, what string, change func(w *Worker) bool) (uint64
 	if !ok {
 		return r.gen, fmt.Errorf("%s of %s: %w", what, key, ErrNotFound)
 	}
+	undo := r.beginLocked(key)
 	if !change(w) {
 		return r.gen, nil
 	}
-	return r.changedLocked(key), nil
+	gen, err := r.commitLocked(undo, key)
+	if err != nil {
+		return gen, fmt.Errorf("%s of %s: %w", what, key, err)
+	}
+	return gen, nil
 }
 
 // SetCapabilities records what the worker reported in /v1/models.
@@ -442,8 +509,13 @@ func (r *Registry) Delete(key string, from ...State) (uint64, error) {
 	if len(from) > 0 && !slices.Contains(from, w.State) {
 		return r.gen, fmt.Errorf("delete %s: worker is %s: %w", key, w.State, ErrConflict)
 	}
+	undo := r.beginLocked(key)
 	delete(r.workers, key)
-	return r.changedLocked(key), nil
+	gen, err := r.commitLocked(undo, key)
+	if err != nil {
+		return gen, fmt.Errorf("delete %s: %w", key, err)
+	}
+	return gen, nil
 }
 
 // SetWorkerWeights records that a worker now holds a weight version. It
@@ -472,29 +544,41 @@ func (r *Registry) SetAsleep(key string, asleep bool) (uint64, error) {
 // SetWorkersWeights records that several workers now hold a weight version,
 // as one change (one store write, one xDS push): a fleet-wide update settles
 // all its successes at once.
-func (r *Registry) SetWorkersWeights(keys []string, version, modelPath string) uint64 {
+func (r *Registry) SetWorkersWeights(keys []string, version, modelPath string) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var changed []string
 	for _, k := range keys {
 		if w, ok := r.workers[k]; ok && (w.WeightVersion != version || w.ModelPath != modelPath) {
-			w.WeightVersion, w.ModelPath = version, modelPath
 			changed = append(changed, k)
 		}
 	}
 	if len(changed) == 0 {
-		return r.gen
+		return r.gen, nil
 	}
-	return r.changedLocked(changed...)
+	undo := r.beginLocked(changed...)
+	for _, k := range changed {
+		r.workers[k].WeightVersion, r.workers[k].ModelPath = version, modelPath
+	}
+	gen, err := r.commitLocked(undo, changed...)
+	if err != nil {
+		return gen, fmt.Errorf("record weights %s of %d workers: %w", version, len(changed), err)
+	}
+	return gen, nil
 }
 
 // SetFleetWeights records the fleet's new weight version.
-func (r *Registry) SetFleetWeights(wt Weights) uint64 {
+func (r *Registry) SetFleetWeights(wt Weights) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	undo := r.beginLocked()
 	wt.UpdatedAt = r.now()
 	r.fleet = wt
-	return r.changedLocked()
+	gen, err := r.commitLocked(undo)
+	if err != nil {
+		return gen, fmt.Errorf("record the fleet's weights %s: %w", wt.Version, err)
+	}
+	return gen, nil
 }
 
 // NextVersion returns the version for an update that names none: one more

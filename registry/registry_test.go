@@ -24,11 +24,11 @@ func fixedClock() func() time.Time {
 
 func TestAddIsIdempotentAndBumpsGenerationOnce(t *testing.T) {
 	r := New(fixedClock())
-	a := r.Add(mustURL(t, "http://h:1/"), "10.0.0.1", Capabilities{}, StateActive, "")
+	a := mustAdd(t, r, mustURL(t, "http://h:1/"), "10.0.0.1", Capabilities{}, StateActive, "")
 	if !a.Created || a.Generation != 1 {
 		t.Fatalf("first add: %+v", a)
 	}
-	b := r.Add(mustURL(t, "http://H:1"), "10.0.0.1", Capabilities{}, StatePending, "")
+	b := mustAdd(t, r, mustURL(t, "http://H:1"), "10.0.0.1", Capabilities{}, StatePending, "")
 	if b.Created || b.Generation != 1 || b.Worker.State != StateActive {
 		t.Fatalf("second add changed state: %+v", b)
 	}
@@ -54,7 +54,7 @@ func TestSetStateTransitions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := New(fixedClock())
-			key := r.Add(mustURL(t, "http://h:1"), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key()
+			key := mustAdd(t, r, mustURL(t, "http://h:1"), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key()
 			w, gen, err := r.SetState(key, tt.to, tt.reason, tt.from...)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
@@ -78,7 +78,7 @@ func TestSubscribeCoalescesChanges(t *testing.T) {
 	ch, cancel := r.Subscribe()
 	defer cancel()
 	for i := 1; i <= 3; i++ {
-		r.Add(mustURL(t, "http://h:"+string(rune('0'+i))), "10.0.0.1", Capabilities{}, StateActive, "")
+		mustAdd(t, r, mustURL(t, "http://h:"+string(rune('0'+i))), "10.0.0.1", Capabilities{}, StateActive, "")
 	}
 	select {
 	case <-ch:
@@ -97,8 +97,8 @@ func TestSubscribeCoalescesChanges(t *testing.T) {
 
 func TestSnapshotIsACopyAndSorted(t *testing.T) {
 	r := New(nil)
-	r.Add(mustURL(t, "http://b:1"), "10.0.0.2", Capabilities{Known: true, TaskTypes: []string{"T2V"}}, StateActive, "")
-	r.Add(mustURL(t, "http://a:1"), "10.0.0.1", Capabilities{}, StateActive, "")
+	mustAdd(t, r, mustURL(t, "http://b:1"), "10.0.0.2", Capabilities{Known: true, TaskTypes: []string{"T2V"}}, StateActive, "")
+	mustAdd(t, r, mustURL(t, "http://a:1"), "10.0.0.1", Capabilities{}, StateActive, "")
 	s := r.Snapshot()
 	if s.Workers[0].Key() != "http://a:1" || s.Workers[1].Key() != "http://b:1" {
 		t.Fatalf("not sorted: %v, %v", s.Workers[0].Key(), s.Workers[1].Key())
@@ -115,7 +115,7 @@ func TestSnapshotIsACopyAndSorted(t *testing.T) {
 
 func TestRecordProbeAndDelete(t *testing.T) {
 	r := New(nil)
-	key := r.Add(mustURL(t, "http://h:1"), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key()
+	key := mustAdd(t, r, mustURL(t, "http://h:1"), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key()
 	for want := 1; want <= 3; want++ {
 		if n, _ := r.RecordProbe(key, false); n != want {
 			t.Fatalf("failures = %d, want %d", n, want)
@@ -137,10 +137,10 @@ func TestSetWorkersWeightsIsOneChange(t *testing.T) {
 	r := New(nil)
 	var keys []string
 	for _, u := range []string{"http://a:1", "http://b:1", "http://c:1"} {
-		keys = append(keys, r.Add(mustURL(t, u), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key())
+		keys = append(keys, mustAdd(t, r, mustURL(t, u), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key())
 	}
 	gen := r.Snapshot().Generation
-	if g := r.SetWorkersWeights(append(keys, "http://gone:1"), "v2", "/ckpt/2"); g != gen+1 {
+	if g, _ := r.SetWorkersWeights(append(keys, "http://gone:1"), "v2", "/ckpt/2"); g != gen+1 {
 		t.Fatalf("generation %d -> %d, want one change", gen, g)
 	}
 	for _, w := range r.Snapshot().Workers {
@@ -148,7 +148,7 @@ func TestSetWorkersWeightsIsOneChange(t *testing.T) {
 			t.Fatalf("%s at %s %s", w.Key(), w.WeightVersion, w.ModelPath)
 		}
 	}
-	if g := r.SetWorkersWeights(keys, "v2", "/ckpt/2"); g != gen+1 {
+	if g, _ := r.SetWorkersWeights(keys, "v2", "/ckpt/2"); g != gen+1 {
 		t.Fatal("an unchanged version bumped the generation")
 	}
 }
@@ -177,15 +177,24 @@ func TestOneServerOneWorker(t *testing.T) {
 	r := New(nil)
 	first, _ := ParseWorkerURL("http://127.0.0.1:9")
 	again, _ := ParseWorkerURL("http://[::1]:9")
-	if res := r.Add(first, "127.0.0.1", Capabilities{}, StateActive, ""); !res.Created {
+	if res := mustAdd(t, r, first, "127.0.0.1", Capabilities{}, StateActive, ""); !res.Created {
 		t.Fatal("first add did not create")
 	}
 	gen := r.Snapshot().Generation
-	res := r.Add(again, "::1", Capabilities{}, StateActive, "")
+	res := mustAdd(t, r, again, "::1", Capabilities{}, StateActive, "")
 	if res.Created || !res.SameServer || res.Worker.Key() != first.String() {
 		t.Fatalf("second spelling: %+v", res)
 	}
 	if len(r.Snapshot().Workers) != 1 || r.Snapshot().Generation != gen {
 		t.Fatal("second spelling changed the registry")
 	}
+}
+
+func mustAdd(t *testing.T, r *Registry, u WorkerURL, address string, caps Capabilities, state State, reason string) AddResult {
+	t.Helper()
+	res, err := r.Add(u, address, caps, state, reason)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }

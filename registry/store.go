@@ -78,6 +78,9 @@ func OpenStore(dir string) (*Store, error) {
 	return &Store{db: db}, nil
 }
 
+// Path is the store's file.
+func (s *Store) Path() string { return s.db.Path() }
+
 // Close releases the file.
 func (s *Store) Close() error { return s.db.Close() }
 
@@ -199,7 +202,7 @@ func (s *Store) load() (gen uint64, counter int, fleet Weights, workers map[stri
 
 // Persist makes the registry write every change to the store, after first
 // loading what the store holds. A write that fails is reported through
-// onError; the change stays in memory.
+// onError, and the change is undone: callers get ErrStore.
 func (r *Registry) Persist(s *Store, onError func(error)) error {
 	gen, counter, fleet, workers, err := s.load()
 	if err != nil {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,9 +18,9 @@ func TestStoreRoundTrip(t *testing.T) {
 	if err := r.Persist(s, func(err error) { t.Errorf("store: %v", err) }); err != nil {
 		t.Fatal(err)
 	}
-	a := r.Add(mustURL(t, "http://10.0.0.1:1"), "10.0.0.1", Capabilities{Known: true, TaskTypes: []string{"T2V"}, ModelIDs: []string{"wan"}}, StateActive, "")
-	r.Add(mustURL(t, "http://10.0.0.2:1"), "10.0.0.2", Capabilities{}, StateActive, "")
-	r.Add(mustURL(t, "http://10.0.0.3:1"), "10.0.0.3", Capabilities{}, StateActive, "")
+	a := mustAdd(t, r, mustURL(t, "http://10.0.0.1:1"), "10.0.0.1", Capabilities{Known: true, TaskTypes: []string{"T2V"}, ModelIDs: []string{"wan"}}, StateActive, "")
+	mustAdd(t, r, mustURL(t, "http://10.0.0.2:1"), "10.0.0.2", Capabilities{}, StateActive, "")
+	mustAdd(t, r, mustURL(t, "http://10.0.0.3:1"), "10.0.0.3", Capabilities{}, StateActive, "")
 	if _, err := r.Delete("http://10.0.0.3:1"); err != nil {
 		t.Fatal(err)
 	}
@@ -85,5 +86,53 @@ func TestStoreRefusesCorruptOrLocked(t *testing.T) {
 	defer s.Close()
 	if _, err := OpenStore(dir2); err == nil || !strings.Contains(err.Error(), "locked") {
 		t.Fatalf("second open: %v", err)
+	}
+}
+
+// A change the store cannot write is refused and undone: memory and disk
+// never disagree, and the store's health says so.
+func TestStoreFailureUndoesTheChange(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(nil)
+	if err := r.Persist(s, nil); err != nil {
+		t.Fatal(err)
+	}
+	a := mustAdd(t, r, mustURL(t, "http://10.0.0.1:1"), "10.0.0.1", Capabilities{}, StateActive, "")
+	before := r.Snapshot()
+	s.Close() // every later write fails
+
+	checks := []struct {
+		name   string
+		change func() error
+	}{
+		{"add", func() error {
+			_, err := r.Add(mustURL(t, "http://10.0.0.2:1"), "10.0.0.2", Capabilities{}, StateActive, "")
+			return err
+		}},
+		{"quarantine", func() error {
+			_, _, err := r.SetState(a.Worker.Key(), StateQuarantined, "x")
+			return err
+		}},
+		{"delete", func() error { _, err := r.Delete(a.Worker.Key()); return err }},
+		{"weights", func() error { _, err := r.SetWorkerWeights(a.Worker.Key(), "9", "/ckpt/9"); return err }},
+		{"fleet weights", func() error { _, err := r.SetFleetWeights(Weights{Version: "9"}); return err }},
+		{"many weights", func() error { _, err := r.SetWorkersWeights([]string{a.Worker.Key()}, "9", "/ckpt/9"); return err }},
+	}
+	for _, c := range checks {
+		if err := c.change(); !errors.Is(err, ErrStore) {
+			t.Fatalf("%s with a failing store: %v, want ErrStore", c.name, err)
+		}
+		after := r.Snapshot()
+		if after.Generation != before.Generation || len(after.Workers) != 1 || after.Workers[0].State != StateActive ||
+			after.Workers[0].WeightVersion != InitialWeightVersion || after.Fleet.Version != "" {
+			t.Fatalf("%s changed the registry although the store refused it: %+v", c.name, after)
+		}
+	}
+	if err, n := r.StoreHealth(); err == nil || n != uint64(len(checks)) {
+		t.Fatalf("store health = %v, %d failures; want an error and %d", err, n, len(checks))
 	}
 }

@@ -125,7 +125,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	}
 	defer store.Close()
 	if err := reg.Persist(store, func(err error) {
-		base.WithError(err).Error("cannot write the registry to its store; the change holds in memory only")
+		base.WithError(err).Error("cannot write the registry to its store; the change was refused (503) and undone")
 	}); err != nil {
 		return err
 	}
