@@ -265,8 +265,14 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 	}
 	// The seed (Miles) router answers the list as worker_urls.
 	out["worker_urls"] = out["urls"]
+	// Routable means every Envoy routes to it now; "synced" only that they
+	// have the configuration.
+	out["routable"] = res.Synced && res.HealthError == ""
 	if res.HealthError != "" {
 		out["warning"] = "worker registered, but its /health did not answer: " + res.HealthError
+		out["not_routable_because"] = "its /health did not answer; Envoy routes to it once a health check passes (checked about once a second)"
+	} else if !res.Synced {
+		out["not_routable_because"] = "the Envoys did not report it healthy within --sync-timeout"
 	}
 	if res.SameServerAs != "" {
 		out["same_server_as"] = res.SameServerAs

@@ -132,8 +132,9 @@ func TestImageVariantsSurviveRewrite(t *testing.T) {
 func TestHealthRightAfterAddingADownWorker(t *testing.T) {
 	r := startRouter(t, "--health-check-interval", "3600")
 	down := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	if res := postJSON(t, r.Front+"/add_worker", map[string]any{"url": down}); res.Status != 200 {
-		t.Fatalf("add_worker: %d %s", res.Status, res.Body)
+	if res := postJSON(t, r.Front+"/add_worker", map[string]any{"url": down}); res.Status != 200 ||
+		res.JSON(t)["routable"] != false || res.JSON(t)["not_routable_because"] == nil {
+		t.Fatalf("add_worker of a down worker: %d %s (want routable false, and why)", res.Status, res.Body)
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
@@ -146,7 +147,7 @@ func TestHealthRightAfterAddingADownWorker(t *testing.T) {
 		}
 	}
 	w := startWorker(t)
-	if res := postJSON(t, r.Front+"/add_worker", map[string]any{"url": w.URL}); res.Status != 200 {
+	if res := postJSON(t, r.Front+"/add_worker", map[string]any{"url": w.URL}); res.Status != 200 || res.JSON(t)["routable"] != true {
 		t.Fatalf("add_worker: %d %s", res.Status, res.Body)
 	}
 	if h := get(t, r.Front+"/health"); h.Status != 200 || h.JSON(t)["healthy_workers"] != 1.0 {

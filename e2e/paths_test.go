@@ -1,6 +1,11 @@
 package e2e
 
 import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -80,4 +85,46 @@ func TestOneServerRegisteredOnce(t *testing.T) {
 	if urls := listURLs(t, r.Front); len(urls) != 1 {
 		t.Fatalf("one server registered as %v", urls)
 	}
+}
+
+// Every error on the front port is JSON, also for requests Envoy cannot
+// normalise and paths the registry's HTTP server could not parse.
+func TestMalformedPathsGetJSONErrors(t *testing.T) {
+	r := startRouter(t, "--wasm-filter", "none")
+	for _, p := range []string{"/add_worker%00", "/workers/%ZZ", "/workers/%4", "/v1/videos/%G0", "/a/%"} {
+		res := rawGet(t, strings.TrimPrefix(r.Front, "http://"), p)
+		v := res.JSON(t)
+		if res.Status != 400 || !strings.HasPrefix(fmt.Sprint(v["error"]), "malformed") {
+			t.Errorf("GET %s: %d %s; want 400 with a JSON error", p, res.Status, res.Body)
+		}
+	}
+	// A well-formed escape still reaches the registry.
+	if res := get(t, r.Front+"/workers/http%3A%2F%2F10.0.0.1%3A1"); res.Status != 404 || res.JSON(t)["error"] == nil {
+		t.Fatalf("escaped worker id: %d %s", res.Status, res.Body)
+	}
+}
+
+// rawGet sends a request line as given: Go's client refuses to build one
+// with a broken escape, which is the point.
+func rawGet(t *testing.T, hostport, path string) response {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", hostport, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, hostport); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}
 }

@@ -233,7 +233,10 @@ func (m *Manager) catchUp(ctx context.Context, w registry.Worker) (registry.Work
 	r := m.call(ctx, w.URL.String(), "/update_weights_from_disk", body, "application/json", m.cfg.WeightUpdateTimeout)
 	if !r.OK() {
 		m.settle(w, r, fleet.Version, fleet.ModelPath, registry.StatePending)
-		cur, _ := m.reg.Get(w.Key())
+		cur, ok := m.reg.Get(w.Key())
+		if !ok {
+			cur = w
+		}
 		return cur, fmt.Errorf("%w: version %s (%s): %s", ErrCatchUp, fleet.Version, fleet.ModelPath, describe(r))
 	}
 	// Record the weights but leave the state to the caller (pending -> active).
@@ -241,6 +244,10 @@ func (m *Manager) catchUp(ctx context.Context, w registry.Worker) (registry.Work
 		return w, err
 	}
 	m.log.WithFields(logrus.Fields{"worker": w.Key(), "version": fleet.Version}).Info("joining worker loaded the fleet's weights")
-	cur, _ := m.reg.Get(w.Key())
+	cur, ok := m.reg.Get(w.Key())
+	if !ok {
+		// Removed meanwhile: say so with its name, not a zero worker's.
+		return w, fmt.Errorf("catch up %s: %w", w.Key(), registry.ErrNotFound)
+	}
 	return cur, nil
 }

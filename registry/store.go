@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -54,8 +55,19 @@ type storedFleet struct {
 
 // OpenStore opens (or creates) the store in dir. A file that cannot be read
 // is an error, never silently replaced: the caller stops.
-func OpenStore(dir string) (*Store, error) {
+func OpenStore(dir string) (st *Store, err error) {
 	path := filepath.Join(dir, StoreFile)
+	// A file that exists but is empty was damaged (a store is never empty
+	// once created): bbolt would quietly start a new one in its place.
+	if fi, statErr := os.Stat(path); statErr == nil && fi.Size() == 0 {
+		return nil, fmt.Errorf("registry store %s is empty (damaged; move it away to start empty)", path)
+	}
+	// bbolt panics on some damaged pages; that is a damaged store too.
+	defer func() {
+		if p := recover(); p != nil {
+			st, err = nil, fmt.Errorf("registry store %s is corrupt (move it away to start empty): %v", path, p)
+		}
+	}()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
@@ -146,6 +158,11 @@ func (s *Store) save(gen uint64, counter int, fleet Weights, workers map[string]
 
 // load reads what save wrote. Anything that does not decode is an error.
 func (s *Store) load() (gen uint64, counter int, fleet Weights, workers map[string]*Worker, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("registry store %s is corrupt (move it away to start empty): %v", s.db.Path(), p)
+		}
+	}()
 	workers = map[string]*Worker{}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketWorkers).ForEach(func(k, v []byte) error {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -134,5 +135,63 @@ func TestStoreFailureUndoesTheChange(t *testing.T) {
 	}
 	if err, n := r.StoreHealth(); err == nil || n != uint64(len(checks)) {
 		t.Fatalf("store health = %v, %d failures; want an error and %d", err, n, len(checks))
+	}
+}
+
+// Every kind of damage is an error naming the file, never a panic and
+// never a silently empty registry.
+func TestStoreDamageIsAnError(t *testing.T) {
+	// A real store with workers in it, to damage in different ways.
+	good := t.TempDir()
+	s, err := OpenStore(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(nil)
+	if err := r.Persist(s, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		mustAdd(t, r, mustURL(t, "http://10.1.0."+strconv.Itoa(i+1)+":1"), "10.1.0."+strconv.Itoa(i+1), Capabilities{}, StateActive, "")
+	}
+	s.Close()
+	orig, err := os.ReadFile(filepath.Join(good, StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	damage := map[string]func([]byte) []byte{
+		"empty file": func([]byte) []byte { return nil },
+		"truncated":  func(b []byte) []byte { return b[:len(b)/3] },
+		"scrambled data pages": func(b []byte) []byte {
+			c := append([]byte(nil), b...)
+			for i := 4 * 4096; i < len(c); i++ {
+				c[i] ^= byte(i*131 + 7)
+			}
+			return c
+		},
+		"scrambled meta pages": func(b []byte) []byte {
+			c := append([]byte(nil), b...)
+			for i := 0; i < 2*4096 && i < len(c); i++ {
+				c[i] ^= 0x5a
+			}
+			return c
+		},
+	}
+	for name, f := range damage {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, StoreFile)
+			if err := os.WriteFile(path, f(orig), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			st, err := OpenStore(dir)
+			if err == nil {
+				err = New(nil).Persist(st, nil)
+				st.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), path) {
+				t.Fatalf("damaged store (%s) opened: %v", name, err)
+			}
+		})
 	}
 }

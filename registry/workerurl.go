@@ -28,6 +28,40 @@ var metadataHosts = map[string]bool{
 var metadataAddrs = []netip.Addr{
 	netip.MustParseAddr("fd00:ec2::254"),
 	netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
+	netip.MustParseAddr("168.63.129.16"),   // Azure WireServer
+	netip.MustParseAddr("192.0.0.192"),     // Oracle Cloud
+}
+
+// embeddedIPv4 returns the IPv4 address an IPv6 address carries by one of
+// the standard embeddings (IPv4-mapped, -compatible, -translated, NAT64,
+// 6to4), which some stacks route to that IPv4 address.
+func embeddedIPv4(a netip.Addr) (netip.Addr, bool) {
+	if !a.Is6() {
+		return netip.Addr{}, false
+	}
+	b := a.As16()
+	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{b[i], b[i+1], b[i+2], b[i+3]}) }
+	zero := func(from, to int) bool {
+		for _, x := range b[from:to] {
+			if x != 0 {
+				return false
+			}
+		}
+		return true
+	}
+	switch {
+	case a.Is4In6():
+		return v4(12), true // ::ffff:a.b.c.d
+	case zero(0, 12) && !zero(12, 14):
+		return v4(12), true // ::a.b.c.d (deprecated IPv4-compatible; not ::1)
+	case zero(0, 8) && b[8] == 0xff && b[9] == 0xff && zero(10, 12):
+		return v4(12), true // ::ffff:0:a.b.c.d (IPv4-translated)
+	case netip.MustParsePrefix("64:ff9b::/96").Contains(a), netip.MustParsePrefix("64:ff9b:1::/48").Contains(a):
+		return v4(12), true // NAT64
+	case b[0] == 0x20 && b[1] == 0x02:
+		return v4(2), true // 6to4: 2002:a.b.c.d::/48
+	}
+	return netip.Addr{}, false
 }
 
 // WorkerURL is a parsed, normalised worker address.
@@ -108,6 +142,11 @@ func ParseWorkerURL(raw string) (WorkerURL, error) {
 // resolves to, so DNS cannot be used to smuggle a blocked address in.
 func CheckWorkerAddr(addr netip.Addr) error {
 	addr = addr.Unmap()
+	if v4, ok := embeddedIPv4(addr); ok {
+		if err := CheckWorkerAddr(v4); err != nil {
+			return fmt.Errorf("%s carries the IPv4 address %s: %w", addr, v4, err)
+		}
+	}
 	switch {
 	case addr.IsLinkLocalUnicast(), addr.IsLinkLocalMulticast():
 		return errors.New("link-local addresses (including 169.254.169.254) are blocked")

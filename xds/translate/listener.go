@@ -4,6 +4,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	headertometadatav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_to_metadata/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
@@ -18,6 +19,8 @@ const (
 	MsgNoHealthyWorker   = "no healthy worker available: every registered worker is draining, quarantined or failing health checks"
 	MsgWorkerUnreachable = "worker unreachable: %LOCAL_REPLY_BODY%"
 	MsgWorkerTimeout     = "worker did not answer within the router timeout (--timeout)"
+	MsgMalformedRequest  = "malformed request: the request line or headers cannot be parsed (%RESPONSE_CODE_DETAILS%)"
+	MsgMalformedPath     = "malformed path: it cannot be normalised (a NUL or control character, or '..' above the root)"
 )
 
 // FrontListener is the one port clients talk to. Its routes come over RDS so
@@ -29,6 +32,10 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 		return nil, err
 	}
 	filters, err := tagFilters(o)
+	if err != nil {
+		return nil, err
+	}
+	replies, err := LocalReplyConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +62,7 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 		// Worker ids are URL-encoded URLs: %2F must reach the registry as sent.
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_KEEP_UNCHANGED,
 		ServerName:                   "diffusion-router",
-		LocalReplyConfig:             LocalReplyConfig(),
+		LocalReplyConfig:             replies,
 	})
 	if err != nil {
 		return nil, err
@@ -77,7 +84,18 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 // {"error": ...}, as clients of the Python routers expect, and gives
 // upstream failures the status codes those routers use: 502 for a worker that
 // cannot be reached, 503 when no worker can serve.
-func LocalReplyConfig() *hcmv3.LocalReplyConfig {
+func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
+	// A path Envoy cannot normalise (a NUL, a ".." past the root) is
+	// refused before any filter runs, with an empty body and no flag to
+	// match on: only its response details tell it apart.
+	cel, err := pack(&celv3.ExpressionFilter{Expression: "response.code_details == 'path_normalization_failed'"})
+	if err != nil {
+		return nil, err
+	}
+	badPath := &accesslogv3.ExtensionFilter{
+		Name:       "envoy.access_loggers.extension_filters.cel",
+		ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
+	}
 	return &hcmv3.LocalReplyConfig{
 		Mappers: []*hcmv3.ResponseMapper{
 			{
@@ -96,6 +114,16 @@ func LocalReplyConfig() *hcmv3.LocalReplyConfig {
 				BodyFormatOverride: jsonError(MsgNoHealthyWorker),
 			},
 			{
+				// Envoy refuses a request it cannot parse (bad headers)
+				// with an empty body.
+				Filter:             flagFilter("DPE"),
+				BodyFormatOverride: jsonError(MsgMalformedRequest),
+			},
+			{
+				Filter:             &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: badPath}},
+				BodyFormatOverride: jsonError(MsgMalformedPath),
+			},
+			{
 				// Connection failure, reset, termination or protocol error:
 				// the worker is there in the config but did not answer.
 				Filter:             flagFilter("UF", "UC", "UR", "URX", "UPE"),
@@ -108,7 +136,7 @@ func LocalReplyConfig() *hcmv3.LocalReplyConfig {
 			},
 		},
 		BodyFormat: jsonError("%LOCAL_REPLY_BODY%"),
-	}
+	}, nil
 }
 
 func flagFilter(flags ...string) *accesslogv3.AccessLogFilter {

@@ -47,6 +47,7 @@ const (
 	MsgAllVideoQuarantined = "all video-capable workers are quarantined; re-admit one with POST /add_worker or PUT /workers/{worker_id} {\"is_dead\": false}"
 	MsgFleetAsleep         = "the fleet is asleep (memory released); call POST /resume_memory_occupation first"
 	MsgUnknownModel        = "no registered worker serves the requested model (see GET /v1/models)"
+	MsgBadEscape           = "malformed path: a percent-escape is not two hex digits"
 	MsgJobWorkerGone       = "the worker that holds this job is no longer serving (removed or quarantined)"
 	MsgJobWorkerAsleep     = "Mapped worker is sleeping (memory released); the job is kept: call POST /resume_memory_occupation, then poll again"
 )
@@ -113,6 +114,15 @@ func withRewrite(routes []*routev3.Route, path string) []*routev3.Route {
 // FrontRoutes is the route table of the front listener.
 func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	routes := make([]*routev3.Route, 0, len(RegistryPaths)+8+3*len(f.Models))
+	// A path with a broken percent-escape is refused here, as JSON: the
+	// registry's HTTP server would answer it in plain text, a worker who
+	// knows how.
+	routes = append(routes, &routev3.Route{
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
+			Regex: `.*%([^0-9A-Fa-f].*|[0-9A-Fa-f][^0-9A-Fa-f].*|[0-9A-Fa-f]?)`,
+		}}},
+		Action: directResponse(400, MsgBadEscape),
+	})
 	for _, p := range RegistryPaths {
 		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}}))
 	}
