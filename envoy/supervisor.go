@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +33,13 @@ type Supervisor struct {
 	MinBackoff, MaxBackoff time.Duration
 	// StopGrace is how long Envoy gets after SIGTERM before SIGKILL.
 	StopGrace time.Duration
+	// PIDFile, if set, holds the running Envoy's pid, so that a control
+	// plane restarted after a crash finds the Envoy that outlived it.
+	PIDFile string
+	// Adopt is the pid of an Envoy a previous control plane started (see
+	// FindRunning): Run watches it instead of starting one, and starts a
+	// new one only if it dies.
+	Adopt int
 
 	mu       sync.Mutex
 	pid      int
@@ -57,10 +64,13 @@ func (s *Supervisor) Status() Status {
 // Run keeps Envoy running until ctx is cancelled, then stops it. It returns
 // an error only when Envoy cannot be started at all.
 func (s *Supervisor) Run(ctx context.Context) error {
-	// Envoy gets SIGKILL when the thread that started it dies (Pdeathsig), so
-	// a control plane killed with -9 does not leave an orphan Envoy holding
-	// the port. Pin this goroutine to its thread for the process's lifetime.
-	runtime.LockOSThread()
+	if s.Adopt > 0 {
+		exit := s.watchAdopted(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.Log.WithField("pid", s.Adopt).Errorf("adopted Envoy exited (%s); starting a new one", exit)
+	}
 	minB, maxB := s.MinBackoff, s.MaxBackoff
 	if minB <= 0 {
 		minB = 500 * time.Millisecond
@@ -122,7 +132,11 @@ func (s *Supervisor) runOnce(ctx context.Context) (string, error) {
 	}
 	args = append(args, s.ExtraArgs...)
 	cmd := exec.Command(s.Bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Its own process group, so a terminal's Ctrl-C reaches only the
+	// control plane, which drains Envoy first. No parent-death signal:
+	// Envoy outlives a control plane that crashes and keeps routing on its
+	// last configuration; the restarted control plane adopts it (PIDFile).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return "", fmt.Errorf("envoy stderr pipe: %w", err)
@@ -135,6 +149,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (string, error) {
 	s.pid = cmd.Process.Pid
 	s.starts++
 	s.mu.Unlock()
+	s.writePIDFile(cmd.Process.Pid)
 	s.Log.WithFields(logrus.Fields{"pid": cmd.Process.Pid, "bin": s.Bin, "config": s.ConfigPath}).Info("Envoy started")
 
 	logDone := make(chan struct{})
@@ -148,10 +163,94 @@ func (s *Supervisor) runOnce(ctx context.Context) (string, error) {
 		s.clearPID()
 		return describeExit(err), nil
 	case <-ctx.Done():
-		s.stop(cmd, waitErr)
+		s.stop(cmd.Process.Pid, waitErr)
 		s.clearPID()
 		return "stopped", nil
 	}
+}
+
+func (s *Supervisor) writePIDFile(pid int) {
+	if s.PIDFile == "" {
+		return
+	}
+	if err := os.WriteFile(s.PIDFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		s.Log.WithError(err).Warn("cannot write Envoy's pid file; a restarted control plane will start a new Envoy")
+	}
+}
+
+// watchAdopted follows an Envoy this process did not start until it exits
+// or ctx ends (then it is stopped like an own one).
+func (s *Supervisor) watchAdopted(ctx context.Context) string {
+	pid := s.Adopt
+	s.mu.Lock()
+	s.pid, s.starts = pid, s.starts+1
+	s.mu.Unlock()
+	defer s.clearPID()
+	s.writePIDFile(pid)
+	s.Log.WithFields(logrus.Fields{"pid": pid, "config": s.ConfigPath}).Info("adopted the running Envoy")
+	gone := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !running(pid, s.ConfigPath) {
+					gone <- nil
+					return
+				}
+			}
+		}
+	}()
+	select {
+	case <-gone:
+		return "gone"
+	case <-ctx.Done():
+		exited := make(chan error, 1)
+		go func() {
+			for running(pid, s.ConfigPath) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			exited <- nil
+		}()
+		s.stop(pid, exited)
+		return "stopped"
+	}
+}
+
+// FindRunning returns the pid in pidFile if that process is alive and is an
+// Envoy started with configPath: one a previous control plane started.
+func FindRunning(pidFile, configPath string) (int, bool) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, running(pid, configPath)
+}
+
+// running reports whether pid is alive and runs Envoy with configPath (a
+// pid can be reused by an unrelated process).
+func running(pid int, configPath string) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	for i, a := range args {
+		if a == "-c" && i+1 < len(args) && args[i+1] == configPath {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Supervisor) clearPID() {
@@ -160,21 +259,24 @@ func (s *Supervisor) clearPID() {
 	s.mu.Unlock()
 }
 
-// stop sends SIGTERM to Envoy's process group, then SIGKILL after the grace.
-func (s *Supervisor) stop(cmd *exec.Cmd, waitErr <-chan error) {
+// stop sends SIGTERM to Envoy, then SIGKILL after the grace, and removes
+// the pid file.
+func (s *Supervisor) stop(pid int, exited <-chan error) {
 	grace := s.StopGrace
 	if grace <= 0 {
 		grace = 5 * time.Second
 	}
-	pgid := cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	_ = syscall.Kill(pid, syscall.SIGTERM)
 	select {
-	case <-waitErr:
+	case <-exited:
 		s.Log.Info("Envoy stopped")
 	case <-time.After(grace):
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		<-waitErr
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		<-exited
 		s.Log.Warn("Envoy did not stop after SIGTERM; killed it")
+	}
+	if s.PIDFile != "" {
+		_ = os.Remove(s.PIDFile)
 	}
 }
 

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -65,6 +66,12 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		return fmt.Errorf("create state directory %s: %w", stateDir, err)
 	}
 
+	// An Envoy a crashed control plane left running keeps routing; this one
+	// takes it over on the ports its bootstrap names.
+	adopt := findLocalEnvoy(c, stateDir, base)
+	if adopt.PID > 0 && c.XDSPort == 0 {
+		c.XDSPort = adopt.XDSPort
+	}
 	apiLis, err := net.Listen("tcp", net.JoinHostPort(c.APIHost, strconv.Itoa(c.APIPort)))
 	if err != nil {
 		return fmt.Errorf("listen for the registry API: %w", err)
@@ -201,7 +208,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 
 	stopLocalEnvoy := func() {}
 	if !c.ExternalEnvoy {
-		sup, adminAddr, err := localEnvoy(c, stateDir, addrs.XDS, log)
+		sup, adminAddr, err := localEnvoy(c, stateDir, addrs.XDS, adopt, log)
 		if err != nil {
 			cancel()
 			_ = apiSrv.Close()
@@ -332,11 +339,67 @@ func freePort(host string) (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// localEnvoy prepares the supervised Envoy: binary, admin port, bootstrap.
-func localEnvoy(c Config, stateDir, xdsAddr string, log *logrus.Logger) (*envoy.Supervisor, string, error) {
+// localEnvoyFile records the local Envoy's ports next to its bootstrap, for
+// a control plane that restarts on the same state directory.
+const localEnvoyFile = "envoy.json"
+
+// runningEnvoy is a local Envoy left by a previous control plane.
+type runningEnvoy struct {
+	PID       int `json:"-"`
+	AdminPort int `json:"admin_port"`
+	XDSPort   int `json:"xds_port"`
+}
+
+// findLocalEnvoy looks in the state directory for an Envoy that a previous
+// control plane (killed, not stopped) left running, and that this one can
+// take over: same admin and xDS ports as asked (or any, when free ports
+// were asked for).
+func findLocalEnvoy(c Config, stateDir string, log *logrus.Entry) runningEnvoy {
+	if c.ExternalEnvoy || c.StateDir == "" {
+		return runningEnvoy{}
+	}
+	pid, ok := envoy.FindRunning(filepath.Join(stateDir, "envoy.pid"), filepath.Join(stateDir, "envoy-bootstrap.yaml"))
+	if !ok {
+		return runningEnvoy{}
+	}
+	var re runningEnvoy
+	b, err := os.ReadFile(filepath.Join(stateDir, localEnvoyFile))
+	if err == nil {
+		err = json.Unmarshal(b, &re)
+	}
+	switch {
+	case err != nil || re.XDSPort == 0 || re.AdminPort == 0:
+		log.WithError(err).WithField("pid", pid).Warn("an Envoy is running on this state directory, but its ports are unknown; not taking it over")
+		return runningEnvoy{}
+	case (c.XDSPort != 0 && c.XDSPort != re.XDSPort) || (c.AdminPort != 0 && c.AdminPort != re.AdminPort):
+		log.WithField("pid", pid).Warn("an Envoy is running on this state directory with other ports than asked; not taking it over")
+		return runningEnvoy{}
+	}
+	re.PID = pid
+	return re
+}
+
+// localEnvoy prepares the supervised Envoy: binary, admin port, bootstrap;
+// or, to adopt a running one, the same.
+func localEnvoy(c Config, stateDir, xdsAddr string, adopt runningEnvoy, log *logrus.Logger) (*envoy.Supervisor, string, error) {
 	bin, err := envoy.FindBinary(c.EnvoyBin)
 	if err != nil {
 		return nil, "", err
+	}
+	path := filepath.Join(stateDir, "envoy-bootstrap.yaml")
+	level := c.EnvoyLogLevel
+	if level == "warning" {
+		level = "warn"
+	}
+	sup := &envoy.Supervisor{
+		Bin: bin, ConfigPath: path, LogLevel: level, Concurrency: c.EnvoyConcurrency,
+		PIDFile: filepath.Join(stateDir, "envoy.pid"), Log: log.WithField("component", "supervisor"),
+	}
+	if adopt.PID > 0 {
+		// Its bootstrap stays as it is: it names this control plane's
+		// xDS port, which was taken over.
+		sup.Adopt = adopt.PID
+		return sup, net.JoinHostPort(c.AdminHost, strconv.Itoa(adopt.AdminPort)), nil
 	}
 	adminPort := c.AdminPort
 	if adminPort == 0 {
@@ -357,18 +420,17 @@ func localEnvoy(c Config, stateDir, xdsAddr string, log *logrus.Logger) (*envoy.
 	if err != nil {
 		return nil, "", err
 	}
-	path := filepath.Join(stateDir, "envoy-bootstrap.yaml")
 	if err := os.WriteFile(path, bs, 0o644); err != nil {
 		return nil, "", fmt.Errorf("write bootstrap: %w", err)
 	}
-	level := c.EnvoyLogLevel
-	if level == "warning" {
-		level = "warn"
+	ports, err := json.Marshal(runningEnvoy{AdminPort: adminPort, XDSPort: int(xp)})
+	if err != nil {
+		return nil, "", err
 	}
-	return &envoy.Supervisor{
-		Bin: bin, ConfigPath: path, LogLevel: level, Concurrency: c.EnvoyConcurrency,
-		Log: log.WithField("component", "supervisor"),
-	}, net.JoinHostPort(c.AdminHost, strconv.Itoa(adminPort)), nil
+	if err := os.WriteFile(filepath.Join(stateDir, localEnvoyFile), ports, 0o644); err != nil {
+		return nil, "", fmt.Errorf("write %s: %w", localEnvoyFile, err)
+	}
+	return sup, net.JoinHostPort(c.AdminHost, strconv.Itoa(adminPort)), nil
 }
 
 // waitEnvoyReady polls Envoy's admin /ready and the front port.
