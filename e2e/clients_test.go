@@ -148,6 +148,16 @@ func TestSleepWakeAndJobsAsTheirClientsSeeThem(t *testing.T) {
 	if res := get(t, r.Front+"/v1/videos?video_id=video_unknown"); res.Status != 404 {
 		t.Fatalf("GET /v1/videos?video_id=<not ours>: %d %s", res.Status, res.Body)
 	}
+	// Paging with sglang's cursor: ?after= takes the id as the router gave
+	// it, and the worker continues past it.
+	second := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": "more waves", "num_inference_steps": 2}).JSON(t)
+	page := get(t, r.Front+"/v1/videos?order=asc&limit=5&after="+url.QueryEscape(id))
+	var pv struct {
+		Data []map[string]any `json:"data"`
+	}
+	if err := json.Unmarshal(page.Body, &pv); err != nil || page.Status != 200 || len(pv.Data) != 1 || pv.Data[0]["id"] != second["id"] {
+		t.Fatalf("GET /v1/videos?after=<first job>: %d %s; want the second job only", page.Status, page.Body)
+	}
 
 	for i := range 2 {
 		res := postJSON(t, r.Front+"/release_memory_occupation", map[string]any{})

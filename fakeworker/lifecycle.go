@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -60,6 +61,8 @@ func (s *Server) handleVideoCreate(w http.ResponseWriter, r *http.Request) {
 		cost: s.cost(p),
 	}
 	s.mu.Lock()
+	s.videoSeq++
+	v.seq = s.videoSeq
 	s.videos[v.ID] = v
 	snapshot := *v
 	s.mu.Unlock()
@@ -124,14 +127,40 @@ func (s *Server) handleVideoGet(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, view)
 }
 
-func (s *Server) handleVideoList(w http.ResponseWriter, _ *http.Request) {
+// handleVideoList pages as sglang does: newest first (order=desc, the
+// default) or oldest first, ?after=<id> continues past that job (an id it
+// does not hold gives an empty page), ?limit=1..100.
+func (s *Server) handleVideoList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			validationError(w, "limit must be an integer in [1, 100]")
+			return
+		}
+		limit = n
+	}
 	s.mu.Lock()
 	out := make([]video, 0, len(s.videos))
 	for _, v := range s.videos {
 		out = append(out, s.videoView(v))
 	}
 	s.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	if strings.ToLower(q.Get("order")) != "asc" {
+		slices.Reverse(out)
+	}
+	if after := q.Get("after"); after != "" {
+		if i := slices.IndexFunc(out, func(v video) bool { return v.ID == after }); i >= 0 {
+			out = out[i+1:]
+		} else {
+			out = out[:0] // an id it does not hold: an empty page
+		}
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
 	writeJSON(w, 200, map[string]any{"object": "list", "data": out})
 }
 

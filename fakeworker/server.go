@@ -40,6 +40,7 @@ type Server struct {
 	images    map[string][]byte
 	imageIDs  []string // insertion order, to bound memory
 	videos    map[string]*video
+	videoSeq  int
 }
 
 // Faults can be changed while the worker runs (POST /_fake/faults).
@@ -79,6 +80,7 @@ type video struct {
 	cost    time.Duration
 	started time.Time
 	content []byte
+	seq     int // creation order, for paging
 }
 
 const maxStoredImages = 4096
