@@ -97,6 +97,30 @@ const (
 	SeedPathVideo = "/generate_video" // -> /v1/videos, video workers only
 )
 
+// pool is a set of workers some routes send to, as the route table sees it.
+type pool struct {
+	workers, quarantined, routable, asleep int
+	// noneStatus and noneMsg answer when the pool is empty,
+	// quarantinedMsg when all of it is quarantined.
+	noneStatus              uint32
+	noneMsg, quarantinedMsg string
+	models                  []string
+	subsetKey               string // the subset the pool is, "" for all workers
+}
+
+// routes sends a match to the pool, or answers why it cannot.
+func (p pool) routes(o Options, m func() *routev3.RouteMatch, rewrite string) []*routev3.Route {
+	switch {
+	case p.workers == 0:
+		return []*routev3.Route{{Match: m(), Action: directResponse(p.noneStatus, p.noneMsg)}}
+	case p.quarantined == p.workers:
+		return []*routev3.Route{{Match: m(), Action: directResponse(503, p.quarantinedMsg)}}
+	case p.routable == 0 && p.asleep > 0:
+		return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgFleetAsleep)}}
+	}
+	return withRewrite(modelRoutes(o, m, p.models, p.subsetKey), rewrite)
+}
+
 // withRewrite makes the routes that reach a worker send it path instead
 // of the matched one.
 func withRewrite(routes []*routev3.Route, path string) []*routev3.Route {
@@ -170,34 +194,16 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		}
 	}
 
-	// Video jobs live on video-capable workers only.
-	video := func(m func() *routev3.RouteMatch, rewrite string) []*routev3.Route {
-		switch {
-		case f.VideoWorkers == 0:
-			return []*routev3.Route{{Match: m(), Action: directResponse(400, MsgNoVideoWorkers)}}
-		case f.VideoQuarantined == f.VideoWorkers:
-			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgAllVideoQuarantined)}}
-		case f.VideoRoutable == 0 && f.VideoAsleep > 0:
-			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgFleetAsleep)}}
-		}
-		return withRewrite(modelRoutes(o, m, f.VideoModels, SubsetKeyVideo), rewrite)
-	}
-	// Anything else goes to any worker.
-	anyWorker := func(m func() *routev3.RouteMatch, rewrite string) []*routev3.Route {
-		switch {
-		case f.Workers == 0:
-			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgNoWorkers)}}
-		case f.Quarantined == f.Workers:
-			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgAllQuarantined)}}
-		case f.Routable == 0 && f.Asleep > 0:
-			return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgFleetAsleep)}}
-		}
-		return withRewrite(modelRoutes(o, m, f.Models, ""), rewrite)
-	}
+	// Video jobs live on video-capable workers only; anything else goes to
+	// any worker.
+	videos := pool{workers: f.VideoWorkers, quarantined: f.VideoQuarantined, routable: f.VideoRoutable, asleep: f.VideoAsleep,
+		noneStatus: 400, noneMsg: MsgNoVideoWorkers, quarantinedMsg: MsgAllVideoQuarantined, models: f.VideoModels, subsetKey: SubsetKeyVideo}
+	all := pool{workers: f.Workers, quarantined: f.Quarantined, routable: f.Routable, asleep: f.Asleep,
+		noneStatus: 503, noneMsg: MsgNoWorkers, quarantinedMsg: MsgAllQuarantined, models: f.Models}
 
-	routes = append(routes, video(exact("/v1/videos"), "")...)
-	routes = append(routes, video(prefix("/v1/videos/"), "")...)
-	routes = append(routes, video(exact(SeedPathVideo), "/v1/videos")...)
+	routes = append(routes, videos.routes(o, exact("/v1/videos"), "")...)
+	routes = append(routes, videos.routes(o, prefix("/v1/videos/"), "")...)
+	routes = append(routes, videos.routes(o, exact(SeedPathVideo), "/v1/videos")...)
 
 	// Images prefer image workers; with none routable they go to any.
 	if f.ImageRoutable > 0 {
@@ -206,9 +212,9 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		}
 		routes = append(routes, withRewrite(modelRoutes(o, exact(SeedPathImage), f.ImageModels, SubsetKeyImage), "/v1/images/generations")...)
 	} else {
-		routes = append(routes, anyWorker(exact(SeedPathImage), "/v1/images/generations")...)
+		routes = append(routes, all.routes(o, exact(SeedPathImage), "/v1/images/generations")...)
 	}
-	routes = append(routes, anyWorker(prefix("/"), "")...)
+	routes = append(routes, all.routes(o, prefix("/"), "")...)
 
 	return &routev3.RouteConfiguration{
 		Name: RouteFront,
