@@ -217,9 +217,7 @@ func (c *httpContext) smallJSONBody() bool {
 func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Action {
 	id, key, ok := c.p.signer.Unwrap(wrapped)
 	if !ok {
-		c.p.metrics.unknownJobIDs.Increment(1)
-		_ = proxywasm.SendHttpResponse(404, textHeaders, []byte("unknown job id "+strconv.Quote(wrapped)+": it was not issued by this router"), -1)
-		return types.ActionPause
+		return c.refuseJobID(wrapped)
 	}
 	query := ""
 	if i := strings.IndexByte(path, '?'); i >= 0 {
@@ -238,6 +236,14 @@ func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Ac
 	return types.ActionContinue
 }
 
+// refuseJobID answers 404 for an id the router did not issue: it never
+// reaches a worker.
+func (c *httpContext) refuseJobID(wrapped string) types.Action {
+	c.p.metrics.unknownJobIDs.Increment(1)
+	_ = proxywasm.SendHttpResponse(404, textHeaders, []byte("unknown job id "+strconv.Quote(wrapped)+": it was not issued by this router"), -1)
+	return types.ActionPause
+}
+
 // pinListQuery unwraps the job ids a list query names (video_id, after)
 // and pins the request to their worker. It reports false when the query
 // names no job.
@@ -254,9 +260,7 @@ func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
 		}
 		id, k, ok := c.p.signer.Unwrap(wrapped)
 		if !ok || (key != "" && k != key) {
-			c.p.metrics.unknownJobIDs.Increment(1)
-			_ = proxywasm.SendHttpResponse(404, textHeaders, []byte("unknown job id "+strconv.Quote(wrapped)+": it was not issued by this router"), -1)
-			return types.ActionPause, true
+			return c.refuseJobID(wrapped), true
 		}
 		key = k
 		values.Set(name, id)
