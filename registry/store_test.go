@@ -38,15 +38,8 @@ func TestStoreRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s2, err := OpenStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r2, s2 := persisted(t, dir)
 	defer s2.Close()
-	r2 := New(nil)
-	if err := r2.Persist(s2, nil); err != nil {
-		t.Fatal(err)
-	}
 	after := r2.Snapshot()
 	if after.Generation != before.Generation || len(after.Workers) != 2 {
 		t.Fatalf("restored gen %d with %d workers, want gen %d with 2", after.Generation, len(after.Workers), before.Generation)
@@ -93,15 +86,7 @@ func TestStoreRefusesCorruptOrLocked(t *testing.T) {
 // A change the store cannot write is refused and undone: memory and disk
 // never disagree, and the store's health says so.
 func TestStoreFailureUndoesTheChange(t *testing.T) {
-	dir := t.TempDir()
-	s, err := OpenStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New(nil)
-	if err := r.Persist(s, nil); err != nil {
-		t.Fatal(err)
-	}
+	r, s := persisted(t, t.TempDir())
 	a := mustAdd(t, r, mustURL(t, "http://10.0.0.1:1"), "10.0.0.1", Capabilities{}, StateActive, "")
 	before := r.Snapshot()
 	s.Close() // every later write fails
@@ -143,14 +128,7 @@ func TestStoreFailureUndoesTheChange(t *testing.T) {
 func TestStoreDamageIsAnError(t *testing.T) {
 	// A real store with workers in it, to damage in different ways.
 	good := t.TempDir()
-	s, err := OpenStore(good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New(nil)
-	if err := r.Persist(s, nil); err != nil {
-		t.Fatal(err)
-	}
+	r, s := persisted(t, good)
 	for i := range 50 {
 		mustAdd(t, r, mustURL(t, "http://10.1.0."+strconv.Itoa(i+1)+":1"), "10.1.0."+strconv.Itoa(i+1), Capabilities{}, StateActive, "")
 	}
@@ -194,4 +172,18 @@ func TestStoreDamageIsAnError(t *testing.T) {
 			}
 		})
 	}
+}
+
+// persisted is a registry that writes to a new store in dir.
+func persisted(t *testing.T, dir string) (*Registry, *Store) {
+	t.Helper()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(nil)
+	if err := r.Persist(s, nil); err != nil {
+		t.Fatal(err)
+	}
+	return r, s
 }
