@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -62,7 +63,10 @@ func OpenStore(dir string) (st *Store, err error) {
 	if fi, statErr := os.Stat(path); statErr == nil && fi.Size() == 0 {
 		return nil, fmt.Errorf("registry store %s is empty (damaged; move it away to start empty)", path)
 	}
-	// bbolt panics on some damaged pages; that is a damaged store too.
+	// bbolt panics on some damaged pages, and reading a page past the end
+	// of a truncated file faults in the memory map; both are a damaged
+	// store too. (The fault becomes a panic for this goroutine only.)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
 			st, err = nil, fmt.Errorf("registry store %s is corrupt (move it away to start empty): %v", path, p)
@@ -158,6 +162,7 @@ func (s *Store) save(gen uint64, counter int, fleet Weights, workers map[string]
 
 // load reads what save wrote. Anything that does not decode is an error.
 func (s *Store) load() (gen uint64, counter int, fleet Weights, workers map[string]*Worker, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("registry store %s is corrupt (move it away to start empty): %v", s.db.Path(), p)
