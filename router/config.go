@@ -134,7 +134,11 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.OutlierFailures, "outlier-consecutive-failures", 5, "failed requests in a row (5xx, connect failure, reset, timeout) after which Envoy ejects a worker and the router quarantines it")
 	c.ObserveInterval = 500 * time.Millisecond
 	fs.Var(&seconds{d: &c.ObserveInterval}, "observe-interval", "seconds between reads of each Envoy's admin stats (ejections, in-flight requests)")
-	fs.IntVar(&c.MaxRetries, "max-retries", 2, "retries, on another worker, of a request that failed before a worker took it")
+	// Three, not two: a dead worker leaves after its second failed
+	// connection, and Envoy applies that asynchronously, so under
+	// least-request (which keeps picking the idle dead worker) a request's
+	// third try can still land on it; the fourth does not.
+	fs.IntVar(&c.MaxRetries, "max-retries", 3, "retries, on another worker, of a request that failed before a worker took it")
 	c.ConnectTimeout = 5 * time.Second
 	fs.Var(&seconds{d: &c.ConnectTimeout}, "connect-timeout", "seconds to open a connection to a worker")
 	c.HealthCheckTimeout = 5 * time.Second
