@@ -117,8 +117,8 @@ func hostPort(u registry.WorkerURL) string {
 
 // Probe checks every active worker's /health at the health-check interval
 // until ctx ends. FailureThreshold failures in a row quarantine the worker;
-// nothing un-quarantines it but an operator. Workers whose capabilities are
-// not known yet get their /v1/models read again.
+// nothing un-quarantines it but an operator. Workers that have not answered
+// yet are probed apart, about once a second (probeStarting).
 func (m *Manager) Probe(ctx context.Context) {
 	if m.cfg.HealthInterval <= 0 {
 		return
@@ -149,21 +149,27 @@ func starting(w registry.Worker) bool { return w.State == registry.StateActive &
 
 // probeStarting reads the capabilities of starting workers that answer now.
 func (m *Manager) probeStarting(ctx context.Context) {
-	for _, w := range m.reg.Snapshot().Workers {
-		if !starting(w) || m.CheckHealth(ctx, w.URL) != nil {
-			continue
+	m.probeEach(ctx, starting, func(ctx context.Context, w registry.Worker) {
+		if m.CheckHealth(ctx, w.URL) != nil {
+			return
 		}
-		if _, err := m.RefreshCapabilities(ctx, w.Key()); err == nil {
+		if nw, err := m.RefreshCapabilities(ctx, w.Key()); err == nil && nw.Caps.Known {
 			m.log.WithField("worker", w.Key()).Info("worker is up")
 		}
-	}
+	})
 }
 
 func (m *Manager) probeOnce(ctx context.Context) {
+	m.probeEach(ctx, func(w registry.Worker) bool { return w.State == registry.StateActive && !starting(w) }, m.probeWorker)
+}
+
+// probeEach runs probe on the workers want selects, 64 at a time: a worker
+// that does not answer costs its probe timeout, not everyone's.
+func (m *Manager) probeEach(ctx context.Context, want func(registry.Worker) bool, probe func(context.Context, registry.Worker)) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
 	for _, w := range m.reg.Snapshot().Workers {
-		if w.State != registry.StateActive || starting(w) {
+		if !want(w) {
 			continue
 		}
 		wg.Add(1)
@@ -171,7 +177,7 @@ func (m *Manager) probeOnce(ctx context.Context) {
 		go func(w registry.Worker) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			m.probeWorker(ctx, w)
+			probe(ctx, w)
 		}(w)
 	}
 	wg.Wait()
