@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/router"
+	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
 func loadProject(t *testing.T) *types.Project {
@@ -42,6 +44,18 @@ func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
 		t.Fatalf("no service %q in docker-compose.yaml", name)
 	}
 	return s
+}
+
+// volumeTarget is where the service mounts the named volume.
+func volumeTarget(t *testing.T, s types.ServiceConfig, volume string) string {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeVolume && v.Source == volume {
+			return v.Target
+		}
+	}
+	t.Fatalf("service %s does not mount the %s volume", s.Name, volume)
+	return ""
 }
 
 func published(t *testing.T, s types.ServiceConfig, target uint32) types.ServicePortConfig {
@@ -100,14 +114,47 @@ func TestComposeIsConsistent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Both sides mount the credentials volume xds-certs fills, each where
+	// its configuration looks for it.
+	cpTLS := volumeTarget(t, cp, "xds-tls")
+	if cfg.XDSTLSDir != cpTLS {
+		t.Errorf("--xds-tls-dir %q is not where the xds-tls volume is mounted (%q)", cfg.XDSTLSDir, cpTLS)
+	}
+	envoyTLS := volumeTarget(t, ev, "xds-tls")
+	certs := service(t, p, "xds-certs")
+	if certsDir := volumeTarget(t, certs, "xds-tls"); !slices.Contains(certs.Command, "--dir="+certsDir) {
+		t.Errorf("xds-certs does not make its credentials in the xds-tls volume (%s): %v", certsDir, certs.Command)
+	}
+	if dep, ok := cp.DependsOn["xds-certs"]; !ok || dep.Condition != types.ServiceConditionCompletedSuccessfully {
+		t.Error("the control plane does not wait for xds-certs to complete")
+	}
+	for image, owner := range map[string]string{"Dockerfile.envoy": "--envoy-owner=", "Dockerfile.router": "--control-plane-owner="} {
+		b, err := os.ReadFile(image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		user := regexp.MustCompile(`(?m)^USER (\S+)`).FindSubmatch(b)
+		if user == nil || !slices.Contains(certs.Command, owner+string(user[1])) {
+			t.Errorf("xds-certs does not give that side's files to %s's user %s: %v", image, user, certs.Command)
+		}
+	}
+	entry, err := os.ReadFile("envoy-entrypoint.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(envoyTLS, trust.EnvoyDir, trust.JobSecretFile); !strings.Contains(string(entry), want) ||
+		!strings.Contains(string(entry), trust.JobSecretEnv) {
+		t.Errorf("envoy-entrypoint.sh does not put %s into $%s", want, trust.JobSecretEnv)
+	}
+
 	want, err := envoy.Render(envoy.Bootstrap{NodeID: "envoy-1", AdminAddress: "0.0.0.0", AdminPort: 9901,
-		AdminAdvertise: "envoy:9901", XDSAddress: "control-plane", XDSPort: cfg.XDSPort})
+		AdminAdvertise: "envoy:9901", XDSAddress: "control-plane", XDSPort: cfg.XDSPort, TLS: trust.EnvoyFilesIn(envoyTLS)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if string(got) != string(want) {
-		t.Errorf("%s is not the bootstrap for control-plane:%d; regenerate it with:\n  diffusion-router bootstrap --xds control-plane:%d --admin-address 0.0.0.0 --admin-port 9901 --admin-advertise envoy:9901 --node-id envoy-1",
-			filepath.Base(bootstrapSource), cfg.XDSPort, cfg.XDSPort)
+		t.Errorf("%s is not the bootstrap for control-plane:%d; regenerate it with:\n  diffusion-router bootstrap --xds control-plane:%d --admin-address 0.0.0.0 --admin-port 9901 --admin-advertise envoy:9901 --node-id envoy-1 --xds-tls-dir %s",
+			filepath.Base(bootstrapSource), cfg.XDSPort, cfg.XDSPort, envoyTLS)
 	}
 	for _, port := range ev.Ports {
 		if port.Target == 9901 {

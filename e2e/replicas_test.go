@@ -11,17 +11,23 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
 var controlPlaneReady = regexp.MustCompile(`control plane ready; xDS at (\S+), registry API at (\S+)`)
 
 // startEnvoyReplica runs one Envoy fed by the control plane at xds, with its
-// admin interface on a free port, and waits until it serves.
-func startEnvoyReplica(t *testing.T, xds, name string) (admin string) {
+// admin interface on a free port, and waits until it serves. tlsDir is the
+// control plane's credentials directory: the Envoy connects with its
+// certificate and carries its job-id secret in the environment, as an
+// operator's Envoy would.
+// Extra arguments go to `diffusion-router bootstrap`.
+func startEnvoyReplica(t *testing.T, xds, tlsDir, name string, bootstrapArgs ...string) (admin string) {
 	t.Helper()
 	port := freePort(t)
-	out, err := exec.Command(filepath.Join(binDir, "diffusion-router"), "bootstrap", "--xds", xds,
-		"--admin-port", strconv.Itoa(port), "--node-id", name).Output()
+	args := append([]string{"bootstrap", "--xds", xds, "--admin-port", strconv.Itoa(port), "--node-id", name, "--xds-tls-dir", tlsDir}, bootstrapArgs...)
+	out, err := exec.Command(filepath.Join(binDir, "diffusion-router"), args...).Output()
 	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
@@ -29,7 +35,12 @@ func startEnvoyReplica(t *testing.T, xds, name string) (admin string) {
 	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	startPath(t, "envoy-"+name, envoyBin, "-c", path, "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn")
+	secret, err := trust.JobSecret(tlsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startPathEnv(t, "envoy-"+name, envoyBin, []string{trust.JobSecretEnv + "=" + secret},
+		"-c", path, "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn")
 	admin = "http://127.0.0.1:" + strconv.Itoa(port)
 	eventually(t, 60*time.Second, name+" to be ready", func() bool {
 		r, err := tryDo(t.Context(), "GET", admin+"/ready", "", nil)
@@ -46,14 +57,16 @@ func TestTwoEnvoyReplicas(t *testing.T) {
 	good := startWorker(t)
 	bad := startWorker(t, "--fail-rate", "1")
 	front := freePort(t)
+	state := t.TempDir()
 	cp := start(t, "diffusion-router", "--external-envoy", "--host", "127.0.0.1", "--port", strconv.Itoa(front),
-		"--xds-port", strconv.Itoa(freePort(t)), "--state-dir", t.TempDir(), "--outlier-consecutive-failures", "3",
+		"--xds-port", strconv.Itoa(freePort(t)), "--state-dir", state, "--outlier-consecutive-failures", "3",
 		"--wasm-filter", filepath.Join(binDir, "diffusion-tagger.wasm"), "--log-level", "debug",
 		"--worker-urls", good.URL, bad.URL)
 	m := cp.waitOutput(controlPlaneReady, 30*time.Second)
 	xds, api := m[1], "http://"+strings.TrimPrefix(m[2], "http://")
-	adminA := startEnvoyReplica(t, xds, "replica-a")
-	adminB := startEnvoyReplica(t, xds, "replica-b")
+	tlsDir := filepath.Join(state, "xds-tls")
+	adminA := startEnvoyReplica(t, xds, tlsDir, "replica-a")
+	adminB := startEnvoyReplica(t, xds, tlsDir, "replica-b")
 
 	eventually(t, 20*time.Second, "both replicas to run the current configuration", func() bool {
 		return strings.Contains(string(get(t, api+"/metrics").Body), `diffusion_router_envoys_connected{synced="true"} 2`)

@@ -54,7 +54,7 @@ func TestControlPlaneRestart(t *testing.T) {
 	cp := start(t, "diffusion-router", args...)
 	m := cp.waitOutput(controlPlaneReady, 30*time.Second)
 	xds, api := m[1], "http://"+strings.TrimPrefix(m[2], "http://")
-	admin := startEnvoyReplica(t, xds, "restart")
+	admin := startEnvoyReplica(t, xds, filepath.Join(state, "xds-tls"), "restart")
 	synced := func() bool {
 		r, err := tryDo(t.Context(), "GET", api+"/metrics", "", nil)
 		return err == nil && strings.Contains(string(r.Body), `diffusion_router_envoys_connected{synced="true"} 1`)

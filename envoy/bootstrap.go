@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"text/template"
+
+	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
 //go:embed bootstrap.yaml.tmpl
@@ -30,6 +32,15 @@ type Bootstrap struct {
 	XDSPort        int
 	// MaxDownstreamConnections caps client connections (overload manager).
 	MaxDownstreamConnections int
+	// TLS are the files of this Envoy's side of mutual TLS with the control
+	// plane, as paths on the Envoy's file system (see trust.EnvoyFilesIn).
+	TLS trust.EnvoyFiles
+}
+
+// bootstrapData is what the template sees.
+type bootstrapData struct {
+	Bootstrap
+	ServerName string
 }
 
 // Render produces the bootstrap YAML.
@@ -43,6 +54,9 @@ func Render(b Bootstrap) ([]byte, error) {
 	if b.AdminAddress == "" || b.XDSAddress == "" {
 		return nil, fmt.Errorf("render bootstrap: admin and xds addresses are required")
 	}
+	if b.TLS.CA == "" || b.TLS.Cert == "" || b.TLS.Key == "" {
+		return nil, fmt.Errorf("render bootstrap: the xDS connection's TLS files are required")
+	}
 	if b.AdminAdvertise == "" {
 		b.AdminAdvertise = net.JoinHostPort(b.AdminAddress, fmt.Sprint(b.AdminPort))
 	}
@@ -50,7 +64,7 @@ func Render(b Bootstrap) ([]byte, error) {
 		b.MaxDownstreamConnections = 50000
 	}
 	var buf bytes.Buffer
-	if err := bootstrapTmpl.Execute(&buf, b); err != nil {
+	if err := bootstrapTmpl.Execute(&buf, bootstrapData{Bootstrap: b, ServerName: trust.ServerName}); err != nil {
 		return nil, fmt.Errorf("render bootstrap: %w", err)
 	}
 	return buf.Bytes(), nil

@@ -14,11 +14,14 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/xds/trust"
 	"sigs.k8s.io/yaml"
 )
 
 func TestRender(t *testing.T) {
-	out, err := Render(Bootstrap{NodeID: "n1", AdminAddress: "127.0.0.1", AdminPort: 9901, XDSAddress: "127.0.0.1", XDSPort: 18000})
+	tlsFiles := trust.EnvoyFilesIn("/etc/envoy/xds-tls")
+	out, err := Render(Bootstrap{NodeID: "n1", AdminAddress: "127.0.0.1", AdminPort: 9901, XDSAddress: "127.0.0.1", XDSPort: 18000, TLS: tlsFiles})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,10 +36,24 @@ func TestRender(t *testing.T) {
 	if !strings.Contains(string(out), "port_value: 18000") || !strings.Contains(string(out), "port_value: 9901") {
 		t.Fatalf("ports missing:\n%s", out)
 	}
+	// The xDS connection is mutual TLS, with the server's name checked.
+	xdsCluster := doc["static_resources"].(map[string]any)["clusters"].([]any)[0].(map[string]any)
+	tlsCtx := xdsCluster["transport_socket"].(map[string]any)["typed_config"].(map[string]any)
+	common := tlsCtx["common_tls_context"].(map[string]any)
+	pair := common["tls_certificates"].([]any)[0].(map[string]any)
+	validation := common["validation_context"].(map[string]any)
+	if tlsCtx["sni"] != trust.ServerName ||
+		pair["certificate_chain"].(map[string]any)["filename"] != tlsFiles.Cert ||
+		pair["private_key"].(map[string]any)["filename"] != tlsFiles.Key ||
+		validation["trusted_ca"].(map[string]any)["filename"] != tlsFiles.CA ||
+		validation["match_typed_subject_alt_names"].([]any)[0].(map[string]any)["matcher"].(map[string]any)["exact"] != trust.ServerName {
+		t.Fatalf("xds_cluster TLS = %v", tlsCtx)
+	}
 	for _, bad := range []Bootstrap{
-		{AdminAddress: "a", AdminPort: 1, XDSAddress: "b", XDSPort: 2},
-		{NodeID: "n", AdminAddress: "a", AdminPort: 0, XDSAddress: "b", XDSPort: 2},
-		{NodeID: "n", AdminPort: 1, XDSAddress: "b", XDSPort: 2},
+		{AdminAddress: "a", AdminPort: 1, XDSAddress: "b", XDSPort: 2, TLS: tlsFiles},
+		{NodeID: "n", AdminAddress: "a", AdminPort: 0, XDSAddress: "b", XDSPort: 2, TLS: tlsFiles},
+		{NodeID: "n", AdminPort: 1, XDSAddress: "b", XDSPort: 2, TLS: tlsFiles},
+		{NodeID: "n", AdminAddress: "a", AdminPort: 1, XDSAddress: "b", XDSPort: 2},
 	} {
 		if _, err := Render(bad); err == nil {
 			t.Errorf("Render(%+v) accepted", bad)

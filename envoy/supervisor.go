@@ -26,7 +26,11 @@ type Supervisor struct {
 	Concurrency int
 	// ExtraArgs are appended to Envoy's command line.
 	ExtraArgs []string
-	Log       *logrus.Entry
+	// Env is added to the environment Envoy inherits ("KEY=value"); it is
+	// where secrets for the Wasm VM travel, since configuration is readable
+	// on the admin port.
+	Env []string
+	Log *logrus.Entry
 
 	// MinBackoff and MaxBackoff bound the wait before a restart; the wait
 	// doubles on each quick death and resets after a process lived long.
@@ -137,6 +141,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (string, error) {
 	// Envoy outlives a control plane that crashes and keeps routing on its
 	// last configuration; the restarted control plane adopts it (PIDFile).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Env = append(os.Environ(), s.Env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return "", fmt.Errorf("envoy stderr pipe: %w", err)

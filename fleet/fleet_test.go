@@ -136,3 +136,39 @@ func TestCallResultOK(t *testing.T) {
 		}
 	}
 }
+
+func TestJudgeEjections(t *testing.T) {
+	r := func(node string, ejected, failingHC bool, total, errors uint64) hostReport {
+		return hostReport{node: node, host: "w:1", ejected: ejected, failingHC: failingHC, total: total, errors: errors}
+	}
+	tests := []struct {
+		name         string
+		prev, now    []hostReport
+		wantEjected  bool
+		wantVouchers []string
+	}{
+		{name: "nobody ejects", prev: []hostReport{r("a", false, false, 5, 0)}, now: []hostReport{r("a", false, false, 9, 0)}},
+		{name: "one Envoy alone ejects", now: []hostReport{r("a", true, false, 9, 3)}, wantEjected: true},
+		{name: "the other Envoy sent nothing", prev: []hostReport{r("a", false, false, 5, 0), r("b", false, false, 7, 0)},
+			now: []hostReport{r("a", true, false, 9, 3), r("b", false, false, 7, 0)}, wantEjected: true},
+		{name: "the other Envoy serves it without errors", prev: []hostReport{r("a", false, false, 5, 0), r("b", false, false, 7, 0)},
+			now: []hostReport{r("a", true, false, 9, 3), r("b", false, false, 12, 0)}, wantEjected: true, wantVouchers: []string{"b"}},
+		{name: "the other Envoy saw an error too", prev: []hostReport{r("b", false, false, 7, 0)},
+			now: []hostReport{r("a", true, false, 9, 3), r("b", false, false, 12, 1)}, wantEjected: true},
+		{name: "the other Envoy's health check fails", prev: []hostReport{r("b", false, false, 7, 0)},
+			now: []hostReport{r("a", true, false, 9, 3), r("b", false, true, 12, 0)}, wantEjected: true},
+		{name: "the other Envoy is new (no previous view)",
+			now: []hostReport{r("a", true, false, 9, 3), r("b", false, false, 12, 0)}, wantEjected: true},
+		{name: "both eject", prev: []hostReport{r("a", false, false, 1, 0), r("b", false, false, 1, 0)},
+			now: []hostReport{r("a", true, false, 9, 3), r("b", true, false, 12, 0)}, wantEjected: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := judgeEjections(tt.now, reportIndex(tt.prev))
+			v, ejected := got["w:1"]
+			if ejected != tt.wantEjected || !slices.Equal(v.vouchers, tt.wantVouchers) {
+				t.Fatalf("verdict = %+v (ejected %v), want ejected %v vouchers %v", v, ejected, tt.wantEjected, tt.wantVouchers)
+			}
+		})
+	}
+}

@@ -86,8 +86,14 @@ type Manager struct {
 	// every Envoy since the last observation that listed them.
 	confirmed map[string]bool
 	drains    map[string]*drain
-	wg        sync.WaitGroup
-	baseCtx   context.Context
+	// lastReports is the previous observation's view per (node, host);
+	// only the observe loop uses it.
+	lastReports map[[2]string]hostReport
+	// disputed are the workers whose ejection the last observation did not
+	// confirm (logged once per dispute); observe loop only.
+	disputed map[string]bool
+	wg       sync.WaitGroup
+	baseCtx  context.Context
 }
 
 // Load is what the connected Envoys report about one worker, summed.

@@ -59,7 +59,7 @@ func (m *Manager) Observe(ctx context.Context) {
 
 func (m *Manager) observeOnce(ctx context.Context) {
 	byHost := map[string]Load{}
-	ejectedBy := map[string][]string{} // hostname -> node ids
+	var reports []hostReport
 	for _, n := range m.syncer.Nodes() {
 		if n.AdminAddress == "" {
 			continue
@@ -80,27 +80,44 @@ func (m *Manager) observeOnce(ctx context.Context) {
 			l.FailingHealthChecks = l.FailingHealthChecks || h.FailedActiveHC
 			l.Ejected = l.Ejected || h.FailedOutlier
 			l.Seen = true
-			if h.FailedOutlier {
-				ejectedBy[h.Hostname] = append(ejectedBy[h.Hostname], n.ID)
-			}
 			byHost[h.Hostname] = l
+			reports = append(reports, hostReport{node: n.ID, host: h.Hostname, ejected: h.FailedOutlier,
+				failingHC: h.FailedActiveHC, total: h.RqTotal, errors: h.RqError})
 		}
 	}
+	verdicts := judgeEjections(reports, m.lastReports)
+	m.lastReports = reportIndex(reports)
+	disputed := map[string]bool{}
 	out := map[string]Load{}
 	for _, w := range m.reg.Snapshot().Workers {
 		hp := hostPort(w.URL)
 		if l, ok := byHost[hp]; ok {
 			out[w.Key()] = l
 		}
-		if nodes := ejectedBy[hp]; len(nodes) > 0 && w.State == registry.StateActive {
-			// An ejection by any Envoy takes the worker out of every Envoy,
-			// for good: Envoy would let it back after the ejection time.
-			reason := fmt.Sprintf("ejected by Envoy outlier detection (%d failed requests in a row) on %v", m.cfg.OutlierFailures, nodes)
-			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, registry.StateActive); err == nil {
-				m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
+		v, ejected := verdicts[hp]
+		if !ejected || w.State != registry.StateActive {
+			continue
+		}
+		if len(v.vouchers) > 0 {
+			// Another Envoy is sending it requests that succeed: the
+			// failures are on the ejecting Envoy's path (or come and go).
+			// That Envoy keeps it ejected for a while on its own; the
+			// fleet keeps it until the others fail with it too.
+			disputed[w.Key()] = true
+			if !m.disputed[w.Key()] {
+				m.log.WithFields(logrus.Fields{"worker": w.Key(), "ejected_by": v.ejectors, "serving_on": v.vouchers}).
+					Warn("ejection not confirmed: other Envoys serve this worker without errors; not quarantined")
 			}
+			continue
+		}
+		// An ejection by any Envoy takes the worker out of every Envoy,
+		// for good: Envoy would let it back after the ejection time.
+		reason := fmt.Sprintf("ejected by Envoy outlier detection (%d failed requests in a row) on %v", m.cfg.OutlierFailures, v.ejectors)
+		if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, registry.StateActive); err == nil {
+			m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
 		}
 	}
+	m.disputed = disputed
 	m.mu.Lock()
 	m.load = out
 	for k := range m.confirmed {
@@ -109,6 +126,55 @@ func (m *Manager) observeOnce(ctx context.Context) {
 		}
 	}
 	m.mu.Unlock()
+}
+
+// hostReport is one Envoy's view of one worker in one observation.
+type hostReport struct {
+	node, host    string
+	ejected       bool
+	failingHC     bool
+	total, errors uint64
+}
+
+func reportIndex(rs []hostReport) map[[2]string]hostReport {
+	idx := make(map[[2]string]hostReport, len(rs))
+	for _, r := range rs {
+		idx[[2]string{r.node, r.host}] = r
+	}
+	return idx
+}
+
+// ejectionVerdict says which Envoys ejected a worker and which vouch for it.
+type ejectionVerdict struct {
+	ejectors, vouchers []string
+}
+
+// judgeEjections finds the workers some Envoy ejected, and for each the
+// Envoys that vouch for it: ones that do not eject it, see its health
+// checks pass, and sent it requests since the previous observation without
+// a single error. An Envoy that sent nothing vouches for nothing, so a
+// replica without traffic never holds back a real ejection.
+func judgeEjections(now []hostReport, prev map[[2]string]hostReport) map[string]ejectionVerdict {
+	out := map[string]ejectionVerdict{}
+	for _, r := range now {
+		if r.ejected {
+			v := out[r.host]
+			v.ejectors = append(v.ejectors, r.node)
+			out[r.host] = v
+		}
+	}
+	for _, r := range now {
+		v, ejected := out[r.host]
+		if !ejected || r.ejected || r.failingHC {
+			continue
+		}
+		p, seen := prev[[2]string{r.node, r.host}]
+		if seen && r.total > p.total && r.errors == p.errors {
+			v.vouchers = append(v.vouchers, r.node)
+			out[r.host] = v
+		}
+	}
+	return out
 }
 
 func hostPort(u registry.WorkerURL) string {

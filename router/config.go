@@ -52,10 +52,13 @@ type Config struct {
 	AdminHost         string
 	AdminPort         int
 	StateDir          string
-	EnvoyBin          string
-	EnvoyLogLevel     string
-	EnvoyConcurrency  int
-	ExternalEnvoy     bool
+	// XDSTLSDir holds the mutual-TLS credentials of the xDS connection and
+	// the job-id secret (package trust); default <state-dir>/xds-tls.
+	XDSTLSDir        string
+	EnvoyBin         string
+	EnvoyLogLevel    string
+	EnvoyConcurrency int
+	ExternalEnvoy    bool
 	// QuarantineChecksumMismatch quarantines workers whose weights checksum
 	// differs from the fleet's majority.
 	QuarantineChecksumMismatch bool
@@ -157,6 +160,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.AdminHost, "admin-host", "127.0.0.1", "address of the local Envoy's admin interface")
 	fs.IntVar(&c.AdminPort, "admin-port", 0, "port of the local Envoy's admin interface (0: a free port)")
 	fs.StringVar(&c.StateDir, "state-dir", "", "directory for the Envoy bootstrap and router state (default: a temporary directory)")
+	fs.StringVar(&c.XDSTLSDir, "xds-tls-dir", "", "directory of the xDS connection's mutual-TLS credentials and the job-id secret, made on first start if empty (default: <state-dir>/xds-tls); Envoys need its ca.pem and envoy/")
 	fs.StringVar(&c.EnvoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, then .tools/envoy/bin/envoy, then PATH)")
 	fs.StringVar(&c.EnvoyLogLevel, "envoy-log-level", "warning", "log level of the local Envoy")
 	fs.IntVar(&c.EnvoyConcurrency, "envoy-concurrency", 0, "worker threads of the local Envoy (0: one per core)")
@@ -255,6 +259,9 @@ func (c Config) Validate() error {
 	case "debug", "info", "warning", "warn", "error", "critical":
 	default:
 		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warning or error", c.LogLevel))
+	}
+	if c.ExternalEnvoy && c.XDSTLSDir == "" && c.StateDir == "" {
+		errs = append(errs, errors.New("--external-envoy needs --xds-tls-dir or --state-dir: the Envoys connect with credentials kept there, which a temporary directory would lose"))
 	}
 	if c.Host == "" || c.XDSHost == "" || c.APIHost == "" || c.AdminHost == "" {
 		errs = append(errs, errors.New("--host, --xds-host, --api-host and --admin-host must not be empty"))

@@ -1,8 +1,6 @@
 package router
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/diffrouter/diffusion-router/xds/translate"
+	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
 // FilterFile is the name of the built Wasm filter.
@@ -59,47 +58,37 @@ func findFilter(flag string, external bool) (string, error) {
 	return "", errors.New("the Wasm filter (" + FilterFile + ") was not found next to the binary or in bin/: run `make build`, pass --wasm-filter PATH, or --wasm-filter none to run without it")
 }
 
-// filterSecret is the key that authenticates worker identities in job ids.
-// It is kept in the state directory so that ids stay valid across restarts
-// of the control plane when the directory is kept.
-func filterSecret(stateDir string) (string, error) {
-	path := filepath.Join(stateDir, "filter-secret")
-	if b, err := os.ReadFile(path); err == nil {
-		s := strings.TrimSpace(string(b))
-		if len(s) < 32 {
-			return "", fmt.Errorf("%s: secret is too short; delete the file to make a new one", path)
-		}
-		return s, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("read filter secret: %w", err)
+// migrateFilterSecret keeps job ids valid across an upgrade: a state
+// directory from before package trust kept the secret in filter-secret; new
+// credentials take it over.
+func migrateFilterSecret(stateDir, tlsDir string) error {
+	old := filepath.Join(stateDir, "filter-secret")
+	b, err := os.ReadFile(old)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("read %s: %w", old, err)
 	}
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
+	if len(strings.TrimSpace(string(b))) < trust.MinJobSecret {
+		return nil
 	}
-	s := hex.EncodeToString(b[:])
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(s+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write filter secret: %w", err)
+	if err := os.WriteFile(filepath.Join(tlsDir, trust.EnvoyDir, trust.JobSecretFile), b, 0o600); err != nil {
+		return fmt.Errorf("migrate %s: %w", old, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("write filter secret: %w", err)
-	}
-	return s, nil
+	return os.Remove(old)
 }
 
 // filterOptions builds the filter's configuration, or nil when it is off.
-func filterOptions(flag, stateDir string, failClosed, external bool) (*translate.FilterOptions, error) {
+// The job-id secret is not in it: the configuration is readable on every
+// Envoy's admin port. Envoy carries the secret in its environment
+// (trust.JobSecretEnv) into the filter's VM.
+func filterOptions(flag string, failClosed, external bool) (*translate.FilterOptions, error) {
 	path, err := findFilter(flag, external)
 	if err != nil || path == "" {
 		return nil, err
 	}
-	secret, err := filterSecret(stateDir)
-	if err != nil {
-		return nil, err
-	}
 	cfg, err := json.Marshal(map[string]any{
-		"secret":         secret,
+		"secret_env":     trust.JobSecretEnv,
 		"max_body_bytes": 64 << 10,
 		"fail_closed":    failClosed,
 		"fallback_route": translate.RouteModelFallback,
@@ -109,5 +98,5 @@ func filterOptions(flag, stateDir string, failClosed, external bool) (*translate
 	if err != nil {
 		return nil, err
 	}
-	return &translate.FilterOptions{Path: path, Config: string(cfg)}, nil
+	return &translate.FilterOptions{Path: path, Config: string(cfg), HostEnvKeys: []string{trust.JobSecretEnv}}, nil
 }

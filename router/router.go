@@ -23,6 +23,7 @@ import (
 	"github.com/diffrouter/diffusion-router/registry"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 	"github.com/diffrouter/diffusion-router/xds/translate"
+	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
 // Addresses are where a running router can be reached; ports chosen at start
@@ -64,6 +65,31 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		stateDir = d
 	} else if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return fmt.Errorf("create state directory %s: %w", stateDir, err)
+	}
+
+	tlsDir := c.XDSTLSDir
+	if tlsDir == "" {
+		tlsDir = filepath.Join(stateDir, "xds-tls")
+	}
+	tlsDir, err := filepath.Abs(tlsDir)
+	if err != nil {
+		return fmt.Errorf("--xds-tls-dir: %w", err)
+	}
+	made, err := trust.Ensure(tlsDir, trust.Owners{})
+	if err != nil {
+		return err
+	}
+	if made && !c.ExternalEnvoy {
+		if err := migrateFilterSecret(stateDir, tlsDir); err != nil {
+			return err
+		}
+	}
+	if made && c.ExternalEnvoy {
+		base.WithField("dir", tlsDir).Warn("made new xDS credentials: every Envoy needs ca.pem and envoy/ from this directory (see `diffusion-router bootstrap --xds-tls-dir`)")
+	}
+	serverTLS, err := trust.ServerTLS(tlsDir)
+	if err != nil {
+		return err
 	}
 
 	// An Envoy a crashed control plane left running keeps routing; this one
@@ -112,7 +138,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	if !c.ExternalEnvoy || c.WasmFilter != "" {
 		// With external Envoys the filter path must be given: it is a path
 		// on their file system, not this one's.
-		if opts.Filter, err = filterOptions(c.WasmFilter, stateDir, c.FilterFailClosed, c.ExternalEnvoy); err != nil {
+		if opts.Filter, err = filterOptions(c.WasmFilter, c.FilterFailClosed, c.ExternalEnvoy); err != nil {
 			return err
 		}
 	}
@@ -186,7 +212,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	}
 
 	goRun("publisher", func() error { return publishLoop(ctx, reg, xds, opts, mx, base) })
-	goRun("xds", func() error { return xds.Serve(ctx, xdsLis) })
+	goRun("xds", func() error { return xds.Serve(ctx, xdsLis, serverTLS) })
 	apiSrv := &http.Server{
 		Handler: &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
 			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: mx.Handler(), AdminToken: c.AdminToken},
@@ -208,7 +234,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 
 	stopLocalEnvoy := func() {}
 	if !c.ExternalEnvoy {
-		sup, adminAddr, err := localEnvoy(c, stateDir, addrs.XDS, adopt, log)
+		sup, adminAddr, err := localEnvoy(c, stateDir, tlsDir, addrs.XDS, adopt, log)
 		if err != nil {
 			cancel()
 			_ = apiSrv.Close()
@@ -381,8 +407,12 @@ func findLocalEnvoy(c Config, stateDir string, log *logrus.Entry) runningEnvoy {
 
 // localEnvoy prepares the supervised Envoy: binary, admin port, bootstrap;
 // or, to adopt a running one, the same.
-func localEnvoy(c Config, stateDir, xdsAddr string, adopt runningEnvoy, log *logrus.Logger) (*envoy.Supervisor, string, error) {
+func localEnvoy(c Config, stateDir, tlsDir, xdsAddr string, adopt runningEnvoy, log *logrus.Logger) (*envoy.Supervisor, string, error) {
 	bin, err := envoy.FindBinary(c.EnvoyBin)
+	if err != nil {
+		return nil, "", err
+	}
+	secret, err := trust.JobSecret(tlsDir)
 	if err != nil {
 		return nil, "", err
 	}
@@ -394,6 +424,7 @@ func localEnvoy(c Config, stateDir, xdsAddr string, adopt runningEnvoy, log *log
 	sup := &envoy.Supervisor{
 		Bin: bin, ConfigPath: path, LogLevel: level, Concurrency: c.EnvoyConcurrency,
 		PIDFile: filepath.Join(stateDir, "envoy.pid"), Log: log.WithField("component", "supervisor"),
+		Env: []string{trust.JobSecretEnv + "=" + secret},
 	}
 	if adopt.PID > 0 {
 		// Its bootstrap stays as it is: it names this control plane's
@@ -416,6 +447,7 @@ func localEnvoy(c Config, stateDir, xdsAddr string, adopt runningEnvoy, log *log
 		NodeID:       fmt.Sprintf("diffusion-router-%s-%d", host, os.Getpid()),
 		AdminAddress: c.AdminHost, AdminPort: adminPort,
 		XDSAddress: connectHost(xh), XDSPort: int(xp),
+		TLS: trust.EnvoyFilesIn(tlsDir),
 	})
 	if err != nil {
 		return nil, "", err

@@ -13,22 +13,33 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/router"
+	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
+// subcommands are the helpers for running Envoys apart from the control
+// plane (--external-envoy).
+var subcommands = map[string]func(args []string) error{
+	"bootstrap": printBootstrap,
+	"certs":     makeCerts,
+}
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "bootstrap" {
-		if err := printBootstrap(os.Args[2:]); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return
+	if len(os.Args) > 1 {
+		if sub, ok := subcommands[os.Args[1]]; ok {
+			if err := sub(os.Args[2:]); err != nil {
+				if errors.Is(err, flag.ErrHelp) {
+					return
+				}
+				fmt.Fprintf(os.Stderr, "diffusion-router %s: %v\n", os.Args[1], err)
+				os.Exit(2)
 			}
-			fmt.Fprintln(os.Stderr, "diffusion-router bootstrap:", err)
-			os.Exit(2)
+			return
 		}
-		return
 	}
 	cfg, err := router.Parse(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -65,8 +76,12 @@ func printBootstrap(args []string) error {
 	advertise := fs.String("admin-advertise", "", "host:port at which the control plane reaches this admin interface (default address:port)")
 	host, _ := os.Hostname()
 	nodeID := fs.String("node-id", fmt.Sprintf("envoy-%s-%d", host, os.Getpid()), "this Envoy's node id (unique per replica)")
+	tlsDir := fs.String("xds-tls-dir", "", "the control plane's --xds-tls-dir as this Envoy sees it (required: it needs ca.pem and envoy/)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *tlsDir == "" {
+		return errors.New("--xds-tls-dir is required: the control plane lets in only Envoys with its certificate")
 	}
 	h, p, err := net.SplitHostPort(*xds)
 	if err != nil {
@@ -77,10 +92,57 @@ func printBootstrap(args []string) error {
 		return fmt.Errorf("--xds %q: bad port", *xds)
 	}
 	out, err := envoy.Render(envoy.Bootstrap{NodeID: *nodeID, AdminAddress: *adminAddr, AdminPort: *adminPort,
-		AdminAdvertise: *advertise, XDSAddress: h, XDSPort: port})
+		AdminAdvertise: *advertise, XDSAddress: h, XDSPort: port, TLS: trust.EnvoyFilesIn(*tlsDir)})
 	if err != nil {
 		return err
 	}
 	_, err = os.Stdout.Write(out)
 	return err
+}
+
+// makeCerts makes the credentials directory ahead of the control plane, for
+// deployments where it and the Envoys run as different users (containers):
+// run as root, it gives each side's files to that side's user.
+func makeCerts(args []string) error {
+	fs := flag.NewFlagSet("diffusion-router certs", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory to make (kept as it is when already complete)")
+	envoyOwner := fs.String("envoy-owner", "", "uid:gid to own envoy/ (default: the current user)")
+	cpOwner := fs.String("control-plane-owner", "", "uid:gid to own control-plane/ (default: the current user)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" || fs.NArg() > 0 {
+		return errors.New("usage: diffusion-router certs --dir DIR [--envoy-owner UID:GID] [--control-plane-owner UID:GID]")
+	}
+	var owners trust.Owners
+	var err error
+	if owners.Envoy, err = parseOwner(*envoyOwner); err != nil {
+		return fmt.Errorf("--envoy-owner: %w", err)
+	}
+	if owners.ControlPlane, err = parseOwner(*cpOwner); err != nil {
+		return fmt.Errorf("--control-plane-owner: %w", err)
+	}
+	made, err := trust.Ensure(*dir, owners)
+	if err != nil {
+		return err
+	}
+	if made {
+		fmt.Printf("made xDS credentials in %s: the control plane takes --xds-tls-dir %s; each Envoy needs %s and %s/\n", *dir, *dir, trust.CAFile, trust.EnvoyDir)
+	} else {
+		fmt.Printf("%s already holds valid xDS credentials; kept\n", *dir)
+	}
+	return nil
+}
+
+func parseOwner(s string) (*trust.Owner, error) {
+	if s == "" {
+		return nil, nil
+	}
+	u, g, ok := strings.Cut(s, ":")
+	uid, err1 := strconv.Atoi(u)
+	gid, err2 := strconv.Atoi(g)
+	if !ok || err1 != nil || err2 != nil || uid < 0 || gid < 0 {
+		return nil, fmt.Errorf("%q is not UID:GID", s)
+	}
+	return &trust.Owner{UID: uid, GID: gid}, nil
 }

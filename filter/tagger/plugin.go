@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -36,8 +37,12 @@ const (
 
 // Config is the plugin configuration, JSON, set by the control plane.
 type Config struct {
-	// Secret authenticates the worker identity inside job ids; every Envoy
-	// of one router gets the same.
+	// SecretEnv names the variable of the VM's environment that holds the
+	// secret authenticating worker identities inside job ids; every Envoy of
+	// one router has the same. The configuration itself is readable on the
+	// admin port, the environment is not.
+	SecretEnv string `json:"secret_env"`
+	// Secret is the secret itself, for tests; it wins over SecretEnv.
 	Secret string `json:"secret"`
 	// FallbackRoute is the name of the route that takes requests naming a
 	// model no worker lists (counted and logged once per name).
@@ -58,14 +63,21 @@ type Config struct {
 // translate.FrontBufferLimit).
 const MaxHeldBytes = 1 << 20
 
-// ParseConfig reads and checks the plugin configuration.
-func ParseConfig(b []byte) (Config, error) {
+// ParseConfig reads and checks the plugin configuration; getenv reads the
+// VM's environment.
+func ParseConfig(b []byte, getenv func(string) string) (Config, error) {
 	c := Config{MaxBodyBytes: 64 << 10, Defaults: Defaults{Steps: 50, Width: 1024, Height: 1024, VideoFrames: 81}}
 	if len(bytes.TrimSpace(b)) > 0 {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&c); err != nil {
 			return c, fmt.Errorf("plugin configuration: %w", err)
+		}
+	}
+	if c.Secret == "" && c.SecretEnv != "" {
+		c.Secret = strings.TrimSpace(getenv(c.SecretEnv))
+		if len(c.Secret) < 16 {
+			return c, fmt.Errorf("plugin configuration: the environment variable %s (secret_env) must hold at least 16 characters; Envoy passes it from its own environment", c.SecretEnv)
 		}
 	}
 	switch {
@@ -103,7 +115,7 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 		proxywasm.LogCriticalf("diffusion-tagger: reading configuration: %v", err)
 		return types.OnPluginStartStatusFailed
 	}
-	cfg, err := ParseConfig(raw)
+	cfg, err := ParseConfig(raw, os.Getenv)
 	if err != nil {
 		proxywasm.LogCriticalf("diffusion-tagger: %v", err)
 		return types.OnPluginStartStatusFailed

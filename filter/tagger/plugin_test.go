@@ -328,12 +328,32 @@ func TestBase64AnswersStreamUnheld(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	for _, bad := range []string{`{"secret":"short"}`, `{"secret":"0123456789abcdef0","max_body_bytes":0}`, `{"secret":"0123456789abcdef0","nope":1}`, `{`} {
-		if _, err := ParseConfig([]byte(bad)); err == nil {
+	env := map[string]string{"GOOD": " 0123456789abcdef-from-env\n", "SHORT": "0123"}
+	getenv := func(k string) string { return env[k] }
+	for _, bad := range []string{`{"secret":"short"}`, `{"secret":"0123456789abcdef0","max_body_bytes":0}`, `{"secret":"0123456789abcdef0","nope":1}`, `{`,
+		`{"secret_env":"SHORT"}`, `{"secret_env":"UNSET"}`, `{}`} {
+		if _, err := ParseConfig([]byte(bad), getenv); err == nil {
 			t.Errorf("ParseConfig(%s) accepted", bad)
 		}
 	}
+	for cfg, want := range map[string]string{
+		`{"secret_env":"GOOD"}`: "0123456789abcdef-from-env",
+		`{"secret_env":"GOOD","secret":"0123456789abcdef-inline"}`: "0123456789abcdef-inline",
+	} {
+		c, err := ParseConfig([]byte(cfg), getenv)
+		if err != nil || c.Secret != want {
+			t.Errorf("ParseConfig(%s) = %q, %v; want secret %q", cfg, c.Secret, err, want)
+		}
+	}
 	eachRunnerWithConfig(t, []byte(`{"secret":"short"}`), types.OnPluginStartStatusFailed)
+	eachRunnerWithConfig(t, []byte(`{"secret_env":"DIFFUSION_TEST_UNSET_SECRET"}`), types.OnPluginStartStatusFailed)
+	// The plugin reads the VM's environment (natively: the process's).
+	t.Setenv("DIFFUSION_TEST_SECRET", testSecret)
+	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, "go")).WithPluginConfiguration([]byte(`{"secret_env":"DIFFUSION_TEST_SECRET"}`)))
+	defer reset()
+	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+		t.Errorf("plugin start with the secret in its environment = %v", st)
+	}
 }
 
 func eachRunnerWithConfig(t *testing.T, cfg []byte, want types.OnPluginStartStatus) {

@@ -7,7 +7,9 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -27,6 +29,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
@@ -233,10 +236,17 @@ func (s *Server) Nodes() []Node {
 	return out
 }
 
-// Serve runs the ADS gRPC server on lis until ctx is cancelled.
-func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+// Serve runs the ADS gRPC server on lis until ctx is cancelled. Only
+// clients that pass mutual TLS with tlsCfg (see package trust) get in: a
+// node's metadata names the admin interface whose health reports the control
+// plane acts on, so an unauthenticated node could quarantine the fleet.
+func (s *Server) Serve(ctx context.Context, lis net.Listener, tlsCfg *tls.Config) error {
+	if tlsCfg == nil || tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert {
+		return errors.New("xds grpc server: mutual TLS is required")
+	}
 	srv := serverv3.NewServer(ctx, s.cache, s.callbacks())
 	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxConcurrentStreams(1<<16),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),

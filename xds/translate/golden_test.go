@@ -59,7 +59,7 @@ func TestGolden(t *testing.T) {
 			}
 			o.Timeout = time.Duration(gi.TimeoutSec * float64(time.Second))
 			if gi.Filter {
-				o.Filter = &FilterOptions{Path: "/opt/diffusion-router/diffusion-tagger.wasm", Config: `{"secret":"golden-secret-0123456789"}`}
+				o.Filter = &FilterOptions{Path: "/opt/diffusion-router/diffusion-tagger.wasm", Config: `{"secret_env":"DIFFUSION_ROUTER_JOB_SECRET"}`, HostEnvKeys: []string{"DIFFUSION_ROUTER_JOB_SECRET"}}
 			}
 			if gi.MaxRetries != nil {
 				o.MaxRetries = *gi.MaxRetries

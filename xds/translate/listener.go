@@ -154,6 +154,13 @@ func jsonError(msg string) *corev3.SubstitutionFormatString {
 	}}}
 }
 
+func envVars(keys []string) *wasmv3.EnvironmentVariables {
+	if len(keys) == 0 {
+		return nil
+	}
+	return &wasmv3.EnvironmentVariables{HostEnvKeys: keys}
+}
+
 // tagFilters are the HTTP filters before the router: the Wasm tagger, then
 // header-to-metadata, which turns the worker the tagger named for a job
 // (x-diffusion-target) into load-balancer metadata. Without the filter
@@ -175,6 +182,7 @@ func tagFilters(o Options) ([]*hcmv3.HttpFilter, error) {
 			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{Local: &corev3.DataSource{
 				Specifier: &corev3.DataSource_Filename{Filename: o.Filter.Path},
 			}}},
+			EnvironmentVariables: envVars(o.Filter.HostEnvKeys),
 		}},
 		Configuration: cfg,
 		// A VM that fails must not take traffic down with it.

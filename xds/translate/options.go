@@ -106,8 +106,12 @@ type Options struct {
 type FilterOptions struct {
 	// Path is the .wasm file as the Envoy process sees it.
 	Path string
-	// Config is the plugin's JSON configuration.
+	// Config is the plugin's JSON configuration. It is readable on every
+	// Envoy's admin port (config_dump): no secrets here.
 	Config string
+	// HostEnvKeys are variables of the Envoy process's environment that the
+	// plugin's VM sees (where secrets travel instead).
+	HostEnvKeys []string
 }
 
 // Validate reports options that would produce a configuration Envoy rejects.
