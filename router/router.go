@@ -219,7 +219,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	goRun("api", func() error {
-		if err := apiSrv.Serve(apiLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := apiSrv.Serve(api.JSONErrorListener(apiLis)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
