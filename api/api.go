@@ -20,7 +20,8 @@ import (
 
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/registry"
-	"github.com/diffrouter/diffusion-router/xds/translate"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // MaxBodyBytes bounds every request body the registry reads.
@@ -115,7 +116,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { s.model(w, id) }})
 		return
 	}
-	if slices.Contains(translate.FanoutPaths, path) {
+	if slices.Contains(wire.FleetCallPaths, path) {
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.fanout})
 		return
 	}

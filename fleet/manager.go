@@ -23,7 +23,8 @@ import (
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/registry"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
-	"github.com/diffrouter/diffusion-router/xds/translate"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Syncer is the xDS side as the fleet sees it.
@@ -376,7 +377,7 @@ func (m *Manager) routableEverywhere(ctx context.Context, w registry.Worker) boo
 		if node.AdminAddress == "" {
 			continue // cannot tell; the ACK has to do
 		}
-		healthy, _, found, err := m.admin.EndpointStats(ctx, node.AdminAddress, translate.ClusterWorkers, addr)
+		healthy, _, found, err := m.admin.EndpointStats(ctx, node.AdminAddress, wire.ClusterWorkers, addr)
 		if err != nil || !found || !healthy {
 			return false
 		}
@@ -613,7 +614,7 @@ func (m *Manager) inFlight(ctx context.Context, addr string) uint64 {
 		if n.AdminAddress == "" {
 			return 1
 		}
-		_, active, _, err := m.admin.EndpointStats(ctx, n.AdminAddress, translate.ClusterWorkers, addr)
+		_, active, _, err := m.admin.EndpointStats(ctx, n.AdminAddress, wire.ClusterWorkers, addr)
 		if err != nil {
 			return 1
 		}

@@ -11,7 +11,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/registry"
-	"github.com/diffrouter/diffusion-router/xds/translate"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Loads returns what the Envoys last reported, by worker key.
@@ -70,7 +71,7 @@ func (m *Manager) observeOnce(ctx context.Context) {
 			continue
 		}
 		for _, h := range hosts {
-			if h.Cluster != translate.ClusterWorkers {
+			if h.Cluster != wire.ClusterWorkers {
 				continue
 			}
 			l := byHost[h.Hostname]
@@ -194,7 +195,7 @@ func (m *Manager) Probe(ctx context.Context) {
 	// Workers that have not answered yet (registered before their server
 	// listens) are looked at about once a second, whatever the interval,
 	// so they are known (task types, models) as soon as they come up.
-	fast := time.NewTicker(min(m.cfg.HealthInterval, translate.RecheckInterval))
+	fast := time.NewTicker(min(m.cfg.HealthInterval, wire.RecheckInterval))
 	defer fast.Stop()
 	for {
 		select {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/diffrouter/diffusion-router/xds/translate"
 	"github.com/diffrouter/diffusion-router/xds/trust"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // FilterFile is the name of the built Wasm filter.
@@ -87,14 +89,9 @@ func filterOptions(flag string, failClosed, external bool) (*translate.FilterOpt
 	if err != nil || path == "" {
 		return nil, err
 	}
-	cfg, err := json.Marshal(map[string]any{
-		"secret_env":     trust.JobSecretEnv,
-		"max_body_bytes": 64 << 10,
-		"fail_closed":    failClosed,
-		"fallback_route": translate.RouteModelFallback,
-		// sglang-diffusion's defaults for fields a request leaves out.
-		"defaults": map[string]int{"steps": 50, "width": 1024, "height": 1024, "video_frames": 81},
-	})
+	fc := wire.DefaultFilterConfig()
+	fc.SecretEnv, fc.FailClosed = trust.JobSecretEnv, failClosed
+	cfg, err := json.Marshal(fc)
 	if err != nil {
 		return nil, err
 	}

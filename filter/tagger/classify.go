@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Task is the class of a request, set as x-diffusion-task.
@@ -24,13 +26,6 @@ const (
 // Tasks lists every class, for per-class metrics.
 var Tasks = []Task{TaskImage, TaskImageEdit, TaskVideo, TaskVideoPoll, TaskNative, TaskControl, TaskOther}
 
-var controlPaths = map[string]bool{
-	"/add_worker": true, "/remove_worker": true, "/list_workers": true, "/workers": true, "/health": true,
-	"/health_workers": true, "/v1/models": true, "/update_weights_from_disk": true,
-	"/release_memory_occupation": true, "/resume_memory_occupation": true, "/get_weights_checksum": true,
-	"/v1/set_lora": true, "/v1/merge_lora_weights": true, "/v1/unmerge_lora_weights": true, "/v1/list_loras": true,
-}
-
 // Classify names the task of a request from its method and path.
 func Classify(method, path string) Task {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
@@ -39,17 +34,19 @@ func Classify(method, path string) Task {
 	switch {
 	// /generate and /generate_video are the seed (Miles) router's names for
 	// the same two calls; Envoy rewrites them to the worker's paths.
-	case method == "POST" && (path == "/v1/images/generations" || path == "/generate"):
+	case method == "POST" && (path == wire.PathImages || path == wire.PathSeedImage):
 		return TaskImage
-	case method == "POST" && path == "/v1/images/edits":
+	case method == "POST" && path == wire.PathImageEdits:
 		return TaskImageEdit
-	case method == "POST" && (path == "/v1/videos" || path == "/generate_video"):
+	case method == "POST" && (path == wire.PathVideos || path == wire.PathSeedVideo):
 		return TaskVideo
-	case path == "/v1/videos" || strings.HasPrefix(path, "/v1/videos/"):
+	case path == wire.PathVideos || strings.HasPrefix(path, wire.PathVideos+"/"):
 		return TaskVideoPoll
-	case method == "POST" && (path == "/v1/diffusion/generate" || path == "/rollout/generate"):
+	case method == "POST" && (path == wire.PathNative || path == wire.PathNativeRoll):
 		return TaskNative
-	case controlPaths[path] || strings.HasPrefix(path, "/workers/") || strings.HasPrefix(path, "/v1/models/"):
+	}
+	switch wire.ClassOf(path) {
+	case wire.ClassRegistry, wire.ClassFleetCall:
 		return TaskControl
 	}
 	return TaskOther
@@ -58,14 +55,6 @@ func Classify(method, path string) Task {
 // ParsesBody reports whether the task's JSON body is read for the model and
 // the cost estimate.
 func (t Task) ParsesBody() bool { return t == TaskImage || t == TaskVideo || t == TaskNative }
-
-// Defaults are the server's values for fields a request leaves out.
-type Defaults struct {
-	Steps       int `json:"steps"`
-	Width       int `json:"width"`
-	Height      int `json:"height"`
-	VideoFrames int `json:"video_frames"`
-}
 
 // BodyFacts is what the filter learns from a generation body.
 type BodyFacts struct {
@@ -79,7 +68,7 @@ type BodyFacts struct {
 }
 
 // ParseBody reads a JSON generation body.
-func ParseBody(t Task, body []byte, d Defaults) (BodyFacts, error) {
+func ParseBody(t Task, body []byte, d wire.Defaults) (BodyFacts, error) {
 	var req struct {
 		Model  string      `json:"model"`
 		Format string      `json:"response_format"`
@@ -141,9 +130,12 @@ func jobPath(path string) (prefix, id, suffix string, ok bool) {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
 	}
-	for _, p := range []string{"/v1/videos/", "/v1/images/"} {
+	if !wire.IsJobPath(path) {
+		return "", "", "", false
+	}
+	for _, p := range wire.JobPrefixes {
 		rest, found := strings.CutPrefix(path, p)
-		if !found || (p == "/v1/images/" && (rest == "generations" || rest == "edits")) {
+		if !found {
 			continue
 		}
 		id, suffix, _ = strings.Cut(rest, "/")

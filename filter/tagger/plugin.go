@@ -22,51 +22,14 @@ import (
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
 
 	"github.com/diffrouter/diffusion-router/filter/jobid"
+	"github.com/diffrouter/diffusion-router/wire"
 )
-
-// Header names the plugin sets. Values a client sends for them are replaced.
-const (
-	HeaderTask     = "x-diffusion-task"
-	HeaderModel    = "x-diffusion-model"
-	HeaderCost     = "x-diffusion-cost"
-	HeaderTarget   = "x-diffusion-target"
-	HeaderRouterMS = "x-diffusion-router-ms"
-	HeaderWorker   = "x-diffusion-worker"
-	HeaderReqID    = "x-request-id"
-)
-
-// Config is the plugin configuration, JSON, set by the control plane.
-type Config struct {
-	// SecretEnv names the variable of the VM's environment that holds the
-	// secret authenticating worker identities inside job ids; every Envoy of
-	// one router has the same. The configuration itself is readable on the
-	// admin port, the environment is not.
-	SecretEnv string `json:"secret_env"`
-	// Secret is the secret itself, for tests; it wins over SecretEnv.
-	Secret string `json:"secret"`
-	// FallbackRoute is the name of the route that takes requests naming a
-	// model no worker lists (counted and logged once per name).
-	FallbackRoute string `json:"fallback_route"`
-	// MaxBodyBytes bounds the bodies the plugin reads; larger ones stream
-	// through untouched.
-	MaxBodyBytes int      `json:"max_body_bytes"`
-	Defaults     Defaults `json:"defaults"`
-	// FailClosed answers 500 when the plugin itself fails (a host call
-	// error); by default such requests pass through untouched.
-	FailClosed bool `json:"fail_closed"`
-}
-
-// MaxHeldBytes bounds what the plugin may hold of one body. Envoy cuts a
-// held body that outgrows the front listener's buffer limit, and one read
-// from a worker can bring about 1 MiB at once; the control plane sizes that
-// limit so that what is held plus one read always fits (see
-// translate.FrontBufferLimit).
-const MaxHeldBytes = 1 << 20
 
 // ParseConfig reads and checks the plugin configuration; getenv reads the
 // VM's environment.
-func ParseConfig(b []byte, getenv func(string) string) (Config, error) {
-	c := Config{MaxBodyBytes: 64 << 10, Defaults: Defaults{Steps: 50, Width: 1024, Height: 1024, VideoFrames: 81}}
+func ParseConfig(b []byte, getenv func(string) string) (wire.FilterConfig, error) {
+	c := wire.DefaultFilterConfig()
+	c.FallbackRoute = ""
 	if len(bytes.TrimSpace(b)) > 0 {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
@@ -76,17 +39,12 @@ func ParseConfig(b []byte, getenv func(string) string) (Config, error) {
 	}
 	if c.Secret == "" && c.SecretEnv != "" {
 		c.Secret = strings.TrimSpace(getenv(c.SecretEnv))
-		if len(c.Secret) < 16 {
-			return c, fmt.Errorf("plugin configuration: the environment variable %s (secret_env) must hold at least 16 characters; Envoy passes it from its own environment", c.SecretEnv)
+		if len(c.Secret) < wire.MinSecret {
+			return c, fmt.Errorf("plugin configuration: the environment variable %s (secret_env) must hold at least %d characters; Envoy passes it from its own environment", c.SecretEnv, wire.MinSecret)
 		}
 	}
-	switch {
-	case len(c.Secret) < 16:
-		return c, fmt.Errorf("plugin configuration: secret must be at least 16 characters")
-	case c.MaxBodyBytes <= 0 || c.MaxBodyBytes > MaxHeldBytes:
-		return c, fmt.Errorf("plugin configuration: max_body_bytes must be in (0, %d]", MaxHeldBytes)
-	case c.Defaults.Steps <= 0 || c.Defaults.Width <= 0 || c.Defaults.Height <= 0 || c.Defaults.VideoFrames <= 0:
-		return c, fmt.Errorf("plugin configuration: defaults must be positive")
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("plugin configuration: %w", err)
 	}
 	return c, nil
 }
@@ -100,7 +58,7 @@ func (*vmContext) NewPluginContext(uint32) types.PluginContext { return &pluginC
 
 type pluginContext struct {
 	types.DefaultPluginContext
-	cfg     Config
+	cfg     wire.FilterConfig
 	signer  jobid.Signer
 	metrics *metrics
 	// fallbackNames counts the model names this VM looked up for logging.
@@ -169,16 +127,16 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		return c.fail("read :path", err)
 	}
 	// Tags are the router's word, never the client's.
-	for _, h := range []string{HeaderTask, HeaderModel, HeaderCost, HeaderTarget} {
+	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget} {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
 	c.task = Classify(method, path)
 	c.p.metrics.requests[c.task].Increment(1)
-	if err := proxywasm.ReplaceHttpRequestHeader(HeaderTask, string(c.task)); err != nil {
-		return c.fail("set "+HeaderTask, err)
+	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderTask, string(c.task)); err != nil {
+		return c.fail("set "+wire.HeaderTask, err)
 	}
-	if id, _ := proxywasm.GetHttpRequestHeader(HeaderReqID); id == "" {
-		_ = proxywasm.ReplaceHttpRequestHeader(HeaderReqID, newRequestID())
+	if id, _ := proxywasm.GetHttpRequestHeader(wire.HeaderRequestID); id == "" {
+		_ = proxywasm.ReplaceHttpRequestHeader(wire.HeaderRequestID, newRequestID())
 	}
 
 	// Every path under a job prefix goes to the job's worker or nowhere:
@@ -238,8 +196,8 @@ func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Ac
 	if err := proxywasm.ReplaceHttpRequestHeader(":path", prefix+id+suffix+query); err != nil {
 		return c.fail("rewrite :path", err)
 	}
-	if err := proxywasm.ReplaceHttpRequestHeader(HeaderTarget, key); err != nil {
-		return c.fail("set "+HeaderTarget, err)
+	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderTarget, key); err != nil {
+		return c.fail("set "+wire.HeaderTarget, err)
 	}
 	c.jobKey = key
 	// A job object (or a new job of the same worker) comes back as JSON;
@@ -283,8 +241,8 @@ func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
 	if err := proxywasm.ReplaceHttpRequestHeader(":path", base+"?"+values.Encode()); err != nil {
 		return c.fail("rewrite :path", err), true
 	}
-	if err := proxywasm.ReplaceHttpRequestHeader(HeaderTarget, key); err != nil {
-		return c.fail("set "+HeaderTarget, err), true
+	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderTarget, key); err != nil {
+		return c.fail("set "+wire.HeaderTarget, err), true
 	}
 	c.jobKey, c.rewrite = key, true
 	return types.ActionContinue, true
@@ -321,13 +279,13 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 		return types.ActionPause
 	}
 	if facts.Model != "" {
-		if err := proxywasm.ReplaceHttpRequestHeader(HeaderModel, facts.Model); err != nil {
-			return c.fail("set "+HeaderModel, err)
+		if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderModel, facts.Model); err != nil {
+			return c.fail("set "+wire.HeaderModel, err)
 		}
 		c.model = facts.Model
 	}
-	if err := proxywasm.ReplaceHttpRequestHeader(HeaderCost, strconv.FormatInt(facts.Cost, 10)); err != nil {
-		return c.fail("set "+HeaderCost, err)
+	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderCost, strconv.FormatInt(facts.Cost, 10)); err != nil {
+		return c.fail("set "+wire.HeaderCost, err)
 	}
 	c.p.metrics.cost.Record(uint64(facts.Cost))
 	if facts.ResponseFormat == "b64_json" {
@@ -368,7 +326,7 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 		routerMS = max(elapsed-upstream, 0)
 	}
 	c.p.metrics.routerMS.Record(uint64(routerMS))
-	_ = proxywasm.ReplaceHttpResponseHeader(HeaderRouterMS, strconv.FormatInt(routerMS, 10))
+	_ = proxywasm.ReplaceHttpResponseHeader(wire.HeaderRouterMS, strconv.FormatInt(routerMS, 10))
 	if c.model != "" && c.p.cfg.FallbackRoute != "" {
 		c.noteFallback()
 	}
@@ -383,7 +341,7 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 		return types.ActionContinue
 	}
 	if c.jobKey == "" {
-		worker, _ := proxywasm.GetHttpResponseHeader(HeaderWorker)
+		worker, _ := proxywasm.GetHttpResponseHeader(wire.HeaderWorker)
 		if worker == "" {
 			c.rewrite = false
 			return types.ActionContinue

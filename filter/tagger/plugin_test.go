@@ -14,6 +14,8 @@ import (
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
 
 	"github.com/diffrouter/diffusion-router/filter/jobid"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // wasmBinary is the plugin compiled for wasip1, so every test also runs
@@ -123,7 +125,7 @@ func TestRequestTags(t *testing.T) {
 				id := host.InitializeHttpContext()
 				hs := [][2]string{{":method", tt.method}, {":path", tt.path}, {":authority", "router"},
 					// Spoofed tags: replaced or removed, never trusted.
-					{HeaderTask, "control"}, {HeaderModel, "spoofed"}, {HeaderCost, "1"}, {HeaderTarget, "ffffffffffffffff"}}
+					{wire.HeaderTask, "control"}, {wire.HeaderModel, "spoofed"}, {wire.HeaderCost, "1"}, {wire.HeaderTarget, "ffffffffffffffff"}}
 				if tt.contentType != "" {
 					hs = append(hs, [2]string{"content-type", tt.contentType}, [2]string{"content-length", fmt.Sprint(len(tt.body))})
 				}
@@ -137,19 +139,19 @@ func TestRequestTags(t *testing.T) {
 					}
 				}
 				got := host.GetCurrentRequestHeaders(id)
-				if v, _ := header(got, HeaderTask); v != tt.wantTask {
+				if v, _ := header(got, wire.HeaderTask); v != tt.wantTask {
 					t.Errorf("task = %q, want %q", v, tt.wantTask)
 				}
-				if v, _ := header(got, HeaderModel); v != tt.wantModel {
+				if v, _ := header(got, wire.HeaderModel); v != tt.wantModel {
 					t.Errorf("model = %q, want %q", v, tt.wantModel)
 				}
-				if v, _ := header(got, HeaderCost); v != tt.wantCost {
+				if v, _ := header(got, wire.HeaderCost); v != tt.wantCost {
 					t.Errorf("cost = %q, want %q", v, tt.wantCost)
 				}
-				if _, ok := header(got, HeaderTarget); ok {
+				if _, ok := header(got, wire.HeaderTarget); ok {
 					t.Error("client's x-diffusion-target was kept")
 				}
-				if v, _ := header(got, HeaderReqID); len(v) != 32 {
+				if v, _ := header(got, wire.HeaderRequestID); len(v) != 32 {
 					t.Errorf("x-request-id = %q, want a generated id", v)
 				}
 				if n, err := host.GetCounterMetric("diffusion_router.requests." + tt.wantTask); err != nil || n != before+1 {
@@ -163,8 +165,8 @@ func TestRequestTags(t *testing.T) {
 func TestKeepsClientRequestID(t *testing.T) {
 	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
 		id := host.InitializeHttpContext()
-		host.CallOnRequestHeaders(id, [][2]string{{":method", "GET"}, {":path", "/health"}, {HeaderReqID, "trace-1"}}, true)
-		if v, _ := header(host.GetCurrentRequestHeaders(id), HeaderReqID); v != "trace-1" {
+		host.CallOnRequestHeaders(id, [][2]string{{":method", "GET"}, {":path", "/health"}, {wire.HeaderRequestID, "trace-1"}}, true)
+		if v, _ := header(host.GetCurrentRequestHeaders(id), wire.HeaderRequestID); v != "trace-1" {
 			t.Fatalf("x-request-id = %q", v)
 		}
 	})
@@ -193,7 +195,7 @@ func TestJobAffinity(t *testing.T) {
 		host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", "/v1/videos"}, {"content-type", "multipart/form-data; boundary=b"}}, false)
 		host.CallOnRequestBody(id, []byte("--b--"), true)
 		host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"content-length", "52"},
-			{HeaderWorker, worker}, {"x-envoy-upstream-service-time", "7"}}, false)
+			{wire.HeaderWorker, worker}, {"x-envoy-upstream-service-time", "7"}}, false)
 		if a := host.CallOnResponseBody(id, []byte(`{"id":"video_1","object":"video","status":"queued","progress":0}`), true); a != types.ActionContinue {
 			t.Fatalf("response body action = %v", a)
 		}
@@ -212,7 +214,7 @@ func TestJobAffinity(t *testing.T) {
 		if _, ok := header(rh, "content-length"); ok {
 			t.Error("stale content-length kept on a rewritten body")
 		}
-		if v, _ := header(rh, HeaderRouterMS); v == "" {
+		if v, _ := header(rh, wire.HeaderRouterMS); v == "" {
 			t.Error("no x-diffusion-router-ms")
 		}
 
@@ -222,7 +224,7 @@ func TestJobAffinity(t *testing.T) {
 		if v, _ := header(ph, ":path"); v != "/v1/videos/video_1/content?x=1" {
 			t.Fatalf("poll path = %q", v)
 		}
-		if v, _ := header(ph, HeaderTarget); v != key {
+		if v, _ := header(ph, wire.HeaderTarget); v != key {
 			t.Fatalf("poll target = %q, want %q", v, key)
 		}
 
@@ -318,7 +320,7 @@ func TestBase64AnswersStreamUnheld(t *testing.T) {
 				req = `{"prompt":"p","response_format":"` + tt.format + `"}`
 			}
 			host.CallOnRequestBody(id, []byte(req), true)
-			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {HeaderWorker, "http://w:1"}}, false)
+			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {wire.HeaderWorker, "http://w:1"}}, false)
 			a := host.CallOnResponseBody(id, []byte(`{"id":"img_1","data":[{"b64_json":"`), false)
 			if held := a != types.ActionContinue; held != tt.wantHold {
 				t.Fatalf("response_format %q: first chunk action %v, want held=%v", tt.format, a, tt.wantHold)
@@ -455,7 +457,7 @@ func TestJobPathsNeedSignedIDs(t *testing.T) {
 			if p, _ := header(h, ":path"); a != types.ActionContinue || local != nil || p != tt.wantPath {
 				t.Errorf("%s %s: action %v, path %q; want it pinned as %q", tt.method, tt.path, a, p, tt.wantPath)
 			}
-			if k, _ := header(h, HeaderTarget); tt.wantPath != "" && k != key {
+			if k, _ := header(h, wire.HeaderTarget); tt.wantPath != "" && k != key {
 				t.Errorf("%s %s: target %q, want %q", tt.method, tt.path, k, key)
 			}
 		}
@@ -468,7 +470,7 @@ func TestJobPathsNeedSignedIDs(t *testing.T) {
 		if p, _ := header(h, ":path"); p != "/v1/videos?limit=5" {
 			t.Fatalf("plain list path = %q", p)
 		}
-		if _, pinned := header(h, HeaderTarget); pinned {
+		if _, pinned := header(h, wire.HeaderTarget); pinned {
 			t.Fatal("plain list pinned to a worker")
 		}
 	})

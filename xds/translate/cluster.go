@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // unlimited stands in for "no cluster-wide cap": the per-worker cap is the one
@@ -47,12 +49,12 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 		// that cannot run it, a job poll never to another worker than the
 		// one holding the job, a model never to a worker without it.
 		SubsetSelectors: []*subsetv3.Subset_LbSubsetSelector{
-			{Keys: []string{SubsetKeyVideo}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
-			{Keys: []string{SubsetKeyWorker}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK, SingleHostPerSubset: true},
-			{Keys: []string{SubsetKeyModel}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
-			{Keys: []string{SubsetKeyModel, SubsetKeyVideo}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
-			{Keys: []string{SubsetKeyImage}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
-			{Keys: []string{SubsetKeyImage, SubsetKeyModel}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{wire.SubsetKeyVideo}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{wire.SubsetKeyWorker}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK, SingleHostPerSubset: true},
+			{Keys: []string{wire.SubsetKeyModel}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{wire.SubsetKeyModel, wire.SubsetKeyVideo}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{wire.SubsetKeyImage}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
+			{Keys: []string{wire.SubsetKeyImage, wire.SubsetKeyModel}, FallbackPolicy: subsetv3.Subset_LbSubsetSelector_NO_FALLBACK},
 		},
 		SubsetLbPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: child}}},
 	})
@@ -73,7 +75,7 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 		return nil, err
 	}
 	return &clusterv3.Cluster{
-		Name:                 ClusterWorkers,
+		Name:                 wire.ClusterWorkers,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
 			EdsConfig: adsSource(),
@@ -152,11 +154,7 @@ func HealthCheck(o Options) *corev3.HealthCheck {
 	}
 }
 
-// RecheckInterval is how often a worker that has not passed a health check
-// is checked again, when the health-check interval is longer.
-const RecheckInterval = time.Second
-
-func recheck(interval time.Duration) time.Duration { return min(interval, RecheckInterval) }
+func recheck(interval time.Duration) time.Duration { return min(interval, wire.RecheckInterval) }
 
 // OutlierDetection ejects a worker after OutlierConsecutiveFailures failed
 // requests in a row. Every default that would let an ejected worker drift
@@ -200,11 +198,11 @@ func OutlierDetection(o Options) *clusterv3.OutlierDetection {
 // control plane's address does not change while it runs.
 func RegistryCluster(o Options) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
-		Name:                 ClusterRegistry,
+		Name:                 wire.ClusterRegistry,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(o.ConnectTimeout),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: ClusterRegistry,
+			ClusterName: wire.ClusterRegistry,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{

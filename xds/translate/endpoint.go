@@ -10,6 +10,8 @@ import (
 
 	"github.com/diffrouter/diffusion-router/filter/jobid"
 	"github.com/diffrouter/diffusion-router/registry"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // WorkersLoadAssignment lists the workers Envoy should know: active ones as
@@ -23,7 +25,7 @@ func WorkersLoadAssignment(workers []registry.Worker) *endpointv3.ClusterLoadAss
 		}
 		lbs = append(lbs, lbEndpoint(w))
 	}
-	cla := &endpointv3.ClusterLoadAssignment{ClusterName: ClusterWorkers}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: wire.ClusterWorkers}
 	if len(lbs) > 0 {
 		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
 	}
@@ -37,11 +39,11 @@ func lbEndpoint(w registry.Worker) *endpointv3.LbEndpoint {
 	}
 	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 		"envoy.lb": {Fields: map[string]*structpb.Value{
-			SubsetKeyVideo:  structpb.NewBoolValue(w.Caps.Video()),
-			SubsetKeyImage:  structpb.NewBoolValue(w.Caps.Image()),
-			SubsetKeyWorker: structpb.NewStringValue(jobid.WorkerKey(w.Key())),
+			wire.SubsetKeyVideo:  structpb.NewBoolValue(w.Caps.Video()),
+			wire.SubsetKeyImage:  structpb.NewBoolValue(w.Caps.Image()),
+			wire.SubsetKeyWorker: structpb.NewStringValue(jobid.WorkerKey(w.Key())),
 		}},
-		metadataNamespace: {Fields: map[string]*structpb.Value{
+		wire.MetadataNamespace: {Fields: map[string]*structpb.Value{
 			"url":            structpb.NewStringValue(w.Key()),
 			"weight_version": structpb.NewStringValue(w.WeightVersion),
 			"model_path":     structpb.NewStringValue(w.ModelPath),
@@ -52,7 +54,7 @@ func lbEndpoint(w registry.Worker) *endpointv3.LbEndpoint {
 		for i, m := range w.Caps.ModelIDs {
 			ids[i] = structpb.NewStringValue(m)
 		}
-		md.FilterMetadata["envoy.lb"].Fields[SubsetKeyModel] = structpb.NewListValue(&structpb.ListValue{Values: ids})
+		md.FilterMetadata["envoy.lb"].Fields[wire.SubsetKeyModel] = structpb.NewListValue(&structpb.ListValue{Values: ids})
 	}
 	if w.URL.TLS() {
 		md.FilterMetadata[transportSocketMatchKey] = &structpb.Struct{Fields: map[string]*structpb.Value{

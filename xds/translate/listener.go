@@ -12,6 +12,8 @@ import (
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Messages for Envoy's own failures, keyed by the response flag that marks them.
@@ -44,7 +46,7 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 		StatPrefix: "front",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource:    adsSource(),
-			RouteConfigName: RouteFront,
+			RouteConfigName: wire.RouteFront,
 		}},
 		HttpFilters: append(filters, &hcmv3.HttpFilter{
 			Name:       "envoy.filters.http.router",
@@ -68,7 +70,7 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 		return nil, err
 	}
 	return &listenerv3.Listener{
-		Name:                          ListenerFront,
+		Name:                          wire.ListenerFront,
 		Address:                       socketAddress(o.ListenAddress, o.ListenPort),
 		PerConnectionBufferLimitBytes: wrapperspb.UInt32(FrontBufferLimit),
 		FilterChains: []*listenerv3.FilterChain{{
@@ -102,7 +104,7 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 				// A pinned job poll whose worker left the fleet.
 				Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{
 					Filters: []*accesslogv3.AccessLogFilter{
-						{FilterSpecifier: &accesslogv3.AccessLogFilter_HeaderFilter{HeaderFilter: &accesslogv3.HeaderFilter{Header: present(HeaderTarget)}}},
+						{FilterSpecifier: &accesslogv3.AccessLogFilter_HeaderFilter{HeaderFilter: &accesslogv3.HeaderFilter{Header: present(wire.HeaderTarget)}}},
 						flagFilter("UH"),
 					},
 				}}},
@@ -196,9 +198,9 @@ func tagFilters(o Options) ([]*hcmv3.HttpFilter, error) {
 		return nil, err
 	}
 	h2m, err := pack(&headertometadatav3.Config{RequestRules: []*headertometadatav3.Config_Rule{{
-		Header: HeaderTarget,
+		Header: wire.HeaderTarget,
 		OnHeaderPresent: &headertometadatav3.Config_KeyValuePair{
-			MetadataNamespace: "envoy.lb", Key: SubsetKeyWorker, Type: headertometadatav3.Config_STRING,
+			MetadataNamespace: "envoy.lb", Key: wire.SubsetKeyWorker, Type: headertometadatav3.Config_STRING,
 		},
 	}}})
 	if err != nil {

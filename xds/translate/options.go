@@ -9,23 +9,8 @@ import (
 	"time"
 )
 
-// Resource names shared by the builders and the tests.
+// Sizes and timings the builders share.
 const (
-	ListenerFront   = "front"
-	RouteFront      = "front"
-	ClusterWorkers  = "workers"
-	ClusterRegistry = "registry"
-
-	// Endpoint metadata keys the subset load balancer selects on.
-	SubsetKeyVideo  = "video"
-	SubsetKeyImage  = "image"
-	SubsetKeyWorker = "worker"
-	SubsetKeyModel  = "model"
-
-	// RouteModelFallback names the route of requests whose model no worker
-	// lists; the filter counts them by this name.
-	RouteModelFallback = "model-fallback"
-
 	// WorkerReadLimit is the workers cluster's per-connection buffer limit:
 	// one read from a worker brings at most this much (plus one 16 KiB
 	// slice) to the filters at once.

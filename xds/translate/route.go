@@ -8,35 +8,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
-
-// FanoutPaths are fleet-wide control calls: the control plane relays them to
-// every worker and aggregates the answers.
-var FanoutPaths = []string{
-	"/update_weights_from_disk",
-	"/release_memory_occupation",
-	"/resume_memory_occupation",
-	"/get_weights_checksum",
-	"/v1/set_lora",
-	"/v1/merge_lora_weights",
-	"/v1/unmerge_lora_weights",
-}
-
-// RegistryPaths are answered by the control plane, on the front port as on
-// its own. Everything else goes to a worker.
-var RegistryPaths = append([]string{
-	"/add_worker",
-	"/remove_worker",
-	"/list_workers",
-	"/workers",
-	"/health",
-	"/health_workers",
-	"/v1/models",
-}, FanoutPaths...)
-
-// RegistryPrefixes are path prefixes the control plane answers: one worker
-// (/workers/{id}) and one model of the merged list (/v1/models/{id}).
-var RegistryPrefixes = []string{"/workers/", "/v1/models/"}
 
 // Messages of the router's own replies; the local-reply config wraps them in
 // JSON {"error": ...}.
@@ -50,17 +24,6 @@ const (
 	MsgBadEscape           = "malformed path: a percent-escape is not two hex digits"
 	MsgJobWorkerGone       = "the worker that holds this job is no longer serving (removed or quarantined)"
 	MsgJobWorkerAsleep     = "Mapped worker is sleeping (memory released); the job is kept: call POST /resume_memory_occupation, then poll again"
-)
-
-// Response headers that name, on every proxied answer, the worker that
-// served it and the weight version it held (from its endpoint metadata).
-const (
-	HeaderWorker        = "x-diffusion-worker"
-	HeaderWeightVersion = "x-weight-version"
-	// Request headers set by the Wasm filter.
-	HeaderTarget      = "x-diffusion-target"
-	HeaderModel       = "x-diffusion-model"
-	metadataNamespace = "diffusion-router"
 )
 
 // Fleet is what the routes depend on: whether anything can be routed at all.
@@ -83,19 +46,6 @@ type Fleet struct {
 	// ImageModels those image workers serve; sorted.
 	Models, VideoModels, ImageModels []string
 }
-
-// ImagePaths are requests an image worker serves best: generations and
-// edits, and the model description clients read before sending them.
-// While any image worker is routable they go to image workers only.
-var ImagePaths = []string{"/v1/images/generations", "/v1/images/edits", "/v1/model_info", "/model_info"}
-
-// The seed router's own generation endpoints (the Miles diffusion router):
-// the same bodies and answers as the worker paths they stand for, to which
-// Envoy rewrites them.
-const (
-	SeedPathImage = "/generate"       // -> /v1/images/generations
-	SeedPathVideo = "/generate_video" // -> /v1/videos, video workers only
-)
 
 // pool is a set of workers some routes send to, as the route table sees it.
 type pool struct {
@@ -137,7 +87,7 @@ func withRewrite(routes []*routev3.Route, path string) []*routev3.Route {
 
 // FrontRoutes is the route table of the front listener.
 func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
-	routes := make([]*routev3.Route, 0, len(RegistryPaths)+8+3*len(f.Models))
+	routes := make([]*routev3.Route, 0, len(wire.RegistryPaths)+8+3*len(f.Models))
 	// A path with a broken percent-escape is refused here, as JSON: the
 	// registry's HTTP server would answer it in plain text, a worker who
 	// knows how.
@@ -147,21 +97,21 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		}}},
 		Action: directResponse(400, MsgBadEscape),
 	})
-	for _, p := range RegistryPaths {
+	for _, p := range wire.RegistryPaths {
 		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}}))
 	}
-	for _, p := range RegistryPrefixes {
+	for _, p := range wire.RegistryPrefixes {
 		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: p}}))
 	}
 
 	if o.Filter != nil {
 		// A job whose worker sleeps is not gone: 503 until it wakes.
 		for _, key := range f.AsleepKeys {
-			for _, prefix := range []string{"/v1/videos", "/v1/images/"} {
+			for _, prefix := range wire.PinnedPrefixes {
 				routes = append(routes, &routev3.Route{
 					Match: &routev3.RouteMatch{
 						PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: prefix},
-						Headers: []*routev3.HeaderMatcher{{Name: HeaderTarget, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+						Headers: []*routev3.HeaderMatcher{{Name: wire.HeaderTarget, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
 							StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: key}},
 						}}},
 					},
@@ -171,11 +121,11 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 		}
 		// The filter checked the job id and named its worker; the subset
 		// load balancer picks exactly that worker (or none: 404).
-		for _, prefix := range []string{"/v1/videos", "/v1/images/"} {
+		for _, prefix := range wire.PinnedPrefixes {
 			routes = append(routes, &routev3.Route{
 				Match: &routev3.RouteMatch{
 					PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: prefix},
-					Headers:       []*routev3.HeaderMatcher{present(HeaderTarget)},
+					Headers:       []*routev3.HeaderMatcher{present(wire.HeaderTarget)},
 				},
 				Action:               &routev3.Route_Route{Route: workersAction(o)},
 				ResponseHeadersToAdd: servedByHeaders(),
@@ -197,27 +147,27 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	// Video jobs live on video-capable workers only; anything else goes to
 	// any worker.
 	videos := pool{workers: f.VideoWorkers, quarantined: f.VideoQuarantined, routable: f.VideoRoutable, asleep: f.VideoAsleep,
-		noneStatus: 400, noneMsg: MsgNoVideoWorkers, quarantinedMsg: MsgAllVideoQuarantined, models: f.VideoModels, subsetKey: SubsetKeyVideo}
+		noneStatus: 400, noneMsg: MsgNoVideoWorkers, quarantinedMsg: MsgAllVideoQuarantined, models: f.VideoModels, subsetKey: wire.SubsetKeyVideo}
 	all := pool{workers: f.Workers, quarantined: f.Quarantined, routable: f.Routable, asleep: f.Asleep,
 		noneStatus: 503, noneMsg: MsgNoWorkers, quarantinedMsg: MsgAllQuarantined, models: f.Models}
 
-	routes = append(routes, videos.routes(o, exact("/v1/videos"), "")...)
+	routes = append(routes, videos.routes(o, exact(wire.PathVideos), "")...)
 	routes = append(routes, videos.routes(o, prefix("/v1/videos/"), "")...)
-	routes = append(routes, videos.routes(o, exact(SeedPathVideo), "/v1/videos")...)
+	routes = append(routes, videos.routes(o, exact(wire.PathSeedVideo), wire.PathVideos)...)
 
 	// Images prefer image workers; with none routable they go to any.
 	if f.ImageRoutable > 0 {
-		for _, p := range ImagePaths {
-			routes = append(routes, modelRoutes(o, exact(p), f.ImageModels, SubsetKeyImage)...)
+		for _, p := range wire.ImagePaths {
+			routes = append(routes, modelRoutes(o, exact(p), f.ImageModels, wire.SubsetKeyImage)...)
 		}
-		routes = append(routes, withRewrite(modelRoutes(o, exact(SeedPathImage), f.ImageModels, SubsetKeyImage), "/v1/images/generations")...)
+		routes = append(routes, withRewrite(modelRoutes(o, exact(wire.PathSeedImage), f.ImageModels, wire.SubsetKeyImage), wire.PathImages)...)
 	} else {
-		routes = append(routes, all.routes(o, exact(SeedPathImage), "/v1/images/generations")...)
+		routes = append(routes, all.routes(o, exact(wire.PathSeedImage), wire.PathImages)...)
 	}
 	routes = append(routes, all.routes(o, prefix("/"), "")...)
 
 	return &routev3.RouteConfiguration{
-		Name: RouteFront,
+		Name: wire.RouteFront,
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    "all",
 			Domains: []string{"*"},
@@ -249,22 +199,22 @@ func modelRoutes(o Options, match func() *routev3.RouteMatch, models []string, s
 	for _, model := range models {
 		m := match()
 		m.Headers = []*routev3.HeaderMatcher{{
-			Name: HeaderModel,
+			Name: wire.HeaderModel,
 			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
 				MatchPattern: &matcherv3.StringMatcher_Exact{Exact: model},
 			}},
 		}}
 		fields := base()
-		fields[SubsetKeyModel] = structpb.NewStringValue(model)
+		fields[wire.SubsetKeyModel] = structpb.NewStringValue(model)
 		out = append(out, routed(m, fields))
 	}
 	unknown := match()
-	unknown.Headers = []*routev3.HeaderMatcher{present(HeaderModel)}
+	unknown.Headers = []*routev3.HeaderMatcher{present(wire.HeaderModel)}
 	if o.StrictModels {
 		out = append(out, &routev3.Route{Match: unknown, Action: directResponse(404, MsgUnknownModel)})
 	} else {
 		fallback := routed(unknown, base())
-		fallback.Name = RouteModelFallback
+		fallback.Name = wire.RouteModelFallback
 		out = append(out, fallback)
 	}
 	return append(out, routed(match(), base()))
@@ -280,16 +230,16 @@ func present(name string) *routev3.HeaderMatcher {
 func servedByHeaders() []*corev3.HeaderValueOption {
 	h := func(name, key string) *corev3.HeaderValueOption {
 		return &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: name, Value: "%UPSTREAM_METADATA(" + metadataNamespace + ":" + key + ")%"},
+			Header:       &corev3.HeaderValue{Key: name, Value: "%UPSTREAM_METADATA(" + wire.MetadataNamespace + ":" + key + ")%"},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		}
 	}
-	return []*corev3.HeaderValueOption{h(HeaderWorker, "url"), h(HeaderWeightVersion, "weight_version")}
+	return []*corev3.HeaderValueOption{h(wire.HeaderWorker, "url"), h(wire.HeaderWeightVersion, "weight_version")}
 }
 
 func registryRoute(m *routev3.RouteMatch) *routev3.Route {
 	return &routev3.Route{Match: m, Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterRegistry},
+		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: wire.ClusterRegistry},
 		// Fleet-wide calls (weight updates) wait on every worker; the control
 		// plane bounds them with its own per-worker timeouts.
 		Timeout:     durationpb.New(0),
@@ -299,7 +249,7 @@ func registryRoute(m *routev3.RouteMatch) *routev3.Route {
 
 func workersAction(o Options) *routev3.RouteAction {
 	a := &routev3.RouteAction{
-		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterWorkers},
+		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: wire.ClusterWorkers},
 		// Zero disables the limit; Envoy's default of 15 s would cut most
 		// generations. The idle timeout follows, or a silent minute-long
 		// generation would hit the stream idle timeout instead.

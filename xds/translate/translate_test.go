@@ -22,8 +22,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/diffrouter/diffusion-router/filter/tagger"
 	"github.com/diffrouter/diffusion-router/registry"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 func testOptions() Options {
@@ -168,7 +169,7 @@ func TestAsleepWorkersJobsAre503(t *testing.T) {
 	found := 0
 	for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
 		hs := r.GetMatch().GetHeaders()
-		if len(hs) == 1 && hs[0].GetName() == HeaderTarget && hs[0].GetStringMatch().GetExact() == "k1" {
+		if len(hs) == 1 && hs[0].GetName() == wire.HeaderTarget && hs[0].GetStringMatch().GetExact() == "k1" {
 			if r.GetDirectResponse().GetStatus() != 503 {
 				t.Fatalf("asleep worker's job route: %v", r)
 			}
@@ -215,7 +216,7 @@ func TestWorkersLoadAssignment(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cla := WorkersLoadAssignment(tt.workers)
-			if cla.GetClusterName() != ClusterWorkers {
+			if cla.GetClusterName() != wire.ClusterWorkers {
 				t.Fatalf("cluster name = %q", cla.GetClusterName())
 			}
 			var lbs []*endpointv3.LbEndpoint
@@ -232,7 +233,7 @@ func TestWorkersLoadAssignment(t *testing.T) {
 				if lb.GetHealthStatus() != tt.wantHealth[i] {
 					t.Errorf("endpoint %d health = %v, want %v", i, lb.GetHealthStatus(), tt.wantHealth[i])
 				}
-				if got := lb.GetMetadata().GetFilterMetadata()["envoy.lb"].GetFields()[SubsetKeyVideo].GetBoolValue(); got != tt.wantVideo[i] {
+				if got := lb.GetMetadata().GetFilterMetadata()["envoy.lb"].GetFields()[wire.SubsetKeyVideo].GetBoolValue(); got != tt.wantVideo[i] {
 					t.Errorf("endpoint %d video = %v, want %v", i, got, tt.wantVideo[i])
 				}
 				_, tls := lb.GetMetadata().GetFilterMetadata()[transportSocketMatchKey]
@@ -271,12 +272,12 @@ func TestFrontRoutes(t *testing.T) {
 				key := r.GetMatch().GetPath() + r.GetMatch().GetPrefix()
 				byMatch[key] = r
 			}
-			for _, p := range RegistryPaths {
-				if byMatch[p].GetRoute().GetCluster() != ClusterRegistry {
+			for _, p := range wire.RegistryPaths {
+				if byMatch[p].GetRoute().GetCluster() != wire.ClusterRegistry {
 					t.Errorf("%s does not go to the registry", p)
 				}
 			}
-			if byMatch["/workers/"].GetRoute().GetCluster() != ClusterRegistry {
+			if byMatch["/workers/"].GetRoute().GetCluster() != wire.ClusterRegistry {
 				t.Error("/workers/ prefix does not go to the registry")
 			}
 			if last := routes[len(routes)-1]; last.GetMatch().GetPrefix() != "/" {
@@ -291,13 +292,13 @@ func TestFrontRoutes(t *testing.T) {
 					return
 				}
 				a := r.GetRoute()
-				if a.GetCluster() != ClusterWorkers {
+				if a.GetCluster() != wire.ClusterWorkers {
 					t.Fatalf("%s: cluster = %q", key, a.GetCluster())
 				}
 				if a.GetTimeout() == nil || a.GetTimeout().AsDuration() != 0 {
 					t.Errorf("%s: timeout = %v, want explicit 0 (none)", key, a.GetTimeout())
 				}
-				gotVideo := a.GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()[SubsetKeyVideo].GetBoolValue()
+				gotVideo := a.GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()[wire.SubsetKeyVideo].GetBoolValue()
 				if gotVideo != video {
 					t.Errorf("%s: video subset = %v, want %v", key, gotVideo, video)
 				}
@@ -434,7 +435,7 @@ func catchAllRoutes(o Options) []string {
 		if d := r.GetDirectResponse(); d != nil {
 			desc += fmt.Sprintf("->%d", d.GetStatus())
 		} else {
-			m := r.GetRoute().GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()[SubsetKeyModel].GetStringValue()
+			m := r.GetRoute().GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()[wire.SubsetKeyModel].GetStringValue()
 			desc += "->model:" + m
 			if r.GetName() != "" {
 				desc += "(" + r.GetName() + ")"
@@ -454,7 +455,7 @@ func TestFilterRoutesAndListener(t *testing.T) {
 		n := 0
 		for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
 			for _, h := range r.GetMatch().GetHeaders() {
-				if h.GetName() == HeaderTarget {
+				if h.GetName() == wire.HeaderTarget {
 					n++
 				}
 			}
@@ -494,7 +495,7 @@ func TestImageRoutesPreferImageWorkers(t *testing.T) {
 				continue
 			}
 			f := r.GetRoute().GetMetadataMatch().GetFilterMetadata()["envoy.lb"].GetFields()
-			return true, f[SubsetKeyImage].GetBoolValue()
+			return true, f[wire.SubsetKeyImage].GetBoolValue()
 		}
 		return false, false
 	}
@@ -509,7 +510,7 @@ func TestImageRoutesPreferImageWorkers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rc := FrontRoutes(testOptions(), tt.fleet)
-			for _, p := range ImagePaths {
+			for _, p := range wire.ImagePaths {
 				found, restricted := imageSubset(rc, p)
 				if found != tt.want || restricted != tt.want {
 					t.Errorf("%s: own route %v, image subset %v; want %v", p, found, restricted, tt.want)
@@ -526,7 +527,7 @@ func TestImageRoutesPreferImageWorkers(t *testing.T) {
 // What the Wasm filter may hold plus one read from a worker must fit the
 // front listener's buffer, or Envoy cuts held answers.
 func TestBufferLimitsLeaveRoomForHeldBodies(t *testing.T) {
-	if need := tagger.MaxHeldBytes + WorkerReadLimit + 16<<10; FrontBufferLimit <= need {
+	if need := wire.MaxHeldBytes + WorkerReadLimit + 16<<10; FrontBufferLimit <= need {
 		t.Fatalf("front buffer limit %d, need more than %d", FrontBufferLimit, need)
 	}
 	l, err := FrontListener(testOptions())

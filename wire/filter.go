@@ -1,0 +1,69 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+)
+
+// FilterConfig is the Wasm filter's configuration: JSON, made by the control
+// plane, readable on every Envoy's admin port (so it holds no secret).
+type FilterConfig struct {
+	// SecretEnv names the variable of the VM's environment that holds the
+	// secret authenticating worker identities inside job ids; every Envoy of
+	// one router has the same.
+	SecretEnv string `json:"secret_env,omitempty"`
+	// Secret is the secret itself, for tests; it wins over SecretEnv.
+	Secret string `json:"secret,omitempty"`
+	// FallbackRoute is the name of the route that takes requests naming a
+	// model no worker lists (counted and logged once per name).
+	FallbackRoute string `json:"fallback_route,omitempty"`
+	// MaxBodyBytes bounds the bodies the filter reads; larger ones stream
+	// through untouched.
+	MaxBodyBytes int      `json:"max_body_bytes"`
+	Defaults     Defaults `json:"defaults"`
+	// FailClosed answers 500 when the filter itself fails (a host call
+	// error); by default such requests pass through untouched.
+	FailClosed bool `json:"fail_closed"`
+}
+
+// Defaults are sglang-diffusion's values for fields a request leaves out;
+// the cost estimate uses them.
+type Defaults struct {
+	Steps       int `json:"steps"`
+	Width       int `json:"width"`
+	Height      int `json:"height"`
+	VideoFrames int `json:"video_frames"`
+}
+
+// MinSecret is the shortest job-id secret the filter accepts.
+const MinSecret = 16
+
+// MaxHeldBytes bounds what the filter may hold of one body. Envoy cuts a
+// held body that outgrows the front listener's buffer limit, and one read
+// from a worker can bring about 1 MiB at once; the control plane sizes that
+// limit so that what is held plus one read always fits
+// (translate.FrontBufferLimit).
+const MaxHeldBytes = 1 << 20
+
+// DefaultFilterConfig is the configuration the control plane sends, less
+// the secret's source.
+func DefaultFilterConfig() FilterConfig {
+	return FilterConfig{
+		FallbackRoute: RouteModelFallback,
+		MaxBodyBytes:  64 << 10,
+		Defaults:      Defaults{Steps: 50, Width: 1024, Height: 1024, VideoFrames: 81},
+	}
+}
+
+// Validate checks a configuration whose secret is resolved.
+func (c FilterConfig) Validate() error {
+	switch {
+	case len(c.Secret) < MinSecret:
+		return fmt.Errorf("secret must be at least %d characters", MinSecret)
+	case c.MaxBodyBytes <= 0 || c.MaxBodyBytes > MaxHeldBytes:
+		return fmt.Errorf("max_body_bytes must be in (0, %d]", MaxHeldBytes)
+	case c.Defaults.Steps <= 0 || c.Defaults.Width <= 0 || c.Defaults.Height <= 0 || c.Defaults.VideoFrames <= 0:
+		return errors.New("defaults must be positive")
+	}
+	return nil
+}
