@@ -408,7 +408,7 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 		return
 	}
 	if dead {
-		wk, synced, err = s.Fleet.Quarantine(r.Context(), wk.Key(), "marked dead by operator")
+		wk, synced, err = s.Fleet.Quarantine(r.Context(), wk.Key(), fleet.CauseMarkedDead, "marked dead by operator")
 	} else {
 		var res fleet.AdmitResult
 		res, err = s.Fleet.Admit(r.Context(), wk.Key())
@@ -755,7 +755,7 @@ func (s *Server) checksumSummary(ctx context.Context, out fleet.Outcome, resp ma
 	resp["checksum"], resp["mismatched"], resp["consistent"] = majority, mismatched, len(mismatched) == 0 && len(by) > 0
 	if s.QuarantineChecksumMismatch {
 		for _, u := range mismatched {
-			if _, _, err := s.Fleet.Quarantine(ctx, u, "weights checksum differs from the fleet's majority ("+majority+")"); err == nil {
+			if _, _, err := s.Fleet.Quarantine(ctx, u, fleet.CauseChecksumMismatch, "weights checksum differs from the fleet's majority ("+majority+")"); err == nil {
 				out.Quarantined = append(out.Quarantined, u)
 			}
 		}

@@ -108,7 +108,7 @@ func TestAdmitUnreachableWorkerRegistersWithWarning(t *testing.T) {
 		t.Fatalf("result = %+v", res)
 	}
 	// Quarantined workers are re-admitted only when /health passes.
-	if _, _, err := m.Quarantine(context.Background(), res.Worker.Key(), "test"); err != nil {
+	if _, _, err := m.Quarantine(context.Background(), res.Worker.Key(), CauseMarkedDead, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.Admit(context.Background(), "http://127.0.0.1:1/"); !errors.Is(err, ErrUnreachable) {

@@ -61,12 +61,15 @@ type Config struct {
 type Recorder interface {
 	Probe(ok bool)
 	WeightUpdate(outcome string, took time.Duration)
+	// Transition counts a worker's state change (see lifecycle).
+	Transition(from, to, cause string)
 }
 
 type noRecorder struct{}
 
 func (noRecorder) Probe(bool)                         {}
 func (noRecorder) WeightUpdate(string, time.Duration) {}
+func (noRecorder) Transition(string, string, string)  {}
 
 // Manager performs fleet operations.
 type Manager struct {
@@ -165,10 +168,8 @@ func (m *Manager) ResumeAfterRestart(ctx context.Context) {
 		case registry.StateDraining:
 			m.startDrain(w.Key(), m.reg.Snapshot().Generation)
 		case registry.StateUpdating, registry.StatePending:
-			reason := "interrupted by a control-plane restart while loading weights: its weights are unknown"
-			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, w.State); err == nil {
-				m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Warn("worker quarantined")
-			}
+			_, _, _ = m.move(w.Key(), CauseRestartInterrupted,
+				"interrupted by a control-plane restart while loading weights: its weights are unknown", w.State)
 		}
 	}
 }
@@ -241,7 +242,7 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 		if err != nil {
 			return AdmitResult{Worker: w, Created: true}, err
 		}
-		if w, res.Generation, err = m.reg.SetState(w.Key(), registry.StateActive, "", registry.StatePending); err != nil {
+		if w, res.Generation, err = m.move(w.Key(), CauseCaughtUp, ""); err != nil {
 			return AdmitResult{Worker: w, Created: true}, err
 		}
 		res.Worker = w
@@ -251,8 +252,13 @@ func (m *Manager) Admit(ctx context.Context, raw string) (AdmitResult, error) {
 		out.HealthError = healthErr.Error()
 	}
 	if res.Created {
+		cause := CauseAdded
+		if state == registry.StatePending {
+			cause = CauseJoining
+		}
+		m.record(u.String(), StateNew, state, cause, reason)
 		m.log.WithFields(logrus.Fields{"worker": u.String(), "address": addr, "task_types": caps.TaskTypes,
-			"health": out.HealthError}).Info("worker added")
+			"health": out.HealthError}).Debug("worker added")
 	}
 	if healthErr != nil {
 		out.Envoys, out.Synced = m.waitSynced(ctx, res.Generation)
@@ -315,7 +321,7 @@ func (m *Manager) readmit(ctx context.Context, w registry.Worker) (AdmitResult, 
 	// A quarantined worker may have restarted with any weights: it always
 	// reloads the fleet's before it serves again.
 	if fleet.Version != "" && (w.State == registry.StateQuarantined || w.WeightVersion != fleet.Version) {
-		pw, _, err := m.reg.SetState(w.Key(), registry.StatePending, "loading the fleet's weights (version "+fleet.Version+")", w.State)
+		pw, _, err := m.move(w.Key(), CauseCatchUp, "loading the fleet's weights (version "+fleet.Version+")", w.State)
 		if err != nil {
 			return AdmitResult{Worker: pw}, err
 		}
@@ -324,11 +330,14 @@ func (m *Manager) readmit(ctx context.Context, w registry.Worker) (AdmitResult, 
 		}
 		w.State = registry.StatePending
 	}
-	nw, gen, err := m.reg.SetState(w.Key(), registry.StateActive, "", w.State)
+	cause := CauseReadmitted
+	if w.State == registry.StatePending {
+		cause = CauseCaughtUp
+	}
+	nw, gen, err := m.move(w.Key(), cause, "", w.State)
 	if err != nil {
 		return AdmitResult{Worker: nw}, err
 	}
-	m.log.WithFields(logrus.Fields{"worker": w.Key(), "was": w.State}).Info("worker re-admitted")
 	out := AdmitResult{Worker: nw, Revived: true}
 	out.Envoys, out.Synced = m.waitRoutable(ctx, nw, gen)
 	return out, nil
@@ -511,16 +520,20 @@ func (m *Manager) Remove(ctx context.Context, key string) (registry.Worker, bool
 	}
 	if !w.InEnvoy() {
 		// Nothing can be in flight on a worker Envoy does not know.
+		if _, err := Next(w.State, CauseRemovedNow); err != nil {
+			return w, false, fmt.Errorf("remove %s: %w", key, err)
+		}
 		_, err := m.reg.Delete(key, w.State)
-		m.log.WithField("worker", key).Info("worker removed")
-		w.State = "removed"
+		if err == nil {
+			m.record(key, w.State, StateGone, CauseRemovedNow, "removed by operator")
+		}
+		w.State = StateGone
 		return w, true, err
 	}
-	nw, gen, err := m.reg.SetState(key, registry.StateDraining, "removed by operator", w.State)
+	nw, gen, err := m.move(key, CauseRemoved, "removed by operator", w.State)
 	if err != nil {
 		return nw, false, err
 	}
-	m.log.WithField("worker", key).Info("worker draining")
 	_, synced := m.waitSynced(ctx, gen)
 	m.startDrain(key, gen)
 	return nw, synced, nil
@@ -567,12 +580,11 @@ func (m *Manager) startDrain(key string, gen uint64) {
 		if _, err := m.reg.Delete(key, registry.StateDraining); err != nil {
 			return
 		}
-		log := m.log.WithField("worker", key)
-		if idle {
-			log.Info("worker drained and removed")
-		} else {
-			log.WithField("drain_timeout", m.cfg.DrainTimeout.String()).Warn("worker removed before its requests finished (drain timeout)")
+		detail := "its requests finished"
+		if !idle {
+			detail = "drain timeout (" + m.cfg.DrainTimeout.String() + ") with requests still in flight"
 		}
+		m.record(key, registry.StateDraining, StateGone, CauseDrained, detail)
 	}()
 }
 

@@ -182,9 +182,8 @@ func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 		q := false
 		if spec.Quarantine {
 			reason := fmt.Sprintf("%s failed: %s", spec.Path, describe(r))
-			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, w.State); err == nil {
+			if _, _, err := m.move(w.Key(), CauseCallFailed, reason, w.State); err == nil {
 				q = true
-				m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
 			}
 		}
 		out.add(r, q)

@@ -114,9 +114,7 @@ func (m *Manager) observeOnce(ctx context.Context) {
 		// An ejection by any Envoy takes the worker out of every Envoy,
 		// for good: Envoy would let it back after the ejection time.
 		reason := fmt.Sprintf("ejected by Envoy outlier detection (%d failed requests in a row) on %v", m.cfg.OutlierFailures, v.ejectors)
-		if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, registry.StateActive); err == nil {
-			m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
-		}
+		_, _, _ = m.move(w.Key(), CauseEjected, reason)
 	}
 	m.disputed = disputed
 	m.mu.Lock()
@@ -264,10 +262,7 @@ func (m *Manager) probeWorker(ctx context.Context, w registry.Worker) {
 	if err != nil {
 		log.WithError(err).WithField("consecutive_failures", n).Warn("health probe failed")
 		if m.cfg.FailureThreshold > 0 && n >= m.cfg.FailureThreshold {
-			reason := fmt.Sprintf("health check failed %d times in a row: %v", n, err)
-			if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, registry.StateActive); err == nil {
-				log.WithField("reason", reason).Error("worker quarantined")
-			}
+			_, _, _ = m.move(w.Key(), CauseProbeFailed, fmt.Sprintf("health check failed %d times in a row: %v", n, err))
 		}
 		return
 	}
@@ -276,14 +271,12 @@ func (m *Manager) probeWorker(ctx context.Context, w registry.Worker) {
 // Quarantine takes a worker out of rotation until an operator re-admits it.
 // A worker being removed (draining) is not quarantined: the operator's
 // removal wins, and the worker leaves once its requests finish.
-func (m *Manager) Quarantine(ctx context.Context, key, reason string) (registry.Worker, bool, error) {
-	w, gen, err := m.reg.SetState(key, registry.StateQuarantined, reason,
-		registry.StateActive, registry.StatePending, registry.StateUpdating, registry.StateQuarantined)
+func (m *Manager) Quarantine(ctx context.Context, key string, cause Cause, reason string) (registry.Worker, bool, error) {
+	w, gen, err := m.move(key, cause, reason)
 	if err != nil {
 		return w, false, err
 	}
 	m.cancelDrain(key)
-	m.log.WithFields(logrus.Fields{"worker": key, "reason": reason}).Warn("worker quarantined")
 	_, synced := m.waitSynced(ctx, gen)
 	return w, synced, nil
 }

@@ -147,17 +147,18 @@ func (m *Manager) settle(w registry.Worker, r CallResult, version, modelPath str
 		if _, err := m.reg.SetWorkerWeights(w.Key(), version, modelPath); err != nil {
 			m.log.WithError(err).WithField("worker", w.Key()).Warn("updated worker left the registry")
 		}
-		if from != registry.StateActive {
-			_, _, _ = m.reg.SetState(w.Key(), registry.StateActive, "", from)
+		if from == registry.StateUpdating {
+			_, _, _ = m.move(w.Key(), CauseUpdated, "", from)
 		}
 		return false
 	}
 	reason := fmt.Sprintf("weight update to version %s (%s) failed: %s", version, modelPath, describe(r))
-	if _, _, err := m.reg.SetState(w.Key(), registry.StateQuarantined, reason, from); err != nil {
-		return false
+	cause := CauseUpdateFailed
+	if from == registry.StatePending {
+		cause = CauseCatchUpFailed
 	}
-	m.log.WithFields(logrus.Fields{"worker": w.Key(), "reason": reason}).Error("worker quarantined")
-	return true
+	_, _, err := m.move(w.Key(), cause, reason, from)
+	return err == nil
 }
 
 // updateDrained updates one batch: out of rotation, wait for in-flight
@@ -168,7 +169,7 @@ func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, bo
 	var taken []registry.Worker
 	var gen uint64
 	for _, w := range batch {
-		nw, g, err := m.reg.SetState(w.Key(), registry.StateUpdating, "weight update to version "+version, registry.StateActive)
+		nw, g, err := m.move(w.Key(), CauseUpdateStarted, "weight update to version "+version)
 		if err != nil {
 			continue // left rotation meanwhile (quarantined, removed)
 		}
@@ -194,7 +195,7 @@ func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, bo
 	if first && rejectedByAll(results) {
 		out.Rejected = true
 		for i, r := range results {
-			_, _, _ = m.reg.SetState(taken[i].Key(), registry.StateActive, "", registry.StateUpdating)
+			_, _, _ = m.move(taken[i].Key(), CauseUpdateRejected, "")
 			out.add(r, false)
 		}
 		return

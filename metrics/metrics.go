@@ -23,6 +23,7 @@ type Metrics struct {
 	weightUpdates       *prometheus.CounterVec
 	weightUpdateSeconds prometheus.Histogram
 	probes              *prometheus.CounterVec
+	transitions         *prometheus.CounterVec
 }
 
 // New registers the instruments. fleet and nodes are read at scrape time.
@@ -42,8 +43,11 @@ func New(fleet *registry.Registry, nodes func() []xdsserver.Node) *Metrics {
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "diffusion_router_health_probes_total", Help: "Health probes of workers by result.",
 		}, []string{"result"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "diffusion_router_worker_transitions_total", Help: "Worker state changes by the state left, the state entered and their cause.",
+		}, []string{"from", "to", "cause"}),
 	}
-	m.reg.MustRegister(m.xdsPushes, m.weightUpdates, m.weightUpdateSeconds, m.probes,
+	m.reg.MustRegister(m.xdsPushes, m.weightUpdates, m.weightUpdateSeconds, m.probes, m.transitions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&fleetCollector{fleet: fleet, nodes: nodes})
 	return m
@@ -61,6 +65,11 @@ func (m *Metrics) XDSPush() { m.xdsPushes.Inc() }
 func (m *Metrics) WeightUpdate(outcome string, d time.Duration) {
 	m.weightUpdates.WithLabelValues(outcome).Inc()
 	m.weightUpdateSeconds.Observe(d.Seconds())
+}
+
+// Transition counts a worker's state change.
+func (m *Metrics) Transition(from, to, cause string) {
+	m.transitions.WithLabelValues(from, to, cause).Inc()
 }
 
 // Probe records a health probe.

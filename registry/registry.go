@@ -398,17 +398,25 @@ func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state Sta
 // the worker is in one of those states (so a slow drain cannot overwrite a
 // quarantine that happened meanwhile).
 func (r *Registry) SetState(key string, to State, reason string, from ...State) (Worker, uint64, error) {
+	_, w, gen, err := r.Move(key, to, reason, from...)
+	return w, gen, err
+}
+
+// Move is SetState that also says which state the worker left (equal to
+// to when nothing changed).
+func (r *Registry) Move(key string, to State, reason string, from ...State) (State, Worker, uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	w, ok := r.workers[key]
 	if !ok {
-		return Worker{}, r.gen, fmt.Errorf("set state of %s: %w", key, ErrNotFound)
+		return "", Worker{}, r.gen, fmt.Errorf("set state of %s: %w", key, ErrNotFound)
 	}
+	prev := w.State
 	if len(from) > 0 && !slices.Contains(from, w.State) {
-		return copyWorker(*w), r.gen, fmt.Errorf("set state of %s to %s: worker is %s: %w", key, to, w.State, ErrConflict)
+		return prev, copyWorker(*w), r.gen, fmt.Errorf("set state of %s to %s: worker is %s: %w", key, to, w.State, ErrConflict)
 	}
 	if w.State == to && w.Reason == reason {
-		return copyWorker(*w), r.gen, nil
+		return prev, copyWorker(*w), r.gen, nil
 	}
 	undo := r.beginLocked(key)
 	w.State, w.Reason, w.Since = to, reason, r.now()
@@ -417,9 +425,9 @@ func (r *Registry) SetState(key string, to State, reason string, from ...State) 
 	}
 	gen, err := r.commitLocked(undo, key)
 	if err != nil {
-		return copyWorker(*r.workers[key]), gen, fmt.Errorf("set state of %s to %s: %w", key, to, err)
+		return prev, copyWorker(*r.workers[key]), gen, fmt.Errorf("set state of %s to %s: %w", key, to, err)
 	}
-	return copyWorker(*w), gen, nil
+	return prev, copyWorker(*w), gen, nil
 }
 
 // ErrConflict is returned when a conditional change finds the worker in
