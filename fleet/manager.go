@@ -33,6 +33,18 @@ type Syncer interface {
 	Nodes() []xdsserver.Node
 }
 
+// EnvoyView reads what one Envoy sees of the workers, from the admin
+// interface a node's metadata names (envoy.AdminClient). Drains, ejections
+// and routability checks read Envoy only through it.
+type EnvoyView interface {
+	// Clusters lists every host of every cluster with its counters and
+	// health flags.
+	Clusters(ctx context.Context, admin string) ([]envoy.HostStats, error)
+	// EndpointStats is one host of one cluster: whether Envoy routes to it
+	// and its requests in flight.
+	EndpointStats(ctx context.Context, admin, cluster, address string) (healthy bool, rqActive uint64, found bool, err error)
+}
+
 // Config tunes the fleet operations.
 type Config struct {
 	// ProbeTimeout bounds one request to a worker's /health or /v1/models.
@@ -55,6 +67,8 @@ type Config struct {
 	Recorder Recorder
 	// Resolve, if set, replaces DNS lookups of worker hostnames (tests).
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+	// Envoys, if set, replaces the Envoy admin client (tests).
+	Envoys EnvoyView
 }
 
 // Recorder receives the outcomes the control plane's metrics count.
@@ -78,7 +92,7 @@ type Manager struct {
 	cfg    Config
 	log    *logrus.Entry
 	client *http.Client
-	admin  *envoy.AdminClient
+	admin  EnvoyView
 	// resolve looks a worker hostname up; replaced in tests.
 	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 
@@ -140,11 +154,14 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 	if cfg.WeightUpdateTimeout <= 0 {
 		cfg.WeightUpdateTimeout = 10 * time.Minute
 	}
+	if cfg.Envoys == nil {
+		cfg.Envoys = envoy.NewAdminClient()
+	}
 	return &Manager{
 		reg: reg, syncer: syncer, cfg: cfg, log: log,
 		// No redirects: a worker's answer is taken as it is.
 		client:    &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		admin:     envoy.NewAdminClient(),
+		admin:     cfg.Envoys,
 		resolve:   cfg.Resolve,
 		load:      map[string]Load{},
 		confirmed: map[string]bool{},
