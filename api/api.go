@@ -578,64 +578,29 @@ func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	if r.URL.Path == "/update_weights_from_disk" {
+	if fleet.Broadcasts[r.URL.Path].Weights {
 		s.updateWeights(w, r, obj)
 		return
 	}
-	spec := fleet.CallSpec{Path: r.URL.Path, Body: body, Timeout: s.FanoutTimeout, Quarantine: true,
-		Target: func(wk registry.Worker) bool { return wk.State == registry.StateActive && !wk.Asleep }}
-	reg := s.Fleet.Registry()
-	switch r.URL.Path {
-	case "/release_memory_occupation":
-		spec.OnSuccess = func(wk registry.Worker) error { _, err := reg.SetAsleep(wk.Key(), true); return err }
-	case "/resume_memory_occupation":
-		spec.Target = func(wk registry.Worker) bool { return wk.State == registry.StateActive && wk.Asleep }
-		spec.OnSuccess = func(wk registry.Worker) error { _, err := reg.SetAsleep(wk.Key(), false); return err }
-	case "/get_weights_checksum":
-		spec.Quarantine = false // reading a checksum changes nothing
-	}
-	out, err := s.Fleet.Call(r.Context(), spec)
-	if errors.Is(err, fleet.ErrNoTargets) {
-		// Sleeping a sleeping fleet (or waking an awake one) is harmless,
-		// as with the Python routers: nothing to do is a success.
-		if msg := alreadyDone(r.URL.Path, reg.Snapshot()); msg != "" {
-			writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": msg, "results": []any{},
-				"succeeded": 0, "failed": 0, "quarantined": []string{}})
-			return
-		}
-	}
+	res, err := s.Fleet.RunBroadcast(r.Context(), r.URL.Path, body,
+		fleet.BroadcastOptions{Timeout: s.FanoutTimeout, QuarantineSuspects: s.QuarantineChecksumMismatch})
 	if err != nil {
 		s.fleetError(w, r.URL.Path, err)
 		return
 	}
-	resp := map[string]any{"operation_id": out.ID, "results": out.Results, "succeeded": out.Succeeded,
-		"failed": out.Failed, "quarantined": out.Quarantined}
-	if r.URL.Path == "/get_weights_checksum" {
-		s.checksumSummary(r.Context(), out, resp)
+	if res.NothingToDo != "" {
+		// Sleeping a sleeping fleet (or waking an awake one) is harmless,
+		// as with the Python routers: nothing to do is a success.
+		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": res.NothingToDo, "results": []any{},
+			"succeeded": 0, "failed": 0, "quarantined": []string{}})
+		return
 	}
-	s.writeOutcome(w, r.URL.Path, out, resp)
-}
-
-// alreadyDone names why a sleep or wake call that found no worker to
-// change has nothing to do, or is empty when no worker can serve at all.
-func alreadyDone(path string, snap registry.Snapshot) string {
-	asleep, awake := 0, 0
-	for _, wk := range snap.Workers {
-		if wk.State == registry.StateActive {
-			if wk.Asleep {
-				asleep++
-			} else {
-				awake++
-			}
-		}
+	resp := map[string]any{"operation_id": res.ID, "results": res.Results, "succeeded": res.Succeeded,
+		"failed": res.Failed, "quarantined": res.Quarantined}
+	for k, v := range res.Fields {
+		resp[k] = v
 	}
-	switch {
-	case path == "/release_memory_occupation" && asleep > 0 && awake == 0:
-		return "All workers are already sleeping"
-	case path == "/resume_memory_occupation" && awake > 0 && asleep == 0:
-		return "All workers are already active"
-	}
-	return ""
+	s.writeOutcome(w, r.URL.Path, res.Outcome, resp)
 }
 
 func (s *Server) fleetError(w http.ResponseWriter, path string, err error) {
@@ -724,43 +689,6 @@ func (s *Server) updateWeights(w http.ResponseWriter, r *http.Request, obj map[s
 		"operation_id": out.ID, "results": out.Results, "succeeded": out.Succeeded, "failed": out.Failed,
 		"quarantined": out.Quarantined, "weight_version": out.Version, "model_path": out.ModelPath, "mode": out.Mode,
 	})
-}
-
-// checksumSummary finds the checksum most workers report and the workers
-// that differ from it.
-func (s *Server) checksumSummary(ctx context.Context, out fleet.Outcome, resp map[string]any) {
-	counts := map[string]int{}
-	by := map[string]string{}
-	for _, r := range out.Results {
-		if m, ok := r.Body.(map[string]any); ok && r.OK() {
-			if c, ok := m["checksum"].(string); ok {
-				counts[c]++
-				by[r.WorkerURL] = c
-			}
-		}
-	}
-	majority, best := "", 0
-	for c, n := range counts {
-		if n > best || (n == best && c < majority) {
-			majority, best = c, n
-		}
-	}
-	mismatched := []string{}
-	for _, r := range out.Results {
-		if c, ok := by[r.WorkerURL]; ok && c != majority {
-			mismatched = append(mismatched, r.WorkerURL)
-		}
-	}
-	slices.Sort(mismatched)
-	resp["checksum"], resp["mismatched"], resp["consistent"] = majority, mismatched, len(mismatched) == 0 && len(by) > 0
-	if s.QuarantineChecksumMismatch {
-		for _, u := range mismatched {
-			if _, _, err := s.Fleet.Quarantine(ctx, u, fleet.CauseChecksumMismatch, "weights checksum differs from the fleet's majority ("+majority+")"); err == nil {
-				out.Quarantined = append(out.Quarantined, u)
-			}
-		}
-		resp["quarantined"] = out.Quarantined
-	}
 }
 
 func mergeError(resp map[string]any, msg string) map[string]any {

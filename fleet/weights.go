@@ -68,7 +68,7 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 	out := UpdateOutcome{Outcome: Outcome{ID: id, Quarantined: []string{}}, Version: version, ModelPath: modelPath, Mode: spec.Mode}
 	var targets []registry.Worker
 	for _, w := range m.reg.Snapshot().Workers {
-		if w.State == registry.StateActive {
+		if Broadcasts[PathUpdateWeights].Target(w) {
 			targets = append(targets, w)
 		}
 	}
@@ -88,7 +88,7 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 			m.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome, i == 0)
 		}
 	} else {
-		results := m.callAll(ctx, targets, "/update_weights_from_disk", body, spec.Timeout)
+		results := m.callAll(ctx, targets, PathUpdateWeights, body, spec.Timeout)
 		if rejectedByAll(results) {
 			out.Rejected = true
 			for _, r := range results {
@@ -188,7 +188,7 @@ func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, bo
 					"error": fmt.Sprintf("in-flight requests did not finish within %s", timeout)}}
 				return
 			}
-			results[i] = m.call(ctx, w.URL.String(), "/update_weights_from_disk", body, "application/json", timeout)
+			results[i] = m.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", timeout)
 		}()
 	}
 	wg.Wait()
@@ -231,7 +231,7 @@ func (m *Manager) catchUp(ctx context.Context, w registry.Worker) (registry.Work
 	if err != nil {
 		return w, fmt.Errorf("encode catch-up update: %w", err)
 	}
-	r := m.call(ctx, w.URL.String(), "/update_weights_from_disk", body, "application/json", m.cfg.WeightUpdateTimeout)
+	r := m.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", m.cfg.WeightUpdateTimeout)
 	if !r.OK() {
 		m.settle(w, r, fleet.Version, fleet.ModelPath, registry.StatePending)
 		cur, ok := m.reg.Get(w.Key())
