@@ -22,6 +22,7 @@ import (
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/registry"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
+	"github.com/diffrouter/diffusion-router/xds/publish"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
@@ -172,10 +173,10 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	xds := xdsserver.New(log.WithField("component", "xds"))
 	xds.SetEpoch(epoch)
 	mx := metrics.New(reg, xds.Nodes)
-	if err := publish(ctx, reg, xds, opts); err != nil {
+	pub := &publish.Publisher{Registry: reg, Sink: xds, Options: opts, Pushed: mx.XDSPush, Log: base}
+	if err := pub.Once(ctx); err != nil {
 		return err
 	}
-	mx.XDSPush()
 	fl := fleet.NewManager(ctx, reg, xds, fleet.Config{
 		ProbeTimeout:     c.HealthCheckTimeout,
 		HealthInterval:   c.HealthCheckInterval,
@@ -211,7 +212,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		}()
 	}
 
-	goRun("publisher", func() error { return publishLoop(ctx, reg, xds, opts, mx, base) })
+	goRun("publisher", func() error { return pub.Run(ctx) })
 	goRun("xds", func() error { return xds.Serve(ctx, xdsLis, serverTLS) })
 	apiSrv := &http.Server{
 		Handler: &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
@@ -301,36 +302,6 @@ func connectHost(h string) string {
 		return "::1"
 	}
 	return h
-}
-
-// publish translates the registry's current state and hands it to xDS.
-func publish(ctx context.Context, reg *registry.Registry, xds *xdsserver.Server, o translate.Options) error {
-	snap := reg.Snapshot()
-	res, err := translate.Build(snap, o)
-	if err != nil {
-		return fmt.Errorf("translate generation %d: %w", snap.Generation, err)
-	}
-	return xds.Publish(ctx, snap.Generation, res)
-}
-
-// publishLoop republishes after every registry change: REST call ->
-// registry -> snapshot -> Envoy, one way.
-func publishLoop(ctx context.Context, reg *registry.Registry, xds *xdsserver.Server, o translate.Options, mx *metrics.Metrics, log *logrus.Entry) error {
-	changes, unsubscribe := reg.Subscribe()
-	defer unsubscribe()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changes:
-		}
-		if err := publish(ctx, reg, xds, o); err != nil {
-			// A translation error is a bug; keep serving the last good config.
-			log.WithError(err).Error("cannot publish the new configuration; Envoy keeps the previous one")
-			continue
-		}
-		mx.XDSPush()
-	}
 }
 
 // admitInitial registers --worker-urls in parallel; one that cannot be
