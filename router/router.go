@@ -21,8 +21,8 @@ import (
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/registry"
-	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 	"github.com/diffrouter/diffusion-router/xds/publish"
+	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
