@@ -23,7 +23,6 @@ import (
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/xds/publish"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
-	"github.com/diffrouter/diffusion-router/xds/translate"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
@@ -68,27 +67,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 		return fmt.Errorf("create state directory %s: %w", stateDir, err)
 	}
 
-	tlsDir := c.XDSTLSDir
-	if tlsDir == "" {
-		tlsDir = filepath.Join(stateDir, "xds-tls")
-	}
-	tlsDir, err := filepath.Abs(tlsDir)
-	if err != nil {
-		return fmt.Errorf("--xds-tls-dir: %w", err)
-	}
-	made, err := trust.Ensure(tlsDir, trust.Owners{})
-	if err != nil {
-		return err
-	}
-	if made && !c.ExternalEnvoy {
-		if err := migrateFilterSecret(stateDir, tlsDir); err != nil {
-			return err
-		}
-	}
-	if made && c.ExternalEnvoy {
-		base.WithField("dir", tlsDir).Warn("made new xDS credentials: every Envoy needs ca.pem and envoy/ from this directory (see `diffusion-router bootstrap --xds-tls-dir`)")
-	}
-	serverTLS, err := trust.ServerTLS(tlsDir)
+	tlsDir, serverTLS, err := xdsCredentials(c, stateDir, base)
 	if err != nil {
 		return err
 	}
@@ -111,64 +90,19 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	defer xdsLis.Close()
 	addrs := Addresses{API: apiLis.Addr().String(), XDS: xdsLis.Addr().String()}
 
-	regHost, regPort, err := splitHostPort(addrs.API)
+	opts, err := translateOptions(c, addrs.API, base)
 	if err != nil {
 		return err
 	}
-	if c.RegistryAdvertise != "" {
-		if regHost, regPort, err = splitHostPort(c.RegistryAdvertise); err != nil {
-			return fmt.Errorf("--registry-advertise: %w", err)
-		}
-	}
-	opts := translate.Options{
-		ListenAddress:               c.Host,
-		ListenPort:                  uint32(c.Port),
-		Policy:                      translate.Policy(c.RoutingAlgorithm),
-		Timeout:                     c.Timeout,
-		MaxConnections:              uint32(c.MaxConnections),
-		MaxRetries:                  uint32(c.MaxRetries),
-		StrictModels:                c.StrictModelRouting,
-		ConnectTimeout:              c.ConnectTimeout,
-		HealthCheckInterval:         c.HealthCheckInterval,
-		HealthCheckTimeout:          c.HealthCheckTimeout,
-		HealthCheckFailureThreshold: uint32(c.HealthCheckFailureThreshold),
-		OutlierConsecutiveFailures:  uint32(c.OutlierFailures),
-		RegistryAddress:             regHost,
-		RegistryPort:                regPort,
-	}
-	if !c.ExternalEnvoy || c.WasmFilter != "" {
-		// With external Envoys the filter path must be given: it is a path
-		// on their file system, not this one's.
-		if opts.Filter, err = filterOptions(c.WasmFilter, c.FilterFailClosed, c.ExternalEnvoy); err != nil {
-			return err
-		}
-	}
-	if opts.Filter != nil {
-		base.WithField("path", opts.Filter.Path).Info("Wasm filter enabled")
-	} else {
-		base.Warn("running without the Wasm filter: no request tags, no job affinity across video workers")
-	}
-	if err := opts.Validate(); err != nil {
-		return fmt.Errorf("router options: %w", err)
-	}
 
-	reg := registry.New(nil)
-	store, err := registry.OpenStore(stateDir)
+	reg, store, err := openRegistry(stateDir, base)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	if err := reg.Persist(store, func(err error) {
-		base.WithError(err).Error("cannot write the registry to its store; the change was refused (503) and undone")
-	}); err != nil {
-		return err
-	}
 	epoch, err := store.NextEpoch()
 	if err != nil {
 		return fmt.Errorf("registry store: %w", err)
-	}
-	if n := len(reg.Snapshot().Workers); n > 0 {
-		base.WithFields(logrus.Fields{"workers": n, "store": filepath.Join(stateDir, registry.StoreFile)}).Info("registry restored")
 	}
 	xds := xdsserver.New(log.WithField("component", "xds"))
 	xds.SetEpoch(epoch)
