@@ -127,26 +127,33 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.Metrics.ServeHTTP})
-	case "/add_worker":
-		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.addWorker})
-	case "/remove_worker":
-		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.removeWorker})
-	case "/list_workers":
-		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.listWorkers})
-	case "/workers":
-		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.getWorkers, http.MethodPost: s.addWorker})
-	case "/health":
-		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.health})
-	case "/health_workers":
-		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.getWorkers})
-	case "/v1/models":
-		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.models})
 	default:
-		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no registry endpoint " + path})
+		byMethod, ok := s.registryEndpoints()[path]
+		if !ok {
+			writeJSON(w, http.StatusNotFound, map[string]any{"error": "no registry endpoint " + path})
+			return
+		}
+		s.methods(w, r, byMethod)
 	}
 }
 
 // authorized checks the bearer token in constant time.
+// registryEndpoints are the control plane's own paths and their methods.
+func (s *Server) registryEndpoints() map[string]map[string]http.HandlerFunc {
+	get := func(h http.HandlerFunc) map[string]http.HandlerFunc {
+		return map[string]http.HandlerFunc{http.MethodGet: h}
+	}
+	return map[string]map[string]http.HandlerFunc{
+		"/add_worker":     {http.MethodPost: s.addWorker},
+		"/remove_worker":  {http.MethodPost: s.removeWorker},
+		"/list_workers":   get(s.listWorkers),
+		"/workers":        {http.MethodGet: s.getWorkers, http.MethodPost: s.addWorker},
+		"/health":         get(s.health),
+		"/health_workers": get(s.getWorkers),
+		"/v1/models":      get(s.models),
+	}
+}
+
 func (s *Server) authorized(r *http.Request) bool {
 	// The scheme is case-insensitive (RFC 7235); the token is not.
 	scheme, got, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")

@@ -16,6 +16,7 @@ import (
 	"github.com/diffrouter/diffusion-router/fakeworker"
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 )
 
@@ -373,5 +374,26 @@ func TestAdminToken(t *testing.T) {
 	// Reads stay open.
 	if code, _ := call(t, s, "GET", "/list_workers", ""); code != 200 {
 		t.Fatalf("GET without token = %d", code)
+	}
+}
+
+// The API answers exactly the paths Envoy sends it (wire.RegistryPaths).
+func TestAnswersEveryRegistryPath(t *testing.T) {
+	s := &Server{}
+	served := map[string]bool{}
+	for p := range s.registryEndpoints() {
+		served[p] = true
+	}
+	for _, p := range wire.FleetCallPaths {
+		served[p] = true
+	}
+	for _, p := range wire.RegistryPaths {
+		if !served[p] {
+			t.Errorf("Envoy sends %s to the registry, which has no endpoint for it", p)
+		}
+		delete(served, p)
+	}
+	for p := range served {
+		t.Errorf("the registry serves %s, but Envoy never sends it there", p)
 	}
 }

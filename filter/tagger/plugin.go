@@ -248,23 +248,33 @@ func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
 	return types.ActionContinue, true
 }
 
-func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
-	if !c.readBody {
-		return types.ActionContinue
+// holdBody holds a body the plugin wants (*want) until it is complete and
+// returns it (ready). A body that outgrows the limit (no content-length to
+// tell before) streams on untouched and counts as skipped.
+func (c *httpContext) holdBody(want *bool, size int, end bool, get func(int, int) ([]byte, error), what string) ([]byte, types.Action, bool) {
+	if !*want {
+		return nil, types.ActionContinue, false
 	}
-	if bodySize > c.p.cfg.MaxBodyBytes {
-		// Too large after all (no content-length): let it stream untagged.
-		c.readBody = false
+	if size > c.p.cfg.MaxBodyBytes {
+		*want = false
 		c.p.metrics.bodiesSkipped.Increment(1)
-		return types.ActionContinue
+		return nil, types.ActionContinue, false
 	}
-	if !endOfStream {
-		return types.ActionPause
+	if !end {
+		return nil, types.ActionPause, false
 	}
-	c.readBody = false
-	body, err := proxywasm.GetHttpRequestBody(0, bodySize)
+	*want = false
+	body, err := get(0, size)
 	if err != nil {
-		return c.fail("read request body", err)
+		return nil, c.fail(what, err), false
+	}
+	return body, types.ActionContinue, true
+}
+
+func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
+	body, action, ready := c.holdBody(&c.readBody, bodySize, endOfStream, proxywasm.GetHttpRequestBody, "read request body")
+	if !ready {
+		return action
 	}
 	facts, err := ParseBody(c.task, body, c.p.cfg.Defaults)
 	if err != nil {
@@ -360,21 +370,9 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 }
 
 func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.Action {
-	if !c.rewrite {
-		return types.ActionContinue
-	}
-	if bodySize > c.p.cfg.MaxBodyBytes {
-		c.rewrite = false
-		c.p.metrics.bodiesSkipped.Increment(1)
-		return types.ActionContinue
-	}
-	if !endOfStream {
-		return types.ActionPause
-	}
-	c.rewrite = false
-	body, err := proxywasm.GetHttpResponseBody(0, bodySize)
-	if err != nil {
-		return c.fail("read response body", err)
+	body, action, ready := c.holdBody(&c.rewrite, bodySize, endOfStream, proxywasm.GetHttpResponseBody, "read response body")
+	if !ready {
+		return action
 	}
 	out, changed, err := WrapIDs(body, c.p.signer, c.jobKey)
 	if err != nil {

@@ -283,14 +283,20 @@ func loadPair(dir, side, wantName string) (tls.Certificate, error) {
 	return pair, nil
 }
 
+// loadSide reads the authority and one side's certificate and key.
+func loadSide(dir, side, name string) (*x509.CertPool, tls.Certificate, error) {
+	pool, err := loadPool(dir)
+	if err != nil {
+		return nil, tls.Certificate{}, err
+	}
+	pair, err := loadPair(dir, side, name)
+	return pool, pair, err
+}
+
 // ServerTLS is the control plane's side: its certificate, and only Envoys
 // with a certificate from the same authority get in.
 func ServerTLS(dir string) (*tls.Config, error) {
-	pool, err := loadPool(dir)
-	if err != nil {
-		return nil, err
-	}
-	pair, err := loadPair(dir, ControlPlaneDir, ServerName)
+	pool, pair, err := loadSide(dir, ControlPlaneDir, ServerName)
 	if err != nil {
 		return nil, err
 	}
@@ -309,11 +315,7 @@ func ServerTLS(dir string) (*tls.Config, error) {
 // ClientTLS is an Envoy's side, for Go clients that speak xDS in its place
 // (tests, tools).
 func ClientTLS(dir string) (*tls.Config, error) {
-	pool, err := loadPool(dir)
-	if err != nil {
-		return nil, err
-	}
-	pair, err := loadPair(dir, EnvoyDir, ClientName)
+	pool, pair, err := loadSide(dir, EnvoyDir, ClientName)
 	if err != nil {
 		return nil, err
 	}
