@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Shape is one kind of request in a mixed workload.
@@ -205,7 +207,7 @@ func (c Config) one(ctx context.Context, client *http.Client, base string, s Sha
 	}
 	// Through the router the worker names itself in x-diffusion-worker;
 	// without a router the target is the worker.
-	res.Worker = hdr.Get("X-Diffusion-Worker")
+	res.Worker = hdr.Get(wire.HeaderWorker)
 	if res.Worker == "" {
 		res.Worker = base
 	}

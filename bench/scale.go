@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/diffrouter/diffusion-router/fakeworker"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // ScaleResult is one fleet size.
@@ -81,7 +83,7 @@ func RunScale(ctx context.Context, sc ScaleConfig) ([]ScaleResult, error) {
 		last := urls[len(urls)-1]
 		for i := 0; i < 20*n && !res.RoutedToNewCheck; i++ {
 			_, hdr, _, err := post(ctx, client, r.Front+"/v1/images/generations", map[string]any{"prompt": "p"})
-			res.RoutedToNewCheck = err == nil && hdr.Get("X-Diffusion-Worker") == last
+			res.RoutedToNewCheck = err == nil && hdr.Get(wire.HeaderWorker) == last
 		}
 		var pushes []float64
 		for _, u := range urls[:min(20, n)] {

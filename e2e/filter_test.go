@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // TestFilterTags: the Wasm filter inside the real Envoy tags requests before
@@ -23,11 +25,11 @@ func TestFilterTags(t *testing.T) {
 	req, _ := http.NewRequest("POST", r.Front+"/v1/images/generations", strings.NewReader(
 		`{"prompt":"p","model":"black-forest-labs/FLUX.1-dev","n":2,"num_inference_steps":10,"size":"512x512"}`))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Diffusion-Task", "control")
-	req.Header.Set("X-Diffusion-Model", "evil")
-	req.Header.Set("X-Diffusion-Cost", "1")
-	req.Header.Set("X-Diffusion-Target", "0123456789abcdef")
-	req.Header.Set("X-Request-Id", "trainer-sample-42")
+	req.Header.Set(wire.HeaderTask, "control")
+	req.Header.Set(wire.HeaderModel, "evil")
+	req.Header.Set(wire.HeaderCost, "1")
+	req.Header.Set(wire.HeaderTarget, "0123456789abcdef")
+	req.Header.Set(wire.HeaderRequestID, "trainer-sample-42")
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -41,21 +43,21 @@ func TestFilterTags(t *testing.T) {
 		"X-Seen-Diffusion-Model": "black-forest-labs/FLUX.1-dev",
 		"X-Seen-Diffusion-Cost":  "5", // 2 x 10 x 512 x 512 / 2^20
 		"X-Seen-Request-Id":      "trainer-sample-42",
-		"X-Request-Id":           "trainer-sample-42",
-		"X-Diffusion-Worker":     w.URL,
-		"X-Weight-Version":       "0",
+		wire.HeaderRequestID:     "trainer-sample-42",
+		wire.HeaderWorker:        w.URL,
+		wire.HeaderWeightVersion: "0",
 	}
 	for h, v := range want {
 		if got := resp.Header.Get(h); got != v {
 			t.Errorf("%s = %q, want %q", h, got, v)
 		}
 	}
-	if ms, err := strconv.Atoi(resp.Header.Get("X-Diffusion-Router-Ms")); err != nil || ms < 0 {
-		t.Errorf("x-diffusion-router-ms = %q", resp.Header.Get("X-Diffusion-Router-Ms"))
+	if ms, err := strconv.Atoi(resp.Header.Get(wire.HeaderRouterMS)); err != nil || ms < 0 {
+		t.Errorf("x-diffusion-router-ms = %q", resp.Header.Get(wire.HeaderRouterMS))
 	}
 	// A request without an id gets one, and it reaches the worker.
 	plain := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "p"})
-	if id := plain.Header.Get("X-Request-Id"); id == "" || plain.Header.Get("X-Seen-Request-Id") != id {
+	if id := plain.Header.Get(wire.HeaderRequestID); id == "" || plain.Header.Get("X-Seen-Request-Id") != id {
 		t.Fatalf("generated request id %q, worker saw %q", id, plain.Header.Get("X-Seen-Request-Id"))
 	}
 	// Stats are Envoy stats, visible to Prometheus.
@@ -241,7 +243,7 @@ func TestFilterSoak(t *testing.T) {
 					firstBad.CompareAndSwap(nil, fmt.Sprint(err, resp.Status, string(resp.Body)))
 					continue
 				}
-				if resp.Header.Get("X-Diffusion-Router-Ms") == "" || resp.Header.Get("X-Seen-Diffusion-Task") != "image" {
+				if resp.Header.Get(wire.HeaderRouterMS) == "" || resp.Header.Get("X-Seen-Diffusion-Task") != "image" {
 					untagged.Add(1)
 				}
 			}

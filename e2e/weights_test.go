@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // sample is one generation as a trainer sees it.
@@ -51,8 +53,8 @@ func startSteadyLoad(base string, concurrency, maxRequests int) *steadyLoad {
 				s.end = time.Now()
 				if err == nil {
 					s.status = resp.Status
-					s.version = resp.Header.Get("X-Weight-Version")
-					s.worker = resp.Header.Get("X-Diffusion-Worker")
+					s.version = resp.Header.Get(wire.HeaderWeightVersion)
+					s.worker = resp.Header.Get(wire.HeaderWorker)
 					var v struct {
 						Model string `json:"model"`
 					}

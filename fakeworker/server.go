@@ -19,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Server is one fake sglang-diffusion worker.
@@ -166,9 +168,9 @@ func (s *Server) Handler() http.Handler {
 		w.Header().Set("X-Model-Path", s.currentModel())
 		// Echo the router's request tags, so tests can see what reached
 		// the worker.
-		for _, h := range []string{"X-Diffusion-Task", "X-Diffusion-Model", "X-Diffusion-Cost", "X-Request-Id"} {
+		for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderRequestID} {
 			if v := r.Header.Get(h); v != "" {
-				w.Header().Set("X-Seen-"+strings.TrimPrefix(h, "X-"), v)
+				w.Header().Set("X-Seen-"+strings.TrimPrefix(http.CanonicalHeaderKey(h), "X-"), v)
 			}
 		}
 		mux.ServeHTTP(w, r)
