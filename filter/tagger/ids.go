@@ -13,32 +13,55 @@ import (
 // top-level "id", and in "data" each item's "id" and the id inside a
 // "/v1/{images,videos}/{id}/content" url. It reports whether anything changed.
 func WrapIDs(body []byte, s jobid.Signer, workerKey string) ([]byte, bool, error) {
+	wrap := func(id string) (string, bool) {
+		if _, _, wrapped := s.Unwrap(id); wrapped {
+			return id, false
+		}
+		return s.Wrap(id, workerKey), true
+	}
+	if out, changed, ok := wrapIDsScanned(body, wrap); ok {
+		return out, changed, nil
+	}
+	return wrapIDsDecoded(body, wrap)
+}
+
+// wrapURL wraps the id inside a job's content url. The query stays: sglang
+// tells the images of one request apart by ?variant=N.
+func wrapURL(u string, wrap func(string) (string, bool)) (string, bool) {
+	prefix, id, suffix, ok := jobPath(u)
+	if !ok || suffix != "/content" {
+		return u, false
+	}
+	w, did := wrap(id)
+	if !did {
+		return u, false
+	}
+	query := ""
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		query = u[i:]
+	}
+	return prefix + w + suffix + query, true
+}
+
+// wrapIDsDecoded is WrapIDs by decoding and encoding the whole answer.
+func wrapIDsDecoded(body []byte, wrap func(string) (string, bool)) ([]byte, bool, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber() // keep numbers exactly as the worker wrote them
 	var doc map[string]any
 	if err := dec.Decode(&doc); err != nil {
 		return nil, false, fmt.Errorf("response is not a JSON object: %w", err)
 	}
-	changed := wrapField(doc, "id", s, workerKey)
+	changed := wrapField(doc, "id", wrap)
 	if items, ok := doc["data"].([]any); ok {
 		for _, it := range items {
 			obj, ok := it.(map[string]any)
 			if !ok {
 				continue
 			}
-			changed = wrapField(obj, "id", s, workerKey) || changed
+			changed = wrapField(obj, "id", wrap) || changed
 			if u, ok := obj["url"].(string); ok {
-				if prefix, id, suffix, ok := jobPath(u); ok && suffix == "/content" {
-					if _, _, wrapped := s.Unwrap(id); !wrapped {
-						// The query stays: sglang tells the images of one
-						// request apart by ?variant=N.
-						query := ""
-						if i := strings.IndexByte(u, '?'); i >= 0 {
-							query = u[i:]
-						}
-						obj["url"] = prefix + s.Wrap(id, workerKey) + suffix + query
-						changed = true
-					}
+				if w, did := wrapURL(u, wrap); did {
+					obj["url"], changed = w, true
 				}
 			}
 		}
@@ -55,14 +78,14 @@ func WrapIDs(body []byte, s jobid.Signer, workerKey string) ([]byte, bool, error
 	return buf.Bytes(), true, nil
 }
 
-func wrapField(obj map[string]any, field string, s jobid.Signer, key string) bool {
+func wrapField(obj map[string]any, field string, wrap func(string) (string, bool)) bool {
 	id, ok := obj[field].(string)
 	if !ok || id == "" {
 		return false
 	}
-	if _, _, wrapped := s.Unwrap(id); wrapped {
-		return false
+	w, did := wrap(id)
+	if did {
+		obj[field] = w
 	}
-	obj[field] = s.Wrap(id, key)
-	return true
+	return did
 }
