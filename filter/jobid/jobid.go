@@ -11,7 +11,10 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"hash"
+	"io"
 	"strings"
+	"sync"
 )
 
 // WorkerKey is the short, stable label of a worker: it names the worker in
@@ -21,21 +24,32 @@ func WorkerKey(canonicalURL string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// Signer wraps and unwraps job ids with a shared secret.
-type Signer struct{ secret []byte }
+// Signer wraps and unwraps job ids with a shared secret. It is safe for
+// concurrent use.
+type Signer struct {
+	// macs holds keyed HMAC states: a reset one starts from the secret
+	// without hashing it again, and nothing is allocated per id.
+	macs *sync.Pool
+}
 
 // NewSigner returns a signer for the secret (every Envoy replica of one
 // router must get the same secret).
-func NewSigner(secret []byte) Signer { return Signer{secret: secret} }
+func NewSigner(secret []byte) Signer {
+	key := append([]byte(nil), secret...)
+	return Signer{macs: &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+}
 
 const sep = "."
 
 func (s Signer) mac(id, key string) string {
-	h := hmac.New(sha256.New, s.secret)
-	h.Write([]byte(id))
+	h := s.macs.Get().(hash.Hash)
+	defer s.macs.Put(h)
+	h.Reset()
+	io.WriteString(h, id)
 	h.Write([]byte{0})
-	h.Write([]byte(key))
-	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:12])
+	io.WriteString(h, key)
+	var sum [sha256.Size]byte
+	return base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0])[:12])
 }
 
 // Wrap returns the id the client sees: the worker's id, the worker key and
