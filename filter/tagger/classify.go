@@ -67,22 +67,27 @@ type BodyFacts struct {
 	Cost int64
 }
 
+// generationRequest is what the filter reads of a generation body.
+type generationRequest struct {
+	Model  string      `json:"model"`
+	Format string      `json:"response_format"`
+	N      json.Number `json:"n"`
+	Steps  json.Number `json:"num_inference_steps"`
+	Size   string      `json:"size"`
+	Width  json.Number `json:"width"`
+	Height json.Number `json:"height"`
+	Frames json.Number `json:"num_frames"`
+}
+
 // ParseBody reads a JSON generation body.
 func ParseBody(t Task, body []byte, d wire.Defaults) (BodyFacts, error) {
-	var req struct {
-		Model  string      `json:"model"`
-		Format string      `json:"response_format"`
-		N      json.Number `json:"n"`
-		Steps  json.Number `json:"num_inference_steps"`
-		Size   string      `json:"size"`
-		Width  json.Number `json:"width"`
-		Height json.Number `json:"height"`
-		Frames json.Number `json:"num_frames"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if err := dec.Decode(&req); err != nil {
-		return BodyFacts{}, fmt.Errorf("body is not a JSON object: %w", err)
+	req, ok := scanRequest(body)
+	if !ok {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		if err := dec.Decode(&req); err != nil {
+			return BodyFacts{}, fmt.Errorf("body is not a JSON object: %w", err)
+		}
 	}
 	n := intOr(req.N, 1)
 	steps := intOr(req.Steps, d.Steps)

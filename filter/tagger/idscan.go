@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"strings"
+	"unicode/utf8"
 )
 
 // The answers the filter rewrites are small JSON documents in which a few
@@ -12,8 +14,8 @@ import (
 // (garbage-collected Go, no SIMD), so the fast path finds those values with
 // a scanner that allocates nothing but the list of places, and splices the
 // new values into the original bytes (which also keeps the worker's field
-// order and spacing). Anything unusual (escapes in a key or a value that
-// may change) takes the decoding path, wrapIDsDecoded.
+// order and spacing). Anything unusual (escapes or invalid UTF-8 in a key or
+// a value that may change) takes the decoding path, wrapIDsDecoded.
 
 // idPlace is one string value that may change: its bytes (quotes
 // excluded) and which field it is.
@@ -121,8 +123,8 @@ func (s *idScanner) object(role int) error {
 		switch {
 		case watched && s.i < len(s.b) && s.b[s.i] == '"':
 			vs, ve, vesc := s.str()
-			if vesc {
-				return errEscaped
+			if vesc || !utf8.Valid(s.b[vs:ve]) {
+				return errEscaped // encoding/json would read it otherwise
 			}
 			s.places = append(s.places, idPlace{start: vs, end: ve, url: string(key) == "url"})
 		case role == roleTop && string(key) == "data":
@@ -194,4 +196,101 @@ func wrapIDsScanned(body []byte, wrap func(id string) (string, bool)) (out []byt
 		return body, false, true
 	}
 	return append(buf, body[last:]...), true, true
+}
+
+// scanRequest is ParseBody's fast path: it reads the top-level fields of a
+// generation body without decoding the rest (the prompt, often the largest
+// part). ok is false where encoding/json might read the body differently:
+// not an object, invalid JSON, a key that is ours only when case is
+// folded, a field of ours with an escape or of an unexpected type.
+func scanRequest(body []byte) (req generationRequest, ok bool) {
+	start := bytes.IndexFunc(body, func(r rune) bool { return r != ' ' && r != '\t' && r != '\r' && r != '\n' })
+	if start < 0 || body[start] != '{' || !json.Valid(body) {
+		return req, false
+	}
+	s := idScanner{b: body, i: start + 1}
+	for {
+		s.ws()
+		if s.i >= len(body) || body[s.i] == '}' {
+			return req, true
+		}
+		if body[s.i] == ',' {
+			s.i++
+			continue
+		}
+		ks, ke, kesc := s.str()
+		key := string(body[ks:ke])
+		s.ws()
+		s.i++ // :
+		s.ws()
+		str, num := req.field(key)
+		isStr, isNum := str != nil, num != nil
+		if !isStr && !isNum {
+			if kesc || foldsToField(key) {
+				return req, false // encoding/json would match it to one of ours
+			}
+			if s.value(roleOther) != nil {
+				return req, false
+			}
+			continue
+		}
+		if kesc {
+			return req, false
+		}
+		vstart := s.i
+		switch c := body[s.i]; {
+		case c == 'n' && bytes.HasPrefix(body[s.i:], []byte("null")):
+			s.i += 4 // null leaves the field as it was, as with encoding/json
+		case c == '"' && isStr:
+			vs, ve, vesc := s.str()
+			if vesc || !utf8.Valid(body[vs:ve]) {
+				return req, false // encoding/json would read it otherwise
+			}
+			*str = string(body[vs:ve])
+		case (c == '-' || (c >= '0' && c <= '9')) && isNum:
+			_ = s.value(roleOther)
+			*num = json.Number(body[vstart:s.i])
+		default:
+			return req, false
+		}
+	}
+}
+
+// field is where the value of a key of ours goes.
+func (req *generationRequest) field(key string) (*string, *json.Number) {
+	switch key {
+	case "model":
+		return &req.Model, nil
+	case "response_format":
+		return &req.Format, nil
+	case "size":
+		return &req.Size, nil
+	case "n":
+		return nil, &req.N
+	case "num_inference_steps":
+		return nil, &req.Steps
+	case "width":
+		return nil, &req.Width
+	case "height":
+		return nil, &req.Height
+	case "num_frames":
+		return nil, &req.Frames
+	}
+	return nil, nil
+}
+
+// foldsToField reports whether a key other than ours names one of ours
+// once case is folded (encoding/json matches field names that way).
+func foldsToField(key string) bool {
+	for _, f := range []string{"model", "response_format", "size", "n", "num_inference_steps", "width", "height", "num_frames"} {
+		if strings.EqualFold(key, f) {
+			return true
+		}
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] >= 0x80 {
+			return true // a non-ASCII key could fold to ours (K as the Kelvin sign)
+		}
+	}
+	return false
 }

@@ -56,6 +56,7 @@ var idSamples = []string{
 	`{"\u0069d":"escaped-key"}`,
 	`{"id":"esc\"aped"}`,
 	`{"id":""}`,
+	"{\"id\":\"\x99\",\"data\":[{\"url\":\"/v1/images/\x99/content\"}]}",
 	`{"id":12,"data":null}`,
 	`[1,2]`,
 	`{"id":"a"`,
@@ -103,4 +104,60 @@ func BenchmarkWrapIDs(b *testing.B) {
 			wrapIDsDecoded(body, wrap)
 		}
 	})
+}
+
+// checkRequestScan: wherever the scanner reads a body, it reads what
+// encoding/json reads.
+func checkRequestScan(t *testing.T, body []byte) {
+	fast, ok := scanRequest(body)
+	if !ok {
+		return
+	}
+	var slow generationRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&slow); err != nil {
+		t.Fatalf("the scanner read %q, which does not decode: %v", body, err)
+	}
+	if fast != slow {
+		t.Fatalf("%q:\nscan   %+v\ndecode %+v", body, fast, slow)
+	}
+}
+
+var requestSamples = []string{
+	`{"prompt":"a red fox","model":"flux","n":2,"num_inference_steps":10,"size":"512x512"}`,
+	`{"prompt":"p","model":"wan","num_inference_steps":4,"width":1024,"height":512,"num_frames":81,"response_format":"b64_json"}`,
+	` {"n":1,"n":3,"model":null,"extra":{"n":9,"model":"inner"},"list":[1,{"size":"1x1"}]} `,
+	`{"Model":"folded"}`,
+	`{"model":"esc\"aped"}`,
+	`{"n":"4"}`,
+	`{"n":true}`,
+	`{"model":1}`,
+	`{"n":1e3,"width":-5,"height":1.5}`,
+	`{"\u006dodel":"escaped key"}`,
+	`{"ſize":"long s"}`,
+	`[{"model":"x"}]`,
+	`null`,
+	`{"model":"x"} trailing`,
+}
+
+func TestRequestScanMatchesDecode(t *testing.T) {
+	for _, s := range requestSamples {
+		checkRequestScan(t, []byte(s))
+	}
+	if req, ok := scanRequest([]byte(requestSamples[0])); !ok || req.Model != "flux" || req.N != "2" || req.Size != "512x512" {
+		t.Fatalf("scanRequest = %+v, %v", req, ok)
+	}
+	for _, s := range []string{`{"Model":"folded"}`, `{"model":"esc\"aped"}`, `{"n":"4"}`, `{"ſize":"x"}`, `null`} {
+		if _, ok := scanRequest([]byte(s)); ok {
+			t.Errorf("the scanner read %s", s)
+		}
+	}
+}
+
+func FuzzRequestScanMatchesDecode(f *testing.F) {
+	for _, s := range requestSamples {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) { checkRequestScan(t, body) })
 }
