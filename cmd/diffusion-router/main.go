@@ -126,6 +126,9 @@ func makeCerts(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := trust.Check(*dir); err != nil {
+		return err
+	}
 	if made {
 		fmt.Printf("made xDS credentials in %s: the control plane takes --xds-tls-dir %s; each Envoy needs %s and %s/\n", *dir, *dir, trust.CAFile, trust.EnvoyDir)
 	} else {

@@ -85,32 +85,53 @@ func EnvoyFilesIn(dir string) EnvoyFiles {
 	}
 }
 
-// Ensure makes the directory's credentials unless they are all there and
-// valid. It reports whether it made them. A directory that holds some of
-// the files but not all, or invalid ones, is an error: replacing them
+// Ensure makes the directory's credentials unless they are there, and
+// reports whether it made them. The authority's certificate is written
+// last, so its presence marks a complete directory; Ensure then reads
+// nothing else, as the caller may be allowed to read only its own side (in
+// compose the control plane cannot read envoy/). Each side's loader
+// (ServerTLS, ClientTLS, JobSecret) checks its files; Check checks all. A
+// directory with some files but no authority is an error: replacing them
 // would lock out the Envoys that use them.
 func Ensure(dir string, owners Owners) (bool, error) {
+	_, err := os.Stat(filepath.Join(dir, CAFile))
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("xDS credentials: %w", err)
+	}
 	present, err := presentFiles(dir)
 	if err != nil {
 		return false, err
 	}
-	if len(present) == len(allFiles) {
-		if _, err := ServerTLS(dir); err != nil {
-			return false, err
-		}
-		if _, err := JobSecret(dir); err != nil {
-			return false, err
-		}
-		return false, nil
-	}
 	if len(present) > 0 {
-		return false, fmt.Errorf("xDS credentials in %s are incomplete (has %s, lacks others): remove the directory to make new ones (every Envoy then needs the new envoy/ files)",
-			dir, strings.Join(present, ", "))
+		return false, fmt.Errorf("xDS credentials in %s are incomplete (has %s but no %s): remove the directory to make new ones (every Envoy then needs the new envoy/ files)",
+			dir, strings.Join(present, ", "), CAFile)
 	}
 	if err := generate(dir, owners); err != nil {
 		return false, fmt.Errorf("make xDS credentials in %s: %w", dir, err)
 	}
 	return true, nil
+}
+
+// Check loads every file of the directory, both sides.
+func Check(dir string) error {
+	present, err := presentFiles(dir)
+	if err != nil {
+		return err
+	}
+	if len(present) != len(allFiles) {
+		return fmt.Errorf("xDS credentials in %s are incomplete (has only %s)", dir, strings.Join(present, ", "))
+	}
+	if _, err := ServerTLS(dir); err != nil {
+		return err
+	}
+	if _, err := ClientTLS(dir); err != nil {
+		return err
+	}
+	_, err = JobSecret(dir)
+	return err
 }
 
 var allFiles = []string{

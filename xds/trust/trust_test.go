@@ -42,6 +42,40 @@ func TestEnsureMakesOnceAndKeeps(t *testing.T) {
 	}
 }
 
+func TestEnsureRefusesAPartialDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Ensure(dir, Owners{}); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, CAFile)) // a run that stopped before the end
+	before, _ := os.ReadFile(filepath.Join(dir, EnvoyDir, KeyFile))
+	if _, err := Ensure(dir, Owners{}); err == nil || !strings.Contains(err.Error(), "incomplete") {
+		t.Fatalf("Ensure on a partial directory: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, EnvoyDir, KeyFile)); string(after) != string(before) {
+		t.Fatal("Ensure replaced an Envoy key")
+	}
+}
+
+// A side that may not read the other side's files still gets its own.
+func TestEnsureReadsOnlyTheAuthority(t *testing.T) {
+	// The Envoy side's directory is taken away entirely (tests may run as
+	// root, who reads everything whatever the permissions).
+	dir := t.TempDir()
+	if _, err := Ensure(dir, Owners{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, EnvoyDir), filepath.Join(t.TempDir(), "elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	if made, err := Ensure(dir, Owners{}); err != nil || made {
+		t.Fatalf("Ensure without the envoy/ side = %v, %v; want kept as it is", made, err)
+	}
+	if _, err := ServerTLS(dir); err != nil {
+		t.Fatalf("the control plane's side: %v", err)
+	}
+}
+
 func TestEnsureRefusesDamage(t *testing.T) {
 	cases := map[string]func(dir string){
 		"a file missing": func(dir string) { os.Remove(filepath.Join(dir, EnvoyDir, KeyFile)) },
@@ -61,8 +95,8 @@ func TestEnsureRefusesDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			damage(dir)
-			if _, err := Ensure(dir, Owners{}); err == nil {
-				t.Fatal("Ensure accepted a damaged directory")
+			if err := Check(dir); err == nil {
+				t.Fatal("Check accepted a damaged directory")
 			} else if !strings.Contains(err.Error(), dir) && !strings.Contains(err.Error(), "xDS credentials") && !strings.Contains(err.Error(), "job secret") {
 				t.Fatalf("error does not say what is wrong: %v", err)
 			}
