@@ -137,6 +137,12 @@ func (c *AdminClient) EndpointStats(ctx context.Context, admin, cluster, address
 	return h == 1, vals[prefix+"rq_active"], found, nil
 }
 
+// PendingRequests reads how many requests of a cluster wait for a
+// connection to their (already picked) host.
+func (c *AdminClient) PendingRequests(ctx context.Context, admin, cluster string) (uint64, error) {
+	return c.Stat(ctx, admin, "cluster."+cluster+".upstream_rq_pending_active")
+}
+
 // Stat reads one counter or gauge.
 func (c *AdminClient) Stat(ctx context.Context, admin, name string) (uint64, error) {
 	vals, err := c.stats(ctx, admin, "^"+regexp.QuoteMeta(name)+"$")

@@ -23,10 +23,26 @@ import (
 // nodes (every change applied at once) and what each one's admin interface
 // reports, which a test sets.
 type fakeEnvoys struct {
-	mu    sync.Mutex
-	hosts map[string]map[string]envoy.HostStats // node -> hostname -> stats
-	down  map[string]bool                       // nodes whose admin cannot be read
-	reads int                                   // EndpointStats calls
+	mu      sync.Mutex
+	hosts   map[string]map[string]envoy.HostStats // node -> hostname -> stats
+	down    map[string]bool                       // nodes whose admin cannot be read
+	reads   int                                   // EndpointStats calls
+	pending map[string]uint64                     // node -> requests waiting for a connection
+}
+
+func (f *fakeEnvoys) setPending(node string, n uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pending[node] = n
+}
+
+func (f *fakeEnvoys) PendingRequests(_ context.Context, admin, cluster string) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down[admin] {
+		return 0, errors.New("admin down")
+	}
+	return f.pending[admin], nil
 }
 
 func (f *fakeEnvoys) endpointReads() int {
@@ -36,7 +52,7 @@ func (f *fakeEnvoys) endpointReads() int {
 }
 
 func newFakeEnvoys(nodes ...string) *fakeEnvoys {
-	f := &fakeEnvoys{hosts: map[string]map[string]envoy.HostStats{}, down: map[string]bool{}}
+	f := &fakeEnvoys{hosts: map[string]map[string]envoy.HostStats{}, down: map[string]bool{}, pending: map[string]uint64{}}
 	for _, n := range nodes {
 		f.hosts[n] = map[string]envoy.HostStats{}
 	}
@@ -169,6 +185,15 @@ func TestDrainWaitsForEveryEnvoy(t *testing.T) {
 		t.Fatal("the worker left while an Envoy's admin could not be read")
 	}
 	envoys.setDown("a", false)
+	// A request Envoy b picked the worker for, still waiting for a
+	// connection, holds the drain too.
+	envoys.setPending("b", 1)
+	before = envoys.endpointReads()
+	until(t, "three more drain polls", func() bool { return envoys.endpointReads() >= before+3 })
+	if _, ok := m.Registry().Get(key); !ok {
+		t.Fatal("the worker left while a request was pending for it")
+	}
+	envoys.setPending("b", 0)
 	until(t, "the drained worker to leave", func() bool { _, ok := m.Registry().Get(key); return !ok })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()

@@ -43,6 +43,9 @@ type EnvoyView interface {
 	// EndpointStats is one host of one cluster: whether Envoy routes to it
 	// and its requests in flight.
 	EndpointStats(ctx context.Context, admin, cluster, address string) (healthy bool, rqActive uint64, found bool, err error)
+	// PendingRequests is how many requests of a cluster wait for a
+	// connection (their host already picked).
+	PendingRequests(ctx context.Context, admin, cluster string) (uint64, error)
 }
 
 // Config tunes the fleet operations.
@@ -634,9 +637,14 @@ func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
 	}
 }
 
-// inFlight sums a host's active requests over every Envoy; an Envoy whose
-// admin interface cannot be read counts as busy, so a drain never ends on a
-// guess.
+// inFlight sums a host's active requests over every Envoy, plus the
+// requests each Envoy holds pending for a connection in the workers
+// cluster: Envoy picks the host of a pending request before the request
+// counts in the host's active requests, so a request picked just before the
+// host left rotation would otherwise reach it after the drain "ended" (seen
+// once under load: an answer from updated weights under the old version's
+// header). An Envoy whose admin interface cannot be read counts as busy,
+// so a drain never ends on a guess.
 func (m *Manager) inFlight(ctx context.Context, addr string) uint64 {
 	var total uint64
 	for _, n := range m.syncer.Nodes() {
@@ -647,7 +655,11 @@ func (m *Manager) inFlight(ctx context.Context, addr string) uint64 {
 		if err != nil {
 			return 1
 		}
-		total += active
+		pending, err := m.admin.PendingRequests(ctx, n.AdminAddress, wire.ClusterWorkers)
+		if err != nil {
+			return 1
+		}
+		total += active + pending
 	}
 	return total
 }
