@@ -98,23 +98,45 @@ func (s *idScanner) value(role int) error {
 	return nil
 }
 
-func (s *idScanner) object(role int) error {
-	s.i++ // {
+// next moves to the next element of an object or array, over white space
+// and commas; it reports false at the closing byte (consumed) or the end.
+func (s *idScanner) next(closing byte) bool {
 	for {
 		s.ws()
-		if s.i >= len(s.b) || s.b[s.i] == '}' {
+		if s.i >= len(s.b) || s.b[s.i] == closing {
 			s.i++
-			return nil
+			return false
 		}
-		if s.b[s.i] == ',' {
-			s.i++
-			continue
+		if s.b[s.i] != ',' {
+			return true
 		}
-		ks, ke, kesc := s.str()
-		key := s.b[ks:ke]
-		s.ws()
-		s.i++ // :
-		s.ws()
+		s.i++
+	}
+}
+
+// member reads an object member's key and the colon after it, leaving s.i
+// at the value.
+func (s *idScanner) member() (key []byte, escaped bool) {
+	ks, ke, kesc := s.str()
+	s.ws()
+	s.i++ // :
+	s.ws()
+	return s.b[ks:ke], kesc
+}
+
+// objectStart gives where a valid JSON object document starts, or false.
+func objectStart(body []byte) (int, bool) {
+	start := bytes.IndexFunc(body, func(r rune) bool { return r != ' ' && r != '\t' && r != '\r' && r != '\n' })
+	if start < 0 || body[start] != '{' || !json.Valid(body) {
+		return 0, false
+	}
+	return start, true
+}
+
+func (s *idScanner) object(role int) error {
+	s.i++ // {
+	for s.next('}') {
+		key, kesc := s.member()
 		watched := (role == roleTop || role == roleDataItem) && string(key) == "id" ||
 			role == roleDataItem && string(key) == "url"
 		if kesc && (role == roleTop || role == roleDataItem) {
@@ -137,6 +159,7 @@ func (s *idScanner) object(role int) error {
 			}
 		}
 	}
+	return nil
 }
 
 func (s *idScanner) array(role int) error {
@@ -145,27 +168,19 @@ func (s *idScanner) array(role int) error {
 	if role == roleData {
 		child = roleDataItem
 	}
-	for {
-		s.ws()
-		if s.i >= len(s.b) || s.b[s.i] == ']' {
-			s.i++
-			return nil
-		}
-		if s.b[s.i] == ',' {
-			s.i++
-			continue
-		}
+	for s.next(']') {
 		if err := s.value(child); err != nil {
 			return err
 		}
 	}
+	return nil
 }
 
 // wrapIDsScanned is WrapIDs' fast path; ok is false when the document needs
 // the decoding path.
 func wrapIDsScanned(body []byte, wrap func(id string) (string, bool)) (out []byte, changed, ok bool) {
-	start := bytes.IndexFunc(body, func(r rune) bool { return r != ' ' && r != '\t' && r != '\r' && r != '\n' })
-	if start < 0 || body[start] != '{' || !json.Valid(body) {
+	start, ok := objectStart(body)
+	if !ok {
 		return nil, false, false
 	}
 	s := idScanner{b: body, i: start}
@@ -204,25 +219,14 @@ func wrapIDsScanned(body []byte, wrap func(id string) (string, bool)) (out []byt
 // not an object, invalid JSON, a key that is ours only when case is
 // folded, a field of ours with an escape or of an unexpected type.
 func scanRequest(body []byte) (req generationRequest, ok bool) {
-	start := bytes.IndexFunc(body, func(r rune) bool { return r != ' ' && r != '\t' && r != '\r' && r != '\n' })
-	if start < 0 || body[start] != '{' || !json.Valid(body) {
+	start, ok := objectStart(body)
+	if !ok {
 		return req, false
 	}
 	s := idScanner{b: body, i: start + 1}
-	for {
-		s.ws()
-		if s.i >= len(body) || body[s.i] == '}' {
-			return req, true
-		}
-		if body[s.i] == ',' {
-			s.i++
-			continue
-		}
-		ks, ke, kesc := s.str()
-		key := string(body[ks:ke])
-		s.ws()
-		s.i++ // :
-		s.ws()
+	for s.next('}') {
+		rawKey, kesc := s.member()
+		key := string(rawKey)
 		str, num := req.field(key)
 		isStr, isNum := str != nil, num != nil
 		if !isStr && !isNum {
@@ -254,6 +258,7 @@ func scanRequest(body []byte) (req generationRequest, ok bool) {
 			return req, false
 		}
 	}
+	return req, true
 }
 
 // field is where the value of a key of ours goes.
