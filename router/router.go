@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,12 +79,16 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	if adopt.PID > 0 && c.XDSPort == 0 {
 		c.XDSPort = adopt.XDSPort
 	}
-	apiLis, err := net.Listen("tcp", net.JoinHostPort(c.APIHost, strconv.Itoa(c.APIPort)))
+	// Ports left to the system must not be ones Envoy binds after us (the
+	// front and admin ports): the system may well hand out a number the
+	// operator chose for those.
+	reserved := []int{c.Port, c.AdminPort}
+	apiLis, err := listenAvoiding(c.APIHost, c.APIPort, reserved)
 	if err != nil {
 		return fmt.Errorf("listen for the registry API: %w", err)
 	}
 	defer apiLis.Close()
-	xdsLis, err := net.Listen("tcp", net.JoinHostPort(c.XDSHost, strconv.Itoa(c.XDSPort)))
+	xdsLis, err := listenAvoiding(c.XDSHost, c.XDSPort, reserved)
 	if err != nil {
 		return fmt.Errorf("listen for xDS: %w", err)
 	}
@@ -261,8 +266,40 @@ func admitInitial(ctx context.Context, fl *fleet.Manager, urls []string, log *lo
 	wg.Wait()
 }
 
-func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+// listenAvoiding listens on host:port; for port 0 (any free port) it never
+// takes one of the avoided ports, which another process (Envoy) is about to
+// bind.
+func listenAvoiding(host string, port int, avoid []int) (net.Listener, error) {
+	return listenAvoidingWith(net.Listen, host, port, avoid)
+}
+
+func listenAvoidingWith(listen func(network, addr string) (net.Listener, error), host string, port int, avoid []int) (net.Listener, error) {
+	if port != 0 {
+		return listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	}
+	var held []net.Listener // avoided ports stay taken until a good one is found
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for range 16 {
+		l, err := listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(avoid, l.Addr().(*net.TCPAddr).Port) {
+			return l, nil
+		}
+		held = append(held, l)
+	}
+	return nil, fmt.Errorf("listen on %s: the system kept handing out reserved ports %v", host, avoid)
+}
+
+// freePort picks a free port for another process (Envoy's admin), never
+// one of avoid.
+func freePort(host string, avoid ...int) (int, error) {
+	l, err := listenAvoiding(host, 0, avoid)
 	if err != nil {
 		return 0, err
 	}
@@ -339,7 +376,7 @@ func localEnvoy(c Config, stateDir, tlsDir, xdsAddr string, adopt runningEnvoy, 
 	}
 	adminPort := c.AdminPort
 	if adminPort == 0 {
-		if adminPort, err = freePort(c.AdminHost); err != nil {
+		if adminPort, err = freePort(c.AdminHost, c.Port); err != nil { // never the front port Envoy binds too
 			return nil, "", fmt.Errorf("choose an admin port: %w", err)
 		}
 	}
