@@ -26,6 +26,11 @@ type Publisher struct {
 	// Pushed, if set, is told about every published snapshot (metrics).
 	Pushed func()
 	Log    *logrus.Entry
+
+	// published is the last generation Once published (valid once
+	// havePublished); Once and Run never run at the same time.
+	published     uint64
+	havePublished bool
 }
 
 // Once translates the registry's current state and publishes it.
@@ -38,6 +43,7 @@ func (p *Publisher) Once(ctx context.Context) error {
 	if err := p.Sink.Publish(ctx, snap.Generation, res); err != nil {
 		return err
 	}
+	p.published, p.havePublished = snap.Generation, true
 	if p.Pushed != nil {
 		p.Pushed()
 	}
@@ -46,14 +52,18 @@ func (p *Publisher) Once(ctx context.Context) error {
 
 // Run publishes after every registry change until ctx ends. A change that
 // cannot be published (a translation bug) is logged; Envoy keeps the last
-// good configuration. It publishes once on start, after subscribing, so a
-// change made before Run began is not missed (versions are content hashes:
-// publishing the same state again sends Envoy nothing).
+// good configuration. On start, after subscribing, it publishes the
+// registry unless Once already published its current generation, so a
+// change made before Run began is not missed and none is translated twice.
 func (p *Publisher) Run(ctx context.Context) error {
 	changes, unsubscribe := p.Registry.Subscribe()
 	defer unsubscribe()
 	for first := true; ; first = false {
-		if !first {
+		if first {
+			if p.havePublished && p.Registry.Snapshot().Generation == p.published {
+				continue
+			}
+		} else {
 			select {
 			case <-ctx.Done():
 				return nil

@@ -13,6 +13,8 @@ import (
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
+var testOptions = translate.Options{ListenAddress: "127.0.0.1", ListenPort: 30080, Policy: translate.PolicyLeastRequest, RegistryAddress: "127.0.0.1", RegistryPort: 18080, MaxConnections: 100, Timeout: time.Minute, ConnectTimeout: time.Second, HealthCheckInterval: time.Second, HealthCheckTimeout: time.Second, HealthCheckFailureThreshold: 3, OutlierConsecutiveFailures: 3}
+
 type recordingSink struct {
 	mu   sync.Mutex
 	gens []uint64
@@ -44,7 +46,7 @@ func TestEveryChangeIsPublished(t *testing.T) {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	p := &Publisher{Registry: reg, Sink: sink, Log: l.WithField("t", t.Name()),
-		Options: translate.Options{ListenAddress: "127.0.0.1", ListenPort: 30080, Policy: translate.PolicyLeastRequest, RegistryAddress: "127.0.0.1", RegistryPort: 18080, MaxConnections: 100, Timeout: time.Minute, ConnectTimeout: time.Second, HealthCheckInterval: time.Second, HealthCheckTimeout: time.Second, HealthCheckFailureThreshold: 3, OutlierConsecutiveFailures: 3},
+		Options: testOptions,
 		Pushed:  func() { mu.Lock(); pushes++; mu.Unlock() }}
 	if err := p.Once(context.Background()); err != nil {
 		t.Fatal(err)
@@ -78,5 +80,38 @@ func TestEveryChangeIsPublished(t *testing.T) {
 	defer mu.Unlock()
 	if _, _, n := sink.last(); pushes != n || n < 2 {
 		t.Fatalf("%d pushes counted for %d published snapshots", pushes, n)
+	}
+}
+
+// Run does not publish again what Once just published, but does publish a
+// change made between the two.
+func TestRunStartsFromWhatOncePublished(t *testing.T) {
+	for _, changeBetween := range []bool{false, true} {
+		reg := registry.New(nil)
+		sink := &recordingSink{}
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		p := &Publisher{Registry: reg, Sink: sink, Log: l.WithField("t", t.Name()), Options: testOptions}
+		if err := p.Once(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if changeBetween {
+			u, _ := registry.ParseWorkerURL("http://127.0.0.1:30001")
+			if _, err := reg.Add(u, "127.0.0.1", registry.Capabilities{Known: true}, registry.StateActive, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // Run does its start-up step, then stops
+		if err := p.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want := 1
+		if changeBetween {
+			want = 2
+		}
+		if _, _, n := sink.last(); n != want {
+			t.Errorf("change between Once and Run = %v: %d publications, want %d", changeBetween, n, want)
+		}
 	}
 }
