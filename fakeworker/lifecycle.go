@@ -349,8 +349,8 @@ func (s *Server) handleSetFaults(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 400, map[string]any{"error": err.Error()})
 		return
 	}
-	if f.FailRate < 0 || f.FailRate > 1 || f.HangRate < 0 || f.HangRate > 1 || f.StreamChunkBytes < 0 {
-		writeJSON(w, 400, map[string]any{"error": "fail_rate and hang_rate must be in [0, 1], stream_chunk_bytes not negative"})
+	if f.FailRate < 0 || f.FailRate > 1 || f.HangRate < 0 || f.HangRate > 1 || f.StreamChunkBytes < 0 || f.Slowdown < 0 || f.Slowdown > 1000 {
+		writeJSON(w, 400, map[string]any{"error": "fail_rate and hang_rate must be in [0, 1], stream_chunk_bytes not negative, slowdown in [0, 1000]"})
 		return
 	}
 	s.mu.Lock()

@@ -55,6 +55,9 @@ type Faults struct {
 	// server does: no Content-Length, chunked, a short head flushed first
 	// and then pieces of this many bytes, each flushed.
 	StreamChunkBytes int `json:"stream_chunk_bytes"`
+	// Slowdown multiplies every generation's service time from now on (a
+	// GPU throttling, a co-tenant); 0 or 1 is full speed.
+	Slowdown float64 `json:"slowdown,omitempty"`
 }
 
 type video struct {
@@ -337,6 +340,9 @@ func (s *Server) cost(p genParams) time.Duration {
 	base := s.cfg.ServiceTime(p.Steps, p.Width, p.Height, p.Frames, p.N)
 	s.mu.Lock()
 	j := 1 + s.cfg.Jitter*(2*s.rng.Float64()-1)
+	if s.faults.Slowdown > 0 {
+		j *= s.faults.Slowdown
+	}
 	s.mu.Unlock()
 	return time.Duration(float64(base) * j)
 }

@@ -231,6 +231,37 @@ func TestFaults(t *testing.T) {
 	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"fial_rate": 1}`); code != 400 {
 		t.Fatal("accepted an unknown field")
 	}
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"slowdown": -1}`); code != 400 {
+		t.Fatal("accepted a negative slowdown")
+	}
+}
+
+// TestSlowdown: a run-time slowdown stretches the service time of the
+// requests that follow (a throttling GPU), and clearing it restores speed.
+func TestSlowdown(t *testing.T) {
+	srv := newTestWorker(t, func(c *Config) { c.TimeScale, c.Jitter = 0.01, 0 })
+	one := DefaultConfig()
+	one.TimeScale = 0.01
+	service := one.ServiceTime(5, 1024, 1024, 1, 1)
+	timed := func() time.Duration {
+		start := time.Now()
+		if code, v, _ := post(t, srv.URL+"/v1/images/generations", `{"prompt":"x","num_inference_steps":5}`); code != 200 {
+			t.Fatalf("status %d %v", code, v)
+		}
+		return time.Since(start)
+	}
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"slowdown": 4}`); code != 200 {
+		t.Fatal("cannot set slowdown")
+	}
+	if d := timed(); d < 4*service {
+		t.Fatalf("slowed request took %v, want at least %v", d, 4*service)
+	}
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"slowdown": 1}`); code != 200 {
+		t.Fatal("cannot clear slowdown")
+	}
+	if d := timed(); d >= 4*service {
+		t.Fatalf("request after clearing took %v, want under %v", d, 4*service)
+	}
 }
 
 func TestImageVariants(t *testing.T) {
