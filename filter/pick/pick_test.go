@@ -1,0 +1,264 @@
+package pick
+
+import (
+	"math"
+	"reflect"
+	"testing"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+func TestEncodeDecodeRoundTrip(t *testing.T) {
+	tab := Table{
+		Hosts: []Host{{Addr: "127.0.0.1:8001", Work: 150, Requests: 3, MsPerCost: 0.25, Samples: 9, LastDone: 1_700_000_000_000_000},
+			{Addr: "[::1]:9", Work: -1, Requests: 0}},
+		Tasks: []TaskCost{{Task: "image", Avg: 47.5, Samples: 12}},
+	}
+	got, err := Decode(tab.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, tab) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, tab)
+	}
+	if empty, err := Decode(nil); err != nil || len(empty.Hosts) != 0 {
+		t.Fatalf("empty input = %+v, %v", empty, err)
+	}
+}
+
+func TestDecodeRefusesDamage(t *testing.T) {
+	good := (&Table{Hosts: []Host{{Addr: "a:1", Work: 5, Requests: 1}}}).Encode()
+	for name, b := range map[string][]byte{
+		"other format": append([]byte{9}, good[1:]...),
+		"truncated":    good[:len(good)-3],
+		"trailing":     append(append([]byte{}, good...), 0),
+		"huge count":   {tableFormat, 0xff, 0xff, 0xff, 0xff, 0x0f},
+	} {
+		if _, err := Decode(b); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add((&Table{Hosts: []Host{{Addr: "a:1", Work: 5}}, Tasks: []TaskCost{{Task: "x", Avg: 1}}}).Encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tab, err := Decode(b)
+		if err != nil {
+			return
+		}
+		again, err := Decode(tab.Encode())
+		if err != nil {
+			t.Fatalf("re-encoded table does not decode: %v", err)
+		}
+		if len(again.Hosts) != len(tab.Hosts) || len(again.Tasks) != len(tab.Tasks) {
+			t.Fatal("re-encoding changed the table")
+		}
+	})
+}
+
+// TestAddDoneNeverDrifts: whatever order requests end in, and whether they
+// were served or not, the work returns to zero.
+func TestAddDoneNeverDrifts(t *testing.T) {
+	var tab Table
+	costs := []int64{50, 4050, 1, 12, 50}
+	for _, c := range costs {
+		tab.Add("w:1", c)
+	}
+	for i := len(costs) - 1; i >= 0; i-- {
+		tab.Done("w:1", costs[i], 0, int64(i+1)*1000, i%2 == 0)
+	}
+	h := tab.Find("w:1")
+	if h.Work != 0 || h.Requests != 0 {
+		t.Fatalf("after all done: work %d, requests %d", h.Work, h.Requests)
+	}
+}
+
+// TestSpeedLearning: service time is measured from the later of the send
+// and the worker's previous answer (it serves one at a time), and a worker
+// that turns slower is seen within a few requests.
+func TestSpeedLearning(t *testing.T) {
+	var tab Table
+	// Three requests of cost 10 sent together at t=0 to a worker taking
+	// 100 ms each: answers at 100, 200, 300 ms. Each took 100 ms of service.
+	for i := range 3 {
+		tab.Add("w:1", 10)
+		_ = i
+	}
+	for i := int64(1); i <= 3; i++ {
+		if ms := tab.Done("w:1", 10, 0, i*100_000, true); math.Abs(ms-100) > 1e-9 {
+			t.Fatalf("request %d: service %v ms, want 100", i, ms)
+		}
+	}
+	if got := tab.Find("w:1").MsPerCost; math.Abs(got-10) > 1e-9 {
+		t.Fatalf("ms per cost = %v, want 10", got)
+	}
+	// Now it takes 200 ms per request.
+	now := int64(300_000)
+	var after []float64
+	for range 5 {
+		tab.Add("w:1", 10)
+		now += 200_000
+		tab.Done("w:1", 10, now-200_000, now, true)
+		after = append(after, tab.Find("w:1").MsPerCost)
+	}
+	if after[2] < 15 || after[4] < 17 {
+		t.Fatalf("estimates after a 2x slowdown: %v; want >= 15 after 3 and >= 17 after 5", after)
+	}
+	// One stall of 100x moves the estimate at most by the clip.
+	before := tab.Find("w:1").MsPerCost
+	tab.Add("w:1", 10)
+	tab.Done("w:1", 10, now, now+100*200_000, true)
+	if got := tab.Find("w:1").MsPerCost; got > before*math.Pow(speedClip, speedAlpha)+1e-9 {
+		t.Fatalf("one stall moved the estimate from %v to %v", before, got)
+	}
+	// A failed request teaches nothing.
+	before = tab.Find("w:1").MsPerCost
+	tab.Add("w:1", 10)
+	tab.Done("w:1", 10, 0, now+1e9, false)
+	if got := tab.Find("w:1").MsPerCost; got != before {
+		t.Fatalf("a failed request changed the estimate: %v -> %v", before, got)
+	}
+}
+
+func TestTaskCost(t *testing.T) {
+	var tab Table
+	if got := tab.CostOf("image-edit", 50); got != 50 {
+		t.Fatalf("before any sample: %d", got)
+	}
+	tab.LearnCost("image-edit", 100)
+	tab.LearnCost("image-edit", 200)
+	if got := tab.CostOf("image-edit", 50); got != 110 {
+		t.Fatalf("after 100, 200: %d, want 110", got)
+	}
+	if got := tab.CostOf("video", 4050); got != 4050 {
+		t.Fatalf("other task: %d", got)
+	}
+}
+
+func TestForget(t *testing.T) {
+	tab := Table{Hosts: []Host{{Addr: "gone:1"}, {Addr: "busy:1", Work: 5, Requests: 1}, {Addr: "listed:1"}}}
+	tab.Forget(func(a string) bool { return a == "listed:1" })
+	var got []string
+	for _, h := range tab.Hosts {
+		got = append(got, h.Addr)
+	}
+	if !reflect.DeepEqual(got, []string{"busy:1", "listed:1"}) {
+		t.Fatalf("kept %v", got)
+	}
+}
+
+func TestEligible(t *testing.T) {
+	v := &wire.PickView{Workers: []wire.PickWorker{
+		{Addr: "img-a:1", Image: true, Models: []string{"flux"}},
+		{Addr: "img-b:1", Image: true, Models: []string{"sdxl"}},
+		{Addr: "vid:1", Video: true, Models: []string{"wan"}},
+	}}
+	imageless := &wire.PickView{Workers: []wire.PickWorker{{Addr: "vid:1", Video: true}, {Addr: "vid:2", Video: true}}}
+	tests := []struct {
+		name  string
+		view  *wire.PickView
+		pool  Pool
+		model string
+		want  []int
+	}{
+		{"image, no model", v, PoolImage, "", []int{0, 1}},
+		{"image, listed model", v, PoolImage, "sdxl", []int{1}},
+		{"image, model nobody lists: fallback to the pool", v, PoolImage, "nope", []int{0, 1}},
+		{"image, model only a video worker lists", v, PoolImage, "wan", []int{0, 1}},
+		{"image with no image workers: any", imageless, PoolImage, "", []int{0, 1}},
+		{"video", v, PoolVideo, "", []int{2}},
+		{"video, model", v, PoolVideo, "wan", []int{2}},
+		{"video without video workers", &wire.PickView{Workers: v.Workers[:2]}, PoolVideo, "", []int{}},
+		{"any, model", v, PoolAny, "flux", []int{0}},
+		{"any", v, PoolAny, "", []int{0, 1, 2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Eligible(tt.view, tt.pool, tt.model); !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestChoose(t *testing.T) {
+	view := func(ws ...wire.PickWorker) *wire.PickView { return &wire.PickView{Workers: ws} }
+	all := func(v *wire.PickView) []int { return Eligible(v, PoolAny, "") }
+	tests := []struct {
+		name          string
+		view          *wire.PickView
+		table         Table
+		cost          int64
+		rot           int
+		first, second string
+	}{
+		{
+			name:  "idle equal workers: the rotation decides",
+			view:  view(wire.PickWorker{Addr: "a:1"}, wire.PickWorker{Addr: "b:1"}, wire.PickWorker{Addr: "c:1"}),
+			cost:  10,
+			rot:   1,
+			first: "b:1", second: "c:1",
+		},
+		{
+			name: "least outstanding work, not fewest requests",
+			view: view(wire.PickWorker{Addr: "a:1"}, wire.PickWorker{Addr: "b:1"}),
+			// a holds one video (4050), b two thumbnails (2 x 5).
+			table: Table{Hosts: []Host{{Addr: "a:1", Work: 4050, Requests: 1}, {Addr: "b:1", Work: 10, Requests: 2}}},
+			cost:  50,
+			first: "b:1", second: "a:1",
+		},
+		{
+			name: "a slow worker with less work loses to a fast one with more",
+			view: view(wire.PickWorker{Addr: "fast:1"}, wire.PickWorker{Addr: "slow:1"}),
+			table: Table{Hosts: []Host{
+				{Addr: "fast:1", Work: 100, Requests: 2, MsPerCost: 1, Samples: 5},
+				{Addr: "slow:1", Work: 50, Requests: 1, MsPerCost: 4, Samples: 5}}},
+			cost:  50,
+			first: "fast:1", second: "slow:1",
+		},
+		{
+			name: "other Envoys' work counts",
+			view: view(wire.PickWorker{Addr: "a:1", RemoteWork: 500}, wire.PickWorker{Addr: "b:1"}),
+			table: Table{Hosts: []Host{
+				{Addr: "a:1", Work: 0}, {Addr: "b:1", Work: 100, Requests: 2}}},
+			cost:  50,
+			first: "b:1", second: "a:1",
+		},
+		{
+			name: "a new worker is taken at the median speed",
+			view: view(wire.PickWorker{Addr: "new:1"}, wire.PickWorker{Addr: "a:1"}, wire.PickWorker{Addr: "b:1"}),
+			table: Table{Hosts: []Host{
+				{Addr: "a:1", Work: 100, MsPerCost: 1, Samples: 5},
+				{Addr: "b:1", Work: 100, MsPerCost: 3, Samples: 5}}},
+			// new: (0+50) x 2 = 100; a: 150 x 1 = 150; b: 450.
+			cost:  50,
+			first: "new:1", second: "a:1",
+		},
+		{
+			name: "the fleet's speed when this Envoy has none",
+			view: view(wire.PickWorker{Addr: "a:1", MsPerCost: 10}, wire.PickWorker{Addr: "b:1", MsPerCost: 1}),
+			cost: 50,
+			rot:  0,
+			// Both idle: b is 10x faster.
+			first: "b:1", second: "a:1",
+		},
+		{
+			name:  "one candidate: no second choice",
+			view:  view(wire.PickWorker{Addr: "a:1"}),
+			cost:  1,
+			first: "a:1",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, ok := Choose(tt.view, all(tt.view), &tt.table, tt.cost, tt.rot)
+			if !ok || c.First != tt.first || c.Second != tt.second {
+				t.Fatalf("got %+v (%v), want first %s second %s", c, ok, tt.first, tt.second)
+			}
+		})
+	}
+	if _, ok := Choose(view(), nil, &Table{}, 1, 0); ok {
+		t.Fatal("chose among no candidates")
+	}
+}

@@ -1,0 +1,288 @@
+// Package pick is least-work routing's arithmetic, pure so it is tested
+// natively: the table of outstanding work and learned speed each Envoy
+// keeps (in proxy-wasm shared data, so every worker thread sees one table),
+// which workers a request may go to, and which of them finishes it first.
+package pick
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"slices"
+)
+
+// Host is one worker as one Envoy sees it.
+type Host struct {
+	Addr string
+	// Work is the estimated cost of the requests sent and not finished;
+	// Requests counts them.
+	Work, Requests int64
+	// MsPerCost is the learned milliseconds per unit of cost (0: none).
+	MsPerCost float64
+	Samples   int64
+	// LastDone is when the worker last finished a request (µs): it serves
+	// one at a time, so a request's service began at its send time or
+	// here, whichever is later.
+	LastDone int64
+}
+
+// TaskCost is a learned average request cost of one task class.
+type TaskCost struct {
+	Task    string
+	Avg     float64
+	Samples int64
+}
+
+// Table is one Envoy's state: every worker it has sent work to, and the
+// average cost per task class.
+type Table struct {
+	Hosts []Host
+	Tasks []TaskCost
+}
+
+// Learning rates: the speed estimate moves 30 % of the way (in log space)
+// toward each sample, so a worker that turns 2x slower is seen 1.6x slower
+// after 3 requests and 1.8x after 5; a sample is first clipped to within 4x
+// of the estimate, so one stall (a garbage collection, a retry) moves it
+// little.
+const (
+	speedAlpha = 0.3
+	speedClip  = 4.0
+	costAlpha  = 0.1
+)
+
+// host returns the worker's entry, adding it.
+func (t *Table) host(addr string) *Host {
+	for i := range t.Hosts {
+		if t.Hosts[i].Addr == addr {
+			return &t.Hosts[i]
+		}
+	}
+	t.Hosts = append(t.Hosts, Host{Addr: addr})
+	return &t.Hosts[len(t.Hosts)-1]
+}
+
+// Find returns the worker's entry, or nil.
+func (t *Table) Find(addr string) *Host {
+	for i := range t.Hosts {
+		if t.Hosts[i].Addr == addr {
+			return &t.Hosts[i]
+		}
+	}
+	return nil
+}
+
+// Add counts a request of the given cost sent to addr.
+func (t *Table) Add(addr string, cost int64) {
+	h := t.host(addr)
+	h.Work += cost
+	h.Requests++
+}
+
+// Done is the end of a request Add counted, however it ended: its cost
+// leaves the worker's outstanding work. When the worker answered it
+// (served), its service time (from sent or the worker's previous answer,
+// to done; µs) teaches the worker's speed. It returns the request's
+// service time in ms (0 when not served).
+func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
+	h := t.host(addr)
+	h.Work -= cost
+	h.Requests--
+	if !served || cost <= 0 {
+		return 0
+	}
+	start := max(sent, h.LastDone)
+	h.LastDone = max(h.LastDone, done)
+	if done <= start {
+		return 0
+	}
+	ms := float64(done-start) / 1000
+	sample := ms / float64(cost)
+	if h.Samples == 0 || h.MsPerCost <= 0 {
+		h.MsPerCost = sample
+	} else {
+		sample = min(max(sample, h.MsPerCost/speedClip), h.MsPerCost*speedClip)
+		h.MsPerCost = math.Exp((1-speedAlpha)*math.Log(h.MsPerCost) + speedAlpha*math.Log(sample))
+	}
+	h.Samples++
+	return ms
+}
+
+// Forget drops workers with nothing outstanding that the view no longer
+// lists, so the table does not grow with every worker ever seen.
+func (t *Table) Forget(keep func(addr string) bool) {
+	t.Hosts = slices.DeleteFunc(t.Hosts, func(h Host) bool { return h.Requests == 0 && h.Work == 0 && !keep(h.Addr) })
+}
+
+// LearnCost folds a request's cost into its task's average.
+func (t *Table) LearnCost(task string, cost float64) {
+	if cost <= 0 {
+		return
+	}
+	for i := range t.Tasks {
+		if tc := &t.Tasks[i]; tc.Task == task {
+			tc.Avg += costAlpha * (cost - tc.Avg)
+			tc.Samples++
+			return
+		}
+	}
+	t.Tasks = append(t.Tasks, TaskCost{Task: task, Avg: cost, Samples: 1})
+}
+
+// CostOf is the learned average cost of a task's requests, or def before
+// any was seen.
+func (t *Table) CostOf(task string, def int64) int64 {
+	for _, tc := range t.Tasks {
+		if tc.Task == task && tc.Avg >= 1 {
+			return int64(math.Round(tc.Avg))
+		}
+	}
+	return def
+}
+
+// MedianMsPerCost is the median learned speed over the workers that have
+// one (0: none has).
+func (t *Table) MedianMsPerCost() float64 {
+	var v []float64
+	for _, h := range t.Hosts {
+		if h.Samples > 0 && h.MsPerCost > 0 {
+			v = append(v, h.MsPerCost)
+		}
+	}
+	return median(v)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	if n := len(v); n%2 == 1 {
+		return v[n/2]
+	} else {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+}
+
+// tableFormat versions the encoding: Envoy keeps shared data across a
+// plugin reload, and a new plugin must not misread an old table.
+const tableFormat = 1
+
+// Encode is the table as shared data holds it.
+func (t *Table) Encode() []byte {
+	b := make([]byte, 0, 16+len(t.Hosts)*40+len(t.Tasks)*24)
+	b = append(b, tableFormat)
+	b = binary.AppendUvarint(b, uint64(len(t.Hosts)))
+	for _, h := range t.Hosts {
+		b = appendString(b, h.Addr)
+		b = binary.AppendVarint(b, h.Work)
+		b = binary.AppendVarint(b, h.Requests)
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(h.MsPerCost))
+		b = binary.AppendVarint(b, h.Samples)
+		b = binary.AppendVarint(b, h.LastDone)
+	}
+	b = binary.AppendUvarint(b, uint64(len(t.Tasks)))
+	for _, tc := range t.Tasks {
+		b = appendString(b, tc.Task)
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(tc.Avg))
+		b = binary.AppendVarint(b, tc.Samples)
+	}
+	return b
+}
+
+// ErrFormat is a table this code cannot read.
+var ErrFormat = errors.New("pick: table encoding not understood")
+
+// Decode reads Encode's output. Empty input is the empty table.
+func Decode(b []byte) (Table, error) {
+	var t Table
+	if len(b) == 0 {
+		return t, nil
+	}
+	if b[0] != tableFormat {
+		return t, ErrFormat
+	}
+	r := reader{b: b[1:]}
+	n := r.count()
+	t.Hosts = make([]Host, 0, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		t.Hosts = append(t.Hosts, Host{Addr: r.string(), Work: r.varint(), Requests: r.varint(),
+			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint()})
+	}
+	n = r.count()
+	t.Tasks = make([]TaskCost, 0, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		t.Tasks = append(t.Tasks, TaskCost{Task: r.string(), Avg: r.float(), Samples: r.varint()})
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return Table{}, ErrFormat
+	}
+	return t, nil
+}
+
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// reader decodes, remembering the first error so a caller checks once.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = ErrFormat
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+// count is a length that must fit in what is left (each item takes a byte
+// or more), so a corrupt count cannot make a huge allocation.
+func (r *reader) count() uint64 {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.err = ErrFormat
+		return 0
+	}
+	return n
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = ErrFormat
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) float() float64 {
+	if r.err != nil || len(r.b) < 8 {
+		r.err = ErrFormat
+		return 0
+	}
+	v := math.Float64frombits(binary.LittleEndian.Uint64(r.b))
+	r.b = r.b[8:]
+	return v
+}
+
+func (r *reader) string() string {
+	n := r.count()
+	if r.err != nil {
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}

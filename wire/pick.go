@@ -1,0 +1,75 @@
+package wire
+
+import "time"
+
+// Least-work routing: the filter picks the worker, Envoy's override_host
+// load-balancing policy sends the request there.
+const (
+	// HeaderPick carries the filter's choice of worker ("ip:port") and
+	// HeaderPickRetry the one a retry takes. Two headers, not one list:
+	// override_host reads one address per source. Only the filter sets
+	// them: a client's are removed.
+	HeaderPick      = "x-diffusion-pick"
+	HeaderPickRetry = "x-diffusion-pick-retry"
+
+	// PathFilterSync is where each Envoy's filter posts its outstanding
+	// work (a LoadReport) and gets the fleet's view (a PickView). The
+	// control plane answers it on its API port only: the front routes do
+	// not lead there.
+	PathFilterSync = "/_router/filter-sync"
+
+	// SyncInterval is how often a filter syncs with the control plane.
+	SyncInterval = 100 * time.Millisecond
+	// ViewTTL is how long a view stays usable without a fresh one: a filter
+	// whose last view is older stops picking (Envoy's own policy takes
+	// over), and the control plane stops counting its report. A drain
+	// waits until every picking filter has seen it, or this long.
+	ViewTTL = time.Second
+)
+
+// PickView is what the control plane tells each filter: the workers it may
+// pick from and the work other Envoys have sent them.
+type PickView struct {
+	// Generation is the registry generation the view reflects; the filter
+	// reports it back, and a drain waits for it.
+	Generation uint64 `json:"generation"`
+	// Workers are the eligible ones: active, awake, not failing health
+	// checks, not ejected. Draining, updating, quarantined and unknown
+	// workers are not listed.
+	Workers []PickWorker `json:"workers"`
+}
+
+// PickWorker is one eligible worker.
+type PickWorker struct {
+	// Addr is the worker's address as Envoy's host map names it: "ip:port",
+	// "[v6]:port".
+	Addr   string   `json:"addr"`
+	Video  bool     `json:"video,omitempty"`
+	Image  bool     `json:"image,omitempty"`
+	Models []string `json:"models,omitempty"`
+	// RemoteWork is the outstanding work other Envoys have sent it.
+	RemoteWork int64 `json:"remote_work,omitempty"`
+	// MsPerCost is the fleet's learned speed for the worker (0: none yet),
+	// which a filter that has not learned its own starts from.
+	MsPerCost float64 `json:"ms_per_cost,omitempty"`
+}
+
+// LoadReport is what one Envoy's filter reports at each sync.
+type LoadReport struct {
+	// Node is the Envoy's node id (unique per replica).
+	Node string `json:"node"`
+	// Generation is the generation of the view the filter picks with (0:
+	// it has none, or it is too old to pick with).
+	Generation uint64       `json:"generation"`
+	Hosts      []HostReport `json:"hosts"`
+}
+
+// HostReport is one worker as one Envoy's filter sees it.
+type HostReport struct {
+	Addr     string `json:"addr"`
+	Work     int64  `json:"work"`
+	Requests int64  `json:"requests"`
+	// MsPerCost is the learned milliseconds per unit of cost (0: not yet).
+	MsPerCost float64 `json:"ms_per_cost,omitempty"`
+	Samples   int64   `json:"samples,omitempty"`
+}
