@@ -19,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/registry"
 
 	"github.com/diffrouter/diffusion-router/wire"
@@ -39,6 +40,9 @@ type Server struct {
 	// AdminToken, if set, is required as a bearer token on every call that
 	// changes state, on the front port and the direct port alike.
 	AdminToken string
+	// Board, if set, takes the filters' load reports (least-work routing)
+	// and adds each worker's outstanding work to GET /workers.
+	Board *loadboard.Board
 	// Metrics, if set, is served at /metrics. Envoy never routes /metrics
 	// here (the front port's belongs to the workers), so it is reachable on
 	// the direct port only.
@@ -97,6 +101,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if r.URL.Path == wire.PathFilterSync {
+		// Before the admin token: the filters hold no token, and what
+		// they post steers load only, never which workers are eligible.
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.filterSync})
+		return
+	}
 	if s.AdminToken != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="diffusion-router"`)
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "this call changes the fleet and needs the admin token: Authorization: Bearer <token>"})
@@ -459,6 +469,10 @@ func (s *Server) view(wk registry.Worker, loads map[string]fleet.Load) map[strin
 		"models":                nonNil(wk.Caps.ModelIDs),
 		"video_support":         video,
 		"weight_version":        wk.WeightVersion,
+	}
+	if s.Board != nil {
+		h := s.Board.Hosts()[loadboard.Addr(wk)]
+		v["outstanding_work"], v["outstanding_requests"], v["ms_per_cost"] = h.Work, h.Requests, h.MsPerCost
 	}
 	if !wk.Since.IsZero() {
 		v["since"] = wk.Since.UTC().Format(time.RFC3339Nano)

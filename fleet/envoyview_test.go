@@ -309,3 +309,60 @@ func TestProbeQuarantinesAfterThreshold(t *testing.T) {
 		t.Fatalf("transitions %v", rec.seen)
 	}
 }
+
+// pickersAt is a fake of the filters that pick workers: they have seen
+// registry generations up to seen.
+type pickersAt struct {
+	mu    sync.Mutex
+	seen  uint64
+	asked uint64
+	polls int
+}
+
+func (p *pickersAt) set(gen uint64) { p.mu.Lock(); p.seen = gen; p.mu.Unlock() }
+
+func (p *pickersAt) WaitSeen(ctx context.Context, gen uint64) error {
+	for {
+		p.mu.Lock()
+		p.asked = gen
+		p.polls++
+		done := p.seen >= gen
+		p.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// TestDrainWaitsForPickers: with least-work routing a filter picks the
+// worker itself, so an idle Envoy is not enough: the drain ends only once
+// every picking filter has seen the generation that took the worker out.
+func TestDrainWaitsForPickers(t *testing.T) {
+	envoys := newFakeEnvoys("a")
+	pickers := &pickersAt{}
+	m, _, key, hp := fakeManager(t, envoys, Config{DrainTimeout: time.Minute, Pickers: pickers})
+	envoys.set("a", hp, envoy.HostStats{RqActive: 0})
+	if _, _, err := m.Remove(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	gen := m.Registry().Snapshot().Generation
+	until(t, "the drain to ask the pickers", func() bool { pickers.mu.Lock(); defer pickers.mu.Unlock(); return pickers.asked == gen })
+	before := envoys.endpointReads()
+	pickers.set(gen - 1)
+	polls := func() int { pickers.mu.Lock(); defer pickers.mu.Unlock(); return pickers.polls }
+	n := polls()
+	until(t, "ten more looks at the pickers", func() bool { return polls() >= n+10 })
+	if _, ok := m.Registry().Get(key); !ok {
+		t.Fatal("the worker left before the filters saw it leave rotation")
+	}
+	if envoys.endpointReads() != before {
+		t.Fatal("the drain polled Envoy before the filters saw the change")
+	}
+	pickers.set(gen)
+	until(t, "the drained worker to leave", func() bool { _, ok := m.Registry().Get(key); return !ok })
+}

@@ -72,6 +72,17 @@ type Config struct {
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	// Envoys, if set, replaces the Envoy admin client (tests).
 	Envoys EnvoyView
+	// Pickers, if set, are the filters that pick workers themselves
+	// (least-work routing): a drain also waits until they have all seen
+	// the worker leave rotation, since Envoy's endpoint update alone does
+	// not stop a filter's pick.
+	Pickers Pickers
+}
+
+// Pickers tells when every filter that picks workers has seen a registry
+// generation (loadboard.Board).
+type Pickers interface {
+	WaitSeen(ctx context.Context, gen uint64) error
 }
 
 // Recorder receives the outcomes the control plane's metrics count.
@@ -613,6 +624,11 @@ func (m *Manager) startDrain(key string, gen uint64) {
 func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
 	if _, err := m.syncer.WaitSynced(ctx, gen); err != nil {
 		return false
+	}
+	if m.cfg.Pickers != nil {
+		if err := m.cfg.Pickers.WaitSeen(ctx, gen); err != nil {
+			return false
+		}
 	}
 	u, err := registry.ParseWorkerURL(key)
 	if err != nil {

@@ -87,7 +87,7 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int) (Choic
 				fleet = append(fleet, m)
 			}
 		}
-		typical = median(fleet)
+		typical = Median(fleet)
 	}
 	if typical == 0 {
 		typical = 1

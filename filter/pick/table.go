@@ -149,10 +149,11 @@ func (t *Table) MedianMsPerCost() float64 {
 			v = append(v, h.MsPerCost)
 		}
 	}
-	return median(v)
+	return Median(v)
 }
 
-func median(v []float64) float64 {
+// Median is the median of v (0 for none); it sorts v.
+func Median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0
 	}

@@ -1,0 +1,45 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// filterSync takes one Envoy filter's load report and answers its view of
+// the fleet (least-work routing). A worker Envoy reports failing health
+// checks or ejected is left out of the view at once, before the fleet
+// quarantines it.
+func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
+	if s.Board == nil {
+		writeError(w, errorf(http.StatusNotFound, "least-work routing is off (--routing-algorithm): no filter sync"))
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeError(w, errorf(http.StatusRequestEntityTooLarge, "body too large or unreadable: %v", err))
+		return
+	}
+	var rep wire.LoadReport
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rep); err != nil {
+		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
+		return
+	}
+	if dec.More() {
+		writeError(w, errorf(http.StatusBadRequest, "load report: one JSON object expected"))
+		return
+	}
+	loads := s.Fleet.Loads()
+	out := func(key string) bool { l := loads[key]; return l.FailingHealthChecks || l.Ejected }
+	view, err := s.Board.Sync(rep, s.Fleet.Registry().Snapshot(), out)
+	if err != nil {
+		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, view)
+}

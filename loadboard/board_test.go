@@ -1,0 +1,162 @@
+package loadboard
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// clock is a settable clock for the board.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func worker(host string, port uint32, state registry.State, tasks ...string) registry.Worker {
+	return registry.Worker{URL: registry.WorkerURL{Scheme: "http", Host: host, Port: port}, Address: host, State: state,
+		Caps: registry.Capabilities{Known: true, TaskTypes: tasks, ModelIDs: []string{"m-" + host}}}
+}
+
+func TestCheck(t *testing.T) {
+	ok := wire.LoadReport{Node: "n", Hosts: []wire.HostReport{{Addr: "127.0.0.1:1", Work: 5, Requests: 1, MsPerCost: 0.5, Samples: 2}}}
+	if err := Check(ok); err != nil {
+		t.Fatalf("valid report refused: %v", err)
+	}
+	bad := map[string]func(*wire.LoadReport){
+		"no node":       func(r *wire.LoadReport) { r.Node = "" },
+		"long node":     func(r *wire.LoadReport) { r.Node = strings.Repeat("n", 300) },
+		"empty addr":    func(r *wire.LoadReport) { r.Hosts[0].Addr = "" },
+		"negative work": func(r *wire.LoadReport) { r.Hosts[0].Work = -1 },
+		"NaN speed":     func(r *wire.LoadReport) { r.Hosts[0].MsPerCost = math.NaN() },
+		"inf speed":     func(r *wire.LoadReport) { r.Hosts[0].MsPerCost = math.Inf(1) },
+		"too many hosts": func(r *wire.LoadReport) {
+			r.Hosts = make([]wire.HostReport, MaxHostsPerNode+1)
+			for i := range r.Hosts {
+				r.Hosts[i].Addr = "a:1"
+			}
+		},
+	}
+	for name, mutate := range bad {
+		r := ok
+		r.Hosts = append([]wire.HostReport(nil), ok.Hosts...)
+		mutate(&r)
+		if err := Check(r); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestSyncView(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	b := New(c.now)
+	snap := registry.Snapshot{Generation: 7, Workers: []registry.Worker{
+		worker("10.0.0.1", 80, registry.StateActive, "T2I"),
+		worker("10.0.0.2", 80, registry.StateActive, "T2V"),
+		worker("10.0.0.3", 80, registry.StateDraining, "T2I"),
+		worker("10.0.0.4", 80, registry.StateQuarantined, "T2I"),
+		worker("10.0.0.5", 80, registry.StateActive, "T2I"), // ejected, per out()
+		worker("::1", 81, registry.StateActive, "T2I"),
+	}}
+	asleep := worker("10.0.0.6", 80, registry.StateActive, "T2I")
+	asleep.Asleep = true
+	snap.Workers = append(snap.Workers, asleep)
+	out := func(key string) bool { return key == "http://10.0.0.5:80" }
+
+	// Envoy B reports work on worker 1; A then sees it as remote, and B
+	// does not see its own.
+	if _, err := b.Sync(wire.LoadReport{Node: "B", Generation: 7, Hosts: []wire.HostReport{
+		{Addr: "10.0.0.1:80", Work: 300, Requests: 2, MsPerCost: 2, Samples: 4}}}, snap, out); err != nil {
+		t.Fatal(err)
+	}
+	va, err := b.Sync(wire.LoadReport{Node: "A", Generation: 7, Hosts: []wire.HostReport{
+		{Addr: "10.0.0.1:80", Work: 50, Requests: 1, MsPerCost: 4, Samples: 4}}}, snap, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, w := range va.Workers {
+		addrs = append(addrs, w.Addr)
+	}
+	if got, want := strings.Join(addrs, " "), "10.0.0.1:80 10.0.0.2:80 [::1]:81"; got != want {
+		t.Fatalf("eligible = %s, want %s", got, want)
+	}
+	if va.Generation != 7 || va.Workers[0].RemoteWork != 300 || !va.Workers[0].Image || va.Workers[0].Video || !va.Workers[1].Video {
+		t.Fatalf("view for A = %+v", va)
+	}
+	if va.Workers[0].MsPerCost != 3 {
+		t.Fatalf("fleet speed = %v, want the median 3", va.Workers[0].MsPerCost)
+	}
+	vb, _ := b.Sync(wire.LoadReport{Node: "B", Generation: 7, Hosts: []wire.HostReport{{Addr: "10.0.0.1:80", Work: 300, Requests: 2}}}, snap, out)
+	if vb.Workers[0].RemoteWork != 50 {
+		t.Fatalf("B sees remote %d on worker 1, want A's 50", vb.Workers[0].RemoteWork)
+	}
+	if h := b.Hosts()["10.0.0.1:80"]; h.Work != 350 || h.Requests != 3 || h.Envoys != 2 {
+		t.Fatalf("hosts = %+v", h)
+	}
+
+	// A goes silent: after the liveness window its work stops counting.
+	c.t = c.t.Add(aliveFor + time.Millisecond)
+	vb, _ = b.Sync(wire.LoadReport{Node: "B", Generation: 7}, snap, out)
+	if vb.Workers[0].RemoteWork != 0 || b.Nodes() != 1 {
+		t.Fatalf("silent Envoy still counted: remote %d, nodes %d", vb.Workers[0].RemoteWork, b.Nodes())
+	}
+}
+
+func TestSyncRefusesBadReportsAndTooManyNodes(t *testing.T) {
+	b := New(time.Now)
+	none := func(string) bool { return false }
+	if _, err := b.Sync(wire.LoadReport{}, registry.Snapshot{}, none); err == nil {
+		t.Fatal("empty node accepted")
+	}
+	if b.Nodes() != 0 {
+		t.Fatal("a refused report was recorded")
+	}
+	for i := range MaxNodes {
+		if _, err := b.Sync(wire.LoadReport{Node: "n" + string(rune('A'+i))}, registry.Snapshot{}, none); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Sync(wire.LoadReport{Node: "one too many"}, registry.Snapshot{}, none); err == nil {
+		t.Fatal("node beyond the limit accepted")
+	}
+	if _, err := b.Sync(wire.LoadReport{Node: "nA"}, registry.Snapshot{}, none); err != nil {
+		t.Fatalf("a known node refused at the limit: %v", err)
+	}
+}
+
+// TestSeen: a drain of generation g waits for every live picking Envoy to
+// report g, or to fall silent for the liveness window.
+func TestSeen(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	b := New(c.now)
+	if !b.Seen(5) {
+		t.Fatal("no Envoy picks, yet Seen is false")
+	}
+	none := func(string) bool { return false }
+	b.Sync(wire.LoadReport{Node: "A", Generation: 5}, registry.Snapshot{}, none)
+	b.Sync(wire.LoadReport{Node: "B", Generation: 4}, registry.Snapshot{}, none)
+	if b.Seen(5) {
+		t.Fatal("B picks with generation 4, yet Seen(5)")
+	}
+	b.Sync(wire.LoadReport{Node: "B", Generation: 5}, registry.Snapshot{}, none)
+	if !b.Seen(5) {
+		t.Fatal("both report 5, yet not Seen(5)")
+	}
+	if b.Seen(6) {
+		t.Fatal("Seen(6) before any reports it")
+	}
+	c.t = c.t.Add(aliveFor + time.Millisecond)
+	if !b.Seen(6) {
+		t.Fatal("silent Envoys still hold Seen back")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b.Sync(wire.LoadReport{Node: "A", Generation: 1}, registry.Snapshot{}, none)
+	if err := b.WaitSeen(ctx, 2); err == nil {
+		t.Fatal("WaitSeen returned nil with the context done and generation unseen")
+	}
+}
