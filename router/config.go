@@ -125,7 +125,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Port, "port", 30080, "port of the front listener (Envoy)")
 	var urls string
 	fs.StringVar(&urls, "worker-urls", "", "initial worker URLs, space or comma separated")
-	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(translate.PolicyLeastRequest), "least-request, round-robin or random")
+	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(translate.PolicyLeastRequest), "least-request, least-work (needs the Wasm filter), round-robin or random")
 	fs.Var(&seconds{d: &c.Timeout, noneOK: true, allow0: true}, "timeout", "seconds a request to a worker may take (default: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 100, "concurrent requests per worker")
 	c.HealthCheckInterval = 10 * time.Second
@@ -231,8 +231,10 @@ func (c Config) Validate() error {
 	port("xds-port", c.XDSPort, true)
 	port("api-port", c.APIPort, true)
 	port("admin-port", c.AdminPort, true)
-	if _, err := translate.ParsePolicy(c.RoutingAlgorithm); err != nil {
+	if p, err := translate.ParsePolicy(c.RoutingAlgorithm); err != nil {
 		errs = append(errs, fmt.Errorf("--routing-algorithm: %w", err))
+	} else if p == translate.PolicyLeastWork && strings.EqualFold(c.WasmFilter, "none") {
+		errs = append(errs, fmt.Errorf("--routing-algorithm least-work needs the Wasm filter (it picks the worker); drop --wasm-filter none"))
 	}
 	if c.MaxConnections < 1 || c.MaxConnections > 1<<20 {
 		errs = append(errs, fmt.Errorf("--max-connections %d must be in [1, %d]", c.MaxConnections, 1<<20))

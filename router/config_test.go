@@ -54,6 +54,12 @@ func TestParse(t *testing.T) {
 			}
 		}},
 		{name: "bad policy", args: []string{"--routing-algorithm", "fastest"}, wantErr: true},
+		{name: "least-work without the filter", args: []string{"--routing-algorithm", "least-work", "--wasm-filter", "none"}, wantErr: true},
+		{name: "least-work", args: []string{"--routing-algorithm", "least-work"}, check: func(t *testing.T, c Config) {
+			if c.RoutingAlgorithm != "least-work" {
+				t.Fatalf("policy = %q", c.RoutingAlgorithm)
+			}
+		}},
 		{name: "negative timeout", args: []string{"--timeout", "-1"}, wantErr: true},
 		{name: "timeout not a number", args: []string{"--timeout", "soon"}, wantErr: true},
 		{name: "zero interval", args: []string{"--health-check-interval", "0"}, wantErr: true},

@@ -84,13 +84,16 @@ func migrateFilterSecret(stateDir, tlsDir string) error {
 // The job-id secret is not in it: the configuration is readable on every
 // Envoy's admin port. Envoy carries the secret in its environment
 // (trust.JobSecretEnv) into the filter's VM.
-func filterOptions(flag string, failClosed, external bool) (*translate.FilterOptions, error) {
+func filterOptions(flag string, failClosed, external, pick bool) (*translate.FilterOptions, error) {
 	path, err := findFilter(flag, external)
 	if err != nil || path == "" {
 		return nil, err
 	}
 	fc := wire.DefaultFilterConfig()
 	fc.SecretEnv, fc.FailClosed = trust.JobSecretEnv, failClosed
+	if pick {
+		fc.Pick, fc.SyncCluster = true, wire.ClusterRegistry
+	}
 	cfg, err := json.Marshal(fc)
 	if err != nil {
 		return nil, err

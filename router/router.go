@@ -20,10 +20,12 @@ import (
 	"github.com/diffrouter/diffusion-router/api"
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/xds/publish"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
+	"github.com/diffrouter/diffusion-router/xds/translate"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
@@ -116,7 +118,16 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	if err := pub.Once(ctx); err != nil {
 		return err
 	}
+	// Least-work routing: the filters report their load to this board and
+	// pick from the view it answers; drains wait for them to see a change.
+	var board *loadboard.Board
+	var pickers fleet.Pickers
+	if opts.Policy == translate.PolicyLeastWork {
+		board = loadboard.New(time.Now)
+		pickers = board
+	}
 	fl := fleet.NewManager(ctx, reg, xds, fleet.Config{
+		Pickers:          pickers,
 		ProbeTimeout:     c.HealthCheckTimeout,
 		HealthInterval:   c.HealthCheckInterval,
 		FailureThreshold: c.HealthCheckFailureThreshold,
@@ -155,7 +166,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	goRun("xds", func() error { return xds.Serve(ctx, xdsLis, serverTLS) })
 	apiSrv := &http.Server{
 		Handler: &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
-			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: mx.Handler(), AdminToken: c.AdminToken},
+			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: mx.Handler(), AdminToken: c.AdminToken, Board: board},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	goRun("api", func() error {

@@ -24,6 +24,11 @@ type FilterConfig struct {
 	// FailClosed answers 500 when the filter itself fails (a host call
 	// error); by default such requests pass through untouched.
 	FailClosed bool `json:"fail_closed"`
+	// Pick turns least-work routing on: the filter picks each generation's
+	// worker (HeaderPick) and syncs with the control plane through
+	// SyncCluster every SyncInterval.
+	Pick        bool   `json:"pick,omitempty"`
+	SyncCluster string `json:"sync_cluster,omitempty"`
 }
 
 // Defaults are sglang-diffusion's values for fields a request leaves out;
@@ -64,6 +69,8 @@ func (c FilterConfig) Validate() error {
 		return fmt.Errorf("max_body_bytes must be in (0, %d]", MaxHeldBytes)
 	case c.Defaults.Steps <= 0 || c.Defaults.Width <= 0 || c.Defaults.Height <= 0 || c.Defaults.VideoFrames <= 0:
 		return errors.New("defaults must be positive")
+	case c.Pick && c.SyncCluster == "":
+		return errors.New("pick needs sync_cluster: the cluster of the control plane's API")
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	overridehostv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/override_host/v3"
 	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	subsetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/subset/v3"
@@ -35,7 +36,11 @@ const unlimited = math.MaxUint32
 // seen half-loaded by each. Capability routing uses the subset load balancer,
 // whose subsets share the cluster's hosts.
 func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
-	child, err := lbPolicy(o.Policy)
+	inner := o.Policy
+	if inner == PolicyLeastWork {
+		inner = PolicyLeastRequest // when the filter names no worker
+	}
+	child, err := lbPolicy(inner)
 	if err != nil {
 		return nil, err
 	}
@@ -60,6 +65,11 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if o.Policy == PolicyLeastWork {
+		if subset, err = overrideHost(subset); err != nil {
+			return nil, err
+		}
 	}
 	tlsSocket, err := typed("envoy.transport_sockets.tls", &tlsv3.UpstreamTlsContext{})
 	if err != nil {
@@ -212,6 +222,22 @@ func RegistryCluster(o Options) *clusterv3.Cluster {
 			}},
 		},
 	}
+}
+
+// overrideHost wraps the subset policy for least-work routing: a request
+// the filter named a worker for (wire.HeaderPick, then wire.HeaderPickRetry
+// for a retry) goes there; any other request, and a retry beyond the
+// filter's two choices, goes through the subset policy as before. Envoy
+// does not check the named host's health: the filter picks only from the
+// workers the control plane lists as eligible.
+func overrideHost(fallback *corev3.TypedExtensionConfig) (*corev3.TypedExtensionConfig, error) {
+	return typed("envoy.load_balancing_policies.override_host", &overridehostv3.OverrideHost{
+		OverrideHostSources: []*overridehostv3.OverrideHost_OverrideHostSource{
+			{Header: wire.HeaderPick},
+			{Header: wire.HeaderPickRetry},
+		},
+		FallbackPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{TypedExtensionConfig: fallback}}},
+	})
 }
 
 // lbPolicy maps --routing-algorithm to a load-balancing-policy extension.

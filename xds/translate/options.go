@@ -38,15 +38,20 @@ const (
 	PolicyLeastRequest Policy = "least-request"
 	PolicyRoundRobin   Policy = "round-robin"
 	PolicyRandom       Policy = "random"
+	// PolicyLeastWork: the Wasm filter picks the worker that would finish
+	// the request first (outstanding estimated work over learned speed)
+	// and Envoy's override_host policy sends it there; least-request is
+	// the fallback when the filter names no worker.
+	PolicyLeastWork Policy = "least-work"
 )
 
 // ParsePolicy accepts the spellings the Python routers accept.
 func ParsePolicy(s string) (Policy, error) {
 	switch Policy(s) {
-	case PolicyLeastRequest, PolicyRoundRobin, PolicyRandom:
+	case PolicyLeastRequest, PolicyRoundRobin, PolicyRandom, PolicyLeastWork:
 		return Policy(s), nil
 	}
-	return "", fmt.Errorf("unknown routing algorithm %q (want least-request, round-robin or random)", s)
+	return "", fmt.Errorf("unknown routing algorithm %q (want least-request, least-work, round-robin or random)", s)
 }
 
 // Options are the router settings that shape Envoy's configuration. They come
@@ -123,6 +128,9 @@ func (o Options) Validate() error {
 	}
 	if _, err := ParsePolicy(string(o.Policy)); err != nil {
 		return err
+	}
+	if o.Policy == PolicyLeastWork && o.Filter == nil {
+		return fmt.Errorf("least-work routing needs the Wasm filter: it is the filter that picks the worker")
 	}
 	if o.Filter != nil && (o.Filter.Path == "" || o.Filter.Config == "") {
 		return fmt.Errorf("wasm filter needs a path and a configuration")

@@ -14,6 +14,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	overridehostv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/override_host/v3"
 	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	subsetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/subset/v3"
@@ -541,4 +542,37 @@ func TestBufferLimitsLeaveRoomForHeldBodies(t *testing.T) {
 	if l.GetPerConnectionBufferLimitBytes().GetValue() != FrontBufferLimit || c.GetPerConnectionBufferLimitBytes().GetValue() != WorkerReadLimit {
 		t.Fatalf("limits not set: listener %v, cluster %v", l.GetPerConnectionBufferLimitBytes(), c.GetPerConnectionBufferLimitBytes())
 	}
+}
+
+// TestLeastWorkCluster: least-work wraps the subset policy (least-request
+// inside) in override_host reading the filter's two choices; without the
+// filter it is refused.
+func TestLeastWorkCluster(t *testing.T) {
+	o := testOptions()
+	o.Policy = PolicyLeastWork
+	if err := o.Validate(); err == nil {
+		t.Fatal("least-work without the filter validated")
+	}
+	o.Filter = &FilterOptions{Path: "/f.wasm", Config: "{}"}
+	c, err := WorkersCluster(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outer := c.GetLoadBalancingPolicy().GetPolicies()[0].GetTypedExtensionConfig()
+	if outer.GetName() != "envoy.load_balancing_policies.override_host" {
+		t.Fatalf("outer policy = %q", outer.GetName())
+	}
+	var oh overridehostv3.OverrideHost
+	if err := outer.GetTypedConfig().UnmarshalTo(&oh); err != nil {
+		t.Fatal(err)
+	}
+	var headers []string
+	for _, s := range oh.GetOverrideHostSources() {
+		headers = append(headers, s.GetHeader())
+	}
+	if want := []string{wire.HeaderPick, wire.HeaderPickRetry}; !slices.Equal(headers, want) {
+		t.Fatalf("override sources = %v, want %v", headers, want)
+	}
+	inner := &clusterv3.Cluster{LoadBalancingPolicy: oh.GetFallbackPolicy()}
+	assertProtoEqual(t, childPolicy(t, inner), &leastrequestv3.LeastRequest{SelectionMethod: leastrequestv3.LeastRequest_FULL_SCAN})
 }
