@@ -63,6 +63,8 @@ type pluginContext struct {
 	metrics *metrics
 	// fallbackNames counts the model names this VM looked up for logging.
 	fallbackNames int
+	// picker is set with least-work routing (cfg.Pick).
+	picker *picker
 }
 
 const maxLoggedFallbacks = 256
@@ -79,7 +81,21 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 		return types.OnPluginStartStatusFailed
 	}
 	p.cfg, p.signer, p.metrics = cfg, jobid.NewSigner([]byte(cfg.Secret)), newMetrics()
+	if cfg.Pick {
+		p.picker = newPicker(cfg.SyncCluster)
+		if err := proxywasm.SetTickPeriodMilliSeconds(uint32(wire.SyncInterval.Milliseconds())); err != nil {
+			proxywasm.LogCriticalf("diffusion-tagger: set tick period: %v", err)
+			return types.OnPluginStartStatusFailed
+		}
+	}
 	return types.OnPluginStartStatusOK
+}
+
+// OnTick syncs least-work routing's view with the control plane.
+func (p *pluginContext) OnTick() {
+	if p.picker != nil {
+		p.picker.sync()
+	}
 }
 
 func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
@@ -99,6 +115,11 @@ type httpContext struct {
 	jobKey  string
 	// model is the model the body named (x-diffusion-model), if any.
 	model string
+
+	// pickPending: least-work routing picks this request's worker once
+	// its cost is known; sent is the pick, counted on the worker.
+	pickPending bool
+	sent        *sent
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the
@@ -127,7 +148,7 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		return c.fail("read :path", err)
 	}
 	// Tags are the router's word, never the client's.
-	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget} {
+	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry} {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
 	c.task = Classify(method, path)
@@ -157,11 +178,45 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	case method == "GET" && c.task == TaskVideoPoll:
 		c.rewrite = true // a list of jobs
 	}
+	c.pickPending = c.p.picker != nil && picks(method, c.task)
 	if !endOfStream && c.task.ParsesBody() && c.smallJSONBody() {
 		c.readBody = true
 		return types.ActionPause // hold the headers until the body told us the model
 	}
+	c.pickWorker(0, false)
 	return types.ActionContinue
+}
+
+// pickWorker picks the request's worker (least-work routing) before its
+// headers go on to the router; cost is the estimate when known. Without a
+// pick, Envoy's own policy routes the request.
+func (c *httpContext) pickWorker(cost int64, known bool) {
+	if !c.pickPending {
+		return
+	}
+	c.pickPending = false
+	choice, cost, ok := c.p.picker.choose(c.task, c.model, cost, known)
+	if !ok {
+		c.p.picker.unpicked.Increment(1)
+		return
+	}
+	c.sent = &sent{addr: choice.First, cost: cost, costKnown: known, at: nowMicro()}
+	if err := setPickHeaders(choice); err != nil {
+		c.p.picker.release(c.task, c.sent, false, nowMicro())
+		c.sent = nil
+		c.p.picker.unpicked.Increment(1)
+		return
+	}
+	c.p.picker.picks.Increment(1)
+}
+
+// OnHttpStreamDone ends every stream, however it ended (answer, reset,
+// timeout, client gone): a pick's cost leaves its worker here at the
+// latest, so outstanding work never drifts.
+func (c *httpContext) OnHttpStreamDone() {
+	if c.sent != nil {
+		c.p.picker.release(c.task, c.sent, false, nowMicro())
+	}
 }
 
 // smallJSONBody reports whether the request body is JSON and announced as
@@ -274,8 +329,14 @@ func (c *httpContext) holdBody(want *bool, size int, end bool, get func(int, int
 func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
 	body, action, ready := c.holdBody(&c.readBody, bodySize, endOfStream, proxywasm.GetHttpRequestBody, "read request body")
 	if !ready {
+		if !c.readBody {
+			c.pickWorker(0, false) // not read after all (too large): picked at the task's average
+		}
 		return action
 	}
+	// However the body turns out, the worker is picked before the headers
+	// go on (a refusal below sends none).
+	defer c.pickWorker(0, false)
 	facts, err := ParseBody(c.task, body, c.p.cfg.Defaults)
 	if err != nil {
 		c.p.metrics.parseErrors.Increment(1)
@@ -285,6 +346,7 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 		// A name with control characters cannot be matched or passed on
 		// safely: refuse it rather than route as if it were absent.
 		c.p.metrics.parseErrors.Increment(1)
+		c.pickPending = false // answered here: no worker
 		_ = proxywasm.SendHttpResponse(400, textHeaders, []byte("the request's \"model\" has control characters or is over 512 bytes"), -1)
 		return types.ActionPause
 	}
@@ -298,6 +360,7 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 		return c.fail("set "+wire.HeaderCost, err)
 	}
 	c.p.metrics.cost.Record(uint64(facts.Cost))
+	c.pickWorker(facts.Cost, true)
 	if facts.ResponseFormat == "b64_json" {
 		// Base64 images carry no id a client could come back with: the
 		// answer (megabytes) streams through untouched.
@@ -320,6 +383,9 @@ func validHeaderValue(s string) bool {
 
 func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Action {
 	status, _ := proxywasm.GetHttpResponseHeader(":status")
+	if c.sent != nil {
+		c.releaseAnswered(status)
+	}
 	if code, err := strconv.Atoi(status); err == nil && code >= 500 {
 		c.p.metrics.errors[c.task].Increment(1)
 	}
@@ -385,6 +451,19 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 		}
 	}
 	return types.ActionContinue
+}
+
+// releaseAnswered takes a pick's cost off its worker as the answer starts
+// (the GPU is done with it). Only a success from the picked worker teaches
+// its speed: an error comes back without the work done, and a retry's
+// answer comes from another worker.
+func (c *httpContext) releaseAnswered(status string) {
+	served := strings.HasPrefix(status, "2")
+	if served {
+		addr, err := proxywasm.GetProperty([]string{"upstream", "address"})
+		served = err == nil && string(addr) == c.sent.addr
+	}
+	c.p.picker.release(c.task, c.sent, served, nowMicro())
 }
 
 // noteFallback counts a request whose model no worker lists (it went to a

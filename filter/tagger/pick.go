@@ -1,0 +1,335 @@
+package tagger
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/diffrouter/diffusion-router/filter/pick"
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// Least-work routing inside Envoy. Every worker thread runs its own copy of
+// the plugin; what they share lives in proxy-wasm shared data, one Envoy
+// wide:
+//   - the table (pick.Table): outstanding work and learned speed per
+//     worker, changed by compare-and-swap on every send and every end;
+//   - the view (wire.PickView) from the control plane, prefixed with when
+//     it arrived;
+//   - the sync lease: when a thread last synced, so one thread per
+//     interval does.
+const (
+	keyTable = "diffusion-router.pick.table"
+	keyView  = "diffusion-router.pick.view"
+	keyLease = "diffusion-router.pick.lease"
+
+	// casTries bounds the compare-and-swap loop; with a handful of worker
+	// threads contending, a few tries always do.
+	casTries = 16
+	// syncTimeout bounds one sync call.
+	syncTimeout = 500 * time.Millisecond
+)
+
+// picker is one thread's part of least-work routing.
+type picker struct {
+	cluster string
+	node    string
+	// view is this thread's parse of the shared view, valid while the
+	// shared copy's CAS is viewCAS.
+	view     *wire.PickView
+	viewCAS  uint32
+	viewAt   int64 // µs: when the view arrived from the control plane
+	rot      int
+	failures int
+	gauges   map[string][3]proxywasm.MetricGauge
+	picks    proxywasm.MetricCounter
+	unpicked proxywasm.MetricCounter
+	syncErrs proxywasm.MetricCounter
+}
+
+func newPicker(cluster string) *picker {
+	node := "unknown"
+	if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && len(b) > 0 {
+		node = string(b)
+	}
+	// A new thread must not reset a table other threads already fill: the
+	// empty table is written only where there is none.
+	for _, key := range []string{keyTable, keyLease} {
+		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
+			_ = proxywasm.SetSharedData(key, nil, 0)
+		}
+	}
+	return &picker{
+		cluster: cluster, node: node, gauges: map[string][3]proxywasm.MetricGauge{},
+		picks:    proxywasm.DefineCounterMetric("diffusion_router.pick.picked"),
+		unpicked: proxywasm.DefineCounterMetric("diffusion_router.pick.unpicked"),
+		syncErrs: proxywasm.DefineCounterMetric("diffusion_router.pick.sync_errors"),
+	}
+}
+
+func nowMicro() int64 { return time.Now().UnixMicro() }
+
+// currentView returns the fleet view if one arrived within wire.ViewTTL,
+// else nil: a filter cut off from the control plane stops picking and
+// Envoy's own policy routes, so it never picks a worker that left.
+func (p *picker) currentView(now int64) *wire.PickView {
+	raw, cas, err := proxywasm.GetSharedData(keyView)
+	if err != nil || len(raw) < 8 {
+		return nil
+	}
+	if cas != p.viewCAS || p.view == nil {
+		var v wire.PickView
+		if err := json.Unmarshal(raw[8:], &v); err != nil {
+			return nil
+		}
+		p.view, p.viewCAS, p.viewAt = &v, cas, int64(binary.LittleEndian.Uint64(raw))
+	}
+	if now-p.viewAt > wire.ViewTTL.Microseconds() {
+		return nil
+	}
+	return p.view
+}
+
+// update applies f to the shared table by compare-and-swap.
+func update(f func(*pick.Table) bool) error {
+	for range casTries {
+		raw, cas, err := proxywasm.GetSharedData(keyTable)
+		if err != nil {
+			return err
+		}
+		tab, err := pick.Decode(raw)
+		if err != nil {
+			tab = pick.Table{} // an unreadable table starts over
+		}
+		if !f(&tab) {
+			return nil
+		}
+		err = proxywasm.SetSharedData(keyTable, tab.Encode(), cas)
+		if errors.Is(err, types.ErrorStatusCasMismatch) {
+			continue
+		}
+		return err
+	}
+	return errors.New("shared table: too much contention")
+}
+
+// poolOf is the kind of worker a task needs (as the front routes decide).
+func poolOf(t Task) pick.Pool {
+	switch t {
+	case TaskVideo:
+		return pick.PoolVideo
+	case TaskImage, TaskImageEdit:
+		return pick.PoolImage
+	}
+	return pick.PoolAny
+}
+
+// picks reports whether a request of this task is one the filter picks a
+// worker for: new generations. Polls and job calls are pinned to their
+// worker; everything else goes by Envoy's policy.
+func picks(method string, t Task) bool {
+	return method == "POST" && (t == TaskImage || t == TaskImageEdit || t == TaskVideo || t == TaskNative)
+}
+
+// sent is a request the filter counted on a worker; its cost leaves the
+// worker exactly once, when the answer starts or the stream ends.
+type sent struct {
+	addr      string
+	cost      int64
+	costKnown bool
+	at        int64
+	released  bool
+}
+
+// choose picks the worker for a request and counts its cost there. It
+// returns false (no pick; Envoy's policy routes) without a fresh view or
+// an eligible worker.
+func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (pick.Choice, int64, bool) {
+	now := nowMicro()
+	v := p.currentView(now)
+	if v == nil {
+		return pick.Choice{}, 0, false
+	}
+	cands := pick.Eligible(v, poolOf(task), model)
+	var choice pick.Choice
+	p.rot++
+	err := update(func(tab *pick.Table) bool {
+		if !costKnown {
+			cost = tab.CostOf(string(task), defaultCost(task))
+		}
+		var ok bool
+		if choice, ok = pick.Choose(v, cands, tab, cost, p.rot); !ok {
+			return false
+		}
+		tab.Add(choice.First, cost)
+		if costKnown {
+			tab.LearnCost(string(task), float64(cost))
+		}
+		return true
+	})
+	if err != nil || choice.First == "" {
+		if err != nil {
+			proxywasm.LogWarnf("diffusion-tagger: pick: %v", err)
+		}
+		return pick.Choice{}, 0, false
+	}
+	return choice, cost, true
+}
+
+// defaultCost is a request's cost before any of its task was seen: the
+// cost of sglang-diffusion's default image (50 steps at 1024x1024), and
+// for a video its default 81 frames.
+func defaultCost(t Task) int64 {
+	d := wire.DefaultFilterConfig().Defaults
+	c := int64(d.Steps) * int64(d.Width) * int64(d.Height) >> 20
+	if t == TaskVideo {
+		c *= int64(d.VideoFrames)
+	}
+	return c
+}
+
+// release takes a request's cost off its worker. served means the worker
+// answered it (the service time teaches its speed); at is when.
+func (p *picker) release(task Task, s *sent, served bool, at int64) {
+	if s == nil || s.released {
+		return
+	}
+	s.released = true
+	err := update(func(tab *pick.Table) bool {
+		ms := tab.Done(s.addr, s.cost, s.at, at, served)
+		if h := tab.Find(s.addr); !s.costKnown && ms > 0 && h != nil && h.MsPerCost > 0 {
+			// A request the filter could not read (a multipart edit,
+			// a large body) is known by its service time afterwards.
+			tab.LearnCost(string(task), ms/h.MsPerCost)
+		}
+		return true
+	})
+	if err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: release: %v", err)
+	}
+}
+
+// sync runs on every thread's tick; the thread that takes the lease for
+// this interval reports the table and fetches a new view.
+func (p *picker) sync() {
+	now := nowMicro()
+	raw, cas, err := proxywasm.GetSharedData(keyLease)
+	if err != nil {
+		return
+	}
+	if len(raw) == 8 && now-int64(binary.LittleEndian.Uint64(raw)) < (wire.SyncInterval*9/10).Microseconds() {
+		return
+	}
+	if proxywasm.SetSharedData(keyLease, binary.LittleEndian.AppendUint64(nil, uint64(now)), cas) != nil {
+		return // another thread took it
+	}
+	tabRaw, _, err := proxywasm.GetSharedData(keyTable)
+	if err != nil {
+		return
+	}
+	tab, _ := pick.Decode(tabRaw)
+	rep := wire.LoadReport{Node: p.node, Hosts: make([]wire.HostReport, 0, len(tab.Hosts))}
+	if v := p.currentView(now); v != nil {
+		rep.Generation = v.Generation
+	}
+	for _, h := range tab.Hosts {
+		rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0),
+			MsPerCost: h.MsPerCost, Samples: h.Samples})
+		p.setGauges(h)
+	}
+	body, err := json.Marshal(rep)
+	if err != nil {
+		return
+	}
+	headers := [][2]string{{":method", "POST"}, {":path", wire.PathFilterSync}, {":authority", p.cluster},
+		{"content-type", "application/json"}}
+	if _, err := proxywasm.DispatchHttpCall(p.cluster, headers, body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
+		p.syncFailed("dispatch: " + err.Error())
+	}
+}
+
+// onView stores the control plane's answer for every thread.
+func (p *picker) onView(_, bodySize, _ int) {
+	status := ""
+	if hs, err := proxywasm.GetHttpCallResponseHeaders(); err == nil {
+		for _, h := range hs {
+			if h[0] == ":status" {
+				status = h[1]
+			}
+		}
+	}
+	body, err := proxywasm.GetHttpCallResponseBody(0, bodySize)
+	if status != "200" || err != nil {
+		p.syncFailed("status " + status + ": " + strings.TrimSpace(string(body)))
+		return
+	}
+	var v wire.PickView
+	if err := json.Unmarshal(body, &v); err != nil {
+		p.syncFailed("view: " + err.Error())
+		return
+	}
+	p.failures = 0
+	stored := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(body)), uint64(nowMicro()))
+	stored = append(stored, body...)
+	for range casTries {
+		_, cas, err := proxywasm.GetSharedData(keyView)
+		if err != nil && !errors.Is(err, types.ErrorStatusNotFound) {
+			return
+		}
+		if err := proxywasm.SetSharedData(keyView, stored, cas); !errors.Is(err, types.ErrorStatusCasMismatch) {
+			break
+		}
+	}
+	listed := make(map[string]bool, len(v.Workers))
+	for _, w := range v.Workers {
+		listed[w.Addr] = true
+	}
+	_ = update(func(tab *pick.Table) bool {
+		n := len(tab.Hosts)
+		tab.Forget(func(a string) bool { return listed[a] })
+		return len(tab.Hosts) != n
+	})
+}
+
+// syncFailed counts a failed sync and logs the first of a run of them.
+func (p *picker) syncFailed(why string) {
+	p.syncErrs.Increment(1)
+	if p.failures++; p.failures == 1 {
+		proxywasm.LogWarnf("diffusion-tagger: sync with the control plane failed (%s); picking stops once the last view is %v old", why, wire.ViewTTL)
+	}
+}
+
+// setGauges exports one worker's outstanding work, requests and learned
+// speed (µs per unit of cost) as Envoy stats.
+func (p *picker) setGauges(h pick.Host) {
+	g, ok := p.gauges[h.Addr]
+	if !ok {
+		name := strings.NewReplacer(".", "_", ":", "_", "[", "", "]", "").Replace(h.Addr)
+		g = [3]proxywasm.MetricGauge{
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_work." + name),
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_requests." + name),
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.us_per_cost." + name),
+		}
+		p.gauges[h.Addr] = g
+	}
+	// Gauges only add; every thread's gauge of one name is one stat.
+	for i, v := range []int64{h.Work, h.Requests, int64(h.MsPerCost * 1000)} {
+		g[i].Add(v - g[i].Value())
+	}
+}
+
+// setPickHeaders names the pick for override_host.
+func setPickHeaders(c pick.Choice) error {
+	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderPick, c.First); err != nil {
+		return err
+	}
+	if c.Second != "" {
+		return proxywasm.ReplaceHttpRequestHeader(wire.HeaderPickRetry, c.Second)
+	}
+	return nil
+}

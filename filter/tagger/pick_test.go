@@ -1,0 +1,181 @@
+package tagger
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/proxytest"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+var pickConfig = []byte(`{"secret":"` + testSecret + `","max_body_bytes":1024,"defaults":{"steps":50,"width":1024,"height":1024,"video_frames":16},"pick":true,"sync_cluster":"registry"}`)
+
+// pickHost starts the plugin with least-work routing on.
+func pickHost(t *testing.T, runner string) proxytest.HostEmulator {
+	t.Helper()
+	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).
+		WithPluginConfiguration(pickConfig).WithProperty([]string{"node", "id"}, []byte("envoy-a")))
+	t.Cleanup(reset)
+	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+		t.Fatalf("plugin start = %v", st)
+	}
+	if got := host.GetTickPeriod(); got != uint32(wire.SyncInterval.Milliseconds()) {
+		t.Fatalf("tick period = %d ms", got)
+	}
+	return host
+}
+
+// syncOnce ticks until the plugin posts a load report (the sync lease
+// lets one through per interval), answers it with view, and returns the
+// report.
+func syncOnce(t *testing.T, host proxytest.HostEmulator, view wire.PickView) wire.LoadReport {
+	t.Helper()
+	before := len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID))
+	deadline := time.Now().Add(5 * time.Second)
+	for len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID)) == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no sync call within 5 s of ticks")
+		}
+		host.Tick()
+		time.Sleep(5 * time.Millisecond) // the tick's own pace; the loop waits for the call itself
+	}
+	calls := host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
+	call := calls[len(calls)-1]
+	if call.Upstream != "registry" {
+		t.Fatalf("sync went to cluster %q", call.Upstream)
+	}
+	if p, _ := header(call.Headers, ":path"); p != wire.PathFilterSync {
+		t.Fatalf("sync path %q", p)
+	}
+	var rep wire.LoadReport
+	if err := json.Unmarshal(call.Body, &rep); err != nil {
+		t.Fatalf("report %q: %v", call.Body, err)
+	}
+	body, _ := json.Marshal(view)
+	host.CallOnHttpCallResponse(call.CalloutID, [][2]string{{":status", "200"}}, nil, body)
+	return rep
+}
+
+func imageRequest(t *testing.T, host proxytest.HostEmulator, extra ...[2]string) (uint32, [][2]string) {
+	t.Helper()
+	id := host.InitializeHttpContext()
+	hs := append([][2]string{{":method", "POST"}, {":path", wire.PathImages}, {"content-type", "application/json"}}, extra...)
+	if a := host.CallOnRequestHeaders(id, hs, false); a != types.ActionPause {
+		t.Fatalf("headers = %v, want the body held", a)
+	}
+	host.CallOnRequestBody(id, []byte(`{"prompt":"x","num_inference_steps":50,"size":"1024x1024"}`), true)
+	return id, host.GetCurrentRequestHeaders(id)
+}
+
+// TestLeastWorkPicks: with a view, each generation names the worker with
+// the least outstanding work (and a second choice), the work leaves the
+// worker when the answer starts or the stream ends, and the next report
+// shows it back at zero.
+func TestLeastWorkPicks(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host := pickHost(t, runner)
+			// Without a view the filter names no worker: Envoy's policy routes.
+			_, hs := imageRequest(t, host)
+			if v, ok := header(hs, wire.HeaderPick); ok {
+				t.Fatalf("picked %q without a view", v)
+			}
+			rep := syncOnce(t, host, wire.PickView{Generation: 3, Workers: []wire.PickWorker{
+				{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}, {Addr: "10.0.0.3:80", Video: true}}})
+			if rep.Node != "envoy-a" || rep.Generation != 0 {
+				t.Fatalf("first report = %+v", rep)
+			}
+
+			// A client's own pick header is not trusted.
+			id1, hs1 := imageRequest(t, host, [2]string{wire.HeaderPick, "10.0.0.3:80"})
+			first, _ := header(hs1, wire.HeaderPick)
+			retry, _ := header(hs1, wire.HeaderPickRetry)
+			if first == "10.0.0.3:80" || first == "" || retry == "" || retry == first || retry == "10.0.0.3:80" {
+				t.Fatalf("first request: pick %q, retry %q (video worker or client's choice leaked)", first, retry)
+			}
+			id2, hs2 := imageRequest(t, host)
+			second, _ := header(hs2, wire.HeaderPick)
+			if second == first || second == "" {
+				t.Fatalf("second request went to %q too, beside one in flight", second)
+			}
+			rep = syncOnce(t, host, wire.PickView{Generation: 4, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}}})
+			if rep.Generation != 3 {
+				t.Fatalf("report generation %d, want the view's 3", rep.Generation)
+			}
+			work := map[string]int64{}
+			for _, h := range rep.Hosts {
+				work[h.Addr] = h.Work
+			}
+			if work[first] != 50 || work[second] != 50 {
+				t.Fatalf("reported work %v, want 50 on each", work)
+			}
+
+			// Request 1 is answered by its worker: released, speed learned.
+			if err := host.SetProperty([]string{"upstream", "address"}, []byte(first)); err != nil {
+				t.Fatal(err)
+			}
+			host.CallOnResponseHeaders(id1, [][2]string{{":status", "200"}, {"content-type", "image/png"}}, false)
+			host.CompleteHttpContext(id1)
+			// Request 2's client goes away: released at the stream's end.
+			host.CompleteHttpContext(id2)
+
+			rep = syncOnce(t, host, wire.PickView{Generation: 4, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}}})
+			for _, h := range rep.Hosts {
+				if h.Work != 0 || h.Requests != 0 {
+					t.Fatalf("after both ended: %+v", h)
+				}
+				if h.Addr == first && h.Samples != 1 {
+					t.Fatalf("answered worker learned %d samples, want 1", h.Samples)
+				}
+				if h.Addr == second && h.Samples != 0 {
+					t.Fatalf("abandoned request taught speed: %+v", h)
+				}
+			}
+			if rep.Generation != 4 {
+				t.Fatalf("report generation %d, want 4", rep.Generation)
+			}
+
+			// A job poll is pinned, never picked.
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, [][2]string{{":method", "GET"}, {":path", "/v1/videos"}}, true)
+			if v, ok := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick); ok {
+				t.Fatalf("a GET was picked: %q", v)
+			}
+			// A multipart edit (body not read) is picked at the task's
+			// default cost.
+			id = host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathImageEdits}, {"content-type", "multipart/form-data; boundary=x"}}, false)
+			if v, ok := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick); !ok || v == "" {
+				t.Fatal("a multipart edit was not picked")
+			}
+			host.CompleteHttpContext(id)
+		})
+	}
+}
+
+// TestLeastWorkSyncFailure: a failed sync is counted and keeps the old view.
+func TestLeastWorkSyncFailure(t *testing.T) {
+	host := pickHost(t, "go")
+	syncOnce(t, host, wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80"}}})
+	before := len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID))
+	deadline := time.Now().Add(5 * time.Second)
+	for len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID)) == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no second sync")
+		}
+		host.Tick()
+		time.Sleep(5 * time.Millisecond)
+	}
+	calls := host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
+	host.CallOnHttpCallResponse(calls[len(calls)-1].CalloutID, [][2]string{{":status", "503"}}, nil, []byte(`{"error":"down"}`))
+	if v, err := host.GetCounterMetric("diffusion_router.pick.sync_errors"); err != nil || v != 1 {
+		t.Fatalf("sync errors = %d, %v", v, err)
+	}
+	_, hs := imageRequest(t, host)
+	if v, _ := header(hs, wire.HeaderPick); v != "10.0.0.1:80" {
+		t.Fatalf("after a failed sync the last view is gone: pick %q", v)
+	}
+}
