@@ -5,6 +5,7 @@
 //	bench grid     workers x concurrency x policy, with plots
 //	bench overhead the router's own cost against a direct call and a Go proxy
 //	bench scale    fleets of 64, 256 and 1024 workers
+//	bench routing  the tail under each policy: equal and mixed-speed fleets, 1 and 2 Envoys
 package main
 
 import (
@@ -45,8 +46,10 @@ func main() {
 		err = overheadCmd(ctx, args)
 	case "scale":
 		err = scaleCmd(ctx, args)
+	case "routing":
+		err = routingCmd(ctx, args)
 	default:
-		err = fmt.Errorf("unknown command %q (run, grid, overhead, scale)", cmd)
+		err = fmt.Errorf("unknown command %q (run, grid, overhead, scale, routing)", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -176,6 +179,58 @@ func gridCmd(ctx context.Context, args []string) error {
 	}
 	fmt.Print(bench.Markdown(rows))
 	fmt.Fprintln(os.Stderr, "results in", g.OutDir)
+	return nil
+}
+
+// routingMix is the workload: three quarters short requests, one
+// quarter about nine times longer (at --time-scale 0.14: about 0.55 s
+// and 4.9 s).
+const routingMix = "3:512x512:12,1:1024x1024:34"
+
+func routingCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench routing", flag.ContinueOnError)
+	bin := fs.String("router-bin", "bin/diffusion-router", "diffusion-router binary")
+	envoyBin := fs.String("envoy-bin", ".tools/envoy/bin/envoy", "Envoy binary, for the extra replicas")
+	workers := fs.Int("workers", 8, "fleet size")
+	fleets := fs.String("fleets", "equal,mixed", "equal and/or mixed (half the workers --slow-factor slower)")
+	slow := fs.Float64("slow-factor", 2, "how much slower the mixed fleet's slow half is")
+	replicas := fs.String("replicas", "1,2", "Envoy replica counts")
+	policies := fs.String("policies", "least-request,least-work,round-robin", "routing policies")
+	conc := fs.Int("concurrency", 24, "client concurrency (closed loop)")
+	n := fs.Int("num-prompts", 600, "measured requests per cell")
+	warm := fs.Int("warmup", 40, "unmeasured requests before each cell")
+	mixFlag := fs.String("request-mix", routingMix, "weighted list weight:WxH:steps[:frames],...")
+	scale := fs.Float64("time-scale", 0.14, "fake workers' speed relative to an H100")
+	out := fs.String("out", "", "output directory (default bench-results/<time>)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rc := bench.RoutingConfig{RouterBin: *bin, EnvoyBin: *envoyBin, Workers: *workers, Fleets: strings.Split(*fleets, ","),
+		SlowFactor: *slow, Policies: strings.Split(*policies, ","), Concurrency: *conc, NumPrompts: *n, Warmup: *warm,
+		TimeScale: *scale, Log: os.Stderr}
+	var err error
+	if rc.Replicas, err = ints(*replicas); err != nil {
+		return err
+	}
+	if rc.Mix, err = bench.ParseMix(*mixFlag); err != nil {
+		return err
+	}
+	if rc.OutDir, err = outDir(*out); err != nil {
+		return err
+	}
+	rows, err := bench.RunRouting(ctx, rc)
+	if err != nil {
+		return err
+	}
+	md := bench.RoutingMarkdown(rows)
+	if err := os.WriteFile(filepath.Join(rc.OutDir, "routing.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	if b, err := json.MarshalIndent(rows, "", "  "); err == nil {
+		_ = os.WriteFile(filepath.Join(rc.OutDir, "routing.json"), b, 0o644)
+	}
+	fmt.Print(md)
+	fmt.Fprintln(os.Stderr, "results in", rc.OutDir)
 	return nil
 }
 
