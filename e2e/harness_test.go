@@ -329,6 +329,7 @@ type workerStats struct {
 	QueueDepth    int            `json:"queue_depth"`
 	WaitTotalSecs float64        `json:"queue_wait_total_seconds"`
 	BusySeconds   float64        `json:"busy_seconds"`
+	Hung          int            `json:"hung"`
 }
 
 func stats(t testing.TB, w *fakeWorker) workerStats {

@@ -382,6 +382,14 @@ func (m *Manager) waitSynced(ctx context.Context, gen uint64) (int, bool) {
 		m.log.WithError(err).Warn("Envoys did not confirm the change in time")
 		return n, false
 	}
+	// With least-work routing a change is in force once the filters,
+	// which pick workers themselves, have it too.
+	if m.cfg.Pickers != nil {
+		if err := m.cfg.Pickers.WaitSeen(ctx, gen); err != nil {
+			m.log.WithError(err).Warn("the Envoys' filters did not see the change in time")
+			return n, false
+		}
+	}
 	return n, true
 }
 

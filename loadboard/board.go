@@ -63,12 +63,14 @@ func Check(r wire.LoadReport) error {
 			return fmt.Errorf("host address %q is empty or too long", h.Addr)
 		case h.Work < 0 || h.Requests < 0:
 			return fmt.Errorf("host %s: work and requests must not be negative", h.Addr)
-		case math.IsNaN(h.MsPerCost) || math.IsInf(h.MsPerCost, 0) || h.MsPerCost < 0 || h.Samples < 0:
-			return fmt.Errorf("host %s: ms_per_cost and samples must be finite and not negative", h.Addr)
+		case !finite(h.MsPerCost) || !finite(h.Base) || h.Samples < 0:
+			return fmt.Errorf("host %s: ms_per_cost, base and samples must be finite and not negative", h.Addr)
 		}
 	}
 	return nil
 }
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) && f >= 0 }
 
 // Addr is a worker's address as Envoy's host map (and the filter) names it.
 func Addr(w registry.Worker) string {
@@ -91,15 +93,17 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		return wire.PickView{}, fmt.Errorf("more than %d Envoys report load", MaxNodes)
 	}
 	b.reports[r.Node] = entry{at: now, report: r}
-	remote := map[string]int64{}
-	speeds := map[string][]float64{}
+	remote := map[string][2]int64{}
+	speeds, bases := map[string][]float64{}, map[string][]float64{}
 	for node, e := range b.reports {
 		for _, h := range e.report.Hosts {
 			if node != r.Node {
-				remote[h.Addr] += h.Work
+				rw := remote[h.Addr]
+				remote[h.Addr] = [2]int64{rw[0] + h.Work, rw[1] + h.Requests}
 			}
 			if h.Samples > 0 && h.MsPerCost > 0 {
 				speeds[h.Addr] = append(speeds[h.Addr], h.MsPerCost)
+				bases[h.Addr] = append(bases[h.Addr], h.Base)
 			}
 		}
 	}
@@ -112,7 +116,8 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		}
 		a := Addr(w)
 		v.Workers = append(v.Workers, wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
-			Models: w.Caps.ModelIDs, RemoteWork: remote[a], MsPerCost: pick.Median(speeds[a])})
+			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1],
+			MsPerCost: pick.Median(speeds[a]), Base: pick.Median(bases[a])})
 	}
 	return v, nil
 }

@@ -47,11 +47,15 @@ type PickWorker struct {
 	Video  bool     `json:"video,omitempty"`
 	Image  bool     `json:"image,omitempty"`
 	Models []string `json:"models,omitempty"`
-	// RemoteWork is the outstanding work other Envoys have sent it.
-	RemoteWork int64 `json:"remote_work,omitempty"`
-	// MsPerCost is the fleet's learned speed for the worker (0: none yet),
-	// which a filter that has not learned its own starts from.
+	// RemoteWork and RemoteRequests are the outstanding work and requests
+	// other Envoys have sent it.
+	RemoteWork     int64 `json:"remote_work,omitempty"`
+	RemoteRequests int64 `json:"remote_requests,omitempty"`
+	// MsPerCost and Base are the fleet's learned speed and fixed part for
+	// the worker (0: none yet), which a filter that has not learned its
+	// own starts from.
 	MsPerCost float64 `json:"ms_per_cost,omitempty"`
+	Base      float64 `json:"base,omitempty"`
 }
 
 // LoadReport is what one Envoy's filter reports at each sync.
@@ -69,7 +73,9 @@ type HostReport struct {
 	Addr     string `json:"addr"`
 	Work     int64  `json:"work"`
 	Requests int64  `json:"requests"`
-	// MsPerCost is the learned milliseconds per unit of cost (0: not yet).
+	// MsPerCost is the learned milliseconds per unit of effective cost,
+	// Base the learned fixed part per request in cost units (0: not yet).
 	MsPerCost float64 `json:"ms_per_cost,omitempty"`
+	Base      float64 `json:"base,omitempty"`
 	Samples   int64   `json:"samples,omitempty"`
 }

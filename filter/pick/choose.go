@@ -1,6 +1,7 @@
 package pick
 
 import (
+	"math"
 	"slices"
 
 	"github.com/diffrouter/diffusion-router/wire"
@@ -68,60 +69,73 @@ type Choice struct {
 }
 
 // Choose picks, among the candidates (indices into v.Workers), the worker
-// with the smallest (outstanding work + cost) x ms per cost: the one that
-// would finish this request first. Outstanding work is this Envoy's (the
-// table) plus the other Envoys' (the view). A worker's speed is what this
-// Envoy learned, else what the fleet learned, else the median of the
-// workers this Envoy knows (a new worker is taken as typical). Ties go to
-// the candidate at or after rot (callers rotate it), so idle equal workers
-// share the work.
+// that would finish this request first: the smallest (outstanding work +
+// cost + base x (outstanding requests + 1)) x ms per cost. Outstanding
+// work and requests are this Envoy's (the table) plus the other Envoys'
+// (the view). A worker's speed is what this Envoy learned, else what the
+// fleet learned, else the median of the workers this Envoy knows (a new
+// worker is taken as typical, and so is one whose slow estimate is stale). Near ties (within tieTolerance of
+// the best) go to the first such candidate at or after rot (callers rotate
+// it), so equal workers share the work even though their learned speeds
+// differ by noise, and each keeps being measured.
 func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int) (Choice, bool) {
 	if len(cands) == 0 {
 		return Choice{}, false
 	}
-	typical := t.MedianMsPerCost()
-	if typical == 0 {
-		var fleet []float64
-		for _, i := range cands {
-			if m := v.Workers[i].MsPerCost; m > 0 {
-				fleet = append(fleet, m)
-			}
+	typical := t.Typical()
+	var fleet, bases []float64
+	for _, i := range cands {
+		if m := v.Workers[i].MsPerCost; m > 0 {
+			fleet = append(fleet, m)
+			bases = append(bases, v.Workers[i].Base)
 		}
+	}
+	if typical == 0 {
 		typical = Median(fleet)
 	}
 	if typical == 0 {
 		typical = 1
 	}
-	best, second := -1, -1
-	var bestScore, secondScore float64
+	base := t.Fit.Base
+	if t.Fit.N < fitMinSamples {
+		base = Median(bases) // the fleet's, until this Envoy has its own
+	}
 	n := len(cands)
+	scores := make([]float64, n)
+	bestScore := math.Inf(1)
 	for k := range n {
 		i := cands[(k+rot%n+n)%n]
 		w := v.Workers[i]
 		mpc := typical
-		work := w.RemoteWork + cost
-		if h := t.Find(w.Addr); h != nil {
-			work += h.Work
-			if h.Samples > 0 && h.MsPerCost > 0 {
-				mpc = h.MsPerCost
-			} else if w.MsPerCost > 0 {
-				mpc = w.MsPerCost
-			}
-		} else if w.MsPerCost > 0 {
+		if w.MsPerCost > 0 {
 			mpc = w.MsPerCost
 		}
-		score := float64(max(work, 0)) * mpc
-		switch {
-		case best < 0 || score < bestScore:
-			second, secondScore = best, bestScore
-			best, bestScore = i, score
-		case second < 0 || score < secondScore:
-			second, secondScore = i, score
+		work, reqs := w.RemoteWork+cost, w.RemoteRequests+1
+		if h := t.Find(w.Addr); h != nil {
+			work += h.Work
+			reqs += h.Requests
+			if h.Samples > 0 && h.MsPerCost > 0 && !(t.Stale(h) && h.MsPerCost > typical) {
+				mpc = h.MsPerCost
+			}
+		}
+		scores[k] = (float64(max(work, 0)) + base*float64(max(reqs, 0))) * mpc
+		bestScore = min(bestScore, scores[k])
+	}
+	first, second := -1, -1
+	for k := range n {
+		if first < 0 && scores[k] <= bestScore*(1+tieTolerance) {
+			first = k
+		} else if second < 0 || scores[k] < scores[second] {
+			second = k
 		}
 	}
-	c := Choice{First: v.Workers[best].Addr, Expected: bestScore}
+	at := func(k int) int { return cands[(k+rot%n+n)%n] }
+	c := Choice{First: v.Workers[at(first)].Addr, Expected: scores[first]}
 	if second >= 0 {
-		c.Second = v.Workers[second].Addr
+		c.Second = v.Workers[at(second)].Addr
 	}
 	return c, true
 }
+
+// tieTolerance: scores this close to the best count as ties.
+const tieTolerance = 0.1

@@ -262,3 +262,63 @@ func TestChoose(t *testing.T) {
 		t.Fatal("chose among no candidates")
 	}
 }
+
+// TestBaseFit: a fixed part per request (3 ms here, beside 1 ms per unit
+// of cost) is learned from requests of different costs, and then counts
+// once per queued request.
+func TestBaseFit(t *testing.T) {
+	var tab Table
+	now := int64(0)
+	for i := range 40 {
+		cost := int64(1)
+		if i%3 == 0 {
+			cost = 50
+		}
+		tab.Add("w:1", cost)
+		took := (3 + cost) * 1000 // µs
+		tab.Done("w:1", cost, now, now+took, true)
+		now += took
+	}
+	h := tab.Find("w:1")
+	if math.Abs(tab.Fit.Base-3) > 0.05 || math.Abs(h.MsPerCost-1) > 0.02 {
+		t.Fatalf("base %v, ms per cost %v; want 3 and 1", tab.Fit.Base, h.MsPerCost)
+	}
+	// Worker a holds 15 one-unit requests, b one 50-unit request. With the
+	// base, a's queue is 15 x 4 = 60 ms and b's 53 ms: b finishes a new
+	// small request first; by cost alone a would look far less loaded.
+	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1"}, {Addr: "b:1"}}}
+	q := Table{Fit: Fit{Base: 3, N: 10}, Hosts: []Host{
+		{Addr: "a:1", Work: 15, Requests: 15, MsPerCost: 1, Samples: 9},
+		{Addr: "b:1", Work: 50, Requests: 1, MsPerCost: 1, Samples: 9}}}
+	if c, _ := Choose(v, []int{0, 1}, &q, 1, 0); c.First != "b:1" {
+		t.Fatalf("picked %s, want b:1", c.First)
+	}
+	// The table keeps the fit across encoding.
+	again, err := Decode(tab.Encode())
+	if err != nil || again.Fit != tab.Fit || again.Hosts[0] != *h || again.Picks != tab.Picks {
+		t.Fatalf("fit lost in encoding: %+v vs %+v (%v)", again, tab, err)
+	}
+}
+
+// TestStaleSlowEstimate: a worker whose slow estimate is many picks old
+// counts as typical again, so it gets work and is measured afresh; its
+// next sample moves the estimate fast.
+func TestStaleSlowEstimate(t *testing.T) {
+	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1"}, {Addr: "b:1"}}}
+	tab := Table{Picks: 10, Hosts: []Host{
+		{Addr: "a:1", MsPerCost: 1, Samples: 9, SampledAt: 10},
+		{Addr: "b:1", MsPerCost: 5, Samples: 9, SampledAt: 5}}}
+	if c, _ := Choose(v, []int{0, 1}, &tab, 10, 1); c.First != "a:1" {
+		t.Fatalf("fresh estimates: picked %s, want the fast a:1", c.First)
+	}
+	tab.Picks = 5 + staleAfter + 1
+	tab.Hosts[0].SampledAt = tab.Picks
+	if c, _ := Choose(v, []int{0, 1}, &tab, 10, 1); c.First != "b:1" {
+		t.Fatalf("stale slow estimate: picked %s, want b:1 (a tie, rotation 1)", c.First)
+	}
+	tab.Add("b:1", 10)
+	tab.Done("b:1", 10, 0, 10_000, true) // 1 ms per unit
+	if got := tab.Find("b:1").MsPerCost; got > 5*math.Pow(1.0/4, speedAlphaFast)+1e-9 {
+		t.Fatalf("a fresh sample after a stale stretch moved the estimate only to %v", got)
+	}
+}

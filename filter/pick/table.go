@@ -17,9 +17,17 @@ type Host struct {
 	// Work is the estimated cost of the requests sent and not finished;
 	// Requests counts them.
 	Work, Requests int64
-	// MsPerCost is the learned milliseconds per unit of cost (0: none).
+	// MsPerCost is the learned milliseconds per unit of effective cost
+	// (0: none). A request's effective cost is its estimate plus the
+	// table's Fit.Base.
 	MsPerCost float64
 	Samples   int64
+	// Streak counts the latest samples in a row above (positive) or
+	// below (negative) the estimate by more than speedShift.
+	Streak int64
+	// SampledAt is the table's Picks when the worker last taught its
+	// speed: an estimate many picks old is stale.
+	SampledAt int64
 	// LastDone is when the worker last finished a request (µs): it serves
 	// one at a time, so a request's service began at its send time or
 	// here, whichever is later.
@@ -33,22 +41,52 @@ type TaskCost struct {
 	Samples int64
 }
 
-// Table is one Envoy's state: every worker it has sent work to, and the
-// average cost per task class.
+// Table is one Envoy's state: every worker it has sent work to, the
+// average cost per task class, and the fixed part of a request's cost.
 type Table struct {
 	Hosts []Host
 	Tasks []TaskCost
+	// Picks counts the requests sent.
+	Picks int64
+	Fit   Fit
 }
 
-// Learning rates: the speed estimate moves 30 % of the way (in log space)
-// toward each sample, so a worker that turns 2x slower is seen 1.6x slower
-// after 3 requests and 1.8x after 5; a sample is first clipped to within 4x
-// of the estimate, so one stall (a garbage collection, a retry) moves it
-// little.
+// Fit is a decayed least-squares fit of service time t against cost c,
+// t = a + b c, pooled over the workers. Base = a / b is the fixed part of
+// a request in cost units: a diffusion request also pays for text
+// encoding, VAE decoding and scheduling, which the megapixel-steps
+// estimate leaves out. It is the same on a faster or slower GPU (both
+// parts scale), so one fit serves the fleet, and each worker's MsPerCost
+// carries its speed.
+type Fit struct {
+	Base            float64
+	N, C, T, CC, CT float64
+}
+
+// Learning rates: in steady state the speed estimate moves 10 % of the way
+// (in log space) toward each sample, which keeps timing noise out of it;
+// from the second sample in a row off by more than speedShift it moves
+// half the way, so a worker that turns 2x slower is seen 1.7x slower
+// after 3 requests. A sample is first clipped to within 4x of the
+// estimate, so one stall (a garbage collection, a retry) moves it little.
 const (
-	speedAlpha = 0.3
-	speedClip  = 4.0
-	costAlpha  = 0.1
+	speedAlpha     = 0.1
+	speedAlphaFast = 0.5
+	speedShift     = 1.25
+	speedClip      = 4.0
+	costAlpha      = 0.1
+	// fitDecay forgets old samples of the base fit: about the last 30
+	// count.
+	fitDecay = 1 - 1.0/30
+	// fitMinSamples and fitMinSpread: the fit needs enough samples of
+	// different costs before it says anything.
+	fitMinSamples = 6
+	fitMinSpread  = 0.1
+	// staleAfter: a worker whose estimate is this many picks old is
+	// treated as typical if its estimate says slower (so a worker once
+	// mismeasured as slow gets work again and is measured again), and
+	// its next sample counts fast.
+	staleAfter = 64
 )
 
 // host returns the worker's entry, adding it.
@@ -77,7 +115,11 @@ func (t *Table) Add(addr string, cost int64) {
 	h := t.host(addr)
 	h.Work += cost
 	h.Requests++
+	t.Picks++
 }
+
+// Stale reports whether h's speed estimate is many picks old.
+func (t *Table) Stale(h *Host) bool { return h.Samples > 0 && t.Picks-h.SampledAt > staleAfter }
 
 // Done is the end of a request Add counted, however it ended: its cost
 // leaves the worker's outstanding work. When the worker answered it
@@ -97,15 +139,54 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 		return 0
 	}
 	ms := float64(done-start) / 1000
-	sample := ms / float64(cost)
+	stale := t.Stale(h)
+	h.SampledAt = t.Picks
+	t.Fit.add(float64(cost), ms)
+	sample := ms / (float64(cost) + t.Fit.Base)
 	if h.Samples == 0 || h.MsPerCost <= 0 {
 		h.MsPerCost = sample
 	} else {
 		sample = min(max(sample, h.MsPerCost/speedClip), h.MsPerCost*speedClip)
-		h.MsPerCost = math.Exp((1-speedAlpha)*math.Log(h.MsPerCost) + speedAlpha*math.Log(sample))
+		switch {
+		case sample > h.MsPerCost*speedShift:
+			h.Streak = max(h.Streak, 0) + 1
+		case sample < h.MsPerCost/speedShift:
+			h.Streak = min(h.Streak, 0) - 1
+		default:
+			h.Streak = 0
+		}
+		alpha := speedAlpha
+		if stale || h.Streak >= 2 || h.Streak <= -2 {
+			alpha = speedAlphaFast
+		}
+		h.MsPerCost = math.Exp((1-alpha)*math.Log(h.MsPerCost) + alpha*math.Log(sample))
 	}
 	h.Samples++
 	return ms
+}
+
+// add adds one sample (cost c took t ms) and, once the fit is
+// determined, sets Base.
+func (f *Fit) add(c, t float64) {
+	f.N = f.N*fitDecay + 1
+	f.C = f.C*fitDecay + c
+	f.T = f.T*fitDecay + t
+	f.CC = f.CC*fitDecay + c*c
+	f.CT = f.CT*fitDecay + c*t
+	if f.N < fitMinSamples {
+		return
+	}
+	mc, mt := f.C/f.N, f.T/f.N
+	variance := f.CC/f.N - mc*mc
+	if variance <= (fitMinSpread*mc)*(fitMinSpread*mc) {
+		return // (nearly) one cost only: nothing to separate
+	}
+	b := (f.CT/f.N - mc*mt) / variance
+	if b <= 0 {
+		return
+	}
+	a := mt - b*mc
+	f.Base = min(max(a/b, 0), 10*mc)
 }
 
 // Forget drops workers with nothing outstanding that the view no longer
@@ -140,16 +221,22 @@ func (t *Table) CostOf(task string, def int64) int64 {
 	return def
 }
 
-// MedianMsPerCost is the median learned speed over the workers that have
-// one (0: none has).
-func (t *Table) MedianMsPerCost() float64 {
-	var v []float64
-	for _, h := range t.Hosts {
-		if h.Samples > 0 && h.MsPerCost > 0 {
-			v = append(v, h.MsPerCost)
+// Typical is the median learned speed over the workers with a fresh
+// estimate, else over all that have one (0: none has).
+func (t *Table) Typical() float64 {
+	var fresh, all []float64
+	for i := range t.Hosts {
+		if h := &t.Hosts[i]; h.Samples > 0 && h.MsPerCost > 0 {
+			all = append(all, h.MsPerCost)
+			if !t.Stale(h) {
+				fresh = append(fresh, h.MsPerCost)
+			}
 		}
 	}
-	return Median(v)
+	if len(fresh) > 0 {
+		return Median(fresh)
+	}
+	return Median(all)
 }
 
 // Median is the median of v (0 for none); it sorts v.
@@ -167,11 +254,11 @@ func Median(v []float64) float64 {
 
 // tableFormat versions the encoding: Envoy keeps shared data across a
 // plugin reload, and a new plugin must not misread an old table.
-const tableFormat = 1
+const tableFormat = 3
 
 // Encode is the table as shared data holds it.
 func (t *Table) Encode() []byte {
-	b := make([]byte, 0, 16+len(t.Hosts)*40+len(t.Tasks)*24)
+	b := make([]byte, 0, 16+len(t.Hosts)*96+len(t.Tasks)*24)
 	b = append(b, tableFormat)
 	b = binary.AppendUvarint(b, uint64(len(t.Hosts)))
 	for _, h := range t.Hosts {
@@ -181,12 +268,18 @@ func (t *Table) Encode() []byte {
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(h.MsPerCost))
 		b = binary.AppendVarint(b, h.Samples)
 		b = binary.AppendVarint(b, h.LastDone)
+		b = binary.AppendVarint(b, h.Streak)
+		b = binary.AppendVarint(b, h.SampledAt)
 	}
 	b = binary.AppendUvarint(b, uint64(len(t.Tasks)))
 	for _, tc := range t.Tasks {
 		b = appendString(b, tc.Task)
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(tc.Avg))
 		b = binary.AppendVarint(b, tc.Samples)
+	}
+	b = binary.AppendVarint(b, t.Picks)
+	for _, f := range []float64{t.Fit.Base, t.Fit.N, t.Fit.C, t.Fit.T, t.Fit.CC, t.Fit.CT} {
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
 	}
 	return b
 }
@@ -208,13 +301,15 @@ func Decode(b []byte) (Table, error) {
 	t.Hosts = make([]Host, 0, n)
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		t.Hosts = append(t.Hosts, Host{Addr: r.string(), Work: r.varint(), Requests: r.varint(),
-			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint()})
+			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint(), Streak: r.varint(), SampledAt: r.varint()})
 	}
 	n = r.count()
 	t.Tasks = make([]TaskCost, 0, n)
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		t.Tasks = append(t.Tasks, TaskCost{Task: r.string(), Avg: r.float(), Samples: r.varint()})
 	}
+	t.Picks = r.varint()
+	t.Fit = Fit{Base: r.float(), N: r.float(), C: r.float(), T: r.float(), CC: r.float(), CT: r.float()}
 	if r.err != nil || len(r.b) != 0 {
 		return Table{}, ErrFormat
 	}

@@ -239,7 +239,7 @@ func (p *picker) sync() {
 	}
 	for _, h := range tab.Hosts {
 		rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0),
-			MsPerCost: h.MsPerCost, Samples: h.Samples})
+			MsPerCost: h.MsPerCost, Base: tab.Fit.Base, Samples: h.Samples})
 		p.setGauges(h)
 	}
 	body, err := json.Marshal(rep)

@@ -1,0 +1,278 @@
+package e2e
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestLeastWorkBeatsLeastRequestOnMixedFleet runs one skewed workload
+// through a least-work router and a least-request router at the same time,
+// each in front of its own fleet of two fast and two three-times-slower
+// workers, and compares the tail the client sees.
+func TestLeastWorkBeatsLeastRequestOnMixedFleet(t *testing.T) {
+	t.Parallel()
+	work := skewedWorkload(500, 7)
+	setup := func(policy string) *routerProc {
+		_, fast := startFleet(t, 2, "--time-scale", "0.01", "--jitter", "0.05")
+		_, slow := startFleet(t, 2, "--time-scale", "0.03", "--jitter", "0.05")
+		return startRouter(t, append([]string{"--routing-algorithm", policy, "--worker-urls"}, append(fast, slow...)...)...)
+	}
+	lw, lr := setup("least-work"), setup("least-request")
+	// Both start cold: a short warm-up lets least-work learn the speeds
+	// (and least-request's Envoy warm its connections).
+	warm := skewedWorkload(40, 1)
+	var lwRes, lrRes loadResult
+	var wg sync.WaitGroup
+	for _, c := range []struct {
+		r   *routerProc
+		out *loadResult
+	}{{lw, &lwRes}, {lr, &lrRes}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runLoad(t, c.r.Front, warm, 8)
+			*c.out = runLoad(t, c.r.Front, work, 8)
+		}()
+	}
+	wg.Wait()
+	if lwRes.failures != 0 || lrRes.failures != 0 {
+		t.Fatalf("failures: least-work %d, least-request %d", lwRes.failures, lrRes.failures)
+	}
+	t.Logf("least-work: mean %v p99 %v per worker %v; least-request: mean %v p99 %v per worker %v",
+		lwRes.mean(), lwRes.quantile(0.99), lwRes.byWorker, lrRes.mean(), lrRes.quantile(0.99), lrRes.byWorker)
+	if lwRes.quantile(0.99) >= lrRes.quantile(0.99) {
+		t.Errorf("least-work p99 %v is not below least-request's %v", lwRes.quantile(0.99), lrRes.quantile(0.99))
+	}
+	picked := envoyStat(t, lw.Admin, "wasmcustom.diffusion_router.pick.picked")
+	if picked < len(work) {
+		t.Errorf("the filter picked %d of %d requests", picked, len(work)+len(warm))
+	}
+}
+
+// outstanding sums the filter's outstanding-work and -request gauges over
+// every worker an Envoy has sent work to (-1: no gauge at all yet).
+func outstanding(t *testing.T, admin string) (work, requests int64) {
+	t.Helper()
+	body := string(get(t, admin+"/stats?filter=diffusion_router\\.pick\\.outstanding").Body)
+	work, requests = -1, -1
+	for _, line := range strings.Split(body, "\n") {
+		name, v, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.Contains(name, ".outstanding_work."):
+			work = max(work, 0) + n
+		case strings.Contains(name, ".outstanding_requests."):
+			requests = max(requests, 0) + n
+		}
+	}
+	return work, requests
+}
+
+// workersOutstanding sums GET /workers' outstanding work over the fleet.
+func workersOutstanding(t *testing.T, api string) (work float64) {
+	t.Helper()
+	for _, w := range workersByURL(t, api) {
+		if v, ok := w["outstanding_work"].(float64); ok {
+			work += v
+		}
+	}
+	return work
+}
+
+// TestLeastWorkOutstandingReturnsToZero: whatever way requests end (an
+// answer, a client that goes away, a timeout, a worker killed under them),
+// the work the filter counted on the workers returns to zero, in Envoy's
+// stats and in GET /workers.
+func TestLeastWorkOutstandingReturnsToZero(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 3, "--time-scale", "0.01")
+	r := startRouter(t, "--routing-algorithm", "least-work", "--timeout", "1", "--max-retries", "0", "--worker-urls", strings.Join(urls, ","))
+	settled := func(what string) {
+		t.Helper()
+		eventually(t, 10*time.Second, "outstanding work back to zero after "+what, func() bool {
+			w, n := outstanding(t, r.Admin)
+			return w == 0 && n == 0 && workersOutstanding(t, r.API) == 0
+		})
+	}
+
+	// Answers.
+	res := runLoad(t, r.Front, skewedWorkload(60, 3), 6)
+	if res.failures != 0 {
+		t.Fatalf("%d failures under plain load", res.failures)
+	}
+	if w, _ := outstanding(t, r.Admin); w < 0 {
+		t.Fatal("no outstanding-work gauges: the filter did not pick")
+	}
+	settled("answers")
+
+	// Clients that go away mid-request (a 1024x1024, 50-step image takes
+	// about 70 ms here; they leave after 10 ms).
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			defer cancel()
+			_, _ = tryDo(ctx, "POST", r.Front+"/v1/images/generations", "application/json",
+				strings.NewReader(`{"prompt":"p","num_inference_steps":50,"size":"1024x1024"}`))
+		}()
+	}
+	wg.Wait()
+	settled("clients went away")
+
+	// Timeouts: the workers hang; Envoy answers 504 after --timeout. Two
+	// at once, so they land on two workers (one timeout each: a second in
+	// a row would eject the worker).
+	for _, w := range ws {
+		postJSON(t, w.URL+"/_fake/faults", map[string]any{"hang_rate": 1})
+	}
+	var timedOut atomic.Int32
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p"}`))
+			if err == nil && resp.Status == 504 {
+				timedOut.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if timedOut.Load() != 2 {
+		t.Fatalf("%d of 2 requests to hanging workers timed out with 504", timedOut.Load())
+	}
+	settled("timeouts")
+	for _, w := range ws {
+		postJSON(t, w.URL+"/_fake/faults", map[string]any{"hang_rate": 0})
+	}
+
+	// A worker killed with requests on it: every worker hangs, nine
+	// requests spread over them, and the one holding most is killed (the
+	// others time out).
+	for _, w := range ws {
+		postJSON(t, w.URL+"/_fake/faults", map[string]any{"hang_rate": 1})
+	}
+	hungBefore := make([]int, len(ws))
+	for i, w := range ws {
+		hungBefore[i] = stats(t, w).Hung
+	}
+	for range 9 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p"}`))
+		}()
+	}
+	victim, most := 0, 0
+	eventually(t, 5*time.Second, "nine requests hanging on the workers", func() bool {
+		total := 0
+		for i, w := range ws {
+			n := stats(t, w).Hung - hungBefore[i]
+			total += n
+			if n > most {
+				victim, most = i, n
+			}
+		}
+		return total == 9
+	})
+	ws[victim].kill()
+	wg.Wait()
+	settled("a worker was killed")
+}
+
+// TestLeastWorkNeverPicksDrainingOrQuarantined: a worker being drained
+// (removed with a request still on it) and a quarantined one get no new
+// request, while the rest of the fleet serves every one.
+func TestLeastWorkNeverPicksDrainingOrQuarantined(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 3, "--time-scale", "0.01", "--jitter", "0")
+	r := startRouter(t, "--routing-algorithm", "least-work", "--outlier-consecutive-failures", "3", "--worker-urls", strings.Join(urls, ","))
+	served := func(n int) map[string]int {
+		t.Helper()
+		by := map[string]int{}
+		for range n {
+			resp := do(t, "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":2,"size":"256x256"}`))
+			if resp.Status != 200 {
+				t.Fatalf("request answered %d: %s", resp.Status, resp.Body)
+			}
+			by[resp.Header.Get("X-Worker-Id")]++
+		}
+		return by
+	}
+	if by := served(30); len(by) < 2 {
+		t.Fatalf("before any change, requests went to %v only", by)
+	}
+
+	// Drain: a long request (slowed 200x: about 3 s) holds worker 0 while
+	// it is removed.
+	postJSON(t, ws[0].URL+"/_fake/faults", map[string]any{"slowdown": 200})
+	long := make(chan int, 1)
+	go func() {
+		// Several long ones so one surely lands on worker 0.
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":20}`))
+				if err == nil && resp.Status == 200 && resp.Header.Get("X-Worker-Id") == ws[0].ID {
+					long <- 1
+				}
+			}()
+		}
+		wg.Wait()
+		close(long)
+	}()
+	eventually(t, 5*time.Second, "a request in flight on worker 0", func() bool { return stats(t, ws[0]).QueueDepth > 0 })
+	if resp := postJSON(t, r.API+"/remove_worker", map[string]any{"url": ws[0].URL}); resp.Status != 200 {
+		t.Fatalf("remove = %d %s", resp.Status, resp.Body)
+	}
+	if st := workersByURL(t, r.API)[ws[0].URL]["state"]; st != "draining" {
+		t.Fatalf("worker 0 is %v after the remove, want draining (its request is still running)", st)
+	}
+	if by := served(30); by[ws[0].ID] != 0 {
+		t.Fatalf("a draining worker got %d new requests (%v)", by[ws[0].ID], by)
+	}
+	if st, ok := workersByURL(t, r.API)[ws[0].URL]; ok && st["state"] != "draining" {
+		t.Fatalf("worker 0 left draining too early: %v", st["state"])
+	}
+	if n, ok := <-long; !ok || n != 1 {
+		t.Fatal("the drained worker's own request did not complete on it")
+	}
+
+	// Quarantine: worker 1 fails every request until Envoy ejects it and
+	// the control plane quarantines it.
+	postJSON(t, ws[1].URL+"/_fake/faults", map[string]any{"fail_rate": 1})
+	eventually(t, 20*time.Second, "worker 1 quarantined", func() bool {
+		// Two at once: an idle fleet sends a lone request to the fastest
+		// worker, which need not be the failing one.
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":2,"size":"256x256"}`))
+			}()
+		}
+		wg.Wait()
+		return workersByURL(t, r.API)[ws[1].URL]["state"] == "quarantined"
+	})
+	if by := served(30); by[ws[1].ID] != 0 || by[ws[2].ID] != 30 {
+		t.Fatalf("after the quarantine requests went to %v, want all 30 on %s", by, ws[2].ID)
+	}
+	if un := envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.unpicked"); un != 0 {
+		t.Errorf("%d requests went unpicked (the filter had no view)", un)
+	}
+}
