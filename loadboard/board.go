@@ -6,10 +6,12 @@
 package loadboard
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -32,12 +34,28 @@ const (
 	aliveFor = wire.ViewTTL + 250*time.Millisecond
 )
 
-// Board holds the latest report of each Envoy.
+// Board holds the latest report of each Envoy, and learns each worker's
+// speed from every Envoy's completions merged in the order the worker
+// answered them: one Envoy sees only its own part of a worker's queue, so
+// its own estimate counts the other Envoys' requests in as service time.
 type Board struct {
 	mu      sync.Mutex
 	reports map[string]entry
 	now     func() time.Time
+	// speeds is the fleet-wide estimator; pending holds completions not
+	// yet old enough to be sure none from another Envoy comes before them.
+	speeds  pick.Table
+	pending []wire.Completion
+	maxDone int64
 }
+
+// Merging completions: a completion is taken once the newest one seen is
+// mergeWindow later (every Envoy reports within about two sync
+// intervals); at most maxPending wait.
+const (
+	mergeWindow = 500 * time.Millisecond
+	maxPending  = 16 * pick.MaxCompletions
+)
 
 type entry struct {
 	at     time.Time
@@ -56,6 +74,13 @@ func Check(r wire.LoadReport) error {
 		return fmt.Errorf("\"node\" must be 1 to %d characters", maxNodeID)
 	case len(r.Hosts) > MaxHostsPerNode:
 		return fmt.Errorf("at most %d hosts per report", MaxHostsPerNode)
+	case len(r.Completions) > pick.MaxCompletions:
+		return fmt.Errorf("at most %d completions per report", pick.MaxCompletions)
+	}
+	for _, c := range r.Completions {
+		if c.Addr == "" || len(c.Addr) > 300 || c.Cost < 0 || c.Sent < 0 || c.Done < c.Sent {
+			return fmt.Errorf("completion %+v: needs an address, a cost not negative and done not before sent", c)
+		}
 	}
 	for _, h := range r.Hosts {
 		switch {
@@ -63,8 +88,8 @@ func Check(r wire.LoadReport) error {
 			return fmt.Errorf("host address %q is empty or too long", h.Addr)
 		case h.Work < 0 || h.Requests < 0:
 			return fmt.Errorf("host %s: work and requests must not be negative", h.Addr)
-		case !finite(h.MsPerCost) || !finite(h.Base) || h.Samples < 0:
-			return fmt.Errorf("host %s: ms_per_cost, base and samples must be finite and not negative", h.Addr)
+		case !finite(h.MsPerCost) || h.Samples < 0:
+			return fmt.Errorf("host %s: ms_per_cost and samples must be finite and not negative", h.Addr)
 		}
 	}
 	return nil
@@ -93,33 +118,59 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		return wire.PickView{}, fmt.Errorf("more than %d Envoys report load", MaxNodes)
 	}
 	b.reports[r.Node] = entry{at: now, report: r}
+	b.learn(r.Completions, snap)
 	remote := map[string][2]int64{}
-	speeds, bases := map[string][]float64{}, map[string][]float64{}
 	for node, e := range b.reports {
+		if node == r.Node {
+			continue
+		}
 		for _, h := range e.report.Hosts {
-			if node != r.Node {
-				rw := remote[h.Addr]
-				remote[h.Addr] = [2]int64{rw[0] + h.Work, rw[1] + h.Requests}
-			}
-			if h.Samples > 0 && h.MsPerCost > 0 {
-				speeds[h.Addr] = append(speeds[h.Addr], h.MsPerCost)
-				bases[h.Addr] = append(bases[h.Addr], h.Base)
-			}
+			rw := remote[h.Addr]
+			remote[h.Addr] = [2]int64{rw[0] + h.Work, rw[1] + h.Requests}
 		}
 	}
-	b.mu.Unlock()
-
-	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}}
+	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base}
 	for _, w := range snap.Workers {
 		if !w.Routable() || out(w.Key()) {
 			continue
 		}
 		a := Addr(w)
-		v.Workers = append(v.Workers, wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
-			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1],
-			MsPerCost: pick.Median(speeds[a]), Base: pick.Median(bases[a])})
+		pw := wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
+			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1]}
+		if h := b.speeds.Find(a); h != nil && h.Samples > 0 {
+			pw.MsPerCost = h.MsPerCost
+		}
+		v.Workers = append(v.Workers, pw)
 	}
+	b.mu.Unlock()
 	return v, nil
+}
+
+// learn merges completions into the fleet-wide speed estimate, in the
+// order the workers answered them; b.mu is held.
+func (b *Board) learn(cs []wire.Completion, snap registry.Snapshot) {
+	for _, c := range cs {
+		b.maxDone = max(b.maxDone, c.Done)
+	}
+	b.pending = append(b.pending, cs...)
+	if over := len(b.pending) - maxPending; over > 0 {
+		b.pending = b.pending[over:]
+	}
+	slices.SortStableFunc(b.pending, func(x, y wire.Completion) int { return cmp.Compare(x.Done, y.Done) })
+	cut := b.maxDone - mergeWindow.Microseconds()
+	n := 0
+	for n < len(b.pending) && b.pending[n].Done <= cut {
+		c := b.pending[n]
+		b.speeds.Add(c.Addr, c.Cost)
+		b.speeds.Done(c.Addr, c.Cost, c.Sent, c.Done, true)
+		n++
+	}
+	b.pending = b.pending[n:]
+	listed := make(map[string]bool, len(snap.Workers))
+	for _, w := range snap.Workers {
+		listed[Addr(w)] = true
+	}
+	b.speeds.Forget(func(a string) bool { return listed[a] })
 }
 
 // expire drops reports older than aliveFor; b.mu is held.
@@ -163,7 +214,8 @@ func (b *Board) WaitSeen(ctx context.Context, gen uint64) error {
 // HostLoad is one worker's outstanding work over every live Envoy.
 type HostLoad struct {
 	Work, Requests int64
-	// MsPerCost is the median of the Envoys' learned speeds (0: none).
+	// MsPerCost is the worker's speed learned from every Envoy's
+	// completions (0: none yet).
 	MsPerCost float64
 	Envoys    int
 }
@@ -174,7 +226,6 @@ func (b *Board) Hosts() map[string]HostLoad {
 	defer b.mu.Unlock()
 	b.expire(b.now())
 	out := map[string]HostLoad{}
-	speeds := map[string][]float64{}
 	for _, e := range b.reports {
 		for _, h := range e.report.Hosts {
 			l := out[h.Addr]
@@ -182,15 +233,14 @@ func (b *Board) Hosts() map[string]HostLoad {
 			l.Requests += h.Requests
 			l.Envoys++
 			out[h.Addr] = l
-			if h.Samples > 0 && h.MsPerCost > 0 {
-				speeds[h.Addr] = append(speeds[h.Addr], h.MsPerCost)
-			}
 		}
 	}
-	for a, s := range speeds {
-		l := out[a]
-		l.MsPerCost = pick.Median(s)
-		out[a] = l
+	for _, h := range b.speeds.Hosts {
+		if h.Samples > 0 {
+			l := out[h.Addr]
+			l.MsPerCost = h.MsPerCost
+			out[h.Addr] = l
+		}
 	}
 	return out
 }

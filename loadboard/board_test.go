@@ -87,8 +87,8 @@ func TestSyncView(t *testing.T) {
 	if va.Generation != 7 || va.Workers[0].RemoteWork != 300 || !va.Workers[0].Image || va.Workers[0].Video || !va.Workers[1].Video {
 		t.Fatalf("view for A = %+v", va)
 	}
-	if va.Workers[0].MsPerCost != 3 {
-		t.Fatalf("fleet speed = %v, want the median 3", va.Workers[0].MsPerCost)
+	if va.Envoys != 2 {
+		t.Fatalf("view counts %d Envoys, want 2", va.Envoys)
 	}
 	vb, _ := b.Sync(wire.LoadReport{Node: "B", Generation: 7, Hosts: []wire.HostReport{{Addr: "10.0.0.1:80", Work: 300, Requests: 2}}}, snap, out)
 	if vb.Workers[0].RemoteWork != 50 {
@@ -158,5 +158,42 @@ func TestSeen(t *testing.T) {
 	b.Sync(wire.LoadReport{Node: "A", Generation: 1}, registry.Snapshot{}, none)
 	if err := b.WaitSeen(ctx, 2); err == nil {
 		t.Fatal("WaitSeen returned nil with the context done and generation unseen")
+	}
+}
+
+// TestFleetSpeedFromMergedCompletions: a worker serves one request at a
+// time; two Envoys' requests interleave on it. Each Envoy alone would take
+// the other's request for its own service time; merged in answer order,
+// the board sees the true 100 ms per request.
+func TestFleetSpeedFromMergedCompletions(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	b := New(c.now)
+	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I")}}
+	none := func(string) bool { return false }
+	const ms = 1000 // µs
+	a := "10.0.0.1:80"
+	// Envoy A's two requests and B's one, all sent at 0, answered at
+	// 100, 200 (B's) and 300 ms; each costs 10.
+	if _, err := b.Sync(wire.LoadReport{Node: "A", Completions: []wire.Completion{
+		{Addr: a, Cost: 10, Sent: 0, Done: 100 * ms}, {Addr: a, Cost: 10, Sent: 0, Done: 300 * ms}}}, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Sync(wire.LoadReport{Node: "B", Completions: []wire.Completion{{Addr: a, Cost: 10, Sent: 0, Done: 200 * ms}}}, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is taken before a later completion shows the window passed.
+	if v, _ := b.Sync(wire.LoadReport{Node: "B"}, snap, none); v.Workers[0].MsPerCost != 0 {
+		t.Fatalf("speed learned before the merge window passed: %v", v.Workers[0].MsPerCost)
+	}
+	v, _ := b.Sync(wire.LoadReport{Node: "A", Completions: []wire.Completion{{Addr: a, Cost: 10, Sent: 1000 * ms, Done: 1100 * ms}}}, snap, none)
+	if got := v.Workers[0].MsPerCost; got < 9.99 || got > 10.01 {
+		t.Fatalf("fleet speed = %v ms per unit, want 10", got)
+	}
+	if h := b.Hosts()[a]; h.MsPerCost != v.Workers[0].MsPerCost {
+		t.Fatalf("GET /workers would show %v", h.MsPerCost)
+	}
+	bad := wire.LoadReport{Node: "A", Completions: []wire.Completion{{Addr: a, Cost: 1, Sent: 5, Done: 4}}}
+	if _, err := b.Sync(bad, snap, none); err == nil {
+		t.Fatal("a completion answered before it was sent was accepted")
 	}
 }

@@ -37,6 +37,14 @@ type PickView struct {
 	// checks, not ejected. Draining, updating, quarantined and unknown
 	// workers are not listed.
 	Workers []PickWorker `json:"workers"`
+	// Envoys counts the Envoys reporting load. With more than one, each
+	// sees only part of every worker's queue, so the speeds the control
+	// plane learned from all their completions (MsPerCost, Base) are the
+	// ones to pick with.
+	Envoys int `json:"envoys"`
+	// Base is the fixed part of a request in cost units, fitted over
+	// every Envoy's completions (0: not yet).
+	Base float64 `json:"base,omitempty"`
 }
 
 // PickWorker is one eligible worker.
@@ -51,11 +59,9 @@ type PickWorker struct {
 	// other Envoys have sent it.
 	RemoteWork     int64 `json:"remote_work,omitempty"`
 	RemoteRequests int64 `json:"remote_requests,omitempty"`
-	// MsPerCost and Base are the fleet's learned speed and fixed part for
-	// the worker (0: none yet), which a filter that has not learned its
-	// own starts from.
+	// MsPerCost is the worker's speed learned from every Envoy's
+	// completions (0: none yet).
 	MsPerCost float64 `json:"ms_per_cost,omitempty"`
-	Base      float64 `json:"base,omitempty"`
 }
 
 // LoadReport is what one Envoy's filter reports at each sync.
@@ -66,6 +72,18 @@ type LoadReport struct {
 	// it has none, or it is too old to pick with).
 	Generation uint64       `json:"generation"`
 	Hosts      []HostReport `json:"hosts"`
+	// Completions are the requests workers answered since the last
+	// report, for the fleet-wide speed estimate.
+	Completions []Completion `json:"completions,omitempty"`
+}
+
+// Completion is one answered request: its worker, estimated cost, and
+// when it was sent and answered (µs since the epoch, the Envoy's clock).
+type Completion struct {
+	Addr string `json:"addr"`
+	Cost int64  `json:"cost"`
+	Sent int64  `json:"sent"`
+	Done int64  `json:"done"`
 }
 
 // HostReport is one worker as one Envoy's filter sees it.
@@ -73,9 +91,8 @@ type HostReport struct {
 	Addr     string `json:"addr"`
 	Work     int64  `json:"work"`
 	Requests int64  `json:"requests"`
-	// MsPerCost is the learned milliseconds per unit of effective cost,
-	// Base the learned fixed part per request in cost units (0: not yet).
+	// MsPerCost is this Envoy's learned milliseconds per unit of
+	// effective cost (0: not yet).
 	MsPerCost float64 `json:"ms_per_cost,omitempty"`
-	Base      float64 `json:"base,omitempty"`
 	Samples   int64   `json:"samples,omitempty"`
 }

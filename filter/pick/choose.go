@@ -73,8 +73,9 @@ type Choice struct {
 // cost + base x (outstanding requests + 1)) x ms per cost. Outstanding
 // work and requests are this Envoy's (the table) plus the other Envoys'
 // (the view). A worker's speed is what this Envoy learned, else what the
-// fleet learned, else the median of the workers this Envoy knows (a new
-// worker is taken as typical, and so is one whose slow estimate is stale). Near ties (within tieTolerance of
+// control plane learned, else the median of the workers this Envoy knows
+// (a new worker is taken as typical, and so is one whose slow estimate is
+// stale); with several Envoys, only what the control plane learned. Near ties (within tieTolerance of
 // the best) go to the first such candidate at or after rot (callers rotate
 // it), so equal workers share the work even though their learned speeds
 // differ by noise, and each keeps being measured.
@@ -82,23 +83,26 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int) (Choic
 	if len(cands) == 0 {
 		return Choice{}, false
 	}
-	typical := t.Typical()
-	var fleet, bases []float64
+	// Several Envoys each see part of every worker's queue, so only the
+	// control plane's estimates (from all their completions) are sound;
+	// one Envoy's own are as good and fresher.
+	shared := v.Envoys > 1
+	var fleet []float64
 	for _, i := range cands {
 		if m := v.Workers[i].MsPerCost; m > 0 {
 			fleet = append(fleet, m)
-			bases = append(bases, v.Workers[i].Base)
 		}
 	}
-	if typical == 0 {
+	typical := t.Typical()
+	if shared || typical == 0 {
 		typical = Median(fleet)
 	}
 	if typical == 0 {
 		typical = 1
 	}
 	base := t.Fit.Base
-	if t.Fit.N < fitMinSamples {
-		base = Median(bases) // the fleet's, until this Envoy has its own
+	if shared || t.Fit.N < fitMinSamples {
+		base = v.Base
 	}
 	n := len(cands)
 	scores := make([]float64, n)
@@ -114,7 +118,7 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int) (Choic
 		if h := t.Find(w.Addr); h != nil {
 			work += h.Work
 			reqs += h.Requests
-			if h.Samples > 0 && h.MsPerCost > 0 && !(t.Stale(h) && h.MsPerCost > typical) {
+			if !shared && h.Samples > 0 && h.MsPerCost > 0 && !(t.Stale(h) && h.MsPerCost > typical) {
 				mpc = h.MsPerCost
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"math"
 	"slices"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Host is one worker as one Envoy sees it.
@@ -49,6 +51,20 @@ type Table struct {
 	// Picks counts the requests sent.
 	Picks int64
 	Fit   Fit
+	// Completions are the answers since the last sync took them (at most
+	// MaxCompletions, the latest), for the fleet-wide speed estimate.
+	Completions []wire.Completion
+}
+
+// MaxCompletions bounds the completions a table keeps between syncs.
+const MaxCompletions = 512
+
+// Record notes an answered request for the next sync.
+func (t *Table) Record(c wire.Completion) {
+	if len(t.Completions) >= MaxCompletions {
+		t.Completions = append(t.Completions[:0], t.Completions[1:]...)
+	}
+	t.Completions = append(t.Completions, c)
 }
 
 // Fit is a decayed least-squares fit of service time t against cost c,
@@ -254,7 +270,7 @@ func Median(v []float64) float64 {
 
 // tableFormat versions the encoding: Envoy keeps shared data across a
 // plugin reload, and a new plugin must not misread an old table.
-const tableFormat = 3
+const tableFormat = 4
 
 // Encode is the table as shared data holds it.
 func (t *Table) Encode() []byte {
@@ -280,6 +296,13 @@ func (t *Table) Encode() []byte {
 	b = binary.AppendVarint(b, t.Picks)
 	for _, f := range []float64{t.Fit.Base, t.Fit.N, t.Fit.C, t.Fit.T, t.Fit.CC, t.Fit.CT} {
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
+	}
+	b = binary.AppendUvarint(b, uint64(len(t.Completions)))
+	for _, c := range t.Completions {
+		b = appendString(b, c.Addr)
+		b = binary.AppendVarint(b, c.Cost)
+		b = binary.AppendVarint(b, c.Sent)
+		b = binary.AppendVarint(b, c.Done)
 	}
 	return b
 }
@@ -310,6 +333,10 @@ func Decode(b []byte) (Table, error) {
 	}
 	t.Picks = r.varint()
 	t.Fit = Fit{Base: r.float(), N: r.float(), C: r.float(), T: r.float(), CC: r.float(), CT: r.float()}
+	n = r.count()
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		t.Completions = append(t.Completions, wire.Completion{Addr: r.string(), Cost: r.varint(), Sent: r.varint(), Done: r.varint()})
+	}
 	if r.err != nil || len(r.b) != 0 {
 		return Table{}, ErrFormat
 	}

@@ -202,6 +202,9 @@ func (p *picker) release(task Task, s *sent, served bool, at int64) {
 	s.released = true
 	err := update(func(tab *pick.Table) bool {
 		ms := tab.Done(s.addr, s.cost, s.at, at, served)
+		if served {
+			tab.Record(wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
+		}
 		if h := tab.Find(s.addr); !s.costKnown && ms > 0 && h != nil && h.MsPerCost > 0 {
 			// A request the filter could not read (a multipart edit,
 			// a large body) is known by its service time afterwards.
@@ -228,18 +231,26 @@ func (p *picker) sync() {
 	if proxywasm.SetSharedData(keyLease, binary.LittleEndian.AppendUint64(nil, uint64(now)), cas) != nil {
 		return // another thread took it
 	}
-	tabRaw, _, err := proxywasm.GetSharedData(keyTable)
+	// The completions leave the table with this report (a lost report
+	// loses a few speed samples, nothing else).
+	rep := wire.LoadReport{Node: p.node}
+	var hosts []pick.Host
+	err = update(func(tab *pick.Table) bool {
+		hosts = append(hosts[:0], tab.Hosts...)
+		rep.Completions = tab.Completions
+		tab.Completions = nil
+		return len(rep.Completions) > 0
+	})
 	if err != nil {
 		return
 	}
-	tab, _ := pick.Decode(tabRaw)
-	rep := wire.LoadReport{Node: p.node, Hosts: make([]wire.HostReport, 0, len(tab.Hosts))}
 	if v := p.currentView(now); v != nil {
 		rep.Generation = v.Generation
 	}
-	for _, h := range tab.Hosts {
+	rep.Hosts = make([]wire.HostReport, 0, len(hosts))
+	for _, h := range hosts {
 		rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0),
-			MsPerCost: h.MsPerCost, Base: tab.Fit.Base, Samples: h.Samples})
+			MsPerCost: h.MsPerCost, Samples: h.Samples})
 		p.setGauges(h)
 	}
 	body, err := json.Marshal(rep)
