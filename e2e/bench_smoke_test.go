@@ -73,7 +73,7 @@ func TestBenchGridSmoke(t *testing.T) {
 			t.Errorf("%s: inconsistent stats qps %v p50 %v p99 %v", r.Policy, r.ThroughputQPS, r.LatencyP50, r.LatencyP99)
 		}
 	}
-	for _, p := range []string{"least-request", "round-robin", "random", "no-router"} {
+	for _, p := range []string{"least-request", "least-work", "round-robin", "random", "no-router"} {
 		if !policies[p] {
 			t.Errorf("no row for %s", p)
 		}
@@ -85,5 +85,49 @@ func TestBenchGridSmoke(t *testing.T) {
 	md, _ := os.ReadFile(filepath.Join(out, "grid.md"))
 	if strings.Count(string(md), "\n") != len(rows)+2 {
 		t.Errorf("markdown table has the wrong number of lines:\n%s", md)
+	}
+}
+
+// TestBenchRoutingSmoke runs the tail experiment small: a mixed fleet,
+// one and two Envoys, least-request and least-work, and checks the table
+// and the numbers agree.
+func TestBenchRoutingSmoke(t *testing.T) {
+	t.Parallel()
+	out := t.TempDir()
+	cmd := exec.Command(filepath.Join(binDir, "bench"), "routing", "--router-bin", filepath.Join(binDir, "diffusion-router"),
+		"--envoy-bin", envoyBin, "--workers", "2", "--fleets", "mixed", "--replicas", "1,2", "--policies", "least-request,least-work",
+		"--concurrency", "4", "--num-prompts", "60", "--warmup", "8", "--time-scale", "0.01", "--out", out)
+	cmd.Env = append(os.Environ(), "ENVOY_BIN="+envoyBin)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench routing: %v\n%s", err, b)
+	}
+	var rows []struct {
+		Fleet     string  `json:"fleet"`
+		Replicas  int     `json:"replicas"`
+		Policy    string  `json:"policy"`
+		Completed int     `json:"completed_requests"`
+		Failed    int     `json:"failed_requests"`
+		P50       float64 `json:"latency_p50"`
+		P99       float64 `json:"latency_p99"`
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "routing.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4 (2 replica counts x 2 policies)", len(rows))
+	}
+	for _, r := range rows {
+		if r.Fleet != "mixed" || r.Completed != 60 || r.Failed != 0 || r.P99 < r.P50 || r.P50 <= 0 {
+			t.Errorf("inconsistent row %+v", r)
+		}
+	}
+	md, err := os.ReadFile(filepath.Join(out, "routing.md"))
+	if err != nil || !strings.Contains(string(md), "| mixed | 2 | least-work |") || !strings.Contains(string(md), "keep") {
+		t.Fatalf("routing.md lacks the two-Envoy least-work row or the kept-gain line:\n%s", md)
 	}
 }

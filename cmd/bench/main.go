@@ -146,7 +146,7 @@ func gridCmd(ctx context.Context, args []string) error {
 	bin := fs.String("router-bin", "bin/diffusion-router", "diffusion-router binary")
 	workers := fs.String("workers", "1,2,4,8", "fleet sizes")
 	conc := fs.String("concurrency", "1,10,100", "client concurrencies")
-	policies := fs.String("policies", "least-request,round-robin,random", "routing policies")
+	policies := fs.String("policies", "least-request,least-work,round-robin,random", "routing policies")
 	baseline := fs.Bool("baseline", true, "also run without a router (the client spreads requests)")
 	n := fs.Int("num-prompts", 1000, "requests per cell")
 	mixFlag := fs.String("request-mix", defaultMix, "weighted list weight:WxH:steps[:frames],...")

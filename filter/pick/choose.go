@@ -19,13 +19,14 @@ const (
 	PoolVideo
 )
 
-// Eligible lists the indices of the view's workers a request may go to:
+// Eligible appends to dst (a caller's reused slice, may be nil) the
+// indices of the view's workers a request may go to:
 // the same choice the front routes make with the subset load balancer.
 // Video needs a video worker; an image prefers image workers; a named model
 // narrows to the workers that list it, unless none does (then the request
 // takes the model-fallback route: any worker of its kind).
-func Eligible(v *wire.PickView, pool Pool, model string) []int {
-	out := make([]int, 0, len(v.Workers))
+func Eligible(dst []int, v *wire.PickView, pool Pool, model string) []int {
+	out := dst[:0]
 	keep := func(ok func(wire.PickWorker) bool) {
 		out = out[:0]
 		for i, w := range v.Workers {
@@ -48,16 +49,22 @@ func Eligible(v *wire.PickView, pool Pool, model string) []int {
 	if model == "" {
 		return out
 	}
-	var named []int
+	named := 0
 	for _, i := range out {
 		if slices.Contains(v.Workers[i].Models, model) {
-			named = append(named, i)
+			named++
 		}
 	}
-	if len(named) > 0 {
-		return named
+	if named == 0 {
+		return out
 	}
-	return out
+	kept := out[:0]
+	for _, i := range out {
+		if slices.Contains(v.Workers[i].Models, model) {
+			kept = append(kept, i)
+		}
+	}
+	return kept
 }
 
 // Choice is a pick: the worker that would finish the request first, and

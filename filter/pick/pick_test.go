@@ -3,6 +3,7 @@ package pick
 import (
 	"math"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/diffrouter/diffusion-router/wire"
@@ -175,7 +176,7 @@ func TestEligible(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Eligible(tt.view, tt.pool, tt.model); !reflect.DeepEqual(got, tt.want) {
+			if got := Eligible(nil, tt.view, tt.pool, tt.model); !slices.Equal(got, tt.want) {
 				t.Fatalf("got %v, want %v", got, tt.want)
 			}
 		})
@@ -184,7 +185,7 @@ func TestEligible(t *testing.T) {
 
 func TestChoose(t *testing.T) {
 	view := func(ws ...wire.PickWorker) *wire.PickView { return &wire.PickView{Workers: ws} }
-	all := func(v *wire.PickView) []int { return Eligible(v, PoolAny, "") }
+	all := func(v *wire.PickView) []int { return Eligible(nil, v, PoolAny, "") }
 	tests := []struct {
 		name          string
 		view          *wire.PickView

@@ -51,20 +51,45 @@ type Table struct {
 	// Picks counts the requests sent.
 	Picks int64
 	Fit   Fit
-	// Completions are the answers since the last sync took them (at most
-	// MaxCompletions, the latest), for the fleet-wide speed estimate.
-	Completions []wire.Completion
 }
 
-// MaxCompletions bounds the completions a table keeps between syncs.
-const MaxCompletions = 512
+// The completion log: answers since the last sync, for the fleet-wide
+// speed estimate. It is kept apart from the table (which every request
+// reads and writes whole) and only ever appended to until a sync takes it.
+const (
+	// MaxCompletions bounds the completions one report carries.
+	MaxCompletions = 512
+	// MaxLogBytes bounds the log between syncs; completions beyond it are
+	// dropped (a few speed samples fewer, nothing else).
+	MaxLogBytes = 32 << 10
+)
 
-// Record notes an answered request for the next sync.
-func (t *Table) Record(c wire.Completion) {
-	if len(t.Completions) >= MaxCompletions {
-		t.Completions = append(t.Completions[:0], t.Completions[1:]...)
+// AppendCompletion adds c to an encoded log, unless the log is full.
+func AppendCompletion(log []byte, c wire.Completion) []byte {
+	if len(log) >= MaxLogBytes {
+		return log
 	}
-	t.Completions = append(t.Completions, c)
+	log = appendString(log, c.Addr)
+	log = binary.AppendVarint(log, c.Cost)
+	log = binary.AppendVarint(log, c.Sent)
+	return binary.AppendVarint(log, c.Done)
+}
+
+// DecodeCompletions reads a log AppendCompletion wrote, the latest
+// MaxCompletions of it.
+func DecodeCompletions(log []byte) ([]wire.Completion, error) {
+	r := reader{b: log}
+	var out []wire.Completion
+	for len(r.b) > 0 && r.err == nil {
+		out = append(out, wire.Completion{Addr: r.string(), Cost: r.varint(), Sent: r.varint(), Done: r.varint()})
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if len(out) > MaxCompletions {
+		out = out[len(out)-MaxCompletions:]
+	}
+	return out, nil
 }
 
 // Fit is a decayed least-squares fit of service time t against cost c,
@@ -270,11 +295,15 @@ func Median(v []float64) float64 {
 
 // tableFormat versions the encoding: Envoy keeps shared data across a
 // plugin reload, and a new plugin must not misread an old table.
-const tableFormat = 4
+const tableFormat = 5
 
 // Encode is the table as shared data holds it.
 func (t *Table) Encode() []byte {
-	b := make([]byte, 0, 16+len(t.Hosts)*96+len(t.Tasks)*24)
+	return t.AppendEncode(make([]byte, 0, 16+len(t.Hosts)*64+len(t.Tasks)*24))
+}
+
+// AppendEncode appends the encoding to b (a caller's reused buffer).
+func (t *Table) AppendEncode(b []byte) []byte {
 	b = append(b, tableFormat)
 	b = binary.AppendUvarint(b, uint64(len(t.Hosts)))
 	for _, h := range t.Hosts {
@@ -297,13 +326,6 @@ func (t *Table) Encode() []byte {
 	for _, f := range []float64{t.Fit.Base, t.Fit.N, t.Fit.C, t.Fit.T, t.Fit.CC, t.Fit.CT} {
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
 	}
-	b = binary.AppendUvarint(b, uint64(len(t.Completions)))
-	for _, c := range t.Completions {
-		b = appendString(b, c.Addr)
-		b = binary.AppendVarint(b, c.Cost)
-		b = binary.AppendVarint(b, c.Sent)
-		b = binary.AppendVarint(b, c.Done)
-	}
 	return b
 }
 
@@ -313,44 +335,66 @@ var ErrFormat = errors.New("pick: table encoding not understood")
 // Decode reads Encode's output. Empty input is the empty table.
 func Decode(b []byte) (Table, error) {
 	var t Table
+	err := (&Decoder{}).Into(b, &t)
+	return t, err
+}
+
+// Decoder decodes tables into a reused Table, keeping the worker and task
+// names it has seen, so a decode on the request path allocates nothing
+// once the names are known. A Decoder is not safe for concurrent use
+// (each Wasm VM is single-threaded).
+type Decoder struct{ names map[string]string }
+
+func (d *Decoder) name(b []byte) string {
+	if s, ok := d.names[string(b)]; ok { // no allocation for the lookup
+		return s
+	}
+	if d.names == nil || len(d.names) > 4096 {
+		d.names = map[string]string{} // bounded: a fleet that churns starts over
+	}
+	s := string(b)
+	d.names[s] = s
+	return s
+}
+
+// Into decodes b into t, reusing t's slices. On error t is the empty table.
+func (d *Decoder) Into(b []byte, t *Table) error {
+	t.Hosts, t.Tasks, t.Picks, t.Fit = t.Hosts[:0], t.Tasks[:0], 0, Fit{}
 	if len(b) == 0 {
-		return t, nil
+		return nil
 	}
 	if b[0] != tableFormat {
-		return t, ErrFormat
+		return ErrFormat
 	}
-	r := reader{b: b[1:]}
+	r := reader{b: b[1:], name: d.name}
 	n := r.count()
-	t.Hosts = make([]Host, 0, n)
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		t.Hosts = append(t.Hosts, Host{Addr: r.string(), Work: r.varint(), Requests: r.varint(),
 			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint(), Streak: r.varint(), SampledAt: r.varint()})
 	}
 	n = r.count()
-	t.Tasks = make([]TaskCost, 0, n)
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		t.Tasks = append(t.Tasks, TaskCost{Task: r.string(), Avg: r.float(), Samples: r.varint()})
 	}
 	t.Picks = r.varint()
 	t.Fit = Fit{Base: r.float(), N: r.float(), C: r.float(), T: r.float(), CC: r.float(), CT: r.float()}
-	n = r.count()
-	for i := uint64(0); i < n && r.err == nil; i++ {
-		t.Completions = append(t.Completions, wire.Completion{Addr: r.string(), Cost: r.varint(), Sent: r.varint(), Done: r.varint()})
-	}
 	if r.err != nil || len(r.b) != 0 {
-		return Table{}, ErrFormat
+		t.Hosts, t.Tasks, t.Picks, t.Fit = t.Hosts[:0], t.Tasks[:0], 0, Fit{}
+		return ErrFormat
 	}
-	return t, nil
+	return nil
 }
 
 func appendString(b []byte, s string) []byte {
 	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
 }
 
-// reader decodes, remembering the first error so a caller checks once.
+// reader decodes, remembering the first error so a caller checks once;
+// name, if set, turns name bytes into a string (interned).
 type reader struct {
-	b   []byte
-	err error
+	b    []byte
+	err  error
+	name func([]byte) string
 }
 
 func (r *reader) uvarint() uint64 {
@@ -405,7 +449,12 @@ func (r *reader) string() string {
 	if r.err != nil {
 		return ""
 	}
-	s := string(r.b[:n])
+	var s string
+	if r.name != nil {
+		s = r.name(r.b[:n])
+	} else {
+		s = string(r.b[:n])
+	}
 	r.b = r.b[n:]
 	return s
 }

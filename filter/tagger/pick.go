@@ -21,12 +21,14 @@ import (
 //     worker, changed by compare-and-swap on every send and every end;
 //   - the view (wire.PickView) from the control plane, prefixed with when
 //     it arrived;
+//   - the completion log (pick.AppendCompletion) the next sync reports;
 //   - the sync lease: when a thread last synced, so one thread per
 //     interval does.
 const (
 	keyTable = "diffusion-router.pick.table"
 	keyView  = "diffusion-router.pick.view"
 	keyLease = "diffusion-router.pick.lease"
+	keyLog   = "diffusion-router.pick.completions"
 
 	// casTries bounds the compare-and-swap loop; with a handful of worker
 	// threads contending, a few tries always do.
@@ -50,6 +52,12 @@ type picker struct {
 	picks    proxywasm.MetricCounter
 	unpicked proxywasm.MetricCounter
 	syncErrs proxywasm.MetricCounter
+	// Scratch for the request path: the decoded table, its encoding,
+	// the eligible list.
+	dec   pick.Decoder
+	tab   pick.Table
+	buf   []byte
+	cands []int
 }
 
 func newPicker(cluster string) *picker {
@@ -59,7 +67,7 @@ func newPicker(cluster string) *picker {
 	}
 	// A new thread must not reset a table other threads already fill: the
 	// empty table is written only where there is none.
-	for _, key := range []string{keyTable, keyLease} {
+	for _, key := range []string{keyTable, keyLease, keyLog} {
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
 			_ = proxywasm.SetSharedData(key, nil, 0)
 		}
@@ -96,20 +104,18 @@ func (p *picker) currentView(now int64) *wire.PickView {
 }
 
 // update applies f to the shared table by compare-and-swap.
-func update(f func(*pick.Table) bool) error {
+func (p *picker) update(f func(*pick.Table) bool) error {
 	for range casTries {
 		raw, cas, err := proxywasm.GetSharedData(keyTable)
 		if err != nil {
 			return err
 		}
-		tab, err := pick.Decode(raw)
-		if err != nil {
-			tab = pick.Table{} // an unreadable table starts over
-		}
-		if !f(&tab) {
+		_ = p.dec.Into(raw, &p.tab) // an unreadable table starts over, empty
+		if !f(&p.tab) {
 			return nil
 		}
-		err = proxywasm.SetSharedData(keyTable, tab.Encode(), cas)
+		p.buf = p.tab.AppendEncode(p.buf[:0])
+		err = proxywasm.SetSharedData(keyTable, p.buf, cas)
 		if errors.Is(err, types.ErrorStatusCasMismatch) {
 			continue
 		}
@@ -155,10 +161,11 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (pi
 	if v == nil {
 		return pick.Choice{}, 0, false
 	}
-	cands := pick.Eligible(v, poolOf(task), model)
+	p.cands = pick.Eligible(p.cands, v, poolOf(task), model)
+	cands := p.cands
 	var choice pick.Choice
 	p.rot++
-	err := update(func(tab *pick.Table) bool {
+	err := p.update(func(tab *pick.Table) bool {
 		if !costKnown {
 			cost = tab.CostOf(string(task), defaultCost(task))
 		}
@@ -200,11 +207,8 @@ func (p *picker) release(task Task, s *sent, served bool, at int64) {
 		return
 	}
 	s.released = true
-	err := update(func(tab *pick.Table) bool {
+	err := p.update(func(tab *pick.Table) bool {
 		ms := tab.Done(s.addr, s.cost, s.at, at, served)
-		if served {
-			tab.Record(wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
-		}
 		if h := tab.Find(s.addr); !s.costKnown && ms > 0 && h != nil && h.MsPerCost > 0 {
 			// A request the filter could not read (a multipart edit,
 			// a large body) is known by its service time afterwards.
@@ -215,6 +219,31 @@ func (p *picker) release(task Task, s *sent, served bool, at int64) {
 	if err != nil {
 		proxywasm.LogWarnf("diffusion-tagger: release: %v", err)
 	}
+	if served {
+		c := wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at}
+		_ = casBytes(keyLog, func(log []byte) ([]byte, bool) {
+			out := pick.AppendCompletion(log, c)
+			return out, len(out) != len(log)
+		})
+	}
+}
+
+// casBytes replaces a shared-data value by f's result, by compare-and-swap.
+func casBytes(key string, f func([]byte) ([]byte, bool)) error {
+	for range casTries {
+		raw, cas, err := proxywasm.GetSharedData(key)
+		if err != nil {
+			return err
+		}
+		out, changed := f(raw)
+		if !changed {
+			return nil
+		}
+		if err := proxywasm.SetSharedData(key, out, cas); !errors.Is(err, types.ErrorStatusCasMismatch) {
+			return err
+		}
+	}
+	return errors.New("shared data " + key + ": too much contention")
 }
 
 // sync runs on every thread's tick; the thread that takes the lease for
@@ -234,16 +263,20 @@ func (p *picker) sync() {
 	// The completions leave the table with this report (a lost report
 	// loses a few speed samples, nothing else).
 	rep := wire.LoadReport{Node: p.node}
-	var hosts []pick.Host
-	err = update(func(tab *pick.Table) bool {
-		hosts = append(hosts[:0], tab.Hosts...)
-		rep.Completions = tab.Completions
-		tab.Completions = nil
-		return len(rep.Completions) > 0
-	})
+	var log []byte
+	if err := casBytes(keyLog, func(raw []byte) ([]byte, bool) {
+		log = append(log[:0], raw...)
+		return nil, len(raw) > 0
+	}); err != nil {
+		return
+	}
+	rep.Completions, _ = pick.DecodeCompletions(log)
+	tabRaw, _, err := proxywasm.GetSharedData(keyTable)
 	if err != nil {
 		return
 	}
+	tab, _ := pick.Decode(tabRaw)
+	hosts := tab.Hosts
 	if v := p.currentView(now); v != nil {
 		rep.Generation = v.Generation
 	}
@@ -300,7 +333,7 @@ func (p *picker) onView(_, bodySize, _ int) {
 	for _, w := range v.Workers {
 		listed[w.Addr] = true
 	}
-	_ = update(func(tab *pick.Table) bool {
+	_ = p.update(func(tab *pick.Table) bool {
 		n := len(tab.Hosts)
 		tab.Forget(func(a string) bool { return listed[a] })
 		return len(tab.Hosts) != n

@@ -2,6 +2,7 @@ package tagger
 
 import (
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
@@ -177,5 +178,57 @@ func TestLeastWorkSyncFailure(t *testing.T) {
 	_, hs := imageRequest(t, host)
 	if v, _ := header(hs, wire.HeaderPick); v != "10.0.0.1:80" {
 		t.Fatalf("after a failed sync the last view is gone: pick %q", v)
+	}
+}
+
+// BenchmarkGenerationRequestPicking is BenchmarkGenerationRequest with
+// least-work routing on and eight workers to pick from: the pick (shared
+// table read, choose, compare-and-swap) and the release at the answer.
+func BenchmarkGenerationRequestPicking(b *testing.B) {
+	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(NewVMContext()).
+		WithPluginConfiguration(pickConfig).WithProperty([]string{"node", "id"}, []byte("bench")))
+	defer reset()
+	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+		b.Fatalf("start = %v", st)
+	}
+	var view wire.PickView
+	for i := range 8 {
+		view.Workers = append(view.Workers, wire.PickWorker{Addr: "10.0.0." + strconv.Itoa(i+1) + ":80", Image: true, Models: []string{"flux"}})
+	}
+	vb, _ := json.Marshal(view)
+	// refresh syncs: a view lives a second, and a benchmark runs longer.
+	refresh := func() {
+		before := len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID))
+		host.Tick()
+		calls := host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
+		if len(calls) != before+1 {
+			b.Fatalf("no sync call on a tick")
+		}
+		host.CallOnHttpCallResponse(calls[len(calls)-1].CalloutID, [][2]string{{":status", "200"}}, nil, vb)
+	}
+	refresh()
+	lastSync := time.Now()
+	body := []byte(`{"prompt":"a fox","model":"flux","num_inference_steps":28,"size":"1024x1024","response_format":"b64_json"}`)
+	reqHeaders := [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"},
+		{"content-length", strconv.Itoa(len(body))}, {"x-request-id", "r1"}}
+	respHeaders := [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"x-envoy-upstream-service-time", "7000"}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if time.Since(lastSync) > wire.ViewTTL/2 {
+			b.StopTimer()
+			refresh()
+			lastSync = time.Now()
+			b.StartTimer()
+		}
+		id := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(id, reqHeaders, false)
+		host.CallOnRequestBody(id, body, true)
+		if _, ok := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick); !ok {
+			un, _ := host.GetCounterMetric("diffusion_router.pick.unpicked")
+			b.Fatalf("not picked (unpicked %d): %v", un, host.GetCurrentRequestHeaders(id))
+		}
+		host.CallOnResponseHeaders(id, respHeaders, false)
+		host.CompleteHttpContext(id)
 	}
 }
