@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -275,4 +277,61 @@ func TestLeastWorkNeverPicksDrainingOrQuarantined(t *testing.T) {
 	if un := envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.unpicked"); un != 0 {
 		t.Errorf("%d requests went unpicked (the filter had no view)", un)
 	}
+}
+
+// TestLeastWorkTwoEnvoysShareLoad: two Envoys on one control plane report
+// under names of their own, so the control plane's view of each worker's
+// outstanding work is the sum of both Envoys' (a shared name would make
+// each report overwrite the other's, and each Envoy blind to the other).
+func TestLeastWorkTwoEnvoysShareLoad(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 3, "--time-scale", "0.01")
+	front := freePort(t)
+	state := t.TempDir()
+	cp := start(t, "diffusion-router", "--external-envoy", "--host", "127.0.0.1", "--port", strconv.Itoa(front),
+		"--xds-port", strconv.Itoa(freePort(t)), "--state-dir", state, "--routing-algorithm", "least-work",
+		"--wasm-filter", filepath.Join(binDir, "diffusion-tagger.wasm"), "--worker-urls", strings.Join(urls, ","))
+	m := cp.waitOutput(controlPlaneReady, 30*time.Second)
+	xds, api := m[1], "http://"+strings.TrimPrefix(m[2], "http://")
+	tlsDir := filepath.Join(state, "xds-tls")
+	admins := []string{startEnvoyReplica(t, xds, tlsDir, "lw-a"), startEnvoyReplica(t, xds, tlsDir, "lw-b")}
+	eventually(t, 20*time.Second, "both replicas to run the current configuration", func() bool {
+		return strings.Contains(string(get(t, api+"/metrics").Body), `diffusion_router_envoys_connected{synced="true"} 2`)
+	})
+	// Every worker holds its requests (hangs) until the check is done; a
+	// new connection per request lets the kernel spread them over both
+	// Envoys.
+	for _, w := range ws {
+		postJSON(t, w.URL+"/_fake/faults", map[string]any{"hang_rate": 1})
+	}
+	noReuse := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	sent := 0
+	local := func(admin string) int64 { _, n := outstanding(t, admin); return max(n, 0) }
+	eventually(t, 20*time.Second, "both Envoys to hold picked requests", func() bool {
+		wg.Add(1)
+		sent++
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://127.0.0.1:"+strconv.Itoa(front)+"/v1/images/generations",
+				strings.NewReader(`{"prompt":"p","num_inference_steps":2,"size":"256x256"}`))
+			req.Header.Set("content-type", "application/json")
+			if resp, err := noReuse.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		return local(admins[0]) > 0 && local(admins[1]) > 0
+	})
+	eventually(t, 10*time.Second, "the control plane to count every Envoy's requests", func() bool {
+		var board float64
+		for _, w := range workersByURL(t, api) {
+			if v, ok := w["outstanding_requests"].(float64); ok {
+				board += v
+			}
+		}
+		a, b := local(admins[0]), local(admins[1])
+		return a+b == int64(sent) && board == float64(sent)
+	})
 }

@@ -323,3 +323,29 @@ func TestStaleSlowEstimate(t *testing.T) {
 		t.Fatalf("a fresh sample after a stale stretch moved the estimate only to %v", got)
 	}
 }
+
+func TestCompletionLog(t *testing.T) {
+	var log []byte
+	want := []wire.Completion{{Addr: "10.0.0.1:80", Cost: 50, Sent: 1, Done: 9}, {Addr: "[::1]:81", Cost: 1, Sent: 10, Done: 12}}
+	for _, c := range want {
+		log = AppendCompletion(log, c)
+	}
+	got, err := DecodeCompletions(log)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+	// Full: further completions are dropped, the log stays bounded.
+	for len(log) < MaxLogBytes {
+		log = AppendCompletion(log, want[0])
+	}
+	if n := len(AppendCompletion(log, want[0])); n != len(log) {
+		t.Fatalf("a full log grew to %d bytes", n)
+	}
+	all, err := DecodeCompletions(log)
+	if err != nil || len(all) != MaxCompletions {
+		t.Fatalf("a full log decodes to %d completions (%v), want the latest %d", len(all), err, MaxCompletions)
+	}
+	if _, err := DecodeCompletions(log[:len(log)-1]); err == nil {
+		t.Fatal("a cut log decoded")
+	}
+}

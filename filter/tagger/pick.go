@@ -29,6 +29,7 @@ const (
 	keyView  = "diffusion-router.pick.view"
 	keyLease = "diffusion-router.pick.lease"
 	keyLog   = "diffusion-router.pick.completions"
+	keyNode  = "diffusion-router.pick.node"
 
 	// casTries bounds the compare-and-swap loop; with a handful of worker
 	// threads contending, a few tries always do.
@@ -61,13 +62,16 @@ type picker struct {
 }
 
 func newPicker(cluster string) *picker {
-	node := "unknown"
-	if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && len(b) > 0 {
-		node = string(b)
+	node := "envoy"
+	for _, path := range [][]string{{"xds", "node", "id"}, {"node", "id"}} {
+		if b, err := proxywasm.GetProperty(path); err == nil && validHeaderValue(string(b)) && len(b) > 0 && len(b) < 200 {
+			node = string(b)
+			break
+		}
 	}
 	// A new thread must not reset a table other threads already fill: the
 	// empty table is written only where there is none.
-	for _, key := range []string{keyTable, keyLease, keyLog} {
+	for _, key := range []string{keyTable, keyLease, keyLog, keyNode} {
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
 			_ = proxywasm.SetSharedData(key, nil, 0)
 		}
@@ -262,7 +266,7 @@ func (p *picker) sync() {
 	}
 	// The completions leave the table with this report (a lost report
 	// loses a few speed samples, nothing else).
-	rep := wire.LoadReport{Node: p.node}
+	rep := wire.LoadReport{Node: p.envoyID()}
 	var log []byte
 	if err := casBytes(keyLog, func(raw []byte) ([]byte, bool) {
 		log = append(log[:0], raw...)
@@ -295,6 +299,29 @@ func (p *picker) sync() {
 	if _, err := proxywasm.DispatchHttpCall(p.cluster, headers, body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
 		p.syncFailed("dispatch: " + err.Error())
 	}
+}
+
+// envoyID names this Envoy to the control plane, the same from every
+// thread: its node id (when the VM can read it) and a random suffix the
+// first syncing thread draws, so two Envoys never share a name (their
+// reports would overwrite each other and each would take the other's work
+// for its own). Only the lease holder calls it, and the key exists (cas
+// not 0) by then, so the compare-and-swap is real.
+func (p *picker) envoyID() string {
+	for range casTries {
+		raw, cas, err := proxywasm.GetSharedData(keyNode)
+		if err != nil {
+			break
+		}
+		if len(raw) > 0 {
+			return string(raw)
+		}
+		id := p.node + "-" + newRequestID()[:12]
+		if err := proxywasm.SetSharedData(keyNode, []byte(id), cas); err == nil {
+			return id
+		}
+	}
+	return p.node + "-unnamed"
 }
 
 // onView stores the control plane's answer for every thread.

@@ -3,6 +3,7 @@ package tagger
 import (
 	"encoding/json"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,7 +87,7 @@ func TestLeastWorkPicks(t *testing.T) {
 			}
 			rep := syncOnce(t, host, wire.PickView{Generation: 3, Workers: []wire.PickWorker{
 				{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}, {Addr: "10.0.0.3:80", Video: true}}})
-			if rep.Node != "envoy-a" || rep.Generation != 0 {
+			if !strings.HasPrefix(rep.Node, "envoy-a-") || len(rep.Node) != len("envoy-a-")+12 || rep.Generation != 0 {
 				t.Fatalf("first report = %+v", rep)
 			}
 
@@ -102,7 +103,11 @@ func TestLeastWorkPicks(t *testing.T) {
 			if second == first || second == "" {
 				t.Fatalf("second request went to %q too, beside one in flight", second)
 			}
+			node := rep.Node
 			rep = syncOnce(t, host, wire.PickView{Generation: 4, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}}})
+			if rep.Node != node {
+				t.Fatalf("the Envoy's name changed from %q to %q", node, rep.Node)
+			}
 			if rep.Generation != 3 {
 				t.Fatalf("report generation %d, want the view's 3", rep.Generation)
 			}
