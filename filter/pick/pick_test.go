@@ -253,13 +253,13 @@ func TestChoose(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, ok := Choose(tt.view, all(tt.view), &tt.table, tt.cost, tt.rot)
+			c, ok := Choose(tt.view, all(tt.view), &tt.table, tt.cost, tt.rot, 0)
 			if !ok || c.First != tt.first || c.Second != tt.second {
 				t.Fatalf("got %+v (%v), want first %s second %s", c, ok, tt.first, tt.second)
 			}
 		})
 	}
-	if _, ok := Choose(view(), nil, &Table{}, 1, 0); ok {
+	if _, ok := Choose(view(), nil, &Table{}, 1, 0, 0); ok {
 		t.Fatal("chose among no candidates")
 	}
 }
@@ -291,7 +291,7 @@ func TestBaseFit(t *testing.T) {
 	q := Table{Fit: Fit{Base: 3, N: 10}, Hosts: []Host{
 		{Addr: "a:1", Work: 15, Requests: 15, MsPerCost: 1, Samples: 9},
 		{Addr: "b:1", Work: 50, Requests: 1, MsPerCost: 1, Samples: 9}}}
-	if c, _ := Choose(v, []int{0, 1}, &q, 1, 0); c.First != "b:1" {
+	if c, _ := Choose(v, []int{0, 1}, &q, 1, 0, 0); c.First != "b:1" {
 		t.Fatalf("picked %s, want b:1", c.First)
 	}
 	// The table keeps the fit across encoding.
@@ -309,12 +309,12 @@ func TestStaleSlowEstimate(t *testing.T) {
 	tab := Table{Picks: 10, Hosts: []Host{
 		{Addr: "a:1", MsPerCost: 1, Samples: 9, SampledAt: 10},
 		{Addr: "b:1", MsPerCost: 5, Samples: 9, SampledAt: 5}}}
-	if c, _ := Choose(v, []int{0, 1}, &tab, 10, 1); c.First != "a:1" {
+	if c, _ := Choose(v, []int{0, 1}, &tab, 10, 1, 0); c.First != "a:1" {
 		t.Fatalf("fresh estimates: picked %s, want the fast a:1", c.First)
 	}
 	tab.Picks = 5 + staleAfter + 1
 	tab.Hosts[0].SampledAt = tab.Picks
-	if c, _ := Choose(v, []int{0, 1}, &tab, 10, 1); c.First != "b:1" {
+	if c, _ := Choose(v, []int{0, 1}, &tab, 10, 1, 0); c.First != "b:1" {
 		t.Fatalf("stale slow estimate: picked %s, want b:1 (a tie, rotation 1)", c.First)
 	}
 	tab.Add("b:1", 10)
@@ -347,5 +347,37 @@ func TestCompletionLog(t *testing.T) {
 	}
 	if _, err := DecodeCompletions(log[:len(log)-1]); err == nil {
 		t.Fatal("a cut log decoded")
+	}
+}
+
+// TestFailingWorkerHeldBack: two failures in a row keep a worker out of
+// picks for a few seconds; a success clears the count; with every
+// candidate failing there is no pick (Envoy's own policy routes).
+func TestFailingWorkerHeldBack(t *testing.T) {
+	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1"}, {Addr: "b:1"}}}
+	var tab Table
+	now := int64(1_000_000_000)
+	tab.Add("a:1", 1)
+	tab.Done("a:1", 1, now, now, false)
+	tab.Fail("a:1", now)
+	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now); c.First != "a:1" {
+		t.Fatalf("one failure held a:1 back (picked %s)", c.First)
+	}
+	tab.Fail("a:1", now)
+	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+1000); c.First != "b:1" || c.Second != "" {
+		t.Fatalf("after two failures: %+v, want b:1 alone", c)
+	}
+	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+failHold.Microseconds()); c.First != "a:1" {
+		t.Fatalf("after the hold: picked %s, want a:1 back", c.First)
+	}
+	tab.Fail("b:1", now)
+	tab.Fail("b:1", now)
+	if _, ok := Choose(v, []int{0, 1}, &tab, 1, 0, now+1000); ok {
+		t.Fatal("picked with every candidate failing")
+	}
+	tab.Add("a:1", 1)
+	tab.Done("a:1", 1, now, now+5000, true)
+	if h := tab.Find("a:1"); h.Failures != 0 {
+		t.Fatalf("a success left %d failures", h.Failures)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -30,6 +31,9 @@ type Host struct {
 	// SampledAt is the table's Picks when the worker last taught its
 	// speed: an estimate many picks old is stale.
 	SampledAt int64
+	// Failures counts the worker's failed answers in a row (5xx, reset,
+	// timeout), the last at FailedAt (µs).
+	Failures, FailedAt int64
 	// LastDone is when the worker last finished a request (µs): it serves
 	// one at a time, so a request's service began at its send time or
 	// here, whichever is later.
@@ -123,6 +127,10 @@ const (
 	// different costs before it says anything.
 	fitMinSamples = 6
 	fitMinSpread  = 0.1
+	// failLimit failures in a row hold a worker back from picks for
+	// failHold (Envoy ejects after two gateway failures in a row).
+	failLimit = 2
+	failHold  = 5 * time.Second
 	// staleAfter: a worker whose estimate is this many picks old is
 	// treated as typical if its estimate says slower (so a worker once
 	// mismeasured as slow gets work again and is measured again), and
@@ -174,6 +182,7 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 	if !served || cost <= 0 {
 		return 0
 	}
+	h.Failures = 0
 	start := max(sent, h.LastDone)
 	h.LastDone = max(h.LastDone, done)
 	if done <= start {
@@ -204,6 +213,23 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 	}
 	h.Samples++
 	return ms
+}
+
+// Fail counts a failed answer of the worker (at, µs). Envoy's outlier
+// detection ejects a worker that keeps failing, but override_host does not
+// look at ejections, and the control plane's view lags by up to a second
+// or two: until then the filter holds the worker back itself.
+func (t *Table) Fail(addr string, at int64) {
+	h := t.host(addr)
+	h.Failures++
+	h.FailedAt = at
+}
+
+// Failing reports whether h failed failLimit times in a row, the last
+// within failHold of now: it gets no picks meanwhile (and then one, to
+// see whether it recovered).
+func Failing(h *Host, now int64) bool {
+	return h.Failures >= failLimit && now-h.FailedAt < failHold.Microseconds()
 }
 
 // add adds one sample (cost c took t ms) and, once the fit is
@@ -295,7 +321,7 @@ func Median(v []float64) float64 {
 
 // tableFormat versions the encoding: Envoy keeps shared data across a
 // plugin reload, and a new plugin must not misread an old table.
-const tableFormat = 5
+const tableFormat = 6
 
 // Encode is the table as shared data holds it.
 func (t *Table) Encode() []byte {
@@ -315,6 +341,8 @@ func (t *Table) AppendEncode(b []byte) []byte {
 		b = binary.AppendVarint(b, h.LastDone)
 		b = binary.AppendVarint(b, h.Streak)
 		b = binary.AppendVarint(b, h.SampledAt)
+		b = binary.AppendVarint(b, h.Failures)
+		b = binary.AppendVarint(b, h.FailedAt)
 	}
 	b = binary.AppendUvarint(b, uint64(len(t.Tasks)))
 	for _, tc := range t.Tasks {
@@ -370,7 +398,8 @@ func (d *Decoder) Into(b []byte, t *Table) error {
 	n := r.count()
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		t.Hosts = append(t.Hosts, Host{Addr: r.string(), Work: r.varint(), Requests: r.varint(),
-			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint(), Streak: r.varint(), SampledAt: r.varint()})
+			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint(), Streak: r.varint(), SampledAt: r.varint(),
+			Failures: r.varint(), FailedAt: r.varint()})
 	}
 	n = r.count()
 	for i := uint64(0); i < n && r.err == nil; i++ {

@@ -174,7 +174,7 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (pi
 			cost = tab.CostOf(string(task), defaultCost(task))
 		}
 		var ok bool
-		if choice, ok = pick.Choose(v, cands, tab, cost, p.rot); !ok {
+		if choice, ok = pick.Choose(v, cands, tab, cost, p.rot, now); !ok {
 			return false
 		}
 		tab.Add(choice.First, cost)
@@ -204,15 +204,32 @@ func defaultCost(t Task) int64 {
 	return c
 }
 
-// release takes a request's cost off its worker. served means the worker
-// answered it (the service time teaches its speed); at is when.
-func (p *picker) release(task Task, s *sent, served bool, at int64) {
+// Outcome is how a picked request ended, for the worker's record.
+type outcome int
+
+const (
+	// outcomeOther: no word on the worker (the client left, a 4xx, a
+	// retry answered by another worker).
+	outcomeOther outcome = iota
+	// outcomeServed: the picked worker answered with success.
+	outcomeServed
+	// outcomeFailed: the picked worker failed it (5xx, reset, timeout).
+	outcomeFailed
+)
+
+// release takes a request's cost off its worker and records how the
+// worker did (a success's service time teaches its speed); at is when.
+func (p *picker) release(task Task, s *sent, how outcome, at int64) {
+	served := how == outcomeServed
 	if s == nil || s.released {
 		return
 	}
 	s.released = true
 	err := p.update(func(tab *pick.Table) bool {
 		ms := tab.Done(s.addr, s.cost, s.at, at, served)
+		if how == outcomeFailed {
+			tab.Fail(s.addr, at)
+		}
 		if h := tab.Find(s.addr); !s.costKnown && ms > 0 && h != nil && h.MsPerCost > 0 {
 			// A request the filter could not read (a multipart edit,
 			// a large body) is known by its service time afterwards.

@@ -202,7 +202,7 @@ func (c *httpContext) pickWorker(cost int64, known bool) {
 	}
 	c.sent = &sent{addr: choice.First, cost: cost, costKnown: known, at: nowMicro()}
 	if err := setPickHeaders(choice); err != nil {
-		c.p.picker.release(c.task, c.sent, false, nowMicro())
+		c.p.picker.release(c.task, c.sent, outcomeOther, nowMicro())
 		c.sent = nil
 		c.p.picker.unpicked.Increment(1)
 		return
@@ -215,7 +215,7 @@ func (c *httpContext) pickWorker(cost int64, known bool) {
 // latest, so outstanding work never drifts.
 func (c *httpContext) OnHttpStreamDone() {
 	if c.sent != nil {
-		c.p.picker.release(c.task, c.sent, false, nowMicro())
+		c.p.picker.release(c.task, c.sent, outcomeOther, nowMicro())
 	}
 }
 
@@ -454,16 +454,22 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 }
 
 // releaseAnswered takes a pick's cost off its worker as the answer starts
-// (the GPU is done with it). Only a success from the picked worker teaches
-// its speed: an error comes back without the work done, and a retry's
-// answer comes from another worker.
+// (the GPU is done with it). Only an answer from the picked worker says
+// anything about it (a retry's comes from another): a success teaches its
+// speed, a 5xx (its own, or Envoy's for a reset or timeout) counts as a
+// failure.
 func (c *httpContext) releaseAnswered(status string) {
-	served := strings.HasPrefix(status, "2")
-	if served {
+	how := outcomeOther
+	if code, err := strconv.Atoi(status); err == nil && (code < 300 || code >= 500) {
 		addr, err := proxywasm.GetProperty([]string{"upstream", "address"})
-		served = err == nil && string(addr) == c.sent.addr
+		if err == nil && string(addr) == c.sent.addr {
+			how = outcomeServed
+			if code >= 500 {
+				how = outcomeFailed
+			}
+		}
 	}
-	c.p.picker.release(c.task, c.sent, served, nowMicro())
+	c.p.picker.release(c.task, c.sent, how, nowMicro())
 }
 
 // noteFallback counts a request whose model no worker lists (it went to a
