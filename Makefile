@@ -59,13 +59,16 @@ test: fmt-check vet envoy
 soak: envoy
 	DIFFROUTER_SOAK_REQUESTS=50000 $(GO) test -count=1 -timeout 30m -run TestFilterSoak -v ./e2e/
 
-# The benchmark suite (minutes; not in CI): the grid of workers x
-# concurrency x policy with plots, the router's own cost, and large fleets.
+# The benchmark suite (minutes to an hour; not in CI): the grid of workers x
+# concurrency x policy with plots, the router's own cost, large fleets, and
+# the tail under each policy (equal and mixed fleets, 1 and 2 Envoys).
 # Results go to bench-results/<time>/.
 bench: build envoy
 	./$(BIN)/bench grid
 	./$(BIN)/bench overhead
 	./$(BIN)/bench scale
+	./$(BIN)/bench routing --replicas 1 --time-scale 0.1 --num-prompts 1000 --policies least-request,least-work,round-robin
+	./$(BIN)/bench routing --replicas 1,2 --time-scale 1.4 --num-prompts 600 --warmup 24 --policies least-request,least-work
 
 # What the Wasm filter costs per request (reported, not asserted).
 bench-filter: envoy

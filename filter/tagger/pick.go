@@ -1,6 +1,7 @@
 package tagger
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -21,7 +22,8 @@ import (
 //     worker, changed by compare-and-swap on every send and every end;
 //   - the view (wire.PickView) from the control plane, prefixed with when
 //     it arrived;
-//   - the completion log (pick.AppendCompletion) the next sync reports;
+//   - the completion log (pick.AppendCompletion) the next sync reports,
+//     to which each thread adds its own at its tick;
 //   - the sync lease: when a thread last synced, so one thread per
 //     interval does.
 const (
@@ -30,6 +32,9 @@ const (
 	keyLease = "diffusion-router.pick.lease"
 	keyLog   = "diffusion-router.pick.completions"
 	keyNode  = "diffusion-router.pick.node"
+	// keyStamp holds when the current view arrived (8 bytes): the request
+	// path reads it, and the view itself only when it changed.
+	keyStamp = "diffusion-router.pick.view-stamp"
 
 	// casTries bounds the compare-and-swap loop; with a handful of worker
 	// threads contending, a few tries always do.
@@ -44,9 +49,12 @@ type picker struct {
 	node    string
 	// view is this thread's parse of the shared view, valid while the
 	// shared copy's CAS is viewCAS.
-	view     *wire.PickView
-	viewCAS  uint32
-	viewAt   int64 // µs: when the view arrived from the control plane
+	view      *wire.PickView
+	viewStamp []byte
+	viewAt    int64 // µs: when the view arrived from the control plane
+	// done holds this thread's completions until its next tick adds them
+	// to the shared log (one compare-and-swap per tick, not per request).
+	done     []byte
 	rot      int
 	failures int
 	gauges   map[string][3]proxywasm.MetricGauge
@@ -71,7 +79,7 @@ func newPicker(cluster string) *picker {
 	}
 	// A new thread must not reset a table other threads already fill: the
 	// empty table is written only where there is none.
-	for _, key := range []string{keyTable, keyLease, keyLog, keyNode} {
+	for _, key := range []string{keyTable, keyLease, keyLog, keyNode, keyStamp} {
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
 			_ = proxywasm.SetSharedData(key, nil, 0)
 		}
@@ -90,16 +98,21 @@ func nowMicro() int64 { return time.Now().UnixMicro() }
 // else nil: a filter cut off from the control plane stops picking and
 // Envoy's own policy routes, so it never picks a worker that left.
 func (p *picker) currentView(now int64) *wire.PickView {
-	raw, cas, err := proxywasm.GetSharedData(keyView)
-	if err != nil || len(raw) < 8 {
+	stamp, _, err := proxywasm.GetSharedData(keyStamp)
+	if err != nil || len(stamp) != 8 {
 		return nil
 	}
-	if cas != p.viewCAS || p.view == nil {
+	if p.view == nil || !bytes.Equal(stamp, p.viewStamp) {
+		raw, _, err := proxywasm.GetSharedData(keyView)
+		if err != nil || len(raw) < 8 {
+			return nil
+		}
 		var v wire.PickView
 		if err := json.Unmarshal(raw[8:], &v); err != nil {
 			return nil
 		}
-		p.view, p.viewCAS, p.viewAt = &v, cas, int64(binary.LittleEndian.Uint64(raw))
+		p.view, p.viewAt = &v, int64(binary.LittleEndian.Uint64(raw))
+		p.viewStamp = append(p.viewStamp[:0], stamp...)
 	}
 	if now-p.viewAt > wire.ViewTTL.Microseconds() {
 		return nil
@@ -241,12 +254,22 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 		proxywasm.LogWarnf("diffusion-tagger: release: %v", err)
 	}
 	if served {
-		c := wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at}
-		_ = casBytes(keyLog, func(log []byte) ([]byte, bool) {
-			out := pick.AppendCompletion(log, c)
-			return out, len(out) != len(log)
-		})
+		p.done = pick.AppendCompletion(p.done, wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
 	}
+}
+
+// flush adds this thread's completions to the shared log.
+func (p *picker) flush() {
+	if len(p.done) == 0 {
+		return
+	}
+	_ = casBytes(keyLog, func(log []byte) ([]byte, bool) {
+		if len(log)+len(p.done) > pick.MaxLogBytes {
+			return log, false // full until the next sync: these are dropped
+		}
+		return append(log[:len(log):len(log)], p.done...), true
+	})
+	p.done = p.done[:0]
 }
 
 // casBytes replaces a shared-data value by f's result, by compare-and-swap.
@@ -267,9 +290,11 @@ func casBytes(key string, f func([]byte) ([]byte, bool)) error {
 	return errors.New("shared data " + key + ": too much contention")
 }
 
-// sync runs on every thread's tick; the thread that takes the lease for
-// this interval reports the table and fetches a new view.
+// sync runs on every thread's tick: each adds its completions to the log,
+// and the thread that takes the lease for this interval reports the table
+// and fetches a new view.
 func (p *picker) sync() {
+	p.flush()
 	now := nowMicro()
 	raw, cas, err := proxywasm.GetSharedData(keyLease)
 	if err != nil {
@@ -373,6 +398,8 @@ func (p *picker) onView(_, bodySize, _ int) {
 			break
 		}
 	}
+	// The stamp goes second: a thread that sees it finds the view.
+	_ = casBytes(keyStamp, func([]byte) ([]byte, bool) { return stored[:8], true })
 	listed := make(map[string]bool, len(v.Workers))
 	for _, w := range v.Workers {
 		listed[w.Addr] = true
