@@ -217,7 +217,7 @@ func defaultCost(t Task) int64 {
 	return c
 }
 
-// Outcome is how a picked request ended, for the worker's record.
+// outcome is how a picked request ended, for the worker's record.
 type outcome int
 
 const (
@@ -237,7 +237,6 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 	if s == nil || s.released {
 		return
 	}
-	s.released = true
 	err := p.update(func(tab *pick.Table) bool {
 		ms := tab.Done(s.addr, s.cost, s.at, at, served)
 		if how == outcomeFailed {
@@ -246,13 +245,17 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 		if h := tab.Find(s.addr); !s.costKnown && ms > 0 && h != nil && h.MsPerCost > 0 {
 			// A request the filter could not read (a multipart edit,
 			// a large body) is known by its service time afterwards.
-			tab.LearnCost(string(task), ms/h.MsPerCost)
+			tab.LearnCost(string(task), max(ms/h.MsPerCost-tab.Fit.Base, 1))
 		}
 		return true
 	})
 	if err != nil {
+		// Not released: the stream's end tries again, so the work does
+		// not stay on the worker.
 		proxywasm.LogWarnf("diffusion-tagger: release: %v", err)
+		return
 	}
+	s.released = true
 	if served {
 		p.done = pick.AppendCompletion(p.done, wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
 	}

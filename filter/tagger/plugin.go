@@ -203,7 +203,9 @@ func (c *httpContext) pickWorker(cost int64, known bool) {
 	c.sent = &sent{addr: choice.First, cost: cost, costKnown: known, at: nowMicro()}
 	if err := setPickHeaders(choice); err != nil {
 		c.p.picker.release(c.task, c.sent, outcomeOther, nowMicro())
-		c.sent = nil
+		if c.sent.released {
+			c.sent = nil // else the stream's end releases it
+		}
 		c.p.picker.unpicked.Increment(1)
 		return
 	}
