@@ -55,6 +55,9 @@ type Board struct {
 const (
 	mergeWindow = 500 * time.Millisecond
 	maxPending  = 16 * pick.MaxCompletions
+	// clockSlack is how far ahead of the control plane's clock an Envoy's
+	// may run before its completions are ignored.
+	clockSlack = time.Minute
 )
 
 type entry struct {
@@ -118,7 +121,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		return wire.PickView{}, fmt.Errorf("more than %d Envoys report load", MaxNodes)
 	}
 	b.reports[r.Node] = entry{at: now, report: r}
-	b.learn(r.Completions, snap)
+	b.learn(r.Completions, snap, now)
 	remote := map[string][2]int64{}
 	for node, e := range b.reports {
 		if node == r.Node {
@@ -148,11 +151,17 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 
 // learn merges completions into the fleet-wide speed estimate, in the
 // order the workers answered them; b.mu is held.
-func (b *Board) learn(cs []wire.Completion, snap registry.Snapshot) {
+func (b *Board) learn(cs []wire.Completion, snap registry.Snapshot, now time.Time) {
+	// A completion from the future (a clock far off, or a forged report)
+	// would move the merge cut ahead and let later ones in out of order.
+	limit := now.Add(clockSlack).UnixMicro()
 	for _, c := range cs {
+		if c.Done > limit {
+			continue
+		}
 		b.maxDone = max(b.maxDone, c.Done)
+		b.pending = append(b.pending, c)
 	}
-	b.pending = append(b.pending, cs...)
 	if over := len(b.pending) - maxPending; over > 0 {
 		b.pending = b.pending[over:]
 	}

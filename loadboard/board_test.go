@@ -169,6 +169,12 @@ func TestFleetSpeedFromMergedCompletions(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
 	b := New(c.now)
 	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I")}}
+	// A completion an hour ahead of the board's clock is ignored: it
+	// would let everything after it in out of order.
+	if _, err := b.Sync(wire.LoadReport{Node: "X", Completions: []wire.Completion{
+		{Addr: "10.0.0.1:80", Cost: 1, Sent: 1000e6 + 3600e6, Done: 1000e6 + 3600e6 + 1}}}, snap, func(string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
 	none := func(string) bool { return false }
 	const ms = 1000 // µs
 	a := "10.0.0.1:80"
