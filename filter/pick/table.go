@@ -140,10 +140,8 @@ const (
 
 // host returns the worker's entry, adding it.
 func (t *Table) host(addr string) *Host {
-	for i := range t.Hosts {
-		if t.Hosts[i].Addr == addr {
-			return &t.Hosts[i]
-		}
+	if h := t.Find(addr); h != nil {
+		return h
 	}
 	t.Hosts = append(t.Hosts, Host{Addr: addr})
 	return &t.Hosts[len(t.Hosts)-1]

@@ -79,7 +79,7 @@ func newPicker(cluster string) *picker {
 	}
 	// A new thread must not reset a table other threads already fill: the
 	// empty table is written only where there is none.
-	for _, key := range []string{keyTable, keyLease, keyLog, keyNode, keyStamp} {
+	for _, key := range []string{keyTable, keyLease, keyLog, keyNode, keyStamp, keyView} {
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
 			_ = proxywasm.SetSharedData(key, nil, 0)
 		}
@@ -122,23 +122,14 @@ func (p *picker) currentView(now int64) *wire.PickView {
 
 // update applies f to the shared table by compare-and-swap.
 func (p *picker) update(f func(*pick.Table) bool) error {
-	for range casTries {
-		raw, cas, err := proxywasm.GetSharedData(keyTable)
-		if err != nil {
-			return err
-		}
+	return casBytes(keyTable, func(raw []byte) ([]byte, bool) {
 		_ = p.dec.Into(raw, &p.tab) // an unreadable table starts over, empty
 		if !f(&p.tab) {
-			return nil
+			return nil, false
 		}
 		p.buf = p.tab.AppendEncode(p.buf[:0])
-		err = proxywasm.SetSharedData(keyTable, p.buf, cas)
-		if errors.Is(err, types.ErrorStatusCasMismatch) {
-			continue
-		}
-		return err
-	}
-	return errors.New("shared table: too much contention")
+		return p.buf, true
+	})
 }
 
 // poolOf is the kind of worker a task needs (as the front routes decide).
@@ -353,20 +344,19 @@ func (p *picker) sync() {
 // for its own). Only the lease holder calls it, and the key exists (cas
 // not 0) by then, so the compare-and-swap is real.
 func (p *picker) envoyID() string {
-	for range casTries {
-		raw, cas, err := proxywasm.GetSharedData(keyNode)
-		if err != nil {
-			break
-		}
+	var id string
+	err := casBytes(keyNode, func(raw []byte) ([]byte, bool) {
 		if len(raw) > 0 {
-			return string(raw)
+			id = string(raw)
+			return nil, false
 		}
-		id := p.node + "-" + newRequestID()[:12]
-		if err := proxywasm.SetSharedData(keyNode, []byte(id), cas); err == nil {
-			return id
-		}
+		id = p.node + "-" + newRequestID()[:12]
+		return []byte(id), true
+	})
+	if err != nil {
+		return p.node + "-unnamed"
 	}
-	return p.node + "-unnamed"
+	return id
 }
 
 // onView stores the control plane's answer for every thread.
@@ -392,14 +382,8 @@ func (p *picker) onView(_, bodySize, _ int) {
 	p.failures = 0
 	stored := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(body)), uint64(nowMicro()))
 	stored = append(stored, body...)
-	for range casTries {
-		_, cas, err := proxywasm.GetSharedData(keyView)
-		if err != nil && !errors.Is(err, types.ErrorStatusNotFound) {
-			return
-		}
-		if err := proxywasm.SetSharedData(keyView, stored, cas); !errors.Is(err, types.ErrorStatusCasMismatch) {
-			break
-		}
+	if casBytes(keyView, func([]byte) ([]byte, bool) { return stored, true }) != nil {
+		return
 	}
 	// The stamp goes second: a thread that sees it finds the view.
 	_ = casBytes(keyStamp, func([]byte) ([]byte, bool) { return stored[:8], true })
