@@ -279,7 +279,7 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 	// The Python routers answer 200 and "success" on both paths.
 	out := map[string]any{
 		"status": "success", "added": res.Created, "readmitted": res.Revived, "synced": res.Synced, "envoys": res.Envoys,
-		"worker": s.view(res.Worker, s.Fleet.Loads()), "urls": s.urls(),
+		"worker": s.view(res.Worker, s.observed()), "urls": s.urls(),
 	}
 	// The seed (Miles) router answers the list as worker_urls.
 	out["worker_urls"] = out["urls"]
@@ -326,7 +326,7 @@ func (s *Server) remove(w http.ResponseWriter, ctx context.Context, raw string, 
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "success", "worker_id": registry.EncodeID(wk.Key()), "synced": synced,
-		"worker": s.view(wk, s.Fleet.Loads()), "urls": s.urls()})
+		"worker": s.view(wk, s.observed()), "urls": s.urls()})
 }
 
 func (s *Server) urls() []string {
@@ -343,11 +343,11 @@ func (s *Server) listWorkers(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) getWorkers(w http.ResponseWriter, _ *http.Request) {
-	loads := s.Fleet.Loads()
+	seen := s.observed()
 	snap := s.Fleet.Registry().Snapshot()
 	out := make([]map[string]any, 0, len(snap.Workers))
 	for _, wk := range snap.Workers {
-		out = append(out, s.view(wk, loads))
+		out = append(out, s.view(wk, seen))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"workers": out})
 }
@@ -371,7 +371,7 @@ func (s *Server) getWorker(w http.ResponseWriter, _ *http.Request, raw string) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"worker": s.view(wk, s.Fleet.Loads())})
+	writeJSON(w, http.StatusOK, map[string]any{"worker": s.view(wk, s.observed())})
 }
 
 // putWorker sets is_dead: true quarantines, false re-admits (after a
@@ -415,7 +415,7 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 			writeError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "worker": s.view(wk, s.Fleet.Loads())})
+		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "worker": s.view(wk, s.observed())})
 		return
 	}
 	var synced bool
@@ -435,17 +435,32 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "success", "synced": synced, "worker": s.view(wk, s.Fleet.Loads())})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "success", "synced": synced, "worker": s.view(wk, s.observed())})
 }
 
 func (s *Server) deleteWorker(w http.ResponseWriter, r *http.Request, raw string) {
 	s.remove(w, r.Context(), strings.TrimPrefix(raw, "/workers/"), true)
 }
 
+// observed is what the Envoys say about the workers: their requests and
+// health flags, and (least-work routing) the filters' outstanding work.
+type observed struct {
+	loads map[string]fleet.Load
+	work  map[string]loadboard.HostLoad // nil when least-work is off
+}
+
+func (s *Server) observed() observed {
+	o := observed{loads: s.Fleet.Loads()}
+	if s.Board != nil {
+		o.work = s.Board.Hosts()
+	}
+	return o
+}
+
 // view is a worker as the API shows it. Field names follow the Python
 // routers (worker_id, url, active_requests, is_dead, consecutive_failures).
-func (s *Server) view(wk registry.Worker, loads map[string]fleet.Load) map[string]any {
-	l := loads[wk.Key()]
+func (s *Server) view(wk registry.Worker, seen observed) map[string]any {
+	l := seen.loads[wk.Key()]
 	var video any
 	if wk.Caps.Known {
 		video = wk.Caps.Video()
@@ -470,8 +485,8 @@ func (s *Server) view(wk registry.Worker, loads map[string]fleet.Load) map[strin
 		"video_support":         video,
 		"weight_version":        wk.WeightVersion,
 	}
-	if s.Board != nil {
-		h := s.Board.Hosts()[loadboard.Addr(wk)]
+	if seen.work != nil {
+		h := seen.work[loadboard.Addr(wk)]
 		v["outstanding_work"], v["outstanding_requests"], v["ms_per_cost"] = h.Work, h.Requests, h.MsPerCost
 	}
 	if !wk.Since.IsZero() {
