@@ -377,20 +377,28 @@ func (m *Manager) readmit(ctx context.Context, w registry.Worker) (AdmitResult, 
 func (m *Manager) waitSynced(ctx context.Context, gen uint64) (int, bool) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncTimeout)
 	defer cancel()
-	n, err := m.syncer.WaitSynced(ctx, gen)
+	n, err := m.inForce(ctx, gen)
 	if err != nil {
 		m.log.WithError(err).Warn("Envoys did not confirm the change in time")
 		return n, false
 	}
-	// With least-work routing a change is in force once the filters,
-	// which pick workers themselves, have it too.
+	return n, true
+}
+
+// inForce waits until every Envoy has acknowledged generation gen and,
+// with least-work routing, every filter that picks workers itself has it
+// too: only then does the change steer requests.
+func (m *Manager) inForce(ctx context.Context, gen uint64) (int, error) {
+	n, err := m.syncer.WaitSynced(ctx, gen)
+	if err != nil {
+		return n, err
+	}
 	if m.cfg.Pickers != nil {
 		if err := m.cfg.Pickers.WaitSeen(ctx, gen); err != nil {
-			m.log.WithError(err).Warn("the Envoys' filters did not see the change in time")
-			return n, false
+			return n, fmt.Errorf("the Envoys' filters: %w", err)
 		}
 	}
-	return n, true
+	return n, nil
 }
 
 // waitRoutable waits until every Envoy has the change and reports the worker
@@ -630,13 +638,8 @@ func (m *Manager) startDrain(key string, gen uint64) {
 // waitIdle polls every connected Envoy until none has a request in flight to
 // the worker. It returns false if ctx ended first.
 func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
-	if _, err := m.syncer.WaitSynced(ctx, gen); err != nil {
+	if _, err := m.inForce(ctx, gen); err != nil {
 		return false
-	}
-	if m.cfg.Pickers != nil {
-		if err := m.cfg.Pickers.WaitSeen(ctx, gen); err != nil {
-			return false
-		}
 	}
 	u, err := registry.ParseWorkerURL(key)
 	if err != nil {
