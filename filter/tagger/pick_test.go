@@ -35,17 +35,7 @@ func pickHost(t *testing.T, runner string) proxytest.HostEmulator {
 // report.
 func syncOnce(t *testing.T, host proxytest.HostEmulator, view wire.PickView) wire.LoadReport {
 	t.Helper()
-	before := len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID))
-	deadline := time.Now().Add(5 * time.Second)
-	for len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID)) == before {
-		if time.Now().After(deadline) {
-			t.Fatal("no sync call within 5 s of ticks")
-		}
-		host.Tick()
-		time.Sleep(5 * time.Millisecond) // the tick's own pace; the loop waits for the call itself
-	}
-	calls := host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
-	call := calls[len(calls)-1]
+	call := nextSyncCall(t, host)
 	if call.Upstream != "registry" {
 		t.Fatalf("sync went to cluster %q", call.Upstream)
 	}
@@ -59,6 +49,23 @@ func syncOnce(t *testing.T, host proxytest.HostEmulator, view wire.PickView) wir
 	body, _ := json.Marshal(view)
 	host.CallOnHttpCallResponse(call.CalloutID, [][2]string{{":status", "200"}}, nil, body)
 	return rep
+}
+
+// nextSyncCall ticks until the plugin makes one more sync call, and
+// returns it.
+func nextSyncCall(t *testing.T, host proxytest.HostEmulator) proxytest.HttpCalloutAttribute {
+	t.Helper()
+	before := len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID))
+	deadline := time.Now().Add(5 * time.Second)
+	for len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID)) == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no sync call within 5 s of ticks")
+		}
+		host.Tick()
+		time.Sleep(5 * time.Millisecond) // the tick's own pace; the loop waits for the call itself
+	}
+	calls := host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
+	return calls[len(calls)-1]
 }
 
 func imageRequest(t *testing.T, host proxytest.HostEmulator, extra ...[2]string) (uint32, [][2]string) {
@@ -166,17 +173,7 @@ func TestLeastWorkPicks(t *testing.T) {
 func TestLeastWorkSyncFailure(t *testing.T) {
 	host := pickHost(t, "go")
 	syncOnce(t, host, wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80"}}})
-	before := len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID))
-	deadline := time.Now().Add(5 * time.Second)
-	for len(host.GetCalloutAttributesFromContext(proxytest.PluginContextID)) == before {
-		if time.Now().After(deadline) {
-			t.Fatal("no second sync")
-		}
-		host.Tick()
-		time.Sleep(5 * time.Millisecond)
-	}
-	calls := host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
-	host.CallOnHttpCallResponse(calls[len(calls)-1].CalloutID, [][2]string{{":status", "503"}}, nil, []byte(`{"error":"down"}`))
+	host.CallOnHttpCallResponse(nextSyncCall(t, host).CalloutID, [][2]string{{":status", "503"}}, nil, []byte(`{"error":"down"}`))
 	if v, err := host.GetCounterMetric("diffusion_router.pick.sync_errors"); err != nil || v != 1 {
 		t.Fatalf("sync errors = %d, %v", v, err)
 	}
@@ -213,10 +210,7 @@ func BenchmarkGenerationRequestPicking(b *testing.B) {
 	}
 	refresh()
 	lastSync := time.Now()
-	body := []byte(`{"prompt":"a fox","model":"flux","num_inference_steps":28,"size":"1024x1024","response_format":"b64_json"}`)
-	reqHeaders := [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"},
-		{"content-length", strconv.Itoa(len(body))}, {"x-request-id", "r1"}}
-	respHeaders := [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"x-envoy-upstream-service-time", "7000"}}
+	body, reqHeaders, respHeaders := generationFixture()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {

@@ -395,16 +395,23 @@ func TestClassify(t *testing.T) {
 // generation (request headers, a small JSON body, response headers), run
 // natively. `go test -bench . -benchmem ./filter/tagger` reports time and
 // allocations per request.
+// generationFixture is one image generation as the benchmarks send it:
+// a small JSON body, its request headers and the answer's headers.
+func generationFixture() (body []byte, req, resp [][2]string) {
+	body = []byte(`{"prompt":"a fox","model":"flux","num_inference_steps":28,"size":"1024x1024","response_format":"b64_json"}`)
+	req = [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"},
+		{"content-length", strconv.Itoa(len(body))}, {"x-request-id", "r1"}}
+	resp = [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"x-envoy-upstream-service-time", "7000"}}
+	return body, req, resp
+}
+
 func BenchmarkGenerationRequest(b *testing.B) {
 	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(NewVMContext()).WithPluginConfiguration(testConfig))
 	defer reset()
 	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
 		b.Fatalf("start = %v", st)
 	}
-	body := []byte(`{"prompt":"a fox","model":"flux","num_inference_steps":28,"size":"1024x1024","response_format":"b64_json"}`)
-	reqHeaders := [][2]string{{":method", "POST"}, {":path", "/v1/images/generations"}, {"content-type", "application/json"},
-		{"content-length", strconv.Itoa(len(body))}, {"x-request-id", "r1"}}
-	respHeaders := [][2]string{{":status", "200"}, {"content-type", "application/json"}, {"x-envoy-upstream-service-time", "7000"}}
+	body, reqHeaders, respHeaders := generationFixture()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
