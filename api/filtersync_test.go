@@ -16,7 +16,7 @@ func TestFilterSync(t *testing.T) {
 	if code, v := call(t, s, "POST", wire.PathFilterSync, `{"node":"a"}`); code != 404 {
 		t.Fatalf("sync with least-work off = %d %v", code, v)
 	}
-	s.Board = loadboard.New(time.Now)
+	s.Board = loadboard.New(time.Now, nil)
 	s.AdminToken = "secret-token-1234"
 	w := worker(t, "T2I")
 	if code, v := call(t, s, "POST", "/add_worker?url="+url.QueryEscape(w.URL), ""); code != 401 {

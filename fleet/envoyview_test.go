@@ -28,6 +28,8 @@ type fakeEnvoys struct {
 	down    map[string]bool                       // nodes whose admin cannot be read
 	reads   int                                   // EndpointStats calls
 	pending map[string]uint64                     // node -> requests waiting for a connection
+	// afterRead, if set, runs (lock held) after each EndpointStats answer.
+	afterRead func(f *fakeEnvoys)
 }
 
 func (f *fakeEnvoys) setPending(node string, n uint64) {
@@ -108,6 +110,9 @@ func (f *fakeEnvoys) EndpointStats(_ context.Context, admin, cluster, address st
 	f.reads++
 	if f.down[admin] {
 		return false, 0, false, errors.New("admin down")
+	}
+	if f.afterRead != nil {
+		defer f.afterRead(f)
 	}
 	h, ok := f.hosts[admin][address]
 	if !ok || cluster != wire.ClusterWorkers {
@@ -200,6 +205,37 @@ func TestDrainWaitsForEveryEnvoy(t *testing.T) {
 	want := [][3]string{{"active", "draining", "removed"}, {"draining", "removed", "drained"}}
 	if len(rec.seen) != 2 || rec.seen[0] != want[0] || rec.seen[1] != want[1] {
 		t.Fatalf("transitions %v, want %v", rec.seen, want)
+	}
+}
+
+// TestDrainOutwaitsALateThread: an Envoy worker thread that took the
+// drain late sends the worker one more request right after the first empty
+// reading; the drain must not end on that reading.
+func TestDrainOutwaitsALateThread(t *testing.T) {
+	envoys := newFakeEnvoys("a")
+	m, _, key, hp := fakeManager(t, envoys, Config{DrainTimeout: time.Minute})
+	late := false
+	envoys.afterRead = func(f *fakeEnvoys) {
+		if !late {
+			late = true
+			h := f.hosts["a"][hp]
+			h.RqActive = 1
+			f.hosts["a"][hp] = h
+		}
+	}
+	if _, _, err := m.Remove(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	gone := func() bool { _, ok := m.Registry().Get(key); return !ok }
+	until(t, "three drain polls or the end of the drain", func() bool { return envoys.endpointReads() >= 3 || gone() })
+	if gone() {
+		t.Fatal("the drain ended on one empty reading while a late request was in flight")
+	}
+	envoys.set("a", hp, envoy.HostStats{RqActive: 0})
+	before := envoys.endpointReads()
+	until(t, "the drained worker to leave", gone)
+	if got := envoys.endpointReads() - before; got < idleReadings {
+		t.Fatalf("the drain ended after %d empty readings, want %d", got, idleReadings)
 	}
 }
 

@@ -635,8 +635,17 @@ func (m *Manager) startDrain(key string, gen uint64) {
 	}()
 }
 
+// idleReadings is how many empty in-flight readings in a row end a drain.
+const idleReadings = 2
+
 // waitIdle polls every connected Envoy until none has a request in flight to
-// the worker. It returns false if ctx ended first.
+// the worker, twice in a row. It returns false if ctx ended first.
+//
+// Once is not enough: Envoy acknowledges a configuration when its main
+// thread has applied it, and each worker thread takes it on its next
+// event-loop turn. A thread that is late (a loaded machine) can still send
+// the worker a request after the first empty reading; the second reading,
+// one poll later, counts it.
 func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
 	if _, err := m.inForce(ctx, gen); err != nil {
 		return false
@@ -652,8 +661,13 @@ func (m *Manager) waitIdle(ctx context.Context, key string, gen uint64) bool {
 	addr := net.JoinHostPort(w.Address, strconv.Itoa(int(u.Port)))
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	for {
+	for quiet := 0; ; {
 		if m.inFlight(ctx, addr) == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		if quiet == idleReadings {
 			return true
 		}
 		select {

@@ -47,6 +47,9 @@ type Board struct {
 	speeds  pick.Table
 	pending []wire.Completion
 	maxDone int64
+	// applied is what the Envoys run; nil: every snapshot Sync is given
+	// counts as running (no xDS, as in unit tests).
+	applied *applied
 }
 
 // Merging completions: a completion is taken once the newest one seen is
@@ -66,8 +69,24 @@ type entry struct {
 }
 
 // New returns an empty board; now is the clock (time.Now outside tests).
-func New(now func() time.Time) *Board {
-	return &Board{reports: map[string]entry{}, now: now}
+// synced names the newest registry generation every connected Envoy has
+// acknowledged (xds/server.Server.SyncedGeneration); with it, a view lists
+// a worker only once the Envoys run it as routable with its current
+// weights, and the publisher must hand every snapshot to Published. Nil
+// synced: each snapshot Sync gets counts as running.
+func New(now func() time.Time, synced func() uint64) *Board {
+	b := &Board{reports: map[string]entry{}, now: now}
+	if synced != nil {
+		b.applied = &applied{synced: synced}
+	}
+	return b
+}
+
+// Published notes a registry snapshot about to go out to the Envoys.
+func (b *Board) Published(s registry.Snapshot) {
+	if b.applied != nil {
+		b.applied.published(s)
+	}
 }
 
 // Check validates a report.
@@ -106,12 +125,16 @@ func Addr(w registry.Worker) string {
 }
 
 // Sync records a node's report and returns its view: the workers of snap a
-// request may go to (active, awake, and not out by Envoy's word), with the
-// work the other live Envoys have sent each. A new node beyond MaxNodes is
-// refused.
+// request may go to (active, awake, not out by Envoy's word, and run so by
+// every Envoy), with the work the other live Envoys have sent each. A new
+// node beyond MaxNodes is refused.
 func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key string) bool) (wire.PickView, error) {
 	if err := Check(r); err != nil {
 		return wire.PickView{}, err
+	}
+	running, known := snap, true
+	if b.applied != nil {
+		running, known = b.applied.get()
 	}
 	now := b.now()
 	b.mu.Lock()
@@ -134,7 +157,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 	}
 	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base}
 	for _, w := range snap.Workers {
-		if !w.Routable() || out(w.Key()) {
+		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
 			continue
 		}
 		a := Addr(w)

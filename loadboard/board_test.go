@@ -2,6 +2,7 @@ package loadboard
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -52,7 +53,7 @@ func TestCheck(t *testing.T) {
 
 func TestSyncView(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
-	b := New(c.now)
+	b := New(c.now, nil)
 	snap := registry.Snapshot{Generation: 7, Workers: []registry.Worker{
 		worker("10.0.0.1", 80, registry.StateActive, "T2I"),
 		worker("10.0.0.2", 80, registry.StateActive, "T2V"),
@@ -107,7 +108,7 @@ func TestSyncView(t *testing.T) {
 }
 
 func TestSyncRefusesBadReportsAndTooManyNodes(t *testing.T) {
-	b := New(time.Now)
+	b := New(time.Now, nil)
 	none := func(string) bool { return false }
 	if _, err := b.Sync(wire.LoadReport{}, registry.Snapshot{}, none); err == nil {
 		t.Fatal("empty node accepted")
@@ -132,7 +133,7 @@ func TestSyncRefusesBadReportsAndTooManyNodes(t *testing.T) {
 // report g, or to fall silent for the liveness window.
 func TestSeen(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
-	b := New(c.now)
+	b := New(c.now, nil)
 	if !b.Seen(5) {
 		t.Fatal("no Envoy picks, yet Seen is false")
 	}
@@ -167,7 +168,7 @@ func TestSeen(t *testing.T) {
 // the board sees the true 100 ms per request.
 func TestFleetSpeedFromMergedCompletions(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
-	b := New(c.now)
+	b := New(c.now, nil)
 	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I")}}
 	// A completion an hour ahead of the board's clock is ignored: it
 	// would let everything after it in out of order.
@@ -201,5 +202,59 @@ func TestFleetSpeedFromMergedCompletions(t *testing.T) {
 	bad := wire.LoadReport{Node: "A", Completions: []wire.Completion{{Addr: a, Cost: 1, Sent: 5, Done: 4}}}
 	if _, err := b.Sync(bad, snap, none); err == nil {
 		t.Fatal("a completion answered before it was sent was accepted")
+	}
+}
+
+// TestViewWaitsForEnvoys: a worker put back after a drain-mode update, or
+// given new weights, is listed only once every Envoy runs that generation;
+// one leaving rotation is dropped at once.
+func TestViewWaitsForEnvoys(t *testing.T) {
+	var synced uint64
+	b := New(time.Now, func() uint64 { return synced })
+	at := func(gen uint64, state registry.State, version string) registry.Snapshot {
+		w := worker("10.0.0.1", 80, state, "T2I")
+		w.WeightVersion, w.ModelPath = version, "/ckpt/"+version
+		other := worker("10.0.0.2", 80, registry.StateActive, "T2I")
+		s := registry.Snapshot{Generation: gen, Workers: []registry.Worker{w, other}}
+		b.Published(s)
+		return s
+	}
+	listed := func(snap registry.Snapshot) []string {
+		t.Helper()
+		v, err := b.Sync(wire.LoadReport{Node: "A", Generation: snap.Generation}, snap, func(string) bool { return false })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, w := range v.Workers {
+			out = append(out, w.Addr)
+		}
+		return out
+	}
+	both, one := "[10.0.0.1:80 10.0.0.2:80]", "[10.0.0.2:80]"
+	steps := []struct {
+		name   string
+		gen    uint64
+		state  registry.State
+		ver    string
+		synced uint64
+		want   string
+	}{
+		{"nothing applied yet", 1, registry.StateActive, "1", 0, "[]"},
+		{"applied", 1, registry.StateActive, "1", 1, both},
+		{"updating: out at once", 2, registry.StateUpdating, "1", 1, one},
+		{"new weights, still updating", 3, registry.StateUpdating, "2", 1, one},
+		{"active again, Envoys behind", 4, registry.StateActive, "2", 2, one},
+		{"Envoys run the new weights but not yet active", 4, registry.StateActive, "2", 3, one},
+		{"Envoys run it", 4, registry.StateActive, "2", 4, both},
+		{"in-place weights, Envoys behind", 5, registry.StateActive, "3", 4, one},
+		{"in-place weights applied", 5, registry.StateActive, "3", 5, both},
+	}
+	for _, s := range steps {
+		snap := at(s.gen, s.state, s.ver)
+		synced = s.synced
+		if got := fmt.Sprint(listed(snap)); got != s.want {
+			t.Fatalf("%s: view lists %s, want %s", s.name, got, s.want)
+		}
 	}
 }

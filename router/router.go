@@ -115,16 +115,17 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	xds.SetEpoch(epoch)
 	mx := metrics.New(reg, xds.Nodes)
 	pub := &publish.Publisher{Registry: reg, Sink: xds, Options: opts, Pushed: mx.XDSPush, Log: base}
-	if err := pub.Once(ctx); err != nil {
-		return err
-	}
 	// Least-work routing: the filters report their load to this board and
 	// pick from the view it answers; drains wait for them to see a change.
 	var board *loadboard.Board
 	var pickers fleet.Pickers
 	if opts.Policy == translate.PolicyLeastWork {
-		board = loadboard.New(time.Now)
+		board = loadboard.New(time.Now, xds.SyncedGeneration)
 		pickers = board
+		pub.Publishing = board.Published
+	}
+	if err := pub.Once(ctx); err != nil {
+		return err
 	}
 	fl := fleet.NewManager(ctx, reg, xds, fleet.Config{
 		Pickers:          pickers,

@@ -25,6 +25,9 @@ type Publisher struct {
 	Options  translate.Options
 	// Pushed, if set, is told about every published snapshot (metrics).
 	Pushed func()
+	// Publishing, if set, gets each registry snapshot before it goes out
+	// (the load board tracks which one the Envoys run).
+	Publishing func(registry.Snapshot)
 	Log    *logrus.Entry
 
 	// published is the last generation Once published (valid once
@@ -39,6 +42,9 @@ func (p *Publisher) Once(ctx context.Context) error {
 	res, err := translate.Build(snap, p.Options)
 	if err != nil {
 		return fmt.Errorf("translate generation %d: %w", snap.Generation, err)
+	}
+	if p.Publishing != nil {
+		p.Publishing(snap)
 	}
 	if err := p.Sink.Publish(ctx, snap.Generation, res); err != nil {
 		return err

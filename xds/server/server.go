@@ -74,6 +74,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	generation uint64            // registry generation of the published snapshot
+	synced     uint64            // newest generation every connected Envoy acknowledged
 	versions   map[string]string // type URL -> published version
 	streams    map[int64]*stream
 	changed    chan struct{} // closed and replaced on every change
@@ -168,6 +169,9 @@ func contentVersion(rs []types.Resource) (string, error) {
 }
 
 func (s *Server) notifyLocked() {
+	if ok, _ := s.syncedLocked(s.generation); ok {
+		s.synced = max(s.synced, s.generation)
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
@@ -177,6 +181,16 @@ func (s *Server) Generation() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.generation
+}
+
+// SyncedGeneration is the newest registry generation that every connected
+// Envoy acknowledged (with none connected, the newest published). It
+// never goes back: an Envoy that connects later starts from the current
+// configuration.
+func (s *Server) SyncedGeneration() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.synced
 }
 
 // WaitSynced blocks until generation gen (or a later one) is published and

@@ -88,6 +88,9 @@ func TestWaitSyncedTracksAcks(t *testing.T) {
 	if n, err := s.WaitSynced(ctx, 1); err != nil || n != 0 {
 		t.Fatalf("no Envoys: %d %v", n, err)
 	}
+	if g := s.SyncedGeneration(); g != 1 {
+		t.Fatalf("synced generation with no Envoys = %d, want 1", g)
+	}
 	cb := s.callbacks()
 	if err := cb.OnStreamOpen(ctx, 7, ""); err != nil {
 		t.Fatal(err)
@@ -105,6 +108,14 @@ func TestWaitSyncedTracksAcks(t *testing.T) {
 	}
 	if nodes := s.Nodes(); len(nodes) != 1 || nodes[0].AdminAddress != "127.0.0.1:9901" || nodes[0].Synced {
 		t.Fatalf("nodes = %+v", nodes)
+	}
+	// A connected Envoy that has not acknowledged generation 2 holds the
+	// synced generation at 1.
+	if err := s.Publish(ctx, 2, build(t, "http://127.0.0.1:2")); err != nil {
+		t.Fatal(err)
+	}
+	if g := s.SyncedGeneration(); g != 1 {
+		t.Fatalf("synced generation before any ACK = %d, want 1", g)
 	}
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
@@ -130,6 +141,9 @@ func TestWaitSyncedTracksAcks(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("WaitSynced did not return after every type was acknowledged")
+	}
+	if g := s.SyncedGeneration(); g != 2 {
+		t.Fatalf("synced generation after the ACKs = %d, want 2", g)
 	}
 	cb.OnStreamClosed(7, node)
 	if len(s.Nodes()) != 0 {
