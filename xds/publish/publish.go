@@ -28,7 +28,7 @@ type Publisher struct {
 	// Publishing, if set, gets each registry snapshot before it goes out
 	// (the load board tracks which one the Envoys run).
 	Publishing func(registry.Snapshot)
-	Log    *logrus.Entry
+	Log        *logrus.Entry
 
 	// published is the last generation Once published (valid once
 	// havePublished); Once and Run never run at the same time.
