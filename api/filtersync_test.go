@@ -3,7 +3,6 @@ package api
 import (
 	"net/url"
 	"testing"
-	"time"
 
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/wire"
@@ -16,7 +15,7 @@ func TestFilterSync(t *testing.T) {
 	if code, v := call(t, s, "POST", wire.PathFilterSync, `{"node":"a"}`); code != 404 {
 		t.Fatalf("sync with least-work off = %d %v", code, v)
 	}
-	s.Board = loadboard.New(time.Now, nil)
+	s.Board = loadboard.New(loadboard.Options{})
 	s.AdminToken = "secret-token-1234"
 	w := worker(t, "T2I")
 	if code, v := call(t, s, "POST", "/add_worker?url="+url.QueryEscape(w.URL), ""); code != 401 {

@@ -49,7 +49,23 @@ type Board struct {
 	maxDone int64
 	// applied is what the Envoys run; nil: every snapshot Sync is given
 	// counts as running (no xDS, as in unit tests).
-	applied *applied
+	applied  *applied
+	ejection wire.Ejection
+}
+
+// Options configure a board.
+type Options struct {
+	// Now is the clock (time.Now if nil).
+	Now func() time.Time
+	// Synced names the newest registry generation every connected Envoy
+	// has acknowledged (xds/server.Server.SyncedGeneration). With it, a
+	// view lists a worker only once the Envoys run it as routable with
+	// its current weights, and the publisher must hand every snapshot to
+	// Published. Nil: each snapshot Sync gets counts as running.
+	Synced func() uint64
+	// Ejection is Envoy's outlier-detection rule, passed on to the
+	// filters (wire.PickView.Ejection).
+	Ejection wire.Ejection
 }
 
 // Merging completions: a completion is taken once the newest one seen is
@@ -68,16 +84,14 @@ type entry struct {
 	report wire.LoadReport
 }
 
-// New returns an empty board; now is the clock (time.Now outside tests).
-// synced names the newest registry generation every connected Envoy has
-// acknowledged (xds/server.Server.SyncedGeneration); with it, a view lists
-// a worker only once the Envoys run it as routable with its current
-// weights, and the publisher must hand every snapshot to Published. Nil
-// synced: each snapshot Sync gets counts as running.
-func New(now func() time.Time, synced func() uint64) *Board {
-	b := &Board{reports: map[string]entry{}, now: now}
-	if synced != nil {
-		b.applied = &applied{synced: synced}
+// New returns an empty board.
+func New(o Options) *Board {
+	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	if o.Synced != nil {
+		b.applied = &applied{synced: o.Synced}
 	}
 	return b
 }
@@ -155,7 +169,8 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 			remote[h.Addr] = [2]int64{rw[0] + h.Work, rw[1] + h.Requests}
 		}
 	}
-	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base}
+	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base,
+		Ejection: b.ejection}
 	for _, w := range snap.Workers {
 		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
 			continue

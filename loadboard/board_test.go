@@ -53,7 +53,7 @@ func TestCheck(t *testing.T) {
 
 func TestSyncView(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
-	b := New(c.now, nil)
+	b := New(Options{Now: c.now, Ejection: wire.EjectionAfter(5)})
 	snap := registry.Snapshot{Generation: 7, Workers: []registry.Worker{
 		worker("10.0.0.1", 80, registry.StateActive, "T2I"),
 		worker("10.0.0.2", 80, registry.StateActive, "T2V"),
@@ -91,6 +91,9 @@ func TestSyncView(t *testing.T) {
 	if va.Envoys != 2 {
 		t.Fatalf("view counts %d Envoys, want 2", va.Envoys)
 	}
+	if va.Ejection != (wire.Ejection{Consecutive5xx: 5, ConsecutiveGateway: 2}) {
+		t.Fatalf("view passes ejection rule %+v, want 5 and 2", va.Ejection)
+	}
 	vb, _ := b.Sync(wire.LoadReport{Node: "B", Generation: 7, Hosts: []wire.HostReport{{Addr: "10.0.0.1:80", Work: 300, Requests: 2}}}, snap, out)
 	if vb.Workers[0].RemoteWork != 50 {
 		t.Fatalf("B sees remote %d on worker 1, want A's 50", vb.Workers[0].RemoteWork)
@@ -108,7 +111,7 @@ func TestSyncView(t *testing.T) {
 }
 
 func TestSyncRefusesBadReportsAndTooManyNodes(t *testing.T) {
-	b := New(time.Now, nil)
+	b := New(Options{})
 	none := func(string) bool { return false }
 	if _, err := b.Sync(wire.LoadReport{}, registry.Snapshot{}, none); err == nil {
 		t.Fatal("empty node accepted")
@@ -133,7 +136,7 @@ func TestSyncRefusesBadReportsAndTooManyNodes(t *testing.T) {
 // report g, or to fall silent for the liveness window.
 func TestSeen(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
-	b := New(c.now, nil)
+	b := New(Options{Now: c.now})
 	if !b.Seen(5) {
 		t.Fatal("no Envoy picks, yet Seen is false")
 	}
@@ -168,7 +171,7 @@ func TestSeen(t *testing.T) {
 // the board sees the true 100 ms per request.
 func TestFleetSpeedFromMergedCompletions(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
-	b := New(c.now, nil)
+	b := New(Options{Now: c.now})
 	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I")}}
 	// A completion an hour ahead of the board's clock is ignored: it
 	// would let everything after it in out of order.
@@ -210,7 +213,7 @@ func TestFleetSpeedFromMergedCompletions(t *testing.T) {
 // one leaving rotation is dropped at once.
 func TestViewWaitsForEnvoys(t *testing.T) {
 	var synced uint64
-	b := New(time.Now, func() uint64 { return synced })
+	b := New(Options{Synced: func() uint64 { return synced }})
 	at := func(gen uint64, state registry.State, version string) registry.Snapshot {
 		w := worker("10.0.0.1", 80, state, "T2I")
 		w.WeightVersion, w.ModelPath = version, "/ckpt/"+version

@@ -23,6 +23,7 @@ import (
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/xds/publish"
 	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 	"github.com/diffrouter/diffusion-router/xds/translate"
@@ -120,7 +121,8 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	var board *loadboard.Board
 	var pickers fleet.Pickers
 	if opts.Policy == translate.PolicyLeastWork {
-		board = loadboard.New(time.Now, xds.SyncedGeneration)
+		board = loadboard.New(loadboard.Options{Synced: xds.SyncedGeneration,
+			Ejection: wire.EjectionAfter(int64(c.OutlierFailures))})
 		pickers = board
 		pub.Publishing = board.Published
 	}

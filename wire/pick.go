@@ -45,6 +45,27 @@ type PickView struct {
 	// Base is the fixed part of a request in cost units, fitted over
 	// every Envoy's completions (0: not yet).
 	Base float64 `json:"base,omitempty"`
+	// Ejection is when Envoy's outlier detection ejects a worker: the
+	// filter holds a worker back from its picks from the same point
+	// (override_host does not look at ejections), not earlier, so
+	// Envoy's count, and the quarantine it leads to, are not delayed.
+	Ejection Ejection `json:"ejection,omitzero"`
+}
+
+// Ejection is Envoy's outlier-detection threshold: this many 5xx answers
+// in a row, or this many gateway failures (502, 503, 504, connection
+// failures, resets, timeouts) in a row. Zero fields: two.
+type Ejection struct {
+	Consecutive5xx     int64 `json:"consecutive_5xx,omitempty"`
+	ConsecutiveGateway int64 `json:"consecutive_gateway,omitempty"`
+}
+
+// EjectionAfter is the ejection rule for n failures in a row: any 5xx n
+// times, and a worker that cannot be reached or does not answer after two
+// (one reset can be a healthy worker closing an idle keep-alive connection
+// just as Envoy reused it).
+func EjectionAfter(n int64) Ejection {
+	return Ejection{Consecutive5xx: n, ConsecutiveGateway: min(2, n)}
 }
 
 // PickWorker is one eligible worker.

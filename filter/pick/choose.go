@@ -83,7 +83,7 @@ type Choice struct {
 // control plane learned, else the median of the workers this Envoy knows
 // (a new worker is taken as typical, and so is one whose slow estimate is
 // stale); with several Envoys, only what the control plane learned. A
-// worker that failed twice in a row in the last seconds is not picked. Near ties (within tieTolerance of
+// worker Envoy would have ejected in the last seconds is not picked. Near ties (within tieTolerance of
 // the best) go to the first such candidate at or after rot (callers rotate
 // it), so equal workers share the work even though their learned speeds
 // differ by noise, and each keeps being measured.
@@ -92,7 +92,7 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int, now in
 	// (Envoy's own policy, which sees its ejections, routes).
 	cands = slices.DeleteFunc(slices.Clone(cands), func(i int) bool {
 		h := t.Find(v.Workers[i].Addr)
-		return h != nil && Failing(h, now)
+		return h != nil && Failing(h, v.Ejection, now)
 	})
 	if len(cands) == 0 {
 		return Choice{}, false

@@ -350,34 +350,64 @@ func TestCompletionLog(t *testing.T) {
 	}
 }
 
-// TestFailingWorkerHeldBack: two failures in a row keep a worker out of
-// picks for a few seconds; a success clears the count; with every
-// candidate failing there is no pick (Envoy's own policy routes).
+// TestFailingWorkerHeldBack: a worker is held back from picks for a few
+// seconds from the failure at which Envoy's outlier detection would eject
+// it (N 5xx in a row, or two gateway failures in a row), not before; an
+// answer below 500 ends a run; with every candidate failing there is no
+// pick (Envoy's own policy routes).
 func TestFailingWorkerHeldBack(t *testing.T) {
-	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1"}, {Addr: "b:1"}}}
-	var tab Table
+	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1"}, {Addr: "b:1"}}, Ejection: wire.EjectionAfter(5)}
 	now := int64(1_000_000_000)
-	tab.Add("a:1", 1)
-	tab.Done("a:1", 1, now, now, false)
-	tab.Fail("a:1", now)
-	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now); c.First != "a:1" {
-		t.Fatalf("one failure held a:1 back (picked %s)", c.First)
+	type answer struct {
+		fail, gateway, ok bool
 	}
-	tab.Fail("a:1", now)
-	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+1000); c.First != "b:1" || c.Second != "" {
-		t.Fatalf("after two failures: %+v, want b:1 alone", c)
+	f, g, ok := answer{fail: true}, answer{fail: true, gateway: true}, answer{ok: true}
+	cases := []struct {
+		name string
+		rule wire.Ejection
+		run  []answer
+		held bool
+	}{
+		{"four 500s of five", wire.EjectionAfter(5), []answer{f, f, f, f}, false},
+		{"five 500s", wire.EjectionAfter(5), []answer{f, f, f, f, f}, true},
+		{"one reset", wire.EjectionAfter(5), []answer{g}, false},
+		{"two resets", wire.EjectionAfter(5), []answer{g, g}, true},
+		{"a 500 between resets", wire.EjectionAfter(5), []answer{g, f, g}, false},
+		{"a 4xx ends the run", wire.EjectionAfter(5), []answer{f, f, f, f, ok, f}, false},
+		{"one of one", wire.EjectionAfter(1), []answer{f}, true},
+		{"no rule: two", wire.Ejection{}, []answer{f, f}, true},
 	}
-	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+failHold.Microseconds()); c.First != "a:1" {
-		t.Fatalf("after the hold: picked %s, want a:1 back", c.First)
+	for _, c := range cases {
+		var tab Table
+		for _, a := range c.run {
+			if a.ok {
+				tab.Answered("a:1")
+			} else {
+				tab.Fail("a:1", now, a.gateway)
+			}
+		}
+		v.Ejection = c.rule
+		choice, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+1000)
+		if held := choice.First == "b:1" && choice.Second == ""; held != c.held {
+			t.Errorf("%s: picked %+v, held back = %v, want %v", c.name, choice, held, c.held)
+		}
+		if c.held {
+			if c2, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+failHold.Microseconds()); c2.First != "a:1" {
+				t.Errorf("%s: after the hold picked %s, want a:1 back", c.name, c2.First)
+			}
+		}
 	}
-	tab.Fail("b:1", now)
-	tab.Fail("b:1", now)
+	var tab Table
+	v.Ejection = wire.Ejection{}
+	for _, a := range []string{"a:1", "a:1", "b:1", "b:1"} {
+		tab.Fail(a, now, true)
+	}
 	if _, ok := Choose(v, []int{0, 1}, &tab, 1, 0, now+1000); ok {
 		t.Fatal("picked with every candidate failing")
 	}
 	tab.Add("a:1", 1)
 	tab.Done("a:1", 1, now, now+5000, true)
-	if h := tab.Find("a:1"); h.Failures != 0 {
-		t.Fatalf("a success left %d failures", h.Failures)
+	if h := tab.Find("a:1"); h.Failures != 0 || h.GatewayFailures != 0 {
+		t.Fatalf("a success left %d failures (%d gateway)", h.Failures, h.GatewayFailures)
 	}
 }

@@ -31,9 +31,11 @@ type Host struct {
 	// SampledAt is the table's Picks when the worker last taught its
 	// speed: an estimate many picks old is stale.
 	SampledAt int64
-	// Failures counts the worker's failed answers in a row (5xx, reset,
-	// timeout), the last at FailedAt (µs).
-	Failures, FailedAt int64
+	// Failures counts the worker's 5xx answers in a row (Envoy answers
+	// 502-504 for a reset or timeout), and GatewayFailures the 502-504
+	// ones among the latest, as Envoy's outlier detection counts them;
+	// the last at FailedAt (µs).
+	Failures, GatewayFailures, FailedAt int64
 	// LastDone is when the worker last finished a request (µs): it serves
 	// one at a time, so a request's service began at its send time or
 	// here, whichever is later.
@@ -127,10 +129,9 @@ const (
 	// different costs before it says anything.
 	fitMinSamples = 6
 	fitMinSpread  = 0.1
-	// failLimit failures in a row hold a worker back from picks for
-	// failHold (Envoy ejects after two gateway failures in a row).
-	failLimit = 2
-	failHold  = 5 * time.Second
+	// failHold: how long a worker Envoy would have ejected is held back
+	// from picks (the control plane drops it from the view well before).
+	failHold = 5 * time.Second
 	// staleAfter: a worker whose estimate is this many picks old is
 	// treated as typical if its estimate says slower (so a worker once
 	// mismeasured as slow gets work again and is measured again), and
@@ -180,7 +181,7 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 	if !served || cost <= 0 {
 		return 0
 	}
-	h.Failures = 0
+	h.Failures, h.GatewayFailures = 0, 0
 	start := max(sent, h.LastDone)
 	h.LastDone = max(h.LastDone, done)
 	if done <= start {
@@ -213,21 +214,40 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 	return ms
 }
 
-// Fail counts a failed answer of the worker (at, µs). Envoy's outlier
-// detection ejects a worker that keeps failing, but override_host does not
-// look at ejections, and the control plane's view lags by up to a second
-// or two: until then the filter holds the worker back itself.
-func (t *Table) Fail(addr string, at int64) {
+// Fail counts a 5xx answer of the worker at at (µs); gateway: a 502, 503
+// or 504 (Envoy's answer for a reset or timeout, too).
+func (t *Table) Fail(addr string, at int64, gateway bool) {
 	h := t.host(addr)
 	h.Failures++
+	h.GatewayFailures++
+	if !gateway {
+		h.GatewayFailures = 0
+	}
 	h.FailedAt = at
 }
 
-// Failing reports whether h failed failLimit times in a row, the last
-// within failHold of now: it gets no picks meanwhile (and then one, to
-// see whether it recovered).
-func Failing(h *Host, now int64) bool {
-	return h.Failures >= failLimit && now-h.FailedAt < failHold.Microseconds()
+// Answered notes an answer below 500 from the worker: like Envoy's outlier
+// detection, it ends a run of failures.
+func (t *Table) Answered(addr string) {
+	if h := t.Find(addr); h != nil {
+		h.Failures, h.GatewayFailures = 0, 0
+	}
+}
+
+// Failing reports whether h failed as often in a row as Envoy's ejection
+// rule says, the last within failHold of now: it gets no picks meanwhile
+// (and then one, to see whether it recovered). Envoy's outlier detection
+// ejects it at that point, but override_host does not look at ejections,
+// and the control plane's view drops it only a second or two later.
+func Failing(h *Host, rule wire.Ejection, now int64) bool {
+	if rule.Consecutive5xx <= 0 {
+		rule.Consecutive5xx = 2
+	}
+	if rule.ConsecutiveGateway <= 0 {
+		rule.ConsecutiveGateway = 2
+	}
+	failed := h.Failures >= rule.Consecutive5xx || h.GatewayFailures >= rule.ConsecutiveGateway
+	return failed && now-h.FailedAt < failHold.Microseconds()
 }
 
 // add adds one sample (cost c took t ms) and, once the fit is
@@ -319,7 +339,7 @@ func Median(v []float64) float64 {
 
 // tableFormat versions the encoding: Envoy keeps shared data across a
 // plugin reload, and a new plugin must not misread an old table.
-const tableFormat = 6
+const tableFormat = 7
 
 // Encode is the table as shared data holds it.
 func (t *Table) Encode() []byte {
@@ -340,6 +360,7 @@ func (t *Table) AppendEncode(b []byte) []byte {
 		b = binary.AppendVarint(b, h.Streak)
 		b = binary.AppendVarint(b, h.SampledAt)
 		b = binary.AppendVarint(b, h.Failures)
+		b = binary.AppendVarint(b, h.GatewayFailures)
 		b = binary.AppendVarint(b, h.FailedAt)
 	}
 	b = binary.AppendUvarint(b, uint64(len(t.Tasks)))
@@ -397,7 +418,7 @@ func (d *Decoder) Into(b []byte, t *Table) error {
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		t.Hosts = append(t.Hosts, Host{Addr: r.string(), Work: r.varint(), Requests: r.varint(),
 			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint(), Streak: r.varint(), SampledAt: r.varint(),
-			Failures: r.varint(), FailedAt: r.varint()})
+			Failures: r.varint(), GatewayFailures: r.varint(), FailedAt: r.varint()})
 	}
 	n = r.count()
 	for i := uint64(0); i < n && r.err == nil; i++ {

@@ -212,13 +212,18 @@ func defaultCost(t Task) int64 {
 type outcome int
 
 const (
-	// outcomeOther: no word on the worker (the client left, a 4xx, a
-	// retry answered by another worker).
+	// outcomeOther: no word on the worker (the client left, a retry
+	// answered by another worker).
 	outcomeOther outcome = iota
 	// outcomeServed: the picked worker answered with success.
 	outcomeServed
-	// outcomeFailed: the picked worker failed it (5xx, reset, timeout).
+	// outcomeAnswered: the picked worker answered below 500, not with
+	// success (a 4xx): it works, but the answer says nothing of its speed.
+	outcomeAnswered
+	// outcomeFailed: the picked worker answered 5xx; outcomeGatewayFailed:
+	// 502-504, its own or Envoy's for a reset or timeout.
 	outcomeFailed
+	outcomeGatewayFailed
 )
 
 // release takes a request's cost off its worker and records how the
@@ -230,8 +235,11 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 	}
 	err := p.update(func(tab *pick.Table) bool {
 		ms := tab.Done(s.addr, s.cost, s.at, at, served)
-		if how == outcomeFailed {
-			tab.Fail(s.addr, at)
+		switch how {
+		case outcomeAnswered:
+			tab.Answered(s.addr)
+		case outcomeFailed, outcomeGatewayFailed:
+			tab.Fail(s.addr, at, how == outcomeGatewayFailed)
 		}
 		if h := tab.Find(s.addr); !s.costKnown && ms > 0 && h != nil && h.MsPerCost > 0 {
 			// A request the filter could not read (a multipart edit,

@@ -459,19 +459,30 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 // (the GPU is done with it). Only an answer from the picked worker says
 // anything about it (a retry's comes from another): a success teaches its
 // speed, a 5xx (its own, or Envoy's for a reset or timeout) counts as a
-// failure.
+// failure, anything else ends a run of failures.
 func (c *httpContext) releaseAnswered(status string) {
-	how := outcomeOther
-	if code, err := strconv.Atoi(status); err == nil && (code < 300 || code >= 500) {
-		addr, err := proxywasm.GetProperty([]string{"upstream", "address"})
-		if err == nil && string(addr) == c.sent.addr {
-			how = outcomeServed
-			if code >= 500 {
-				how = outcomeFailed
-			}
-		}
+	c.p.picker.release(c.task, c.sent, c.answeredBy(status), nowMicro())
+}
+
+// answeredBy classifies an answer for the picked worker's record.
+func (c *httpContext) answeredBy(status string) outcome {
+	code, err := strconv.Atoi(status)
+	if err != nil {
+		return outcomeOther
 	}
-	c.p.picker.release(c.task, c.sent, how, nowMicro())
+	addr, err := proxywasm.GetProperty([]string{"upstream", "address"})
+	if err != nil || string(addr) != c.sent.addr {
+		return outcomeOther
+	}
+	switch {
+	case code == 502 || code == 503 || code == 504:
+		return outcomeGatewayFailed
+	case code >= 500:
+		return outcomeFailed
+	case code < 300:
+		return outcomeServed
+	}
+	return outcomeAnswered
 }
 
 // noteFallback counts a request whose model no worker lists (it went to a

@@ -172,7 +172,8 @@ func recheck(interval time.Duration) time.Duration { return min(interval, wire.R
 // health check does not un-eject, and the ejection lasts long enough for the
 // control plane, which watches every Envoy, to quarantine the worker for good.
 func OutlierDetection(o Options) *clusterv3.OutlierDetection {
-	n := wrapperspb.UInt32(o.OutlierConsecutiveFailures)
+	rule := wire.EjectionAfter(int64(o.OutlierConsecutiveFailures))
+	n := wrapperspb.UInt32(uint32(rule.Consecutive5xx))
 	all := wrapperspb.UInt32(100)
 	off := wrapperspb.UInt32(0)
 	return &clusterv3.OutlierDetection{
@@ -183,14 +184,13 @@ func OutlierDetection(o Options) *clusterv3.OutlierDetection {
 		Consecutive_5Xx:          n,
 		EnforcingConsecutive_5Xx: all,
 		// A worker that cannot be reached or does not answer is ejected
-		// after two such failures in a row, not N. A dead worker holds no
-		// requests, so under least-request a full scan picks it for every
-		// retry (the previous-hosts predicate cannot steer a deterministic
-		// pick away): it must leave before a client's retries run out. Two,
-		// not one, because one reset can be a healthy worker closing an
-		// idle keep-alive connection just as Envoy reused it, and an
-		// ejection is a quarantine for good.
-		ConsecutiveGatewayFailure: wrapperspb.UInt32(min(2, o.OutlierConsecutiveFailures)),
+		// after two such failures in a row, not N (wire.EjectionAfter). A
+		// dead worker holds no requests, so under least-request a full scan
+		// picks it for every retry (the previous-hosts predicate cannot
+		// steer a deterministic pick away): it must leave before a client's
+		// retries run out. Two, not one: an ejection is a quarantine for
+		// good.
+		ConsecutiveGatewayFailure: wrapperspb.UInt32(uint32(rule.ConsecutiveGateway)),
 		// Envoy's default of 0 would count gateway failures but never eject.
 		EnforcingConsecutiveGatewayFailure: all,
 		EnforcingSuccessRate:               off,
