@@ -51,6 +51,14 @@ type Board struct {
 	// counts as running (no xDS, as in unit tests).
 	applied  *applied
 	ejection wire.Ejection
+	// ended are the video jobs Envoys saw end lately, passed on to the
+	// others (oldest first, at most MaxNodes x pick.MaxFinished).
+	ended []endedJob
+}
+
+type endedJob struct {
+	node, id string
+	at       time.Time
 }
 
 // Options configure a board.
@@ -112,6 +120,13 @@ func Check(r wire.LoadReport) error {
 		return fmt.Errorf("at most %d hosts per report", MaxHostsPerNode)
 	case len(r.Completions) > pick.MaxCompletions:
 		return fmt.Errorf("at most %d completions per report", pick.MaxCompletions)
+	case len(r.Finished) > pick.MaxFinished:
+		return fmt.Errorf("at most %d finished jobs per report", pick.MaxFinished)
+	}
+	for _, id := range r.Finished {
+		if id == "" || len(id) > wire.MaxJobID {
+			return fmt.Errorf("finished job id must be 1 to %d characters", wire.MaxJobID)
+		}
 	}
 	for _, c := range r.Completions {
 		if c.Addr == "" || len(c.Addr) > 300 || c.Cost < 0 || c.Sent < 0 || c.Done < c.Sent {
@@ -159,6 +174,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 	}
 	b.reports[r.Node] = entry{at: now, report: r}
 	b.learn(r.Completions, snap, now)
+	finished := b.relayEnded(r, now)
 	remote := map[string][2]int64{}
 	for node, e := range b.reports {
 		if node == r.Node {
@@ -170,7 +186,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		}
 	}
 	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base,
-		Ejection: b.ejection}
+		Ejection: b.ejection, Finished: finished}
 	for _, w := range snap.Workers {
 		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
 			continue
@@ -185,6 +201,26 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 	}
 	b.mu.Unlock()
 	return v, nil
+}
+
+// relayEnded records the jobs r saw end and returns those the other
+// Envoys saw end within aliveFor (the newest pick.MaxFinished): each
+// Envoy syncs at least once in that time; b.mu is held.
+func (b *Board) relayEnded(r wire.LoadReport, now time.Time) []string {
+	b.ended = slices.DeleteFunc(b.ended, func(e endedJob) bool { return now.Sub(e.at) > aliveFor })
+	for _, id := range r.Finished {
+		b.ended = append(b.ended, endedJob{node: r.Node, id: id, at: now})
+	}
+	if n := len(b.ended) - MaxNodes*pick.MaxFinished; n > 0 {
+		b.ended = slices.Delete(b.ended, 0, n)
+	}
+	var out []string
+	for i := len(b.ended) - 1; i >= 0 && len(out) < pick.MaxFinished; i-- {
+		if e := b.ended[i]; e.node != r.Node {
+			out = append(out, e.id)
+		}
+	}
+	return out
 }
 
 // learn merges completions into the fleet-wide speed estimate, in the

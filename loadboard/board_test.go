@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/filter/pick"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -258,6 +259,37 @@ func TestViewWaitsForEnvoys(t *testing.T) {
 		synced = s.synced
 		if got := fmt.Sprint(listed(snap)); got != s.want {
 			t.Fatalf("%s: view lists %s, want %s", s.name, got, s.want)
+		}
+	}
+}
+
+// TestEndedJobsRelayed: a video job one Envoy saw end is passed to the
+// others (not back to it) for as long as a report stays alive.
+func TestEndedJobsRelayed(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	b := New(Options{Now: c.now})
+	snap := registry.Snapshot{Generation: 1}
+	none := func(string) bool { return false }
+	if _, err := b.Sync(wire.LoadReport{Node: "A", Finished: []string{"video_1"}}, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := b.Sync(wire.LoadReport{Node: "A"}, snap, none); len(v.Finished) != 0 {
+		t.Fatalf("A gets its own ended jobs back: %v", v.Finished)
+	}
+	if v, _ := b.Sync(wire.LoadReport{Node: "B"}, snap, none); fmt.Sprint(v.Finished) != "[video_1]" {
+		t.Fatalf("B gets %v, want [video_1]", v.Finished)
+	}
+	c.t = c.t.Add(aliveFor + time.Millisecond)
+	if v, _ := b.Sync(wire.LoadReport{Node: "B"}, snap, none); len(v.Finished) != 0 {
+		t.Fatalf("an old ended job is still relayed: %v", v.Finished)
+	}
+	for name, r := range map[string]wire.LoadReport{
+		"empty id": {Node: "A", Finished: []string{""}},
+		"long id":  {Node: "A", Finished: []string{strings.Repeat("v", wire.MaxJobID+1)}},
+		"too many": {Node: "A", Finished: make([]string, pick.MaxFinished+1)},
+	} {
+		if _, err := b.Sync(r, snap, none); err == nil {
+			t.Errorf("%s: accepted", name)
 		}
 	}
 }

@@ -50,7 +50,13 @@ type PickView struct {
 	// (override_host does not look at ejections), not earlier, so
 	// Envoy's count, and the quarantine it leads to, are not delayed.
 	Ejection Ejection `json:"ejection,omitzero"`
+	// Finished are video jobs other Envoys saw end lately (worker job
+	// ids): an Envoy that counts one of them stops.
+	Finished []string `json:"finished,omitempty"`
 }
+
+// MaxJobID bounds a job id a report relays.
+const MaxJobID = 256
 
 // Ejection is Envoy's outlier-detection threshold: this many 5xx answers
 // in a row, or this many gateway failures (502, 503, 504, connection
@@ -96,6 +102,9 @@ type LoadReport struct {
 	// Completions are the requests workers answered since the last
 	// report, for the fleet-wide speed estimate.
 	Completions []Completion `json:"completions,omitempty"`
+	// Finished are video jobs this Envoy saw end (a poll's answer, a
+	// delete) and does not count itself: another Envoy may.
+	Finished []string `json:"finished,omitempty"`
 }
 
 // Completion is one answered request: its worker, estimated cost, and

@@ -115,6 +115,30 @@ func ParseBody(t Task, body []byte, d wire.Defaults) (BodyFacts, error) {
 	return BodyFacts{Model: req.Model, ResponseFormat: req.Format, Cost: int64(min(max(cost, 1), 1e15))}, nil
 }
 
+// jobState reads a video job object's id and status; ok is false for a
+// body that is not one.
+func jobState(body []byte) (id, status string, ok bool) {
+	var v struct {
+		ID     string `json:"id"`
+		Object string `json:"object"`
+		Status string `json:"status"`
+	}
+	if json.Unmarshal(body, &v) != nil || v.Object != "video" || v.ID == "" {
+		return "", "", false
+	}
+	return v.ID, v.Status, true
+}
+
+// jobEnded reports whether a job status is final: the worker's GPU is done
+// with it.
+func jobEnded(status string) bool {
+	switch status {
+	case "completed", "failed", "cancelled", "canceled", "expired":
+		return true
+	}
+	return false
+}
+
 func intOr(n json.Number, def int) int {
 	if n == "" {
 		return def

@@ -25,13 +25,17 @@ import (
 //   - the completion log (pick.AppendCompletion) the next sync reports,
 //     to which each thread adds its own at its tick;
 //   - the sync lease: when a thread last synced, so one thread per
-//     interval does.
+//     interval does;
+//   - the video jobs whose cost still counts (pick.Jobs), and the ids of
+//     jobs seen ending here that the next sync tells the other Envoys.
 const (
 	keyTable = "diffusion-router.pick.table"
 	keyView  = "diffusion-router.pick.view"
 	keyLease = "diffusion-router.pick.lease"
 	keyLog   = "diffusion-router.pick.completions"
 	keyNode  = "diffusion-router.pick.node"
+	keyJobs  = "diffusion-router.pick.jobs"
+	keyEnded = "diffusion-router.pick.jobs-ended"
 	// keyStamp holds when the current view arrived (8 bytes): the request
 	// path reads it, and the view itself only when it changed.
 	keyStamp = "diffusion-router.pick.view-stamp"
@@ -41,6 +45,8 @@ const (
 	casTries = 16
 	// syncTimeout bounds one sync call.
 	syncTimeout = 500 * time.Millisecond
+	// maxJobID bounds a relayed job id (wire.MaxJobID).
+	maxJobID = wire.MaxJobID
 )
 
 // picker is one thread's part of least-work routing.
@@ -79,7 +85,7 @@ func newPicker(cluster string) *picker {
 	}
 	// A new thread must not reset a table other threads already fill: the
 	// empty table is written only where there is none.
-	for _, key := range []string{keyTable, keyLease, keyLog, keyNode, keyStamp, keyView} {
+	for _, key := range []string{keyTable, keyLease, keyLog, keyNode, keyStamp, keyView, keyJobs, keyEnded} {
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
 			_ = proxywasm.SetSharedData(key, nil, 0)
 		}
@@ -260,6 +266,91 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 	}
 }
 
+// answered notes that the picked worker answered (a run of failures
+// ends) without releasing the request's cost.
+func (p *picker) answered(s *sent) {
+	if err := p.update(func(tab *pick.Table) bool {
+		h := tab.Find(s.addr)
+		if h == nil || h.Failures == 0 && h.GatewayFailures == 0 {
+			return false
+		}
+		tab.Answered(s.addr)
+		return true
+	}); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: note answer: %v", err)
+	}
+}
+
+// holdJob keeps a created video job's cost on its worker after the create
+// call's answer, until the job ends (endJob) or its hold passes. If the
+// job cannot be recorded, s stays unreleased and the stream's end
+// releases it.
+func (p *picker) holdJob(s *sent, id string, now int64) {
+	if s == nil || s.released {
+		return
+	}
+	var dropped []pick.Job
+	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
+		jobs, _ := pick.DecodeJobs(raw) // an unreadable list starts over
+		dropped = jobs.Hold(pick.Job{ID: id, Addr: s.addr, Cost: s.cost, Until: now + pick.JobHold.Microseconds()})
+		return jobs.AppendEncode(nil), true
+	})
+	if err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: hold video job: %v", err)
+		return
+	}
+	s.released = true
+	p.releaseJobs(dropped)
+}
+
+// endJob stops counting a job that a poll or a delete showed ended. A job
+// this Envoy does not count may be another's: relay says to tell them.
+func (p *picker) endJob(id string, relay bool) {
+	var job pick.Job
+	found := false
+	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
+		jobs, _ := pick.DecodeJobs(raw)
+		if job, found = jobs.Finish(id); !found {
+			return nil, false
+		}
+		return jobs.AppendEncode(nil), true
+	})
+	if err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: end video job: %v", err)
+		return
+	}
+	if found {
+		p.releaseJobs([]pick.Job{job})
+		return
+	}
+	if relay && len(id) <= maxJobID && !strings.ContainsAny(id, " \t\r\n") {
+		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) {
+			ids := strings.Fields(string(raw))
+			if len(ids) >= pick.MaxFinished {
+				return nil, false
+			}
+			return []byte(strings.Join(append(ids, id), " ")), true
+		})
+	}
+}
+
+// releaseJobs takes ended jobs' cost off their workers. A job says
+// nothing of its worker's speed: a poll sees it ended only some time
+// after it did.
+func (p *picker) releaseJobs(jobs []pick.Job) {
+	if len(jobs) == 0 {
+		return
+	}
+	if err := p.update(func(tab *pick.Table) bool {
+		for _, j := range jobs {
+			tab.Done(j.Addr, j.Cost, 0, 0, false)
+		}
+		return true
+	}); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: release %d video jobs: %v", len(jobs), err)
+	}
+}
+
 // flush adds this thread's completions to the shared log.
 func (p *picker) flush() {
 	if len(p.done) == 0 {
@@ -319,6 +410,11 @@ func (p *picker) sync() {
 		return
 	}
 	rep.Completions, _ = pick.DecodeCompletions(log)
+	_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) {
+		rep.Finished = strings.Fields(string(raw))
+		return nil, len(raw) > 0
+	})
+	p.expireJobs(now)
 	tabRaw, _, err := proxywasm.GetSharedData(keyTable)
 	if err != nil {
 		return
@@ -367,6 +463,19 @@ func (p *picker) envoyID() string {
 	return id
 }
 
+// expireJobs stops counting the jobs whose hold passed.
+func (p *picker) expireJobs(now int64) {
+	var ended []pick.Job
+	_ = casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
+		jobs, _ := pick.DecodeJobs(raw)
+		if ended = jobs.Expire(now); len(ended) == 0 {
+			return nil, false
+		}
+		return jobs.AppendEncode(nil), true
+	})
+	p.releaseJobs(ended)
+}
+
 // onView stores the control plane's answer for every thread.
 func (p *picker) onView(_, bodySize, _ int) {
 	status := ""
@@ -395,6 +504,10 @@ func (p *picker) onView(_, bodySize, _ int) {
 	}
 	// The stamp goes second: a thread that sees it finds the view.
 	_ = casBytes(keyStamp, func([]byte) ([]byte, bool) { return stored[:8], true })
+	// Jobs other Envoys saw end: one of them may be counted here.
+	for _, id := range v.Finished {
+		p.endJob(id, false)
+	}
 	listed := make(map[string]bool, len(v.Workers))
 	for _, w := range v.Workers {
 		listed[w.Addr] = true

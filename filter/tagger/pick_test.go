@@ -231,3 +231,97 @@ func BenchmarkGenerationRequestPicking(b *testing.B) {
 		host.CompleteHttpContext(id)
 	}
 }
+
+// TestLeastWorkVideoJobs: a video job's cost stays on its worker after the
+// create call answered, until a poll shows the job ended, a delete, or
+// another Envoy relays that it ended; a job this Envoy does not count is
+// relayed. The create call teaches no speed.
+func TestLeastWorkVideoJobs(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host := pickHost(t, runner)
+			view := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Video: true}, {Addr: "10.0.0.2:80", Video: true}}}
+			syncOnce(t, host, view)
+			// create makes a job on the worker the filter picks, and
+			// returns the worker and the job's id as the client sees it.
+			create := func(jobID string) (string, string) {
+				t.Helper()
+				id := host.InitializeHttpContext()
+				host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathVideos}, {"content-type", "application/json"}}, false)
+				host.CallOnRequestBody(id, []byte(`{"prompt":"x","num_inference_steps":10,"size":"512x512","num_frames":16}`), true)
+				addr, _ := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick)
+				if addr == "" {
+					t.Fatal("video create not picked")
+				}
+				if err := host.SetProperty([]string{"upstream", "address"}, []byte(addr)); err != nil {
+					t.Fatal(err)
+				}
+				host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {wire.HeaderWorker, "http://" + addr}}, false)
+				host.CallOnResponseBody(id, []byte(`{"id":"`+jobID+`","object":"video","status":"queued","progress":0}`), true)
+				var job map[string]any
+				if err := json.Unmarshal(host.GetCurrentResponseBody(id), &job); err != nil {
+					t.Fatal(err)
+				}
+				host.CompleteHttpContext(id)
+				return addr, job["id"].(string)
+			}
+			// call sends a job call and answers it with status and body.
+			call := func(method, wrapped, status, body string) {
+				t.Helper()
+				id := host.InitializeHttpContext()
+				host.CallOnRequestHeaders(id, [][2]string{{":method", method}, {":path", wire.PathVideos + "/" + wrapped}}, true)
+				host.CallOnResponseHeaders(id, [][2]string{{":status", status}, {"content-type", "application/json"}}, false)
+				host.CallOnResponseBody(id, []byte(body), true)
+				host.CompleteHttpContext(id)
+			}
+			work := func(rep wire.LoadReport) map[string][2]int64 {
+				out := map[string][2]int64{}
+				for _, h := range rep.Hosts {
+					out[h.Addr] = [2]int64{h.Work, h.Requests}
+					if h.Samples != 0 {
+						t.Fatalf("a video create taught speed: %+v", h)
+					}
+				}
+				return out
+			}
+			const cost = 10 * 512 * 512 * 16 >> 20
+
+			a1, j1 := create("video_1")
+			a2, j2 := create("video_2")
+			if a1 == a2 {
+				t.Fatalf("the second job went to %s too, where the first still runs", a2)
+			}
+			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} || w[a2] != [2]int64{cost, 1} {
+				t.Fatalf("after two creates: %v, want %d and one request on each", w, cost)
+			}
+			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"in_progress","progress":50}`)
+			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} {
+				t.Fatalf("a running job stopped counting: %v", w)
+			}
+			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100}`)
+			call("DELETE", j2, "200", `{"id":"video_2","object":"video","deleted":true}`)
+			rep := syncOnce(t, host, view)
+			if w := work(rep); w[a1] != [2]int64{} || w[a2] != [2]int64{} {
+				t.Fatalf("after a completed poll and a delete: %v, want nothing", w)
+			}
+			if len(rep.Finished) != 0 {
+				t.Fatalf("relayed jobs this Envoy counted itself: %v", rep.Finished)
+			}
+
+			// Another Envoy saw job 3 end.
+			a3, _ := create("video_3")
+			relayed := view
+			relayed.Finished = []string{"video_3"}
+			syncOnce(t, host, relayed)
+			if w := work(syncOnce(t, host, view)); w[a3] != [2]int64{} {
+				t.Fatalf("a job another Envoy saw end still counts: %v", w)
+			}
+			// A poll shows an ended job this Envoy no longer counts (as if
+			// another Envoy created it): the next report relays it.
+			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"failed"}`)
+			if rep := syncOnce(t, host, view); len(rep.Finished) != 1 || rep.Finished[0] != "video_1" {
+				t.Fatalf("report relays %v, want [video_1]", rep.Finished)
+			}
+		})
+	}
+}

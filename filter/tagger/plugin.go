@@ -120,6 +120,13 @@ type httpContext struct {
 	// its cost is known; sent is the pick, counted on the worker.
 	pickPending bool
 	sent        *sent
+	// jobCreated: a picked video create the worker took; its cost stays
+	// counted as a job once the answer names it. job is the worker's id
+	// of the job a call goes to (its object: poll or delete), and
+	// method that call's.
+	jobCreated bool
+	job        string
+	method     string
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the
@@ -151,7 +158,7 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry} {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
-	c.task = Classify(method, path)
+	c.task, c.method = Classify(method, path), method
 	c.p.metrics.requests[c.task].Increment(1)
 	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderTask, string(c.task)); err != nil {
 		return c.fail("set "+wire.HeaderTask, err)
@@ -257,6 +264,9 @@ func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Ac
 		return c.fail("set "+wire.HeaderTarget, err)
 	}
 	c.jobKey = key
+	if prefix == wire.PathVideos+"/" && suffix == "" {
+		c.job = id
+	}
 	// A job object (or a new job of the same worker) comes back as JSON;
 	// content is not JSON and passes untouched.
 	c.rewrite = true
@@ -388,6 +398,9 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 	if c.sent != nil {
 		c.releaseAnswered(status)
 	}
+	if c.job != "" && c.p.picker != nil && (status == "404" || c.method == "DELETE" && strings.HasPrefix(status, "2")) {
+		c.p.picker.endJob(c.job, true) // deleted, or gone
+	}
 	if code, err := strconv.Atoi(status); err == nil && code >= 500 {
 		c.p.metrics.errors[c.task].Increment(1)
 	}
@@ -442,6 +455,7 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 	if !ready {
 		return action
 	}
+	c.trackJob(body)
 	out, changed, err := WrapIDs(body, c.p.signer, c.jobKey)
 	if err != nil {
 		c.p.metrics.parseErrors.Increment(1)
@@ -459,9 +473,18 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 // (the GPU is done with it). Only an answer from the picked worker says
 // anything about it (a retry's comes from another): a success teaches its
 // speed, a 5xx (its own, or Envoy's for a reset or timeout) counts as a
-// failure, anything else ends a run of failures.
+// failure, anything else ends a run of failures. A video job the worker
+// took is the exception: its GPU work starts now, so its cost stays until
+// the answer names the job (holdJob), or at the latest the stream's end.
 func (c *httpContext) releaseAnswered(status string) {
-	c.p.picker.release(c.task, c.sent, c.answeredBy(status), nowMicro())
+	how := c.answeredBy(status)
+	if c.task == TaskVideo && how == outcomeServed {
+		c.jobCreated = true
+		how = outcomeAnswered // the create call's time says nothing of the GPU's speed
+		c.p.picker.answered(c.sent)
+		return
+	}
+	c.p.picker.release(c.task, c.sent, how, nowMicro())
 }
 
 // answeredBy classifies an answer for the picked worker's record.
@@ -483,6 +506,23 @@ func (c *httpContext) answeredBy(status string) outcome {
 		return outcomeServed
 	}
 	return outcomeAnswered
+}
+
+// trackJob reads a video job object in an answer (the worker's own ids):
+// a create's job keeps its cost on the worker while it runs; a poll that
+// shows a job ended stops counting it.
+func (c *httpContext) trackJob(body []byte) {
+	if c.p.picker == nil || !(c.jobCreated || c.job != "" && c.method == "GET") {
+		return
+	}
+	id, status, ok := jobState(body)
+	switch {
+	case !ok:
+	case c.jobCreated && !jobEnded(status):
+		c.p.picker.holdJob(c.sent, id, nowMicro())
+	case c.job == id && jobEnded(status):
+		c.p.picker.endJob(id, true)
+	}
 }
 
 // noteFallback counts a request whose model no worker lists (it went to a

@@ -1,0 +1,110 @@
+package pick
+
+import (
+	"encoding/binary"
+	"slices"
+	"time"
+)
+
+// Video jobs. POST /v1/videos answers at once and the worker runs the job
+// afterwards, so a job's cost stays on its worker after the create call
+// ended: until a poll's answer says the job finished (here, or at another
+// Envoy, relayed by the control plane), or JobHold passes. The list lives
+// apart from the table (its own shared-data key): it changes only when a
+// job starts or ends, and the table, read on every pick, stays small.
+
+// Job is a video job whose cost is still counted on its worker.
+type Job struct {
+	// ID is the worker's own job id.
+	ID   string
+	Addr string
+	Cost int64
+	// Until is when the job stops counting whatever a poll says (µs).
+	Until int64
+}
+
+const (
+	// JobHold bounds how long a job counts when no poll through the
+	// router says it finished (a client that polls a worker directly, or
+	// never). Real videos take minutes; a job that outlives this still
+	// runs, uncounted.
+	JobHold = 30 * time.Minute
+	// MaxJobs bounds the jobs one Envoy counts; beyond it the oldest stop
+	// counting.
+	MaxJobs = 4096
+	// MaxFinished bounds the finished job ids one report relays.
+	MaxFinished = 512
+	jobsFormat  = 1
+)
+
+// Jobs is one Envoy's counted jobs, oldest first.
+type Jobs struct{ List []Job }
+
+// Hold counts a job; it returns the jobs that stop counting to make room
+// (their cost must leave their workers).
+func (j *Jobs) Hold(job Job) []Job {
+	var out []Job
+	if n := len(j.List) + 1 - MaxJobs; n > 0 {
+		out = slices.Clone(j.List[:n])
+		j.List = slices.Delete(j.List, 0, n)
+	}
+	j.List = append(j.List, job)
+	return out
+}
+
+// Finish stops counting the job with this id, if counted, and returns it.
+func (j *Jobs) Finish(id string) (Job, bool) {
+	i := slices.IndexFunc(j.List, func(x Job) bool { return x.ID == id })
+	if i < 0 {
+		return Job{}, false
+	}
+	job := j.List[i]
+	j.List = slices.Delete(j.List, i, i+1)
+	return job, true
+}
+
+// Expire stops counting the jobs whose hold ended by now and returns them.
+func (j *Jobs) Expire(now int64) []Job {
+	var out []Job
+	j.List = slices.DeleteFunc(j.List, func(x Job) bool {
+		if x.Until <= now {
+			out = append(out, x)
+			return true
+		}
+		return false
+	})
+	return out
+}
+
+// AppendEncode appends the list's binary form to b.
+func (j *Jobs) AppendEncode(b []byte) []byte {
+	b = append(b, jobsFormat)
+	b = binary.AppendUvarint(b, uint64(len(j.List)))
+	for _, x := range j.List {
+		b = appendString(b, x.ID)
+		b = appendString(b, x.Addr)
+		b = binary.AppendVarint(b, x.Cost)
+		b = binary.AppendVarint(b, x.Until)
+	}
+	return b
+}
+
+// DecodeJobs reads AppendEncode's output; empty input is no jobs.
+func DecodeJobs(b []byte) (Jobs, error) {
+	var j Jobs
+	if len(b) == 0 {
+		return j, nil
+	}
+	if b[0] != jobsFormat {
+		return j, ErrFormat
+	}
+	r := reader{b: b[1:]}
+	n := r.count()
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		j.List = append(j.List, Job{ID: r.string(), Addr: r.string(), Cost: r.varint(), Until: r.varint()})
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return Jobs{}, ErrFormat
+	}
+	return j, nil
+}
