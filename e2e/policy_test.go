@@ -192,13 +192,15 @@ func TestFlagsReachEnvoy(t *testing.T) {
 		}
 	}
 
-	// Defaults: exact least-request and no timeout.
+	// Defaults: least-work (override_host around exact least-request) and
+	// no timeout.
 	d := startRouter(t, "--worker-urls", w.URL)
 	var ddoc any
 	if err := json.Unmarshal(get(t, d.Admin+"/config_dump").Body, &ddoc); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct{ key, want string }{
+		{"name", "envoy.load_balancing_policies.override_host"},
 		{"name", "envoy.load_balancing_policies.least_request"},
 		{"selection_method", "FULL_SCAN"},
 		{"timeout", "0s"},

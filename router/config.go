@@ -26,6 +26,9 @@ type Config struct {
 	Port                        int
 	WorkerURLs                  []string
 	RoutingAlgorithm            string
+	// RoutingAlgorithmSet: the policy was given, not defaulted (a default
+	// least-work falls back to least-request where there is no filter).
+	RoutingAlgorithmSet bool
 	Timeout                     time.Duration // 0: none
 	MaxConnections              int
 	HealthCheckInterval         time.Duration
@@ -125,7 +128,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Port, "port", 30080, "port of the front listener (Envoy)")
 	var urls string
 	fs.StringVar(&urls, "worker-urls", "", "initial worker URLs, space or comma separated")
-	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(translate.PolicyLeastRequest), "least-request, least-work (needs the Wasm filter), round-robin or random")
+	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(translate.PolicyLeastWork), "least-work (needs the Wasm filter; without it the default is least-request), least-request, round-robin or random")
 	fs.Var(&seconds{d: &c.Timeout, noneOK: true, allow0: true}, "timeout", "seconds a request to a worker may take (default: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 100, "concurrent requests per worker")
 	c.HealthCheckInterval = 10 * time.Second
@@ -185,6 +188,10 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	fs.Visit(func(f *flag.Flag) { c.RoutingAlgorithmSet = c.RoutingAlgorithmSet || f.Name == "routing-algorithm" })
+	if !c.RoutingAlgorithmSet && strings.EqualFold(c.WasmFilter, "none") {
+		c.RoutingAlgorithm = string(translate.PolicyLeastRequest) // the default needs the filter
 	}
 	for _, u := range strings.FieldsFunc(urls, func(r rune) bool { return r == ',' || r == ' ' }) {
 		c.WorkerURLs = append(c.WorkerURLs, u)

@@ -15,7 +15,7 @@ func TestParse(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "defaults match the Python routers", args: nil, check: func(t *testing.T, c Config) {
-			if c.Host != "0.0.0.0" || c.Port != 30080 || c.RoutingAlgorithm != "least-request" || c.Timeout != 0 ||
+			if c.Host != "0.0.0.0" || c.Port != 30080 || c.RoutingAlgorithm != "least-work" || c.RoutingAlgorithmSet || c.Timeout != 0 ||
 				c.MaxConnections != 100 || c.HealthCheckInterval != 10*time.Second || c.HealthCheckFailureThreshold != 3 {
 				t.Fatalf("defaults = %+v", c)
 			}
@@ -55,6 +55,11 @@ func TestParse(t *testing.T) {
 		}},
 		{name: "bad policy", args: []string{"--routing-algorithm", "fastest"}, wantErr: true},
 		{name: "least-work without the filter", args: []string{"--routing-algorithm", "least-work", "--wasm-filter", "none"}, wantErr: true},
+		{name: "default without the filter is least-request", args: []string{"--wasm-filter", "none"}, check: func(t *testing.T, c Config) {
+			if c.RoutingAlgorithm != "least-request" {
+				t.Fatalf("policy = %q", c.RoutingAlgorithm)
+			}
+		}},
 		{name: "least-work", args: []string{"--routing-algorithm", "least-work"}, check: func(t *testing.T, c Config) {
 			if c.RoutingAlgorithm != "least-work" {
 				t.Fatalf("policy = %q", c.RoutingAlgorithm)

@@ -75,6 +75,11 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 			return translate.Options{}, err
 		}
 	}
+	if opts.Filter == nil && opts.Policy == translate.PolicyLeastWork && !c.RoutingAlgorithmSet {
+		// The default policy needs the filter (external Envoys without
+		// --wasm-filter run none): Envoy's own least-request instead.
+		opts.Policy = translate.PolicyLeastRequest
+	}
 	if opts.Filter != nil {
 		base.WithField("path", opts.Filter.Path).Info("Wasm filter enabled")
 	} else {

@@ -182,7 +182,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	go fl.Probe(ctx)
 
 	base.WithFields(logrus.Fields{"api": addrs.API, "xds": addrs.XDS, "state_dir": stateDir,
-		"routing_algorithm": c.RoutingAlgorithm}).Info("control plane listening")
+		"routing_algorithm": opts.Policy}).Info("control plane listening")
 
 	admitInitial(ctx, fl, initial, base)
 
