@@ -88,10 +88,27 @@ func TestModelRouting(t *testing.T) {
 			}
 		}
 	}
+	// Requests without a model may go to any worker: under load (waves
+	// of six at once) they reach all three. One at a time on an idle
+	// fleet, least-work sends each to the worker that answers fastest.
+	var mu sync.Mutex
 	seen := map[string]bool{}
-	for range 30 {
-		resp := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "p", "num_inference_steps": 2})
-		seen[resp.Header.Get("X-Worker-Id")] = true
+	for range 5 {
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				resp, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json",
+					strings.NewReader(`{"prompt":"p","num_inference_steps":20}`))
+				if err != nil || resp.Status != 200 {
+					t.Errorf("request without a model: %v %+v", err, resp)
+					return
+				}
+				mu.Lock()
+				seen[resp.Header.Get("X-Worker-Id")] = true
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
 	}
 	if len(seen) != 3 {
 		t.Fatalf("requests without a model reached %v, want all three workers", seen)
