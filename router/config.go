@@ -22,13 +22,13 @@ const AdminTokenEnv = "DIFFUSION_ROUTER_ADMIN_TOKEN"
 // Config is the router's command line.
 type Config struct {
 	// Flags of the Python routers.
-	Host                        string
-	Port                        int
-	WorkerURLs                  []string
-	RoutingAlgorithm            string
+	Host             string
+	Port             int
+	WorkerURLs       []string
+	RoutingAlgorithm string
 	// RoutingAlgorithmSet: the policy was given, not defaulted (a default
 	// least-work falls back to least-request where there is no filter).
-	RoutingAlgorithmSet bool
+	RoutingAlgorithmSet         bool
 	Timeout                     time.Duration // 0: none
 	MaxConnections              int
 	HealthCheckInterval         time.Duration
