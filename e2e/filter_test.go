@@ -151,6 +151,13 @@ func TestVideoJobsAcrossWorkers(t *testing.T) {
 	if n := len(distinct(holders)); n < 4 {
 		t.Fatalf("24 jobs landed on only %d workers", n)
 	}
+	// Least-work (the default) counts each job's cost on its worker while
+	// it runs: that is what spread one-at-a-time creates. Polls that show
+	// every job completed take it all off again.
+	eventually(t, 5*time.Second, "the created jobs' work to show in Envoy's stats", func() bool {
+		w, _ := outstanding(t, r.Admin)
+		return w > 0
+	})
 	pollAll := func(phase string) {
 		for _, id := range ids {
 			eventually(t, 15*time.Second, phase+": job "+id+" to complete", func() bool {
@@ -171,6 +178,10 @@ func TestVideoJobsAcrossWorkers(t *testing.T) {
 		}
 	}
 	pollAll("before restart")
+	eventually(t, 10*time.Second, "outstanding work back to zero once every job completed", func() bool {
+		w, n := outstanding(t, r.Admin)
+		return w == 0 && n == 0 && workersOutstanding(t, r.API) == 0
+	})
 
 	pid := childPID(t, r.cmd.Process.Pid, "envoy")
 	if err := killPID(pid); err != nil {
