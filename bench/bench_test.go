@@ -105,3 +105,31 @@ func TestRunAgainstFakeWorkers(t *testing.T) {
 		t.Fatal("bad task accepted")
 	}
 }
+
+func TestRoutingConfigValidate(t *testing.T) {
+	ok := RoutingConfig{Workers: 2, Fleets: []string{"equal"}, SlowFactor: 2, Replicas: []int{1}, Policies: []string{"least-work"},
+		Concurrency: 1, NumPrompts: 1}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid config refused: %v", err)
+	}
+	for name, mutate := range map[string]func(*RoutingConfig){
+		"one worker":     func(c *RoutingConfig) { c.Workers = 1 },
+		"fleet":          func(c *RoutingConfig) { c.Fleets = []string{"fast"} },
+		"replicas":       func(c *RoutingConfig) { c.Replicas = []int{5} },
+		"slow factor":    func(c *RoutingConfig) { c.SlowFactor = 0.5 },
+		"task":           func(c *RoutingConfig) { c.Task = "image-to-video" },
+		"no policies":    func(c *RoutingConfig) { c.Policies = nil },
+		"no concurrency": func(c *RoutingConfig) { c.Concurrency = 0 },
+	} {
+		c := ok
+		mutate(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	video := ok
+	video.Task = "text-to-video"
+	if err := video.Validate(); err != nil {
+		t.Fatalf("text-to-video refused: %v", err)
+	}
+}

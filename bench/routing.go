@@ -35,7 +35,10 @@ type RoutingConfig struct {
 	NumPrompts  int
 	// Warmup requests go first, unmeasured, in every cell: a policy that
 	// learns speeds starts each cell cold, like a fresh router.
-	Warmup    int
+	Warmup int
+	// Task is text-to-image (the default) or text-to-video: video workers
+	// (T2V), each request a job created and polled to its end.
+	Task      string
 	Mix       []Shape
 	TimeScale float64
 	OutDir    string
@@ -61,6 +64,8 @@ func (rc RoutingConfig) Validate() error {
 		return errors.New("slow factor must be at least 1")
 	case rc.Concurrency < 1 || rc.NumPrompts < 1 || rc.Warmup < 0:
 		return errors.New("concurrency and prompts must be positive, warm-up not negative")
+	case rc.Task != "" && rc.Task != "text-to-image" && rc.Task != "text-to-video":
+		return fmt.Errorf("task %q: want text-to-image or text-to-video", rc.Task)
 	}
 	for _, f := range rc.Fleets {
 		if f != "equal" && f != "mixed" {
@@ -121,6 +126,9 @@ func RunRouting(ctx context.Context, rc RoutingConfig) ([]RoutingRow, error) {
 func routingFleet(rc RoutingConfig, fleet string) ([]string, func(), error) {
 	cfg := fakeworker.DefaultConfig()
 	cfg.TimeScale, cfg.Jitter = rc.TimeScale, 0.05
+	if rc.Task == "text-to-video" {
+		cfg.TaskType = "T2V"
+	}
 	fast := rc.Workers
 	if fleet == "mixed" {
 		fast = rc.Workers / 2
@@ -162,7 +170,11 @@ func routingCell(ctx context.Context, rc RoutingConfig, urls []string, fleet str
 		}
 		defer stop()
 	}
-	base := Config{Targets: []string{r.Front}, Task: "text-to-image", MaxConcurrency: rc.Concurrency, Mix: rc.Mix}
+	task := rc.Task
+	if task == "" {
+		task = "text-to-image"
+	}
+	base := Config{Targets: []string{r.Front}, Task: task, MaxConcurrency: rc.Concurrency, Mix: rc.Mix}
 	if rc.Warmup > 0 {
 		warm := base
 		warm.NumPrompts, warm.Seed = rc.Warmup, 7

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -93,41 +94,59 @@ func TestBenchGridSmoke(t *testing.T) {
 // and the numbers agree.
 func TestBenchRoutingSmoke(t *testing.T) {
 	t.Parallel()
-	out := t.TempDir()
-	cmd := exec.Command(filepath.Join(binDir, "bench"), "routing", "--router-bin", filepath.Join(binDir, "diffusion-router"),
-		"--envoy-bin", envoyBin, "--workers", "2", "--fleets", "mixed", "--replicas", "1,2", "--policies", "least-request,least-work",
-		"--concurrency", "4", "--num-prompts", "60", "--warmup", "8", "--time-scale", "0.01", "--out", out)
-	cmd.Env = append(os.Environ(), "ENVOY_BIN="+envoyBin)
-	b, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("bench routing: %v\n%s", err, b)
+	cases := []struct {
+		name, fleet, md string
+		args            []string
+		prompts, rows   int
+	}{
+		{"images", "mixed", "| mixed | 2 | least-work |", []string{"--fleets", "mixed", "--replicas", "1,2"}, 60, 4},
+		// Video jobs: each request a job created and polled to its end.
+		{"videos", "equal", "| equal | 1 | least-work |", []string{"--task", "text-to-video", "--fleets", "equal", "--replicas", "1",
+			"--request-mix", "3:256x256:4:8,1:256x256:8:16"}, 24, 2},
 	}
-	var rows []struct {
-		Fleet     string  `json:"fleet"`
-		Replicas  int     `json:"replicas"`
-		Policy    string  `json:"policy"`
-		Completed int     `json:"completed_requests"`
-		Failed    int     `json:"failed_requests"`
-		P50       float64 `json:"latency_p50"`
-		P99       float64 `json:"latency_p99"`
-	}
-	raw, err := os.ReadFile(filepath.Join(out, "routing.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(raw, &rows); err != nil {
-		t.Fatal(err)
-	}
-	if len(rows) != 4 {
-		t.Fatalf("%d rows, want 4 (2 replica counts x 2 policies)", len(rows))
-	}
-	for _, r := range rows {
-		if r.Fleet != "mixed" || r.Completed != 60 || r.Failed != 0 || r.P99 < r.P50 || r.P50 <= 0 {
-			t.Errorf("inconsistent row %+v", r)
-		}
-	}
-	md, err := os.ReadFile(filepath.Join(out, "routing.md"))
-	if err != nil || !strings.Contains(string(md), "| mixed | 2 | least-work |") || !strings.Contains(string(md), "keep") {
-		t.Fatalf("routing.md lacks the two-Envoy least-work row or the kept-gain line:\n%s", md)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out := t.TempDir()
+			args := append([]string{"routing", "--router-bin", filepath.Join(binDir, "diffusion-router"),
+				"--envoy-bin", envoyBin, "--workers", "2", "--policies", "least-request,least-work",
+				"--concurrency", "4", "--warmup", "8", "--time-scale", "0.01", "--num-prompts", strconv.Itoa(c.prompts), "--out", out}, c.args...)
+			cmd := exec.Command(filepath.Join(binDir, "bench"), args...)
+			cmd.Env = append(os.Environ(), "ENVOY_BIN="+envoyBin)
+			b, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("bench routing: %v\n%s", err, b)
+			}
+			var rows []struct {
+				Fleet     string  `json:"fleet"`
+				Replicas  int     `json:"replicas"`
+				Policy    string  `json:"policy"`
+				Completed int     `json:"completed_requests"`
+				Failed    int     `json:"failed_requests"`
+				P50       float64 `json:"latency_p50"`
+				P99       float64 `json:"latency_p99"`
+			}
+			raw, err := os.ReadFile(filepath.Join(out, "routing.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(raw, &rows); err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) != c.rows {
+				t.Fatalf("%d rows, want %d (replica counts x 2 policies)", len(rows), c.rows)
+			}
+			for _, r := range rows {
+				if r.Fleet != c.fleet || r.Completed != c.prompts || r.Failed != 0 || r.P99 < r.P50 || r.P50 <= 0 {
+					t.Errorf("inconsistent row %+v", r)
+				}
+			}
+			md, err := os.ReadFile(filepath.Join(out, "routing.md"))
+			if err != nil || !strings.Contains(string(md), c.md) {
+				t.Fatalf("routing.md lacks the row %q:\n%s", c.md, md)
+			}
+			if c.rows == 4 && !strings.Contains(string(md), "keep") {
+				t.Fatalf("routing.md lacks the kept-gain line:\n%s", md)
+			}
+		})
 	}
 }

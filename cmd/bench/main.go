@@ -201,13 +201,14 @@ func routingCmd(ctx context.Context, args []string) error {
 	warm := fs.Int("warmup", 40, "unmeasured requests before each cell")
 	mixFlag := fs.String("request-mix", routingMix, "weighted list weight:WxH:steps[:frames],...")
 	scale := fs.Float64("time-scale", 0.14, "fake workers' speed relative to an H100")
+	task := fs.String("task", "text-to-image", "text-to-image, or text-to-video (T2V workers; each request a job polled to its end)")
 	out := fs.String("out", "", "output directory (default bench-results/<time>)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	rc := bench.RoutingConfig{RouterBin: *bin, EnvoyBin: *envoyBin, Workers: *workers, Fleets: strings.Split(*fleets, ","),
 		SlowFactor: *slow, Policies: strings.Split(*policies, ","), Concurrency: *conc, NumPrompts: *n, Warmup: *warm,
-		TimeScale: *scale, Log: os.Stderr}
+		TimeScale: *scale, Task: *task, Log: os.Stderr}
 	var err error
 	if rc.Replicas, err = ints(*replicas); err != nil {
 		return err
