@@ -34,7 +34,10 @@ const (
 	MaxJobs = 4096
 	// MaxFinished bounds the finished job ids one report relays.
 	MaxFinished = 512
-	jobsFormat  = 1
+	// jobsFormat versions the list's encoding. A change must come with a
+	// new tableFormat: the table's work for jobs a list that cannot be
+	// read drops would otherwise stay counted.
+	jobsFormat = 1
 )
 
 // Jobs is one Envoy's counted jobs, oldest first.

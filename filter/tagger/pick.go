@@ -45,8 +45,6 @@ const (
 	casTries = 16
 	// syncTimeout bounds one sync call.
 	syncTimeout = 500 * time.Millisecond
-	// maxJobID bounds a relayed job id (wire.MaxJobID).
-	maxJobID = wire.MaxJobID
 )
 
 // picker is one thread's part of least-work routing.
@@ -323,7 +321,7 @@ func (p *picker) endJob(id string, relay bool) {
 		p.releaseJobs([]pick.Job{job})
 		return
 	}
-	if relay && len(id) <= maxJobID && !strings.ContainsAny(id, " \t\r\n") {
+	if relay && len(id) <= wire.MaxJobID && !strings.ContainsAny(id, " \t\r\n") {
 		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) {
 			ids := strings.Fields(string(raw))
 			if len(ids) >= pick.MaxFinished {

@@ -479,8 +479,9 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 func (c *httpContext) releaseAnswered(status string) {
 	how := c.answeredBy(status)
 	if c.task == TaskVideo && how == outcomeServed {
+		// Not a service time: the create call's time says nothing of the
+		// GPU's speed.
 		c.jobCreated = true
-		how = outcomeAnswered // the create call's time says nothing of the GPU's speed
 		c.p.picker.answered(c.sent)
 		return
 	}
