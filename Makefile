@@ -69,6 +69,7 @@ bench: build envoy
 	./$(BIN)/bench scale
 	./$(BIN)/bench routing --replicas 1 --time-scale 0.1 --num-prompts 1000 --policies least-request,least-work,round-robin
 	./$(BIN)/bench routing --replicas 1,2 --time-scale 1.4 --num-prompts 600 --warmup 24 --policies least-request,least-work
+	./$(BIN)/bench routing --task text-to-video --time-scale 0.15 --num-prompts 300 --warmup 24 --policies least-request,least-work --request-mix 3:480x480:8:16,1:832x480:20:32
 
 # What the Wasm filter costs per request (reported, not asserted).
 bench-filter: envoy
