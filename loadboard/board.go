@@ -233,6 +233,11 @@ func (b *Board) learn(cs []wire.Completion, snap registry.Snapshot, now time.Tim
 		if c.Done > limit {
 			continue
 		}
+		if c.GPU {
+			// The worker's own measure: nothing to merge.
+			b.speeds.Teach(c.Addr, c.Cost, float64(c.Done-c.Sent)/1000)
+			continue
+		}
 		b.maxDone = max(b.maxDone, c.Done)
 		b.pending = append(b.pending, c)
 	}

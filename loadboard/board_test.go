@@ -203,6 +203,13 @@ func TestFleetSpeedFromMergedCompletions(t *testing.T) {
 	if h := b.Hosts()[a]; h.MsPerCost != v.Workers[0].MsPerCost {
 		t.Fatalf("GET /workers would show %v", h.MsPerCost)
 	}
+	// A video worker's own GPU time teaches at once, outside the merge.
+	vid := worker("10.0.0.2", 80, registry.StateActive, "T2V")
+	snap.Workers = append(snap.Workers, vid)
+	v, _ = b.Sync(wire.LoadReport{Node: "B", Completions: []wire.Completion{{Addr: "10.0.0.2:80", Cost: 100, Sent: 0, Done: 5000 * ms, GPU: true}}}, snap, none)
+	if got := v.Workers[1].MsPerCost; got < 49.99 || got > 50.01 {
+		t.Fatalf("video worker's speed = %v ms per unit, want 50", got)
+	}
 	bad := wire.LoadReport{Node: "A", Completions: []wire.Completion{{Addr: a, Cost: 1, Sent: 5, Done: 4}}}
 	if _, err := b.Sync(bad, snap, none); err == nil {
 		t.Fatal("a completion answered before it was sent was accepted")

@@ -114,6 +114,10 @@ type Completion struct {
 	Cost int64  `json:"cost"`
 	Sent int64  `json:"sent"`
 	Done int64  `json:"done"`
+	// GPU: Sent to Done is the worker's own measure of the GPU time (a
+	// video job's inference_time_s), not a send-to-answer interval: it
+	// teaches the speed as it is, outside the answer-order merge.
+	GPU bool `json:"gpu,omitempty"`
 }
 
 // HostReport is one worker as one Envoy's filter sees it.

@@ -326,7 +326,7 @@ func TestStaleSlowEstimate(t *testing.T) {
 
 func TestCompletionLog(t *testing.T) {
 	var log []byte
-	want := []wire.Completion{{Addr: "10.0.0.1:80", Cost: 50, Sent: 1, Done: 9}, {Addr: "[::1]:81", Cost: 1, Sent: 10, Done: 12}}
+	want := []wire.Completion{{Addr: "10.0.0.1:80", Cost: 50, Sent: 1, Done: 9}, {Addr: "[::1]:81", Cost: 1, Sent: 10, Done: 12, GPU: true}}
 	for _, c := range want {
 		log = AppendCompletion(log, c)
 	}
@@ -409,5 +409,36 @@ func TestFailingWorkerHeldBack(t *testing.T) {
 	tab.Done("a:1", 1, now, now+5000, true)
 	if h := tab.Find("a:1"); h.Failures != 0 || h.GatewayFailures != 0 {
 		t.Fatalf("a success left %d failures (%d gateway)", h.Failures, h.GatewayFailures)
+	}
+}
+
+// TestTeach: a worker's own GPU time (a video job's inference_time_s)
+// teaches its speed as it is: no queue, no base fit.
+func TestTeach(t *testing.T) {
+	var tab Table
+	tab.Teach("v:1", 100, 1000) // 10 ms per unit
+	h := tab.Find("v:1")
+	if h == nil || h.Samples != 1 || math.Abs(h.MsPerCost-10) > 1e-9 {
+		t.Fatalf("after one sample: %+v, want 10 ms per unit", h)
+	}
+	if tab.Fit.N != 0 || h.Work != 0 || h.Requests != 0 || h.LastDone != 0 {
+		t.Fatalf("teaching touched the fit or the queue: %+v, fit %+v", h, tab.Fit)
+	}
+	// The worker turns 2x slower: noticed within three jobs.
+	for range 3 {
+		tab.Teach("v:1", 100, 2000)
+	}
+	if got := tab.Find("v:1").MsPerCost; got < 15 {
+		t.Fatalf("after three 2x-slower jobs: %v ms per unit, want 15 or more", got)
+	}
+	for _, bad := range []struct {
+		cost int64
+		ms   float64
+	}{{0, 10}, {10, 0}, {10, -1}, {10, math.NaN()}, {10, math.Inf(1)}} {
+		before := *tab.Find("v:1")
+		tab.Teach("v:1", bad.cost, bad.ms)
+		if *tab.Find("v:1") != before {
+			t.Errorf("cost %d, %v ms taught something", bad.cost, bad.ms)
+		}
 	}
 }

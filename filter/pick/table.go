@@ -78,7 +78,12 @@ func AppendCompletion(log []byte, c wire.Completion) []byte {
 	log = appendString(log, c.Addr)
 	log = binary.AppendVarint(log, c.Cost)
 	log = binary.AppendVarint(log, c.Sent)
-	return binary.AppendVarint(log, c.Done)
+	log = binary.AppendVarint(log, c.Done)
+	gpu := byte(0)
+	if c.GPU {
+		gpu = 1
+	}
+	return append(log, gpu)
 }
 
 // DecodeCompletions reads a log AppendCompletion wrote, the latest
@@ -87,7 +92,7 @@ func DecodeCompletions(log []byte) ([]wire.Completion, error) {
 	r := reader{b: log}
 	var out []wire.Completion
 	for len(r.b) > 0 && r.err == nil {
-		out = append(out, wire.Completion{Addr: r.string(), Cost: r.varint(), Sent: r.varint(), Done: r.varint()})
+		out = append(out, wire.Completion{Addr: r.string(), Cost: r.varint(), Sent: r.varint(), Done: r.varint(), GPU: r.flag()})
 	}
 	if r.err != nil {
 		return nil, r.err
@@ -188,9 +193,26 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 		return 0
 	}
 	ms := float64(done-start) / 1000
+	t.Fit.add(float64(cost), ms)
+	t.learn(h, cost, ms)
+	return ms
+}
+
+// Teach learns the worker's speed from a request's GPU time as the worker
+// measured it (a video job's inference_time_s): no queue to untangle, and
+// not part of the base fit, which image requests' send-to-answer times
+// make.
+func (t *Table) Teach(addr string, cost int64, ms float64) {
+	if cost <= 0 || !(ms > 0) || math.IsInf(ms, 0) {
+		return
+	}
+	t.learn(t.host(addr), cost, ms)
+}
+
+// learn moves h's speed toward one sample: cost took ms.
+func (t *Table) learn(h *Host, cost int64, ms float64) {
 	stale := t.Stale(h)
 	h.SampledAt = t.Picks
-	t.Fit.add(float64(cost), ms)
 	sample := ms / (float64(cost) + t.Fit.Base)
 	if h.Samples == 0 || h.MsPerCost <= 0 {
 		h.MsPerCost = sample
@@ -211,7 +233,6 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 		h.MsPerCost = math.Exp((1-alpha)*math.Log(h.MsPerCost) + alpha*math.Log(sample))
 	}
 	h.Samples++
-	return ms
 }
 
 // Fail counts a 5xx answer of the worker at at (µs); gateway: a 502, 503
@@ -479,6 +500,16 @@ func (r *reader) varint() int64 {
 		return 0
 	}
 	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) flag() bool {
+	if r.err != nil || len(r.b) < 1 || r.b[0] > 1 {
+		r.err = ErrFormat
+		return false
+	}
+	v := r.b[0] == 1
+	r.b = r.b[1:]
 	return v
 }
 

@@ -115,18 +115,24 @@ func ParseBody(t Task, body []byte, d wire.Defaults) (BodyFacts, error) {
 	return BodyFacts{Model: req.Model, ResponseFormat: req.Format, Cost: int64(min(max(cost, 1), 1e15))}, nil
 }
 
-// jobState reads a video job object's id and status; ok is false for a
-// body that is not one.
-func jobState(body []byte) (id, status string, ok bool) {
-	var v struct {
-		ID     string `json:"id"`
-		Object string `json:"object"`
-		Status string `json:"status"`
-	}
+// videoJob is what the filter reads of a video job object.
+type videoJob struct {
+	ID     string `json:"id"`
+	Object string `json:"object"`
+	Status string `json:"status"`
+	// InferenceTime is the job's GPU time in seconds, once completed
+	// (sglang-diffusion sets it).
+	InferenceTime float64 `json:"inference_time_s"`
+}
+
+// jobState reads a video job object; ok is false for a body that is not
+// one.
+func jobState(body []byte) (videoJob, bool) {
+	var v videoJob
 	if json.Unmarshal(body, &v) != nil || v.Object != "video" || v.ID == "" {
-		return "", "", false
+		return videoJob{}, false
 	}
-	return v.ID, v.Status, true
+	return v, true
 }
 
 // jobEnded reports whether a job status is final: the worker's GPU is done

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"time"
 
@@ -303,7 +304,10 @@ func (p *picker) holdJob(s *sent, id string, now int64) {
 
 // endJob stops counting a job that a poll or a delete showed ended. A job
 // this Envoy does not count may be another's: relay says to tell them.
-func (p *picker) endJob(id string, relay bool) {
+// gpuMS, when the worker said how long the job took on its GPU
+// (inference_time_s), teaches the worker's speed here and, through the
+// next report, fleet-wide.
+func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 	var job pick.Job
 	found := false
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
@@ -319,6 +323,13 @@ func (p *picker) endJob(id string, relay bool) {
 	}
 	if found {
 		p.releaseJobs([]pick.Job{job})
+		if gpuMS > 0 && !math.IsInf(gpuMS, 0) {
+			if err := p.update(func(tab *pick.Table) bool { tab.Teach(job.Addr, job.Cost, gpuMS); return true }); err == nil {
+				now := nowMicro()
+				p.done = pick.AppendCompletion(p.done, wire.Completion{Addr: job.Addr, Cost: job.Cost,
+					Sent: now - int64(gpuMS*1000), Done: now, GPU: true})
+			}
+		}
 		return
 	}
 	if relay && len(id) <= wire.MaxJobID && !strings.ContainsAny(id, " \t\r\n") {
@@ -504,7 +515,7 @@ func (p *picker) onView(_, bodySize, _ int) {
 	_ = casBytes(keyStamp, func([]byte) ([]byte, bool) { return stored[:8], true })
 	// Jobs other Envoys saw end: one of them may be counted here.
 	for _, id := range v.Finished {
-		p.endJob(id, false)
+		p.endJob(id, false, 0)
 	}
 	listed := make(map[string]bool, len(v.Workers))
 	for _, w := range v.Workers {

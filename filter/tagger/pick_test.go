@@ -235,7 +235,8 @@ func BenchmarkGenerationRequestPicking(b *testing.B) {
 // TestLeastWorkVideoJobs: a video job's cost stays on its worker after the
 // create call answered, until a poll shows the job ended, a delete, or
 // another Envoy relays that it ended; a job this Envoy does not count is
-// relayed. The create call teaches no speed.
+// relayed. The create call teaches no speed; the job's own GPU time
+// (inference_time_s, once completed) does.
 func TestLeastWorkVideoJobs(t *testing.T) {
 	for _, runner := range []string{"go", "wasm"} {
 		t.Run(runner, func(t *testing.T) {
@@ -274,13 +275,12 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 				host.CallOnResponseBody(id, []byte(body), true)
 				host.CompleteHttpContext(id)
 			}
+			samples := map[string]int64{}
 			work := func(rep wire.LoadReport) map[string][2]int64 {
 				out := map[string][2]int64{}
 				for _, h := range rep.Hosts {
 					out[h.Addr] = [2]int64{h.Work, h.Requests}
-					if h.Samples != 0 {
-						t.Fatalf("a video create taught speed: %+v", h)
-					}
+					samples[h.Addr] = h.Samples
 				}
 				return out
 			}
@@ -294,15 +294,25 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} || w[a2] != [2]int64{cost, 1} {
 				t.Fatalf("after two creates: %v, want %d and one request on each", w, cost)
 			}
+			if samples[a1] != 0 || samples[a2] != 0 {
+				t.Fatalf("video creates taught speed: %v", samples)
+			}
 			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"in_progress","progress":50}`)
 			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} {
 				t.Fatalf("a running job stopped counting: %v", w)
 			}
-			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100}`)
+			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100,"inference_time_s":2.5}`)
 			call("DELETE", j2, "200", `{"id":"video_2","object":"video","deleted":true}`)
 			rep := syncOnce(t, host, view)
 			if w := work(rep); w[a1] != [2]int64{} || w[a2] != [2]int64{} {
 				t.Fatalf("after a completed poll and a delete: %v, want nothing", w)
+			}
+			if samples[a1] != 1 || samples[a2] != 0 {
+				t.Fatalf("speed samples %v, want one from the completed job's GPU time only", samples)
+			}
+			if len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a1 ||
+				rep.Completions[0].Cost != cost || rep.Completions[0].Done-rep.Completions[0].Sent != 2_500_000 {
+				t.Fatalf("report's completions %+v, want job 1's 2.5 s of GPU time", rep.Completions)
 			}
 			if len(rep.Finished) != 0 {
 				t.Fatalf("relayed jobs this Envoy counted itself: %v", rep.Finished)

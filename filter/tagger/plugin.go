@@ -399,7 +399,7 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 		c.releaseAnswered(status)
 	}
 	if c.job != "" && c.p.picker != nil && (status == "404" || c.method == "DELETE" && strings.HasPrefix(status, "2")) {
-		c.p.picker.endJob(c.job, true) // deleted, or gone
+		c.p.picker.endJob(c.job, true, 0) // deleted, or gone
 	}
 	if code, err := strconv.Atoi(status); err == nil && code >= 500 {
 		c.p.metrics.errors[c.task].Increment(1)
@@ -516,13 +516,17 @@ func (c *httpContext) trackJob(body []byte) {
 	if c.p.picker == nil || !(c.jobCreated || c.job != "" && c.method == "GET") {
 		return
 	}
-	id, status, ok := jobState(body)
+	j, ok := jobState(body)
 	switch {
 	case !ok:
-	case c.jobCreated && !jobEnded(status):
-		c.p.picker.holdJob(c.sent, id, nowMicro())
-	case c.job == id && jobEnded(status):
-		c.p.picker.endJob(id, true)
+	case c.jobCreated && !jobEnded(j.Status):
+		c.p.picker.holdJob(c.sent, j.ID, nowMicro())
+	case c.job == j.ID && jobEnded(j.Status):
+		gpuMS := 0.0
+		if j.Status == "completed" {
+			gpuMS = j.InferenceTime * 1000
+		}
+		c.p.picker.endJob(j.ID, true, gpuMS)
 	}
 }
 
