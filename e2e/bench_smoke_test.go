@@ -50,13 +50,7 @@ func TestBenchGridSmoke(t *testing.T) {
 		LatencyP99    float64        `json:"latency_p99"`
 		PerWorker     map[string]int `json:"per_worker_requests"`
 	}
-	raw, err := os.ReadFile(filepath.Join(out, "grid.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(raw, &rows); err != nil {
-		t.Fatal(err)
-	}
+	readJSONFile(t, filepath.Join(out, "grid.json"), &rows)
 	policies := map[string]bool{}
 	for _, r := range rows {
 		policies[r.Policy] = true
@@ -125,13 +119,7 @@ func TestBenchRoutingSmoke(t *testing.T) {
 				P50       float64 `json:"latency_p50"`
 				P99       float64 `json:"latency_p99"`
 			}
-			raw, err := os.ReadFile(filepath.Join(out, "routing.json"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := json.Unmarshal(raw, &rows); err != nil {
-				t.Fatal(err)
-			}
+			readJSONFile(t, filepath.Join(out, "routing.json"), &rows)
 			if len(rows) != c.rows {
 				t.Fatalf("%d rows, want %d (replica counts x 2 policies)", len(rows), c.rows)
 			}
@@ -148,5 +136,17 @@ func TestBenchRoutingSmoke(t *testing.T) {
 				t.Fatalf("routing.md lacks the kept-gain line:\n%s", md)
 			}
 		})
+	}
+}
+
+// readJSONFile decodes the JSON file at path into v.
+func readJSONFile(t *testing.T, path string, v any) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 }
