@@ -316,6 +316,7 @@ type Stats struct {
 	ServedTotal   int            `json:"served_total"`
 	Failed        int            `json:"failed"`
 	Hung          int            `json:"hung"`
+	Resets        int            `json:"resets"`
 	WeightUpdates int            `json:"weight_updates"`
 	Sleeping      bool           `json:"sleeping"`
 	gpuStats
@@ -325,7 +326,7 @@ func (s *Server) handleStats(w http.ResponseWriter, _ *http.Request) {
 	g := s.gpu.stats()
 	s.mu.Lock()
 	st := Stats{WorkerID: s.cfg.WorkerID, ModelPath: s.modelPath, Served: map[string]int{}, Failed: s.failed,
-		Hung: s.hung, WeightUpdates: s.updates, Sleeping: s.sleeping, gpuStats: g}
+		Hung: s.hung, Resets: s.resets, WeightUpdates: s.updates, Sleeping: s.sleeping, gpuStats: g}
 	for k, v := range s.served {
 		st.Served[k] = v
 		st.ServedTotal += v
@@ -349,8 +350,9 @@ func (s *Server) handleSetFaults(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 400, map[string]any{"error": err.Error()})
 		return
 	}
-	if f.FailRate < 0 || f.FailRate > 1 || f.HangRate < 0 || f.HangRate > 1 || f.StreamChunkBytes < 0 || f.Slowdown < 0 || f.Slowdown > 1000 {
-		writeJSON(w, 400, map[string]any{"error": "fail_rate and hang_rate must be in [0, 1], stream_chunk_bytes not negative, slowdown in [0, 1000]"})
+	rate := func(r float64) bool { return r >= 0 && r <= 1 }
+	if !rate(f.FailRate) || !rate(f.HangRate) || !rate(f.ResetRate) || f.StreamChunkBytes < 0 || f.Slowdown < 0 || f.Slowdown > 1000 {
+		writeJSON(w, 400, map[string]any{"error": "fail_rate, hang_rate and reset_rate must be in [0, 1], stream_chunk_bytes not negative, slowdown in [0, 1000]"})
 		return
 	}
 	s.mu.Lock()

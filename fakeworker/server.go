@@ -39,6 +39,7 @@ type Server struct {
 	served    map[string]int
 	failed    int
 	hung      int
+	resets    int
 	images    map[string][]byte
 	imageIDs  []string // insertion order, to bound memory
 	videos    map[string]*video
@@ -47,8 +48,12 @@ type Server struct {
 
 // Faults can be changed while the worker runs (POST /_fake/faults).
 type Faults struct {
-	FailRate   float64 `json:"fail_rate"`
-	HangRate   float64 `json:"hang_rate"`
+	FailRate float64 `json:"fail_rate"`
+	HangRate float64 `json:"hang_rate"`
+	// ResetRate is the share of generations and video creates whose
+	// connection the worker closes without answering, as when the server
+	// process dies under a request (a proxy sees a reset and may retry).
+	ResetRate  float64 `json:"reset_rate"`
 	UpdateFail bool    `json:"update_fail"`
 	UpdateHang bool    `json:"update_hang"`
 	// StreamChunkBytes > 0 sends generation answers the way a streaming
@@ -357,11 +362,20 @@ func (s *Server) outcome() (fail, hang bool) {
 	return s.faults.FailRate > 0 && s.rng.Float64() < s.faults.FailRate, false
 }
 
-// admitGeneration rejects work the worker cannot take right now.
+// admitGeneration rejects work the worker cannot take right now, and
+// closes the connection of a request the reset fault drew.
 func (s *Server) admitGeneration(w http.ResponseWriter) bool {
 	s.mu.Lock()
 	sleeping := s.sleeping
+	reset := !sleeping && s.faults.ResetRate > 0 && s.rng.Float64() < s.faults.ResetRate
+	if reset {
+		s.resets++
+	}
 	s.mu.Unlock()
+	if reset {
+		// net/http's way to drop a connection without an answer.
+		panic(http.ErrAbortHandler)
+	}
 	if sleeping {
 		writeJSON(w, 503, map[string]any{"error": "worker memory is released (sleeping); call /resume_memory_occupation first"})
 		return false

@@ -234,6 +234,32 @@ func TestFaults(t *testing.T) {
 	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"slowdown": -1}`); code != 400 {
 		t.Fatal("accepted a negative slowdown")
 	}
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"reset_rate": 1.5}`); code != 400 {
+		t.Fatal("accepted reset_rate 1.5")
+	}
+	// A reset closes the connection with no answer, for images and video
+	// creates alike, and is counted.
+	vid := newTestWorker(t, func(c *Config) { c.TaskType = "T2V" })
+	for _, c := range []struct{ base, path string }{{srv.URL, "/v1/images/generations"}, {vid.URL, "/v1/videos"}} {
+		if code, _, _ := post(t, c.base+"/_fake/faults", `{"reset_rate": 1}`); code != 200 {
+			t.Fatal("cannot set reset_rate")
+		}
+		resp, err := http.Post(c.base+c.path, "application/json", strings.NewReader(`{"prompt":"x"}`))
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("%s with reset_rate 1 answered %d", c.path, resp.StatusCode)
+		}
+		r, err := http.Get(c.base + "/stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st Stats
+		err = json.NewDecoder(r.Body).Decode(&st)
+		r.Body.Close()
+		if err != nil || st.Resets != 1 {
+			t.Fatalf("%s: stats after one reset: %+v (%v)", c.path, st, err)
+		}
+	}
 }
 
 // TestSlowdown: a run-time slowdown stretches the service time of the
