@@ -330,6 +330,7 @@ type workerStats struct {
 	WaitTotalSecs float64        `json:"queue_wait_total_seconds"`
 	BusySeconds   float64        `json:"busy_seconds"`
 	Hung          int            `json:"hung"`
+	Resets        int            `json:"resets"`
 }
 
 func stats(t testing.TB, w *fakeWorker) workerStats {

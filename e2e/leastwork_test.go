@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -336,5 +337,55 @@ func TestLeastWorkTwoEnvoysShareLoad(t *testing.T) {
 		}
 		a, b := local(admins[0]), local(admins[1])
 		return a+b == int64(sent) && board == float64(sent)
+	})
+}
+
+// TestLeastWorkRetriedVideoJobCountsWhereItRuns: when the worker picked
+// for a video create drops the connection, Envoy retries the create on the
+// other worker, and the job's cost counts there, where it runs, until a
+// poll shows it completed.
+func TestLeastWorkRetriedVideoJobCountsWhereItRuns(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 2, "--task-type", "T2V", "--time-scale", "0.01")
+	dropper, runner := ws[0], ws[1]
+	r := startRouter(t, "--routing-algorithm", "least-work", "--worker-urls", strings.Join(urls, ","))
+	// The filter picks once it has the control plane's view. A create
+	// the workers refuse (no prompt: 422) makes no job.
+	eventually(t, 10*time.Second, "the filter to pick", func() bool {
+		_, _ = tryDo(context.Background(), "POST", r.Front+"/v1/videos", "application/json", strings.NewReader(`{}`))
+		return envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.picked") > 0
+	})
+	postJSON(t, dropper.URL+"/_fake/faults", map[string]any{"reset_rate": 1})
+
+	// One at a time: the second create finds the first job's cost on
+	// whichever worker took it, so the filter picks the dropper at least
+	// once.
+	const jobs = 4
+	var ids []string
+	for i := range jobs {
+		resp := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": fmt.Sprint("clip ", i), "num_inference_steps": 2, "size": "256x256"})
+		if resp.Status != 200 || resp.Header.Get("X-Worker-Id") != runner.ID {
+			t.Fatalf("create %d = %d by %q: %s", i, resp.Status, resp.Header.Get("X-Worker-Id"), resp.Body)
+		}
+		ids = append(ids, resp.JSON(t)["id"].(string))
+	}
+	if n := stats(t, dropper).Resets; n == 0 {
+		t.Fatal("no create was sent to the dropping worker: the retry path was not exercised")
+	}
+	requestsOn := func(w *fakeWorker) float64 {
+		v, _ := workersByURL(t, r.API)[w.URL]["outstanding_requests"].(float64)
+		return v
+	}
+	eventually(t, 5*time.Second, fmt.Sprintf("all %d jobs counted on the worker running them", jobs), func() bool {
+		return requestsOn(runner) == jobs && requestsOn(dropper) == 0
+	})
+	for _, id := range ids {
+		eventually(t, 15*time.Second, "job "+id+" to complete", func() bool {
+			return get(t, r.Front+"/v1/videos/"+id).JSON(t)["status"] == "completed"
+		})
+	}
+	eventually(t, 5*time.Second, "outstanding work back to zero once every job completed", func() bool {
+		w, n := outstanding(t, r.Admin)
+		return w == 0 && n == 0 && workersOutstanding(t, r.API) == 0
 	})
 }

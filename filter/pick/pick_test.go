@@ -75,6 +75,32 @@ func TestAddDoneNeverDrifts(t *testing.T) {
 	}
 }
 
+// TestMoveNeverDrifts: a request moved to the worker a retry reached
+// leaves the first worker at once and the second when it ends; moving
+// teaches nothing and is not a pick.
+func TestMoveNeverDrifts(t *testing.T) {
+	var tab Table
+	tab.Add("w:1", 40)
+	tab.Add("w:1", 7)
+	tab.Move("w:1", "w:2", 40)
+	tab.Move("w:2", "w:2", 40) // no-op
+	for addr, want := range map[string][2]int64{"w:1": {7, 1}, "w:2": {40, 1}} {
+		if h := tab.Find(addr); h == nil || h.Work != want[0] || h.Requests != want[1] || h.Samples != 0 {
+			t.Fatalf("%s after the move: %+v, want work %d over %d request(s), no samples", addr, h, want[0], want[1])
+		}
+	}
+	if tab.Picks != 2 {
+		t.Fatalf("picks = %d after two adds and a move, want 2", tab.Picks)
+	}
+	tab.Done("w:1", 7, 0, 1000, true)
+	tab.Done("w:2", 40, 0, 2000, true)
+	for _, addr := range []string{"w:1", "w:2"} {
+		if h := tab.Find(addr); h.Work != 0 || h.Requests != 0 {
+			t.Fatalf("%s after all done: work %d, requests %d", addr, h.Work, h.Requests)
+		}
+	}
+}
+
 // TestSpeedLearning: service time is measured from the later of the send
 // and the worker's previous answer (it serves one at a time), and a worker
 // that turns slower is seen within a few requests.

@@ -198,6 +198,23 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 	return ms
 }
 
+// Move counts a request on the worker that took it instead of the one it
+// was sent to: a retry (the first worker refused the connection or reset
+// it) went to another. It is not a pick, and it teaches nothing: the
+// first worker's failure is Envoy's to judge, the second has not answered
+// yet.
+func (t *Table) Move(from, to string, cost int64) {
+	if from == to {
+		return
+	}
+	h := t.host(from)
+	h.Work -= cost
+	h.Requests--
+	h = t.host(to)
+	h.Work += cost
+	h.Requests++
+}
+
 // Teach learns the worker's speed from a request's GPU time as the worker
 // measured it (a video job's inference_time_s): no queue to untangle, and
 // not part of the base fit, which image requests' send-to-answer times

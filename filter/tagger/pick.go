@@ -265,6 +265,20 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 	}
 }
 
+// move counts a request on addr, the worker that took it, when that is
+// not the one picked (a retry went elsewhere); s follows it there.
+func (p *picker) move(s *sent, addr string) {
+	if s == nil || s.released || addr == s.addr {
+		return
+	}
+	if err := p.update(func(tab *pick.Table) bool { tab.Move(s.addr, addr, s.cost); return true }); err != nil {
+		// s stays on the picked worker, where its release finds it.
+		proxywasm.LogWarnf("diffusion-tagger: move to %s: %v", addr, err)
+		return
+	}
+	s.addr = addr
+}
+
 // answered notes that the picked worker answered (a run of failures
 // ends) without releasing the request's cost.
 func (p *picker) answered(s *sent) {

@@ -243,9 +243,11 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			host := pickHost(t, runner)
 			view := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Video: true}, {Addr: "10.0.0.2:80", Video: true}}}
 			syncOnce(t, host, view)
-			// create makes a job on the worker the filter picks, and
-			// returns the worker and the job's id as the client sees it.
-			create := func(jobID string) (string, string) {
+			// createVia makes a job on the worker that answers (by maps
+			// the picked worker to it), and returns that worker and the
+			// job's id as the client sees it; create lets the picked
+			// worker answer.
+			createVia := func(jobID string, by func(picked string) string) (string, string) {
 				t.Helper()
 				id := host.InitializeHttpContext()
 				host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathVideos}, {"content-type", "application/json"}}, false)
@@ -254,6 +256,7 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 				if addr == "" {
 					t.Fatal("video create not picked")
 				}
+				addr = by(addr)
 				if err := host.SetProperty([]string{"upstream", "address"}, []byte(addr)); err != nil {
 					t.Fatal(err)
 				}
@@ -265,6 +268,10 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 				}
 				host.CompleteHttpContext(id)
 				return addr, job["id"].(string)
+			}
+			create := func(jobID string) (string, string) {
+				t.Helper()
+				return createVia(jobID, func(picked string) string { return picked })
 			}
 			// call sends a job call and answers it with status and body.
 			call := func(method, wrapped, status, body string) {
@@ -325,6 +332,23 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			syncOnce(t, host, relayed)
 			if w := work(syncOnce(t, host, view)); w[a3] != [2]int64{} {
 				t.Fatalf("a job another Envoy saw end still counts: %v", w)
+			}
+			// A retry took job 4 to the worker not picked (the picked one
+			// refused the connection): its cost counts there until the
+			// job ends.
+			other := func(picked string) string {
+				if picked == "10.0.0.1:80" {
+					return "10.0.0.2:80"
+				}
+				return "10.0.0.1:80"
+			}
+			a4, j4 := createVia("video_4", other)
+			if w := work(syncOnce(t, host, view)); w[a4] != [2]int64{cost, 1} || w[other(a4)] != [2]int64{} {
+				t.Fatalf("after a create retried onto %s: %v, want the job counted there only", a4, w)
+			}
+			call("GET", j4, "200", `{"id":"video_4","object":"video","status":"completed","progress":100}`)
+			if w := work(syncOnce(t, host, view)); w[a4] != [2]int64{} || w[other(a4)] != [2]int64{} {
+				t.Fatalf("after the retried job completed: %v, want nothing", w)
 			}
 			// A poll shows an ended job this Envoy no longer counts (as if
 			// another Envoy created it): the next report relays it.

@@ -476,29 +476,40 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 // failure, anything else ends a run of failures. A video job the worker
 // took is the exception: its GPU work starts now, so its cost stays until
 // the answer names the job (holdJob), or at the latest the stream's end.
+// When a retry took the job to another worker, the cost moves there.
 func (c *httpContext) releaseAnswered(status string) {
-	how := c.answeredBy(status)
-	if c.task == TaskVideo && how == outcomeServed {
+	code, by := c.answer(status)
+	if c.task == TaskVideo && code >= 200 && code < 300 && by != "" {
 		// Not a service time: the create call's time says nothing of the
 		// GPU's speed.
+		c.p.picker.move(c.sent, by)
 		c.jobCreated = true
 		c.p.picker.answered(c.sent)
 		return
 	}
-	c.p.picker.release(c.task, c.sent, how, nowMicro())
+	c.p.picker.release(c.task, c.sent, outcomeOf(code, by == c.sent.addr), nowMicro())
 }
 
-// answeredBy classifies an answer for the picked worker's record.
-func (c *httpContext) answeredBy(status string) outcome {
+// answer reads the answer's status code (0 if unreadable) and the worker
+// that gave it ("" if Envoy does not say).
+func (c *httpContext) answer(status string) (int, string) {
 	code, err := strconv.Atoi(status)
 	if err != nil {
-		return outcomeOther
+		code = 0
 	}
 	addr, err := proxywasm.GetProperty([]string{"upstream", "address"})
-	if err != nil || string(addr) != c.sent.addr {
-		return outcomeOther
+	if err != nil {
+		return code, ""
 	}
+	return code, string(addr)
+}
+
+// outcomeOf classifies an answer for the picked worker's record; picked
+// says whether the picked worker gave it.
+func outcomeOf(code int, picked bool) outcome {
 	switch {
+	case code == 0 || !picked:
+		return outcomeOther
 	case code == 502 || code == 503 || code == 504:
 		return outcomeGatewayFailed
 	case code >= 500:
