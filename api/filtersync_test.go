@@ -43,7 +43,8 @@ func TestFilterSync(t *testing.T) {
 	if wk["outstanding_work"].(float64) != 150 || wk["outstanding_requests"].(float64) != 3 || wk["ms_per_cost"] != float64(0) {
 		t.Fatalf("GET /workers shows %v", wk)
 	}
-	for _, bad := range []string{`{`, `{"node":""}`, `{"node":"x","hosts":[{"addr":"a:1","work":-5}]}`, `{"node":"x","extra":1}`, `{"node":"x"} {}`, `[]`} {
+	for _, bad := range []string{`{`, `{"node":""}`, `{"node":"x","hosts":[{"addr":"a:1","work":-5}]}`, `{"node":"x","extra":1}`, `{"node":"x"} {}`, `[]`,
+		`{"node":"x","finished":["video_1"]}`, `{"node":"x","finished":[{"id":"video_1","gpu_ms":-1}]}`, `{"node":"x","finished":[{"id":""}]}`} {
 		if code, v := call(t, s, "POST", wire.PathFilterSync, bad); code != 400 || v["error"] == nil {
 			t.Errorf("%s = %d %v", bad, code, v)
 		}

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -283,6 +285,28 @@ func TestLeastWorkNeverPicksDrainingOrQuarantined(t *testing.T) {
 	}
 }
 
+// startLeastWorkReplicas runs a least-work control plane for the workers
+// at urls and two Envoys fed by it on one front port, and waits until both
+// run its configuration. It returns the front port, the registry API and
+// the Envoys' admin addresses.
+func startLeastWorkReplicas(t *testing.T, urls []string) (front int, api string, admins []string) {
+	t.Helper()
+	front = freePort(t)
+	state := t.TempDir()
+	cp := start(t, "diffusion-router", "--external-envoy", "--host", "127.0.0.1", "--port", strconv.Itoa(front),
+		"--xds-port", strconv.Itoa(freePort(t)), "--state-dir", state, "--routing-algorithm", "least-work",
+		"--wasm-filter", filepath.Join(binDir, "diffusion-tagger.wasm"), "--worker-urls", strings.Join(urls, ","))
+	m := cp.waitOutput(controlPlaneReady, 30*time.Second)
+	xds := m[1]
+	api = "http://" + strings.TrimPrefix(m[2], "http://")
+	tlsDir := filepath.Join(state, "xds-tls")
+	admins = []string{startEnvoyReplica(t, xds, tlsDir, "lw-a"), startEnvoyReplica(t, xds, tlsDir, "lw-b")}
+	eventually(t, 20*time.Second, "both replicas to run the current configuration", func() bool {
+		return strings.Contains(string(get(t, api+"/metrics").Body), `diffusion_router_envoys_connected{synced="true"} 2`)
+	})
+	return front, api, admins
+}
+
 // TestLeastWorkTwoEnvoysShareLoad: two Envoys on one control plane report
 // under names of their own, so the control plane's view of each worker's
 // outstanding work is the sum of both Envoys' (a shared name would make
@@ -290,18 +314,7 @@ func TestLeastWorkNeverPicksDrainingOrQuarantined(t *testing.T) {
 func TestLeastWorkTwoEnvoysShareLoad(t *testing.T) {
 	t.Parallel()
 	ws, urls := startFleet(t, 3, "--time-scale", "0.01")
-	front := freePort(t)
-	state := t.TempDir()
-	cp := start(t, "diffusion-router", "--external-envoy", "--host", "127.0.0.1", "--port", strconv.Itoa(front),
-		"--xds-port", strconv.Itoa(freePort(t)), "--state-dir", state, "--routing-algorithm", "least-work",
-		"--wasm-filter", filepath.Join(binDir, "diffusion-tagger.wasm"), "--worker-urls", strings.Join(urls, ","))
-	m := cp.waitOutput(controlPlaneReady, 30*time.Second)
-	xds, api := m[1], "http://"+strings.TrimPrefix(m[2], "http://")
-	tlsDir := filepath.Join(state, "xds-tls")
-	admins := []string{startEnvoyReplica(t, xds, tlsDir, "lw-a"), startEnvoyReplica(t, xds, tlsDir, "lw-b")}
-	eventually(t, 20*time.Second, "both replicas to run the current configuration", func() bool {
-		return strings.Contains(string(get(t, api+"/metrics").Body), `diffusion_router_envoys_connected{synced="true"} 2`)
-	})
+	front, api, admins := startLeastWorkReplicas(t, urls)
 	// Every worker holds its requests (hangs) until the check is done; a
 	// new connection per request lets the kernel spread them over both
 	// Envoys.
@@ -387,5 +400,83 @@ func TestLeastWorkRetriedVideoJobCountsWhereItRuns(t *testing.T) {
 	eventually(t, 5*time.Second, "outstanding work back to zero once every job completed", func() bool {
 		w, n := outstanding(t, r.Admin)
 		return w == 0 && n == 0 && workersOutstanding(t, r.API) == 0
+	})
+}
+
+// TestLeastWorkVideoSpeedLearnedAcrossEnvoys: a video job created through
+// one Envoy and polled to completion through the other still teaches its
+// worker's speed: the polling Envoy relays the job's GPU time, through the
+// control plane, to the Envoy that counts the job.
+func TestLeastWorkVideoSpeedLearnedAcrossEnvoys(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 1, "--task-type", "T2V", "--time-scale", "0.01")
+	front, api, admins := startLeastWorkReplicas(t, urls)
+	base := "http://127.0.0.1:" + strconv.Itoa(front)
+	// The Envoys share the front port; a client with one kept-alive
+	// connection stays with the Envoy that accepted it, as long as every
+	// answer is read to its end.
+	served := func(admin string) int { return envoyStat(t, admin, "http.front.downstream_rq_total") }
+	send := func(c *http.Client, method, path, body string) (int, []byte, error) {
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("content-type", "application/json")
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, b, err
+	}
+	via := map[string]*http.Client{}
+	eventually(t, 20*time.Second, "a connection to each Envoy", func() bool {
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+		before := []int{served(admins[0]), served(admins[1])}
+		if _, _, err := send(c, "GET", "/health", ""); err != nil {
+			return false
+		}
+		for i, admin := range admins {
+			if served(admin) > before[i] && via[admin] == nil {
+				via[admin] = c
+			}
+		}
+		return len(via) == 2
+	})
+	creator, poller := admins[0], admins[1]
+	// call sends through the Envoy at admin, checks that it is that
+	// Envoy which served it, and decodes a 200 answer.
+	call := func(admin, method, path, body string) map[string]any {
+		t.Helper()
+		before := served(admin)
+		code, b, err := send(via[admin], method, path, body)
+		var v map[string]any
+		if err == nil {
+			err = json.Unmarshal(b, &v)
+		}
+		if err != nil || code != 200 || served(admin) != before+1 {
+			t.Fatalf("%s %s = %d %s (%v); served by the Envoy at %s: %v", method, path, code, b, err, admin, served(admin) == before+1)
+		}
+		return v
+	}
+	eventually(t, 10*time.Second, "the creating Envoy's filter to pick", func() bool {
+		_, _, _ = send(via[creator], "POST", "/v1/videos", `{}`) // no prompt: no job
+		return envoyStat(t, creator, "wasmcustom.diffusion_router.pick.picked") > 0
+	})
+	id := call(creator, "POST", "/v1/videos", `{"prompt":"waves","num_inference_steps":4,"size":"256x256"}`)["id"].(string)
+	local := func(admin string) int64 { _, n := outstanding(t, admin); return n }
+	// Until polled, the job counts (gauges follow every sync).
+	eventually(t, 5*time.Second, "the creating Envoy to count the job", func() bool { return local(creator) == 1 })
+	// Wait for the GPU to finish, asking the worker itself, so that the
+	// first poll through the router is the one that sees the job end.
+	eventually(t, 15*time.Second, "the worker to finish the job", func() bool { return stats(t, ws[0]).ServedTotal == 1 })
+	if v := call(poller, "GET", "/v1/videos/"+id, ""); v["status"] != "completed" {
+		t.Fatalf("poll through the other Envoy: %v", v)
+	}
+	gauge := "wasmcustom.diffusion_router.pick.us_per_cost." + strings.NewReplacer(".", "_", ":", "_").Replace(strings.TrimPrefix(ws[0].URL, "http://"))
+	eventually(t, 5*time.Second, "the creating Envoy to stop counting the job and learn the worker's speed from it", func() bool {
+		return local(creator) == 0 && envoyStat(t, creator, gauge) > 0
+	})
+	eventually(t, 5*time.Second, "the control plane to learn the worker's speed", func() bool {
+		v, _ := workersByURL(t, api)[ws[0].URL]["ms_per_cost"].(float64)
+		return v > 0
 	})
 }

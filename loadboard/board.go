@@ -57,8 +57,9 @@ type Board struct {
 }
 
 type endedJob struct {
-	node, id string
-	at       time.Time
+	node string
+	job  wire.EndedJob
+	at   time.Time
 }
 
 // Options configure a board.
@@ -123,9 +124,13 @@ func Check(r wire.LoadReport) error {
 	case len(r.Finished) > pick.MaxFinished:
 		return fmt.Errorf("at most %d finished jobs per report", pick.MaxFinished)
 	}
-	for _, id := range r.Finished {
-		if id == "" || len(id) > wire.MaxJobID {
+	for _, e := range r.Finished {
+		if e.ID == "" || len(e.ID) > wire.MaxJobID {
 			return fmt.Errorf("finished job id must be 1 to %d characters", wire.MaxJobID)
+		}
+		// NaN fails both comparisons.
+		if !(e.GPUMs >= 0 && e.GPUMs <= wire.MaxJobGPUMs) {
+			return fmt.Errorf("finished job %q: gpu_ms must be 0 to %g", e.ID, wire.MaxJobGPUMs)
 		}
 	}
 	for _, c := range r.Completions {
@@ -206,18 +211,18 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 // relayEnded records the jobs r saw end and returns those the other
 // Envoys saw end within aliveFor (the newest pick.MaxFinished): each
 // Envoy syncs at least once in that time; b.mu is held.
-func (b *Board) relayEnded(r wire.LoadReport, now time.Time) []string {
+func (b *Board) relayEnded(r wire.LoadReport, now time.Time) []wire.EndedJob {
 	b.ended = slices.DeleteFunc(b.ended, func(e endedJob) bool { return now.Sub(e.at) > aliveFor })
-	for _, id := range r.Finished {
-		b.ended = append(b.ended, endedJob{node: r.Node, id: id, at: now})
+	for _, j := range r.Finished {
+		b.ended = append(b.ended, endedJob{node: r.Node, job: j, at: now})
 	}
 	if n := len(b.ended) - MaxNodes*pick.MaxFinished; n > 0 {
 		b.ended = slices.Delete(b.ended, 0, n)
 	}
-	var out []string
+	var out []wire.EndedJob
 	for i := len(b.ended) - 1; i >= 0 && len(out) < pick.MaxFinished; i-- {
 		if e := b.ended[i]; e.node != r.Node {
-			out = append(out, e.id)
+			out = append(out, e.job)
 		}
 	}
 	return out

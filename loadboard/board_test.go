@@ -271,29 +271,33 @@ func TestViewWaitsForEnvoys(t *testing.T) {
 }
 
 // TestEndedJobsRelayed: a video job one Envoy saw end is passed to the
-// others (not back to it) for as long as a report stays alive.
+// others (not back to it), with its GPU time, for as long as a report
+// stays alive.
 func TestEndedJobsRelayed(t *testing.T) {
 	c := &clock{t: time.Unix(1000, 0)}
 	b := New(Options{Now: c.now})
 	snap := registry.Snapshot{Generation: 1}
 	none := func(string) bool { return false }
-	if _, err := b.Sync(wire.LoadReport{Node: "A", Finished: []string{"video_1"}}, snap, none); err != nil {
+	if _, err := b.Sync(wire.LoadReport{Node: "A", Finished: []wire.EndedJob{{ID: "video_1", GPUMs: 2500}}}, snap, none); err != nil {
 		t.Fatal(err)
 	}
 	if v, _ := b.Sync(wire.LoadReport{Node: "A"}, snap, none); len(v.Finished) != 0 {
 		t.Fatalf("A gets its own ended jobs back: %v", v.Finished)
 	}
-	if v, _ := b.Sync(wire.LoadReport{Node: "B"}, snap, none); fmt.Sprint(v.Finished) != "[video_1]" {
-		t.Fatalf("B gets %v, want [video_1]", v.Finished)
+	if v, _ := b.Sync(wire.LoadReport{Node: "B"}, snap, none); fmt.Sprint(v.Finished) != "[{video_1 2500}]" {
+		t.Fatalf("B gets %v, want [{video_1 2500}]", v.Finished)
 	}
 	c.t = c.t.Add(aliveFor + time.Millisecond)
 	if v, _ := b.Sync(wire.LoadReport{Node: "B"}, snap, none); len(v.Finished) != 0 {
 		t.Fatalf("an old ended job is still relayed: %v", v.Finished)
 	}
 	for name, r := range map[string]wire.LoadReport{
-		"empty id": {Node: "A", Finished: []string{""}},
-		"long id":  {Node: "A", Finished: []string{strings.Repeat("v", wire.MaxJobID+1)}},
-		"too many": {Node: "A", Finished: make([]string, pick.MaxFinished+1)},
+		"empty id":       {Node: "A", Finished: []wire.EndedJob{{}}},
+		"long id":        {Node: "A", Finished: []wire.EndedJob{{ID: strings.Repeat("v", wire.MaxJobID+1)}}},
+		"too many":       {Node: "A", Finished: make([]wire.EndedJob, pick.MaxFinished+1)},
+		"negative GPU":   {Node: "A", Finished: []wire.EndedJob{{ID: "video_2", GPUMs: -1}}},
+		"NaN GPU":        {Node: "A", Finished: []wire.EndedJob{{ID: "video_2", GPUMs: math.NaN()}}},
+		"GPU over a day": {Node: "A", Finished: []wire.EndedJob{{ID: "video_2", GPUMs: wire.MaxJobGPUMs + 1}}},
 	} {
 		if _, err := b.Sync(r, snap, none); err == nil {
 			t.Errorf("%s: accepted", name)

@@ -50,13 +50,26 @@ type PickView struct {
 	// (override_host does not look at ejections), not earlier, so
 	// Envoy's count, and the quarantine it leads to, are not delayed.
 	Ejection Ejection `json:"ejection,omitzero"`
-	// Finished are video jobs other Envoys saw end lately (worker job
-	// ids): an Envoy that counts one of them stops.
-	Finished []string `json:"finished,omitempty"`
+	// Finished are video jobs other Envoys saw end lately: an Envoy that
+	// counts one of them stops, and learns its worker's speed from the
+	// job's GPU time.
+	Finished []EndedJob `json:"finished,omitempty"`
+}
+
+// EndedJob is a video job an Envoy saw end.
+type EndedJob struct {
+	// ID is the worker's own job id.
+	ID string `json:"id"`
+	// GPUMs is the GPU time the worker reported for a completed job
+	// (inference_time_s, in ms); 0 when it did not complete or did not say.
+	GPUMs float64 `json:"gpu_ms,omitempty"`
 }
 
 // MaxJobID bounds a job id a report relays.
 const MaxJobID = 256
+
+// MaxJobGPUMs bounds a relayed job's GPU time: a day.
+const MaxJobGPUMs = 24 * 3600 * 1000.0
 
 // Ejection is Envoy's outlier-detection threshold: this many 5xx answers
 // in a row, or this many gateway failures (502, 503, 504, connection
@@ -104,7 +117,7 @@ type LoadReport struct {
 	Completions []Completion `json:"completions,omitempty"`
 	// Finished are video jobs this Envoy saw end (a poll's answer, a
 	// delete) and does not count itself: another Envoy may.
-	Finished []string `json:"finished,omitempty"`
+	Finished []EndedJob `json:"finished,omitempty"`
 }
 
 // Completion is one answered request: its worker, estimated cost, and

@@ -2,8 +2,11 @@ package pick
 
 import (
 	"encoding/binary"
+	"math"
 	"slices"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Video jobs. POST /v1/videos answers at once and the worker runs the job
@@ -110,4 +113,28 @@ func DecodeJobs(b []byte) (Jobs, error) {
 		return Jobs{}, ErrFormat
 	}
 	return j, nil
+}
+
+// AppendEnded adds a job seen ending to an encoded list of them (the ones
+// the next report relays), unless the list already holds MaxFinished.
+// It reports whether e was added.
+func AppendEnded(list []byte, e wire.EndedJob) ([]byte, bool) {
+	if n, err := DecodeEnded(list); err == nil && len(n) >= MaxFinished {
+		return list, false
+	}
+	list = appendString(list, e.ID)
+	return binary.LittleEndian.AppendUint64(list, math.Float64bits(e.GPUMs)), true
+}
+
+// DecodeEnded reads AppendEnded's output; empty input is none.
+func DecodeEnded(list []byte) ([]wire.EndedJob, error) {
+	r := reader{b: list}
+	var out []wire.EndedJob
+	for len(r.b) > 0 && r.err == nil {
+		out = append(out, wire.EndedJob{ID: r.string(), GPUMs: r.float()})
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return out, nil
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"reflect"
 	"testing"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 func TestJobs(t *testing.T) {
@@ -47,5 +49,34 @@ func TestJobs(t *testing.T) {
 	}
 	if empty, err := DecodeJobs(nil); err != nil || len(empty.List) != 0 {
 		t.Fatalf("empty input = %+v, %v", empty, err)
+	}
+}
+
+// TestEndedList: jobs seen ending keep their GPU time through the shared
+// list, which holds at most MaxFinished and refuses damage.
+func TestEndedList(t *testing.T) {
+	want := []wire.EndedJob{{ID: "video_1", GPUMs: 2500}, {ID: "video_2"}}
+	var b []byte
+	for _, e := range want {
+		var ok bool
+		if b, ok = AppendEnded(b, e); !ok {
+			t.Fatalf("%v not added", e)
+		}
+	}
+	if got, err := DecodeEnded(b); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip = %v, %v; want %v", got, err, want)
+	}
+	if _, err := DecodeEnded(b[:len(b)-1]); err == nil {
+		t.Error("decoded a cut list")
+	}
+	if got, err := DecodeEnded(nil); err != nil || len(got) != 0 {
+		t.Fatalf("empty input = %v, %v", got, err)
+	}
+	var full []byte
+	for i := range MaxFinished {
+		full, _ = AppendEnded(full, wire.EndedJob{ID: fmt.Sprint("v", i)})
+	}
+	if _, ok := AppendEnded(full, wire.EndedJob{ID: "one more"}); ok {
+		t.Fatalf("a list of %d took one more", MaxFinished)
 	}
 }

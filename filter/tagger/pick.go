@@ -346,13 +346,18 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 		}
 		return
 	}
-	if relay && len(id) <= wire.MaxJobID && !strings.ContainsAny(id, " \t\r\n") {
+	if relay && id != "" && len(id) <= wire.MaxJobID {
+		// The Envoy that counts the job learns its worker's speed from
+		// the GPU time.
+		e := wire.EndedJob{ID: id}
+		if gpuMS > 0 && gpuMS <= wire.MaxJobGPUMs {
+			e.GPUMs = gpuMS
+		}
 		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) {
-			ids := strings.Fields(string(raw))
-			if len(ids) >= pick.MaxFinished {
-				return nil, false
+			if _, err := pick.DecodeEnded(raw); err != nil {
+				raw = nil // an unreadable list starts over
 			}
-			return []byte(strings.Join(append(ids, id), " ")), true
+			return pick.AppendEnded(raw, e)
 		})
 	}
 }
@@ -434,7 +439,7 @@ func (p *picker) sync() {
 	}
 	rep.Completions, _ = pick.DecodeCompletions(log)
 	_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) {
-		rep.Finished = strings.Fields(string(raw))
+		rep.Finished, _ = pick.DecodeEnded(raw)
 		return nil, len(raw) > 0
 	})
 	p.expireJobs(now)
@@ -528,8 +533,8 @@ func (p *picker) onView(_, bodySize, _ int) {
 	// The stamp goes second: a thread that sees it finds the view.
 	_ = casBytes(keyStamp, func([]byte) ([]byte, bool) { return stored[:8], true })
 	// Jobs other Envoys saw end: one of them may be counted here.
-	for _, id := range v.Finished {
-		p.endJob(id, false, 0)
+	for _, e := range v.Finished {
+		p.endJob(e.ID, false, e.GPUMs)
 	}
 	listed := make(map[string]bool, len(v.Workers))
 	for _, w := range v.Workers {

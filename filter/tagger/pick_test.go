@@ -2,6 +2,7 @@ package tagger
 
 import (
 	"encoding/json"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -325,13 +326,21 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 				t.Fatalf("relayed jobs this Envoy counted itself: %v", rep.Finished)
 			}
 
-			// Another Envoy saw job 3 end.
+			// Another Envoy saw job 3 complete after 1.5 s of GPU time:
+			// this Envoy, which counts it, stops and learns from it.
 			a3, _ := create("video_3")
+			work(syncOnce(t, host, view))
+			before := samples[a3]
 			relayed := view
-			relayed.Finished = []string{"video_3"}
+			relayed.Finished = []wire.EndedJob{{ID: "video_3", GPUMs: 1500}}
 			syncOnce(t, host, relayed)
-			if w := work(syncOnce(t, host, view)); w[a3] != [2]int64{} {
+			rep = syncOnce(t, host, view)
+			if w := work(rep); w[a3] != [2]int64{} {
 				t.Fatalf("a job another Envoy saw end still counts: %v", w)
+			}
+			if samples[a3] != before+1 || len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a3 ||
+				rep.Completions[0].Done-rep.Completions[0].Sent != 1_500_000 {
+				t.Fatalf("relayed GPU time: samples %d (was %d), completions %+v; want one more, of 1.5 s", samples[a3], before, rep.Completions)
 			}
 			// A retry took job 4 to the worker not picked (the picked one
 			// refused the connection): its cost counts there until the
@@ -350,11 +359,13 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			if w := work(syncOnce(t, host, view)); w[a4] != [2]int64{} || w[other(a4)] != [2]int64{} {
 				t.Fatalf("after the retried job completed: %v, want nothing", w)
 			}
-			// A poll shows an ended job this Envoy no longer counts (as if
-			// another Envoy created it): the next report relays it.
-			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"failed"}`)
-			if rep := syncOnce(t, host, view); len(rep.Finished) != 1 || rep.Finished[0] != "video_1" {
-				t.Fatalf("report relays %v, want [video_1]", rep.Finished)
+			// Polls show ended jobs this Envoy no longer counts (as if
+			// another Envoy created them): the next report relays them,
+			// a completed one with its GPU time.
+			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100,"inference_time_s":3}`)
+			call("GET", j2, "200", `{"id":"video_2","object":"video","status":"failed"}`)
+			if rep := syncOnce(t, host, view); !reflect.DeepEqual(rep.Finished, []wire.EndedJob{{ID: "video_1", GPUMs: 3000}, {ID: "video_2"}}) {
+				t.Fatalf("report relays %v, want video_1 with 3 s and video_2", rep.Finished)
 			}
 		})
 	}
