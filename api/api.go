@@ -43,6 +43,9 @@ type Server struct {
 	// Board, if set, takes the filters' load reports (least-work routing)
 	// and adds each worker's outstanding work to GET /workers.
 	Board *loadboard.Board
+	// SyncSecret is the job-id secret the filters sign their syncs with
+	// (wire.SyncSignature); a sync that is not signed with it is refused.
+	SyncSecret []byte
 	// Metrics, if set, is served at /metrics. Envoy never routes /metrics
 	// here (the front port's belongs to the workers), so it is reachable on
 	// the direct port only.
@@ -102,8 +105,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	if r.URL.Path == wire.PathFilterSync {
-		// Before the admin token: the filters hold no token, and what
-		// they post steers load only, never which workers are eligible.
+		// Before the admin token: the filters hold no token; they sign
+		// with the job-id secret instead (filterSync checks it).
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.filterSync})
 		return
 	}

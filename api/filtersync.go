@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -21,6 +22,14 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		writeError(w, errorf(http.StatusRequestEntityTooLarge, "body too large or unreadable: %v", err))
+		return
+	}
+	if len(s.SyncSecret) == 0 {
+		writeError(w, errorf(http.StatusInternalServerError, "filter sync has no secret to check signatures with"))
+		return
+	}
+	if err := wire.CheckSyncSignature(s.SyncSecret, r.Header.Get(wire.HeaderSyncTime), r.Header.Get(wire.HeaderSyncSignature), body, time.Now()); err != nil {
+		writeError(w, errorf(http.StatusUnauthorized, "filter sync: %v", err))
 		return
 	}
 	var rep wire.LoadReport

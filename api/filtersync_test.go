@@ -1,8 +1,14 @@
 package api
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/wire"
@@ -12,10 +18,14 @@ import (
 // workers, its work shows on GET /workers, and bad reports change nothing.
 func TestFilterSync(t *testing.T) {
 	s, _ := newAPI(t)
-	if code, v := call(t, s, "POST", wire.PathFilterSync, `{"node":"a"}`); code != 404 {
+	if code, v := signedSync(t, s, syncSecret, `{"node":"a"}`); code != 404 {
 		t.Fatalf("sync with least-work off = %d %v", code, v)
 	}
 	s.Board = loadboard.New(loadboard.Options{})
+	if code, v := signedSync(t, s, syncSecret, `{"node":"a"}`); code != 500 || v["error"] == nil {
+		t.Fatalf("sync with no secret configured = %d %v", code, v)
+	}
+	s.SyncSecret = []byte(syncSecret)
 	s.AdminToken = "secret-token-1234"
 	w := worker(t, "T2I")
 	if code, v := call(t, s, "POST", "/add_worker?url="+url.QueryEscape(w.URL), ""); code != 401 {
@@ -27,7 +37,18 @@ func TestFilterSync(t *testing.T) {
 	}
 	addr := w.URL[len("http://"):]
 	s.AdminToken = "secret-token-1234" // the filters hold no token
-	code, v := call(t, s, "POST", wire.PathFilterSync, `{"node":"envoy-1","generation":0,"hosts":[{"addr":"`+addr+`","work":150,"requests":3,"ms_per_cost":2,"samples":4}]}`)
+	report := `{"node":"envoy-1","generation":0,"hosts":[{"addr":"` + addr + `","work":150,"requests":3,"ms_per_cost":2,"samples":4}]}`
+	// Only a report signed with the job-id secret counts.
+	if code, v := call(t, s, "POST", wire.PathFilterSync, report); code != 401 || v["error"] == nil {
+		t.Fatalf("unsigned sync = %d %v", code, v)
+	}
+	if code, v := signedSync(t, s, "not the router's secret", report); code != 401 || v["error"] == nil {
+		t.Fatalf("sync signed with another secret = %d %v", code, v)
+	}
+	if n := s.Board.Nodes(); n != 0 {
+		t.Fatalf("refused syncs were recorded: %d nodes", n)
+	}
+	code, v := signedSync(t, s, syncSecret, report)
 	if code != 200 {
 		t.Fatalf("sync = %d %v", code, v)
 	}
@@ -45,7 +66,7 @@ func TestFilterSync(t *testing.T) {
 	}
 	for _, bad := range []string{`{`, `{"node":""}`, `{"node":"x","hosts":[{"addr":"a:1","work":-5}]}`, `{"node":"x","extra":1}`, `{"node":"x"} {}`, `[]`,
 		`{"node":"x","finished":["video_1"]}`, `{"node":"x","finished":[{"id":"video_1","gpu_ms":-1}]}`, `{"node":"x","finished":[{"id":""}]}`} {
-		if code, v := call(t, s, "POST", wire.PathFilterSync, bad); code != 400 || v["error"] == nil {
+		if code, v := signedSync(t, s, syncSecret, bad); code != 400 || v["error"] == nil {
 			t.Errorf("%s = %d %v", bad, code, v)
 		}
 	}
@@ -55,4 +76,22 @@ func TestFilterSync(t *testing.T) {
 	if code, _ := call(t, s, "GET", wire.PathFilterSync, ""); code != 405 {
 		t.Fatalf("GET sync = %d", code)
 	}
+}
+
+const syncSecret = "0123456789abcdef-sync"
+
+// signedSync posts a load report signed with secret, as a filter does.
+func signedSync(t *testing.T, h http.Handler, secret, body string) (int, map[string]any) {
+	t.Helper()
+	at := time.Now().UnixMilli()
+	req := httptest.NewRequest("POST", wire.PathFilterSync, strings.NewReader(body))
+	req.Header.Set(wire.HeaderSyncTime, strconv.FormatInt(at, 10))
+	req.Header.Set(wire.HeaderSyncSignature, wire.SyncSignature([]byte(secret), at, []byte(body)))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	var v map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
+		t.Fatalf("sync answer is not a JSON object: %q", rec.Body.String())
+	}
+	return rec.Code, v
 }

@@ -351,6 +351,16 @@ func TestLeastWorkTwoEnvoysShareLoad(t *testing.T) {
 		a, b := local(admins[0]), local(admins[1])
 		return a+b == int64(sent) && board == float64(sent)
 	})
+	// Only the router's Envoys can report: a report not signed with the
+	// job-id secret is refused and changes nothing.
+	forged := postJSON(t, api+"/_router/filter-sync", map[string]any{"node": "forger",
+		"hosts": []map[string]any{{"addr": strings.TrimPrefix(ws[0].URL, "http://"), "work": 1_000_000, "requests": 1}}})
+	if forged.Status != 401 || !strings.Contains(string(forged.Body), "unsigned") {
+		t.Fatalf("unsigned report = %d %s", forged.Status, forged.Body)
+	}
+	if v, _ := workersByURL(t, api)[ws[0].URL]["outstanding_work"].(float64); v >= 1_000_000 {
+		t.Fatalf("the unsigned report's work shows on GET /workers: %v", v)
+	}
 }
 
 // TestLeastWorkRetriedVideoJobCountsWhereItRuns: when the worker picked

@@ -120,7 +120,14 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	// pick from the view it answers; drains wait for them to see a change.
 	var board *loadboard.Board
 	var pickers fleet.Pickers
+	var syncSecret []byte
 	if opts.Policy == translate.PolicyLeastWork {
+		// The filters sign their syncs with the job-id secret.
+		secret, err := trust.JobSecret(tlsDir)
+		if err != nil {
+			return fmt.Errorf("least-work routing: %w", err)
+		}
+		syncSecret = []byte(secret)
 		board = loadboard.New(loadboard.Options{Synced: xds.SyncedGeneration,
 			Ejection: wire.EjectionAfter(int64(c.OutlierFailures))})
 		pickers = board
@@ -169,7 +176,8 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	goRun("xds", func() error { return xds.Serve(ctx, xdsLis, serverTLS) })
 	apiSrv := &http.Server{
 		Handler: &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
-			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: mx.Handler(), AdminToken: c.AdminToken, Board: board},
+			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: mx.Handler(), AdminToken: c.AdminToken, Board: board,
+			SyncSecret: syncSecret},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	goRun("api", func() error {

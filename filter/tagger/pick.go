@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +53,9 @@ const (
 type picker struct {
 	cluster string
 	node    string
+	// secret signs the syncs (the job-id secret: the control plane holds
+	// it too).
+	secret []byte
 	// view is this thread's parse of the shared view, valid while the
 	// shared copy's CAS is viewCAS.
 	view      *wire.PickView
@@ -74,7 +78,7 @@ type picker struct {
 	cands []int
 }
 
-func newPicker(cluster string) *picker {
+func newPicker(cluster string, secret []byte) *picker {
 	node := "envoy"
 	for _, path := range [][]string{{"xds", "node", "id"}, {"node", "id"}} {
 		if b, err := proxywasm.GetProperty(path); err == nil && validHeaderValue(string(b)) && len(b) > 0 && len(b) < 200 {
@@ -90,7 +94,7 @@ func newPicker(cluster string) *picker {
 		}
 	}
 	return &picker{
-		cluster: cluster, node: node, gauges: map[string][3]proxywasm.MetricGauge{},
+		cluster: cluster, node: node, secret: secret, gauges: map[string][3]proxywasm.MetricGauge{},
 		picks:    proxywasm.DefineCounterMetric("diffusion_router.pick.picked"),
 		unpicked: proxywasm.DefineCounterMetric("diffusion_router.pick.unpicked"),
 		syncErrs: proxywasm.DefineCounterMetric("diffusion_router.pick.sync_errors"),
@@ -462,8 +466,10 @@ func (p *picker) sync() {
 	if err != nil {
 		return
 	}
+	at := nowMicro() / 1000
 	headers := [][2]string{{":method", "POST"}, {":path", wire.PathFilterSync}, {":authority", p.cluster},
-		{"content-type", "application/json"}}
+		{"content-type", "application/json"}, {wire.HeaderSyncTime, strconv.FormatInt(at, 10)},
+		{wire.HeaderSyncSignature, wire.SyncSignature(p.secret, at, body)}}
 	if _, err := proxywasm.DispatchHttpCall(p.cluster, headers, body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
 		p.syncFailed("dispatch: " + err.Error())
 	}

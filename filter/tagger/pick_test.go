@@ -43,6 +43,14 @@ func syncOnce(t *testing.T, host proxytest.HostEmulator, view wire.PickView) wir
 	if p, _ := header(call.Headers, ":path"); p != wire.PathFilterSync {
 		t.Fatalf("sync path %q", p)
 	}
+	at, _ := header(call.Headers, wire.HeaderSyncTime)
+	sig, _ := header(call.Headers, wire.HeaderSyncSignature)
+	// The signing time is not compared with this clock: the wasm
+	// runner's clock is fixed. wire's tests cover the time window.
+	ms, _ := strconv.ParseInt(at, 10, 64)
+	if err := wire.CheckSyncSignature([]byte(testSecret), at, sig, call.Body, time.UnixMilli(ms)); err != nil {
+		t.Fatalf("sync signature: %v", err)
+	}
 	var rep wire.LoadReport
 	if err := json.Unmarshal(call.Body, &rep); err != nil {
 		t.Fatalf("report %q: %v", call.Body, err)

@@ -82,7 +82,7 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	}
 	p.cfg, p.signer, p.metrics = cfg, jobid.NewSigner([]byte(cfg.Secret)), newMetrics()
 	if cfg.Pick {
-		p.picker = newPicker(cfg.SyncCluster)
+		p.picker = newPicker(cfg.SyncCluster, []byte(cfg.Secret))
 		if err := proxywasm.SetTickPeriodMilliSeconds(uint32(wire.SyncInterval.Milliseconds())); err != nil {
 			proxywasm.LogCriticalf("diffusion-tagger: set tick period: %v", err)
 			return types.OnPluginStartStatusFailed
