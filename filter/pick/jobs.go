@@ -116,10 +116,13 @@ func DecodeJobs(b []byte) (Jobs, error) {
 }
 
 // AppendEnded adds a job seen ending to an encoded list of them (the ones
-// the next report relays), unless the list already holds MaxFinished.
-// It reports whether e was added.
+// the next report relays), unless the list already holds MaxFinished; an
+// unreadable list starts over. It reports whether e was added.
 func AppendEnded(list []byte, e wire.EndedJob) ([]byte, bool) {
-	if n, err := DecodeEnded(list); err == nil && len(n) >= MaxFinished {
+	switch n, err := DecodeEnded(list); {
+	case err != nil:
+		list = nil
+	case len(n) >= MaxFinished:
 		return list, false
 	}
 	list = appendString(list, e.ID)

@@ -69,6 +69,9 @@ func TestEndedList(t *testing.T) {
 	if _, err := DecodeEnded(b[:len(b)-1]); err == nil {
 		t.Error("decoded a cut list")
 	}
+	if fresh, ok := AppendEnded(b[:len(b)-1], want[0]); !ok || !reflect.DeepEqual(fresh, b[:len(fresh)]) {
+		t.Errorf("appending to a cut list = %v, %v; want a list of that job alone", fresh, ok)
+	}
 	if got, err := DecodeEnded(nil); err != nil || len(got) != 0 {
 		t.Fatalf("empty input = %v, %v", got, err)
 	}

@@ -357,12 +357,7 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 		if gpuMS > 0 && gpuMS <= wire.MaxJobGPUMs {
 			e.GPUMs = gpuMS
 		}
-		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) {
-			if _, err := pick.DecodeEnded(raw); err != nil {
-				raw = nil // an unreadable list starts over
-			}
-			return pick.AppendEnded(raw, e)
-		})
+		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) { return pick.AppendEnded(raw, e) })
 	}
 }
 
