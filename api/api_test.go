@@ -58,7 +58,13 @@ func worker(t *testing.T, taskType string) testWorker {
 
 func call(t *testing.T, h http.Handler, method, target, body string) (int, map[string]any) {
 	t.Helper()
-	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	return serve(t, h, httptest.NewRequest(method, target, strings.NewReader(body)))
+}
+
+// serve has h answer req and decodes the JSON object it answers.
+func serve(t *testing.T, h http.Handler, req *http.Request) (int, map[string]any) {
+	t.Helper()
+	method, target := req.Method, req.URL.String()
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	var v map[string]any

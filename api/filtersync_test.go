@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -87,11 +86,5 @@ func signedSync(t *testing.T, h http.Handler, secret, body string) (int, map[str
 	req := httptest.NewRequest("POST", wire.PathFilterSync, strings.NewReader(body))
 	req.Header.Set(wire.HeaderSyncTime, strconv.FormatInt(at, 10))
 	req.Header.Set(wire.HeaderSyncSignature, wire.SyncSignature([]byte(secret), at, []byte(body)))
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, req)
-	var v map[string]any
-	if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
-		t.Fatalf("sync answer is not a JSON object: %q", rec.Body.String())
-	}
-	return rec.Code, v
+	return serve(t, h, req)
 }
