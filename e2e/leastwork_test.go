@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -428,50 +426,14 @@ func TestLeastWorkVideoSpeedLearnedAcrossEnvoys(t *testing.T) {
 	// The Envoys share the front port; a client with one kept-alive
 	// connection stays with the Envoy that accepted it, as long as every
 	// answer is read to its end.
-	served := func(admin string) int { return envoyStat(t, admin, "http.front.downstream_rq_total") }
-	send := func(c *http.Client, method, path, body string) (int, []byte, error) {
-		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-		req.Header.Set("content-type", "application/json")
-		resp, err := c.Do(req)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, b, err
-	}
-	via := map[string]*http.Client{}
-	eventually(t, 20*time.Second, "a connection to each Envoy", func() bool {
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
-		before := []int{served(admins[0]), served(admins[1])}
-		if _, _, err := send(c, "GET", "/health", ""); err != nil {
-			return false
-		}
-		for i, admin := range admins {
-			if served(admin) > before[i] && via[admin] == nil {
-				via[admin] = c
-			}
-		}
-		return len(via) == 2
-	})
+	via := clientPerEnvoy(t, base, admins)
 	creator, poller := admins[0], admins[1]
-	// call sends through the Envoy at admin, checks that it is that
-	// Envoy which served it, and decodes a 200 answer.
 	call := func(admin, method, path, body string) map[string]any {
 		t.Helper()
-		before := served(admin)
-		code, b, err := send(via[admin], method, path, body)
-		var v map[string]any
-		if err == nil {
-			err = json.Unmarshal(b, &v)
-		}
-		if err != nil || code != 200 || served(admin) != before+1 {
-			t.Fatalf("%s %s = %d %s (%v); served by the Envoy at %s: %v", method, path, code, b, err, admin, served(admin) == before+1)
-		}
-		return v
+		return via.call(t, admin, method, path, body)
 	}
 	eventually(t, 10*time.Second, "the creating Envoy's filter to pick", func() bool {
-		_, _, _ = send(via[creator], "POST", "/v1/videos", `{}`) // no prompt: no job
+		_, _, _ = via.send(creator, "POST", "/v1/videos", `{}`) // no prompt: no job
 		return envoyStat(t, creator, "wasmcustom.diffusion_router.pick.picked") > 0
 	})
 	id := call(creator, "POST", "/v1/videos", `{"prompt":"waves","num_inference_steps":4,"size":"256x256"}`)["id"].(string)

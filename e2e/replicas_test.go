@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,4 +118,80 @@ func TestTwoEnvoyReplicas(t *testing.T) {
 	if after.failed.Load() != 0 {
 		t.Fatalf("%d failures after the quarantine", after.failed.Load())
 	}
+}
+
+// envoyClients holds one kept-alive connection to each Envoy of a shared
+// front port: a client with one such connection stays with the Envoy that
+// accepted it, as long as every answer is read to its end.
+type envoyClients struct {
+	base    string
+	clients map[string]*http.Client // by Envoy admin address
+}
+
+// clientPerEnvoy opens connections to base until each Envoy (named by its
+// admin address) holds one.
+func clientPerEnvoy(t *testing.T, base string, admins []string) envoyClients {
+	t.Helper()
+	via := envoyClients{base: base, clients: map[string]*http.Client{}}
+	served := func(admin string) int { return envoyStat(t, admin, "http.front.downstream_rq_total") }
+	eventually(t, 20*time.Second, "a connection to each Envoy", func() bool {
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+		before := make([]int, len(admins))
+		for i, admin := range admins {
+			before[i] = served(admin)
+		}
+		resp, err := c.Get(base + "/health")
+		if err != nil {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		for i, admin := range admins {
+			if served(admin) > before[i] && via.clients[admin] == nil {
+				via.clients[admin] = c
+			}
+		}
+		return len(via.clients) == len(admins)
+	})
+	return via
+}
+
+// send sends one request through the Envoy at admin.
+func (v envoyClients) send(admin, method, path, body string) (int, []byte, error) {
+	code, _, b, err := v.sendHeaders(admin, method, path, body)
+	return code, b, err
+}
+
+func (v envoyClients) sendHeaders(admin, method, path, body string) (int, http.Header, []byte, error) {
+	req, _ := http.NewRequest(method, v.base+path, strings.NewReader(body))
+	req.Header.Set("content-type", "application/json")
+	resp, err := v.clients[admin].Do(req)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b, err
+}
+
+// call sends through the Envoy at admin, checks that it is that Envoy
+// which served it, and decodes a 200 answer.
+func (v envoyClients) call(t *testing.T, admin, method, path, body string) map[string]any {
+	t.Helper()
+	out, _ := v.callHeaders(t, admin, method, path, body)
+	return out
+}
+
+func (v envoyClients) callHeaders(t *testing.T, admin, method, path, body string) (map[string]any, http.Header) {
+	t.Helper()
+	before := envoyStat(t, admin, "http.front.downstream_rq_total")
+	code, h, b, err := v.sendHeaders(admin, method, path, body)
+	var out map[string]any
+	if err == nil {
+		err = json.Unmarshal(b, &out)
+	}
+	if after := envoyStat(t, admin, "http.front.downstream_rq_total"); err != nil || code != 200 || after != before+1 {
+		t.Fatalf("%s %s = %d %s (%v); served by the Envoy at %s: %v", method, path, code, b, err, admin, after == before+1)
+	}
+	return out, h
 }

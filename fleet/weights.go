@@ -188,6 +188,11 @@ func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, bo
 					"error": fmt.Sprintf("in-flight requests did not finish within %s", timeout)}}
 				return
 			}
+			// Its video jobs too: their answers name the weights they were
+			// made under, which must not change while they run.
+			if done, err := m.waitJobsDone(dctx, w); !done {
+				m.log.WithError(err).WithField("worker", w.Key()).Warn("updating a drained worker without its word that its video jobs ended")
+			}
 			results[i] = m.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", timeout)
 		}()
 	}

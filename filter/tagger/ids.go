@@ -11,13 +11,14 @@ import (
 
 // WrapIDs makes the job ids in a worker's JSON answer carry the worker: the
 // top-level "id", and in "data" each item's "id" and the id inside a
-// "/v1/{images,videos}/{id}/content" url. It reports whether anything changed.
-func WrapIDs(body []byte, s jobid.Signer, workerKey string) ([]byte, bool, error) {
+// "/v1/{images,videos}/{id}/content" url. version names the weight version
+// to sign into each id ("" for none). It reports whether anything changed.
+func WrapIDs(body []byte, s jobid.Signer, workerKey string, version func(id string) string) ([]byte, bool, error) {
 	wrap := func(id string) (string, bool) {
 		if _, _, wrapped := s.Unwrap(id); wrapped {
 			return id, false
 		}
-		return s.Wrap(id, workerKey), true
+		return s.WrapRef(jobid.Ref{ID: id, Worker: workerKey, Version: version(id)}), true
 	}
 	if out, changed, ok := wrapIDsScanned(body, wrap); ok {
 		return out, changed, nil

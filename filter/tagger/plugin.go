@@ -127,6 +127,12 @@ type httpContext struct {
 	jobCreated bool
 	job        string
 	method     string
+	// version is the weight version that made the job a call is about:
+	// from its id for a pinned call (refID the job's own id), from the
+	// create's answer for a new one. It labels the answer and is signed
+	// into the ids the answer hands out.
+	version string
+	refID   string
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the
@@ -249,10 +255,12 @@ func (c *httpContext) smallJSONBody() bool {
 // path and names the worker for the load balancer. An id the router did not
 // issue is answered 404 here: it never reaches a worker.
 func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Action {
-	id, key, ok := c.p.signer.Unwrap(wrapped)
+	ref, ok := c.p.signer.UnwrapRef(wrapped)
 	if !ok {
 		return c.refuseJobID(wrapped)
 	}
+	id, key := ref.ID, ref.Worker
+	c.refID, c.version = ref.ID, ref.Version
 	query := ""
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		query = path[i:]
@@ -295,12 +303,16 @@ func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
 		if wrapped == "" {
 			continue
 		}
-		id, k, ok := c.p.signer.Unwrap(wrapped)
-		if !ok || (key != "" && k != key) {
+		ref, ok := c.p.signer.UnwrapRef(wrapped)
+		if !ok || (key != "" && ref.Worker != key) {
 			return c.refuseJobID(wrapped), true
 		}
-		key = k
-		values.Set(name, id)
+		key = ref.Worker
+		values.Set(name, ref.ID)
+		if name == "video_id" {
+			// A list of one job: its entry is about that job.
+			c.refID, c.version = ref.ID, ref.Version
+		}
 	}
 	if key == "" {
 		return types.ActionContinue, false
@@ -421,6 +433,11 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 	if c.model != "" && c.p.cfg.FallbackRoute != "" {
 		c.noteFallback()
 	}
+	if c.version != "" {
+		// The job was made by the weights its id names, whatever its
+		// worker holds now.
+		_ = proxywasm.ReplaceHttpResponseHeader(wire.HeaderWeightVersion, c.version)
+	}
 
 	if !c.rewrite || endOfStream || !strings.HasPrefix(status, "2") {
 		c.rewrite = false
@@ -438,6 +455,10 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 			return types.ActionContinue
 		}
 		c.jobKey = jobid.WorkerKey(worker)
+		// A new job or image: made by the weights its worker holds now,
+		// which its ids keep naming after the worker moves on.
+		c.version, _ = proxywasm.GetHttpResponseHeader(wire.HeaderWeightVersion)
+		c.refID = ""
 	}
 	if cl, _ := proxywasm.GetHttpResponseHeader("content-length"); cl != "" {
 		if n, err := strconv.Atoi(cl); err != nil || n > c.p.cfg.MaxBodyBytes {
@@ -456,7 +477,7 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 		return action
 	}
 	c.trackJob(body)
-	out, changed, err := WrapIDs(body, c.p.signer, c.jobKey)
+	out, changed, err := WrapIDs(body, c.p.signer, c.jobKey, c.versionOf)
 	if err != nil {
 		c.p.metrics.parseErrors.Increment(1)
 		return types.ActionContinue
@@ -467,6 +488,17 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 		}
 	}
 	return types.ActionContinue
+}
+
+// versionOf is the weight version to sign into the wrapped id of a job
+// an answer names: the call's own job's (or, for a create, every new
+// id's); "" for other jobs (a list's), whose version the filter does not
+// know.
+func (c *httpContext) versionOf(id string) string {
+	if c.refID == "" || c.refID == id {
+		return c.version
+	}
+	return ""
 }
 
 // releaseAnswered takes a pick's cost off its worker as the answer starts

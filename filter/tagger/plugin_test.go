@@ -242,7 +242,7 @@ func TestJobAffinity(t *testing.T) {
 func TestImageURLsWrapped(t *testing.T) {
 	signer := jobid.NewSigner([]byte(testSecret))
 	body := []byte(`{"id":"img_1","created":1795833091,"data":[{"url":"/v1/images/img_1_0/content","revised_prompt":"p"},{"b64_json":"AAAA"}]}`)
-	out, changed, err := WrapIDs(body, signer, jobid.WorkerKey("http://w:1"))
+	out, changed, err := WrapIDs(body, signer, jobid.WorkerKey("http://w:1"), noVersion)
 	if err != nil || !changed {
 		t.Fatalf("WrapIDs: %v %v", changed, err)
 	}
@@ -265,11 +265,11 @@ func TestImageURLsWrapped(t *testing.T) {
 	if orig, _, ok := signer.Unwrap(inner); !ok || orig != "img_1_0" {
 		t.Fatalf("url id %q not wrapped", inner)
 	}
-	again, changed, _ := WrapIDs(out, signer, jobid.WorkerKey("http://w:1"))
+	again, changed, _ := WrapIDs(out, signer, jobid.WorkerKey("http://w:1"), noVersion)
 	if changed || string(again) != string(out) {
 		t.Fatal("wrapping is not idempotent")
 	}
-	if _, _, err := WrapIDs([]byte("[1]"), signer, "k"); err == nil {
+	if _, _, err := WrapIDs([]byte("[1]"), signer, "k", noVersion); err == nil {
 		t.Fatal("non-object accepted")
 	}
 }
@@ -278,7 +278,7 @@ func TestImageVariantsKeepTheirQuery(t *testing.T) {
 	signer := jobid.NewSigner([]byte(testSecret))
 	key := jobid.WorkerKey("http://w:1")
 	body := []byte(`{"id":"img_9","data":[{"url":"/v1/images/img_9/content?variant=0"},{"url":"/v1/images/img_9/content?variant=1"}]}`)
-	out, changed, err := WrapIDs(body, signer, key)
+	out, changed, err := WrapIDs(body, signer, key, noVersion)
 	if err != nil || !changed {
 		t.Fatalf("WrapIDs: %v %v", changed, err)
 	}
@@ -502,6 +502,70 @@ func TestModelWithControlCharactersRefused(t *testing.T) {
 			case tt.want != 0 && (local == nil || int(local.StatusCode) != tt.want):
 				t.Errorf("model %q: local reply %+v, want %d", tt.model, local, tt.want)
 			}
+		}
+	})
+}
+
+func noVersion(string) string { return "" }
+
+// TestJobsKeepTheirWeightVersion: a created job's id carries the weight
+// version its answer named; a poll, its content and a one-job list name
+// that version in x-weight-version whatever the worker holds now, and a
+// poll's answer keeps it in the id. Other jobs in a list carry none.
+func TestJobsKeepTheirWeightVersion(t *testing.T) {
+	signer := jobid.NewSigner([]byte(testSecret))
+	worker := "http://127.0.0.1:30001"
+	key := jobid.WorkerKey(worker)
+	eachRunner(t, func(t *testing.T, host proxytest.HostEmulator) {
+		create := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(create, [][2]string{{":method", "POST"}, {":path", "/v1/videos"}, {"content-type", "multipart/form-data; boundary=b"}}, false)
+		host.CallOnRequestBody(create, []byte("--b--"), true)
+		host.CallOnResponseHeaders(create, [][2]string{{":status", "200"}, {"content-type", "application/json"},
+			{wire.HeaderWorker, worker}, {wire.HeaderWeightVersion, "v0"}}, false)
+		host.CallOnResponseBody(create, []byte(`{"id":"video_1","object":"video","status":"queued"}`), true)
+		var job map[string]any
+		if err := json.Unmarshal(host.GetCurrentResponseBody(create), &job); err != nil {
+			t.Fatal(err)
+		}
+		wrapped := job["id"].(string)
+		if ref, ok := signer.UnwrapRef(wrapped); !ok || ref != (jobid.Ref{ID: "video_1", Worker: key, Version: "v0"}) {
+			t.Fatalf("created id %q carries %+v", wrapped, ref)
+		}
+		for _, path := range []string{"/v1/videos/" + wrapped, "/v1/videos/" + wrapped + "/content", "/v1/videos?video_id=" + wrapped} {
+			c := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(c, [][2]string{{":method", "GET"}, {":path", path}}, true)
+			// The worker moved on to v1 meanwhile: Envoy labels the answer so.
+			host.CallOnResponseHeaders(c, [][2]string{{":status", "200"}, {"content-type", "application/json"},
+				{wire.HeaderWorker, worker}, {wire.HeaderWeightVersion, "v1"}}, false)
+			if v, _ := header(host.GetCurrentResponseHeaders(c), wire.HeaderWeightVersion); v != "v0" {
+				t.Errorf("GET %s: x-weight-version = %q, want v0 (the job's)", path, v)
+			}
+			if strings.Contains(path, "content") {
+				continue
+			}
+			host.CallOnResponseBody(c, []byte(`{"object":"list","data":[{"id":"video_1","status":"completed"},{"id":"video_2","status":"completed"}],"id":"video_1"}`), true)
+			var doc struct {
+				ID   string `json:"id"`
+				Data []struct {
+					ID string `json:"id"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(host.GetCurrentResponseBody(c), &doc); err != nil {
+				t.Fatal(err)
+			}
+			if ref, _ := signer.UnwrapRef(doc.ID); ref.Version != "v0" {
+				t.Errorf("GET %s: the job's id in the answer carries version %q", path, ref.Version)
+			}
+			if ref, _ := signer.UnwrapRef(doc.Data[1].ID); ref.ID != "video_2" || ref.Version != "" {
+				t.Errorf("GET %s: another job's id carries %+v, want no version", path, ref)
+			}
+		}
+		// An id issued before versions were signed in keeps Envoy's label.
+		old := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(old, [][2]string{{":method", "GET"}, {":path", "/v1/videos/" + signer.Wrap("video_1", key)}}, true)
+		host.CallOnResponseHeaders(old, [][2]string{{":status", "200"}, {"content-type", "text/plain"}, {wire.HeaderWeightVersion, "v1"}}, false)
+		if v, _ := header(host.GetCurrentResponseHeaders(old), wire.HeaderWeightVersion); v != "v1" {
+			t.Errorf("versionless id: x-weight-version = %q, want Envoy's v1", v)
 		}
 	})
 }

@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// videoJob is a job as its client saw it when it was created.
+type videoJob struct {
+	id, version, model string
+}
+
+// createVideos creates n video jobs through send and returns them.
+func createVideos(t *testing.T, n int, send func(body string) (map[string]any, http.Header)) []videoJob {
+	t.Helper()
+	var jobs []videoJob
+	for i := range n {
+		v, h := send(fmt.Sprintf(`{"prompt":"clip %d","num_inference_steps":20,"size":"512x512"}`, i))
+		jobs = append(jobs, videoJob{id: v["id"].(string), version: h.Get(wire.HeaderWeightVersion), model: fmt.Sprint(v["model"])})
+		if jobs[i].version == "" {
+			t.Fatalf("create answered without %s", wire.HeaderWeightVersion)
+		}
+	}
+	return jobs
+}
+
+// checkVideoVersions polls every job to its end through get and checks
+// that each poll, the finished job and its content name the version the
+// job was created under, and that the worker made it with that version's
+// weights (the job's "model" is the model path that produced it).
+func checkVideoVersions(t *testing.T, jobs []videoJob, modelOf map[string]string, get func(path string) (int, http.Header, map[string]any)) {
+	t.Helper()
+	for _, j := range jobs {
+		var done map[string]any
+		eventually(t, 30*time.Second, "job "+j.id+" to complete", func() bool {
+			code, h, v := get("/v1/videos/" + j.id)
+			if code != 200 {
+				t.Fatalf("poll %s = %d %v", j.id, code, v)
+			}
+			if got := h.Get(wire.HeaderWeightVersion); got != j.version {
+				t.Fatalf("poll of a job created under version %s answered %s: %s", j.version, wire.HeaderWeightVersion, got)
+			}
+			done = v
+			return v["status"] == "completed"
+		})
+		if done["model"] != modelOf[j.version] {
+			t.Fatalf("job created under version %s (model %s) was made by %v", j.version, modelOf[j.version], done["model"])
+		}
+		if done["id"] != j.id {
+			t.Fatalf("completed job's id %v, want %s (the id it was created with)", done["id"], j.id)
+		}
+		code, h, _ := get("/v1/videos/" + j.id + "/content")
+		if code != 200 || h.Get(wire.HeaderWeightVersion) != j.version {
+			t.Fatalf("content of %s = %d with version %q, want %s", j.id, code, h.Get(wire.HeaderWeightVersion), j.version)
+		}
+		code, h, _ = get("/v1/videos?video_id=" + j.id)
+		if code != 200 || h.Get(wire.HeaderWeightVersion) != j.version {
+			t.Fatalf("list of %s = %d with version %q, want %s", j.id, code, h.Get(wire.HeaderWeightVersion), j.version)
+		}
+	}
+}
+
+// TestVideoJobsKeepTheirWeightVersion: video jobs created under one weight
+// version and still running when the fleet switches to the next are
+// labelled, in every answer about them, with the version that made them,
+// in both update modes; jobs created after the switch name the new one.
+func TestVideoJobsKeepTheirWeightVersion(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"drain", "inplace"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			ws, urls := startFleet(t, 2, "--task-type", "T2V", "--time-scale", "0.01")
+			r := startRouter(t, append([]string{"--worker-urls"}, urls...)...)
+			send := func(body string) (map[string]any, http.Header) {
+				resp := do(t, "POST", r.Front+"/v1/videos", "application/json", strings.NewReader(body))
+				if resp.Status != 200 {
+					t.Fatalf("create = %d %s", resp.Status, resp.Body)
+				}
+				return resp.JSON(t), resp.Header
+			}
+			before := createVideos(t, 4, send)
+			if stats(t, ws[0]).ServedTotal+stats(t, ws[1]).ServedTotal == 4 {
+				t.Fatal("every job finished before the update: the test shows nothing")
+			}
+			up := postJSON(t, r.Front+"/update_weights_from_disk", map[string]any{"model_path": "/ckpt/step-1", "weight_version": "step-1", "mode": mode})
+			if up.Status != 200 {
+				t.Fatalf("%s update = %d %s", mode, up.Status, up.Body)
+			}
+			after := createVideos(t, 2, send)
+			modelOf := map[string]string{before[0].version: before[0].model, "step-1": "/ckpt/step-1"}
+			for _, j := range after {
+				if j.version != "step-1" {
+					t.Fatalf("job created after the update answered version %s", j.version)
+				}
+			}
+			get := func(path string) (int, http.Header, map[string]any) {
+				resp := get(t, r.Front+path)
+				var v map[string]any
+				if resp.Header.Get("Content-Type") == "application/json" {
+					v = resp.JSON(t)
+				}
+				return resp.Status, resp.Header, v
+			}
+			checkVideoVersions(t, append(before, after...), modelOf, get)
+		})
+	}
+}
+
+// TestVideoJobVersionAcrossEnvoys: a job created through one Envoy and
+// polled through another after a drain-mode update names the version it was
+// made under.
+func TestVideoJobVersionAcrossEnvoys(t *testing.T) {
+	t.Parallel()
+	_, urls := startFleet(t, 2, "--task-type", "T2V", "--time-scale", "0.01")
+	front, api, admins := startLeastWorkReplicas(t, urls)
+	via := clientPerEnvoy(t, "http://127.0.0.1:"+strconv.Itoa(front), admins)
+	creator, poller := admins[0], admins[1]
+	jobs := createVideos(t, 3, func(body string) (map[string]any, http.Header) {
+		return via.callHeaders(t, creator, "POST", "/v1/videos", body)
+	})
+	up := postJSON(t, api+"/update_weights_from_disk", map[string]any{"model_path": "/ckpt/step-1", "weight_version": "step-1", "mode": "drain"})
+	if up.Status != 200 {
+		t.Fatalf("drain update = %d %s", up.Status, up.Body)
+	}
+	checkVideoVersions(t, jobs, map[string]string{jobs[0].version: jobs[0].model}, func(path string) (int, http.Header, map[string]any) {
+		code, h, b, err := via.sendHeaders(poller, "GET", path, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v map[string]any
+		if h.Get("Content-Type") == "application/json" {
+			_ = json.Unmarshal(b, &v)
+		}
+		return code, h, v
+	})
+}
