@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"slices"
 	"strings"
@@ -190,6 +191,16 @@ func (s *Server) methods(w http.ResponseWriter, r *http.Request, byMethod map[st
 		return
 	}
 	h(w, r)
+}
+
+// requireJSON refuses a body not declared as JSON (415): a client that
+// sends another type is not speaking this API.
+func requireJSON(r *http.Request) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return errorf(http.StatusUnsupportedMediaType, "Content-Type must be application/json, not %q", r.Header.Get("Content-Type"))
+	}
+	return nil
 }
 
 // readBody reads the (size-limited) body.

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
@@ -32,6 +34,10 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusUnauthorized, "filter sync: %v", err))
 		return
 	}
+	if err := requireJSON(r); err != nil {
+		writeError(w, err)
+		return
+	}
 	var rep wire.LoadReport
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -41,6 +47,16 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 	}
 	if dec.More() {
 		writeError(w, errorf(http.StatusBadRequest, "load report: one JSON object expected"))
+		return
+	}
+	if err := loadboard.Check(rep); err != nil {
+		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
+		return
+	}
+	// The signature checked out, so the time is the filter's own.
+	signedAt, _ := strconv.ParseInt(r.Header.Get(wire.HeaderSyncTime), 10, 64)
+	if err := s.Board.Claim(rep.Node, signedAt); err != nil {
+		writeError(w, errorf(http.StatusConflict, "filter sync: %v", err))
 		return
 	}
 	loads := s.Fleet.Loads()

@@ -1,11 +1,13 @@
 package api
 
 import (
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,12 +81,84 @@ func TestFilterSync(t *testing.T) {
 
 const syncSecret = "0123456789abcdef-sync"
 
+// lastSigned keeps signedSync's times increasing, as one filter's are.
+var lastSigned atomic.Int64
+
 // signedSync posts a load report signed with secret, as a filter does.
 func signedSync(t *testing.T, h http.Handler, secret, body string) (int, map[string]any) {
 	t.Helper()
 	at := time.Now().UnixMilli()
+	if last := lastSigned.Load(); at <= last {
+		at = last + 1
+	}
+	lastSigned.Store(at)
+	return signedSyncAt(t, h, secret, body, at, "application/json")
+}
+
+func signedSyncAt(t *testing.T, h http.Handler, secret, body string, at int64, contentType string) (int, map[string]any) {
+	t.Helper()
 	req := httptest.NewRequest("POST", wire.PathFilterSync, strings.NewReader(body))
+	req.Header.Set("Content-Type", contentType)
 	req.Header.Set(wire.HeaderSyncTime, strconv.FormatInt(at, 10))
 	req.Header.Set(wire.HeaderSyncSignature, wire.SyncSignature([]byte(secret), at, []byte(body)))
 	return serve(t, h, req)
+}
+
+// TestFilterSyncOnce: a signed report counts once; a copy, or an older one
+// from the same node, is refused and changes nothing; so are a report not
+// declared as JSON and numbers that could overflow a sum.
+func TestFilterSyncOnce(t *testing.T) {
+	s, _ := newAPI(t)
+	s.Board = loadboard.New(loadboard.Options{})
+	s.SyncSecret = []byte(syncSecret)
+	w := worker(t, "T2I")
+	if code, v := call(t, s, "POST", "/add_worker?url="+url.QueryEscape(w.URL), ""); code != 200 {
+		t.Fatalf("add = %d %v", code, v)
+	}
+	addr := w.URL[len("http://"):]
+	report := func(work int64) string {
+		return `{"node":"envoy-1","hosts":[{"addr":"` + addr + `","work":` + strconv.FormatInt(work, 10) + `,"requests":1}]}`
+	}
+	work := func() float64 {
+		_, list := call(t, s, "GET", "/workers", "")
+		return list["workers"].([]any)[0].(map[string]any)["outstanding_work"].(float64)
+	}
+	at := time.Now().UnixMilli()
+	if code, v := signedSyncAt(t, s, syncSecret, report(7), at, "application/json; charset=utf-8"); code != 200 {
+		t.Fatalf("sync = %d %v", code, v)
+	}
+	if code, v := signedSyncAt(t, s, syncSecret, report(9000), at+5, "application/json"); code != 200 || work() != 9000 {
+		t.Fatalf("later sync = %d %v; work %v", code, v, work())
+	}
+	for name, tc := range map[string]struct {
+		body string
+		at   int64
+		ct   string
+		code int
+	}{
+		"the same report again":      {report(9000), at + 5, "application/json", 409},
+		"an older one":               {report(7), at, "application/json", 409},
+		"older still":                {report(7), at - 1000, "application/json", 409},
+		"text/plain":                 {report(7), at + 10, "text/plain", 415},
+		"no content type":            {report(7), at + 11, "", 415},
+		"work of int64-max":          {report(math.MaxInt64), at + 12, "application/json", 400},
+		"requests past the bound":    {`{"node":"envoy-1","hosts":[{"addr":"` + addr + `","work":1,"requests":99999999999}]}`, at + 13, "application/json", 400},
+		"completion cost past bound": {`{"node":"envoy-1","completions":[{"addr":"` + addr + `","cost":9223372036854775807,"sent":1,"done":2}]}`, at + 14, "application/json", 400},
+	} {
+		if code, v := signedSyncAt(t, s, syncSecret, tc.body, tc.at, tc.ct); code != tc.code || v["error"] == nil {
+			t.Errorf("%s: = %d %v, want %d with an error", name, code, v, tc.code)
+		}
+		if got := work(); got != 9000 {
+			t.Fatalf("%s changed the worker's outstanding work to %v", name, got)
+		}
+	}
+	// A refused report burns no time: the filter's next one still counts.
+	if code, v := signedSyncAt(t, s, syncSecret, report(3), at+6, "application/json"); code != 200 || work() != 3 {
+		t.Fatalf("next sync = %d %v; work %v", code, v, work())
+	}
+	// Another node's times are its own.
+	other := `{"node":"envoy-2","hosts":[{"addr":"` + addr + `","work":4,"requests":1}]}`
+	if code, v := signedSyncAt(t, s, syncSecret, other, at, "application/json"); code != 200 || work() != 7 {
+		t.Fatalf("another node's sync = %d %v; work %v", code, v, work())
+	}
 }

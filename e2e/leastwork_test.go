@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -11,6 +13,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
+	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
 // TestLeastWorkBeatsLeastRequestOnMixedFleet runs one skewed workload
@@ -454,4 +459,91 @@ func TestLeastWorkVideoSpeedLearnedAcrossEnvoys(t *testing.T) {
 		v, _ := workersByURL(t, api)[ws[0].URL]["ms_per_cost"].(float64)
 		return v > 0
 	})
+}
+
+// TestLeastWorkReplayedSyncRefused: a signed filter sync captured on its
+// way to the control plane and sent again (every 10 ms) is refused each
+// time; the work it claimed expires as any silent Envoy's does and the
+// worker it named gets its share of requests while the replay goes on.
+func TestLeastWorkReplayedSyncRefused(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 3, "--time-scale", "0.01")
+	state := t.TempDir()
+	r := startRouter(t, "--state-dir", state, "--worker-urls", strings.Join(urls, ","))
+	secret, err := trust.JobSecret(filepath.Join(state, "xds-tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"node":"captured","hosts":[{"addr":"` + strings.TrimPrefix(ws[0].URL, "http://") + `","work":1000000000,"requests":1000}]}`)
+	at := time.Now().UnixMilli()
+	post := func() int {
+		req, _ := http.NewRequest("POST", r.API+wire.PathFilterSync, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(wire.HeaderSyncTime, strconv.FormatInt(at, 10))
+		req.Header.Set(wire.HeaderSyncSignature, wire.SyncSignature([]byte(secret), at, body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(); code != 200 {
+		t.Fatalf("the report, sent once = %d", code)
+	}
+	claimed := func() bool { v, _ := workersByURL(t, r.API)[ws[0].URL]["outstanding_work"].(float64); return v >= 1e9 }
+	if !claimed() {
+		t.Fatal("the report's work does not show on GET /workers")
+	}
+	stop := make(chan struct{})
+	codes := make(chan int, 4000)
+	go func() {
+		defer close(codes)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for range 3000 { // 30 s at most
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				codes <- post()
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		replays, refused := 0, 0
+		for c := range codes {
+			replays++
+			if c == 409 {
+				refused++
+			}
+		}
+		if replays == 0 || refused != replays {
+			t.Errorf("%d of %d replays refused with 409", refused, replays)
+		}
+	}()
+	eventually(t, 10*time.Second, "the replayed report's work to expire", func() bool { return !claimed() })
+	by := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 15 {
+				resp, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":4,"size":"256x256"}`))
+				if err == nil && resp.Status == 200 {
+					mu.Lock()
+					by[resp.Header.Get("X-Worker-Id")]++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if by[ws[0].ID] == 0 {
+		t.Fatalf("during the replay the worker it named got none of the requests: %v", by)
+	}
 }

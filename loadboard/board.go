@@ -54,6 +54,8 @@ type Board struct {
 	// ended are the video jobs Envoys saw end lately, passed on to the
 	// others (oldest first, at most MaxNodes x pick.MaxFinished).
 	ended []endedJob
+	// signed is each node's newest accepted signing time (Claim).
+	signed map[string]int64
 }
 
 type endedJob struct {
@@ -95,7 +97,7 @@ type entry struct {
 
 // New returns an empty board.
 func New(o Options) *Board {
-	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection}
+	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -134,16 +136,16 @@ func Check(r wire.LoadReport) error {
 		}
 	}
 	for _, c := range r.Completions {
-		if c.Addr == "" || len(c.Addr) > 300 || c.Cost < 0 || c.Sent < 0 || c.Done < c.Sent {
-			return fmt.Errorf("completion %+v: needs an address, a cost not negative and done not before sent", c)
+		if c.Addr == "" || len(c.Addr) > 300 || c.Cost < 0 || c.Cost > wire.MaxReportedCost || c.Sent < 0 || c.Done < c.Sent {
+			return fmt.Errorf("completion %+v: needs an address, a cost from 0 to %d and done not before sent", c, wire.MaxReportedCost)
 		}
 	}
 	for _, h := range r.Hosts {
 		switch {
 		case h.Addr == "" || len(h.Addr) > 300:
 			return fmt.Errorf("host address %q is empty or too long", h.Addr)
-		case h.Work < 0 || h.Requests < 0:
-			return fmt.Errorf("host %s: work and requests must not be negative", h.Addr)
+		case h.Work < 0 || h.Requests < 0 || h.Work > wire.MaxReportedWork || h.Requests > wire.MaxReportedRequests:
+			return fmt.Errorf("host %s: work must be 0 to %d and requests 0 to %d", h.Addr, wire.MaxReportedWork, wire.MaxReportedRequests)
 		case !finite(h.MsPerCost) || h.Samples < 0:
 			return fmt.Errorf("host %s: ms_per_cost and samples must be finite and not negative", h.Addr)
 		}

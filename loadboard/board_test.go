@@ -304,3 +304,36 @@ func TestEndedJobsRelayed(t *testing.T) {
 		}
 	}
 }
+
+func TestClaim(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	b := New(Options{Now: func() time.Time { return now }})
+	ms := now.UnixMilli()
+	steps := []struct {
+		node string
+		at   int64
+		ok   bool
+	}{
+		{"a", ms, true},
+		{"a", ms, false},     // the same report again
+		{"a", ms - 1, false}, // an older one
+		{"b", ms - 1, true},  // another node's times are its own
+		{"a", ms + 1, true},  // the next one
+		{"a", ms + 1, false}, // and its copy
+		{"b", ms - 2, false},
+	}
+	for i, s := range steps {
+		if err := b.Claim(s.node, s.at); (err == nil) != s.ok {
+			t.Fatalf("step %d: Claim(%s, %d) = %v, want ok=%v", i, s.node, s.at, err, s.ok)
+		}
+	}
+	// Long after the skew window a node's record is forgotten (the
+	// signature check refuses such old reports anyway).
+	now = now.Add(3 * wire.SyncClockSkew)
+	if err := b.Claim("x", now.UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.signed) != 1 {
+		t.Fatalf("old records kept: %v", b.signed)
+	}
+}

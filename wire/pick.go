@@ -71,6 +71,17 @@ const MaxJobID = 256
 // MaxJobGPUMs bounds a relayed job's GPU time: a day.
 const MaxJobGPUMs = 24 * 3600 * 1000.0
 
+// Bounds on the numbers one Envoy may report for one worker, far above any
+// real load, so that sums over every Envoy (MaxNodes of them) and with the
+// picker's own cost arithmetic cannot overflow int64.
+const (
+	MaxReportedWork     = int64(1) << 40
+	MaxReportedRequests = int64(1) << 24
+	// MaxReportedCost bounds one completion's cost, as the filter's
+	// estimates are bounded.
+	MaxReportedCost = int64(1) << 40
+)
+
 // Ejection is Envoy's outlier-detection threshold: this many 5xx answers
 // in a row, or this many gateway failures (502, 503, 504, connection
 // failures, resets, timeouts) in a row. Zero fields: two.
