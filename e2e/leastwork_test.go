@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -545,5 +546,57 @@ func TestLeastWorkReplayedSyncRefused(t *testing.T) {
 	wg.Wait()
 	if by[ws[0].ID] == 0 {
 		t.Fatalf("during the replay the worker it named got none of the requests: %v", by)
+	}
+}
+
+// TestLeastWorkRefusedRequestTeachesNoCost: a video create its worker
+// refuses (422: an absurd size, estimated at about 10^11 cost units)
+// teaches nothing; a multipart create, whose cost the filter cannot read,
+// then counts at about the average of the creates the worker took.
+func TestLeastWorkRefusedRequestTeachesNoCost(t *testing.T) {
+	t.Parallel()
+	// Real seconds: every job is still running when the work is read.
+	_, urls := startFleet(t, 1, "--task-type", "T2V", "--time-scale", "1")
+	r := startRouter(t, "--worker-urls", strings.Join(urls, ","))
+	create := func(body string) {
+		t.Helper()
+		if resp := do(t, "POST", r.Front+"/v1/videos", "application/json", strings.NewReader(body)); resp.Status != 200 {
+			t.Fatalf("create = %d %s", resp.Status, resp.Body)
+		}
+	}
+	eventually(t, 10*time.Second, "the filter to pick", func() bool {
+		create(`{"prompt":"clip","num_inference_steps":20,"size":"512x512"}`)
+		return envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.picked") > 0
+	})
+	for range 4 {
+		create(`{"prompt":"clip","num_inference_steps":20,"size":"512x512"}`)
+	}
+	refused := do(t, "POST", r.Front+"/v1/videos", "application/json", strings.NewReader(`{"prompt":"clip","num_inference_steps":1000,"size":"9000x9000","num_frames":1000}`))
+	if refused.Status != 422 {
+		t.Fatalf("absurd create = %d %s, want 422", refused.Status, refused.Body)
+	}
+	// Gauges follow each sync; a job's cost enters the table at once.
+	var before int64
+	eventually(t, 5*time.Second, "the five jobs to count", func() bool {
+		before, _ = outstanding(t, r.Admin)
+		return before > 0 && before%5 == 0
+	})
+	each := before / 5
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	_ = mw.WriteField("prompt", "clip")
+	_ = mw.WriteField("num_inference_steps", "20")
+	_ = mw.Close()
+	if resp := do(t, "POST", r.Front+"/v1/videos", mw.FormDataContentType(), &body); resp.Status != 200 {
+		t.Fatalf("multipart create = %d %s", resp.Status, resp.Body)
+	}
+	var after int64
+	eventually(t, 5*time.Second, "the multipart job to count", func() bool {
+		after, _ = outstanding(t, r.Admin)
+		return after > before
+	})
+	added := after - before
+	if added < each/2 || added > 2*each {
+		t.Fatalf("the multipart create counts %d, want about the average of the jobs taken (%d)", added, each)
 	}
 }

@@ -468,3 +468,36 @@ func TestTeach(t *testing.T) {
 		}
 	}
 }
+
+// TestLearnCostResistsOutliers: one absurd sample moves a task's average
+// by at most 30 %, while a real change of workload is followed.
+func TestLearnCostResistsOutliers(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		samples  []float64
+		min, max int64
+	}{
+		{"one outlier after steady", append(repeat(20, 40), 1.05e11), 20, 26},
+		{"outlier then steady again", append(append(repeat(20, 40), 1e11), repeat(20, 43)...), 20, 20},
+		{"workload grows 16x", append(repeat(20, 20), repeat(320, 30)...), 300, 320},
+		{"NaN, Inf and zero ignored", []float64{20, math.NaN(), math.Inf(1), 0, -5}, 20, 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var tab Table
+			for _, s := range tc.samples {
+				tab.LearnCost("video", s)
+			}
+			if got := tab.CostOf("video", 1); got < tc.min || got > tc.max {
+				t.Fatalf("average %d, want %d..%d", got, tc.min, tc.max)
+			}
+		})
+	}
+}
+
+func repeat(v float64, n int) []float64 {
+	out := make([]float64, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
+}

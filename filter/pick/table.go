@@ -127,6 +127,7 @@ const (
 	speedShift     = 1.25
 	speedClip      = 4.0
 	costAlpha      = 0.1
+	costClip       = 4.0
 	// fitDecay forgets old samples of the base fit: about the last 30
 	// count.
 	fitDecay = 1 - 1.0/30
@@ -318,13 +319,17 @@ func (t *Table) Forget(keep func(addr string) bool) {
 	t.Hosts = slices.DeleteFunc(t.Hosts, func(h Host) bool { return h.Requests == 0 && h.Work == 0 && !keep(h.Addr) })
 }
 
-// LearnCost folds a request's cost into its task's average.
+// LearnCost folds the cost of a request its worker served into its task's
+// average. A sample is first clipped to within costClip of the average,
+// so one outlier moves it by at most costAlpha x (costClip-1) (+30 %),
+// while a real change of workload is followed within a dozen requests.
 func (t *Table) LearnCost(task string, cost float64) {
-	if cost <= 0 {
+	if !(cost > 0) || math.IsInf(cost, 0) {
 		return
 	}
 	for i := range t.Tasks {
 		if tc := &t.Tasks[i]; tc.Task == task {
+			cost = min(max(cost, tc.Avg/costClip), tc.Avg*costClip)
 			tc.Avg += costAlpha * (cost - tc.Avg)
 			tc.Samples++
 			return

@@ -191,9 +191,6 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (pi
 			return false
 		}
 		tab.Add(choice.First, cost)
-		if costKnown {
-			tab.LearnCost(string(task), float64(cost))
-		}
 		return true
 	})
 	if err != nil || choice.First == "" {
@@ -250,7 +247,13 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 		case outcomeFailed, outcomeGatewayFailed:
 			tab.Fail(s.addr, at, how == outcomeGatewayFailed)
 		}
-		if h := tab.Find(s.addr); !s.costKnown && ms > 0 && h != nil && h.MsPerCost > 0 {
+		switch h := tab.Find(s.addr); {
+		case !served:
+			// A refused request (a 422 for an absurd size) says
+			// nothing of the work requests of its kind carry.
+		case s.costKnown:
+			tab.LearnCost(string(task), float64(s.cost))
+		case ms > 0 && h != nil && h.MsPerCost > 0:
 			// A request the filter could not read (a multipart edit,
 			// a large body) is known by its service time afterwards.
 			tab.LearnCost(string(task), max(ms/h.MsPerCost-tab.Fit.Base, 1))
@@ -283,13 +286,16 @@ func (p *picker) move(s *sent, addr string) {
 	s.addr = addr
 }
 
-// answered notes that the picked worker answered (a run of failures
-// ends) without releasing the request's cost.
-func (p *picker) answered(s *sent) {
+// accepted notes that the worker took a job (a run of failures ends)
+// without releasing the request's cost, and learns the cost of its kind.
+func (p *picker) accepted(task Task, s *sent) {
 	if err := p.update(func(tab *pick.Table) bool {
+		if s.costKnown {
+			tab.LearnCost(string(task), float64(s.cost))
+		}
 		h := tab.Find(s.addr)
 		if h == nil || h.Failures == 0 && h.GatewayFailures == 0 {
-			return false
+			return s.costKnown
 		}
 		tab.Answered(s.addr)
 		return true

@@ -516,7 +516,7 @@ func (c *httpContext) releaseAnswered(status string) {
 		// GPU's speed.
 		c.p.picker.move(c.sent, by)
 		c.jobCreated = true
-		c.p.picker.answered(c.sent)
+		c.p.picker.accepted(c.task, c.sent)
 		return
 	}
 	c.p.picker.release(c.task, c.sent, outcomeOf(code, by == c.sent.addr), nowMicro())
