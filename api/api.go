@@ -20,6 +20,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/jobbook"
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/registry"
 
@@ -44,6 +45,8 @@ type Server struct {
 	// Board, if set, takes the filters' load reports (least-work routing)
 	// and adds each worker's outstanding work to GET /workers.
 	Board *loadboard.Board
+	// Jobs, if set, is the job book the filters record video jobs in.
+	Jobs *jobbook.Book
 	// SyncSecret is the job-id secret the filters sign their syncs with
 	// (wire.SyncSignature); a sync that is not signed with it is refused.
 	SyncSecret []byte
@@ -105,10 +108,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-	if r.URL.Path == wire.PathFilterSync {
-		// Before the admin token: the filters hold no token; they sign
-		// with the job-id secret instead (filterSync checks it).
+	// Before the admin token: the filters hold no token. Syncs are signed
+	// with the job-id secret, job records carry ids signed with it, and
+	// versions are no secret.
+	switch r.URL.Path {
+	case wire.PathFilterSync:
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.filterSync})
+		return
+	case wire.PathJobRecord:
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.recordJobs})
+		return
+	case wire.PathJobVersions:
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.jobVersions})
 		return
 	}
 	if s.AdminToken != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !s.authorized(r) {

@@ -90,7 +90,7 @@ func filterOptions(flag string, failClosed, external, pick bool) (*translate.Fil
 		return nil, err
 	}
 	fc := wire.DefaultFilterConfig()
-	fc.SecretEnv, fc.FailClosed = trust.JobSecretEnv, failClosed
+	fc.SecretEnv, fc.FailClosed, fc.JobsCluster = trust.JobSecretEnv, failClosed, wire.ClusterRegistry
 	if pick {
 		fc.Pick, fc.SyncCluster = true, wire.ClusterRegistry
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/diffrouter/diffusion-router/api"
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/jobbook"
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/registry"
@@ -121,13 +122,18 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	var board *loadboard.Board
 	var pickers fleet.Pickers
 	var syncSecret []byte
-	if opts.Policy == translate.PolicyLeastWork {
-		// The filters sign their syncs with the job-id secret.
+	var jobs *jobbook.Book
+	if opts.Filter != nil {
+		// The filters sign their syncs and job ids with the job-id
+		// secret, and record their video jobs' versions in the book.
 		secret, err := trust.JobSecret(tlsDir)
 		if err != nil {
-			return fmt.Errorf("least-work routing: %w", err)
+			return fmt.Errorf("filter: %w", err)
 		}
 		syncSecret = []byte(secret)
+		jobs = jobbook.New(jobbook.DefaultCapacity)
+	}
+	if opts.Policy == translate.PolicyLeastWork {
 		board = loadboard.New(loadboard.Options{Synced: xds.SyncedGeneration,
 			Ejection: wire.EjectionAfter(int64(c.OutlierFailures))})
 		pickers = board
@@ -177,7 +183,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	apiSrv := &http.Server{
 		Handler: &api.Server{Fleet: fl, Log: log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
 			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: mx.Handler(), AdminToken: c.AdminToken, Board: board,
-			SyncSecret: syncSecret},
+			SyncSecret: syncSecret, Jobs: jobs},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	goRun("api", func() error {

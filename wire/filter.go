@@ -29,6 +29,11 @@ type FilterConfig struct {
 	// SyncCluster every SyncInterval.
 	Pick        bool   `json:"pick,omitempty"`
 	SyncCluster string `json:"sync_cluster,omitempty"`
+	// JobsCluster is the control plane's API cluster, where the filter
+	// records each video job's weight version and looks versions up to
+	// sign job lists (package jobbook); empty: no book, list entries
+	// carry ids without a version.
+	JobsCluster string `json:"jobs_cluster,omitempty"`
 }
 
 // Defaults are sglang-diffusion's values for fields a request leaves out;

@@ -10,6 +10,7 @@ type metrics struct {
 	filterErrors     proxywasm.MetricCounter
 	bodiesSkipped    proxywasm.MetricCounter
 	unknownJobIDs    proxywasm.MetricCounter
+	bookErrors       proxywasm.MetricCounter
 	modelFallbacks   proxywasm.MetricCounter
 	cost             proxywasm.MetricHistogram
 	upstreamMS       proxywasm.MetricHistogram
@@ -26,6 +27,7 @@ func newMetrics() *metrics {
 	m.filterErrors = proxywasm.DefineCounterMetric("diffusion_router.filter.errors")
 	m.bodiesSkipped = proxywasm.DefineCounterMetric("diffusion_router.filter.bodies_skipped")
 	m.unknownJobIDs = proxywasm.DefineCounterMetric("diffusion_router.filter.unknown_job_ids")
+	m.bookErrors = proxywasm.DefineCounterMetric("diffusion_router.filter.job_book_errors")
 	m.modelFallbacks = proxywasm.DefineCounterMetric("diffusion_router.model_fallbacks")
 	m.cost = proxywasm.DefineHistogramMetric("diffusion_router.cost_mpix_steps")
 	m.upstreamMS = proxywasm.DefineHistogramMetric("diffusion_router.upstream_ms")

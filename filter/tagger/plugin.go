@@ -133,6 +133,10 @@ type httpContext struct {
 	// into the ids the answer hands out.
 	version string
 	refID   string
+	// list: the answer is a job list, whose entries' versions the job
+	// book knows (listVersions, once looked up).
+	list         bool
+	listVersions map[string]string
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the
@@ -189,7 +193,7 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	case method == "POST" && (c.task == TaskVideo || c.task == TaskImage || c.task == TaskImageEdit):
 		c.rewrite = true // the answer carries ids to wrap
 	case method == "GET" && c.task == TaskVideoPoll:
-		c.rewrite = true // a list of jobs
+		c.rewrite, c.list = true, true // a list of jobs
 	}
 	c.pickPending = c.p.picker != nil && picks(method, c.task)
 	if !endOfStream && c.task.ParsesBody() && c.smallJSONBody() {
@@ -323,18 +327,18 @@ func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
 	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderTarget, key); err != nil {
 		return c.fail("set "+wire.HeaderTarget, err), true
 	}
-	c.jobKey, c.rewrite = key, true
+	c.jobKey, c.rewrite, c.list = key, true, true
 	return types.ActionContinue, true
 }
 
 // holdBody holds a body the plugin wants (*want) until it is complete and
 // returns it (ready). A body that outgrows the limit (no content-length to
 // tell before) streams on untouched and counts as skipped.
-func (c *httpContext) holdBody(want *bool, size int, end bool, get func(int, int) ([]byte, error), what string) ([]byte, types.Action, bool) {
+func (c *httpContext) holdBody(want *bool, size, limit int, end bool, get func(int, int) ([]byte, error), what string) ([]byte, types.Action, bool) {
 	if !*want {
 		return nil, types.ActionContinue, false
 	}
-	if size > c.p.cfg.MaxBodyBytes {
+	if size > limit {
 		*want = false
 		c.p.metrics.bodiesSkipped.Increment(1)
 		return nil, types.ActionContinue, false
@@ -351,7 +355,7 @@ func (c *httpContext) holdBody(want *bool, size int, end bool, get func(int, int
 }
 
 func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
-	body, action, ready := c.holdBody(&c.readBody, bodySize, endOfStream, proxywasm.GetHttpRequestBody, "read request body")
+	body, action, ready := c.holdBody(&c.readBody, bodySize, c.p.cfg.MaxBodyBytes, endOfStream, proxywasm.GetHttpRequestBody, "read request body")
 	if !ready {
 		if !c.readBody {
 			c.pickWorker(0, false) // not read after all (too large): picked at the task's average
@@ -455,39 +459,85 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 			return types.ActionContinue
 		}
 		c.jobKey = jobid.WorkerKey(worker)
-		// A new job or image: made by the weights its worker holds now,
-		// which its ids keep naming after the worker moves on.
-		c.version, _ = proxywasm.GetHttpResponseHeader(wire.HeaderWeightVersion)
-		c.refID = ""
+		if c.method == "POST" {
+			// A new job or image: made by the weights its worker holds
+			// now, which its ids keep naming after the worker moves on.
+			c.version, _ = proxywasm.GetHttpResponseHeader(wire.HeaderWeightVersion)
+			c.refID = ""
+		}
 	}
 	if cl, _ := proxywasm.GetHttpResponseHeader("content-length"); cl != "" {
-		if n, err := strconv.Atoi(cl); err != nil || n > c.p.cfg.MaxBodyBytes {
+		n, err := strconv.Atoi(cl)
+		switch {
+		case err == nil && n <= wire.MaxHeldBytes:
+		case c.task != TaskVideo && c.task != TaskVideoPoll:
+			// An image answer this large carries its images inline
+			// (base64): nothing in it is polled later.
 			c.rewrite = false
 			return types.ActionContinue
+		default:
+			// A video job too large to hold: its id could not be
+			// signed, and an unsigned id can never be polled. Say so
+			// instead.
+			return c.refuseUnsignable(cl)
 		}
 	}
 	// The body changes length once its ids are wrapped.
 	_ = proxywasm.RemoveHttpResponseHeader("content-length")
+	if c.task == TaskVideo || c.task == TaskVideoPoll {
+		// Held with its body: an answer without a length that turns out
+		// too large can still be refused rather than sent unsigned.
+		return types.ActionPause
+	}
 	return types.ActionContinue
 }
 
+// refuseUnsignable answers 502 for a video answer too large to hold: its
+// job ids could not be signed, and an unsigned id can never be polled.
+func (c *httpContext) refuseUnsignable(size string) types.Action {
+	c.rewrite = false
+	c.p.metrics.bodiesSkipped.Increment(1)
+	_ = proxywasm.SendHttpResponse(502, textHeaders, []byte(fmt.Sprintf("the worker's answer (%s bytes) is over the %d bytes the router holds to sign the job ids in it; the job may run on the worker, but it cannot be reached through the router (shorten the prompt)", size, wire.MaxHeldBytes)), -1)
+	return types.ActionPause
+}
+
 func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.Action {
-	body, action, ready := c.holdBody(&c.rewrite, bodySize, endOfStream, proxywasm.GetHttpResponseBody, "read response body")
+	// An answer with ids is held whole whatever max_body_bytes says (that
+	// bounds what is read of requests): an id passed on unsigned could
+	// never be polled.
+	if c.rewrite && bodySize > wire.MaxHeldBytes && (c.task == TaskVideo || c.task == TaskVideoPoll) {
+		return c.refuseUnsignable("over " + strconv.Itoa(wire.MaxHeldBytes))
+	}
+	body, action, ready := c.holdBody(&c.rewrite, bodySize, wire.MaxHeldBytes, endOfStream, proxywasm.GetHttpResponseBody, "read response body")
 	if !ready {
 		return action
 	}
 	c.trackJob(body)
+	if c.list && c.lookUpVersions(body) {
+		return types.ActionPause // signed once the book answers
+	}
+	out, ok := c.signAnswer(body)
+	if ok && c.method == "POST" && c.task == TaskVideo && c.recordJob(out) {
+		return types.ActionPause // passed on once the book has the job
+	}
+	return types.ActionContinue
+}
+
+// signAnswer wraps the job ids in an answer body and returns the body as
+// the client gets it (ok false if it could not be read).
+func (c *httpContext) signAnswer(body []byte) ([]byte, bool) {
 	out, changed, err := WrapIDs(body, c.p.signer, c.jobKey, c.versionOf)
 	if err != nil {
 		c.p.metrics.parseErrors.Increment(1)
-		return types.ActionContinue
+		return body, false
 	}
 	if changed {
 		if err := proxywasm.ReplaceHttpResponseBody(out); err != nil {
-			return c.fail("replace response body", err)
+			c.fail("replace response body", err)
+			return body, false
 		}
 	}
-	return types.ActionContinue
+	return out, true
 }
 
 // versionOf is the weight version to sign into the wrapped id of a job
@@ -495,7 +545,10 @@ func (c *httpContext) OnHttpResponseBody(bodySize int, endOfStream bool) types.A
 // id's); "" for other jobs (a list's), whose version the filter does not
 // know.
 func (c *httpContext) versionOf(id string) string {
-	if c.refID == "" || c.refID == id {
+	if v, ok := c.listVersions[id]; ok {
+		return v
+	}
+	if c.refID == "" && !c.list || c.refID == id {
 		return c.version
 	}
 	return ""

@@ -65,9 +65,14 @@ func newVM(t *testing.T, runner string) types.VMContext {
 
 // eachRunner runs f natively and against the compiled .wasm.
 func eachRunner(t *testing.T, f func(t *testing.T, host proxytest.HostEmulator)) {
+	eachRunnerConfigured(t, testConfig, f)
+}
+
+// eachRunnerConfigured is eachRunner with the plugin configuration cfg.
+func eachRunnerConfigured(t *testing.T, cfg []byte, f func(t *testing.T, host proxytest.HostEmulator)) {
 	for _, runner := range []string{"go", "wasm"} {
 		t.Run(runner, func(t *testing.T) {
-			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).WithPluginConfiguration(testConfig))
+			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).WithPluginConfiguration(cfg))
 			defer reset()
 			if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
 				t.Fatalf("plugin start = %v", st)
@@ -566,6 +571,87 @@ func TestJobsKeepTheirWeightVersion(t *testing.T) {
 		host.CallOnResponseHeaders(old, [][2]string{{":status", "200"}, {"content-type", "text/plain"}, {wire.HeaderWeightVersion, "v1"}}, false)
 		if v, _ := header(host.GetCurrentResponseHeaders(old), wire.HeaderWeightVersion); v != "v1" {
 			t.Errorf("versionless id: x-weight-version = %q, want Envoy's v1", v)
+		}
+	})
+}
+
+// TestJobBook: a video create's answer is held until the job book has its
+// signed id; a job list is signed with the versions the book knows, so it
+// hands out the ids the creates did; a book that fails costs the list its
+// versions, never the answer.
+func TestJobBook(t *testing.T) {
+	cfg := []byte(`{"secret":"` + testSecret + `","max_body_bytes":1024,"defaults":{"steps":50,"width":1024,"height":1024,"video_frames":16},"jobs_cluster":"registry"}`)
+	signer := jobid.NewSigner([]byte(testSecret))
+	worker := "http://127.0.0.1:30001"
+	key := jobid.WorkerKey(worker)
+	eachRunnerConfigured(t, cfg, func(t *testing.T, host proxytest.HostEmulator) {
+		create := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(create, [][2]string{{":method", "POST"}, {":path", "/v1/videos"}, {"content-type", "multipart/form-data; boundary=b"}}, false)
+		host.CallOnRequestBody(create, []byte("--b--"), true)
+		host.CallOnResponseHeaders(create, [][2]string{{":status", "200"}, {"content-type", "application/json"},
+			{wire.HeaderWorker, worker}, {wire.HeaderWeightVersion, "v0"}}, false)
+		if a := host.CallOnResponseBody(create, []byte(`{"id":"video_1","object":"video","status":"queued"}`), true); a != types.ActionPause {
+			t.Fatalf("create answer not held for the book: %v", a)
+		}
+		calls := host.GetCalloutAttributesFromContext(create)
+		if len(calls) != 1 || calls[0].Upstream != "registry" {
+			t.Fatalf("callouts = %+v", calls)
+		}
+		if p, _ := header(calls[0].Headers, ":path"); p != wire.PathJobRecord {
+			t.Fatalf("record sent to %q", p)
+		}
+		var rec wire.JobRecord
+		if err := json.Unmarshal(calls[0].Body, &rec); err != nil || len(rec.IDs) != 1 {
+			t.Fatalf("record %s: %v", calls[0].Body, err)
+		}
+		created := rec.IDs[0]
+		if ref, ok := signer.UnwrapRef(created); !ok || ref != (jobid.Ref{ID: "video_1", Worker: key, Version: "v0"}) {
+			t.Fatalf("recorded %q = %+v", created, ref)
+		}
+		host.CallOnHttpCallResponse(calls[0].CalloutID, [][2]string{{":status", "200"}}, nil, []byte(`{"recorded":1}`))
+		if a := host.GetCurrentHttpStreamAction(create); a != types.ActionContinue {
+			t.Fatalf("create answer not passed on after the book answered: %v", a)
+		}
+		var job map[string]any
+		if err := json.Unmarshal(host.GetCurrentResponseBody(create), &job); err != nil || job["id"] != created {
+			t.Fatalf("client got %v (%v), want id %s", job, err, created)
+		}
+
+		list := func(status string, answer string) (ids []string, errs uint64) {
+			c := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(c, [][2]string{{":method", "GET"}, {":path", "/v1/videos"}}, true)
+			host.CallOnResponseHeaders(c, [][2]string{{":status", "200"}, {"content-type", "application/json"},
+				{wire.HeaderWorker, worker}, {wire.HeaderWeightVersion, "v1"}}, false)
+			if a := host.CallOnResponseBody(c, []byte(`{"object":"list","data":[{"id":"video_1","object":"video"},{"id":"video_2","object":"video"}]}`), true); a != types.ActionPause {
+				t.Fatalf("list not held for the book: %v", a)
+			}
+			calls := host.GetCalloutAttributesFromContext(c)
+			var q wire.JobVersionsQuery
+			if len(calls) != 1 || json.Unmarshal(calls[0].Body, &q) != nil || q.Worker != key || len(q.IDs) != 2 {
+				t.Fatalf("lookup = %+v", calls)
+			}
+			host.CallOnHttpCallResponse(calls[0].CalloutID, [][2]string{{":status", status}}, nil, []byte(answer))
+			var doc struct {
+				Data []struct {
+					ID string `json:"id"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(host.GetCurrentResponseBody(c), &doc); err != nil || len(doc.Data) != 2 {
+				t.Fatalf("list answer %s: %v", host.GetCurrentResponseBody(c), err)
+			}
+			n, _ := host.GetCounterMetric("diffusion_router.filter.job_book_errors")
+			return []string{doc.Data[0].ID, doc.Data[1].ID}, n
+		}
+		ids, errs := list("200", `{"versions":{"video_1":"v0"}}`)
+		if ids[0] != created || errs != 0 {
+			t.Fatalf("listed %q, want the create's %q (%d book errors)", ids[0], created, errs)
+		}
+		if ref, _ := signer.UnwrapRef(ids[1]); ref.ID != "video_2" || ref.Version != "" {
+			t.Fatalf("a job the book does not know listed as %+v", ref)
+		}
+		ids, errs = list("503", `{"error":"down"}`)
+		if ref, ok := signer.UnwrapRef(ids[0]); !ok || ref.ID != "video_1" || ref.Version != "" || errs != 1 {
+			t.Fatalf("with the book down: listed %+v (%d book errors)", ref, errs)
 		}
 	})
 }

@@ -24,6 +24,7 @@ const (
 	MsgBadEscape           = "malformed path: a percent-escape is not two hex digits"
 	MsgJobWorkerGone       = "the worker that holds this job is no longer serving (removed or quarantined)"
 	MsgJobWorkerAsleep     = "Mapped worker is sleeping (memory released); the job is kept: call POST /resume_memory_occupation, then poll again"
+	MsgSeedPostOnly        = "method not allowed: /generate and /generate_video take POST only (list and poll jobs at /v1/videos)"
 )
 
 // Fleet is what the routes depend on: whether anything can be routed at all.
@@ -102,6 +103,20 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	}
 	for _, p := range wire.RegistryPrefixes {
 		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: p}}))
+	}
+	// The seed router's paths are generations only: any other method
+	// would reach a worker's job list (raw, unsigned ids) under a name
+	// that promises a new job.
+	for _, p := range []string{wire.PathSeedImage, wire.PathSeedVideo} {
+		routes = append(routes, &routev3.Route{
+			Match: &routev3.RouteMatch{
+				PathSpecifier: &routev3.RouteMatch_Path{Path: p},
+				Headers: []*routev3.HeaderMatcher{{Name: ":method", InvertMatch: true, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+					StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "POST"}},
+				}}},
+			},
+			Action: directResponse(405, MsgSeedPostOnly),
+		})
 	}
 
 	if o.Filter != nil {

@@ -37,6 +37,25 @@ func createVideos(t *testing.T, n int, send func(body string) (map[string]any, h
 // weights (the job's "model" is the model path that produced it).
 func checkVideoVersions(t *testing.T, jobs []videoJob, modelOf map[string]string, get func(path string) (int, http.Header, map[string]any)) {
 	t.Helper()
+	// Every worker's list hands out the ids the creates did (versions
+	// signed in), whichever Envoy signs it.
+	listed := map[string]bool{}
+	eventually(t, 10*time.Second, "every job in a list", func() bool {
+		code, _, v := get("/v1/videos?limit=100")
+		if code != 200 {
+			t.Fatalf("list = %d %v", code, v)
+		}
+		data, _ := v["data"].([]any)
+		for _, d := range data {
+			listed[fmt.Sprint(d.(map[string]any)["id"])] = true
+		}
+		for _, j := range jobs {
+			if !listed[j.id] {
+				return false
+			}
+		}
+		return true
+	})
 	for _, j := range jobs {
 		var done map[string]any
 		eventually(t, 30*time.Second, "job "+j.id+" to complete", func() bool {
@@ -140,4 +159,46 @@ func TestVideoJobVersionAcrossEnvoys(t *testing.T) {
 		}
 		return code, h, v
 	})
+}
+
+// TestLargeVideoAnswersKeepSignedIDs: a create whose answer is over the
+// filter's request-reading limit (a 70,000-character prompt, echoed back)
+// comes back with a signed id that polls; one too large to hold at all
+// is refused with a JSON 502 rather than handing out an id that could never
+// be polled; a GET on the seed router's /generate_video is 405, not a raw
+// job list.
+func TestLargeVideoAnswersKeepSignedIDs(t *testing.T) {
+	t.Parallel()
+	_, urls := startFleet(t, 1, "--task-type", "T2V")
+	r := startRouter(t, "--worker-urls", strings.Join(urls, ","))
+	for _, path := range []string{"/v1/videos", "/generate_video"} {
+		long := strings.Repeat("a", 70_000)
+		resp := postJSON(t, r.Front+path, map[string]any{"prompt": long, "num_inference_steps": 2, "size": "256x256"})
+		if resp.Status != 200 {
+			t.Fatalf("%s with a long prompt = %d", path, resp.Status)
+		}
+		id, _ := resp.JSON(t)["id"].(string)
+		if strings.Count(id, ".") < 2 {
+			t.Fatalf("%s with a long prompt answered the raw id %q", path, id)
+		}
+		eventually(t, 15*time.Second, "the job to poll", func() bool {
+			p := get(t, r.Front+"/v1/videos/"+id)
+			if p.Status != 200 {
+				t.Fatalf("poll of %s = %d %s", id, p.Status, p.Body)
+			}
+			return p.JSON(t)["status"] == "completed"
+		})
+	}
+	huge := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": strings.Repeat("b", 1_200_000), "num_inference_steps": 2, "size": "256x256"})
+	if huge.Status != 502 || !strings.Contains(fmt.Sprint(huge.JSON(t)["error"]), "sign the job ids") {
+		t.Fatalf("create with a 1.2 MB prompt = %d %.300s", huge.Status, huge.Body)
+	}
+	for _, m := range []string{"GET", "PUT", "DELETE"} {
+		for _, path := range []string{"/generate_video", "/generate"} {
+			resp := do(t, m, r.Front+path, "", nil)
+			if resp.Status != 405 || resp.JSON(t)["error"] == nil {
+				t.Fatalf("%s %s = %d %s", m, path, resp.Status, resp.Body)
+			}
+		}
+	}
 }
