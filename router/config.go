@@ -28,8 +28,12 @@ type Config struct {
 	RoutingAlgorithm string
 	// RoutingAlgorithmSet: the policy was given, not defaulted (a default
 	// least-work falls back to least-request where there is no filter).
-	RoutingAlgorithmSet         bool
-	Timeout                     time.Duration // 0: none
+	RoutingAlgorithmSet bool
+	Timeout             time.Duration // 0: none
+	// RequestIdleTimeout cuts a request whose body stops arriving (the
+	// filter's job: Envoy's idle timers cannot tell a stalled client from
+	// a long generation); 0: none.
+	RequestIdleTimeout          time.Duration
 	MaxConnections              int
 	HealthCheckInterval         time.Duration
 	HealthCheckFailureThreshold int
@@ -130,6 +134,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&urls, "worker-urls", "", "initial worker URLs, space or comma separated")
 	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(translate.PolicyLeastWork), "least-work (needs the Wasm filter; without it the default is least-request), least-request, round-robin or random")
 	fs.Var(&seconds{d: &c.Timeout, noneOK: true, allow0: true}, "timeout", "seconds a request to a worker may take (default: no limit)")
+	c.RequestIdleTimeout = time.Minute
+	fs.Var(&seconds{d: &c.RequestIdleTimeout, allow0: true}, "request-idle-timeout", "seconds a client may pause while sending a request body before the router answers 408 (0: no limit; needs the Wasm filter); not the generation's time")
 	fs.IntVar(&c.MaxConnections, "max-connections", 100, "concurrent requests per worker")
 	c.HealthCheckInterval = 10 * time.Second
 	fs.Var(&seconds{d: &c.HealthCheckInterval}, "health-check-interval", "seconds between health checks of each worker")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/diffrouter/diffusion-router/xds/translate"
 	"github.com/diffrouter/diffusion-router/xds/trust"
@@ -84,13 +85,14 @@ func migrateFilterSecret(stateDir, tlsDir string) error {
 // The job-id secret is not in it: the configuration is readable on every
 // Envoy's admin port. Envoy carries the secret in its environment
 // (trust.JobSecretEnv) into the filter's VM.
-func filterOptions(flag string, failClosed, external, pick bool) (*translate.FilterOptions, error) {
+func filterOptions(flag string, failClosed, external, pick bool, requestIdle time.Duration) (*translate.FilterOptions, error) {
 	path, err := findFilter(flag, external)
 	if err != nil || path == "" {
 		return nil, err
 	}
 	fc := wire.DefaultFilterConfig()
 	fc.SecretEnv, fc.FailClosed, fc.JobsCluster = trust.JobSecretEnv, failClosed, wire.ClusterRegistry
+	fc.RequestIdleMs = requestIdle.Milliseconds()
 	if pick {
 		fc.Pick, fc.SyncCluster = true, wire.ClusterRegistry
 	}

@@ -34,6 +34,10 @@ type FilterConfig struct {
 	// sign job lists (package jobbook); empty: no book, list entries
 	// carry ids without a version.
 	JobsCluster string `json:"jobs_cluster,omitempty"`
+	// RequestIdleMs cuts (408) a request whose body has not moved for
+	// this long (0: never): a stalled client would otherwise hold its
+	// connection, and its worker's slot, for ever.
+	RequestIdleMs int64 `json:"request_idle_ms,omitempty"`
 }
 
 // Defaults are sglang-diffusion's values for fields a request leaves out;
@@ -74,6 +78,8 @@ func (c FilterConfig) Validate() error {
 		return fmt.Errorf("max_body_bytes must be in (0, %d]", MaxHeldBytes)
 	case c.Defaults.Steps <= 0 || c.Defaults.Width <= 0 || c.Defaults.Height <= 0 || c.Defaults.VideoFrames <= 0:
 		return errors.New("defaults must be positive")
+	case c.RequestIdleMs < 0:
+		return errors.New("request_idle_ms must not be negative")
 	case c.Pick && c.SyncCluster == "":
 		return errors.New("pick needs sync_cluster: the cluster of the control plane's API")
 	}

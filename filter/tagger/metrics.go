@@ -11,6 +11,7 @@ type metrics struct {
 	bodiesSkipped    proxywasm.MetricCounter
 	unknownJobIDs    proxywasm.MetricCounter
 	bookErrors       proxywasm.MetricCounter
+	stalledCut       proxywasm.MetricCounter
 	modelFallbacks   proxywasm.MetricCounter
 	cost             proxywasm.MetricHistogram
 	upstreamMS       proxywasm.MetricHistogram
@@ -28,6 +29,7 @@ func newMetrics() *metrics {
 	m.bodiesSkipped = proxywasm.DefineCounterMetric("diffusion_router.filter.bodies_skipped")
 	m.unknownJobIDs = proxywasm.DefineCounterMetric("diffusion_router.filter.unknown_job_ids")
 	m.bookErrors = proxywasm.DefineCounterMetric("diffusion_router.filter.job_book_errors")
+	m.stalledCut = proxywasm.DefineCounterMetric("diffusion_router.filter.stalled_requests_cut")
 	m.modelFallbacks = proxywasm.DefineCounterMetric("diffusion_router.model_fallbacks")
 	m.cost = proxywasm.DefineHistogramMetric("diffusion_router.cost_mpix_steps")
 	m.upstreamMS = proxywasm.DefineHistogramMetric("diffusion_router.upstream_ms")

@@ -65,6 +65,9 @@ type pluginContext struct {
 	fallbackNames int
 	// picker is set with least-work routing (cfg.Pick).
 	picker *picker
+	// receiving holds this VM's streams whose request body is still
+	// arriving, with when it last moved (µs), for cfg.RequestIdleMs.
+	receiving map[uint32]int64
 }
 
 const maxLoggedFallbacks = 256
@@ -81,9 +84,18 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 		return types.OnPluginStartStatusFailed
 	}
 	p.cfg, p.signer, p.metrics = cfg, jobid.NewSigner([]byte(cfg.Secret)), newMetrics()
+	p.receiving = map[uint32]int64{}
+	tick := int64(0)
+	if cfg.RequestIdleMs > 0 {
+		// A stalled body is cut within a quarter of the limit past it.
+		tick = min(max(cfg.RequestIdleMs/4, 10), 1000)
+	}
 	if cfg.Pick {
 		p.picker = newPicker(cfg.SyncCluster, []byte(cfg.Secret))
-		if err := proxywasm.SetTickPeriodMilliSeconds(uint32(wire.SyncInterval.Milliseconds())); err != nil {
+		tick = wire.SyncInterval.Milliseconds()
+	}
+	if tick > 0 {
+		if err := proxywasm.SetTickPeriodMilliSeconds(uint32(tick)); err != nil {
 			proxywasm.LogCriticalf("diffusion-tagger: set tick period: %v", err)
 			return types.OnPluginStartStatusFailed
 		}
@@ -91,20 +103,45 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	return types.OnPluginStartStatusOK
 }
 
-// OnTick syncs least-work routing's view with the control plane.
+// OnTick syncs least-work routing's view with the control plane and cuts
+// requests whose bodies stalled.
 func (p *pluginContext) OnTick() {
 	if p.picker != nil {
 		p.picker.sync()
 	}
+	p.cutStalled(nowMicro())
 }
 
-func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
-	return &httpContext{p: p, start: time.Now()}
+// cutStalled answers 408 to each of this VM's requests whose body has not
+// moved for cfg.RequestIdleMs. Envoy's own idle timers cannot tell a client
+// that stopped sending from a generation that takes minutes (both are
+// silent); only here is it known which side is silent.
+func (p *pluginContext) cutStalled(now int64) {
+	limit := p.cfg.RequestIdleMs * 1000
+	if limit <= 0 {
+		return
+	}
+	for id, last := range p.receiving {
+		if now-last < limit {
+			continue
+		}
+		delete(p.receiving, id)
+		if err := proxywasm.SetEffectiveContext(id); err != nil {
+			continue // the stream is gone
+		}
+		p.metrics.stalledCut.Increment(1)
+		_ = proxywasm.SendHttpResponse(408, textHeaders, []byte(fmt.Sprintf("request body stalled: nothing arrived for %d ms (--request-idle-timeout)", p.cfg.RequestIdleMs)), -1)
+	}
+}
+
+func (p *pluginContext) NewHttpContext(id uint32) types.HttpContext {
+	return &httpContext{p: p, id: id, start: time.Now()}
 }
 
 type httpContext struct {
 	types.DefaultHttpContext
 	p     *pluginContext
+	id    uint32
 	start time.Time
 	task  Task
 
@@ -169,6 +206,9 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
 	c.task, c.method = Classify(method, path), method
+	if !endOfStream && c.p.cfg.RequestIdleMs > 0 {
+		c.p.receiving[c.id] = nowMicro()
+	}
 	c.p.metrics.requests[c.task].Increment(1)
 	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderTask, string(c.task)); err != nil {
 		return c.fail("set "+wire.HeaderTask, err)
@@ -229,10 +269,17 @@ func (c *httpContext) pickWorker(cost int64, known bool) {
 	c.p.picker.picks.Increment(1)
 }
 
+// OnHttpRequestTrailers ends a request body that had trailers.
+func (c *httpContext) OnHttpRequestTrailers(int) types.Action {
+	delete(c.p.receiving, c.id)
+	return types.ActionContinue
+}
+
 // OnHttpStreamDone ends every stream, however it ended (answer, reset,
 // timeout, client gone): a pick's cost leaves its worker here at the
 // latest, so outstanding work never drifts.
 func (c *httpContext) OnHttpStreamDone() {
+	delete(c.p.receiving, c.id)
 	if c.sent != nil {
 		c.p.picker.release(c.task, c.sent, outcomeOther, nowMicro())
 	}
@@ -355,6 +402,13 @@ func (c *httpContext) holdBody(want *bool, size, limit int, end bool, get func(i
 }
 
 func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
+	if _, ok := c.p.receiving[c.id]; ok {
+		if endOfStream {
+			delete(c.p.receiving, c.id)
+		} else {
+			c.p.receiving[c.id] = nowMicro()
+		}
+	}
 	body, action, ready := c.holdBody(&c.readBody, bodySize, c.p.cfg.MaxBodyBytes, endOfStream, proxywasm.GetHttpRequestBody, "read request body")
 	if !ready {
 		if !c.readBody {

@@ -338,7 +338,7 @@ func TestConfig(t *testing.T) {
 	env := map[string]string{"GOOD": " 0123456789abcdef-from-env\n", "SHORT": "0123"}
 	getenv := func(k string) string { return env[k] }
 	for _, bad := range []string{`{"secret":"short"}`, `{"secret":"0123456789abcdef0","max_body_bytes":0}`, `{"secret":"0123456789abcdef0","nope":1}`, `{`,
-		`{"secret_env":"SHORT"}`, `{"secret_env":"UNSET"}`, `{}`} {
+		`{"secret_env":"SHORT"}`, `{"secret_env":"UNSET"}`, `{}`, `{"secret":"0123456789abcdef0","request_idle_ms":-1}`} {
 		if _, err := ParseConfig([]byte(bad), getenv); err == nil {
 			t.Errorf("ParseConfig(%s) accepted", bad)
 		}
