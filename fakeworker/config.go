@@ -46,6 +46,9 @@ type Config struct {
 	StreamChunkBytes int
 	StartupDelay     time.Duration // before the port opens
 	Warmup           time.Duration // port open, /health 200, generation waits
+	// NoMetrics turns /metrics off, as sglang-diffusion without
+	// --enable-metrics (404).
+	NoMetrics bool
 	Seed             int64
 }
 

@@ -34,6 +34,8 @@ type gpu struct {
 	waitMax   time.Duration
 	maxDepth  int
 	processed int
+	// headRunning: the job at the head of the queue has started.
+	headRunning bool
 }
 
 func newGPU() *gpu {
@@ -85,6 +87,7 @@ func (g *gpu) loop(ctx context.Context, warmup time.Duration) {
 			return
 		}
 		j := g.queue[0]
+		g.headRunning = true
 		g.mu.Unlock()
 
 		j.startedAt = time.Now()
@@ -104,6 +107,7 @@ func (g *gpu) loop(ctx context.Context, warmup time.Duration) {
 		}
 		g.mu.Lock()
 		g.queue = g.queue[1:]
+		g.headRunning = false
 		g.busy += j.cost
 		g.waitTotal += wait
 		g.waitMax = max(g.waitMax, wait)
@@ -111,6 +115,24 @@ func (g *gpu) loop(ctx context.Context, warmup time.Duration) {
 		g.mu.Unlock()
 		close(j.done)
 	}
+}
+
+// generations counts the generations waiting and running, as
+// sglang-diffusion's scheduler reports them (weight updates are not
+// requests of its queue).
+func (g *gpu) generations() (queued, running int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i, j := range g.queue {
+		switch {
+		case j.kind == "update":
+		case i == 0 && g.headRunning:
+			running++
+		default:
+			queued++
+		}
+	}
+	return queued, running
 }
 
 type gpuStats struct {

@@ -369,3 +369,14 @@ func decodeStrict(r *http.Request, v any) error {
 	}
 	return nil
 }
+
+// handleMetrics serves the scheduler gauges sglang-diffusion serves with
+// --enable-metrics, under the same names, in Prometheus' text format.
+func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
+	queued, running := s.gpu.generations()
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	fmt.Fprintf(w, "# HELP sglang:diffusion_num_queue_reqs Number of requests in the diffusion scheduler waiting queue.\n"+
+		"# TYPE sglang:diffusion_num_queue_reqs gauge\nsglang:diffusion_num_queue_reqs %d.0\n"+
+		"# HELP sglang:diffusion_num_running_reqs Number of currently running diffusion requests.\n"+
+		"# TYPE sglang:diffusion_num_running_reqs gauge\nsglang:diffusion_num_running_reqs %d.0\n", queued, running)
+}

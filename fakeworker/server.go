@@ -150,6 +150,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/unmerge_lora_weights", s.handleMergeLora(false))
 	mux.HandleFunc("GET /v1/list_loras", s.handleListLoras)
 	mux.HandleFunc("GET /stats", s.handleStats)
+	if !s.cfg.NoMetrics {
+		mux.HandleFunc("GET /metrics", s.handleMetrics)
+	}
 	mux.HandleFunc("GET /_fake/faults", s.handleGetFaults)
 	mux.HandleFunc("POST /_fake/faults", s.handleSetFaults)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -367,3 +367,54 @@ func TestStreamedAnswers(t *testing.T) {
 		t.Fatalf("streamed answer broken: %v", err)
 	}
 }
+
+// TestMetrics: /metrics counts the generations queued and running, as
+// sglang-diffusion's scheduler gauges do; --no-metrics serves none.
+func TestMetrics(t *testing.T) {
+	srv := newTestWorker(t, func(c *Config) { c.TaskType, c.TimeScale = "T2V", 1 })
+	gauges := func() (queued, running string) {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "sglang:diffusion_num_queue_reqs "); ok {
+				queued = v
+			}
+			if v, ok := strings.CutPrefix(line, "sglang:diffusion_num_running_reqs "); ok {
+				running = v
+			}
+		}
+		return queued, running
+	}
+	if q, r := gauges(); q != "0.0" || r != "0.0" {
+		t.Fatalf("idle: queued %s running %s", q, r)
+	}
+	for range 3 {
+		resp, err := http.Post(srv.URL+"/v1/videos", "application/json", strings.NewReader(`{"prompt":"p"}`))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("create: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		q, r := gauges()
+		if q == "2.0" && r == "1.0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("three videos of seconds each: queued %s running %s, want 2 and 1", q, r)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	off := newTestWorker(t, func(c *Config) { c.NoMetrics = true })
+	resp, err := http.Get(off.URL + "/metrics")
+	if err != nil || resp.StatusCode != 404 {
+		t.Fatalf("/metrics with NoMetrics = %v %v", resp, err)
+	}
+	resp.Body.Close()
+}
