@@ -600,3 +600,63 @@ func TestLeastWorkRefusedRequestTeachesNoCost(t *testing.T) {
 		t.Fatalf("the multipart create counts %d, want about the average of the jobs taken (%d)", added, each)
 	}
 }
+
+// TestLeastWorkRecoveredWorkerGetsItsShare: with two Envoys and low load,
+// a worker measured four times slower that recovers (its slowdown ends)
+// is measured again and gets its share back within seconds: its slow
+// estimate, local or fleet-wide, is not trusted once it is old.
+func TestLeastWorkRecoveredWorkerGetsItsShare(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 3, "--time-scale", "0.01")
+	front, api, _ := startLeastWorkReplicas(t, urls)
+	base := "http://127.0.0.1:" + strconv.Itoa(front)
+	noReuse := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	// burst sends n requests at concurrency 2 over new connections (both
+	// Envoys take them) and counts them by worker: the two fast workers
+	// could take them all.
+	burst := func(n int) map[string]int {
+		by := map[string]int{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		next := make(chan struct{}, n)
+		for range n {
+			next <- struct{}{}
+		}
+		close(next)
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range next {
+					resp, err := noReuse.Post(base+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":4,"size":"512x512"}`))
+					if err != nil {
+						continue
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					mu.Lock()
+					by[resp.Header.Get("X-Worker-Id")]++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return by
+	}
+	postJSON(t, ws[0].URL+"/_fake/faults", map[string]any{"slowdown": 4})
+	speed := func(w *fakeWorker) float64 { v, _ := workersByURL(t, api)[w.URL]["ms_per_cost"].(float64); return v }
+	eventually(t, 60*time.Second, "the fleet to learn the slowed worker is slow", func() bool {
+		burst(30)
+		return speed(ws[0]) > 2.5*speed(ws[1]) && speed(ws[1]) > 0
+	})
+	if by := burst(30); by[ws[0].ID] > 3 {
+		t.Fatalf("the slow worker still got %d of 30 requests: %v", by[ws[0].ID], by)
+	}
+	postJSON(t, ws[0].URL+"/_fake/faults", map[string]any{"slowdown": 1})
+	start := time.Now()
+	eventually(t, 20*time.Second, "the recovered worker to get its share back", func() bool {
+		by := burst(30)
+		return by[ws[0].ID] >= 5 // a third is 10
+	})
+	t.Logf("share back after %v", time.Since(start).Round(100*time.Millisecond))
+}

@@ -192,6 +192,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 			remote[h.Addr] = [2]int64{rw[0] + h.Work, rw[1] + h.Requests}
 		}
 	}
+	typical := b.speeds.Typical()
 	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base,
 		Ejection: b.ejection, Finished: finished}
 	for _, w := range snap.Workers {
@@ -201,7 +202,11 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		a := Addr(w)
 		pw := wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
 			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1]}
-		if h := b.speeds.Find(a); h != nil && h.Samples > 0 {
+		if h := b.speeds.Find(a); h != nil && h.Samples > 0 && !(b.speeds.Stale(h) && h.MsPerCost > typical) {
+			// A slow estimate many completions old is not passed on:
+			// the filters take the worker as typical, send it work and
+			// so measure it again (it may have recovered, or been
+			// replaced behind the same address).
 			pw.MsPerCost = h.MsPerCost
 		}
 		v.Workers = append(v.Workers, pw)
@@ -261,9 +266,13 @@ func (b *Board) learn(cs []wire.Completion, snap registry.Snapshot, now time.Tim
 		n++
 	}
 	b.pending = b.pending[n:]
+	// A worker quarantined or (re)joining is forgotten: when it comes
+	// back it starts from the fleet's typical speed, not its old one.
 	listed := make(map[string]bool, len(snap.Workers))
 	for _, w := range snap.Workers {
-		listed[Addr(w)] = true
+		if w.State != registry.StateQuarantined && w.State != registry.StatePending {
+			listed[Addr(w)] = true
+		}
 	}
 	b.speeds.Forget(func(a string) bool { return listed[a] })
 }

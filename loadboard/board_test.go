@@ -337,3 +337,56 @@ func TestClaim(t *testing.T) {
 		t.Fatalf("old records kept: %v", b.signed)
 	}
 }
+
+// TestSlowSpeedRetried: a worker's slow fleet-wide estimate is passed on
+// only while fresh; once many completions elsewhere have passed it by, the
+// filters get no estimate (they take it as typical and measure it again).
+// A quarantined worker's estimate is forgotten: re-admitted, it starts
+// from the typical speed.
+func TestSlowSpeedRetried(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	b := New(Options{Now: c.now})
+	fast, slow := worker("10.0.0.1", 80, registry.StateActive, "T2V"), worker("10.0.0.2", 80, registry.StateActive, "T2V")
+	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{fast, slow}}
+	none := func(string) bool { return false }
+	const ms = 1000 // µs
+	gpu := func(addr string, took float64) wire.Completion {
+		return wire.Completion{Addr: addr, Cost: 10, Sent: 0, Done: int64(took * ms), GPU: true}
+	}
+	sync := func(cs ...wire.Completion) wire.PickView {
+		t.Helper()
+		v, err := b.Sync(wire.LoadReport{Node: "A", Completions: cs}, snap, none)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	v := sync(gpu("10.0.0.1:80", 100), gpu("10.0.0.2:80", 400))
+	if v.Workers[1].MsPerCost < 39 {
+		t.Fatalf("slow worker's fresh estimate = %v, want 40", v.Workers[1].MsPerCost)
+	}
+	// Image completions elsewhere age the slow worker's estimate (merged:
+	// each sync's completions are taken once a later one passes the
+	// window).
+	for i := range 80 {
+		at := int64(1000+i*1000) * ms
+		v = sync(wire.Completion{Addr: "10.0.0.1:80", Cost: 10, Sent: at, Done: at + 100*ms})
+	}
+	if v.Workers[0].MsPerCost == 0 {
+		t.Fatal("the fast worker's estimate was withheld")
+	}
+	if got := v.Workers[1].MsPerCost; got != 0 {
+		t.Fatalf("stale slow estimate passed on: %v", got)
+	}
+	// Quarantined then back: no estimate at all, even before it ages.
+	v = sync(gpu("10.0.0.2:80", 400))
+	if v.Workers[1].MsPerCost == 0 {
+		t.Fatal("a fresh sample did not count")
+	}
+	snap.Workers[1].State = registry.StateQuarantined
+	sync()
+	snap.Workers[1].State = registry.StateActive
+	if v = sync(); v.Workers[1].MsPerCost != 0 {
+		t.Fatalf("re-admitted worker kept its old estimate %v", v.Workers[1].MsPerCost)
+	}
+}
