@@ -513,6 +513,10 @@ func (s *Server) view(wk registry.Worker, seen observed) map[string]any {
 	if seen.work != nil {
 		h := seen.work[loadboard.Addr(wk)]
 		v["outstanding_work"], v["outstanding_requests"], v["ms_per_cost"] = h.Work, h.Requests, h.MsPerCost
+		if h.Word != nil {
+			// The worker's own word (sglang's scheduler gauges).
+			v["worker_queued"], v["worker_running"] = h.Word.Queued, h.Word.Running
+		}
 	}
 	if !wk.Since.IsZero() {
 		v["since"] = wk.Since.UTC().Format(time.RFC3339Nano)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -200,5 +201,129 @@ func TestLargeVideoAnswersKeepSignedIDs(t *testing.T) {
 				t.Fatalf("%s %s = %d %s", m, path, resp.Status, resp.Body)
 			}
 		}
+	}
+}
+
+// TestFinishedJobsStopCountingUnpolled: video jobs nobody polls stop
+// counting on their workers within seconds of finishing, from the
+// worker's own word: its scheduler gauges (/metrics) where it serves them,
+// else its job list. Image requests then reach every worker again.
+func TestFinishedJobsStopCountingUnpolled(t *testing.T) {
+	t.Parallel()
+	for _, metrics := range []bool{true, false} {
+		name := "with worker metrics"
+		args := []string{"--task-type", "T2V", "--time-scale", "0.01"}
+		if !metrics {
+			name, args = "job list only", append(args, "--no-metrics")
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ws, urls := startFleet(t, 2, args...)
+			r := startRouter(t, "--worker-urls", strings.Join(urls, ","))
+			eventually(t, 10*time.Second, "the filter to pick", func() bool {
+				_, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":1,"size":"64x64"}`))
+				return err == nil && envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.picked") > 0
+			})
+			for i := range 6 {
+				if resp := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": fmt.Sprint("unpolled ", i), "num_inference_steps": 8, "size": "512x512"}); resp.Status != 200 {
+					t.Fatalf("create = %d %s", resp.Status, resp.Body)
+				}
+			}
+			eventually(t, 5*time.Second, "the jobs to count", func() bool { w, _ := outstanding(t, r.Admin); return w > 0 })
+			eventually(t, 30*time.Second, "the workers to finish all six jobs", func() bool {
+				return stats(t, ws[0]).Served["video"]+stats(t, ws[1]).Served["video"] == 6
+			})
+			finished := time.Now()
+			eventually(t, 10*time.Second, "the finished jobs to stop counting with no poll", func() bool {
+				w, n := outstanding(t, r.Admin)
+				return w == 0 && n == 0
+			})
+			t.Logf("stopped counting %v after the last job finished", time.Since(finished).Round(100*time.Millisecond))
+			by := map[string]int{}
+			for range 20 {
+				resp := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "p", "num_inference_steps": 2, "size": "256x256"})
+				by[resp.Header.Get("X-Worker-Id")]++
+			}
+			if by[ws[0].ID] == 0 || by[ws[1].ID] == 0 {
+				t.Fatalf("image requests after the jobs went to %v", by)
+			}
+		})
+	}
+}
+
+// startWordFleet runs two video workers at real speed (a 20-step 512x512
+// video takes several seconds) behind a least-work router whose filter
+// picks, and returns them with an image sender that counts who served.
+func startWordFleet(t *testing.T) ([]*fakeWorker, *routerProc, func(n int) map[string]int) {
+	t.Helper()
+	ws, urls := startFleet(t, 2, "--task-type", "T2V", "--time-scale", "1")
+	r := startRouter(t, "--worker-urls", strings.Join(urls, ","))
+	images := func(n int) map[string]int {
+		by := map[string]int{}
+		for range n {
+			resp := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "p", "num_inference_steps": 1, "size": "64x64"})
+			if resp.Status != 200 {
+				t.Fatalf("image = %d %s", resp.Status, resp.Body)
+			}
+			by[resp.Header.Get("X-Worker-Id")]++
+		}
+		return by
+	}
+	eventually(t, 10*time.Second, "the filter to pick", func() bool {
+		_, err := tryDo(context.Background(), "POST", r.Front+"/v1/images/generations", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":1,"size":"64x64"}`))
+		return err == nil && envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.picked") > 0
+	})
+	return ws, r, images
+}
+
+// TestDeletedRunningJobCounts: sglang-diffusion forgets a deleted job but
+// keeps computing it, so it keeps counting on its worker while the worker
+// says it runs: new requests go elsewhere meanwhile.
+func TestDeletedRunningJobCounts(t *testing.T) {
+	t.Parallel()
+	ws, r, images := startWordFleet(t)
+	running := func(w *fakeWorker) bool { return stats(t, w).QueueDepth > 0 }
+	job := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": "long", "num_inference_steps": 20, "size": "512x512"})
+	id, _ := job.JSON(t)["id"].(string)
+	holder := job.Header.Get("X-Worker-Id")
+	if del := do(t, "DELETE", r.Front+"/v1/videos/"+id, "", nil); del.Status != 200 {
+		t.Fatalf("delete = %d %s", del.Status, del.Body)
+	}
+	var busy *fakeWorker
+	for _, w := range ws {
+		if w.ID == holder {
+			busy = w
+		}
+	}
+	if !running(busy) {
+		t.Fatal("the deleted job is not running: the test shows nothing")
+	}
+	if by := images(4); by[holder] != 0 || !running(busy) {
+		t.Fatalf("while the deleted job ran, images went to %v (the holder is %s)", by, holder)
+	}
+	eventually(t, 30*time.Second, "the deleted job to stop counting once its worker is idle", func() bool {
+		w, n := outstanding(t, r.Admin)
+		return !running(busy) && w == 0 && n == 0
+	})
+}
+
+// TestForeignWorkCounts: work another client sent to a worker directly
+// counts, from the worker's own word: requests go elsewhere while it runs.
+func TestForeignWorkCounts(t *testing.T) {
+	t.Parallel()
+	ws, r, images := startWordFleet(t)
+	images(6) // both measured
+	direct := postJSON(t, ws[0].URL+"/v1/videos", map[string]any{"prompt": "not through the router", "num_inference_steps": 100, "size": "512x512"})
+	if direct.Status != 200 {
+		t.Fatalf("direct create = %d", direct.Status)
+	}
+	eventually(t, 5*time.Second, "the control plane to hear of the foreign job", func() bool {
+		v, _ := workersByURL(t, r.API)[ws[0].URL]["worker_running"].(float64)
+		return v == 1
+	})
+	gauge := "wasmcustom.diffusion_router.pick.foreign_requests." + strings.NewReplacer(".", "_", ":", "_").Replace(strings.TrimPrefix(ws[0].URL, "http://"))
+	eventually(t, 5*time.Second, "the filter to count the foreign job", func() bool { return envoyStat(t, r.Admin, gauge) == 1 })
+	if by := images(4); by[ws[0].ID] != 0 || stats(t, ws[0]).QueueDepth == 0 {
+		t.Fatalf("while another client's job ran on %s, images went to %v", ws[0].ID, by)
 	}
 }

@@ -56,6 +56,8 @@ type Board struct {
 	ended []endedJob
 	// signed is each node's newest accepted signing time (Claim).
 	signed map[string]int64
+	// words are the workers' own readings, by address (SetWord).
+	words map[string]word
 }
 
 type endedJob struct {
@@ -97,7 +99,7 @@ type entry struct {
 
 // New returns an empty board.
 func New(o Options) *Board {
-	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}}
+	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -183,11 +185,13 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 	b.learn(r.Completions, snap, now)
 	finished := b.relayEnded(r, now)
 	remote := map[string][2]int64{}
+	counted := map[string]int64{} // requests every Envoy counts
 	for node, e := range b.reports {
-		if node == r.Node {
-			continue
-		}
 		for _, h := range e.report.Hosts {
+			counted[h.Addr] += h.Requests
+			if node == r.Node {
+				continue
+			}
 			rw := remote[h.Addr]
 			remote[h.Addr] = [2]int64{rw[0] + h.Work, rw[1] + h.Requests}
 		}
@@ -202,6 +206,13 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		a := Addr(w)
 		pw := wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
 			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1]}
+		if wd, ok := b.words[a]; ok && now.Sub(wd.at) <= wordFresh {
+			held := wd.queued + wd.running
+			pw.ForeignRequests = min(max(0, held-counted[a]), maxForeign)
+			if held == 0 {
+				pw.IdleAt = wd.at.UnixMicro()
+			}
+		}
 		if h := b.speeds.Find(a); h != nil && h.Samples > 0 && !(b.speeds.Stale(h) && h.MsPerCost > typical) {
 			// A slow estimate many completions old is not passed on:
 			// the filters take the worker as typical, send it work and
@@ -322,6 +333,13 @@ type HostLoad struct {
 	// completions (0: none yet).
 	MsPerCost float64
 	Envoys    int
+	// Word is the worker's own fresh reading, if it serves one.
+	Word *Word
+}
+
+// Word is a worker's reading of its scheduler.
+type Word struct {
+	Queued, Running int64
 }
 
 // Hosts sums the live reports by worker address.
@@ -344,6 +362,14 @@ func (b *Board) Hosts() map[string]HostLoad {
 			l := out[h.Addr]
 			l.MsPerCost = h.MsPerCost
 			out[h.Addr] = l
+		}
+	}
+	now := b.now()
+	for a, w := range b.words {
+		if now.Sub(w.at) <= wordFresh {
+			l := out[a]
+			l.Word = &Word{Queued: w.queued, Running: w.running}
+			out[a] = l
 		}
 	}
 	return out

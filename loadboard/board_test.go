@@ -390,3 +390,49 @@ func TestSlowSpeedRetried(t *testing.T) {
 		t.Fatalf("re-admitted worker kept its old estimate %v", v.Workers[1].MsPerCost)
 	}
 }
+
+// TestWorkersWord: a fresh reading passes on the requests no Envoy counts
+// and, when the worker held none, since when; a stale one nothing. Jobs a
+// worker's list shows ended go to every Envoy.
+func TestWorkersWord(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	b := New(Options{Now: c.now})
+	w1, w2 := worker("10.0.0.1", 80, registry.StateActive, "T2V"), worker("10.0.0.2", 80, registry.StateActive, "T2V")
+	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{w1, w2}}
+	none := func(string) bool { return false }
+	sync := func(node string, hosts ...wire.HostReport) wire.PickView {
+		t.Helper()
+		v, err := b.Sync(wire.LoadReport{Node: node, Hosts: hosts}, snap, none)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	sync("B", wire.HostReport{Addr: "10.0.0.1:80", Work: 10, Requests: 1})
+	b.SetWord("10.0.0.1:80", 2, 1, c.t) // 3 held, B counts 1, A 1 (below)
+	b.SetWord("10.0.0.2:80", 0, 0, c.t)
+	v := sync("A", wire.HostReport{Addr: "10.0.0.1:80", Work: 10, Requests: 1})
+	if v.Workers[0].ForeignRequests != 1 || v.Workers[0].IdleAt != 0 {
+		t.Fatalf("busy worker: %+v, want 1 foreign request", v.Workers[0])
+	}
+	if v.Workers[1].ForeignRequests != 0 || v.Workers[1].IdleAt != c.t.UnixMicro() {
+		t.Fatalf("idle worker: %+v, want idle since the reading", v.Workers[1])
+	}
+	if !b.Counted("10.0.0.1:80") || b.Counted("10.0.0.2:80") {
+		t.Fatal("Counted is wrong")
+	}
+	if h := b.Hosts()["10.0.0.1:80"]; h.Word == nil || h.Word.Queued != 2 || h.Word.Running != 1 {
+		t.Fatalf("Hosts' word = %+v", h.Word)
+	}
+	c.t = c.t.Add(2 * wordFresh)
+	v = sync("A")
+	if v.Workers[0].ForeignRequests != 0 || v.Workers[1].IdleAt != 0 {
+		t.Fatalf("a stale reading was used: %+v", v.Workers)
+	}
+	b.JobsEnded([]wire.EndedJob{{ID: "video_1", GPUMs: 2500}})
+	for _, node := range []string{"A", "B"} {
+		if v := sync(node); len(v.Finished) != 1 || v.Finished[0].ID != "video_1" {
+			t.Fatalf("Envoy %s got %v, want the worker's ended job", node, v.Finished)
+		}
+	}
+}

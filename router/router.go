@@ -22,6 +22,7 @@ import (
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/jobbook"
 	"github.com/diffrouter/diffusion-router/loadboard"
+	"github.com/diffrouter/diffusion-router/workerword"
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
@@ -194,6 +195,12 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	})
 	go fl.Observe(ctx)
 	go fl.Probe(ctx)
+	if board != nil {
+		// The workers' own word corrects what the filters count.
+		ww := &workerword.Watcher{Client: &http.Client{}, Targets: func() []workerword.Target { return wordTargets(reg.Snapshot()) },
+			Sink: board, Log: log.WithField("component", "workerword")}
+		go ww.Run(ctx)
+	}
 
 	base.WithFields(logrus.Fields{"api": addrs.API, "xds": addrs.XDS, "state_dir": stateDir,
 		"routing_algorithm": opts.Policy}).Info("control plane listening")
@@ -482,4 +489,16 @@ func drainEnvoy(admin string, timeout time.Duration, log *logrus.Entry) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// wordTargets are the workers whose own word is read: those Envoy routes
+// to or drains.
+func wordTargets(s registry.Snapshot) []workerword.Target {
+	var out []workerword.Target
+	for _, w := range s.Workers {
+		if w.InEnvoy() {
+			out = append(out, workerword.Target{Addr: loadboard.Addr(w), URL: w.URL.String(), Video: w.Caps.Video()})
+		}
+	}
+	return out
 }

@@ -113,6 +113,13 @@ type PickWorker struct {
 	// MsPerCost is the worker's speed learned from every Envoy's
 	// completions (0: none yet).
 	MsPerCost float64 `json:"ms_per_cost,omitempty"`
+	// The worker's own word (package workerword), when it serves one and
+	// the reading is fresh: ForeignRequests are requests it holds that no
+	// Envoy counts (another client's); IdleAt (µs, the control plane's
+	// clock) is when it said it held none at all, so every job counted
+	// on it from before then has ended.
+	ForeignRequests int64 `json:"foreign_requests,omitempty"`
+	IdleAt          int64 `json:"idle_at,omitempty"`
 }
 
 // LoadReport is what one Envoy's filter reports at each sync.

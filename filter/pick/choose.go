@@ -129,6 +129,12 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int, now in
 			mpc = w.MsPerCost
 		}
 		work, reqs := w.RemoteWork+cost, w.RemoteRequests+1
+		// Requests the worker says it holds that no Envoy counts
+		// (another client's) are taken to be of the size its kind of
+		// requests usually are, this one's at least (in float: their
+		// product can pass int64).
+		foreign := float64(max(w.ForeignRequests, 0)) * float64(max(cost, t.CostOf(foreignTask(w), cost)))
+		reqs += max(w.ForeignRequests, 0)
 		if h := t.Find(w.Addr); h != nil {
 			work += h.Work
 			reqs += h.Requests
@@ -136,7 +142,7 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int, now in
 				mpc = h.MsPerCost
 			}
 		}
-		scores[k] = (float64(max(work, 0)) + base*float64(max(reqs, 0))) * mpc
+		scores[k] = (float64(max(work, 0)) + foreign + base*float64(max(reqs, 0))) * mpc
 		bestScore = min(bestScore, scores[k])
 	}
 	first, second := -1, -1
@@ -157,3 +163,12 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int, now in
 
 // tieTolerance: scores this close to the best count as ties.
 const tieTolerance = 0.1
+
+// foreignTask names the task class whose learned average cost prices a
+// worker's foreign requests: a video worker's are taken for videos.
+func foreignTask(w wire.PickWorker) string {
+	if w.Video {
+		return "video"
+	}
+	return "image"
+}

@@ -24,6 +24,9 @@ type Job struct {
 	Cost int64
 	// Until is when the job stops counting whatever a poll says (µs).
 	Until int64
+	// Held is when it started counting (µs): a worker that says it held
+	// nothing at a later time has ended it.
+	Held int64
 }
 
 const (
@@ -40,7 +43,7 @@ const (
 	// jobsFormat versions the list's encoding. A change must come with a
 	// new tableFormat: the table's work for jobs a list that cannot be
 	// read drops would otherwise stay counted.
-	jobsFormat = 1
+	jobsFormat = 2
 )
 
 // Jobs is one Envoy's counted jobs, oldest first.
@@ -69,6 +72,32 @@ func (j *Jobs) Finish(id string) (Job, bool) {
 	return job, true
 }
 
+// EndBefore stops counting the jobs on addr held before t (µs) and
+// returns them: the worker said it held nothing at t.
+func (j *Jobs) EndBefore(addr string, t int64) []Job {
+	var out []Job
+	j.List = slices.DeleteFunc(j.List, func(x Job) bool {
+		if x.Addr == addr && x.Held < t {
+			out = append(out, x)
+			return true
+		}
+		return false
+	})
+	return out
+}
+
+// Shorten makes the job with this id stop counting by until at the
+// latest (a deleted job: the worker forgets it but may still run it). It
+// reports whether the job is counted.
+func (j *Jobs) Shorten(id string, until int64) (Job, bool) {
+	i := slices.IndexFunc(j.List, func(x Job) bool { return x.ID == id })
+	if i < 0 {
+		return Job{}, false
+	}
+	j.List[i].Until = min(j.List[i].Until, until)
+	return j.List[i], true
+}
+
 // Expire stops counting the jobs whose hold ended by now and returns them.
 func (j *Jobs) Expire(now int64) []Job {
 	var out []Job
@@ -91,6 +120,7 @@ func (j *Jobs) AppendEncode(b []byte) []byte {
 		b = appendString(b, x.Addr)
 		b = binary.AppendVarint(b, x.Cost)
 		b = binary.AppendVarint(b, x.Until)
+		b = binary.AppendVarint(b, x.Held)
 	}
 	return b
 }
@@ -107,7 +137,7 @@ func DecodeJobs(b []byte) (Jobs, error) {
 	r := reader{b: b[1:]}
 	n := r.count()
 	for i := uint64(0); i < n && r.err == nil; i++ {
-		j.List = append(j.List, Job{ID: r.string(), Addr: r.string(), Cost: r.varint(), Until: r.varint()})
+		j.List = append(j.List, Job{ID: r.string(), Addr: r.string(), Cost: r.varint(), Until: r.varint(), Held: r.varint()})
 	}
 	if r.err != nil || len(r.b) != 0 {
 		return Jobs{}, ErrFormat

@@ -83,3 +83,34 @@ func TestEndedList(t *testing.T) {
 		t.Fatalf("a list of %d took one more", MaxFinished)
 	}
 }
+
+func TestJobsEndBeforeAndShorten(t *testing.T) {
+	var j Jobs
+	for _, x := range []Job{
+		{ID: "a", Addr: "w1", Cost: 1, Until: 100, Held: 10},
+		{ID: "b", Addr: "w2", Cost: 1, Until: 100, Held: 10},
+		{ID: "c", Addr: "w1", Cost: 1, Until: 100, Held: 50},
+	} {
+		j.Hold(x)
+	}
+	if ended := j.EndBefore("w1", 50); len(ended) != 1 || ended[0].ID != "a" || len(j.List) != 2 {
+		t.Fatalf("EndBefore(w1, 50) = %v, left %v", ended, j.List)
+	}
+	if got, ok := j.Shorten("c", 70); !ok || got.Until != 70 {
+		t.Fatalf("Shorten(c, 70) = %+v %v", got, ok)
+	}
+	if got, _ := j.Shorten("c", 90); got.Until != 70 {
+		t.Fatalf("Shorten lengthened a hold: %+v", got)
+	}
+	if _, ok := j.Shorten("zzz", 1); ok {
+		t.Fatal("Shorten found a job not counted")
+	}
+	if ended := j.Expire(70); len(ended) != 1 || ended[0].ID != "c" {
+		t.Fatalf("Expire(70) = %v", ended)
+	}
+	enc := j.AppendEncode(nil)
+	back, err := DecodeJobs(enc)
+	if err != nil || len(back.List) != 1 || back.List[0] != j.List[0] {
+		t.Fatalf("round trip = %v %v", back, err)
+	}
+}

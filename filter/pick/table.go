@@ -382,7 +382,7 @@ func Median(v []float64) float64 {
 
 // tableFormat versions the encoding: Envoy keeps shared data across a
 // plugin reload, and a new plugin must not misread an old table.
-const tableFormat = 7
+const tableFormat = 8
 
 // Encode is the table as shared data holds it.
 func (t *Table) Encode() []byte {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -67,6 +68,7 @@ type picker struct {
 	rot      int
 	failures int
 	gauges   map[string][3]proxywasm.MetricGauge
+	foreign  map[string]proxywasm.MetricGauge
 	picks    proxywasm.MetricCounter
 	unpicked proxywasm.MetricCounter
 	syncErrs proxywasm.MetricCounter
@@ -94,7 +96,7 @@ func newPicker(cluster string, secret []byte) *picker {
 		}
 	}
 	return &picker{
-		cluster: cluster, node: node, secret: secret, gauges: map[string][3]proxywasm.MetricGauge{},
+		cluster: cluster, node: node, secret: secret, gauges: map[string][3]proxywasm.MetricGauge{}, foreign: map[string]proxywasm.MetricGauge{},
 		picks:    proxywasm.DefineCounterMetric("diffusion_router.pick.picked"),
 		unpicked: proxywasm.DefineCounterMetric("diffusion_router.pick.unpicked"),
 		syncErrs: proxywasm.DefineCounterMetric("diffusion_router.pick.sync_errors"),
@@ -315,7 +317,7 @@ func (p *picker) holdJob(s *sent, id string, now int64) {
 	var dropped []pick.Job
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
 		jobs, _ := pick.DecodeJobs(raw) // an unreadable list starts over
-		dropped = jobs.Hold(pick.Job{ID: id, Addr: s.addr, Cost: s.cost, Until: now + pick.JobHold.Microseconds()})
+		dropped = jobs.Hold(pick.Job{ID: id, Addr: s.addr, Cost: s.cost, Until: now + pick.JobHold.Microseconds(), Held: now})
 		return jobs.AppendEncode(nil), true
 	})
 	if err != nil {
@@ -364,6 +366,66 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 			e.GPUMs = gpuMS
 		}
 		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) { return pick.AppendEnded(raw, e) })
+	}
+}
+
+// idleClockMargin: a worker's idle word ends only jobs counted this long
+// before it, as the control plane's clock and Envoy's may differ a little.
+const idleClockMargin = time.Second
+
+// endJobsBefore stops counting the jobs on addr counted before t (µs).
+func (p *picker) endJobsBefore(addr string, t int64) {
+	var ended []pick.Job
+	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
+		jobs, _ := pick.DecodeJobs(raw)
+		if ended = jobs.EndBefore(addr, t); len(ended) == 0 {
+			return nil, false
+		}
+		return jobs.AppendEncode(nil), true
+	})
+	if err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: end idle worker's jobs: %v", err)
+		return
+	}
+	p.releaseJobs(ended)
+}
+
+// deleteJob keeps a deleted job counted for the time it is expected to
+// take at most: sglang-diffusion forgets a deleted job but keeps running
+// it, and only the worker's own word (idle) or that time ends it.
+func (p *picker) deleteJob(id string, now int64) {
+	var tab pick.Table
+	if raw, _, err := proxywasm.GetSharedData(keyTable); err == nil {
+		tab, _ = pick.Decode(raw)
+	}
+	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
+		jobs, _ := pick.DecodeJobs(raw)
+		i := slices.IndexFunc(jobs.List, func(x pick.Job) bool { return x.ID == id })
+		if i < 0 {
+			return nil, false
+		}
+		j := jobs.List[i]
+		mpc := tab.Typical()
+		if h := tab.Find(j.Addr); h != nil && h.MsPerCost > 0 {
+			mpc = h.MsPerCost
+		}
+		// Its whole expected time from when it was counted: the job may
+		// have waited behind others before it ran.
+		expected := time.Duration((float64(j.Cost) + tab.Fit.Base) * mpc * float64(time.Millisecond))
+		if mpc <= 0 {
+			expected = 0 // never measured: keep the hold
+		}
+		until := j.Until
+		if expected > 0 {
+			until = max(now+time.Second.Microseconds(), j.Held+expected.Microseconds())
+		}
+		if _, ok := jobs.Shorten(id, until); !ok {
+			return nil, false
+		}
+		return jobs.AppendEncode(nil), true
+	})
+	if err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: delete video job: %v", err)
 	}
 }
 
@@ -539,13 +601,27 @@ func (p *picker) onView(_, bodySize, _ int) {
 	}
 	// The stamp goes second: a thread that sees it finds the view.
 	_ = casBytes(keyStamp, func([]byte) ([]byte, bool) { return stored[:8], true })
-	// Jobs other Envoys saw end: one of them may be counted here.
+	// Jobs other Envoys (or the workers' own lists) saw end: one of them
+	// may be counted here.
 	for _, e := range v.Finished {
 		p.endJob(e.ID, false, e.GPUMs)
+	}
+	// A worker that said it held nothing has ended every job counted on
+	// it from before then (a margin for the two clocks).
+	for _, w := range v.Workers {
+		if w.IdleAt > 0 {
+			p.endJobsBefore(w.Addr, w.IdleAt-idleClockMargin.Microseconds())
+		}
 	}
 	listed := make(map[string]bool, len(v.Workers))
 	for _, w := range v.Workers {
 		listed[w.Addr] = true
+		p.setForeign(w.Addr, w.ForeignRequests)
+	}
+	for a := range p.foreign {
+		if !listed[a] {
+			p.setForeign(a, 0)
+		}
 	}
 	_ = p.update(func(tab *pick.Table) bool {
 		n := len(tab.Hosts)
@@ -567,7 +643,7 @@ func (p *picker) syncFailed(why string) {
 func (p *picker) setGauges(h pick.Host) {
 	g, ok := p.gauges[h.Addr]
 	if !ok {
-		name := strings.NewReplacer(".", "_", ":", "_", "[", "", "]", "").Replace(h.Addr)
+		name := statName(h.Addr)
 		g = [3]proxywasm.MetricGauge{
 			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_work." + name),
 			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_requests." + name),
@@ -579,6 +655,22 @@ func (p *picker) setGauges(h pick.Host) {
 	for i, v := range []int64{h.Work, h.Requests, int64(h.MsPerCost * 1000)} {
 		g[i].Add(v - g[i].Value())
 	}
+}
+
+// setForeign shows the requests a worker says it holds that no Envoy
+// counts (diffusion_router.pick.foreign_requests.<worker>).
+func (p *picker) setForeign(addr string, n int64) {
+	g, ok := p.foreign[addr]
+	if !ok {
+		g = proxywasm.DefineGaugeMetric("diffusion_router.pick.foreign_requests." + statName(addr))
+		p.foreign[addr] = g
+	}
+	g.Add(n - g.Value())
+}
+
+// statName is a worker address as a stat name part.
+func statName(addr string) string {
+	return strings.NewReplacer(".", "_", ":", "_", "[", "", "]", "").Replace(addr)
 }
 
 // setPickHeaders names the pick for override_host.

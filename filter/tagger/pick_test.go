@@ -3,6 +3,7 @@ package tagger
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -320,8 +321,22 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100,"inference_time_s":2.5}`)
 			call("DELETE", j2, "200", `{"id":"video_2","object":"video","deleted":true}`)
 			rep := syncOnce(t, host, view)
-			if w := work(rep); w[a1] != [2]int64{} || w[a2] != [2]int64{} {
-				t.Fatalf("after a completed poll and a delete: %v, want nothing", w)
+			// sglang forgets a deleted job but keeps running it: it
+			// counts until the worker says it is idle (or its expected
+			// time passes).
+			if w := work(rep); w[a1] != [2]int64{} || w[a2] != [2]int64{cost, 1} {
+				t.Fatalf("after a completed poll and a delete: %v, want only the deleted job", w)
+			}
+			idle := view
+			idle.Workers = slices.Clone(view.Workers)
+			for i := range idle.Workers {
+				if idle.Workers[i].Addr == a2 {
+					idle.Workers[i].IdleAt = time.Now().Add(2 * time.Second).UnixMicro()
+				}
+			}
+			syncOnce(t, host, idle)
+			if w := work(syncOnce(t, host, view)); w[a2] != [2]int64{} {
+				t.Fatalf("the worker said it was idle, yet its deleted job counts: %v", w)
 			}
 			if samples[a1] != 1 || samples[a2] != 0 {
 				t.Fatalf("speed samples %v, want one from the completed job's GPU time only", samples)

@@ -468,8 +468,14 @@ func (c *httpContext) OnHttpResponseHeaders(_ int, endOfStream bool) types.Actio
 	if c.sent != nil {
 		c.releaseAnswered(status)
 	}
-	if c.job != "" && c.p.picker != nil && (status == "404" || c.method == "DELETE" && strings.HasPrefix(status, "2")) {
-		c.p.picker.endJob(c.job, true, 0) // deleted, or gone
+	switch {
+	case c.job == "" || c.p.picker == nil:
+	case status == "404":
+		c.p.picker.endJob(c.job, true, 0) // gone (the worker restarted)
+	case c.method == "DELETE" && strings.HasPrefix(status, "2"):
+		// Forgotten, but it may still run: counted until the worker says
+		// it is idle, or its expected time passes.
+		c.p.picker.deleteJob(c.job, nowMicro())
 	}
 	if code, err := strconv.Atoi(status); err == nil && code >= 500 {
 		c.p.metrics.errors[c.task].Increment(1)

@@ -1,0 +1,240 @@
+package workerword
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// Target is a worker to read.
+type Target struct {
+	// Addr names the worker as Envoy and the filters do ("ip:port").
+	Addr string
+	// URL is its base URL.
+	URL string
+	// Video: it holds video jobs, whose list is read.
+	Video bool
+}
+
+// Sink takes what the watcher reads (loadboard.Board).
+type Sink interface {
+	SetWord(addr string, queued, running int64, at time.Time)
+	JobsEnded(jobs []wire.EndedJob)
+	// Counted reports whether any Envoy counts requests on the worker:
+	// its job list is read only then.
+	Counted(addr string) bool
+}
+
+const (
+	// DefaultInterval is how often each worker is read.
+	DefaultInterval = 500 * time.Millisecond
+	// noMetricsRetry: a worker that serves no metrics is asked again this
+	// much later (it may be restarted with --enable-metrics).
+	noMetricsRetry = 30 * time.Second
+	// maxListPages bounds the pages of a job list one reading goes through.
+	maxListPages = 10
+	// listPage is sglang's largest page.
+	listPage = 100
+	// rememberReported bounds the ended job ids remembered per worker, so
+	// that each is passed on once.
+	rememberReported = 4096
+	// parallel bounds the workers read at once.
+	parallel = 16
+)
+
+// Watcher reads every target's word each interval until its context ends.
+type Watcher struct {
+	Client   *http.Client
+	Interval time.Duration
+	// Targets lists the workers to read now.
+	Targets func() []Target
+	Sink    Sink
+	Log     *logrus.Entry
+
+	mu     sync.Mutex
+	states map[string]*state
+}
+
+// state is what the watcher keeps of one worker between readings.
+type state struct {
+	noMetricsUntil time.Time
+	// cursor: every job up to it (in creation order) has ended and was
+	// passed on.
+	cursor   string
+	reported map[string]bool
+	order    []string
+}
+
+func (w *Watcher) state(addr string) *state {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.states == nil {
+		w.states = map[string]*state{}
+	}
+	st, ok := w.states[addr]
+	if !ok {
+		st = &state{reported: map[string]bool{}}
+		w.states[addr] = st
+	}
+	return st
+}
+
+// forget drops the states of workers no longer listed.
+func (w *Watcher) forget(targets []Target) {
+	keep := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		keep[t.Addr] = true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for a := range w.states {
+		if !keep[a] {
+			delete(w.states, a)
+		}
+	}
+}
+
+// Run reads every target each interval until ctx ends.
+func (w *Watcher) Run(ctx context.Context) {
+	interval := w.Interval
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.Once(ctx, interval)
+	}
+}
+
+// Once reads every target one time, each bounded by timeout.
+func (w *Watcher) Once(ctx context.Context, timeout time.Duration) {
+	targets := w.Targets()
+	w.forget(targets)
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for _, tg := range targets {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			rctx, cancel := context.WithTimeout(ctx, 2*timeout)
+			defer cancel()
+			w.read(rctx, tg, w.state(tg.Addr))
+		}()
+	}
+	wg.Wait()
+}
+
+func (w *Watcher) read(ctx context.Context, t Target, st *state) {
+	now := time.Now()
+	if now.After(st.noMetricsUntil) {
+		body, code, err := w.get(ctx, t.URL+"/metrics")
+		switch q, r, ok := ParseMetrics(body); {
+		case err == nil && code == http.StatusOK && ok:
+			w.Sink.SetWord(t.Addr, q, r, now)
+		case err == nil:
+			// Served without the gauges (or not at all: 404 without
+			// --enable-metrics): nothing to read for a while.
+			st.noMetricsUntil = now.Add(noMetricsRetry)
+		}
+	}
+	if t.Video && w.Sink.Counted(t.Addr) {
+		if ended, err := w.endedJobs(ctx, t, st); err != nil {
+			w.Log.WithError(err).WithField("worker", t.URL).Debug("reading the worker's job list")
+		} else {
+			w.Sink.JobsEnded(ended)
+		}
+	}
+}
+
+// endedJobs reads the job list on from the cursor (oldest first: sglang
+// runs jobs in that order) and returns the jobs that ended since they
+// were last passed on.
+func (w *Watcher) endedJobs(ctx context.Context, t Target, st *state) ([]wire.EndedJob, error) {
+	var out []wire.EndedJob
+	for range maxListPages {
+		q := url.Values{"limit": {fmt.Sprint(listPage)}, "order": {"asc"}}
+		if st.cursor != "" {
+			q.Set("after", st.cursor)
+		}
+		body, code, err := w.get(ctx, t.URL+wire.PathVideos+"?"+q.Encode())
+		if err != nil {
+			return out, err
+		}
+		if code != http.StatusOK {
+			return out, fmt.Errorf("job list answered %d", code)
+		}
+		jobs, err := ParseJobList(body)
+		if err != nil {
+			return out, err
+		}
+		if len(jobs) == 0 && st.cursor != "" {
+			// Nothing after the cursor, or the cursor's job was deleted
+			// (the list then has nothing to continue from): start over.
+			if _, code, err := w.get(ctx, t.URL+wire.PathVideos+"/"+url.PathEscape(st.cursor)); err == nil && code == http.StatusNotFound {
+				st.cursor = ""
+				continue
+			}
+		}
+		allEnded := true
+		for _, j := range jobs {
+			if !j.Ended() {
+				allEnded = false
+				continue
+			}
+			if !st.reported[j.ID] && j.ID != "" && len(j.ID) <= wire.MaxJobID {
+				e := wire.EndedJob{ID: j.ID}
+				if j.Status == "completed" && j.GPUSec != nil && *j.GPUSec > 0 && *j.GPUSec*1000 <= wire.MaxJobGPUMs {
+					e.GPUMs = *j.GPUSec * 1000
+				}
+				out = append(out, e)
+				st.remember(j.ID)
+			}
+			if allEnded {
+				st.cursor = j.ID
+			}
+		}
+		if !allEnded || len(jobs) < listPage {
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+func (st *state) remember(id string) {
+	st.reported[id] = true
+	st.order = append(st.order, id)
+	if len(st.order) > rememberReported {
+		delete(st.reported, st.order[0])
+		st.order = st.order[1:]
+	}
+}
+
+func (w *Watcher) get(ctx context.Context, u string) ([]byte, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := w.Client.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	return body, resp.StatusCode, err
+}

@@ -1,0 +1,122 @@
+package workerword
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+type sink struct {
+	mu    sync.Mutex
+	words map[string][2]int64
+	ended []wire.EndedJob
+}
+
+func (s *sink) SetWord(addr string, q, r int64, _ time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.words[addr] = [2]int64{q, r}
+}
+func (s *sink) JobsEnded(j []wire.EndedJob) { s.mu.Lock(); defer s.mu.Unlock(); s.ended = append(s.ended, j...) }
+func (s *sink) Counted(string) bool         { return true }
+
+func startWorker(t *testing.T, mutate func(*fakeworker.Config)) string {
+	t.Helper()
+	c := fakeworker.DefaultConfig()
+	c.WorkerID, c.TaskType, c.TimeScale, c.Jitter = "w", "T2V", 0.001, 0
+	if mutate != nil {
+		mutate(&c)
+	}
+	s, err := fakeworker.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go s.Run(ctx)
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(func() { srv.Close(); cancel() })
+	return srv.URL
+}
+
+// TestWatcher: each reading passes on the worker's gauges and, once each,
+// the jobs its list shows ended (with their GPU time), also past a page,
+// and after the job its place was kept by is deleted.
+func TestWatcher(t *testing.T) {
+	for _, metrics := range []bool{true, false} {
+		base := startWorker(t, func(c *fakeworker.Config) { c.NoMetrics = !metrics })
+		s := &sink{words: map[string][2]int64{}}
+		w := &Watcher{Client: http.DefaultClient, Sink: s, Log: logrus.NewEntry(logrus.New()),
+			Targets: func() []Target { return []Target{{Addr: "w:1", URL: base, Video: true}} }}
+		create := func() string {
+			resp, err := http.Post(base+"/v1/videos", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":1,"size":"64x64"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var v struct{ ID string }
+			b, _ := io.ReadAll(resp.Body)
+			if err := json.Unmarshal(b, &v); err != nil {
+				t.Fatal(err)
+			}
+			return v.ID
+		}
+		var ids []string
+		for range 130 { // past one page
+			ids = append(ids, create())
+		}
+		ended := func(want int) map[string]int {
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				w.Once(context.Background(), time.Second)
+				s.mu.Lock()
+				got := map[string]int{}
+				for _, e := range s.ended {
+					got[e.ID]++
+					if e.GPUMs <= 0 {
+						t.Errorf("job %s ended without its GPU time", e.ID)
+					}
+				}
+				s.mu.Unlock()
+				if len(got) >= want || time.Now().After(deadline) {
+					return got
+				}
+			}
+		}
+		got := ended(len(ids))
+		if len(got) != len(ids) {
+			t.Fatalf("metrics=%v: %d of %d ended jobs passed on", metrics, len(got), len(ids))
+		}
+		for id, n := range got {
+			if n != 1 {
+				t.Fatalf("job %s passed on %d times", id, n)
+			}
+		}
+		// The job the cursor rests on is deleted: the list starts over,
+		// and only new jobs are passed on.
+		req, _ := http.NewRequest("DELETE", base+"/v1/videos/"+ids[len(ids)-1], nil)
+		if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("delete: %v %v", resp, err)
+		}
+		ids = append(ids[:len(ids)-1], create())
+		if got := ended(len(ids) + 1); len(got) != len(ids)+1 {
+			t.Fatalf("after the cursor's job was deleted: %d passed on, want %d", len(got), len(ids)+1)
+		}
+		s.mu.Lock()
+		_, read := s.words["w:1"]
+		s.mu.Unlock()
+		if read != metrics {
+			t.Fatalf("metrics=%v: gauges read %v", metrics, read)
+		}
+	}
+}
