@@ -49,7 +49,7 @@ type Config struct {
 	// NoMetrics turns /metrics off, as sglang-diffusion without
 	// --enable-metrics (404).
 	NoMetrics bool
-	Seed             int64
+	Seed      int64
 }
 
 // DefaultConfig models FLUX.1-dev on an H100 at full speed.

@@ -28,8 +28,12 @@ func (s *sink) SetWord(addr string, q, r int64, _ time.Time) {
 	defer s.mu.Unlock()
 	s.words[addr] = [2]int64{q, r}
 }
-func (s *sink) JobsEnded(j []wire.EndedJob) { s.mu.Lock(); defer s.mu.Unlock(); s.ended = append(s.ended, j...) }
-func (s *sink) Counted(string) bool         { return true }
+func (s *sink) JobsEnded(j []wire.EndedJob) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ended = append(s.ended, j...)
+}
+func (s *sink) Counted(string) bool { return true }
 
 func startWorker(t *testing.T, mutate func(*fakeworker.Config)) string {
 	t.Helper()
