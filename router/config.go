@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/workerword"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
@@ -33,7 +34,10 @@ type Config struct {
 	// RequestIdleTimeout cuts a request whose body stops arriving (the
 	// filter's job: Envoy's idle timers cannot tell a stalled client from
 	// a long generation); 0: none.
-	RequestIdleTimeout          time.Duration
+	RequestIdleTimeout time.Duration
+	// WorkerWordInterval is how often each worker's own word (its
+	// /metrics gauges, a video worker's job list) is read; 0: never.
+	WorkerWordInterval          time.Duration
 	MaxConnections              int
 	HealthCheckInterval         time.Duration
 	HealthCheckFailureThreshold int
@@ -136,6 +140,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.Var(&seconds{d: &c.Timeout, noneOK: true, allow0: true}, "timeout", "seconds a request to a worker may take (default: no limit)")
 	c.RequestIdleTimeout = time.Minute
 	fs.Var(&seconds{d: &c.RequestIdleTimeout, allow0: true}, "request-idle-timeout", "seconds a client may pause while sending a request body before the router answers 408 (0: no limit; needs the Wasm filter); not the generation's time")
+	c.WorkerWordInterval = workerword.DefaultInterval
+	fs.Var(&seconds{d: &c.WorkerWordInterval, allow0: true}, "worker-word-interval", "seconds between reads of each worker's own word (sglang's /metrics scheduler gauges, a video worker's job list) for least-work routing (0: never)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 100, "concurrent requests per worker")
 	c.HealthCheckInterval = 10 * time.Second
 	fs.Var(&seconds{d: &c.HealthCheckInterval}, "health-check-interval", "seconds between health checks of each worker")

@@ -195,9 +195,9 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	})
 	go fl.Observe(ctx)
 	go fl.Probe(ctx)
-	if board != nil {
+	if board != nil && c.WorkerWordInterval > 0 {
 		// The workers' own word corrects what the filters count.
-		ww := &workerword.Watcher{Client: &http.Client{}, Targets: func() []workerword.Target { return wordTargets(reg.Snapshot()) },
+		ww := &workerword.Watcher{Client: &http.Client{}, Interval: c.WorkerWordInterval, Targets: func() []workerword.Target { return wordTargets(reg.Snapshot()) },
 			Sink: board, Log: log.WithField("component", "workerword")}
 		go ww.Run(ctx)
 	}
