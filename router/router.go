@@ -127,7 +127,7 @@ func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses
 	if opts.Filter != nil {
 		// The filters sign their syncs and job ids with the job-id
 		// secret, and record their video jobs' versions in the book.
-		secret, err := trust.JobSecret(tlsDir)
+		secret, err := trust.ControlPlaneJobSecret(tlsDir)
 		if err != nil {
 			return fmt.Errorf("filter: %w", err)
 		}

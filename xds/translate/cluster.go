@@ -3,6 +3,7 @@ package translate
 import (
 	"fmt"
 	"math"
+	"net"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -204,12 +205,18 @@ func OutlierDetection(o Options) *clusterv3.OutlierDetection {
 	}
 }
 
-// RegistryCluster points at the control plane's REST API. It is static: the
-// control plane's address does not change while it runs.
+// RegistryCluster points at the control plane's REST API. An IP address is
+// static: the control plane's address does not change while it runs. A
+// host name (--registry-advertise control-plane:18080, as in compose) is
+// resolved by Envoy, and again when it changes (a restarted container).
 func RegistryCluster(o Options) *clusterv3.Cluster {
+	discovery := clusterv3.Cluster_STATIC
+	if net.ParseIP(o.RegistryAddress) == nil {
+		discovery = clusterv3.Cluster_STRICT_DNS
+	}
 	return &clusterv3.Cluster{
 		Name:                 wire.ClusterRegistry,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
 		ConnectTimeout:       durationpb.New(o.ConnectTimeout),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: wire.ClusterRegistry,

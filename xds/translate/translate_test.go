@@ -576,3 +576,26 @@ func TestLeastWorkCluster(t *testing.T) {
 	inner := &clusterv3.Cluster{LoadBalancingPolicy: oh.GetFallbackPolicy()}
 	assertProtoEqual(t, childPolicy(t, inner), &leastrequestv3.LeastRequest{SelectionMethod: leastrequestv3.LeastRequest_FULL_SCAN})
 }
+
+// TestRegistryClusterResolvesNames: an IP address is a static endpoint; a
+// host name (compose's control-plane service) is resolved by Envoy, which
+// rejects a static cluster with a name in it.
+func TestRegistryClusterResolvesNames(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		want clusterv3.Cluster_DiscoveryType
+	}{
+		{"127.0.0.1", clusterv3.Cluster_STATIC},
+		{"::1", clusterv3.Cluster_STATIC},
+		{"control-plane", clusterv3.Cluster_STRICT_DNS},
+		{"router.example.internal", clusterv3.Cluster_STRICT_DNS},
+	} {
+		c := RegistryCluster(Options{RegistryAddress: tc.addr, RegistryPort: 18080, ConnectTimeout: time.Second})
+		if got := c.GetType(); got != tc.want {
+			t.Errorf("registry at %s: cluster type %v, want %v", tc.addr, got, tc.want)
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("registry at %s: %v", tc.addr, err)
+		}
+	}
+}

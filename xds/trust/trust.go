@@ -96,7 +96,7 @@ func EnvoyFilesIn(dir string) EnvoyFiles {
 func Ensure(dir string, owners Owners) (bool, error) {
 	_, err := os.Stat(filepath.Join(dir, CAFile))
 	if err == nil {
-		return false, nil
+		return false, addControlPlaneSecret(dir, owners.ControlPlane)
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("xDS credentials: %w", err)
@@ -130,13 +130,23 @@ func Check(dir string) error {
 	if _, err := ClientTLS(dir); err != nil {
 		return err
 	}
-	_, err = JobSecret(dir)
-	return err
+	envoySecret, err := JobSecret(dir)
+	if err != nil {
+		return err
+	}
+	cpSecret, err := ControlPlaneJobSecret(dir)
+	if err != nil {
+		return err
+	}
+	if cpSecret != envoySecret {
+		return fmt.Errorf("xDS credentials in %s: the control plane's and the Envoys' job-id secrets differ", dir)
+	}
+	return nil
 }
 
 var allFiles = []string{
 	CAFile,
-	filepath.Join(ControlPlaneDir, CertFile), filepath.Join(ControlPlaneDir, KeyFile),
+	filepath.Join(ControlPlaneDir, CertFile), filepath.Join(ControlPlaneDir, KeyFile), filepath.Join(ControlPlaneDir, JobSecretFile),
 	filepath.Join(EnvoyDir, CertFile), filepath.Join(EnvoyDir, KeyFile), filepath.Join(EnvoyDir, JobSecretFile),
 }
 
@@ -195,6 +205,12 @@ func generate(dir string, owners Owners) error {
 		{ControlPlaneDir, ServerName, x509.ExtKeyUsageServerAuth, owners.ControlPlane},
 		{EnvoyDir, ClientName, x509.ExtKeyUsageClientAuth, owners.Envoy},
 	}
+	// One job-id secret, a copy on each side: the control plane signs and
+	// checks with it, and in compose it cannot read the Envoys' side.
+	var secret [32]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		return err
+	}
 	for _, s := range sides {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -229,13 +245,7 @@ func generate(dir string, owners Owners) error {
 			CertFile: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 			KeyFile:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 		}
-		if s.sub == EnvoyDir {
-			var b [32]byte
-			if _, err := rand.Read(b[:]); err != nil {
-				return err
-			}
-			files[JobSecretFile] = []byte(hex.EncodeToString(b[:]) + "\n")
-		}
+		files[JobSecretFile] = []byte(hex.EncodeToString(secret[:]) + "\n")
 		for name, data := range files {
 			if err := writeFile(filepath.Join(sub, name), data, 0o600, s.owner); err != nil {
 				return err
@@ -362,7 +372,40 @@ func requireName(name string) func([][]byte, [][]*x509.Certificate) error {
 
 // JobSecret reads the job-id signing secret.
 func JobSecret(dir string) (string, error) {
-	path := filepath.Join(dir, EnvoyDir, JobSecretFile)
+	return readJobSecret(filepath.Join(dir, EnvoyDir, JobSecretFile))
+}
+
+// ControlPlaneJobSecret reads the control plane's copy of the job-id
+// secret; a directory made before there was one (only envoy/ had it)
+// falls back to the Envoys' copy.
+func ControlPlaneJobSecret(dir string) (string, error) {
+	s, err := readJobSecret(filepath.Join(dir, ControlPlaneDir, JobSecretFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return JobSecret(dir)
+	}
+	return s, err
+}
+
+// addControlPlaneSecret gives a complete directory made before the control
+// plane had its own copy of the job-id secret that copy, when the caller
+// can read the Envoys' (xds-certs runs as root for this); otherwise it
+// leaves the directory as it is.
+func addControlPlaneSecret(dir string, owner *Owner) error {
+	cp := filepath.Join(dir, ControlPlaneDir, JobSecretFile)
+	if _, err := os.Stat(cp); !errors.Is(err, os.ErrNotExist) {
+		return nil // there, or not ours to tell
+	}
+	b, err := os.ReadFile(filepath.Join(dir, EnvoyDir, JobSecretFile))
+	if err != nil {
+		return nil // not readable here: the control plane falls back
+	}
+	if err := writeFile(cp, b, 0o600, owner); err != nil {
+		return fmt.Errorf("xDS credentials: add the control plane's job-id secret: %w", err)
+	}
+	return nil
+}
+
+func readJobSecret(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("job secret: %w", err)

@@ -181,3 +181,48 @@ func TestEnvoyFilesIn(t *testing.T) {
 		t.Fatalf("EnvoyFilesIn = %+v", f)
 	}
 }
+
+// TestControlPlaneHasItsOwnJobSecret: the control plane gets its own copy
+// of the job-id secret (in compose it cannot read envoy/); a directory made
+// before there was one gets it from Ensure, where envoy/ is readable, and
+// the control plane falls back to the Envoys' copy where not.
+func TestControlPlaneHasItsOwnJobSecret(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Ensure(dir, Owners{}); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := ControlPlaneJobSecret(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if envoy, _ := JobSecret(dir); cp != envoy || len(cp) < MinJobSecret {
+		t.Fatalf("control plane's secret %q, Envoys' %q", cp, envoy)
+	}
+	if err := Check(dir); err != nil {
+		t.Fatal(err)
+	}
+	// An older directory: only envoy/ has the secret.
+	if err := os.Remove(filepath.Join(dir, ControlPlaneDir, JobSecretFile)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ControlPlaneJobSecret(dir); err != nil || got != cp {
+		t.Fatalf("fallback = %q %v", got, err)
+	}
+	if made, err := Ensure(dir, Owners{}); made || err != nil {
+		t.Fatalf("Ensure of a complete directory = %v %v", made, err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, ControlPlaneDir, JobSecretFile))
+	if err != nil || strings.TrimSpace(string(b)) != cp {
+		t.Fatalf("Ensure did not add the control plane's copy: %q %v", b, err)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, ControlPlaneDir, JobSecretFile)); st.Mode().Perm() != 0o600 {
+		t.Fatalf("the copy's mode is %v", st.Mode().Perm())
+	}
+	// Copies that differ are an error.
+	if err := os.WriteFile(filepath.Join(dir, ControlPlaneDir, JobSecretFile), []byte(strings.Repeat("f", 64)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(dir); err == nil {
+		t.Fatal("Check accepted two different secrets")
+	}
+}
