@@ -1,7 +1,8 @@
 # Diffusion router: build, run, test.
 #
 #   make run    build and start the router with a local Envoy and 4 fake workers
-#   make test   everything CI runs: format, vet, unit and end-to-end tests (-race)
+#   make test   everything CI runs: format, vet, unit and end-to-end tests (-race),
+#               and docker compose for real (compose-test)
 
 SHELL := /bin/bash
 GO ?= go
@@ -10,7 +11,7 @@ ENVOY := .tools/envoy/bin/envoy
 PORT ?= 30080
 DEMO_WORKERS ?= 4
 
-.PHONY: all build filter envoy run test unit e2e soak bench bench-filter vet fmt-check golden clean
+.PHONY: all build filter envoy run test unit e2e compose-test soak bench bench-filter vet fmt-check golden clean
 
 all: build
 
@@ -54,6 +55,13 @@ test: fmt-check vet envoy
 	@for f in FuzzAddWorker FuzzWorkerByID FuzzFleetCalls; do \
 		$(GO) test -run XXX -fuzz "^$$f$$" -fuzztime 5s ./api || exit 1; \
 	done
+	$(MAKE) compose-test
+
+# docker compose up, for real: the project's compose file with images built
+# offline, driven as a user would (installs Docker Engine and the pinned
+# Compose plugin if missing; starts and stops dockerd if none runs).
+compose-test: envoy
+	GO=$(GO) ./scripts/compose-test.sh
 
 # The full Wasm soak: 50,000 requests through Envoy with the filter.
 soak: envoy

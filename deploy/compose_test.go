@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -22,10 +23,19 @@ import (
 
 func loadProject(t *testing.T) *types.Project {
 	t.Helper()
+	return loadProjectFiles(t, "../docker-compose.yaml")
+}
+
+// loadProjectFiles loads compose files as one project, the later ones
+// overriding the first.
+func loadProjectFiles(t *testing.T, files ...string) *types.Project {
+	t.Helper()
 	details := types.ConfigDetails{
 		WorkingDir:  "..",
-		ConfigFiles: []types.ConfigFile{{Filename: "../docker-compose.yaml"}},
 		Environment: types.Mapping{},
+	}
+	for _, f := range files {
+		details.ConfigFiles = append(details.ConfigFiles, types.ConfigFile{Filename: f})
 	}
 	p, err := loader.LoadWithContext(context.Background(), details, func(o *loader.Options) {
 		o.SetProjectName("diffusion-router", true)
@@ -138,13 +148,12 @@ func TestComposeIsConsistent(t *testing.T) {
 			t.Errorf("xds-certs does not give that side's files to %s's user %s: %v", image, user, certs.Command)
 		}
 	}
-	entry, err := os.ReadFile("envoy-entrypoint.sh")
+	entry, err := os.ReadFile("../cmd/envoy-entrypoint/main.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := filepath.Join(envoyTLS, trust.EnvoyDir, trust.JobSecretFile); !strings.Contains(string(entry), want) ||
-		!strings.Contains(string(entry), trust.JobSecretEnv) {
-		t.Errorf("envoy-entrypoint.sh does not put %s into $%s", want, trust.JobSecretEnv)
+	if want := `"` + envoyTLS + `/" + trust.EnvoyDir + "/" + trust.JobSecretFile`; !strings.Contains(string(entry), want) {
+		t.Errorf("cmd/envoy-entrypoint does not read the job-id secret from the xds-tls volume at %s", envoyTLS)
 	}
 
 	want, err := envoy.Render(envoy.Bootstrap{NodeID: "envoy-1", AdminAddress: "0.0.0.0", AdminPort: 9901,
@@ -223,6 +232,65 @@ func TestImagesAreStaticAndNonRoot(t *testing.T) {
 		}
 		if f != "Dockerfile.envoy" && !strings.Contains(s, "CGO_ENABLED=0") {
 			t.Errorf("%s does not build a static binary", f)
+		}
+	}
+}
+
+// finalStage is what a Dockerfile's last stage makes of an image: its
+// user, entrypoint, exposed ports and the paths it copies to.
+type finalStage struct {
+	User, Entrypoint, Expose string
+	Paths                    []string
+}
+
+func readFinalStage(t *testing.T, path string) finalStage {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f finalStage
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		switch fields[0] {
+		case "FROM":
+			f = finalStage{}
+		case "USER":
+			f.User = fields[1]
+		case "ENTRYPOINT":
+			f.Entrypoint = strings.Join(fields[1:], " ")
+		case "EXPOSE":
+			f.Expose = strings.Join(fields[1:], " ")
+		case "COPY":
+			f.Paths = append(f.Paths, fields[len(fields)-1])
+		}
+	}
+	slices.Sort(f.Paths)
+	return f
+}
+
+// TestOfflineImagesKeepTheLayout: the images the offline path builds
+// (deploy/offline, from this machine's binaries) have the users,
+// entrypoints, ports and the paths of the official path's, so the compose
+// test checks what users get. The offline Envoy image also carries the
+// binary and its libraries, which the official base image has.
+func TestOfflineImagesKeepTheLayout(t *testing.T) {
+	for _, image := range []string{"Dockerfile.router", "Dockerfile.fake-worker", "Dockerfile.envoy"} {
+		official, offline := readFinalStage(t, image), readFinalStage(t, filepath.Join("offline", image))
+		offline.Paths = slices.DeleteFunc(offline.Paths, func(p string) bool {
+			return p == "/" || p == "/etc/ssl/certs/ca-certificates.crt" // the base images' own
+		})
+		if !reflect.DeepEqual(official, offline) {
+			t.Errorf("%s: the offline image differs from the official one:\n official %+v\n offline  %+v", image, official, offline)
+		}
+	}
+	p := loadProjectFiles(t, "../docker-compose.yaml", "compose.offline.yaml")
+	for name, s := range p.Services {
+		if s.Build == nil || !strings.HasPrefix(s.Build.Dockerfile, "deploy/offline/") {
+			t.Errorf("compose.offline.yaml leaves %s on %v", name, s.Build)
 		}
 	}
 }
