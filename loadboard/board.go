@@ -56,8 +56,10 @@ type Board struct {
 	ended []endedJob
 	// signed is each node's newest accepted signing time (Claim).
 	signed map[string]int64
-	// words are the workers' own readings, by address (SetWord).
+	// words are the workers' own readings, by address (SetWord); peaks
+	// the most requests the Envoys counted on each lately.
 	words map[string]word
+	peaks map[string]peak
 }
 
 type endedJob struct {
@@ -99,7 +101,7 @@ type entry struct {
 
 // New returns an empty board.
 func New(o Options) *Board {
-	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}}
+	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}, peaks: map[string]peak{}}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -197,6 +199,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 		}
 	}
 	typical := b.speeds.Typical()
+	b.notePeaks(counted, now)
 	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base,
 		Ejection: b.ejection, Finished: finished}
 	for _, w := range snap.Workers {
@@ -208,7 +211,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1]}
 		if wd, ok := b.words[a]; ok && now.Sub(wd.at) <= wordFresh {
 			held := wd.queued + wd.running
-			pw.ForeignRequests = min(max(0, held-counted[a]), maxForeign)
+			pw.ForeignRequests = min(max(0, held-b.recentlyCounted(a, now)), maxForeign)
 			if held == 0 {
 				pw.IdleAt = wd.at.UnixMicro()
 			}

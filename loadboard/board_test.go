@@ -429,6 +429,23 @@ func TestWorkersWord(t *testing.T) {
 	if v.Workers[0].ForeignRequests != 0 || v.Workers[1].IdleAt != 0 {
 		t.Fatalf("a stale reading was used: %+v", v.Workers)
 	}
+	// A request that ended after the worker was read is still in the
+	// reading, but no Envoy counts it: it is not another client's.
+	c.t = c.t.Add(3 * time.Second)
+	sync("A", wire.HostReport{Addr: "10.0.0.2:80", Work: 10, Requests: 1})
+	sync("B")
+	b.SetWord("10.0.0.2:80", 0, 1, c.t)
+	c.t = c.t.Add(100 * time.Millisecond)
+	if v := sync("A"); v.Workers[1].ForeignRequests != 0 {
+		t.Fatalf("a request just answered passed for a foreign one: %+v", v.Workers[1])
+	}
+	// Long after, with nothing counted, it is foreign.
+	c.t = c.t.Add(2 * time.Second)
+	b.SetWord("10.0.0.2:80", 0, 1, c.t)
+	if v := sync("A"); v.Workers[1].ForeignRequests != 1 {
+		t.Fatalf("work no Envoy counted for seconds: %+v, want 1 foreign request", v.Workers[1])
+	}
+
 	b.JobsEnded([]wire.EndedJob{{ID: "video_1", GPUMs: 2500}})
 	for _, node := range []string{"A", "B"} {
 		if v := sync(node); len(v.Finished) != 1 || v.Finished[0].ID != "video_1" {

@@ -66,3 +66,50 @@ func (b *Board) Counted(addr string) bool {
 	}
 	return false
 }
+
+// A worker's reading is up to an interval old, and the Envoys' counts up to
+// a sync old: a request that just ended can still be in the reading while
+// no Envoy counts it any more, and would pass for another client's. So a
+// reading is compared with the most requests the Envoys counted on the
+// worker in the last one to two seconds (whole-second buckets): only work
+// no Envoy counted at any time lately is foreign. Under steady load this
+// undercounts foreign work, never invents it.
+type peak struct {
+	cur, prev int64
+	sec       int64 // the bucket cur is for (Unix seconds)
+}
+
+// notePeaks records the requests the Envoys count now; b.mu is held.
+func (b *Board) notePeaks(counted map[string]int64, now time.Time) {
+	sec := now.Unix()
+	for a, n := range counted {
+		p := b.peaks[a]
+		if p.sec != sec {
+			p.prev = 0
+			if p.sec == sec-1 {
+				p.prev = p.cur
+			}
+			p.cur, p.sec = 0, sec
+		}
+		p.cur = max(p.cur, n)
+		b.peaks[a] = p
+	}
+	for a, p := range b.peaks {
+		if sec-p.sec > 1 {
+			delete(b.peaks, a)
+		}
+	}
+}
+
+// recentlyCounted is the most requests the Envoys counted on addr in the
+// current and the previous second; b.mu is held.
+func (b *Board) recentlyCounted(addr string, now time.Time) int64 {
+	p, ok := b.peaks[addr]
+	switch sec := now.Unix(); {
+	case !ok || sec-p.sec > 1:
+		return 0
+	case sec-p.sec == 1:
+		return p.cur
+	}
+	return max(p.cur, p.prev)
+}
