@@ -575,14 +575,8 @@ func (p *picker) expireJobs(now int64) {
 
 // onView stores the control plane's answer for every thread.
 func (p *picker) onView(_, bodySize, _ int) {
-	status := ""
-	if hs, err := proxywasm.GetHttpCallResponseHeaders(); err == nil {
-		for _, h := range hs {
-			if h[0] == ":status" {
-				status = h[1]
-			}
-		}
-	}
+	hs, _ := proxywasm.GetHttpCallResponseHeaders()
+	status := httpStatus(hs)
 	body, err := proxywasm.GetHttpCallResponseBody(0, bodySize)
 	if status != "200" || err != nil {
 		p.syncFailed("status " + status + ": " + strings.TrimSpace(string(body)))
