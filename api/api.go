@@ -593,7 +593,7 @@ func (s *Server) model(w http.ResponseWriter, id string) {
 // storeView says whether the registry store writes: while it fails, every
 // change is refused with 503.
 func storeView(reg *registry.Registry) map[string]any {
-	err, failures := reg.StoreHealth()
+	failures, err := reg.StoreHealth()
 	v := map[string]any{"healthy": err == nil, "write_failures": failures}
 	if err != nil {
 		v["error"] = err.Error()

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"github.com/diffrouter/diffusion-router/filter/jobid"
+	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/diffrouter/diffusion-router/filter/jobid"
 	"github.com/diffrouter/diffusion-router/jobbook"
+	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 

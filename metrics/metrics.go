@@ -131,7 +131,7 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(envoysDesc, prometheus.GaugeValue, float64(synced), "true")
 	ch <- prometheus.MustNewConstMetric(envoysDesc, prometheus.GaugeValue, float64(unsynced), "false")
 	ch <- prometheus.MustNewConstMetric(genDesc, prometheus.CounterValue, float64(snap.Generation))
-	storeErr, failures := c.fleet.StoreHealth()
+	failures, storeErr := c.fleet.StoreHealth()
 	healthy := 1.0
 	if storeErr != nil {
 		healthy = 0

@@ -276,12 +276,12 @@ func (r *Registry) commitLocked(u undo, keys ...string) (uint64, error) {
 	return r.gen, nil
 }
 
-// StoreHealth reports the last store write's error (nil when it worked or
-// there is no store) and how many writes have failed since start.
-func (r *Registry) StoreHealth() (error, uint64) {
+// StoreHealth reports how many store writes have failed since start and the
+// last one's error (nil when it worked or there is no store).
+func (r *Registry) StoreHealth() (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.storeErr, r.storeFailures
+	return r.storeFailures, r.storeErr
 }
 
 // Snapshot returns a copy of the whole fleet.

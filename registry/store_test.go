@@ -118,7 +118,7 @@ func TestStoreFailureUndoesTheChange(t *testing.T) {
 			t.Fatalf("%s changed the registry although the store refused it: %+v", c.name, after)
 		}
 	}
-	if err, n := r.StoreHealth(); err == nil || n != uint64(len(checks)) {
+	if n, err := r.StoreHealth(); err == nil || n != uint64(len(checks)) {
 		t.Fatalf("store health = %v, %d failures; want an error and %d", err, n, len(checks))
 	}
 }

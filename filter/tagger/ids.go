@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/diffrouter/diffusion-router/filter/jobid"
+	"github.com/diffrouter/diffusion-router/jobid"
 )
 
 // WrapIDs makes the job ids in a worker's JSON answer carry the worker: the

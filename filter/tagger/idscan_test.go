@@ -6,7 +6,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/diffrouter/diffusion-router/filter/jobid"
+	"github.com/diffrouter/diffusion-router/jobid"
 )
 
 func decodeAny(t *testing.T, b []byte) any {

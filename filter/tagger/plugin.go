@@ -21,7 +21,7 @@ import (
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/diffrouter/diffusion-router/filter/jobid"
+	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 

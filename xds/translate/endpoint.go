@@ -8,7 +8,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/diffrouter/diffusion-router/filter/jobid"
+	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/registry"
 
 	"github.com/diffrouter/diffusion-router/wire"
