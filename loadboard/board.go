@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/filter/pick"
+	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -44,7 +44,7 @@ type Board struct {
 	now     func() time.Time
 	// speeds is the fleet-wide estimator; pending holds completions not
 	// yet old enough to be sure none from another Envoy comes before them.
-	speeds  pick.Table
+	speeds  leastwork.Table
 	pending []wire.Completion
 	maxDone int64
 	// applied is what the Envoys run; nil: every snapshot Sync is given
@@ -52,7 +52,7 @@ type Board struct {
 	applied  *applied
 	ejection wire.Ejection
 	// ended are the video jobs Envoys saw end lately, passed on to the
-	// others (oldest first, at most MaxNodes x pick.MaxFinished).
+	// others (oldest first, at most MaxNodes x leastwork.MaxFinished).
 	ended []endedJob
 	// signed is each node's newest accepted signing time (Claim).
 	signed map[string]int64
@@ -88,7 +88,7 @@ type Options struct {
 // intervals); at most maxPending wait.
 const (
 	mergeWindow = 500 * time.Millisecond
-	maxPending  = 16 * pick.MaxCompletions
+	maxPending  = 16 * leastwork.MaxCompletions
 	// clockSlack is how far ahead of the control plane's clock an Envoy's
 	// may run before its completions are ignored.
 	clockSlack = time.Minute
@@ -125,10 +125,10 @@ func Check(r wire.LoadReport) error {
 		return fmt.Errorf("\"node\" must be 1 to %d characters", maxNodeID)
 	case len(r.Hosts) > MaxHostsPerNode:
 		return fmt.Errorf("at most %d hosts per report", MaxHostsPerNode)
-	case len(r.Completions) > pick.MaxCompletions:
-		return fmt.Errorf("at most %d completions per report", pick.MaxCompletions)
-	case len(r.Finished) > pick.MaxFinished:
-		return fmt.Errorf("at most %d finished jobs per report", pick.MaxFinished)
+	case len(r.Completions) > leastwork.MaxCompletions:
+		return fmt.Errorf("at most %d completions per report", leastwork.MaxCompletions)
+	case len(r.Finished) > leastwork.MaxFinished:
+		return fmt.Errorf("at most %d finished jobs per report", leastwork.MaxFinished)
 	}
 	for _, e := range r.Finished {
 		if e.ID == "" || len(e.ID) > wire.MaxJobID {
@@ -230,18 +230,18 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 }
 
 // relayEnded records the jobs r saw end and returns those the other
-// Envoys saw end within aliveFor (the newest pick.MaxFinished): each
+// Envoys saw end within aliveFor (the newest leastwork.MaxFinished): each
 // Envoy syncs at least once in that time; b.mu is held.
 func (b *Board) relayEnded(r wire.LoadReport, now time.Time) []wire.EndedJob {
 	b.ended = slices.DeleteFunc(b.ended, func(e endedJob) bool { return now.Sub(e.at) > aliveFor })
 	for _, j := range r.Finished {
 		b.ended = append(b.ended, endedJob{node: r.Node, job: j, at: now})
 	}
-	if n := len(b.ended) - MaxNodes*pick.MaxFinished; n > 0 {
+	if n := len(b.ended) - MaxNodes*leastwork.MaxFinished; n > 0 {
 		b.ended = slices.Delete(b.ended, 0, n)
 	}
 	var out []wire.EndedJob
-	for i := len(b.ended) - 1; i >= 0 && len(out) < pick.MaxFinished; i-- {
+	for i := len(b.ended) - 1; i >= 0 && len(out) < leastwork.MaxFinished; i-- {
 		if e := b.ended[i]; e.node != r.Node {
 			out = append(out, e.job)
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/filter/pick"
+	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -294,7 +294,7 @@ func TestEndedJobsRelayed(t *testing.T) {
 	for name, r := range map[string]wire.LoadReport{
 		"empty id":       {Node: "A", Finished: []wire.EndedJob{{}}},
 		"long id":        {Node: "A", Finished: []wire.EndedJob{{ID: strings.Repeat("v", wire.MaxJobID+1)}}},
-		"too many":       {Node: "A", Finished: make([]wire.EndedJob, pick.MaxFinished+1)},
+		"too many":       {Node: "A", Finished: make([]wire.EndedJob, leastwork.MaxFinished+1)},
 		"negative GPU":   {Node: "A", Finished: []wire.EndedJob{{ID: "video_2", GPUMs: -1}}},
 		"NaN GPU":        {Node: "A", Finished: []wire.EndedJob{{ID: "video_2", GPUMs: math.NaN()}}},
 		"GPU over a day": {Node: "A", Finished: []wire.EndedJob{{ID: "video_2", GPUMs: wire.MaxJobGPUMs + 1}}},

@@ -14,22 +14,22 @@ import (
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/diffrouter/diffusion-router/filter/pick"
+	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Least-work routing inside Envoy. Every worker thread runs its own copy of
 // the plugin; what they share lives in proxy-wasm shared data, one Envoy
 // wide:
-//   - the table (pick.Table): outstanding work and learned speed per
+//   - the table (leastwork.Table): outstanding work and learned speed per
 //     worker, changed by compare-and-swap on every send and every end;
 //   - the view (wire.PickView) from the control plane, prefixed with when
 //     it arrived;
-//   - the completion log (pick.AppendCompletion) the next sync reports,
+//   - the completion log (leastwork.AppendCompletion) the next sync reports,
 //     to which each thread adds its own at its tick;
 //   - the sync lease: when a thread last synced, so one thread per
 //     interval does;
-//   - the video jobs whose cost still counts (pick.Jobs), and the ids of
+//   - the video jobs whose cost still counts (leastwork.Jobs), and the ids of
 //     jobs seen ending here that the next sync tells the other Envoys.
 const (
 	keyTable = "diffusion-router.pick.table"
@@ -74,8 +74,8 @@ type picker struct {
 	syncErrs proxywasm.MetricCounter
 	// Scratch for the request path: the decoded table, its encoding,
 	// the eligible list.
-	dec   pick.Decoder
-	tab   pick.Table
+	dec   leastwork.Decoder
+	tab   leastwork.Table
 	buf   []byte
 	cands []int
 }
@@ -132,7 +132,7 @@ func (p *picker) currentView(now int64) *wire.PickView {
 }
 
 // update applies f to the shared table by compare-and-swap.
-func (p *picker) update(f func(*pick.Table) bool) error {
+func (p *picker) update(f func(*leastwork.Table) bool) error {
 	return casBytes(keyTable, func(raw []byte) ([]byte, bool) {
 		_ = p.dec.Into(raw, &p.tab) // an unreadable table starts over, empty
 		if !f(&p.tab) {
@@ -144,14 +144,14 @@ func (p *picker) update(f func(*pick.Table) bool) error {
 }
 
 // poolOf is the kind of worker a task needs (as the front routes decide).
-func poolOf(t Task) pick.Pool {
+func poolOf(t Task) leastwork.Pool {
 	switch t {
 	case TaskVideo:
-		return pick.PoolVideo
+		return leastwork.PoolVideo
 	case TaskImage, TaskImageEdit:
-		return pick.PoolImage
+		return leastwork.PoolImage
 	}
-	return pick.PoolAny
+	return leastwork.PoolAny
 }
 
 // picks reports whether a request of this task is one the filter picks a
@@ -174,22 +174,22 @@ type sent struct {
 // choose picks the worker for a request and counts its cost there. It
 // returns false (no pick; Envoy's policy routes) without a fresh view or
 // an eligible worker.
-func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (pick.Choice, int64, bool) {
+func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (leastwork.Choice, int64, bool) {
 	now := nowMicro()
 	v := p.currentView(now)
 	if v == nil {
-		return pick.Choice{}, 0, false
+		return leastwork.Choice{}, 0, false
 	}
-	p.cands = pick.Eligible(p.cands, v, poolOf(task), model)
+	p.cands = leastwork.Eligible(p.cands, v, poolOf(task), model)
 	cands := p.cands
-	var choice pick.Choice
+	var choice leastwork.Choice
 	p.rot++
-	err := p.update(func(tab *pick.Table) bool {
+	err := p.update(func(tab *leastwork.Table) bool {
 		if !costKnown {
 			cost = tab.CostOf(string(task), defaultCost(task))
 		}
 		var ok bool
-		if choice, ok = pick.Choose(v, cands, tab, cost, p.rot, now); !ok {
+		if choice, ok = leastwork.Choose(v, cands, tab, cost, p.rot, now); !ok {
 			return false
 		}
 		tab.Add(choice.First, cost)
@@ -199,7 +199,7 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (pi
 		if err != nil {
 			proxywasm.LogWarnf("diffusion-tagger: pick: %v", err)
 		}
-		return pick.Choice{}, 0, false
+		return leastwork.Choice{}, 0, false
 	}
 	return choice, cost, true
 }
@@ -241,7 +241,7 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 	if s == nil || s.released {
 		return
 	}
-	err := p.update(func(tab *pick.Table) bool {
+	err := p.update(func(tab *leastwork.Table) bool {
 		ms := tab.Done(s.addr, s.cost, s.at, at, served)
 		switch how {
 		case outcomeAnswered:
@@ -270,7 +270,7 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 	}
 	s.released = true
 	if served {
-		p.done = pick.AppendCompletion(p.done, wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
+		p.done = leastwork.AppendCompletion(p.done, wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
 	}
 }
 
@@ -280,7 +280,7 @@ func (p *picker) move(s *sent, addr string) {
 	if s == nil || s.released || addr == s.addr {
 		return
 	}
-	if err := p.update(func(tab *pick.Table) bool { tab.Move(s.addr, addr, s.cost); return true }); err != nil {
+	if err := p.update(func(tab *leastwork.Table) bool { tab.Move(s.addr, addr, s.cost); return true }); err != nil {
 		// s stays on the picked worker, where its release finds it.
 		proxywasm.LogWarnf("diffusion-tagger: move to %s: %v", addr, err)
 		return
@@ -291,7 +291,7 @@ func (p *picker) move(s *sent, addr string) {
 // accepted notes that the worker took a job (a run of failures ends)
 // without releasing the request's cost, and learns the cost of its kind.
 func (p *picker) accepted(task Task, s *sent) {
-	if err := p.update(func(tab *pick.Table) bool {
+	if err := p.update(func(tab *leastwork.Table) bool {
 		if s.costKnown {
 			tab.LearnCost(string(task), float64(s.cost))
 		}
@@ -314,10 +314,10 @@ func (p *picker) holdJob(s *sent, id string, now int64) {
 	if s == nil || s.released {
 		return
 	}
-	var dropped []pick.Job
+	var dropped []leastwork.Job
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
-		jobs, _ := pick.DecodeJobs(raw) // an unreadable list starts over
-		dropped = jobs.Hold(pick.Job{ID: id, Addr: s.addr, Cost: s.cost, Until: now + pick.JobHold.Microseconds(), Held: now})
+		jobs, _ := leastwork.DecodeJobs(raw) // an unreadable list starts over
+		dropped = jobs.Hold(leastwork.Job{ID: id, Addr: s.addr, Cost: s.cost, Until: now + leastwork.JobHold.Microseconds(), Held: now})
 		return jobs.AppendEncode(nil), true
 	})
 	if err != nil {
@@ -334,10 +334,10 @@ func (p *picker) holdJob(s *sent, id string, now int64) {
 // (inference_time_s), teaches the worker's speed here and, through the
 // next report, fleet-wide.
 func (p *picker) endJob(id string, relay bool, gpuMS float64) {
-	var job pick.Job
+	var job leastwork.Job
 	found := false
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
-		jobs, _ := pick.DecodeJobs(raw)
+		jobs, _ := leastwork.DecodeJobs(raw)
 		if job, found = jobs.Finish(id); !found {
 			return nil, false
 		}
@@ -348,11 +348,11 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 		return
 	}
 	if found {
-		p.releaseJobs([]pick.Job{job})
+		p.releaseJobs([]leastwork.Job{job})
 		if gpuMS > 0 && !math.IsInf(gpuMS, 0) {
-			if err := p.update(func(tab *pick.Table) bool { tab.Teach(job.Addr, job.Cost, gpuMS); return true }); err == nil {
+			if err := p.update(func(tab *leastwork.Table) bool { tab.Teach(job.Addr, job.Cost, gpuMS); return true }); err == nil {
 				now := nowMicro()
-				p.done = pick.AppendCompletion(p.done, wire.Completion{Addr: job.Addr, Cost: job.Cost,
+				p.done = leastwork.AppendCompletion(p.done, wire.Completion{Addr: job.Addr, Cost: job.Cost,
 					Sent: now - int64(gpuMS*1000), Done: now, GPU: true})
 			}
 		}
@@ -365,7 +365,7 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 		if gpuMS > 0 && gpuMS <= wire.MaxJobGPUMs {
 			e.GPUMs = gpuMS
 		}
-		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) { return pick.AppendEnded(raw, e) })
+		_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) { return leastwork.AppendEnded(raw, e) })
 	}
 }
 
@@ -375,9 +375,9 @@ const idleClockMargin = time.Second
 
 // endJobsBefore stops counting the jobs on addr counted before t (µs).
 func (p *picker) endJobsBefore(addr string, t int64) {
-	var ended []pick.Job
+	var ended []leastwork.Job
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
-		jobs, _ := pick.DecodeJobs(raw)
+		jobs, _ := leastwork.DecodeJobs(raw)
 		if ended = jobs.EndBefore(addr, t); len(ended) == 0 {
 			return nil, false
 		}
@@ -394,13 +394,13 @@ func (p *picker) endJobsBefore(addr string, t int64) {
 // take at most: sglang-diffusion forgets a deleted job but keeps running
 // it, and only the worker's own word (idle) or that time ends it.
 func (p *picker) deleteJob(id string, now int64) {
-	var tab pick.Table
+	var tab leastwork.Table
 	if raw, _, err := proxywasm.GetSharedData(keyTable); err == nil {
-		tab, _ = pick.Decode(raw)
+		tab, _ = leastwork.Decode(raw)
 	}
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
-		jobs, _ := pick.DecodeJobs(raw)
-		i := slices.IndexFunc(jobs.List, func(x pick.Job) bool { return x.ID == id })
+		jobs, _ := leastwork.DecodeJobs(raw)
+		i := slices.IndexFunc(jobs.List, func(x leastwork.Job) bool { return x.ID == id })
 		if i < 0 {
 			return nil, false
 		}
@@ -432,11 +432,11 @@ func (p *picker) deleteJob(id string, now int64) {
 // releaseJobs takes ended jobs' cost off their workers. A job says
 // nothing of its worker's speed: a poll sees it ended only some time
 // after it did.
-func (p *picker) releaseJobs(jobs []pick.Job) {
+func (p *picker) releaseJobs(jobs []leastwork.Job) {
 	if len(jobs) == 0 {
 		return
 	}
-	if err := p.update(func(tab *pick.Table) bool {
+	if err := p.update(func(tab *leastwork.Table) bool {
 		for _, j := range jobs {
 			tab.Done(j.Addr, j.Cost, 0, 0, false)
 		}
@@ -452,7 +452,7 @@ func (p *picker) flush() {
 		return
 	}
 	_ = casBytes(keyLog, func(log []byte) ([]byte, bool) {
-		if len(log)+len(p.done) > pick.MaxLogBytes {
+		if len(log)+len(p.done) > leastwork.MaxLogBytes {
 			return log, false // full until the next sync: these are dropped
 		}
 		return append(log[:len(log):len(log)], p.done...), true
@@ -504,9 +504,9 @@ func (p *picker) sync() {
 	}); err != nil {
 		return
 	}
-	rep.Completions, _ = pick.DecodeCompletions(log)
+	rep.Completions, _ = leastwork.DecodeCompletions(log)
 	_ = casBytes(keyEnded, func(raw []byte) ([]byte, bool) {
-		rep.Finished, _ = pick.DecodeEnded(raw)
+		rep.Finished, _ = leastwork.DecodeEnded(raw)
 		return nil, len(raw) > 0
 	})
 	p.expireJobs(now)
@@ -514,7 +514,7 @@ func (p *picker) sync() {
 	if err != nil {
 		return
 	}
-	tab, _ := pick.Decode(tabRaw)
+	tab, _ := leastwork.Decode(tabRaw)
 	hosts := tab.Hosts
 	if v := p.currentView(now); v != nil {
 		rep.Generation = v.Generation
@@ -562,9 +562,9 @@ func (p *picker) envoyID() string {
 
 // expireJobs stops counting the jobs whose hold passed.
 func (p *picker) expireJobs(now int64) {
-	var ended []pick.Job
+	var ended []leastwork.Job
 	_ = casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
-		jobs, _ := pick.DecodeJobs(raw)
+		jobs, _ := leastwork.DecodeJobs(raw)
 		if ended = jobs.Expire(now); len(ended) == 0 {
 			return nil, false
 		}
@@ -617,7 +617,7 @@ func (p *picker) onView(_, bodySize, _ int) {
 			p.setForeign(a, 0)
 		}
 	}
-	_ = p.update(func(tab *pick.Table) bool {
+	_ = p.update(func(tab *leastwork.Table) bool {
 		n := len(tab.Hosts)
 		tab.Forget(func(a string) bool { return listed[a] })
 		return len(tab.Hosts) != n
@@ -634,7 +634,7 @@ func (p *picker) syncFailed(why string) {
 
 // setGauges exports one worker's outstanding work, requests and learned
 // speed (µs per unit of cost) as Envoy stats.
-func (p *picker) setGauges(h pick.Host) {
+func (p *picker) setGauges(h leastwork.Host) {
 	g, ok := p.gauges[h.Addr]
 	if !ok {
 		name := statName(h.Addr)
@@ -668,7 +668,7 @@ func statName(addr string) string {
 }
 
 // setPickHeaders names the pick for override_host.
-func setPickHeaders(c pick.Choice) error {
+func setPickHeaders(c leastwork.Choice) error {
 	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderPick, c.First); err != nil {
 		return err
 	}

@@ -1,8 +1,8 @@
-// Package pick is least-work routing's arithmetic, pure so it is tested
+// Package leastwork is least-work routing's arithmetic, pure so it is tested
 // natively: the table of outstanding work and learned speed each Envoy
 // keeps (in proxy-wasm shared data, so every worker thread sees one table),
 // which workers a request may go to, and which of them finishes it first.
-package pick
+package leastwork
 
 import (
 	"encoding/binary"
