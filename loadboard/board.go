@@ -211,7 +211,7 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1]}
 		if wd, ok := b.words[a]; ok && now.Sub(wd.at) <= wordFresh {
 			held := wd.queued + wd.running
-			pw.ForeignRequests = min(max(0, held-b.recentlyCounted(a, now)), maxForeign)
+			pw.ForeignRequests = min(wd.excess, wd.prevExcess, max(0, held-b.recentlyCounted(a, now)), maxForeign)
 			if held == 0 {
 				pw.IdleAt = wd.at.UnixMicro()
 			}

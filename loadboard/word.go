@@ -18,6 +18,12 @@ const maxForeign = 1 << 12
 type word struct {
 	queued, running int64
 	at              time.Time
+	// excess and prevExcess are the requests this reading and the one
+	// before held beyond what the Envoys counted lately: work counts as
+	// foreign only when two readings in a row see it (a request far
+	// shorter than the Envoys' report interval can be in a reading and
+	// in no report).
+	excess, prevExcess int64
 }
 
 // SetWord records a worker's reading of its scheduler: generations
@@ -25,7 +31,11 @@ type word struct {
 func (b *Board) SetWord(addr string, queued, running int64, at time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.words[addr] = word{queued: queued, running: running, at: at}
+	w := word{queued: queued, running: running, at: at, excess: max(0, queued+running-b.recentlyCounted(addr, at))}
+	if old, ok := b.words[addr]; ok && at.Sub(old.at) <= wordFresh {
+		w.prevExcess = old.excess
+	}
+	b.words[addr] = w
 	// Readings of workers that left stop being refreshed; drop them
 	// once they could no longer count.
 	for a, w := range b.words {
