@@ -1,8 +1,7 @@
 package api
 
 import (
-	"bytes"
-	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -39,30 +38,20 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var rep wire.LoadReport
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
-		return
-	}
-	if dec.More() {
-		writeError(w, errorf(http.StatusBadRequest, "load report: one JSON object expected"))
-		return
-	}
-	if err := loadboard.Check(rep); err != nil {
+	if err := decodeStrictBody(body, &rep); err != nil {
 		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
 		return
 	}
 	// The signature checked out, so the time is the filter's own.
 	signedAt, _ := strconv.ParseInt(r.Header.Get(wire.HeaderSyncTime), 10, 64)
-	if err := s.Board.Claim(rep.Node, signedAt); err != nil {
-		writeError(w, errorf(http.StatusConflict, "filter sync: %v", err))
-		return
-	}
 	loads := s.Fleet.Loads()
 	out := func(key string) bool { l := loads[key]; return l.FailingHealthChecks || l.Ejected }
-	view, err := s.Board.Sync(rep, s.Fleet.Registry().Snapshot(), out)
-	if err != nil {
+	view, err := s.Board.SyncSigned(rep, signedAt, s.Fleet.Registry().Snapshot(), out)
+	switch {
+	case errors.Is(err, loadboard.ErrClaimRefused):
+		writeError(w, errorf(http.StatusConflict, "filter sync: %v", err))
+		return
+	case err != nil:
 		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
 		return
 	}

@@ -3,14 +3,14 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
 
 	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
-// decodeStrict reads one JSON object of the wire type v, refusing unknown
-// fields and trailing data.
+// decodeStrict reads a JSON body into the wire type v (decodeStrictBody).
 func decodeStrict(r *http.Request, v any) error {
 	if err := requireJSON(r); err != nil {
 		return err
@@ -19,13 +19,22 @@ func decodeStrict(r *http.Request, v any) error {
 	if err != nil {
 		return err
 	}
+	if err := decodeStrictBody(body, v); err != nil {
+		return errorf(http.StatusBadRequest, "invalid JSON body: %v", err)
+	}
+	return nil
+}
+
+// decodeStrictBody decodes one JSON object into the wire type v, refusing
+// unknown fields and trailing data.
+func decodeStrictBody(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return errorf(http.StatusBadRequest, "invalid JSON body: %v", err)
+		return err
 	}
 	if dec.More() {
-		return errorf(http.StatusBadRequest, "invalid JSON body: one JSON object expected")
+		return errors.New("one JSON object expected")
 	}
 	return nil
 }

@@ -172,6 +172,24 @@ func (b *Board) Sync(r wire.LoadReport, snap registry.Snapshot, out func(key str
 	if err := Check(r); err != nil {
 		return wire.PickView{}, err
 	}
+	return b.syncChecked(r, snap, out)
+}
+
+// SyncSigned is Sync for a report signed at signedAt (Unix ms): checked,
+// then claimed (Claim: each signing time counts once), then synced. A
+// refused claim wraps ErrClaimRefused.
+func (b *Board) SyncSigned(r wire.LoadReport, signedAt int64, snap registry.Snapshot, out func(key string) bool) (wire.PickView, error) {
+	if err := Check(r); err != nil {
+		return wire.PickView{}, err
+	}
+	if err := b.Claim(r.Node, signedAt); err != nil {
+		return wire.PickView{}, err
+	}
+	return b.syncChecked(r, snap, out)
+}
+
+// syncChecked is Sync for a report Check accepted.
+func (b *Board) syncChecked(r wire.LoadReport, snap registry.Snapshot, out func(key string) bool) (wire.PickView, error) {
 	running, known := snap, true
 	if b.applied != nil {
 		running, known = b.applied.get()

@@ -1,6 +1,7 @@
 package loadboard
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/diffrouter/diffusion-router/wire"
@@ -10,6 +11,9 @@ import (
 // only once: a copy sent again (within the clock skew the signature check
 // allows) would otherwise repeat stale work and starve a worker. Each node's
 // reports must come with strictly increasing signing times.
+
+// ErrClaimRefused: a report's signing time is not one to accept.
+var ErrClaimRefused = errors.New("signing time refused")
 
 // Claim accepts signedAt (Unix ms) as node's newest report, or refuses a
 // time not after the one last accepted from it. A refused claim changes
@@ -26,10 +30,10 @@ func (b *Board) Claim(node string, signedAt int64) error {
 		}
 	}
 	if last, ok := b.signed[node]; ok && signedAt <= last {
-		return fmt.Errorf("report from %q signed at %d, not after its last accepted one (%d): a replayed or reordered report", node, signedAt, last)
+		return fmt.Errorf("%w: report from %q signed at %d, not after its last accepted one (%d): a replayed or reordered report", ErrClaimRefused, node, signedAt, last)
 	}
 	if _, ok := b.signed[node]; !ok && len(b.signed) >= 4*MaxNodes {
-		return fmt.Errorf("more than %d Envoys signed reports within %v", 4*MaxNodes, 2*wire.SyncClockSkew)
+		return fmt.Errorf("%w: more than %d Envoys signed reports within %v", ErrClaimRefused, 4*MaxNodes, 2*wire.SyncClockSkew)
 	}
 	b.signed[node] = signedAt
 	return nil
