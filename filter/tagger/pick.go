@@ -410,11 +410,9 @@ func (p *picker) deleteJob(id string, now int64) {
 			mpc = h.MsPerCost
 		}
 		// Its whole expected time from when it was counted: the job may
-		// have waited behind others before it ran.
+		// have waited behind others before it ran. Never measured (no
+		// speed at all): the hold stays.
 		expected := time.Duration((float64(j.Cost) + tab.Fit.Base) * mpc * float64(time.Millisecond))
-		if mpc <= 0 {
-			expected = 0 // never measured: keep the hold
-		}
 		until := j.Until
 		if expected > 0 {
 			until = max(now+time.Second.Microseconds(), j.Held+expected.Microseconds())
