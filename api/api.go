@@ -592,7 +592,7 @@ func (s *Server) model(w http.ResponseWriter, id string) {
 
 // storeView says whether the registry store writes: while it fails, every
 // change is refused with 503.
-func storeView(reg *registry.Registry) map[string]any {
+func storeView(reg registry.View) map[string]any {
 	failures, err := reg.StoreHealth()
 	v := map[string]any{"healthy": err == nil, "write_failures": failures}
 	if err != nil {

@@ -13,18 +13,18 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/fakeworker"
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
-	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 )
 
 // noEnvoys is the xDS side with nobody connected: changes apply at once.
 type noEnvoys struct{}
 
 func (noEnvoys) WaitSynced(context.Context, uint64) (int, error) { return 0, nil }
-func (noEnvoys) Nodes() []xdsserver.Node                         { return nil }
+func (noEnvoys) Nodes() []envoy.Node                             { return nil }
 
 func newAPI(t *testing.T) (*Server, *registry.Registry) {
 	t.Helper()
@@ -141,13 +141,13 @@ func TestPutWorker(t *testing.T) {
 		}
 	}
 	// A worker being removed stays removed: marking it dead is a 409.
-	if _, _, err := reg.SetState(reg.Snapshot().Workers[0].Key(), registry.StateDraining, "removed by operator"); err != nil {
+	if _, _, _, err := reg.Move(reg.Snapshot().Workers[0].Key(), registry.StateDraining, "removed by operator"); err != nil {
 		t.Fatal(err)
 	}
 	if code, v := call(t, s, "PUT", id, `{"is_dead": true}`); code != 409 || reg.Snapshot().Workers[0].State != registry.StateDraining {
 		t.Fatalf("is_dead on a draining worker = %d %v, state %s", code, v, reg.Snapshot().Workers[0].State)
 	}
-	if _, _, err := reg.SetState(reg.Snapshot().Workers[0].Key(), registry.StateActive, ""); err != nil {
+	if _, _, _, err := reg.Move(reg.Snapshot().Workers[0].Key(), registry.StateActive, ""); err != nil {
 		t.Fatal(err)
 	}
 	// Re-admission checks /health first: a dead worker stays out with 409.

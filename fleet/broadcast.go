@@ -137,18 +137,18 @@ var ErrNoBroadcast = errors.New("not a fleet-wide call")
 
 // RunBroadcast runs the fleet-wide call at path (all but the weight
 // update, see UpdateWeights).
-func (m *Manager) RunBroadcast(ctx context.Context, path string, body []byte, o BroadcastOptions) (BroadcastResult, error) {
+func (op *operations) RunBroadcast(ctx context.Context, path string, body []byte, o BroadcastOptions) (BroadcastResult, error) {
 	b, ok := Broadcasts[path]
 	if !ok || b.Weights {
 		return BroadcastResult{}, fmt.Errorf("%s: %w", path, ErrNoBroadcast)
 	}
 	spec := CallSpec{Path: path, Body: body, Target: b.Target, Quarantine: b.Quarantine, Timeout: o.Timeout}
 	if b.Record != nil {
-		spec.OnSuccess = func(w registry.Worker) error { return b.Record(m.reg, w) }
+		spec.OnSuccess = func(w registry.Worker) error { return b.Record(op.reg, w) }
 	}
-	out, err := m.Call(ctx, spec)
+	out, err := op.Call(ctx, spec)
 	if errors.Is(err, ErrNoTargets) && b.NothingToDo != nil {
-		if msg := b.NothingToDo(m.reg.Snapshot()); msg != "" {
+		if msg := b.NothingToDo(op.reg.Snapshot()); msg != "" {
 			return BroadcastResult{Outcome: out, NothingToDo: msg}, nil
 		}
 	}
@@ -161,7 +161,7 @@ func (m *Manager) RunBroadcast(ctx context.Context, path string, body []byte, o 
 		res.Fields = fields
 		if o.QuarantineSuspects {
 			for _, u := range suspects {
-				if _, _, err := m.Quarantine(ctx, u, b.SuspectCause, reason); err == nil {
+				if _, _, err := op.quarantine(ctx, u, b.SuspectCause, reason); err == nil {
 					res.Quarantined = append(res.Quarantined, u)
 				}
 			}

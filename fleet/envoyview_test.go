@@ -16,7 +16,6 @@ import (
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
-	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 )
 
 // fakeEnvoys is a fleet of Envoys as the control plane sees them: the xDS
@@ -81,12 +80,12 @@ func (f *fakeEnvoys) WaitSynced(context.Context, uint64) (int, error) {
 	return len(f.hosts), nil
 }
 
-func (f *fakeEnvoys) Nodes() []xdsserver.Node {
+func (f *fakeEnvoys) Nodes() []envoy.Node {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []xdsserver.Node
+	var out []envoy.Node
 	for n := range f.hosts {
-		out = append(out, xdsserver.Node{ID: n, AdminAddress: n, Synced: true})
+		out = append(out, envoy.Node{ID: n, AdminAddress: n, Synced: true})
 	}
 	return out
 }
@@ -304,7 +303,7 @@ func TestEjections(t *testing.T) {
 			for _, view := range [][2]envoy.HostStats{tt.first, tt.second} {
 				envoys.set("a", hp, view[0])
 				envoys.set("b", hp, view[1])
-				m.observeOnce(context.Background())
+				m.envoys.observeOnce(context.Background())
 			}
 			w, _ := m.Registry().Get(key)
 			if got := w.State == registry.StateQuarantined; got != tt.wantQuarantine {
@@ -327,14 +326,14 @@ func TestProbeQuarantinesAfterThreshold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Registry().Add(bad, "127.0.0.1", registry.Capabilities{Known: true}, registry.StateActive, ""); err != nil {
+	if _, err := m.reg.Add(bad, "127.0.0.1", registry.Capabilities{Known: true}, registry.StateActive, ""); err != nil {
 		t.Fatal(err)
 	}
-	m.probeOnce(context.Background())
+	m.probes.probeOnce(context.Background())
 	if w, _ := m.Registry().Get(bad.String()); w.State != registry.StateActive {
 		t.Fatalf("quarantined after one failure: %+v", w)
 	}
-	m.probeOnce(context.Background())
+	m.probes.probeOnce(context.Background())
 	if w, _ := m.Registry().Get(bad.String()); w.State != registry.StateQuarantined {
 		t.Fatalf("not quarantined after two failures: %+v", w)
 	}

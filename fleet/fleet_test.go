@@ -11,14 +11,14 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/registry"
-	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 )
 
 type noEnvoys struct{}
 
 func (noEnvoys) WaitSynced(context.Context, uint64) (int, error) { return 0, nil }
-func (noEnvoys) Nodes() []xdsserver.Node                         { return nil }
+func (noEnvoys) Nodes() []envoy.Node                             { return nil }
 
 func newManager(t *testing.T) *Manager {
 	t.Helper()
@@ -64,7 +64,7 @@ func TestResolveAddrRejectsBlockedAnswers(t *testing.T) {
 		"sneaky":  {netip.MustParseAddr("10.0.0.6"), netip.MustParseAddr("169.254.169.254")},
 		"nothing": nil,
 	}
-	m.resolve = func(_ context.Context, host string) ([]netip.Addr, error) {
+	m.workers.resolve = func(_ context.Context, host string) ([]netip.Addr, error) {
 		if a, ok := answers[host]; ok {
 			return a, nil
 		}
@@ -85,7 +85,7 @@ func TestResolveAddrRejectsBlockedAnswers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := m.resolveAddr(context.Background(), u)
+		got, err := m.workers.resolveAddr(context.Background(), u)
 		if tt.wantErr {
 			if !errors.Is(err, registry.ErrInvalidURL) {
 				t.Errorf("%s: err = %v, want ErrInvalidURL", tt.url, err)

@@ -9,6 +9,14 @@ import (
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
+// states is the lifecycle table at work: the one writer of a worker's
+// state. Every other part asks it to move a worker.
+type states struct {
+	reg *registry.Registry
+	rec Recorder
+	log *logrus.Entry
+}
+
 // Cause is why a worker changes state. The set is closed: every state change
 // in the router is one of these, made through Manager.move (or, for the
 // two changes that add or delete a registry entry, checked and recorded
@@ -105,7 +113,7 @@ func Next(from registry.State, cause Cause) (registry.State, error) {
 // cause allows (narrowed to expect when given, for callers that act on a
 // state they read), written to the registry, logged once and counted.
 // detail is the human reason the registry keeps.
-func (m *Manager) move(key string, cause Cause, detail string, expect ...registry.State) (registry.Worker, uint64, error) {
+func (st *states) move(key string, cause Cause, detail string, expect ...registry.State) (registry.Worker, uint64, error) {
 	r, ok := lifecycle[cause]
 	if !ok {
 		return registry.Worker{}, 0, fmt.Errorf("move %s: unknown cause %q", key, cause)
@@ -122,19 +130,19 @@ func (m *Manager) move(key string, cause Cause, detail string, expect ...registr
 			return registry.Worker{}, 0, fmt.Errorf("move %s: %s is not legal from %v: %w", key, cause, expect, registry.ErrConflict)
 		}
 	}
-	prev, w, gen, err := m.reg.Move(key, r.to, detail, from...)
+	prev, w, gen, err := st.reg.Move(key, r.to, detail, from...)
 	if err != nil {
 		return w, gen, err
 	}
 	if prev != r.to {
-		m.record(key, prev, r.to, cause, detail)
+		st.record(key, prev, r.to, cause, detail)
 	}
 	return w, gen, nil
 }
 
 // record logs and counts a transition; Admit and the removals use it
 // directly, as they add or delete the registry entry instead of moving it.
-func (m *Manager) record(key string, from, to registry.State, cause Cause, detail string) {
+func (st *states) record(key string, from, to registry.State, cause Cause, detail string) {
 	level := logrus.InfoLevel
 	if r, ok := lifecycle[cause]; ok {
 		level = r.level
@@ -143,6 +151,6 @@ func (m *Manager) record(key string, from, to registry.State, cause Cause, detai
 	if detail != "" {
 		fields["reason"] = detail
 	}
-	m.log.WithFields(fields).Log(level, "worker "+string(to))
-	m.cfg.Recorder.Transition(string(from), string(to), string(cause))
+	st.log.WithFields(fields).Log(level, "worker "+string(to))
+	st.rec.Transition(string(from), string(to), string(cause))
 }

@@ -102,7 +102,7 @@ func TestMoveWritesLogsAndCountsOnce(t *testing.T) {
 	}
 	key := u.String()
 
-	w, _, err := m.move(key, CauseProbeFailed, "health check failed 3 times in a row")
+	w, _, err := m.states.move(key, CauseProbeFailed, "health check failed 3 times in a row")
 	if err != nil || w.State != registry.StateQuarantined || w.Reason != "health check failed 3 times in a row" {
 		t.Fatalf("move = %+v, %v", w, err)
 	}
@@ -117,12 +117,12 @@ func TestMoveWritesLogsAndCountsOnce(t *testing.T) {
 
 	// Illegal: an ejection of a quarantined worker changes nothing, and
 	// neither logs nor counts.
-	if _, _, err := m.move(key, CauseEjected, "again"); !errors.Is(err, registry.ErrConflict) {
+	if _, _, err := m.states.move(key, CauseEjected, "again"); !errors.Is(err, registry.ErrConflict) {
 		t.Fatalf("ejecting a quarantined worker: %v, want a conflict", err)
 	}
 	// A caller that read another state than the cause allows is refused
 	// before the registry is touched.
-	if _, _, err := m.move(key, CauseReadmitted, "", registry.StateActive); !errors.Is(err, registry.ErrConflict) {
+	if _, _, err := m.states.move(key, CauseReadmitted, "", registry.StateActive); !errors.Is(err, registry.ErrConflict) {
 		t.Fatalf("readmit expecting active: %v", err)
 	}
 	if got, _ := reg.Get(key); got.State != registry.StateQuarantined || got.Reason != "health check failed 3 times in a row" {
@@ -133,7 +133,7 @@ func TestMoveWritesLogsAndCountsOnce(t *testing.T) {
 	}
 
 	// The operator takes it back: one more line, one more count.
-	if w, _, err := m.move(key, CauseReadmitted, ""); err != nil || w.State != registry.StateActive {
+	if w, _, err := m.states.move(key, CauseReadmitted, ""); err != nil || w.State != registry.StateActive {
 		t.Fatalf("readmit = %+v, %v", w, err)
 	}
 	if len(rec.seen) != 2 || rec.seen[1] != [3]string{"quarantined", "active", "readmitted"} {

@@ -15,6 +15,22 @@ import (
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
+// operations are the fleet-wide calls (weight updates, broadcasts), one at
+// a time.
+type operations struct {
+	reg     *registry.Registry
+	cfg     Config
+	log     *logrus.Entry
+	states  *states
+	workers *workerClient
+	envoys  *envoyWatch
+	drains  *drainer
+	// quarantine is Manager.Quarantine: out of rotation, drain cancelled.
+	quarantine func(ctx context.Context, key string, cause Cause, reason string) (registry.Worker, bool, error)
+
+	lock opLock
+}
+
 // BusyError is returned when a fleet-wide operation is already running:
 // weight updates and other fleet calls never interleave.
 type BusyError struct{ Running string }
@@ -73,10 +89,10 @@ func (l *opLock) takeLocked(id string) func() {
 }
 
 // Running returns the id of the fleet operation in progress, if any.
-func (m *Manager) Running() string {
-	m.ops.mu.Lock()
-	defer m.ops.mu.Unlock()
-	return m.ops.running
+func (op *operations) Running() string {
+	op.lock.mu.Lock()
+	defer op.lock.mu.Unlock()
+	return op.lock.running
 }
 
 // Outcome is the result of a fleet-wide operation.
@@ -142,16 +158,16 @@ type CallSpec struct {
 }
 
 // Call runs a fleet-wide call on every target worker in parallel.
-func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
+func (op *operations) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 	id := newOpID(strings.TrimPrefix(spec.Path, "/"))
-	release, err := m.ops.try(id)
+	release, err := op.lock.try(id)
 	if err != nil {
 		return Outcome{}, err
 	}
 	defer release()
 	out := Outcome{ID: id, Quarantined: []string{}}
 	var targets []registry.Worker
-	for _, w := range m.reg.Snapshot().Workers {
+	for _, w := range op.reg.Snapshot().Workers {
 		if spec.Target(w) {
 			targets = append(targets, w)
 		}
@@ -159,7 +175,7 @@ func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 	if len(targets) == 0 {
 		return out, ErrNoTargets
 	}
-	results := m.callAll(ctx, targets, spec.Path, spec.Body, spec.Timeout)
+	results := op.workers.callAll(ctx, targets, spec.Path, spec.Body, spec.Timeout)
 	if rejectedByAll(results) {
 		out.Rejected = true
 		for _, r := range results {
@@ -173,7 +189,7 @@ func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 		if r.OK() {
 			if spec.OnSuccess != nil {
 				if err := spec.OnSuccess(w); err != nil {
-					m.log.WithError(err).WithField("worker", w.Key()).Warn("could not record the call's result")
+					op.log.WithError(err).WithField("worker", w.Key()).Warn("could not record the call's result")
 				}
 			}
 			out.add(r, false)
@@ -182,7 +198,7 @@ func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 		q := false
 		if spec.Quarantine {
 			reason := fmt.Sprintf("%s failed: %s", spec.Path, describe(r))
-			if _, _, err := m.move(w.Key(), CauseCallFailed, reason, w.State); err == nil {
+			if _, _, err := op.states.move(w.Key(), CauseCallFailed, reason, w.State); err == nil {
 				q = true
 			}
 		}
@@ -191,17 +207,17 @@ func (m *Manager) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
 	out.sort()
 	// Answer once every Envoy routes by the new state (asleep, quarantined),
 	// and workers that came back (woken) pass their first health check.
-	gen := m.reg.Snapshot().Generation
-	m.waitSynced(ctx, gen)
+	gen := op.reg.Snapshot().Generation
+	op.envoys.waitSynced(ctx, gen)
 	var back sync.WaitGroup
 	for _, w := range targets {
-		if cur, ok := m.reg.Get(w.Key()); ok && !w.InEnvoy() && cur.InEnvoy() {
+		if cur, ok := op.reg.Get(w.Key()); ok && !w.InEnvoy() && cur.InEnvoy() {
 			back.Add(1)
-			go func() { defer back.Done(); m.waitRoutable(ctx, cur, gen) }()
+			go func() { defer back.Done(); op.envoys.waitRoutable(ctx, cur, gen) }()
 		}
 	}
 	back.Wait()
-	m.log.WithFields(logrus.Fields{"op": id, "workers": len(targets), "failed": out.Failed}).Info("fleet-wide call done")
+	op.log.WithFields(logrus.Fields{"op": id, "workers": len(targets), "failed": out.Failed}).Info("fleet-wide call done")
 	return out, nil
 }
 
@@ -217,20 +233,4 @@ func describe(r CallResult) string {
 
 func newOpID(kind string) string {
 	return fmt.Sprintf("%s-%d", kind, time.Now().UnixNano())
-}
-
-// callAll POSTs body to path on each worker in parallel; results are in the
-// order of workers.
-func (m *Manager) callAll(ctx context.Context, workers []registry.Worker, path string, body []byte, timeout time.Duration) []CallResult {
-	results := make([]CallResult, len(workers))
-	var wg sync.WaitGroup
-	for i, w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = m.call(ctx, w.URL.String(), path, body, "application/json", timeout)
-		}()
-	}
-	wg.Wait()
-	return results
 }

@@ -53,14 +53,14 @@ func unfinishedJobs(body []byte) (unfinished int, last string, err error) {
 
 // countUnfinishedJobs reads a worker's whole job list (bounded) and counts
 // its queued and running jobs.
-func (m *Manager) countUnfinishedJobs(ctx context.Context, base string) (int, error) {
+func (wc *workerClient) countUnfinishedJobs(ctx context.Context, base string) (int, error) {
 	total, after := 0, ""
 	for range jobListPages {
 		q := url.Values{"limit": {fmt.Sprint(jobListPage)}, "order": {"desc"}}
 		if after != "" {
 			q.Set("after", after)
 		}
-		body, err := m.get(ctx, base+"/v1/videos?"+q.Encode(), 16<<20)
+		body, err := wc.get(ctx, base+"/v1/videos?"+q.Encode(), 16<<20)
 		if err != nil {
 			return 0, err
 		}
@@ -81,14 +81,14 @@ func (m *Manager) countUnfinishedJobs(ctx context.Context, base string) (int, er
 // or ctx ends. It reports whether the worker said so; a worker whose list
 // cannot be read is not waited for (its own queue still runs the jobs
 // before a weight update), and the reason is returned.
-func (m *Manager) waitJobsDone(ctx context.Context, w registry.Worker) (bool, error) {
+func (wc *workerClient) waitJobsDone(ctx context.Context, w registry.Worker) (bool, error) {
 	if !w.Caps.Video() {
 		return true, nil
 	}
 	t := time.NewTicker(jobsPoll)
 	defer t.Stop()
 	for {
-		n, err := m.countUnfinishedJobs(ctx, w.URL.String())
+		n, err := wc.countUnfinishedJobs(ctx, w.URL.String())
 		if err != nil {
 			if ctx.Err() != nil {
 				return false, ctx.Err()

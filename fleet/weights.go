@@ -50,24 +50,24 @@ var ErrCatchUp = errors.New("worker could not load the fleet's weights")
 
 // UpdateWeights switches the fleet to new weights. Workers whose update fails
 // or times out may hold partial or old weights: they are quarantined.
-func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOutcome, error) {
+func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOutcome, error) {
 	modelPath, _ := spec.Request["model_path"].(string)
 	id := newOpID("update_weights")
-	release, err := m.ops.try(id)
+	release, err := op.lock.try(id)
 	if err != nil {
 		return UpdateOutcome{}, err
 	}
 	defer release()
 	version := spec.Version
 	if version == "" {
-		version = m.reg.NextVersion()
+		version = op.reg.NextVersion()
 	} else {
-		m.reg.NoteVersion(version)
+		op.reg.NoteVersion(version)
 	}
 	var storeErr error // a change the registry store could not write
 	out := UpdateOutcome{Outcome: Outcome{ID: id, Quarantined: []string{}}, Version: version, ModelPath: modelPath, Mode: spec.Mode}
 	var targets []registry.Worker
-	for _, w := range m.reg.Snapshot().Workers {
+	for _, w := range op.reg.Snapshot().Workers {
 		if Broadcasts[PathUpdateWeights].Target(w) {
 			targets = append(targets, w)
 		}
@@ -79,16 +79,16 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 	if err != nil {
 		return out, fmt.Errorf("encode update: %w", err)
 	}
-	log := m.log.WithFields(logrus.Fields{"op": id, "version": version, "model_path": modelPath, "mode": spec.Mode, "workers": len(targets)})
+	log := op.log.WithFields(logrus.Fields{"op": id, "version": version, "model_path": modelPath, "mode": spec.Mode, "workers": len(targets)})
 	log.Info("weight update started")
 	started := time.Now()
 	if spec.Mode == ModeDrain {
 		batch := max(1, spec.MaxUnavailable)
 		for i := 0; i < len(targets) && !out.Rejected; i += batch {
-			m.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome, i == 0)
+			op.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome, i == 0)
 		}
 	} else {
-		results := m.callAll(ctx, targets, PathUpdateWeights, body, spec.Timeout)
+		results := op.workers.callAll(ctx, targets, PathUpdateWeights, body, spec.Timeout)
 		if rejectedByAll(results) {
 			out.Rejected = true
 			for _, r := range results {
@@ -104,22 +104,22 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 					out.add(r, false)
 					continue
 				}
-				out.add(r, m.settle(targets[i], r, version, modelPath, registry.StateActive))
+				out.add(r, op.settle(targets[i], r, version, modelPath, registry.StateActive))
 			}
-			if _, err := m.reg.SetWorkersWeights(ok, version, modelPath); err != nil {
+			if _, err := op.reg.SetWorkersWeights(ok, version, modelPath); err != nil {
 				storeErr = err
 			}
 		}
 	}
 	if out.Rejected {
-		m.cfg.Recorder.WeightUpdate("rejected", time.Since(started))
+		op.cfg.Recorder.WeightUpdate("rejected", time.Since(started))
 		log.Warn("every worker rejected the update; nothing changed")
 		out.sort()
-		m.waitSynced(ctx, m.reg.Snapshot().Generation)
+		op.envoys.waitSynced(ctx, op.reg.Snapshot().Generation)
 		return out, nil
 	}
 	if out.Succeeded > 0 && storeErr == nil {
-		if _, err := m.reg.SetFleetWeights(registry.Weights{Version: version, ModelPath: modelPath, Request: spec.Request}); err != nil {
+		if _, err := op.reg.SetFleetWeights(registry.Weights{Version: version, ModelPath: modelPath, Request: spec.Request}); err != nil {
 			storeErr = err
 		}
 	}
@@ -130,25 +130,25 @@ func (m *Manager) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOut
 		return out, fmt.Errorf("%d workers loaded weights %s, but the router could not record it: %w", out.Succeeded, version, storeErr)
 	}
 	out.sort()
-	m.waitSynced(ctx, m.reg.Snapshot().Generation)
+	op.envoys.waitSynced(ctx, op.reg.Snapshot().Generation)
 	outcome := "ok"
 	if out.Failed > 0 {
 		outcome = "partial"
 	}
-	m.cfg.Recorder.WeightUpdate(outcome, time.Since(started))
+	op.cfg.Recorder.WeightUpdate(outcome, time.Since(started))
 	log.WithFields(logrus.Fields{"failed": out.Failed, "took": time.Since(started).Round(time.Millisecond).String()}).Info("weight update done")
 	return out, nil
 }
 
 // settle records one worker's update result: the new version on success, a
 // quarantine on failure. It reports whether the worker was quarantined.
-func (m *Manager) settle(w registry.Worker, r CallResult, version, modelPath string, from registry.State) bool {
+func (op *operations) settle(w registry.Worker, r CallResult, version, modelPath string, from registry.State) bool {
 	if r.OK() {
-		if _, err := m.reg.SetWorkerWeights(w.Key(), version, modelPath); err != nil {
-			m.log.WithError(err).WithField("worker", w.Key()).Warn("updated worker left the registry")
+		if _, err := op.reg.SetWorkerWeights(w.Key(), version, modelPath); err != nil {
+			op.log.WithError(err).WithField("worker", w.Key()).Warn("updated worker left the registry")
 		}
 		if from == registry.StateUpdating {
-			_, _, _ = m.move(w.Key(), CauseUpdated, "", from)
+			_, _, _ = op.states.move(w.Key(), CauseUpdated, "", from)
 		}
 		return false
 	}
@@ -157,7 +157,7 @@ func (m *Manager) settle(w registry.Worker, r CallResult, version, modelPath str
 	if from == registry.StatePending {
 		cause = CauseCatchUpFailed
 	}
-	_, _, err := m.move(w.Key(), cause, reason, from)
+	_, _, err := op.states.move(w.Key(), cause, reason, from)
 	return err == nil
 }
 
@@ -165,11 +165,11 @@ func (m *Manager) settle(w registry.Worker, r CallResult, version, modelPath str
 // requests, update, back into rotation (and routable) before the next batch.
 // When first is set and the whole batch rejects the update alike, the
 // workers go back to rotation unchanged and the update stops (Rejected).
-func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome, first bool) {
+func (op *operations) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome, first bool) {
 	var taken []registry.Worker
 	var gen uint64
 	for _, w := range batch {
-		nw, g, err := m.move(w.Key(), CauseUpdateStarted, "weight update to version "+version)
+		nw, g, err := op.states.move(w.Key(), CauseUpdateStarted, "weight update to version "+version)
 		if err != nil {
 			continue // left rotation meanwhile (quarantined, removed)
 		}
@@ -183,36 +183,36 @@ func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, bo
 			defer wg.Done()
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			if !m.waitIdle(dctx, w.Key(), gen) {
+			if !op.drains.waitIdle(dctx, w.Key(), gen) {
 				results[i] = CallResult{WorkerURL: w.Key(), StatusCode: 504, Body: map[string]any{
 					"error": fmt.Sprintf("in-flight requests did not finish within %s", timeout)}}
 				return
 			}
 			// Its video jobs too: their answers name the weights they were
 			// made under, which must not change while they run.
-			if done, err := m.waitJobsDone(dctx, w); !done {
-				m.log.WithError(err).WithField("worker", w.Key()).Warn("updating a drained worker without its word that its video jobs ended")
+			if done, err := op.workers.waitJobsDone(dctx, w); !done {
+				op.log.WithError(err).WithField("worker", w.Key()).Warn("updating a drained worker without its word that its video jobs ended")
 			}
-			results[i] = m.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", timeout)
+			results[i] = op.workers.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", timeout)
 		}()
 	}
 	wg.Wait()
 	if first && rejectedByAll(results) {
 		out.Rejected = true
 		for i, r := range results {
-			_, _, _ = m.move(taken[i].Key(), CauseUpdateRejected, "")
+			_, _, _ = op.states.move(taken[i].Key(), CauseUpdateRejected, "")
 			out.add(r, false)
 		}
 		return
 	}
 	for i, r := range results {
-		out.add(r, m.settle(taken[i], r, version, modelPath, registry.StateUpdating))
+		out.add(r, op.settle(taken[i], r, version, modelPath, registry.StateUpdating))
 	}
 	// The next batch leaves rotation only once this one is back.
 	for i, w := range taken {
 		if results[i].OK() {
-			if cur, ok := m.reg.Get(w.Key()); ok {
-				m.waitRoutable(ctx, cur, m.reg.Snapshot().Generation)
+			if cur, ok := op.reg.Get(w.Key()); ok {
+				op.envoys.waitRoutable(ctx, cur, op.reg.Snapshot().Generation)
 			}
 		}
 	}
@@ -221,13 +221,13 @@ func (m *Manager) updateDrained(ctx context.Context, batch []registry.Worker, bo
 // catchUp brings a joining worker (state pending) to the fleet's weights
 // before it takes traffic. It waits for a running fleet operation to finish,
 // so the version it loads is the one the fleet ends up with.
-func (m *Manager) catchUp(ctx context.Context, w registry.Worker) (registry.Worker, error) {
-	release, err := m.ops.wait(ctx, newOpID("catch_up"))
+func (op *operations) catchUp(ctx context.Context, w registry.Worker) (registry.Worker, error) {
+	release, err := op.lock.wait(ctx, newOpID("catch_up"))
 	if err != nil {
 		return w, err
 	}
 	defer release()
-	fleet := m.reg.Snapshot().Fleet
+	fleet := op.reg.Snapshot().Fleet
 	req := fleet.Request
 	if req == nil {
 		req = map[string]any{"model_path": fleet.ModelPath}
@@ -236,21 +236,21 @@ func (m *Manager) catchUp(ctx context.Context, w registry.Worker) (registry.Work
 	if err != nil {
 		return w, fmt.Errorf("encode catch-up update: %w", err)
 	}
-	r := m.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", m.cfg.WeightUpdateTimeout)
+	r := op.workers.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", op.cfg.WeightUpdateTimeout)
 	if !r.OK() {
-		m.settle(w, r, fleet.Version, fleet.ModelPath, registry.StatePending)
-		cur, ok := m.reg.Get(w.Key())
+		op.settle(w, r, fleet.Version, fleet.ModelPath, registry.StatePending)
+		cur, ok := op.reg.Get(w.Key())
 		if !ok {
 			cur = w
 		}
 		return cur, fmt.Errorf("%w: version %s (%s): %s", ErrCatchUp, fleet.Version, fleet.ModelPath, describe(r))
 	}
 	// Record the weights but leave the state to the caller (pending -> active).
-	if _, err := m.reg.SetWorkerWeights(w.Key(), fleet.Version, fleet.ModelPath); err != nil {
+	if _, err := op.reg.SetWorkerWeights(w.Key(), fleet.Version, fleet.ModelPath); err != nil {
 		return w, err
 	}
-	m.log.WithFields(logrus.Fields{"worker": w.Key(), "version": fleet.Version}).Info("joining worker loaded the fleet's weights")
-	cur, ok := m.reg.Get(w.Key())
+	op.log.WithFields(logrus.Fields{"worker": w.Key(), "version": fleet.Version}).Info("joining worker loaded the fleet's weights")
+	cur, ok := op.reg.Get(w.Key())
 	if !ok {
 		// Removed meanwhile: say so with its name, not a zero worker's.
 		return w, fmt.Errorf("catch up %s: %w", w.Key(), registry.ErrNotFound)

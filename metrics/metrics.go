@@ -12,8 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/registry"
-	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 )
 
 // Metrics holds the control plane's instruments.
@@ -27,7 +27,7 @@ type Metrics struct {
 }
 
 // New registers the instruments. fleet and nodes are read at scrape time.
-func New(fleet *registry.Registry, nodes func() []xdsserver.Node) *Metrics {
+func New(fleet *registry.Registry, nodes func() []envoy.Node) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		xdsPushes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -94,7 +94,7 @@ var (
 // the gauges can never drift from the state they describe.
 type fleetCollector struct {
 	fleet *registry.Registry
-	nodes func() []xdsserver.Node
+	nodes func() []envoy.Node
 }
 
 func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {

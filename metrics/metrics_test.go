@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/registry"
-	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
 )
 
 func TestMetrics(t *testing.T) {
@@ -20,10 +20,10 @@ func TestMetrics(t *testing.T) {
 		}
 		_, _ = reg.Add(u, u.Host, registry.Capabilities{}, registry.StateActive, "")
 	}
-	if _, _, err := reg.SetState("http://10.0.0.3:1", registry.StateQuarantined, "test"); err != nil {
+	if _, _, _, err := reg.Move("http://10.0.0.3:1", registry.StateQuarantined, "test"); err != nil {
 		t.Fatal(err)
 	}
-	m := New(reg, func() []xdsserver.Node { return []xdsserver.Node{{ID: "a", Synced: true}, {ID: "b"}} })
+	m := New(reg, func() []envoy.Node { return []envoy.Node{{ID: "a", Synced: true}, {ID: "b"}} })
 	m.XDSPush()
 	m.XDSPush()
 	m.Probe(true)

@@ -276,6 +276,16 @@ func (r *Registry) commitLocked(u undo, keys ...string) (uint64, error) {
 	return r.gen, nil
 }
 
+// View is the registry to read. Everything outside the fleet package gets
+// this: only the fleet changes workers.
+type View interface {
+	Snapshot() Snapshot
+	Get(key string) (Worker, bool)
+	StoreHealth() (failures uint64, err error)
+}
+
+var _ View = (*Registry)(nil)
+
 // StoreHealth reports how many store writes have failed since start and the
 // last one's error (nil when it worked or there is no store).
 func (r *Registry) StoreHealth() (uint64, error) {
@@ -365,7 +375,7 @@ func (r *Registry) findServerLocked(id string) *Worker {
 
 // Add registers a worker in the given state, or returns the existing entry
 // unchanged: adding is idempotent. Reviving a draining or quarantined worker
-// is a separate decision (SetState), so a re-registration from the worker's
+// is a separate decision (Move), so a re-registration from the worker's
 // own side cannot bring back one that failed.
 func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state State, reason string) (AddResult, error) {
 	r.mu.Lock()
@@ -392,18 +402,12 @@ func (r *Registry) Add(u WorkerURL, address string, caps Capabilities, state Sta
 	return AddResult{Worker: copyWorker(*w), Created: true, Generation: gen}, nil
 }
 
-// SetState moves a worker to a state with a reason. Setting the state it is
-// already in with the same reason is a no-op and does not bump the generation.
+// Move moves a worker to a state with a reason and says which state it
+// left (equal to to when nothing changed). Setting the state it is already
+// in with the same reason is a no-op and does not bump the generation.
 // from, when not empty, makes the change conditional: it only happens while
 // the worker is in one of those states (so a slow drain cannot overwrite a
-// quarantine that happened meanwhile).
-func (r *Registry) SetState(key string, to State, reason string, from ...State) (Worker, uint64, error) {
-	_, w, gen, err := r.Move(key, to, reason, from...)
-	return w, gen, err
-}
-
-// Move is SetState that also says which state the worker left (equal to
-// to when nothing changed).
+// quarantine that happened meanwhile). Only the fleet package calls it.
 func (r *Registry) Move(key string, to State, reason string, from ...State) (State, Worker, uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

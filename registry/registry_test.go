@@ -55,7 +55,7 @@ func TestSetStateTransitions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := New(fixedClock())
 			key := mustAdd(t, r, mustURL(t, "http://h:1"), "10.0.0.1", Capabilities{}, StateActive, "").Worker.Key()
-			w, gen, err := r.SetState(key, tt.to, tt.reason, tt.from...)
+			w, gen, err := r.setState(key, tt.to, tt.reason, tt.from...)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -68,7 +68,7 @@ func TestSetStateTransitions(t *testing.T) {
 		})
 	}
 	r := New(nil)
-	if _, _, err := r.SetState("http://nope:1", StateActive, ""); !errors.Is(err, ErrNotFound) {
+	if _, _, err := r.setState("http://nope:1", StateActive, ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown worker: err = %v", err)
 	}
 }

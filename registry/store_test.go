@@ -25,7 +25,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	if _, err := r.Delete("http://10.0.0.3:1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.SetState("http://10.0.0.2:1", StateQuarantined, "weight update failed"); err != nil {
+	if _, _, err := r.setState("http://10.0.0.2:1", StateQuarantined, "weight update failed"); err != nil {
 		t.Fatal(err)
 	}
 	r.NoteVersion("7")
@@ -100,7 +100,7 @@ func TestStoreFailureUndoesTheChange(t *testing.T) {
 			return err
 		}},
 		{"quarantine", func() error {
-			_, _, err := r.SetState(a.Worker.Key(), StateQuarantined, "x")
+			_, _, err := r.setState(a.Worker.Key(), StateQuarantined, "x")
 			return err
 		}},
 		{"delete", func() error { _, err := r.Delete(a.Worker.Key()); return err }},

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
@@ -48,21 +49,8 @@ func (fleetHash) ID(*corev3.Node) string { return fleetKey }
 // Envoy applies them.
 var routedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
 
-// Node is a connected Envoy as it introduced itself.
-type Node struct {
-	ID           string    `json:"id"`
-	Cluster      string    `json:"cluster"`
-	AdminAddress string    `json:"admin_address,omitempty"`
-	ConnectedAt  time.Time `json:"connected_at"`
-	// Synced is true when the node acknowledged the current version of every
-	// resource type it subscribed to.
-	Synced bool `json:"synced"`
-	// LastError is the last configuration the node rejected (NACK), if any.
-	LastError string `json:"last_error,omitempty"`
-}
-
 type stream struct {
-	node      Node
+	node      envoy.Node
 	acked     map[string]string // type URL -> version acknowledged
 	requested map[string]bool   // type URL -> subscribed
 }
@@ -237,10 +225,10 @@ func (s *Server) streamSyncedLocked(st *stream) bool {
 }
 
 // Nodes lists the connected Envoys.
-func (s *Server) Nodes() []Node {
+func (s *Server) Nodes() []envoy.Node {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Node, 0, len(s.streams))
+	out := make([]envoy.Node, 0, len(s.streams))
 	for _, st := range s.streams {
 		n := st.node
 		n.Synced = s.streamSyncedLocked(st)
@@ -287,7 +275,7 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamOpenFunc: func(_ context.Context, id int64, typ string) error {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			s.streams[id] = &stream{acked: map[string]string{}, requested: map[string]bool{}, node: Node{ConnectedAt: time.Now()}}
+			s.streams[id] = &stream{acked: map[string]string{}, requested: map[string]bool{}, node: envoy.Node{ConnectedAt: time.Now()}}
 			return nil
 		},
 		StreamClosedFunc: func(id int64, _ *corev3.Node) {

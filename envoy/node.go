@@ -1,0 +1,17 @@
+package envoy
+
+import "time"
+
+// Node is a connected Envoy as it introduced itself to the control plane
+// (xds/server fills it in; the fleet, the API and the metrics read it).
+type Node struct {
+	ID           string    `json:"id"`
+	Cluster      string    `json:"cluster"`
+	AdminAddress string    `json:"admin_address,omitempty"`
+	ConnectedAt  time.Time `json:"connected_at"`
+	// Synced is true when the node acknowledged the current version of every
+	// resource type it subscribed to.
+	Synced bool `json:"synced"`
+	// LastError is the last configuration the node rejected (NACK), if any.
+	LastError string `json:"last_error,omitempty"`
+}
