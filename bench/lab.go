@@ -11,10 +11,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/procgroup"
 )
 
 // Workers starts n fake workers in this process on free loopback ports.
@@ -44,8 +44,7 @@ func Workers(n int, cfg fakeworker.Config) (urls []string, stop func(), err erro
 type Router struct {
 	Front, API, Admin string
 	PID               int
-	cmd               *exec.Cmd
-	done              chan struct{}
+	group             *procgroup.Group
 }
 
 var readyLine = regexp.MustCompile(`ready on (http://\S+) \(registry API (http://\S+), Envoy admin (http://[^)\s]+)\)`)
@@ -61,7 +60,6 @@ func StartRouter(bin string, logw io.Writer, args ...string) (*Router, error) {
 	l.Close()
 	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(port), "--log-level", "warning"}, args...)
 	cmd := exec.Command(bin, all...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if logw == nil {
 		logw = io.Discard
 	}
@@ -70,10 +68,11 @@ func StartRouter(bin string, logw io.Writer, args ...string) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	g, err := procgroup.Start(cmd)
+	if err != nil {
+		return nil, err
 	}
-	r := &Router{cmd: cmd, PID: cmd.Process.Pid, done: make(chan struct{})}
+	r := &Router{group: g, PID: g.PID}
 	ready := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -83,13 +82,12 @@ func StartRouter(bin string, logw io.Writer, args ...string) (*Router, error) {
 			}
 		}
 	}()
-	go func() { _ = cmd.Wait(); close(r.done) }()
 	select {
 	case m := <-ready:
 		r.Front, r.API, r.Admin = m[1], m[2], m[3]
 		return r, nil
-	case <-r.done:
-		return nil, errors.New("router exited before it was ready")
+	case <-g.Done():
+		return nil, fmt.Errorf("router exited before it was ready: %w", g.Err())
 	case <-time.After(90 * time.Second):
 		r.Stop()
 		return nil, errors.New("router not ready after 90 s")
@@ -97,16 +95,7 @@ func StartRouter(bin string, logw io.Writer, args ...string) (*Router, error) {
 }
 
 // Stop ends the router and its Envoy (the whole process group).
-func (r *Router) Stop() {
-	_ = syscall.Kill(-r.PID, syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-r.PID, syscall.SIGKILL)
-		<-r.done
-	}
-	_ = syscall.Kill(-r.PID, syscall.SIGKILL)
-}
+func (r *Router) Stop() { r.group.Stop(10 * time.Second) }
 
 // RSSKiB reads a process's resident memory from /proc.
 func RSSKiB(pid int) (int64, error) {

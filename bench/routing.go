@@ -12,10 +12,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/procgroup"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
@@ -224,29 +224,19 @@ func startReplica(ctx context.Context, routerBin, envoyBin, xds, tlsDir, name st
 	}
 	cmd := exec.Command(envoyBin, "-c", path, "--disable-hot-restart", "--log-level", "warn")
 	cmd.Env = append(os.Environ(), trust.JobSecretEnv+"="+secret)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	g, err := procgroup.Start(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start envoy: %w", err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	stop := func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-	}
+	stop := func() { g.Stop(10 * time.Second) }
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if healthyHosts(fmt.Sprintf("http://127.0.0.1:%d", admin)) >= workers {
 			return stop, nil
 		}
 		select {
-		case <-done:
-			return nil, errors.New("envoy exited")
+		case <-g.Done():
+			return nil, fmt.Errorf("envoy exited: %w", g.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/diffrouter/diffusion-router/bench"
 	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/procgroup"
 )
 
 var (
@@ -80,7 +81,8 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 	out  *syncBuffer
-	done chan struct{}
+	g    *procgroup.Group
+	done <-chan struct{}
 }
 
 type syncBuffer struct {
@@ -117,14 +119,14 @@ func startPath(t testing.TB, name, path string, args ...string) *proc {
 func startPathEnv(t testing.TB, name, path string, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(path, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	p := &proc{t: t, name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{t: t, name: name, cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.Env = append(append(os.Environ(), envoy.EnvVar+"="+envoyBin), env...)
-	if err := cmd.Start(); err != nil {
+	g, err := procgroup.Start(cmd)
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { _ = cmd.Wait(); close(p.done) }()
+	p.g, p.done = g, g.Done()
 	t.Cleanup(func() {
 		p.stop()
 		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
@@ -152,15 +154,7 @@ func (p *proc) stop() {
 		return
 	default:
 	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-	// Anything the process left in its group goes too.
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	p.g.Stop(10 * time.Second)
 }
 
 // kill sends SIGKILL to the process alone, as a crash would.

@@ -86,10 +86,12 @@ type Config struct {
 	// StrictModelRouting answers 404 to a request naming a model no
 	// worker lists, instead of sending it to a worker of its task type.
 	StrictModelRouting bool
-	// DemoWorkers fake workers run inside the process (for trying the
-	// router without GPUs), at DemoTimeScale of real H100 speed.
+	// DemoWorkers fake workers run as fake-worker processes (DemoWorkerBin,
+	// default: beside this binary or on PATH) for trying the router
+	// without GPUs, at DemoTimeScale of real H100 speed.
 	DemoWorkers   int
 	DemoTimeScale float64
+	DemoWorkerBin string
 }
 
 // seconds is a flag.Value of (fractional) seconds, as the Python CLIs take.
@@ -187,7 +189,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	c.ShutdownTimeout = 60 * time.Second
 	fs.Var(&seconds{d: &c.ShutdownTimeout}, "shutdown-timeout", "on SIGTERM, seconds in-flight requests may take to finish after the front port stops taking new connections")
 	fs.StringVar(&c.AdminToken, "admin-token", os.Getenv(AdminTokenEnv), "bearer token required by every call that changes the fleet (default $"+AdminTokenEnv+"; none: open)")
-	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers in-process and register them (the last one generates videos)")
+	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers (fake-worker processes) and register them (the last one generates videos)")
+	fs.StringVar(&c.DemoWorkerBin, "demo-worker-bin", "", "the fake-worker binary --demo-workers runs (default: beside this binary, else on PATH)")
 	fs.Float64Var(&c.DemoTimeScale, "demo-time-scale", 0.1, "speed of demo workers relative to an H100 (0.1: a FLUX.1-dev image in ~0.7 s)")
 
 	// Accept "--worker-urls A B C": fold the values into one argument.

@@ -1,35 +1,129 @@
 package router
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/procgroup"
 )
 
-// startDemoWorkers runs n fake sglang-diffusion workers inside this process
-// on free loopback ports, for trying the router without GPUs. The last one
-// generates videos, the others images. They stop with ctx.
-func startDemoWorkers(ctx context.Context, n int, timeScale float64, log *logrus.Entry) ([]string, error) {
-	var urls []string
-	for i := range n {
-		cfg := fakeworker.DefaultConfig()
-		cfg.WorkerID = fmt.Sprintf("demo-worker-%d", i+1)
-		cfg.TimeScale = timeScale
-		cfg.UpdateTime = 5 * time.Second
-		if n > 1 && i == n-1 {
-			cfg.TaskType, cfg.ModelPath = "T2V", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-		}
-		url, stop, err := fakeworker.Start(cfg)
-		if err != nil {
-			return nil, fmt.Errorf("demo worker: %w", err)
-		}
-		context.AfterFunc(ctx, stop)
-		log.WithFields(logrus.Fields{"worker": url, "id": cfg.WorkerID, "task_type": cfg.TaskType}).Info("demo worker started")
-		urls = append(urls, url)
+// demoStartTimeout bounds how long a demo worker may take to listen.
+const demoStartTimeout = 30 * time.Second
+
+// listeningLine is what fake-worker prints once it serves.
+var listeningLine = regexp.MustCompile(`^fake-worker \S+ listening on (http://\S+)`)
+
+// findFakeWorker finds the fake-worker binary: the flag's path, else the
+// one beside this binary (make build puts them together), else on PATH.
+// The router does not link the stand-in; the demo runs it as processes.
+func findFakeWorker(flag string) (string, error) {
+	if flag != "" {
+		return flag, nil
 	}
-	return urls, nil
+	if self, err := os.Executable(); err == nil {
+		beside := filepath.Join(filepath.Dir(self), "fake-worker")
+		if st, err := os.Stat(beside); err == nil && !st.IsDir() {
+			return beside, nil
+		}
+	}
+	p, err := exec.LookPath("fake-worker")
+	if err != nil {
+		return "", errors.New("--demo-workers runs the fake-worker binary, found neither beside this binary nor on PATH (make build puts it in bin/; or name it with --demo-worker-bin)")
+	}
+	return p, nil
+}
+
+// demoFleet is the running demo workers.
+type demoFleet struct {
+	urls  []string
+	procs []*procgroup.Group
+}
+
+// stop ends every demo worker and waits for it.
+func (d *demoFleet) stop() {
+	for _, p := range d.procs {
+		p.Stop(5 * time.Second)
+	}
+}
+
+// startDemoWorkers runs n fake sglang-diffusion workers as processes on free
+// loopback ports, for trying the router without GPUs. The last one
+// generates videos, the others images. On error the ones started are
+// stopped.
+func startDemoWorkers(ctx context.Context, bin string, n int, timeScale float64, log *logrus.Entry) (*demoFleet, error) {
+	d := &demoFleet{}
+	for i := range n {
+		id := fmt.Sprintf("demo-worker-%d", i+1)
+		args := []string{"--host", "127.0.0.1", "--port", "0", "--worker-id", id,
+			"--time-scale", strconv.FormatFloat(timeScale, 'g', -1, 64), "--update-time", "5s"}
+		taskType := "T2I"
+		if n > 1 && i == n-1 {
+			taskType = "T2V"
+			args = append(args, "--task-type", taskType, "--model-path", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+		}
+		url, p, err := startDemoWorker(ctx, bin, args, log.WithField("worker_id", id))
+		if err != nil {
+			d.stop()
+			return nil, fmt.Errorf("demo worker %s: %w", id, err)
+		}
+		d.procs = append(d.procs, p)
+		d.urls = append(d.urls, url)
+		log.WithFields(logrus.Fields{"worker": url, "id": id, "task_type": taskType, "pid": p.PID}).Info("demo worker started")
+	}
+	return d, nil
+}
+
+// startDemoWorker starts one fake-worker and reads its URL from the line it
+// prints once it listens.
+func startDemoWorker(ctx context.Context, bin string, args []string, log *logrus.Entry) (string, *procgroup.Group, error) {
+	cmd := exec.Command(bin, args...)
+	stderr := log.WriterLevel(logrus.WarnLevel)
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	p, err := procgroup.Start(cmd)
+	if err != nil {
+		_ = stderr.Close()
+		return "", nil, err
+	}
+	go func() { <-p.Done(); _ = stderr.Close() }()
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := listeningLine.FindStringSubmatch(sc.Text()); m != nil {
+				found <- m[1]
+				break
+			}
+		}
+		// The rest is not needed, but the pipe must not fill up.
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	t := time.NewTimer(demoStartTimeout)
+	defer t.Stop()
+	select {
+	case url := <-found:
+		return url, p, nil
+	case <-p.Done():
+		return "", nil, fmt.Errorf("%s exited before it listened: %w", bin, p.Err())
+	case <-t.C:
+		err = fmt.Errorf("%s did not listen within %s", bin, demoStartTimeout)
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	p.Stop(time.Second)
+	return "", nil, err
 }

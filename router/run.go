@@ -1,0 +1,371 @@
+package router
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/diffrouter/diffusion-router/api"
+	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/jobbook"
+	"github.com/diffrouter/diffusion-router/loadboard"
+	"github.com/diffrouter/diffusion-router/metrics"
+	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
+	"github.com/diffrouter/diffusion-router/workerword"
+	"github.com/diffrouter/diffusion-router/xds/publish"
+	xdsserver "github.com/diffrouter/diffusion-router/xds/server"
+	"github.com/diffrouter/diffusion-router/xds/translate"
+	"github.com/diffrouter/diffusion-router/xds/trust"
+)
+
+// Run starts the router and blocks until ctx ends. ready, if not nil, is
+// called once Envoy (or, with --external-envoy, the control plane) serves.
+//
+// It has two phases: build makes every part and serves nothing (a failure
+// there leaves nothing running); serve starts the named runners, admits the
+// first workers, starts the local Envoy and, at the end, shuts down in
+// order.
+func Run(ctx context.Context, c Config, log *logrus.Logger, ready func(Addresses)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := &router{c: c, log: log, base: log.WithField("component", "router")}
+	defer r.close()
+	if err := r.build(ctx); err != nil {
+		return err
+	}
+	return r.serve(ctx, cancel, ready)
+}
+
+// router is the router's parts, made by build and run by serve.
+type router struct {
+	c    Config
+	log  *logrus.Logger
+	base *logrus.Entry
+	// closers undo build's steps, run in reverse by close.
+	closers []func()
+
+	stateDir, tlsDir string
+	serverTLS        *tls.Config
+	adopt            runningEnvoy
+	apiLis, xdsLis   net.Listener
+	addrs            Addresses
+	opts             translate.Options
+
+	reg        *registry.Registry
+	xds        *xdsserver.Server
+	metrics    *metrics.Metrics
+	pub        *publish.Publisher
+	board      *loadboard.Board // least-work only
+	jobs       *jobbook.Book    // with the filter only
+	syncSecret []byte
+	fleet      *fleet.Manager
+	api        *http.Server
+}
+
+func (r *router) onClose(f func()) { r.closers = append(r.closers, f) }
+
+func (r *router) close() {
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		r.closers[i]()
+	}
+}
+
+// build makes the parts in order; nothing serves yet.
+func (r *router) build(ctx context.Context) error {
+	steps := []func(context.Context) error{
+		r.openStateDir,
+		r.loadCredentials,
+		r.listen,
+		r.routingOptions,
+		r.openRegistry,
+		r.buildXDS,
+		r.buildFilterSide,
+		r.publishFirst,
+		r.buildFleet,
+		r.buildAPI,
+	}
+	for _, step := range steps {
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openStateDir is --state-dir, or a temporary directory removed on exit.
+func (r *router) openStateDir(context.Context) error {
+	if r.c.StateDir != "" {
+		if err := os.MkdirAll(r.c.StateDir, 0o755); err != nil {
+			return fmt.Errorf("create state directory %s: %w", r.c.StateDir, err)
+		}
+		r.stateDir = r.c.StateDir
+		return nil
+	}
+	d, err := os.MkdirTemp("", "diffusion-router-")
+	if err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	r.onClose(func() { os.RemoveAll(d) })
+	r.stateDir = d
+	return nil
+}
+
+func (r *router) loadCredentials(context.Context) error {
+	var err error
+	r.tlsDir, r.serverTLS, err = xdsCredentials(r.c, r.stateDir, r.base)
+	return err
+}
+
+// listen opens the API and xDS ports. An Envoy a crashed control plane left
+// running keeps routing; this one takes it over on the ports its bootstrap
+// names.
+func (r *router) listen(context.Context) error {
+	r.adopt = findLocalEnvoy(r.c, r.stateDir, r.base)
+	if r.adopt.PID > 0 && r.c.XDSPort == 0 {
+		r.c.XDSPort = r.adopt.XDSPort
+	}
+	// Ports left to the system must not be ones Envoy binds after us (the
+	// front and admin ports): the system may well hand out a number the
+	// operator chose for those.
+	reserved := []int{r.c.Port, r.c.AdminPort}
+	var err error
+	if r.apiLis, err = listenAvoiding(r.c.APIHost, r.c.APIPort, reserved); err != nil {
+		return fmt.Errorf("listen for the registry API: %w", err)
+	}
+	r.onClose(func() { r.apiLis.Close() })
+	if r.xdsLis, err = listenAvoiding(r.c.XDSHost, r.c.XDSPort, reserved); err != nil {
+		return fmt.Errorf("listen for xDS: %w", err)
+	}
+	r.onClose(func() { r.xdsLis.Close() })
+	r.addrs = Addresses{API: r.apiLis.Addr().String(), XDS: r.xdsLis.Addr().String()}
+	return nil
+}
+
+func (r *router) routingOptions(context.Context) error {
+	var err error
+	r.opts, err = translateOptions(r.c, r.addrs.API, r.base)
+	return err
+}
+
+// openRegistry opens the stored registry and starts a new xDS epoch.
+func (r *router) openRegistry(context.Context) error {
+	reg, store, err := openRegistry(r.stateDir, r.base)
+	if err != nil {
+		return err
+	}
+	r.onClose(func() { store.Close() })
+	epoch, err := store.NextEpoch()
+	if err != nil {
+		return fmt.Errorf("registry store: %w", err)
+	}
+	r.reg = reg
+	r.xds = xdsserver.New(r.log.WithField("component", "xds"))
+	r.xds.SetEpoch(epoch)
+	return nil
+}
+
+func (r *router) buildXDS(context.Context) error {
+	r.metrics = metrics.New(r.reg, r.xds.Nodes)
+	r.pub = &publish.Publisher{Registry: r.reg, Sink: r.xds, Options: r.opts, Pushed: r.metrics.XDSPush, Log: r.base}
+	return nil
+}
+
+// buildFilterSide makes what the Wasm filters talk to: the job book and the
+// secret their syncs are signed with and, with least-work routing, the
+// board they report their load to and pick from.
+func (r *router) buildFilterSide(context.Context) error {
+	if r.opts.Filter != nil {
+		secret, err := trust.ControlPlaneJobSecret(r.tlsDir)
+		if err != nil {
+			return fmt.Errorf("filter: %w", err)
+		}
+		r.syncSecret = []byte(secret)
+		r.jobs = jobbook.New(jobbook.DefaultCapacity)
+	}
+	if r.opts.Policy == translate.PolicyLeastWork {
+		r.board = loadboard.New(loadboard.Options{Synced: r.xds.SyncedGeneration,
+			Ejection: wire.EjectionAfter(int64(r.c.OutlierFailures))})
+		r.pub.Publishing = r.board.Published
+	}
+	return nil
+}
+
+func (r *router) publishFirst(ctx context.Context) error { return r.pub.Once(ctx) }
+
+func (r *router) buildFleet(ctx context.Context) error {
+	var pickers fleet.Pickers
+	if r.board != nil {
+		// Drains wait for the filters to see a worker leave.
+		pickers = r.board
+	}
+	c := r.c
+	r.fleet = fleet.NewManager(ctx, r.reg, r.xds, fleet.Config{
+		Pickers:          pickers,
+		ProbeTimeout:     c.HealthCheckTimeout,
+		HealthInterval:   c.HealthCheckInterval,
+		FailureThreshold: c.HealthCheckFailureThreshold,
+		DrainTimeout:     c.DrainTimeout,
+		SyncTimeout:      c.SyncTimeout,
+		ObserveInterval:  c.ObserveInterval,
+		OutlierFailures:  c.OutlierFailures,
+		Recorder:         r.metrics,
+		// Each worker's update, and in drain mode its drain, is bounded.
+		WeightUpdateTimeout: c.WeightUpdateTimeout,
+	}, r.log.WithField("component", "fleet"))
+	return nil
+}
+
+func (r *router) buildAPI(context.Context) error {
+	c := r.c
+	r.api = &http.Server{
+		Handler: &api.Server{Fleet: r.fleet, Log: r.log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
+			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: r.metrics.Handler(), AdminToken: c.AdminToken,
+			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs},
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	return nil
+}
+
+// runners are the long-running parts: the first to fail stops the router.
+type runners struct {
+	wg   sync.WaitGroup
+	errc chan error
+}
+
+func (rs *runners) start(name string, f func() error) {
+	rs.wg.Add(1)
+	go func() {
+		defer rs.wg.Done()
+		if err := f(); err != nil {
+			select {
+			case rs.errc <- fmt.Errorf("%s: %w", name, err):
+			default: // the first failure is the one reported
+			}
+		}
+	}()
+}
+
+// serve runs the parts until ctx ends or one fails, then shuts down: Envoy
+// drains first while the control plane still serves it, then the rest.
+func (r *router) serve(ctx context.Context, cancel context.CancelFunc, ready func(Addresses)) error {
+	r.fleet.ResumeAfterRestart(ctx)
+	initial := r.c.WorkerURLs
+	if r.c.DemoWorkers > 0 {
+		demo, err := r.startDemo(ctx)
+		if err != nil {
+			return err
+		}
+		initial = append(append([]string(nil), initial...), demo...)
+	}
+
+	run := &runners{errc: make(chan error, 1)}
+	r.startRunners(ctx, run)
+	r.base.WithFields(logrus.Fields{"api": r.addrs.API, "xds": r.addrs.XDS, "state_dir": r.stateDir,
+		"routing_algorithm": r.opts.Policy}).Info("control plane listening")
+	admitInitial(ctx, r.fleet, initial, r.base)
+
+	stopLocalEnvoy, err := r.startLocalEnvoy(ctx, cancel, run)
+	if err != nil {
+		cancel()
+		_ = r.api.Close()
+		run.wg.Wait()
+		return err
+	}
+	if ctx.Err() == nil && ready != nil {
+		ready(r.addrs)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-run.errc:
+		r.base.WithError(runErr).Error("router component failed; shutting down")
+	}
+	// The control plane keeps serving xDS while Envoy drains, so Envoy keeps
+	// its configuration to the end.
+	stopLocalEnvoy()
+	cancel()
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stop()
+	_ = r.api.Shutdown(shutdownCtx)
+	run.wg.Wait()
+	r.fleet.Wait()
+	return runErr
+}
+
+// startDemo starts --demo-workers; they stop when the router has shut down
+// (after Envoy drained the requests they serve).
+func (r *router) startDemo(ctx context.Context) ([]string, error) {
+	bin, err := findFakeWorker(r.c.DemoWorkerBin)
+	if err != nil {
+		return nil, err
+	}
+	demo, err := startDemoWorkers(ctx, bin, r.c.DemoWorkers, r.c.DemoTimeScale, r.log.WithField("component", "demo"))
+	if err != nil {
+		return nil, err
+	}
+	r.onClose(demo.stop)
+	return demo.urls, nil
+}
+
+// startRunners starts the control plane's servers and loops.
+func (r *router) startRunners(ctx context.Context, run *runners) {
+	run.start("publisher", func() error { return r.pub.Run(ctx) })
+	run.start("xds", func() error { return r.xds.Serve(ctx, r.xdsLis, r.serverTLS) })
+	run.start("api", func() error {
+		if err := r.api.Serve(api.JSONErrorListener(r.apiLis)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	go r.fleet.Observe(ctx)
+	go r.fleet.Probe(ctx)
+	if r.board != nil && r.c.WorkerWordInterval > 0 {
+		// The workers' own word corrects what the filters count.
+		reg := r.reg
+		ww := &workerword.Watcher{Client: &http.Client{}, Interval: r.c.WorkerWordInterval,
+			Targets: func() []workerword.Target { return wordTargets(reg.Snapshot()) },
+			Sink:    r.board, Log: r.log.WithField("component", "workerword")}
+		go ww.Run(ctx)
+	}
+}
+
+// startLocalEnvoy starts (or adopts) the supervised Envoy and waits until
+// it serves; it returns how to stop it: drain first, then end it. With
+// --external-envoy there is nothing to start. An Envoy that does not
+// become ready ends the router (ctx is cancelled).
+func (r *router) startLocalEnvoy(ctx context.Context, cancel context.CancelFunc, run *runners) (func(), error) {
+	if r.c.ExternalEnvoy {
+		return func() {}, nil
+	}
+	sup, adminAddr, err := localEnvoy(r.c, r.stateDir, r.tlsDir, r.addrs.XDS, r.adopt, r.log)
+	if err != nil {
+		return nil, err
+	}
+	r.addrs.Admin = adminAddr
+	r.addrs.Front = net.JoinHostPort(connectHost(r.c.Host), strconv.Itoa(r.c.Port))
+	// Envoy outlives ctx: on shutdown it first drains (see serve).
+	envoyCtx, stopEnvoy := context.WithCancel(context.Background())
+	r.onClose(stopEnvoy)
+	run.start("envoy", func() error { return sup.Run(envoyCtx) })
+	if err := waitEnvoyReady(ctx, adminAddr, r.addrs.Front); err != nil {
+		r.base.WithError(err).Error("Envoy did not become ready")
+		cancel()
+	} else {
+		r.base.WithFields(logrus.Fields{"front": r.addrs.Front, "admin": r.addrs.Admin}).Info("Envoy ready")
+	}
+	return func() {
+		drainEnvoy(adminAddr, r.c.ShutdownTimeout, r.base)
+		stopEnvoy()
+	}, nil
+}
