@@ -80,20 +80,20 @@ func writeError(w http.ResponseWriter, err error) {
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):
-		writeJSON(w, ae.status, map[string]any{"error": ae.msg})
+		writeJSON(w, ae.status, ErrorAnswer{Error: ae.msg})
 	case errors.Is(err, registry.ErrStore):
 		// Nothing changed: the router does not answer what it cannot keep.
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
+		writeJSON(w, http.StatusServiceUnavailable, ErrorAnswer{Error: err.Error()})
 	case errors.Is(err, registry.ErrInvalidURL):
-		writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error()})
+		writeJSON(w, http.StatusBadRequest, ErrorAnswer{Error: err.Error()})
 	case errors.Is(err, registry.ErrNotFound):
-		writeJSON(w, http.StatusNotFound, map[string]any{"error": err.Error()})
+		writeJSON(w, http.StatusNotFound, ErrorAnswer{Error: err.Error()})
 	case errors.Is(err, fleet.ErrCatchUp):
-		writeJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error()})
+		writeJSON(w, http.StatusBadGateway, ErrorAnswer{Error: err.Error()})
 	case errors.Is(err, fleet.ErrUnreachable), errors.Is(err, fleet.ErrRejected), errors.Is(err, registry.ErrConflict):
-		writeJSON(w, http.StatusConflict, map[string]any{"error": err.Error()})
+		writeJSON(w, http.StatusConflict, ErrorAnswer{Error: err.Error()})
 	default:
-		writeJSON(w, http.StatusInternalServerError, map[string]any{"error": err.Error()})
+		writeJSON(w, http.StatusInternalServerError, ErrorAnswer{Error: err.Error()})
 	}
 }
 
@@ -104,7 +104,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.Log.WithField("path", r.URL.Path).Errorf("panic in registry handler: %v", p)
-			writeJSON(w, http.StatusInternalServerError, map[string]any{"error": "internal error"})
+			writeJSON(w, http.StatusInternalServerError, ErrorAnswer{Error: "internal error"})
 		}
 	}()
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
@@ -124,7 +124,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.AdminToken != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="diffusion-router"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "this call changes the fleet and needs the admin token: Authorization: Bearer <token>"})
+		writeJSON(w, http.StatusUnauthorized, ErrorAnswer{Error: "this call changes the fleet and needs the admin token: Authorization: Bearer <token>"})
 		return
 	}
 	path := r.URL.Path
@@ -148,14 +148,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch path {
 	case "/metrics":
 		if s.Metrics == nil {
-			writeJSON(w, http.StatusNotFound, map[string]any{"error": "metrics are not enabled"})
+			writeJSON(w, http.StatusNotFound, ErrorAnswer{Error: "metrics are not enabled"})
 			return
 		}
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodGet: s.Metrics.ServeHTTP})
 	default:
 		byMethod, ok := s.registryEndpoints()[path]
 		if !ok {
-			writeJSON(w, http.StatusNotFound, map[string]any{"error": "no registry endpoint " + path})
+			writeJSON(w, http.StatusNotFound, ErrorAnswer{Error: "no registry endpoint " + path})
 			return
 		}
 		s.methods(w, r, byMethod)
@@ -198,7 +198,7 @@ func (s *Server) methods(w http.ResponseWriter, r *http.Request, byMethod map[st
 		}
 		slices.Sort(allowed)
 		w.Header().Set("Allow", strings.Join(allowed, ", "))
-		writeJSON(w, http.StatusMethodNotAllowed, map[string]any{"error": fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))})
+		writeJSON(w, http.StatusMethodNotAllowed, ErrorAnswer{Error: fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))})
 		return
 	}
 	h(w, r)
@@ -302,24 +302,21 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The Python routers answer 200 and "success" on both paths.
-	out := map[string]any{
-		"status": "success", "added": res.Created, "readmitted": res.Revived, "synced": res.Synced, "envoys": res.Envoys,
-		"worker": s.view(res.Worker, s.observed()), "urls": s.urls(),
+	urls := s.urls()
+	out := AddAnswer{
+		Status: "success", Added: res.Created, Readmitted: res.Revived, Synced: res.Synced, Envoys: res.Envoys,
+		Worker: viewOf(res.Worker, s.observed()), URLs: urls, WorkerURLs: urls,
+		Routable: res.Synced && res.HealthError == "",
 	}
-	// The seed (Miles) router answers the list as worker_urls.
-	out["worker_urls"] = out["urls"]
-	// Routable means every Envoy routes to it now; "synced" only that they
-	// have the configuration.
-	out["routable"] = res.Synced && res.HealthError == ""
 	if res.HealthError != "" {
-		out["warning"] = "worker registered, but its /health did not answer: " + res.HealthError
-		out["not_routable_because"] = "its /health did not answer; Envoy routes to it once a health check passes (checked about once a second)"
+		out.Warning = "worker registered, but its /health did not answer: " + res.HealthError
+		out.NotRoutableBecause = "its /health did not answer; Envoy routes to it once a health check passes (checked about once a second)"
 	} else if !res.Synced {
-		out["not_routable_because"] = "the Envoys did not report it healthy within --sync-timeout"
+		out.NotRoutableBecause = "the Envoys did not report it healthy within --sync-timeout"
 	}
 	if res.SameServerAs != "" {
-		out["same_server_as"] = res.SameServerAs
-		out["note"] = "this url names the server already registered as " + res.SameServerAs + " (same scheme, address and port): it is that worker"
+		out.SameServerAs = res.SameServerAs
+		out.Note = "this url names the server already registered as " + res.SameServerAs + " (same scheme, address and port): it is that worker"
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -350,8 +347,8 @@ func (s *Server) remove(w http.ResponseWriter, ctx context.Context, raw string, 
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "success", "worker_id": registry.EncodeID(wk.Key()), "synced": synced,
-		"worker": s.view(wk, s.observed()), "urls": s.urls()})
+	writeJSON(w, http.StatusOK, RemoveAnswer{Status: "success", WorkerID: registry.EncodeID(wk.Key()), Synced: synced,
+		Worker: viewOf(wk, s.observed()), URLs: s.urls()})
 }
 
 func (s *Server) urls() []string {
@@ -364,17 +361,17 @@ func (s *Server) urls() []string {
 }
 
 func (s *Server) listWorkers(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"urls": s.urls()})
+	writeJSON(w, http.StatusOK, ListAnswer{URLs: s.urls()})
 }
 
 func (s *Server) getWorkers(w http.ResponseWriter, _ *http.Request) {
 	seen := s.observed()
 	snap := s.Fleet.Registry().Snapshot()
-	out := make([]map[string]any, 0, len(snap.Workers))
+	out := make([]WorkerView, 0, len(snap.Workers))
 	for _, wk := range snap.Workers {
-		out = append(out, s.view(wk, seen))
+		out = append(out, viewOf(wk, seen))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"workers": out})
+	writeJSON(w, http.StatusOK, WorkersAnswer{Workers: out})
 }
 
 func (s *Server) lookup(raw string) (registry.Worker, error) {
@@ -396,7 +393,7 @@ func (s *Server) getWorker(w http.ResponseWriter, _ *http.Request, raw string) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"worker": s.view(wk, s.observed())})
+	writeJSON(w, http.StatusOK, WorkerAnswer{Worker: viewOf(wk, s.observed())})
 }
 
 // putWorker sets is_dead: true quarantines, false re-admits (after a
@@ -440,7 +437,7 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 			writeError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "worker": s.view(wk, s.observed())})
+		writeJSON(w, http.StatusOK, ChangeAnswer{Status: "success", Worker: viewOf(wk, s.observed())})
 		return
 	}
 	var synced bool
@@ -460,7 +457,7 @@ func (s *Server) putWorker(w http.ResponseWriter, r *http.Request, raw string) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "success", "synced": synced, "worker": s.view(wk, s.observed())})
+	writeJSON(w, http.StatusOK, ChangeAnswer{Status: "success", Synced: &synced, Worker: viewOf(wk, s.observed())})
 }
 
 func (s *Server) deleteWorker(w http.ResponseWriter, r *http.Request, raw string) {
@@ -480,58 +477,6 @@ func (s *Server) observed() observed {
 		o.work = s.Board.Hosts()
 	}
 	return o
-}
-
-// view is a worker as the API shows it. Field names follow the Python
-// routers (worker_id, url, active_requests, is_dead, consecutive_failures).
-func (s *Server) view(wk registry.Worker, seen observed) map[string]any {
-	l := seen.loads[wk.Key()]
-	var video any
-	if wk.Caps.Known {
-		video = wk.Caps.Video()
-	}
-	v := map[string]any{
-		"worker_id":             registry.EncodeID(wk.Key()),
-		"display_id":            wk.Key(),
-		"is_sleeping":           wk.Asleep,
-		"url":                   wk.Key(),
-		"address":               wk.Address,
-		"state":                 wk.State,
-		"reason":                wk.Reason,
-		"is_dead":               wk.State == registry.StateQuarantined,
-		"consecutive_failures":  wk.ConsecutiveFailures,
-		"active_requests":       l.ActiveRequests,
-		"requests":              l.Requests,
-		"errors":                l.Errors,
-		"failing_health_checks": l.FailingHealthChecks,
-		"ejected":               l.Ejected,
-		"task_types":            nonNil(wk.Caps.TaskTypes),
-		"models":                nonNil(wk.Caps.ModelIDs),
-		"video_support":         video,
-		"weight_version":        wk.WeightVersion,
-	}
-	if seen.work != nil {
-		h := seen.work[loadboard.Addr(wk)]
-		v["outstanding_work"], v["outstanding_requests"], v["ms_per_cost"] = h.Work, h.Requests, h.MsPerCost
-		if h.Word != nil {
-			// The worker's own word (sglang's scheduler gauges).
-			v["worker_queued"], v["worker_running"] = h.Word.Queued, h.Word.Running
-		}
-	}
-	if !wk.Since.IsZero() {
-		v["since"] = wk.Since.UTC().Format(time.RFC3339Nano)
-	}
-	if !wk.AddedAt.IsZero() {
-		v["added_at"] = wk.AddedAt.UTC().Format(time.RFC3339Nano)
-	}
-	return v
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }
 
 // servable counts workers that Envoy would route a request to now: active,
@@ -556,21 +501,14 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 	if healthy == 0 {
 		status, code = "unhealthy", http.StatusServiceUnavailable
 	}
-	counts := map[registry.State]int{}
-	sleeping := 0
-	for _, wk := range snap.Workers {
-		counts[wk.State]++
-		if wk.Asleep {
-			sleeping++
-		}
-	}
-	writeJSON(w, code, map[string]any{
-		"status": status, "healthy_workers": healthy, "total_workers": len(snap.Workers),
-		"dead_workers": counts[registry.StateQuarantined], "draining_workers": counts[registry.StateDraining],
-		"sleeping_workers": sleeping,
-		"generation":       snap.Generation, "weight_version": snap.Fleet.Version, "model_path": snap.Fleet.ModelPath,
-		"running_operation": s.Fleet.Running(),
-		"store":             storeView(s.Fleet.Registry()),
+	counts := snap.Count()
+	writeJSON(w, code, HealthAnswer{
+		Status: status, HealthyWorkers: healthy, TotalWorkers: counts.Total,
+		DeadWorkers: counts.ByState[registry.StateQuarantined], DrainingWorkers: counts.ByState[registry.StateDraining],
+		SleepingWorkers: counts.Asleep,
+		Generation:      snap.Generation, WeightVersion: snap.Fleet.Version, ModelPath: snap.Fleet.ModelPath,
+		RunningOperation: s.Fleet.Running(),
+		Store:            storeView(s.Fleet.Registry()),
 	})
 }
 
@@ -592,18 +530,18 @@ func (s *Server) model(w http.ResponseWriter, id string) {
 
 // storeView says whether the registry store writes: while it fails, every
 // change is refused with 503.
-func storeView(reg registry.View) map[string]any {
+func storeView(reg registry.View) StoreView {
 	failures, err := reg.StoreHealth()
-	v := map[string]any{"healthy": err == nil, "write_failures": failures}
+	v := StoreView{Healthy: err == nil, WriteFailures: failures}
 	if err != nil {
-		v["error"] = err.Error()
+		v.Error = err.Error()
 	}
 	return v
 }
 
 // models merges the workers' /v1/models lists, one entry per model id.
 func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": s.mergedModels()})
+	writeJSON(w, http.StatusOK, ModelsAnswer{Object: "list", Data: s.mergedModels()})
 }
 
 func (s *Server) mergedModels() []json.RawMessage {
@@ -656,23 +594,20 @@ func (s *Server) fanout(w http.ResponseWriter, r *http.Request) {
 	if res.NothingToDo != "" {
 		// Sleeping a sleeping fleet (or waking an awake one) is harmless,
 		// as with the Python routers: nothing to do is a success.
-		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": res.NothingToDo, "results": []any{},
-			"succeeded": 0, "failed": 0, "quarantined": []string{}})
+		writeJSON(w, http.StatusOK, NothingToDoAnswer{Status: "success", Message: res.NothingToDo, Results: []any{},
+			Quarantined: []string{}})
 		return
 	}
-	resp := map[string]any{"operation_id": res.ID, "results": res.Results, "succeeded": res.Succeeded,
-		"failed": res.Failed, "quarantined": res.Quarantined}
-	for k, v := range res.Fields {
-		resp[k] = v
-	}
-	s.writeOutcome(w, r.URL.Path, res.Outcome, resp)
+	ans := CallAnswer{Outcome: res.Outcome, Extra: res.Fields}
+	status := outcomeStatus(r.URL.Path, res.Outcome, &ans.Error)
+	writeJSON(w, status, ans)
 }
 
 func (s *Server) fleetError(w http.ResponseWriter, path string, err error) {
 	var busy *fleet.BusyError
 	switch {
 	case errors.As(err, &busy):
-		writeJSON(w, http.StatusConflict, map[string]any{"error": busy.Error(), "running": busy.Running})
+		writeJSON(w, http.StatusConflict, ErrorAnswer{Error: busy.Error(), Running: busy.Running})
 	case errors.Is(err, fleet.ErrNoTargets):
 		writeError(w, errorf(http.StatusServiceUnavailable, "No healthy workers available in the pool for %s", path))
 	default:
@@ -680,22 +615,19 @@ func (s *Server) fleetError(w http.ResponseWriter, path string, err error) {
 	}
 }
 
-// writeOutcome answers 200 only when every targeted worker succeeded; 400
-// when every worker refused the request alike (nothing changed).
-func (s *Server) writeOutcome(w http.ResponseWriter, path string, out fleet.Outcome, resp map[string]any) {
-	failed, total := out.Failed, len(out.Results)
-	status := http.StatusOK
-	resp["rejected"] = out.Rejected
-	if out.Rejected {
-		writeJSON(w, http.StatusBadRequest, mergeError(resp, fmt.Sprintf(
-			"every worker refused %s with status %d; no worker was changed or quarantined", path, out.Results[0].StatusCode)))
-		return
+// outcomeStatus is a fleet-wide call's status: 200 only when every
+// targeted worker succeeded; 400 when every worker refused the request
+// alike (nothing changed), else 502. It sets *msg to the error to show.
+func outcomeStatus(path string, out fleet.Outcome, msg *string) int {
+	switch {
+	case out.Rejected:
+		*msg = fmt.Sprintf("every worker refused %s with status %d; no worker was changed or quarantined", path, out.Results[0].StatusCode)
+		return http.StatusBadRequest
+	case out.Failed > 0:
+		*msg = fmt.Sprintf("%d of %d workers failed %s", out.Failed, len(out.Results), path)
+		return http.StatusBadGateway
 	}
-	if failed > 0 {
-		status = http.StatusBadGateway
-		resp["error"] = fmt.Sprintf("%d of %d workers failed %s", failed, total, path)
-	}
-	writeJSON(w, status, resp)
+	return http.StatusOK
 }
 
 // updateWeights validates an update_weights_from_disk body and runs it.
@@ -750,13 +682,7 @@ func (s *Server) updateWeights(w http.ResponseWriter, r *http.Request, obj map[s
 		s.fleetError(w, r.URL.Path, err)
 		return
 	}
-	s.writeOutcome(w, r.URL.Path, out.Outcome, map[string]any{
-		"operation_id": out.ID, "results": out.Results, "succeeded": out.Succeeded, "failed": out.Failed,
-		"quarantined": out.Quarantined, "weight_version": out.Version, "model_path": out.ModelPath, "mode": out.Mode,
-	})
-}
-
-func mergeError(resp map[string]any, msg string) map[string]any {
-	resp["error"] = msg
-	return resp
+	ans := UpdateAnswer{UpdateOutcome: out}
+	status := outcomeStatus(r.URL.Path, out.Outcome, &ans.Error)
+	writeJSON(w, status, ans)
 }

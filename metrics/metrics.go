@@ -108,18 +108,11 @@ func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	snap := c.fleet.Snapshot()
-	counts := map[registry.State]int{}
-	asleep := 0
-	for _, w := range snap.Workers {
-		counts[w.State]++
-		if w.Asleep {
-			asleep++
-		}
+	counts := snap.Count()
+	for _, st := range registry.States {
+		ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(counts.ByState[st]), string(st))
 	}
-	for _, st := range []registry.State{registry.StatePending, registry.StateActive, registry.StateDraining, registry.StateUpdating, registry.StateQuarantined} {
-		ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(counts[st]), string(st))
-	}
-	ch <- prometheus.MustNewConstMetric(asleepDesc, prometheus.GaugeValue, float64(asleep))
+	ch <- prometheus.MustNewConstMetric(asleepDesc, prometheus.GaugeValue, float64(counts.Asleep))
 	synced, unsynced := 0, 0
 	for _, n := range c.nodes() {
 		if n.Synced {

@@ -34,6 +34,9 @@ const (
 	StateUpdating State = "updating"
 )
 
+// States is every state, in lifecycle order.
+var States = []State{StatePending, StateActive, StateDraining, StateUpdating, StateQuarantined}
+
 // InitialWeightVersion is the version of weights a worker was started with,
 // before any update through the router.
 const InitialWeightVersion = "0"
@@ -162,6 +165,26 @@ type Snapshot struct {
 	// Fleet is the fleet's weight version; Version is empty until the first
 	// update through the router.
 	Fleet Weights
+}
+
+// Counts is how many workers are in each state, and how many active ones
+// sleep: the one count the API, the metrics and the translation use.
+type Counts struct {
+	ByState map[State]int
+	Asleep  int
+	Total   int
+}
+
+// Count counts the snapshot's workers by state.
+func (s Snapshot) Count() Counts {
+	c := Counts{ByState: make(map[State]int, len(States)), Total: len(s.Workers)}
+	for _, w := range s.Workers {
+		c.ByState[w.State]++
+		if w.Asleep {
+			c.Asleep++
+		}
+	}
+	return c
 }
 
 // Get returns the worker with the canonical URL key.
