@@ -90,75 +90,138 @@ type Choice struct {
 func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int, now int64) (Choice, bool) {
 	// A worker failing right now is left out; with none left, no pick
 	// (Envoy's own policy, which sees its ejections, routes).
-	cands = slices.DeleteFunc(slices.Clone(cands), func(i int) bool {
+	cands = usable(v, cands, t, now)
+	n := len(cands)
+	if n == 0 {
+		return Choice{}, false
+	}
+	at := func(k int) int { return cands[(k+rot%n+n)%n] }
+	e := newEstimator(v, cands, t)
+	scores := make([]float64, n)
+	for k := range n {
+		scores[k] = e.finish(v.Workers[at(k)], cost)
+	}
+	first, second := best(scores)
+	c := Choice{First: v.Workers[at(first)].Addr, Expected: scores[first]}
+	if second >= 0 {
+		c.Second = v.Workers[at(second)].Addr
+	}
+	return c, true
+}
+
+// usable drops the candidates failing right now (see Failing).
+func usable(v *wire.PickView, cands []int, t *Table, now int64) []int {
+	return slices.DeleteFunc(slices.Clone(cands), func(i int) bool {
 		h := t.Find(v.Workers[i].Addr)
 		return h != nil && Failing(h, v.Ejection, now)
 	})
-	if len(cands) == 0 {
-		return Choice{}, false
-	}
-	// Several Envoys each see part of every worker's queue, so only the
-	// control plane's estimates (from all their completions) are sound;
-	// one Envoy's own are as good and fresher.
-	shared := v.Envoys > 1
+}
+
+// estimator turns a worker's outstanding work into its expected finish
+// time for one pick: the speeds and base it uses are decided once.
+type estimator struct {
+	t *Table
+	// shared: several Envoys each see part of every worker's queue, so
+	// only the control plane's estimates (from all their completions) are
+	// sound; one Envoy's own are as good and fresher.
+	shared  bool
+	typical float64 // ms per cost of a worker with no estimate
+	base    float64
+}
+
+func newEstimator(v *wire.PickView, cands []int, t *Table) estimator {
+	e := estimator{t: t, shared: v.Envoys > 1}
 	var fleet []float64
 	for _, i := range cands {
 		if m := v.Workers[i].MsPerCost; m > 0 {
 			fleet = append(fleet, m)
 		}
 	}
-	typical := t.Typical()
-	if shared || typical == 0 {
-		typical = Median(fleet)
+	e.typical = t.Typical()
+	if e.shared || e.typical == 0 {
+		e.typical = Median(fleet)
 	}
-	if typical == 0 {
-		typical = 1
+	if e.typical == 0 {
+		e.typical = 1
 	}
-	base := t.Fit.Base
-	if shared || t.Fit.N < fitMinSamples {
-		base = v.Base
+	e.base = t.Fit.Base
+	if e.shared || t.Fit.N < fitMinSamples {
+		e.base = v.Base
 	}
-	n := len(cands)
-	scores := make([]float64, n)
-	bestScore := math.Inf(1)
-	for k := range n {
-		i := cands[(k+rot%n+n)%n]
-		w := v.Workers[i]
-		mpc := typical
-		if w.MsPerCost > 0 {
-			mpc = w.MsPerCost
+	return e
+}
+
+// finish is when w would finish a request of this cost (ms): the work
+// ahead of it and its own, at the worker's speed.
+func (e estimator) finish(w wire.PickWorker, cost int64) float64 {
+	mpc := e.typical
+	if w.MsPerCost > 0 {
+		mpc = w.MsPerCost
+	}
+	work, reqs := w.RemoteWork+cost, w.RemoteRequests+1
+	// Requests the worker says it holds that no Envoy counts (another
+	// client's) are taken to be of the size its kind of requests usually
+	// are, this one's at least (in float: their product can pass int64).
+	foreign := float64(max(w.ForeignRequests, 0)) * float64(max(cost, e.t.CostOf(foreignTask(w), cost)))
+	reqs += max(w.ForeignRequests, 0)
+	if h := e.t.Find(w.Addr); h != nil {
+		work += h.Work
+		reqs += h.Requests
+		if !e.shared && h.Samples > 0 && h.MsPerCost > 0 && !(e.t.Stale(h) && h.MsPerCost > e.typical) {
+			mpc = h.MsPerCost
 		}
-		work, reqs := w.RemoteWork+cost, w.RemoteRequests+1
-		// Requests the worker says it holds that no Envoy counts
-		// (another client's) are taken to be of the size its kind of
-		// requests usually are, this one's at least (in float: their
-		// product can pass int64).
-		foreign := float64(max(w.ForeignRequests, 0)) * float64(max(cost, t.CostOf(foreignTask(w), cost)))
-		reqs += max(w.ForeignRequests, 0)
-		if h := t.Find(w.Addr); h != nil {
-			work += h.Work
-			reqs += h.Requests
-			if !shared && h.Samples > 0 && h.MsPerCost > 0 && !(t.Stale(h) && h.MsPerCost > typical) {
-				mpc = h.MsPerCost
-			}
-		}
-		scores[k] = (float64(max(work, 0)) + foreign + base*float64(max(reqs, 0))) * mpc
-		bestScore = min(bestScore, scores[k])
 	}
-	first, second := -1, -1
-	for k := range n {
-		if first < 0 && scores[k] <= bestScore*(1+tieTolerance) {
+	return (float64(max(work, 0)) + foreign + e.base*float64(max(reqs, 0))) * mpc
+}
+
+// best is the first score within tieTolerance of the lowest, and the
+// lowest of the others (-1 with one score).
+func best(scores []float64) (first, second int) {
+	low := math.Inf(1)
+	for _, s := range scores {
+		low = min(low, s)
+	}
+	first, second = -1, -1
+	for k, s := range scores {
+		if first < 0 && s <= low*(1+tieTolerance) {
 			first = k
-		} else if second < 0 || scores[k] < scores[second] {
+		} else if second < 0 || s < scores[second] {
 			second = k
 		}
 	}
-	at := func(k int) int { return cands[(k+rot%n+n)%n] }
-	c := Choice{First: v.Workers[at(first)].Addr, Expected: scores[first]}
-	if second >= 0 {
-		c.Second = v.Workers[at(second)].Addr
+	return first, second
+}
+
+// SampleSize is how many candidates a pick weighs at most. Up to it, every
+// candidate is weighed (the exact least-work pick); beyond it, that many
+// drawn at random, so a pick costs the same with a thousand workers as
+// with sixteen. Sixteen draws from a large fleet almost never miss all of
+// its idle or nearly idle workers (the power of d choices).
+const SampleSize = 16
+
+// Sample appends to dst the candidates a pick weighs: all of them up to
+// SampleSize, else SampleSize distinct ones drawn with the caller's
+// random state (xorshift; any nonzero seed).
+func Sample(dst, cands []int, rnd *uint64) []int {
+	dst = dst[:0]
+	if len(cands) <= SampleSize {
+		return append(dst, cands...)
 	}
-	return c, true
+	if *rnd == 0 {
+		*rnd = 0x9e3779b97f4a7c15
+	}
+	for len(dst) < SampleSize {
+		x := *rnd
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		*rnd = x
+		c := cands[x%uint64(len(cands))]
+		if !slices.Contains(dst, c) {
+			dst = append(dst, c)
+		}
+	}
+	return dst
 }
 
 // tieTolerance: scores this close to the best count as ties.

@@ -5,55 +5,98 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"unsafe"
 
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
-func TestEncodeDecodeRoundTrip(t *testing.T) {
-	tab := Table{
-		Hosts: []Host{{Addr: "127.0.0.1:8001", Work: 150, Requests: 3, MsPerCost: 0.25, Samples: 9, LastDone: 1_700_000_000_000_000},
-			{Addr: "[::1]:9", Work: -1, Requests: 0}},
-		Tasks: []TaskCost{{Task: "image", Avg: 47.5, Samples: 12}},
-	}
-	got, err := Decode(tab.Encode())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, tab) {
-		t.Fatalf("round trip:\n got %+v\nwant %+v", got, tab)
-	}
-	if empty, err := Decode(nil); err != nil || len(empty.Hosts) != 0 {
-		t.Fatalf("empty input = %+v, %v", empty, err)
-	}
-}
-
-func TestDecodeRefusesDamage(t *testing.T) {
-	good := (&Table{Hosts: []Host{{Addr: "a:1", Work: 5, Requests: 1}}}).Encode()
-	for name, b := range map[string][]byte{
-		"other format": append([]byte{9}, good[1:]...),
-		"truncated":    good[:len(good)-3],
-		"trailing":     append(append([]byte{}, good...), 0),
-		"huge count":   {tableFormat, 0xff, 0xff, 0xff, 0xff, 0x0f},
+func TestRecordsRoundTrip(t *testing.T) {
+	for _, h := range []Host{
+		{Addr: "127.0.0.1:8001", Work: 150, Requests: 3, MsPerCost: 0.25, Samples: 9, LastDone: 1_700_000_000_000_000,
+			Streak: -2, SampledAt: 40, Failures: 1, GatewayFailures: 1, FailedAt: 77},
+		{Addr: "[::1]:9", Work: -1},
 	} {
-		if _, err := Decode(b); err == nil {
-			t.Errorf("%s: decoded", name)
+		got, err := DecodeHost(AppendHost(nil, h), h.Addr)
+		if err != nil || got != h {
+			t.Fatalf("host round trip:\n got %+v (%v)\nwant %+v", got, err, h)
+		}
+	}
+	if h, err := DecodeHost(nil, "a:1"); err != nil || h != (Host{Addr: "a:1"}) {
+		t.Fatalf("empty host record = %+v, %v", h, err)
+	}
+	g := Global{Tasks: []TaskCost{{Task: "image", Avg: 47.5, Samples: 12}, {Task: "video", Avg: 900, Samples: 1}}, Picks: 99,
+		Fit: Fit{Base: 3, N: 10, C: 1, T: 2, CC: 3, CT: 4}}
+	var got Global
+	if err := DecodeGlobal(AppendGlobal(nil, g), &got); err != nil || !reflect.DeepEqual(got, g) {
+		t.Fatalf("global round trip:\n got %+v (%v)\nwant %+v", got, err, g)
+	}
+	// A second decode into the same Global reuses its task names.
+	before := unsafe.StringData(got.Tasks[0].Task)
+	if err := DecodeGlobal(AppendGlobal(nil, g), &got); err != nil || unsafe.StringData(got.Tasks[0].Task) != before {
+		t.Fatalf("task name not reused (%v)", err)
+	}
+	names := []string{"10.0.0.1:80", "[::1]:9"}
+	if back, err := DecodeNames(AppendNames(nil, names)); err != nil || !slices.Equal(back, names) {
+		t.Fatalf("names round trip = %v, %v", back, err)
+	}
+}
+
+func TestRecordsRefuseDamage(t *testing.T) {
+	host := AppendHost(nil, Host{Work: 5, Requests: 1})
+	global := AppendGlobal(nil, Global{Tasks: []TaskCost{{Task: "x", Avg: 1}}})
+	names := AppendNames(nil, []string{"a:1"})
+	for name, b := range map[string][]byte{
+		"other format": append([]byte{recordFormat + 1}, host[1:]...),
+		"truncated":    host[:len(host)-3],
+		"trailing":     append(slices.Clone(host), 0),
+	} {
+		if _, err := DecodeHost(b, "a:1"); err == nil {
+			t.Errorf("host %s: decoded", name)
+		}
+	}
+	for name, b := range map[string][]byte{
+		"other format": append([]byte{recordFormat + 1}, global[1:]...),
+		"truncated":    global[:len(global)-3],
+		"trailing":     append(slices.Clone(global), 0),
+		"huge count":   {recordFormat, 0xff, 0xff, 0xff, 0xff, 0x0f},
+	} {
+		var g Global
+		if err := DecodeGlobal(b, &g); err == nil {
+			t.Errorf("global %s: decoded", name)
+		}
+	}
+	for name, b := range map[string][]byte{
+		"truncated":  names[:len(names)-1],
+		"trailing":   append(slices.Clone(names), 0),
+		"huge count": {recordFormat, 0xff, 0xff, 0xff, 0xff, 0x0f},
+	} {
+		if _, err := DecodeNames(b); err == nil {
+			t.Errorf("names %s: decoded", name)
 		}
 	}
 }
 
-func FuzzDecode(f *testing.F) {
-	f.Add((&Table{Hosts: []Host{{Addr: "a:1", Work: 5}}, Tasks: []TaskCost{{Task: "x", Avg: 1}}}).Encode())
+func FuzzDecodeRecords(f *testing.F) {
+	f.Add(AppendHost(nil, Host{Work: 5}))
+	f.Add(AppendGlobal(nil, Global{Tasks: []TaskCost{{Task: "x", Avg: 1}}}))
+	f.Add(AppendNames(nil, []string{"a:1"}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		tab, err := Decode(b)
-		if err != nil {
-			return
+		if h, err := DecodeHost(b, "a:1"); err == nil {
+			if again, err := DecodeHost(AppendHost(nil, h), "a:1"); err != nil || again != h {
+				t.Fatalf("re-encoded host changed: %+v vs %+v (%v)", again, h, err)
+			}
 		}
-		again, err := Decode(tab.Encode())
-		if err != nil {
-			t.Fatalf("re-encoded table does not decode: %v", err)
+		var g Global
+		if err := DecodeGlobal(b, &g); err == nil {
+			var again Global
+			if err := DecodeGlobal(AppendGlobal(nil, g), &again); err != nil || len(again.Tasks) != len(g.Tasks) {
+				t.Fatalf("re-encoded global changed (%v)", err)
+			}
 		}
-		if len(again.Hosts) != len(tab.Hosts) || len(again.Tasks) != len(tab.Tasks) {
-			t.Fatal("re-encoding changed the table")
+		if n, err := DecodeNames(b); err == nil {
+			if again, err := DecodeNames(AppendNames(nil, n)); err != nil || !slices.Equal(again, n) {
+				t.Fatalf("re-encoded names changed (%v)", err)
+			}
 		}
 	})
 }
@@ -314,16 +357,16 @@ func TestBaseFit(t *testing.T) {
 	// base, a's queue is 15 x 4 = 60 ms and b's 53 ms: b finishes a new
 	// small request first; by cost alone a would look far less loaded.
 	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1"}, {Addr: "b:1"}}}
-	q := Table{Fit: Fit{Base: 3, N: 10}, Hosts: []Host{
+	q := Table{Global: Global{Fit: Fit{Base: 3, N: 10}}, Hosts: []Host{
 		{Addr: "a:1", Work: 15, Requests: 15, MsPerCost: 1, Samples: 9},
 		{Addr: "b:1", Work: 50, Requests: 1, MsPerCost: 1, Samples: 9}}}
 	if c, _ := Choose(v, []int{0, 1}, &q, 1, 0, 0); c.First != "b:1" {
 		t.Fatalf("picked %s, want b:1", c.First)
 	}
-	// The table keeps the fit across encoding.
-	again, err := Decode(tab.Encode())
-	if err != nil || again.Fit != tab.Fit || again.Hosts[0] != *h || again.Picks != tab.Picks {
-		t.Fatalf("fit lost in encoding: %+v vs %+v (%v)", again, tab, err)
+	// The global record keeps the fit.
+	var again Global
+	if err := DecodeGlobal(AppendGlobal(nil, tab.Global), &again); err != nil || again.Fit != tab.Fit || again.Picks != tab.Picks {
+		t.Fatalf("fit lost in encoding: %+v vs %+v (%v)", again, tab.Global, err)
 	}
 }
 
@@ -332,7 +375,7 @@ func TestBaseFit(t *testing.T) {
 // next sample moves the estimate fast.
 func TestStaleSlowEstimate(t *testing.T) {
 	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1"}, {Addr: "b:1"}}}
-	tab := Table{Picks: 10, Hosts: []Host{
+	tab := Table{Global: Global{Picks: 10}, Hosts: []Host{
 		{Addr: "a:1", MsPerCost: 1, Samples: 9, SampledAt: 10},
 		{Addr: "b:1", MsPerCost: 5, Samples: 9, SampledAt: 5}}}
 	if c, _ := Choose(v, []int{0, 1}, &tab, 10, 1, 0); c.First != "a:1" {
@@ -500,4 +543,36 @@ func repeat(v float64, n int) []float64 {
 		out[i] = v
 	}
 	return out
+}
+
+// TestSample: a small candidate list is weighed whole; a large one by
+// SampleSize distinct candidates, and over many picks every candidate
+// gets weighed.
+func TestSample(t *testing.T) {
+	var rnd uint64
+	small := []int{3, 1, 2}
+	if got := Sample(nil, small, &rnd); !slices.Equal(got, small) {
+		t.Fatalf("small list sampled as %v", got)
+	}
+	large := make([]int, 300)
+	for i := range large {
+		large[i] = i
+	}
+	seen := map[int]int{}
+	var dst []int
+	for range 1000 {
+		dst = Sample(dst, large, &rnd)
+		if len(dst) != SampleSize {
+			t.Fatalf("sample of %d, want %d", len(dst), SampleSize)
+		}
+		for k, c := range dst {
+			if slices.Contains(dst[:k], c) {
+				t.Fatalf("candidate %d drawn twice in %v", c, dst)
+			}
+			seen[c]++
+		}
+	}
+	if len(seen) != len(large) {
+		t.Fatalf("%d of %d candidates ever weighed", len(seen), len(large))
+	}
 }

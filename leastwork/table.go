@@ -6,7 +6,6 @@ package leastwork
 
 import (
 	"encoding/binary"
-	"errors"
 	"math"
 	"slices"
 	"time"
@@ -49,14 +48,23 @@ type TaskCost struct {
 	Samples int64
 }
 
-// Table is one Envoy's state: every worker it has sent work to, the
-// average cost per task class, and the fixed part of a request's cost.
-type Table struct {
-	Hosts []Host
+// Global is what a table's hosts share: the average cost per task class,
+// the fixed part of a request's cost, and a count of picks (the clock
+// estimates age by).
+type Global struct {
 	Tasks []TaskCost
 	// Picks counts the requests sent.
 	Picks int64
 	Fit   Fit
+}
+
+// Table is one Envoy's state (or the control plane's, fleet-wide): every
+// worker it has sent work to, and what they share. The filter keeps each
+// host and the global part in records of their own (see AppendHost), so a
+// request reads and writes only the workers it weighs.
+type Table struct {
+	Hosts []Host
+	Global
 }
 
 // The completion log: answers since the last sync, for the fleet-wide
@@ -166,24 +174,47 @@ func (t *Table) Find(addr string) *Host {
 
 // Add counts a request of the given cost sent to addr.
 func (t *Table) Add(addr string, cost int64) {
-	h := t.host(addr)
-	h.Work += cost
-	h.Requests++
+	t.host(addr).Add(cost)
 	t.Picks++
 }
 
+// Add counts a request of the given cost on the worker (the pick is the
+// caller's to count).
+func (h *Host) Add(cost int64) {
+	h.Work += cost
+	h.Requests++
+}
+
+// Take takes a request Add counted off the worker, teaching nothing.
+func (h *Host) Take(cost int64) {
+	h.Work -= cost
+	h.Requests--
+}
+
 // Stale reports whether h's speed estimate is many picks old.
-func (t *Table) Stale(h *Host) bool { return h.Samples > 0 && t.Picks-h.SampledAt > staleAfter }
+func (g *Global) Stale(h *Host) bool { return h.Samples > 0 && g.Picks-h.SampledAt > staleAfter }
 
 // Done is the end of a request Add counted, however it ended: its cost
 // leaves the worker's outstanding work. When the worker answered it
 // (served), its service time (from sent or the worker's previous answer,
-// to done; µs) teaches the worker's speed. It returns the request's
-// service time in ms (0 when not served).
+// to done; µs) teaches the worker's speed and the base fit. It returns the
+// request's service time in ms (0 when not served).
 func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 	h := t.host(addr)
-	h.Work -= cost
-	h.Requests--
+	ms := h.End(cost, sent, done, served)
+	if ms > 0 {
+		t.Fit.Add(float64(cost), ms)
+		t.Learn(h, cost, ms)
+	}
+	return ms
+}
+
+// End is Done's part in the worker's own record: the cost leaves, a
+// success ends a run of failures, and the service time (ms, 0 when there
+// is none to learn from) is returned for the caller to learn from (Learn,
+// Fit.Add).
+func (h *Host) End(cost, sent, done int64, served bool) float64 {
+	h.Take(cost)
 	if !served || cost <= 0 {
 		return 0
 	}
@@ -193,10 +224,7 @@ func (t *Table) Done(addr string, cost, sent, done int64, served bool) float64 {
 	if done <= start {
 		return 0
 	}
-	ms := float64(done-start) / 1000
-	t.Fit.add(float64(cost), ms)
-	t.learn(h, cost, ms)
-	return ms
+	return float64(done-start) / 1000
 }
 
 // Move counts a request on the worker that took it instead of the one it
@@ -208,12 +236,8 @@ func (t *Table) Move(from, to string, cost int64) {
 	if from == to {
 		return
 	}
-	h := t.host(from)
-	h.Work -= cost
-	h.Requests--
-	h = t.host(to)
-	h.Work += cost
-	h.Requests++
+	t.host(from).Take(cost)
+	t.host(to).Add(cost)
 }
 
 // Teach learns the worker's speed from a request's GPU time as the worker
@@ -221,17 +245,25 @@ func (t *Table) Move(from, to string, cost int64) {
 // not part of the base fit, which image requests' send-to-answer times
 // make.
 func (t *Table) Teach(addr string, cost int64, ms float64) {
-	if cost <= 0 || !(ms > 0) || math.IsInf(ms, 0) {
-		return
-	}
-	t.learn(t.host(addr), cost, ms)
+	t.Global.Teach(t.host(addr), cost, ms)
 }
 
-// learn moves h's speed toward one sample: cost took ms.
-func (t *Table) learn(h *Host, cost int64, ms float64) {
-	stale := t.Stale(h)
-	h.SampledAt = t.Picks
-	sample := ms / (float64(cost) + t.Fit.Base)
+// Teach is Table.Teach on the worker's own record; it reports whether the
+// sample was one to learn from.
+func (g *Global) Teach(h *Host, cost int64, ms float64) bool {
+	if cost <= 0 || !(ms > 0) || math.IsInf(ms, 0) {
+		return false
+	}
+	g.Learn(h, cost, ms)
+	return true
+}
+
+// Learn moves h's speed toward one sample: cost took ms (with the shared
+// base fit and pick count; it changes only h).
+func (g *Global) Learn(h *Host, cost int64, ms float64) {
+	stale := g.Stale(h)
+	h.SampledAt = g.Picks
+	sample := ms / (float64(cost) + g.Fit.Base)
 	if h.Samples == 0 || h.MsPerCost <= 0 {
 		h.MsPerCost = sample
 	} else {
@@ -255,8 +287,10 @@ func (t *Table) learn(h *Host, cost int64, ms float64) {
 
 // Fail counts a 5xx answer of the worker at at (µs); gateway: a 502, 503
 // or 504 (Envoy's answer for a reset or timeout, too).
-func (t *Table) Fail(addr string, at int64, gateway bool) {
-	h := t.host(addr)
+func (t *Table) Fail(addr string, at int64, gateway bool) { t.host(addr).Fail(at, gateway) }
+
+// Fail is Table.Fail on the worker's own record.
+func (h *Host) Fail(at int64, gateway bool) {
 	h.Failures++
 	h.GatewayFailures++
 	if !gateway {
@@ -269,8 +303,18 @@ func (t *Table) Fail(addr string, at int64, gateway bool) {
 // detection, it ends a run of failures.
 func (t *Table) Answered(addr string) {
 	if h := t.Find(addr); h != nil {
-		h.Failures, h.GatewayFailures = 0, 0
+		h.Answered()
 	}
+}
+
+// Answered is Table.Answered on the worker's own record; it reports
+// whether it ended a run of failures.
+func (h *Host) Answered() bool {
+	if h.Failures == 0 && h.GatewayFailures == 0 {
+		return false
+	}
+	h.Failures, h.GatewayFailures = 0, 0
+	return true
 }
 
 // Failing reports whether h failed as often in a row as Envoy's ejection
@@ -289,9 +333,9 @@ func Failing(h *Host, rule wire.Ejection, now int64) bool {
 	return failed && now-h.FailedAt < failHold.Microseconds()
 }
 
-// add adds one sample (cost c took t ms) and, once the fit is
+// Add adds one sample (cost c took t ms) and, once the fit is
 // determined, sets Base.
-func (f *Fit) add(c, t float64) {
+func (f *Fit) Add(c, t float64) {
 	f.N = f.N*fitDecay + 1
 	f.C = f.C*fitDecay + c
 	f.T = f.T*fitDecay + t
@@ -323,25 +367,25 @@ func (t *Table) Forget(keep func(addr string) bool) {
 // average. A sample is first clipped to within costClip of the average,
 // so one outlier moves it by at most costAlpha x (costClip-1) (+30 %),
 // while a real change of workload is followed within a dozen requests.
-func (t *Table) LearnCost(task string, cost float64) {
+func (g *Global) LearnCost(task string, cost float64) {
 	if !(cost > 0) || math.IsInf(cost, 0) {
 		return
 	}
-	for i := range t.Tasks {
-		if tc := &t.Tasks[i]; tc.Task == task {
+	for i := range g.Tasks {
+		if tc := &g.Tasks[i]; tc.Task == task {
 			cost = min(max(cost, tc.Avg/costClip), tc.Avg*costClip)
 			tc.Avg += costAlpha * (cost - tc.Avg)
 			tc.Samples++
 			return
 		}
 	}
-	t.Tasks = append(t.Tasks, TaskCost{Task: task, Avg: cost, Samples: 1})
+	g.Tasks = append(g.Tasks, TaskCost{Task: task, Avg: cost, Samples: 1})
 }
 
 // CostOf is the learned average cost of a task's requests, or def before
 // any was seen.
-func (t *Table) CostOf(task string, def int64) int64 {
-	for _, tc := range t.Tasks {
+func (g *Global) CostOf(task string, def int64) int64 {
+	for _, tc := range g.Tasks {
 		if tc.Task == task && tc.Avg >= 1 {
 			return int64(math.Round(tc.Avg))
 		}
@@ -378,102 +422,6 @@ func Median(v []float64) float64 {
 	} else {
 		return (v[n/2-1] + v[n/2]) / 2
 	}
-}
-
-// tableFormat versions the encoding: Envoy keeps shared data across a
-// plugin reload, and a new plugin must not misread an old table.
-const tableFormat = 8
-
-// Encode is the table as shared data holds it.
-func (t *Table) Encode() []byte {
-	return t.AppendEncode(make([]byte, 0, 16+len(t.Hosts)*64+len(t.Tasks)*24))
-}
-
-// AppendEncode appends the encoding to b (a caller's reused buffer).
-func (t *Table) AppendEncode(b []byte) []byte {
-	b = append(b, tableFormat)
-	b = binary.AppendUvarint(b, uint64(len(t.Hosts)))
-	for _, h := range t.Hosts {
-		b = appendString(b, h.Addr)
-		b = binary.AppendVarint(b, h.Work)
-		b = binary.AppendVarint(b, h.Requests)
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(h.MsPerCost))
-		b = binary.AppendVarint(b, h.Samples)
-		b = binary.AppendVarint(b, h.LastDone)
-		b = binary.AppendVarint(b, h.Streak)
-		b = binary.AppendVarint(b, h.SampledAt)
-		b = binary.AppendVarint(b, h.Failures)
-		b = binary.AppendVarint(b, h.GatewayFailures)
-		b = binary.AppendVarint(b, h.FailedAt)
-	}
-	b = binary.AppendUvarint(b, uint64(len(t.Tasks)))
-	for _, tc := range t.Tasks {
-		b = appendString(b, tc.Task)
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(tc.Avg))
-		b = binary.AppendVarint(b, tc.Samples)
-	}
-	b = binary.AppendVarint(b, t.Picks)
-	for _, f := range []float64{t.Fit.Base, t.Fit.N, t.Fit.C, t.Fit.T, t.Fit.CC, t.Fit.CT} {
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
-	}
-	return b
-}
-
-// ErrFormat is a table this code cannot read.
-var ErrFormat = errors.New("pick: table encoding not understood")
-
-// Decode reads Encode's output. Empty input is the empty table.
-func Decode(b []byte) (Table, error) {
-	var t Table
-	err := (&Decoder{}).Into(b, &t)
-	return t, err
-}
-
-// Decoder decodes tables into a reused Table, keeping the worker and task
-// names it has seen, so a decode on the request path allocates nothing
-// once the names are known. A Decoder is not safe for concurrent use
-// (each Wasm VM is single-threaded).
-type Decoder struct{ names map[string]string }
-
-func (d *Decoder) name(b []byte) string {
-	if s, ok := d.names[string(b)]; ok { // no allocation for the lookup
-		return s
-	}
-	if d.names == nil || len(d.names) > 4096 {
-		d.names = map[string]string{} // bounded: a fleet that churns starts over
-	}
-	s := string(b)
-	d.names[s] = s
-	return s
-}
-
-// Into decodes b into t, reusing t's slices. On error t is the empty table.
-func (d *Decoder) Into(b []byte, t *Table) error {
-	t.Hosts, t.Tasks, t.Picks, t.Fit = t.Hosts[:0], t.Tasks[:0], 0, Fit{}
-	if len(b) == 0 {
-		return nil
-	}
-	if b[0] != tableFormat {
-		return ErrFormat
-	}
-	r := reader{b: b[1:], name: d.name}
-	n := r.count()
-	for i := uint64(0); i < n && r.err == nil; i++ {
-		t.Hosts = append(t.Hosts, Host{Addr: r.string(), Work: r.varint(), Requests: r.varint(),
-			MsPerCost: r.float(), Samples: r.varint(), LastDone: r.varint(), Streak: r.varint(), SampledAt: r.varint(),
-			Failures: r.varint(), GatewayFailures: r.varint(), FailedAt: r.varint()})
-	}
-	n = r.count()
-	for i := uint64(0); i < n && r.err == nil; i++ {
-		t.Tasks = append(t.Tasks, TaskCost{Task: r.string(), Avg: r.float(), Samples: r.varint()})
-	}
-	t.Picks = r.varint()
-	t.Fit = Fit{Base: r.float(), N: r.float(), C: r.float(), T: r.float(), CC: r.float(), CT: r.float()}
-	if r.err != nil || len(r.b) != 0 {
-		t.Hosts, t.Tasks, t.Picks, t.Fit = t.Hosts[:0], t.Tasks[:0], 0, Fit{}
-		return ErrFormat
-	}
-	return nil
 }
 
 func appendString(b []byte, s string) []byte {

@@ -21,8 +21,9 @@ import (
 // Least-work routing inside Envoy. Every worker thread runs its own copy of
 // the plugin; what they share lives in proxy-wasm shared data, one Envoy
 // wide:
-//   - the table (leastwork.Table): outstanding work and learned speed per
-//     worker, changed by compare-and-swap on every send and every end;
+//   - the table: outstanding work and learned speed per worker, one
+//     record each, and the part they share (records.go), changed by
+//     compare-and-swap on every send and every end;
 //   - the view (wire.PickView) from the control plane, prefixed with when
 //     it arrived;
 //   - the completion log (leastwork.AppendCompletion) the next sync reports,
@@ -32,7 +33,6 @@ import (
 //   - the video jobs whose cost still counts (leastwork.Jobs), and the ids of
 //     jobs seen ending here that the next sync tells the other Envoys.
 const (
-	keyTable = "diffusion-router.pick.table"
 	keyView  = "diffusion-router.pick.view"
 	keyLease = "diffusion-router.pick.lease"
 	keyLog   = "diffusion-router.pick.completions"
@@ -72,13 +72,34 @@ type picker struct {
 	picks    proxywasm.MetricCounter
 	unpicked proxywasm.MetricCounter
 	syncErrs proxywasm.MetricCounter
-	// Scratch for the request path: the decoded table, its encoding,
-	// the eligible list.
-	dec   leastwork.Decoder
-	tab   leastwork.Table
-	buf   []byte
-	cands []int
+	// picked counts this thread's picks since its last tick, which adds
+	// them to the shared count (estimates age by it).
+	picked int64
+	// Scratch for the request path: the shared part and the weighed
+	// workers' records as one table, a record's encoding, the sample.
+	global leastwork.Global
+	tab    leastwork.Table
+	buf    []byte
+	sample []int
+	rnd    uint64
+	// eligible caches the candidate lists of the current view, by pool
+	// and model: computed once per view, not per request.
+	eligible map[eligibleKey][]int
+	// keys caches record keys; listed is the worker list as last read
+	// (listedCAS: its version).
+	keys      map[string]string
+	listed    map[string]bool
+	listedCAS uint32
 }
+
+// eligibleKey names a candidate list.
+type eligibleKey struct {
+	pool  leastwork.Pool
+	model string
+}
+
+// maxEligibleLists bounds the cache: clients may name any model.
+const maxEligibleLists = 64
 
 func newPicker(cluster string, secret []byte) *picker {
 	node := "envoy"
@@ -90,13 +111,14 @@ func newPicker(cluster string, secret []byte) *picker {
 	}
 	// A new thread must not reset a table other threads already fill: the
 	// empty table is written only where there is none.
-	for _, key := range []string{keyTable, keyLease, keyLog, keyNode, keyStamp, keyView, keyJobs, keyEnded} {
+	for _, key := range []string{keyGlobal, keyHosts, keyLease, keyLog, keyNode, keyStamp, keyView, keyJobs, keyEnded} {
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
 			_ = proxywasm.SetSharedData(key, nil, 0)
 		}
 	}
 	return &picker{
 		cluster: cluster, node: node, secret: secret, gauges: map[string][3]proxywasm.MetricGauge{}, foreign: map[string]proxywasm.MetricGauge{},
+		eligible: map[eligibleKey][]int{}, keys: map[string]string{}, rnd: uint64(time.Now().UnixNano()) | 1,
 		picks:    proxywasm.DefineCounterMetric("diffusion_router.pick.picked"),
 		unpicked: proxywasm.DefineCounterMetric("diffusion_router.pick.unpicked"),
 		syncErrs: proxywasm.DefineCounterMetric("diffusion_router.pick.sync_errors"),
@@ -124,6 +146,7 @@ func (p *picker) currentView(now int64) *wire.PickView {
 		}
 		p.view, p.viewAt = &v, int64(binary.LittleEndian.Uint64(raw))
 		p.viewStamp = append(p.viewStamp[:0], stamp...)
+		clear(p.eligible)
 	}
 	if now-p.viewAt > wire.ViewTTL.Microseconds() {
 		return nil
@@ -131,16 +154,18 @@ func (p *picker) currentView(now int64) *wire.PickView {
 	return p.view
 }
 
-// update applies f to the shared table by compare-and-swap.
-func (p *picker) update(f func(*leastwork.Table) bool) error {
-	return casBytes(keyTable, func(raw []byte) ([]byte, bool) {
-		_ = p.dec.Into(raw, &p.tab) // an unreadable table starts over, empty
-		if !f(&p.tab) {
-			return nil, false
-		}
-		p.buf = p.tab.AppendEncode(p.buf[:0])
-		return p.buf, true
-	})
+// candidates is the view's candidate list for a pool and model, from the
+// cache when this view already answered it.
+func (p *picker) candidates(v *wire.PickView, pool leastwork.Pool, model string) []int {
+	k := eligibleKey{pool, model}
+	if c, ok := p.eligible[k]; ok {
+		return c
+	}
+	c := leastwork.Eligible(nil, v, pool, model)
+	if len(p.eligible) < maxEligibleLists {
+		p.eligible[k] = c
+	}
+	return c
 }
 
 // poolOf is the kind of worker a task needs (as the front routes decide).
@@ -173,34 +198,33 @@ type sent struct {
 
 // choose picks the worker for a request and counts its cost there. It
 // returns false (no pick; Envoy's policy routes) without a fresh view or
-// an eligible worker.
+// an eligible worker. It weighs at most leastwork.SampleSize candidates,
+// reading their records and the shared part, and writes the one it picks.
 func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (leastwork.Choice, int64, bool) {
 	now := nowMicro()
 	v := p.currentView(now)
 	if v == nil {
 		return leastwork.Choice{}, 0, false
 	}
-	p.cands = leastwork.Eligible(p.cands, v, poolOf(task), model)
-	cands := p.cands
-	var choice leastwork.Choice
+	p.sample = leastwork.Sample(p.sample, p.candidates(v, poolOf(task), model), &p.rnd)
+	p.tab.Global = *p.readGlobal()
+	p.tab.Hosts = p.tab.Hosts[:0]
+	for _, i := range p.sample {
+		p.tab.Hosts = append(p.tab.Hosts, p.readHost(v.Workers[i].Addr))
+	}
+	if !costKnown {
+		cost = p.tab.CostOf(string(task), defaultCost(task))
+	}
 	p.rot++
-	err := p.update(func(tab *leastwork.Table) bool {
-		if !costKnown {
-			cost = tab.CostOf(string(task), defaultCost(task))
-		}
-		var ok bool
-		if choice, ok = leastwork.Choose(v, cands, tab, cost, p.rot, now); !ok {
-			return false
-		}
-		tab.Add(choice.First, cost)
-		return true
-	})
-	if err != nil || choice.First == "" {
-		if err != nil {
-			proxywasm.LogWarnf("diffusion-tagger: pick: %v", err)
-		}
+	choice, ok := leastwork.Choose(v, p.sample, &p.tab, cost, p.rot, now)
+	if !ok {
 		return leastwork.Choice{}, 0, false
 	}
+	if err := p.updateHost(choice.First, func(h *leastwork.Host, _ *leastwork.Global) bool { h.Add(cost); return true }); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: pick %s: %v", choice.First, err)
+		return leastwork.Choice{}, 0, false
+	}
+	p.picked++
 	return choice, cost, true
 }
 
@@ -241,25 +265,18 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 	if s == nil || s.released {
 		return
 	}
-	err := p.update(func(tab *leastwork.Table) bool {
-		ms := tab.Done(s.addr, s.cost, s.at, at, served)
+	var ms, mpc float64
+	err := p.updateHost(s.addr, func(h *leastwork.Host, g *leastwork.Global) bool {
+		if ms = h.End(s.cost, s.at, at, served); ms > 0 {
+			g.Learn(h, s.cost, ms)
+		}
 		switch how {
 		case outcomeAnswered:
-			tab.Answered(s.addr)
+			h.Answered()
 		case outcomeFailed, outcomeGatewayFailed:
-			tab.Fail(s.addr, at, how == outcomeGatewayFailed)
+			h.Fail(at, how == outcomeGatewayFailed)
 		}
-		switch h := tab.Find(s.addr); {
-		case !served:
-			// A refused request (a 422 for an absurd size) says
-			// nothing of the work requests of its kind carry.
-		case s.costKnown:
-			tab.LearnCost(string(task), float64(s.cost))
-		case ms > 0 && h != nil && h.MsPerCost > 0:
-			// A request the filter could not read (a multipart edit,
-			// a large body) is known by its service time afterwards.
-			tab.LearnCost(string(task), max(ms/h.MsPerCost-tab.Fit.Base, 1))
-		}
+		mpc = h.MsPerCost
 		return true
 	})
 	if err != nil {
@@ -268,6 +285,27 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 		proxywasm.LogWarnf("diffusion-tagger: release: %v", err)
 		return
 	}
+	// What the answer teaches the whole table: the base fit, and the cost
+	// of requests of its kind.
+	_ = p.updateGlobal(func(g *leastwork.Global) bool {
+		if ms > 0 {
+			g.Fit.Add(float64(s.cost), ms)
+		}
+		switch {
+		case !served:
+			// A refused request (a 422 for an absurd size) says
+			// nothing of the work requests of its kind carry.
+		case s.costKnown:
+			g.LearnCost(string(task), float64(s.cost))
+		case ms > 0 && mpc > 0:
+			// A request the filter could not read (a multipart edit,
+			// a large body) is known by its service time afterwards.
+			g.LearnCost(string(task), max(ms/mpc-g.Fit.Base, 1))
+		default:
+			return ms > 0
+		}
+		return true
+	})
 	s.released = true
 	if served {
 		p.done = leastwork.AppendCompletion(p.done, wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
@@ -280,10 +318,13 @@ func (p *picker) move(s *sent, addr string) {
 	if s == nil || s.released || addr == s.addr {
 		return
 	}
-	if err := p.update(func(tab *leastwork.Table) bool { tab.Move(s.addr, addr, s.cost); return true }); err != nil {
+	if err := p.updateHost(addr, func(h *leastwork.Host, _ *leastwork.Global) bool { h.Add(s.cost); return true }); err != nil {
 		// s stays on the picked worker, where its release finds it.
 		proxywasm.LogWarnf("diffusion-tagger: move to %s: %v", addr, err)
 		return
+	}
+	if err := p.updateHost(s.addr, func(h *leastwork.Host, _ *leastwork.Global) bool { h.Take(s.cost); return true }); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: move from %s: %v", s.addr, err)
 	}
 	s.addr = addr
 }
@@ -291,18 +332,11 @@ func (p *picker) move(s *sent, addr string) {
 // accepted notes that the worker took a job (a run of failures ends)
 // without releasing the request's cost, and learns the cost of its kind.
 func (p *picker) accepted(task Task, s *sent) {
-	if err := p.update(func(tab *leastwork.Table) bool {
-		if s.costKnown {
-			tab.LearnCost(string(task), float64(s.cost))
-		}
-		h := tab.Find(s.addr)
-		if h == nil || h.Failures == 0 && h.GatewayFailures == 0 {
-			return s.costKnown
-		}
-		tab.Answered(s.addr)
-		return true
-	}); err != nil {
+	if err := p.updateHost(s.addr, func(h *leastwork.Host, _ *leastwork.Global) bool { return h.Answered() }); err != nil {
 		proxywasm.LogWarnf("diffusion-tagger: note answer: %v", err)
+	}
+	if s.costKnown {
+		_ = p.updateGlobal(func(g *leastwork.Global) bool { g.LearnCost(string(task), float64(s.cost)); return true })
 	}
 }
 
@@ -350,7 +384,7 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 	if found {
 		p.releaseJobs([]leastwork.Job{job})
 		if gpuMS > 0 && !math.IsInf(gpuMS, 0) {
-			if err := p.update(func(tab *leastwork.Table) bool { tab.Teach(job.Addr, job.Cost, gpuMS); return true }); err == nil {
+			if err := p.updateHost(job.Addr, func(h *leastwork.Host, g *leastwork.Global) bool { return g.Teach(h, job.Cost, gpuMS) }); err == nil {
 				now := nowMicro()
 				p.done = leastwork.AppendCompletion(p.done, wire.Completion{Addr: job.Addr, Cost: job.Cost,
 					Sent: now - int64(gpuMS*1000), Done: now, GPU: true})
@@ -394,10 +428,7 @@ func (p *picker) endJobsBefore(addr string, t int64) {
 // take at most: sglang-diffusion forgets a deleted job but keeps running
 // it, and only the worker's own word (idle) or that time ends it.
 func (p *picker) deleteJob(id string, now int64) {
-	var tab leastwork.Table
-	if raw, _, err := proxywasm.GetSharedData(keyTable); err == nil {
-		tab, _ = leastwork.Decode(raw)
-	}
+	g := p.readGlobal()
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
 		jobs, _ := leastwork.DecodeJobs(raw)
 		i := slices.IndexFunc(jobs.List, func(x leastwork.Job) bool { return x.ID == id })
@@ -405,14 +436,11 @@ func (p *picker) deleteJob(id string, now int64) {
 			return nil, false
 		}
 		j := jobs.List[i]
-		mpc := tab.Typical()
-		if h := tab.Find(j.Addr); h != nil && h.MsPerCost > 0 {
-			mpc = h.MsPerCost
-		}
+		mpc := p.speedOf(j.Addr)
 		// Its whole expected time from when it was counted: the job may
 		// have waited behind others before it ran. Never measured (no
 		// speed at all): the hold stays.
-		expected := time.Duration((float64(j.Cost) + tab.Fit.Base) * mpc * float64(time.Millisecond))
+		expected := time.Duration((float64(j.Cost) + g.Fit.Base) * mpc * float64(time.Millisecond))
 		until := j.Until
 		if expected > 0 {
 			until = max(now+time.Second.Microseconds(), j.Held+expected.Microseconds())
@@ -434,18 +462,44 @@ func (p *picker) releaseJobs(jobs []leastwork.Job) {
 	if len(jobs) == 0 {
 		return
 	}
-	if err := p.update(func(tab *leastwork.Table) bool {
-		for _, j := range jobs {
-			tab.Done(j.Addr, j.Cost, 0, 0, false)
+	for _, j := range jobs {
+		if err := p.updateHost(j.Addr, func(h *leastwork.Host, _ *leastwork.Global) bool { h.End(j.Cost, 0, 0, false); return true }); err != nil {
+			proxywasm.LogWarnf("diffusion-tagger: release video job on %s: %v", j.Addr, err)
 		}
-		return true
-	}); err != nil {
-		proxywasm.LogWarnf("diffusion-tagger: release %d video jobs: %v", len(jobs), err)
 	}
 }
 
-// flush adds this thread's completions to the shared log.
+// speedOf is a worker's learned speed (ms per cost): its own here, else
+// what the control plane learned, else the fleet's median in the view
+// (0: nobody measured yet).
+func (p *picker) speedOf(addr string) float64 {
+	if h := p.readHost(addr); h.MsPerCost > 0 {
+		return h.MsPerCost
+	}
+	v := p.currentView(nowMicro())
+	if v == nil {
+		return 0
+	}
+	var all []float64
+	for _, w := range v.Workers {
+		if w.Addr == addr && w.MsPerCost > 0 {
+			return w.MsPerCost
+		}
+		if w.MsPerCost > 0 {
+			all = append(all, w.MsPerCost)
+		}
+	}
+	return leastwork.Median(all)
+}
+
+// flush adds this thread's picks to the shared count and its completions
+// to the shared log.
 func (p *picker) flush() {
+	if n := p.picked; n > 0 {
+		if p.updateGlobal(func(g *leastwork.Global) bool { g.Picks += n; return true }) == nil {
+			p.picked = 0
+		}
+	}
 	if len(p.done) == 0 {
 		return
 	}
@@ -508,17 +562,13 @@ func (p *picker) sync() {
 		return nil, len(raw) > 0
 	})
 	p.expireJobs(now)
-	tabRaw, _, err := proxywasm.GetSharedData(keyTable)
-	if err != nil {
-		return
-	}
-	tab, _ := leastwork.Decode(tabRaw)
-	hosts := tab.Hosts
 	if v := p.currentView(now); v != nil {
 		rep.Generation = v.Generation
 	}
-	rep.Hosts = make([]wire.HostReport, 0, len(hosts))
-	for _, h := range hosts {
+	list := p.hostList()
+	rep.Hosts = make([]wire.HostReport, 0, len(list))
+	for _, a := range list {
+		h := p.readHost(a)
 		rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0),
 			MsPerCost: h.MsPerCost, Samples: h.Samples})
 		p.setGauges(h)
@@ -586,6 +636,15 @@ func (p *picker) onView(_, bodySize, _ int) {
 		return
 	}
 	p.failures = 0
+	// Every listed worker has a record before any thread can pick it.
+	addrs := make([]string, len(v.Workers))
+	for i, w := range v.Workers {
+		addrs[i] = w.Addr
+	}
+	if err := p.recordHosts(addrs); err != nil {
+		p.syncFailed("records: " + err.Error())
+		return
+	}
 	stored := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(body)), uint64(nowMicro()))
 	stored = append(stored, body...)
 	if casBytes(keyView, func([]byte) ([]byte, bool) { return stored, true }) != nil {
@@ -615,11 +674,7 @@ func (p *picker) onView(_, bodySize, _ int) {
 			p.setForeign(a, 0)
 		}
 	}
-	_ = p.update(func(tab *leastwork.Table) bool {
-		n := len(tab.Hosts)
-		tab.Forget(func(a string) bool { return listed[a] })
-		return len(tab.Hosts) != n
-	})
+	p.forgetHosts(listed)
 }
 
 // syncFailed counts a failed sync and logs the first of a run of them.

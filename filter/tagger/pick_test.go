@@ -2,6 +2,7 @@ package tagger
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"slices"
 	"strconv"
@@ -194,9 +195,16 @@ func TestLeastWorkSyncFailure(t *testing.T) {
 }
 
 // BenchmarkGenerationRequestPicking is BenchmarkGenerationRequest with
-// least-work routing on and eight workers to pick from: the pick (shared
-// table read, choose, compare-and-swap) and the release at the answer.
+// least-work routing on, by fleet size: the pick (shared table read,
+// choose, compare-and-swap) and the release at the answer. Its cost per
+// request must not grow with the fleet.
 func BenchmarkGenerationRequestPicking(b *testing.B) {
+	for _, n := range []int{8, 100, 300, 1000} {
+		b.Run(strconv.Itoa(n)+"workers", func(b *testing.B) { benchmarkPicking(b, n) })
+	}
+}
+
+func benchmarkPicking(b *testing.B, workers int) {
 	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(NewVMContext()).
 		WithPluginConfiguration(pickConfig).WithProperty([]string{"node", "id"}, []byte("bench")))
 	defer reset()
@@ -204,8 +212,8 @@ func BenchmarkGenerationRequestPicking(b *testing.B) {
 		b.Fatalf("start = %v", st)
 	}
 	var view wire.PickView
-	for i := range 8 {
-		view.Workers = append(view.Workers, wire.PickWorker{Addr: "10.0.0." + strconv.Itoa(i+1) + ":80", Image: true, Models: []string{"flux"}})
+	for i := range workers {
+		view.Workers = append(view.Workers, wire.PickWorker{Addr: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250+1), Image: true, Models: []string{"flux"}})
 	}
 	vb, _ := json.Marshal(view)
 	// refresh syncs: a view lives a second, and a benchmark runs longer.
