@@ -72,12 +72,12 @@ func (j *Jobs) Finish(id string) (Job, bool) {
 	return job, true
 }
 
-// EndBefore stops counting the jobs on addr held before t (µs) and
-// returns them: the worker said it held nothing at t.
-func (j *Jobs) EndBefore(addr string, t int64) []Job {
+// EndBefore stops counting, for each worker in before, the jobs counted
+// on it before its time there (µs): the worker said it held nothing then.
+func (j *Jobs) EndBefore(before map[string]int64) []Job {
 	var out []Job
 	j.List = slices.DeleteFunc(j.List, func(x Job) bool {
-		if x.Addr == addr && x.Held < t {
+		if t, ok := before[x.Addr]; ok && x.Held < t {
 			out = append(out, x)
 			return true
 		}

@@ -93,7 +93,7 @@ func TestJobsEndBeforeAndShorten(t *testing.T) {
 	} {
 		j.Hold(x)
 	}
-	if ended := j.EndBefore("w1", 50); len(ended) != 1 || ended[0].ID != "a" || len(j.List) != 2 {
+	if ended := j.EndBefore(map[string]int64{"w1": 50, "w9": 1000}); len(ended) != 1 || ended[0].ID != "a" || len(j.List) != 2 {
 		t.Fatalf("EndBefore(w1, 50) = %v, left %v", ended, j.List)
 	}
 	if got, ok := j.Shorten("c", 70); !ok || got.Until != 70 {

@@ -128,8 +128,11 @@ type LoadReport struct {
 	Node string `json:"node"`
 	// Generation is the generation of the view the filter picks with (0:
 	// it has none, or it is too old to pick with).
-	Generation uint64       `json:"generation"`
-	Hosts      []HostReport `json:"hosts"`
+	Generation uint64 `json:"generation"`
+	// Hosts are the workers this Envoy has work counted on (an idle one
+	// adds nothing to the others' views, so it is left out: the report
+	// stays small on a large fleet).
+	Hosts []HostReport `json:"hosts"`
 	// Completions are the requests workers answered since the last
 	// report, for the fleet-wide speed estimate.
 	Completions []Completion `json:"completions,omitempty"`

@@ -36,6 +36,11 @@ type Sink interface {
 const (
 	// DefaultInterval is how often each worker is read.
 	DefaultInterval = 500 * time.Millisecond
+	// DefaultMaxReadsPerSecond bounds the readings of the whole fleet:
+	// beyond interval x it workers (100 at the default interval), each is
+	// read less often, so a large fleet does not cost the control plane
+	// (and the workers) a scrape storm: at 1,000 workers, every 5 s.
+	DefaultMaxReadsPerSecond = 200
 	// noMetricsRetry: a worker that serves no metrics is asked again this
 	// much later (it may be restarted with --enable-metrics).
 	noMetricsRetry = 30 * time.Second
@@ -54,6 +59,9 @@ const (
 type Watcher struct {
 	Client   *http.Client
 	Interval time.Duration
+	// MaxReadsPerSecond bounds the readings per second over the whole
+	// fleet (0: DefaultMaxReadsPerSecond).
+	MaxReadsPerSecond float64
 	// Targets lists the workers to read now.
 	Targets func() []Target
 	Sink    Sink
@@ -108,7 +116,7 @@ func (w *Watcher) Run(ctx context.Context) {
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
-	t := time.NewTicker(interval)
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -116,12 +124,24 @@ func (w *Watcher) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		w.Once(ctx, interval)
+		started := time.Now()
+		n := w.Once(ctx, interval)
+		t.Reset(pace(interval, n, w.MaxReadsPerSecond) - time.Since(started))
 	}
 }
 
-// Once reads every target one time, each bounded by timeout.
-func (w *Watcher) Once(ctx context.Context, timeout time.Duration) {
+// pace is the time from one round's start to the next's: the interval, or
+// longer when n workers at that interval would pass the reading budget.
+func pace(interval time.Duration, n int, budget float64) time.Duration {
+	if budget <= 0 {
+		budget = DefaultMaxReadsPerSecond
+	}
+	return max(interval, time.Duration(float64(n)/budget*float64(time.Second)))
+}
+
+// Once reads every target one time, each bounded by timeout, and returns
+// how many it read.
+func (w *Watcher) Once(ctx context.Context, timeout time.Duration) int {
 	targets := w.Targets()
 	w.forget(targets)
 	sem := make(chan struct{}, parallel)
@@ -138,6 +158,7 @@ func (w *Watcher) Once(ctx context.Context, timeout time.Duration) {
 		}()
 	}
 	wg.Wait()
+	return len(targets)
 }
 
 func (w *Watcher) read(ctx context.Context, t Target, st *state) {

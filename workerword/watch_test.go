@@ -124,3 +124,23 @@ func TestWatcher(t *testing.T) {
 		}
 	}
 }
+
+func TestPaceKeepsTheReadingBudget(t *testing.T) {
+	for _, tt := range []struct {
+		interval time.Duration
+		n        int
+		budget   float64
+		want     time.Duration
+	}{
+		{500 * time.Millisecond, 3, 0, 500 * time.Millisecond},
+		{500 * time.Millisecond, 100, 0, 500 * time.Millisecond},
+		{500 * time.Millisecond, 300, 0, 1500 * time.Millisecond},
+		{500 * time.Millisecond, 1000, 0, 5 * time.Second},
+		{500 * time.Millisecond, 1000, 1000, time.Second},
+		{2 * time.Second, 1000, 1000, 2 * time.Second},
+	} {
+		if got := pace(tt.interval, tt.n, tt.budget); got != tt.want {
+			t.Errorf("pace(%v, %d workers, budget %v) = %v, want %v", tt.interval, tt.n, tt.budget, got, tt.want)
+		}
+	}
+}

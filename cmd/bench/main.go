@@ -273,17 +273,41 @@ func scaleCmd(ctx context.Context, args []string) error {
 	bin := fs.String("router-bin", "bin/diffusion-router", "diffusion-router binary")
 	sizes := fs.String("sizes", "64,256,1024", "fleet sizes")
 	update := fs.Duration("update-time", 2*time.Second, "how long one worker's weight update takes")
+	loadSizes := fs.String("load-sizes", "8,100,300,1000", "fleet sizes loaded with each policy in turn (empty: none)")
+	policies := fs.String("policies", "least-request,least-work", "policies compared on each loaded fleet")
+	service := fs.Duration("service-time", 20*time.Millisecond, "each request's service time on the loaded fleets")
+	conc := fs.Int("concurrency", 32, "requests in flight on the loaded fleets")
+	requests := fs.Int("requests", 6000, "requests per policy and loaded fleet")
 	out := fs.String("out", "", "output directory (default bench-results/<time>)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	s, err := ints(*sizes)
-	if err != nil {
-		return err
+	var res struct {
+		ControlPlane []bench.ScaleResult   `json:"control_plane"`
+		Throughput   []bench.ThroughputRow `json:"throughput"`
 	}
-	res, err := bench.RunScale(ctx, bench.ScaleConfig{RouterBin: *bin, Sizes: s, UpdateTime: *update, Log: os.Stdout})
-	if err != nil {
-		return err
+	if *sizes != "" {
+		s, err := ints(*sizes)
+		if err != nil {
+			return err
+		}
+		if res.ControlPlane, err = bench.RunScale(ctx, bench.ScaleConfig{RouterBin: *bin, Sizes: s, UpdateTime: *update, Log: os.Stdout}); err != nil {
+			return err
+		}
+	}
+	if *loadSizes != "" {
+		s, err := ints(*loadSizes)
+		if err != nil {
+			return err
+		}
+		if *conc < 1 || *requests < 1 || *service <= 0 {
+			return fmt.Errorf("--concurrency, --requests and --service-time must be positive")
+		}
+		res.Throughput, err = bench.RunThroughput(ctx, bench.ThroughputConfig{RouterBin: *bin, Sizes: s,
+			Policies: strings.Split(*policies, ","), Service: *service, Concurrency: *conc, Requests: *requests, Log: os.Stdout})
+		if err != nil {
+			return err
+		}
 	}
 	return writeResult(*out, "scale.json", res)
 }

@@ -67,7 +67,7 @@ type picker struct {
 	done     []byte
 	rot      int
 	failures int
-	gauges   map[string][3]proxywasm.MetricGauge
+	gauges   map[string][4]proxywasm.MetricGauge
 	foreign  map[string]proxywasm.MetricGauge
 	picks    proxywasm.MetricCounter
 	unpicked proxywasm.MetricCounter
@@ -117,7 +117,7 @@ func newPicker(cluster string, secret []byte) *picker {
 		}
 	}
 	return &picker{
-		cluster: cluster, node: node, secret: secret, gauges: map[string][3]proxywasm.MetricGauge{}, foreign: map[string]proxywasm.MetricGauge{},
+		cluster: cluster, node: node, secret: secret, gauges: map[string][4]proxywasm.MetricGauge{}, foreign: map[string]proxywasm.MetricGauge{},
 		eligible: map[eligibleKey][]int{}, keys: map[string]string{}, rnd: uint64(time.Now().UnixNano()) | 1,
 		picks:    proxywasm.DefineCounterMetric("diffusion_router.pick.picked"),
 		unpicked: proxywasm.DefineCounterMetric("diffusion_router.pick.unpicked"),
@@ -407,12 +407,17 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 // before it, as the control plane's clock and Envoy's may differ a little.
 const idleClockMargin = time.Second
 
-// endJobsBefore stops counting the jobs on addr counted before t (µs).
-func (p *picker) endJobsBefore(addr string, t int64) {
+// endJobsBefore stops counting, for each worker in before, the jobs
+// counted on it before its time there (µs): one reading of the job list
+// for the whole view.
+func (p *picker) endJobsBefore(before map[string]int64) {
 	var ended []leastwork.Job
 	err := casBytes(keyJobs, func(raw []byte) ([]byte, bool) {
+		if len(raw) == 0 {
+			return nil, false
+		}
 		jobs, _ := leastwork.DecodeJobs(raw)
-		if ended = jobs.EndBefore(addr, t); len(ended) == 0 {
+		if ended = jobs.EndBefore(before); len(ended) == 0 {
 			return nil, false
 		}
 		return jobs.AppendEncode(nil), true
@@ -565,12 +570,16 @@ func (p *picker) sync() {
 	if v := p.currentView(now); v != nil {
 		rep.Generation = v.Generation
 	}
-	list := p.hostList()
-	rep.Hosts = make([]wire.HostReport, 0, len(list))
-	for _, a := range list {
+	// The report lists the workers with work counted here: an idle one
+	// adds nothing to the other Envoys' views, and a large fleet at a
+	// modest load has few busy workers, so the report stays small.
+	rep.Hosts = []wire.HostReport{}
+	for _, a := range p.hostList() {
 		h := p.readHost(a)
-		rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0),
-			MsPerCost: h.MsPerCost, Samples: h.Samples})
+		if h.Work > 0 || h.Requests > 0 {
+			rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0),
+				MsPerCost: h.MsPerCost, Samples: h.Samples})
+		}
 		p.setGauges(h)
 	}
 	body, err := json.Marshal(rep)
@@ -659,10 +668,14 @@ func (p *picker) onView(_, bodySize, _ int) {
 	}
 	// A worker that said it held nothing has ended every job counted on
 	// it from before then (a margin for the two clocks).
+	idle := map[string]int64{}
 	for _, w := range v.Workers {
 		if w.IdleAt > 0 {
-			p.endJobsBefore(w.Addr, w.IdleAt-idleClockMargin.Microseconds())
+			idle[w.Addr] = w.IdleAt - idleClockMargin.Microseconds()
 		}
+	}
+	if len(idle) > 0 {
+		p.endJobsBefore(idle)
 	}
 	listed := make(map[string]bool, len(v.Workers))
 	for _, w := range v.Workers {
@@ -685,22 +698,26 @@ func (p *picker) syncFailed(why string) {
 	}
 }
 
-// setGauges exports one worker's outstanding work, requests and learned
-// speed (µs per unit of cost) as Envoy stats.
+// setGauges exports one worker's outstanding work, requests, learned
+// speed (µs per unit of cost) and the samples it was learned from as Envoy
+// stats. A gauge is written only when its value changed.
 func (p *picker) setGauges(h leastwork.Host) {
 	g, ok := p.gauges[h.Addr]
 	if !ok {
 		name := statName(h.Addr)
-		g = [3]proxywasm.MetricGauge{
+		g = [4]proxywasm.MetricGauge{
 			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_work." + name),
 			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_requests." + name),
 			proxywasm.DefineGaugeMetric("diffusion_router.pick.us_per_cost." + name),
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.speed_samples." + name),
 		}
 		p.gauges[h.Addr] = g
 	}
 	// Gauges only add; every thread's gauge of one name is one stat.
-	for i, v := range []int64{h.Work, h.Requests, int64(h.MsPerCost * 1000)} {
-		g[i].Add(v - g[i].Value())
+	for i, v := range []int64{h.Work, h.Requests, int64(h.MsPerCost * 1000), h.Samples} {
+		if d := v - g[i].Value(); d != 0 {
+			g[i].Add(d)
+		}
 	}
 }
 
@@ -712,7 +729,9 @@ func (p *picker) setForeign(addr string, n int64) {
 		g = proxywasm.DefineGaugeMetric("diffusion_router.pick.foreign_requests." + statName(addr))
 		p.foreign[addr] = g
 	}
-	g.Add(n - g.Value())
+	if d := n - g.Value(); d != 0 {
+		g.Add(d)
+	}
 }
 
 // statName is a worker address as a stat name part.

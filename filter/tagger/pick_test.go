@@ -33,6 +33,17 @@ func pickHost(t *testing.T, runner string) proxytest.HostEmulator {
 	return host
 }
 
+// speedSamples is how many samples the filter learned a worker's speed
+// from, as its stat says (refreshed at each sync).
+func speedSamples(t *testing.T, host proxytest.HostEmulator, addr string) int64 {
+	t.Helper()
+	v, err := host.GetGaugeMetric("diffusion_router.pick.speed_samples." + statName(addr))
+	if err != nil {
+		return 0 // never exported: nothing learned
+	}
+	return int64(v)
+}
+
 // syncOnce ticks until the plugin posts a load report (the sync lease
 // lets one through per interval), answers it with view, and returns the
 // report.
@@ -147,16 +158,15 @@ func TestLeastWorkPicks(t *testing.T) {
 			host.CompleteHttpContext(id2)
 
 			rep = syncOnce(t, host, wire.PickView{Generation: 4, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}}})
-			for _, h := range rep.Hosts {
-				if h.Work != 0 || h.Requests != 0 {
-					t.Fatalf("after both ended: %+v", h)
-				}
-				if h.Addr == first && h.Samples != 1 {
-					t.Fatalf("answered worker learned %d samples, want 1", h.Samples)
-				}
-				if h.Addr == second && h.Samples != 0 {
-					t.Fatalf("abandoned request taught speed: %+v", h)
-				}
+			// A report lists only workers with work counted.
+			if len(rep.Hosts) != 0 {
+				t.Fatalf("after both ended, the report lists %+v", rep.Hosts)
+			}
+			if n := speedSamples(t, host, first); n != 1 {
+				t.Fatalf("answered worker learned %d samples, want 1", n)
+			}
+			if n := speedSamples(t, host, second); n != 0 {
+				t.Fatalf("abandoned request taught speed (%d samples)", n)
 			}
 			if rep.Generation != 4 {
 				t.Fatalf("report generation %d, want 4", rep.Generation)
@@ -300,12 +310,10 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 				host.CallOnResponseBody(id, []byte(body), true)
 				host.CompleteHttpContext(id)
 			}
-			samples := map[string]int64{}
 			work := func(rep wire.LoadReport) map[string][2]int64 {
 				out := map[string][2]int64{}
 				for _, h := range rep.Hosts {
 					out[h.Addr] = [2]int64{h.Work, h.Requests}
-					samples[h.Addr] = h.Samples
 				}
 				return out
 			}
@@ -319,8 +327,8 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} || w[a2] != [2]int64{cost, 1} {
 				t.Fatalf("after two creates: %v, want %d and one request on each", w, cost)
 			}
-			if samples[a1] != 0 || samples[a2] != 0 {
-				t.Fatalf("video creates taught speed: %v", samples)
+			if n1, n2 := speedSamples(t, host, a1), speedSamples(t, host, a2); n1 != 0 || n2 != 0 {
+				t.Fatalf("video creates taught speed (%d and %d samples)", n1, n2)
 			}
 			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"in_progress","progress":50}`)
 			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} {
@@ -346,8 +354,8 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			if w := work(syncOnce(t, host, view)); w[a2] != [2]int64{} {
 				t.Fatalf("the worker said it was idle, yet its deleted job counts: %v", w)
 			}
-			if samples[a1] != 1 || samples[a2] != 0 {
-				t.Fatalf("speed samples %v, want one from the completed job's GPU time only", samples)
+			if n1, n2 := speedSamples(t, host, a1), speedSamples(t, host, a2); n1 != 1 || n2 != 0 {
+				t.Fatalf("speed samples %d and %d, want one from the completed job's GPU time only", n1, n2)
 			}
 			if len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a1 ||
 				rep.Completions[0].Cost != cost || rep.Completions[0].Done-rep.Completions[0].Sent != 2_500_000 {
@@ -361,7 +369,7 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			// this Envoy, which counts it, stops and learns from it.
 			a3, _ := create("video_3")
 			work(syncOnce(t, host, view))
-			before := samples[a3]
+			before := speedSamples(t, host, a3)
 			relayed := view
 			relayed.Finished = []wire.EndedJob{{ID: "video_3", GPUMs: 1500}}
 			syncOnce(t, host, relayed)
@@ -369,9 +377,9 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 			if w := work(rep); w[a3] != [2]int64{} {
 				t.Fatalf("a job another Envoy saw end still counts: %v", w)
 			}
-			if samples[a3] != before+1 || len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a3 ||
+			if speedSamples(t, host, a3) != before+1 || len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a3 ||
 				rep.Completions[0].Done-rep.Completions[0].Sent != 1_500_000 {
-				t.Fatalf("relayed GPU time: samples %d (was %d), completions %+v; want one more, of 1.5 s", samples[a3], before, rep.Completions)
+				t.Fatalf("relayed GPU time: samples %d (was %d), completions %+v; want one more, of 1.5 s", speedSamples(t, host, a3), before, rep.Completions)
 			}
 			// A retry took job 4 to the worker not picked (the picked one
 			// refused the connection): its cost counts there until the
