@@ -1,0 +1,599 @@
+// Package queue is the router-owned queue: requests wait here, in the
+// control plane, for a free slot on a worker instead of inside a worker
+// that was chosen when they arrived. One queue serves every Envoy, so
+// order, priorities and shares hold across replicas.
+//
+// Order: higher priority first; within a priority, the tenant that has
+// been served the least GPU time (the cost estimates of its granted
+// requests) divided by its weight; within a tenant, arrival order. A
+// request is granted the best free worker for it then (least-work's
+// estimate), so binding happens as late as possible.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/leastwork"
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// Refusals: a request the queue did not take, or gave up on. Each says
+// the request never reached a worker.
+var (
+	ErrFull       = errors.New("the router's queue is full (--max-queued)")
+	ErrTenantFull = errors.New("this tenant's share of the router's queue is full (--max-queued-per-tenant)")
+	ErrTimeout    = errors.New("waited in the router's queue past --queue-timeout; the request never started")
+	ErrCancelled  = errors.New("cancelled while queued; the request never started")
+	ErrDuplicate  = errors.New("a request with this ticket is already queued")
+	ErrTooMany    = errors.New("too many tenants are queued at once")
+)
+
+// Key names a queued request: the Envoy that holds it and its ticket there.
+type Key struct {
+	Node, Ticket string
+}
+
+// Request is a request asking for a worker.
+type Request struct {
+	Key
+	Priority int
+	Tenant   string
+	Cost     int64
+	Pool     leastwork.Pool
+	Model    string
+}
+
+// Grant is the worker a request goes to, and the next best for a retry.
+type Grant struct {
+	Worker string `json:"worker"`
+	Second string `json:"second,omitempty"`
+}
+
+// Fleet is the workers as the queue sees them: every eligible worker with
+// the work and requests all Envoys have on it (wire.PickView's Remote
+// fields), and how many requests each runs at once.
+type Fleet struct {
+	View  wire.PickView
+	Slots func(addr string) int
+	// ReportedAt is when an Envoy's latest load report arrived (zero: none).
+	ReportedAt func(node string) time.Time
+}
+
+// Options configure a queue.
+type Options struct {
+	// MaxQueued bounds the requests waiting; MaxPerTenant (0: none) one
+	// tenant's.
+	MaxQueued, MaxPerTenant int
+	// Timeout bounds a request's wait (0: none).
+	Timeout time.Duration
+	// Weights are tenants' shares (default 1).
+	Weights map[string]float64
+	// MaxTenants bounds the tenants remembered (those with requests
+	// waiting always are).
+	MaxTenants int
+	Now        func() time.Time
+}
+
+// Defaults.
+const (
+	DefaultMaxQueued  = 10000
+	DefaultMaxTenants = 4096
+	// scanLimit bounds the waiting requests one grant looks through for
+	// one a free worker can take (a video request waits for a video
+	// worker while images go on).
+	scanLimit = 256
+	// reflectAfter: a grant counts on its worker until the Envoy that
+	// holds it reports this long after it (its report then counts it).
+	reflectAfter = 20 * time.Millisecond
+	// grantTTL bounds how long an unreported grant counts (a silent
+	// Envoy's view expires sooner).
+	grantTTL = wire.ViewTTL
+)
+
+// waiter is one queued request.
+type waiter struct {
+	Request
+	at    time.Time
+	seq   uint64
+	done  chan result // buffered: the granting side never blocks
+	gone  bool
+	index int // in its tenant's FIFO
+}
+
+type result struct {
+	grant Grant
+	err   error
+}
+
+// tenant is one tenant's state in one priority band.
+type tenant struct {
+	name    string
+	waiting []*waiter
+	// vtime is the tenant's served cost over its weight, as of when it
+	// last had requests waiting (start-time fair queueing).
+	vtime float64
+}
+
+// band is one priority's waiting requests, by tenant.
+type band struct {
+	priority int
+	tenants  map[string]*tenant
+}
+
+type grant struct {
+	node, addr string
+	cost       int64
+	at         time.Time
+}
+
+// Queue is the router-owned queue. Its methods are safe for concurrent use.
+type Queue struct {
+	opts Options
+
+	mu      sync.Mutex
+	bands   []*band // by priority, highest first
+	byKey   map[Key]*waiter
+	waiting int
+	perTen  map[string]int
+	// served is each tenant's granted cost over its weight, across bands
+	// (bounded: MaxTenants).
+	served map[string]float64
+	seq    uint64
+	grants []grant
+	stats  Stats
+	kick   chan struct{}
+	rot    int
+	rnd    uint64
+}
+
+// Stats are the queue's counters since start.
+type Stats struct {
+	Granted, Refused, Cancelled, TimedOut uint64
+}
+
+// New returns an empty queue.
+func New(o Options) *Queue {
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = DefaultMaxQueued
+	}
+	if o.MaxTenants <= 0 {
+		o.MaxTenants = DefaultMaxTenants
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Queue{opts: o, byKey: map[Key]*waiter{}, perTen: map[string]int{}, served: map[string]float64{},
+		kick: make(chan struct{}, 1)}
+}
+
+// Kicked is signalled whenever the queue may have work to grant: a
+// request arrived or left. The owner then calls Dispatch.
+func (q *Queue) Kicked() <-chan struct{} { return q.kick }
+
+func (q *Queue) poke() {
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Wait queues r and blocks until it is granted a worker, its wait passes
+// the timeout (ErrTimeout), it is cancelled (ErrCancelled) or ctx ends.
+// A refusal (ErrFull, ErrTenantFull, ErrDuplicate, ErrTooMany) returns at
+// once.
+func (q *Queue) Wait(ctx context.Context, r Request) (Grant, error) {
+	w, err := q.add(r)
+	if err != nil {
+		return Grant{}, err
+	}
+	q.poke()
+	var timeout <-chan time.Time
+	if q.opts.Timeout > 0 {
+		t := time.NewTimer(q.opts.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case res := <-w.done:
+		return res.grant, res.err
+	case <-timeout:
+		if q.remove(w, &q.stats.TimedOut) {
+			return Grant{}, ErrTimeout
+		}
+	case <-ctx.Done():
+		if q.remove(w, &q.stats.Cancelled) {
+			return Grant{}, fmt.Errorf("%w: %w", ErrCancelled, ctx.Err())
+		}
+	}
+	// Granted meanwhile: the grant stands.
+	res := <-w.done
+	return res.grant, res.err
+}
+
+// Cancel takes a waiting request out (its client left). It reports whether
+// the request was waiting.
+func (q *Queue) Cancel(k Key) bool {
+	q.mu.Lock()
+	w, ok := q.byKey[k]
+	q.mu.Unlock()
+	if !ok {
+		return false
+	}
+	if q.remove(w, &q.stats.Cancelled) {
+		w.done <- result{err: ErrCancelled}
+		return true
+	}
+	return false
+}
+
+func (q *Queue) add(r Request) (*waiter, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, dup := q.byKey[r.Key]; dup {
+		q.stats.Refused++
+		return nil, ErrDuplicate
+	}
+	if q.waiting >= q.opts.MaxQueued {
+		q.stats.Refused++
+		return nil, ErrFull
+	}
+	if q.opts.MaxPerTenant > 0 && q.perTen[r.Tenant] >= q.opts.MaxPerTenant {
+		q.stats.Refused++
+		return nil, ErrTenantFull
+	}
+	if _, known := q.served[r.Tenant]; !known && q.perTen[r.Tenant] == 0 && len(q.perTen) >= q.opts.MaxTenants {
+		q.stats.Refused++
+		return nil, ErrTooMany
+	}
+	b := q.band(r.Priority)
+	t, ok := b.tenants[r.Tenant]
+	if !ok {
+		t = &tenant{name: r.Tenant}
+		b.tenants[r.Tenant] = t
+	}
+	if len(t.waiting) == 0 {
+		// A tenant that comes back does not bring credit from its idle
+		// time: it starts level with the least served tenant waiting.
+		t.vtime = max(q.served[r.Tenant], b.minVtime(t))
+	}
+	q.seq++
+	w := &waiter{Request: r, at: q.opts.Now(), seq: q.seq, done: make(chan result, 1), index: len(t.waiting)}
+	t.waiting = append(t.waiting, w)
+	q.byKey[r.Key] = w
+	q.waiting++
+	q.perTen[r.Tenant]++
+	return w, nil
+}
+
+// band returns the band of a priority, adding it; q.mu is held.
+func (q *Queue) band(p int) *band {
+	i := sort.Search(len(q.bands), func(i int) bool { return q.bands[i].priority <= p })
+	if i < len(q.bands) && q.bands[i].priority == p {
+		return q.bands[i]
+	}
+	b := &band{priority: p, tenants: map[string]*tenant{}}
+	q.bands = slices.Insert(q.bands, i, b)
+	return b
+}
+
+// minVtime is the least virtual time of the band's other waiting tenants
+// (0 with none).
+func (b *band) minVtime(except *tenant) float64 {
+	low, any := 0.0, false
+	for _, t := range b.tenants {
+		if t != except && len(t.waiting) > 0 && (!any || t.vtime < low) {
+			low, any = t.vtime, true
+		}
+	}
+	return low
+}
+
+// remove takes w out if it still waits, counting it in c; it reports
+// whether it did (false: granted or removed already).
+func (q *Queue) remove(w *waiter, c *uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if w.gone {
+		return false
+	}
+	q.unlink(w)
+	*c++
+	return true
+}
+
+// unlink drops w from its tenant and band; q.mu is held.
+func (q *Queue) unlink(w *waiter) {
+	w.gone = true
+	delete(q.byKey, w.Key)
+	q.waiting--
+	if q.perTen[w.Tenant]--; q.perTen[w.Tenant] <= 0 {
+		delete(q.perTen, w.Tenant)
+	}
+	for bi, b := range q.bands {
+		if b.priority != w.Priority {
+			continue
+		}
+		t := b.tenants[w.Tenant]
+		if t == nil {
+			return
+		}
+		if i := slices.Index(t.waiting, w); i >= 0 {
+			t.waiting = slices.Delete(t.waiting, i, i+1)
+		}
+		if len(t.waiting) == 0 {
+			delete(b.tenants, w.Tenant)
+		}
+		if len(b.tenants) == 0 {
+			q.bands = slices.Delete(q.bands, bi, bi+1)
+		}
+		return
+	}
+}
+
+// order lists waiting requests in the order they are served, at most
+// limit of them; q.mu is held. Within a band, tenants take turns by
+// virtual time: the next request is always the least-served tenant's
+// oldest, and granting it advances that tenant's time.
+func (q *Queue) order(limit int) []*waiter {
+	var out []*waiter
+	for _, b := range q.bands {
+		// Simulate the turns without granting: each tenant's virtual
+		// time advances by its requests' costs over its weight.
+		type cursor struct {
+			t     *tenant
+			next  int
+			vtime float64
+		}
+		cs := make([]*cursor, 0, len(b.tenants))
+		for _, t := range b.tenants {
+			cs = append(cs, &cursor{t: t, vtime: t.vtime})
+		}
+		for len(out) < limit {
+			var best *cursor
+			for _, c := range cs {
+				if c.next >= len(c.t.waiting) {
+					continue
+				}
+				if best == nil || c.vtime < best.vtime || c.vtime == best.vtime && c.t.waiting[c.next].seq < best.t.waiting[best.next].seq {
+					best = c
+				}
+			}
+			if best == nil {
+				break
+			}
+			w := best.t.waiting[best.next]
+			out = append(out, w)
+			best.next++
+			best.vtime += float64(max(w.Cost, 1)) / q.weight(w.Tenant)
+		}
+		if len(out) >= limit {
+			break
+		}
+	}
+	return out
+}
+
+func (q *Queue) weight(tenant string) float64 {
+	if w, ok := q.opts.Weights[tenant]; ok && w > 0 {
+		return w
+	}
+	return 1
+}
+
+// Dispatch grants free slots to waiting requests, in order, and returns
+// how many it granted. A request no free worker can take (none of its
+// kind is free) waits while later ones go on.
+func (q *Queue) Dispatch(f Fleet) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.waiting == 0 {
+		return 0
+	}
+	now := q.opts.Now()
+	v := f.View
+	v.Workers = slices.Clone(v.Workers)
+	q.countGrants(&v, f.ReportedAt, now)
+	var empty leastwork.Table
+	slots := func(i int) int64 {
+		if f.Slots == nil {
+			return 1
+		}
+		return int64(max(f.Slots(v.Workers[i].Addr), 1))
+	}
+	free := make([]bool, len(v.Workers))
+	nfree := 0
+	for i, w := range v.Workers {
+		if free[i] = w.RemoteRequests+w.ForeignRequests < slots(i); free[i] {
+			nfree++
+		}
+	}
+	elig := map[eligibleKey][]int{}
+	granted := 0
+	var cands, sample []int
+	for nfree > 0 {
+		// The first waiting request, in order, that a free worker can
+		// take: a request whose kind (or named model) no free worker
+		// serves waits while later ones go on.
+		var w *waiter
+		for _, x := range q.order(scanLimit) {
+			k := eligibleKey{x.Pool, x.Model}
+			all, ok := elig[k]
+			if !ok {
+				all = leastwork.Eligible(nil, &v, x.Pool, x.Model)
+				elig[k] = all
+			}
+			cands = cands[:0]
+			for _, i := range all {
+				if free[i] {
+					cands = append(cands, i)
+				}
+			}
+			if len(cands) > 0 {
+				w = x
+				break
+			}
+		}
+		if w == nil {
+			return granted
+		}
+		q.rot++
+		sample = leastwork.Sample(sample, cands, &q.rnd)
+		choice, ok := leastwork.Choose(&v, sample, &empty, max(w.Cost, 1), q.rot, now.UnixMicro())
+		if !ok {
+			return granted
+		}
+		q.unlink(w)
+		q.stats.Granted++
+		w.done <- result{grant: Grant{Worker: choice.First, Second: choice.Second}}
+		q.grants = append(q.grants, grant{node: w.Node, addr: choice.First, cost: w.Cost, at: now})
+		q.charge(w)
+		for _, i := range sample {
+			if v.Workers[i].Addr != choice.First {
+				continue
+			}
+			v.Workers[i].RemoteWork += w.Cost
+			v.Workers[i].RemoteRequests++
+			if free[i] && v.Workers[i].RemoteRequests+v.Workers[i].ForeignRequests >= slots(i) {
+				free[i] = false
+				nfree--
+			}
+		}
+		granted++
+	}
+	return granted
+}
+
+// eligibleKey names a candidate list.
+type eligibleKey struct {
+	pool  leastwork.Pool
+	model string
+}
+
+// charge adds a granted request's cost to its tenant's service; q.mu is
+// held.
+func (q *Queue) charge(w *waiter) {
+	d := float64(max(w.Cost, 1)) / q.weight(w.Tenant)
+	q.served[w.Tenant] += d
+	for _, b := range q.bands {
+		if t := b.tenants[w.Tenant]; t != nil {
+			t.vtime += d
+		}
+	}
+	if len(q.served) > q.opts.MaxTenants {
+		// Forget the tenants with nothing waiting, least served first.
+		for name := range q.served {
+			if len(q.served) <= q.opts.MaxTenants {
+				break
+			}
+			if q.perTen[name] == 0 {
+				delete(q.served, name)
+			}
+		}
+	}
+}
+
+// countGrants adds the grants the Envoys have not reported yet to the
+// view, and forgets the reported ones; q.mu is held.
+func (q *Queue) countGrants(v *wire.PickView, reportedAt func(string) time.Time, now time.Time) {
+	idx := make(map[string]int, len(v.Workers))
+	for i, w := range v.Workers {
+		idx[w.Addr] = i
+	}
+	q.grants = slices.DeleteFunc(q.grants, func(g grant) bool {
+		if now.Sub(g.at) > grantTTL {
+			return true
+		}
+		if reportedAt != nil && !reportedAt(g.node).Before(g.at.Add(reflectAfter)) {
+			return true // the Envoy's report counts it now
+		}
+		return false
+	})
+	for _, g := range q.grants {
+		if i, ok := idx[g.addr]; ok {
+			v.Workers[i].RemoteWork += g.cost
+			v.Workers[i].RemoteRequests++
+		}
+	}
+}
+
+// Status is the queue as GET /queue shows it.
+type Status struct {
+	Waiting           int            `json:"waiting"`
+	OldestWaitSeconds float64        `json:"oldest_wait_seconds"`
+	Priorities        []BandStatus   `json:"priorities"`
+	Tenants           []TenantStatus `json:"tenants"`
+	// UnreportedGrants are grants no Envoy report counts yet.
+	UnreportedGrants int    `json:"unreported_grants"`
+	Granted          uint64 `json:"granted"`
+	Refused          uint64 `json:"refused"`
+	Cancelled        uint64 `json:"cancelled"`
+	TimedOut         uint64 `json:"timed_out"`
+}
+
+// BandStatus is one priority's waiting requests by tenant.
+type BandStatus struct {
+	Priority int            `json:"priority"`
+	Waiting  int            `json:"waiting"`
+	Tenants  map[string]int `json:"tenants"`
+}
+
+// TenantStatus is one tenant: what waits, and the GPU time (cost
+// estimate) it was served and its share of all served.
+type TenantStatus struct {
+	Tenant     string  `json:"tenant"`
+	Weight     float64 `json:"weight"`
+	Waiting    int     `json:"waiting"`
+	ServedCost float64 `json:"served_cost"`
+	Share      float64 `json:"share"`
+}
+
+// Status reports the queue.
+func (q *Queue) Status() Status {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.opts.Now()
+	s := Status{Waiting: q.waiting, Priorities: []BandStatus{}, Tenants: []TenantStatus{}, UnreportedGrants: len(q.grants),
+		Granted: q.stats.Granted, Refused: q.stats.Refused, Cancelled: q.stats.Cancelled, TimedOut: q.stats.TimedOut}
+	var oldest time.Time
+	for _, b := range q.bands {
+		bs := BandStatus{Priority: b.priority, Tenants: map[string]int{}}
+		for name, t := range b.tenants {
+			bs.Tenants[name] = len(t.waiting)
+			bs.Waiting += len(t.waiting)
+			if len(t.waiting) > 0 && (oldest.IsZero() || t.waiting[0].at.Before(oldest)) {
+				oldest = t.waiting[0].at
+			}
+		}
+		s.Priorities = append(s.Priorities, bs)
+	}
+	if !oldest.IsZero() {
+		s.OldestWaitSeconds = now.Sub(oldest).Seconds()
+	}
+	names := map[string]bool{}
+	for n := range q.served {
+		names[n] = true
+	}
+	for n := range q.perTen {
+		names[n] = true
+	}
+	total := 0.0
+	for n := range names {
+		cost := q.served[n] * q.weight(n)
+		total += cost
+		s.Tenants = append(s.Tenants, TenantStatus{Tenant: n, Weight: q.weight(n), Waiting: q.perTen[n], ServedCost: cost})
+	}
+	for i := range s.Tenants {
+		if total > 0 {
+			s.Tenants[i].Share = s.Tenants[i].ServedCost / total
+		}
+	}
+	slices.SortFunc(s.Tenants, func(a, b TenantStatus) int { return strings.Compare(a.Tenant, b.Tenant) })
+	return s
+}

@@ -1,0 +1,250 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/diffrouter/diffusion-router/leastwork"
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+type outcome struct {
+	key   string
+	grant Grant
+	err   error
+}
+
+// waitAll queues each request in its own goroutine, in order (each is in
+// the queue before the next is sent), and returns where outcomes arrive.
+func waitAll(t *testing.T, q *Queue, rs ...Request) <-chan outcome {
+	t.Helper()
+	out := make(chan outcome, len(rs))
+	for _, r := range rs {
+		before := q.Status().Waiting
+		go func() {
+			g, err := q.Wait(context.Background(), r)
+			out <- outcome{r.Ticket, g, err}
+		}()
+		deadline := time.Now().Add(5 * time.Second)
+		for q.Status().Waiting == before {
+			if time.Now().After(deadline) {
+				t.Fatalf("request %s never queued", r.Ticket)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return out
+}
+
+func req(ticket string, prio int, tenant string) Request {
+	return Request{Key: Key{Node: "envoy-a", Ticket: ticket}, Priority: prio, Tenant: tenant, Cost: 10, Pool: leastwork.PoolImage}
+}
+
+// fleet is n image workers, each running busy[i] requests, one slot each;
+// reports are always newer than any grant (so grants count as reported).
+func fleet(busy ...int64) Fleet {
+	var v wire.PickView
+	for i, b := range busy {
+		v.Workers = append(v.Workers, wire.PickWorker{Addr: fmt.Sprintf("10.0.0.%d:80", i+1), Image: true, RemoteRequests: b})
+	}
+	return Fleet{View: v, Slots: func(string) int { return 1 }, ReportedAt: func(string) time.Time { return time.Now().Add(time.Hour) }}
+}
+
+// grants dispatches one slot at a time and returns the tickets in the
+// order they were granted.
+func grants(t *testing.T, q *Queue, out <-chan outcome, n int) []string {
+	t.Helper()
+	var order []string
+	for range n {
+		if got := q.Dispatch(fleet(0)); got != 1 {
+			t.Fatalf("dispatch granted %d, want 1", got)
+		}
+		select {
+		case o := <-out:
+			if o.err != nil {
+				t.Fatalf("%s: %v", o.key, o.err)
+			}
+			order = append(order, o.key)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no grant arrived")
+		}
+	}
+	return order
+}
+
+func TestPriorityFirstThenArrival(t *testing.T) {
+	q := New(Options{})
+	out := waitAll(t, q, req("a", 0, "t"), req("b", 0, "t"), req("urgent", 5, "t"), req("c", 0, "t"))
+	got := grants(t, q, out, 4)
+	want := []string{"urgent", "a", "b", "c"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("granted %v, want %v", got, want)
+	}
+}
+
+func TestTenantsShareByServedCost(t *testing.T) {
+	q := New(Options{Weights: map[string]float64{"heavy": 2}})
+	var rs []Request
+	for i := range 6 {
+		rs = append(rs, req(fmt.Sprintf("burst%d", i), 0, "trainer"))
+	}
+	rs = append(rs, req("eval0", 0, "eval"), req("eval1", 0, "eval"))
+	got := grants(t, q, waitAll(t, q, rs...), 8)
+	// The second tenant arrived last but takes turns at once.
+	pos := map[string]int{}
+	for i, k := range got {
+		pos[k] = i
+	}
+	if pos["eval0"] > 2 || pos["eval1"] > 4 {
+		t.Fatalf("granted %v: the second tenant waited behind the burst", got)
+	}
+	// Weights: a tenant of weight 2 gets two turns to one.
+	q = New(Options{Weights: map[string]float64{"heavy": 2}})
+	rs = nil
+	for i := range 6 {
+		rs = append(rs, req(fmt.Sprintf("h%d", i), 0, "heavy"), req(fmt.Sprintf("l%d", i), 0, "light"))
+	}
+	got = grants(t, q, waitAll(t, q, rs...), 6)
+	heavy := 0
+	for _, k := range got {
+		if k[0] == 'h' {
+			heavy++
+		}
+	}
+	if heavy != 4 {
+		t.Fatalf("granted %v: weight 2 got %d of 6 turns, want 4", got, heavy)
+	}
+}
+
+func TestOnlyFreeSlotsAndMatchingWorkers(t *testing.T) {
+	q := New(Options{})
+	video := Request{Key: Key{"n", "video"}, Tenant: "t", Cost: 100, Pool: leastwork.PoolVideo}
+	out := waitAll(t, q, video, req("image", 0, "t"))
+	// Two image workers, one busy: the video request (first in order) has
+	// no worker and waits; the image request goes to the free one.
+	if n := q.Dispatch(fleet(1, 0)); n != 1 {
+		t.Fatalf("granted %d, want 1", n)
+	}
+	o := <-out
+	if o.key != "image" || o.grant.Worker != "10.0.0.2:80" {
+		t.Fatalf("granted %+v, want the image request on the free worker", o)
+	}
+	// A grant not yet in any report still holds its slot.
+	f := fleet(1, 0)
+	f.ReportedAt = func(string) time.Time { return time.Time{} }
+	q2 := New(Options{})
+	out2 := waitAll(t, q2, req("x", 0, "t"), req("y", 0, "t"))
+	if n := q2.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d on one free slot, want 1", n)
+	}
+	<-out2
+	if n := q2.Dispatch(f); n != 0 {
+		t.Fatalf("granted %d more on a slot an unreported grant holds", n)
+	}
+	// Once its Envoy reports after the grant, the report's count is what
+	// counts.
+	f.ReportedAt = func(string) time.Time { return time.Now().Add(time.Second) }
+	if n := q2.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d after the report freed the slot, want 1", n)
+	}
+	if st := q2.Status(); st.Waiting != 0 || st.Granted != 2 {
+		t.Fatalf("status %+v", st)
+	}
+	// Slots above one: a worker running one of two takes another.
+	f = fleet(1)
+	f.Slots = func(string) int { return 2 }
+	q3 := New(Options{})
+	waitAll(t, q3, req("z", 0, "t"))
+	if n := q3.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d on a two-slot worker running one, want 1", n)
+	}
+}
+
+func TestRefusalsTimeoutsAndCancels(t *testing.T) {
+	q := New(Options{MaxQueued: 2, MaxPerTenant: 1})
+	waitAll(t, q, req("a", 0, "t1"))
+	if _, err := q.Wait(context.Background(), req("b", 0, "t1")); !errors.Is(err, ErrTenantFull) {
+		t.Fatalf("second request of a tenant at its bound: %v", err)
+	}
+	if _, err := q.Wait(context.Background(), req("a", 0, "t2")); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("same ticket twice: %v", err)
+	}
+	out := waitAll(t, q, req("c", 0, "t2"))
+	if _, err := q.Wait(context.Background(), req("d", 0, "t3")); !errors.Is(err, ErrFull) {
+		t.Fatalf("request over --max-queued: %v", err)
+	}
+	// The client of c leaves: it is gone from the queue and never granted.
+	if !q.Cancel(Key{"envoy-a", "c"}) {
+		t.Fatal("cancel of a waiting request said it was not waiting")
+	}
+	if o := <-out; !errors.Is(o.err, ErrCancelled) {
+		t.Fatalf("cancelled request: %+v", o)
+	}
+	if q.Cancel(Key{"envoy-a", "c"}) {
+		t.Fatal("cancelled twice")
+	}
+	// a is the only one left: one grant, then nothing.
+	if n := q.Dispatch(fleet(0, 0)); n != 1 {
+		t.Fatalf("granted %d, want 1", n)
+	}
+	// A wait that passes the timeout ends with ErrTimeout and leaves.
+	qt := New(Options{Timeout: 50 * time.Millisecond})
+	if _, err := qt.Wait(context.Background(), req("slow", 0, "t")); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("wait past the timeout: %v", err)
+	}
+	if st := qt.Status(); st.Waiting != 0 || st.TimedOut != 1 {
+		t.Fatalf("after a timeout: %+v", st)
+	}
+	// A context that ends takes the request out too.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := qt.Wait(ctx, req("ctx", 0, "t")); done <- err }()
+	for qt.Status().Waiting == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, ErrCancelled) {
+		t.Fatalf("wait whose context ended: %v", err)
+	}
+	if n := qt.Dispatch(fleet(0)); n != 0 {
+		t.Fatalf("granted %d requests that had left", n)
+	}
+}
+
+func TestTenantsBounded(t *testing.T) {
+	q := New(Options{MaxTenants: 2})
+	waitAll(t, q, req("a", 0, "t1"), req("b", 0, "t2"))
+	if _, err := q.Wait(context.Background(), req("c", 0, "t3")); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("a third tenant over the bound: %v", err)
+	}
+	st := q.Status()
+	if st.Waiting != 2 || len(st.Tenants) != 2 || len(st.Priorities) != 1 || st.Priorities[0].Tenants["t1"] != 1 {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestDispatchIsCheapAtScale: a thousand workers and thousands waiting;
+// each grant weighs a bounded sample, so a dispatch that grants every
+// free slot stays quick.
+func TestDispatchIsCheapAtScale(t *testing.T) {
+	q := New(Options{})
+	for i := range 5000 {
+		w, err := q.add(req(fmt.Sprintf("r%d", i), i%3, fmt.Sprintf("t%d", i%50)))
+		if err != nil || w == nil {
+			t.Fatal(err)
+		}
+	}
+	busy := make([]int64, 1000)
+	for i := range busy {
+		busy[i] = int64(i % 2) // half the fleet free
+	}
+	if n := q.Dispatch(fleet(busy...)); n != 500 {
+		t.Fatalf("granted %d of 500 free slots", n)
+	}
+	if st := q.Status(); st.Waiting != 4500 {
+		t.Fatalf("%d waiting after 500 grants of 5000", st.Waiting)
+	}
+}
