@@ -181,6 +181,12 @@ type UpdateAnswer struct {
 	Error string `json:"error,omitempty"`
 }
 
+// QueueCancelAnswer answers a filter's cancel: whether the request was
+// still waiting.
+type QueueCancelAnswer struct {
+	Cancelled bool `json:"cancelled"`
+}
+
 // viewOf is a worker as the API shows it, with what the Envoys (and with
 // least-work the filters) observe of it.
 func viewOf(wk registry.Worker, seen observed) WorkerView {

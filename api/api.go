@@ -22,6 +22,7 @@ import (
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/jobbook"
 	"github.com/diffrouter/diffusion-router/loadboard"
+	"github.com/diffrouter/diffusion-router/queue"
 	"github.com/diffrouter/diffusion-router/registry"
 
 	"github.com/diffrouter/diffusion-router/wire"
@@ -54,6 +55,11 @@ type Server struct {
 	// here (the front port's belongs to the workers), so it is reachable on
 	// the direct port only.
 	Metrics http.Handler
+	// Queue, if set, is the router-owned queue: the filters wait in it
+	// for their turn (wire.PathQueue), and it is shown at GET /queue.
+	Queue *queue.Queue
+	// Slots is how many requests a worker runs at once under the queue.
+	Slots func(addr string) int
 }
 
 // apiError is an error with the status it answers.
@@ -121,6 +127,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case wire.PathJobVersions:
 		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.jobVersions})
 		return
+	case wire.PathQueue:
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.queueWait})
+		return
+	case wire.PathQueueCancel:
+		s.methods(w, r, map[string]http.HandlerFunc{http.MethodPost: s.queueCancel})
+		return
 	}
 	if s.AdminToken != "" && r.Method != http.MethodGet && r.Method != http.MethodHead && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="diffusion-router"`)
@@ -169,13 +181,14 @@ func (s *Server) registryEndpoints() map[string]map[string]http.HandlerFunc {
 		return map[string]http.HandlerFunc{http.MethodGet: h}
 	}
 	return map[string]map[string]http.HandlerFunc{
-		"/add_worker":     {http.MethodPost: s.addWorker},
-		"/remove_worker":  {http.MethodPost: s.removeWorker},
-		"/list_workers":   get(s.listWorkers),
-		"/workers":        {http.MethodGet: s.getWorkers, http.MethodPost: s.addWorker},
-		"/health":         get(s.health),
-		"/health_workers": get(s.getWorkers),
-		"/v1/models":      get(s.models),
+		"/add_worker":        {http.MethodPost: s.addWorker},
+		"/remove_worker":     {http.MethodPost: s.removeWorker},
+		"/list_workers":      get(s.listWorkers),
+		"/workers":           {http.MethodGet: s.getWorkers, http.MethodPost: s.addWorker},
+		"/health":            get(s.health),
+		"/health_workers":    get(s.getWorkers),
+		"/v1/models":         get(s.models),
+		wire.PathQueueStatus: get(s.queueStatus),
 	}
 }
 

@@ -2,10 +2,8 @@ package api
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/wire"
@@ -20,33 +18,14 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "least-work routing is off (--routing-algorithm): no filter sync"))
 		return
 	}
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		writeError(w, errorf(http.StatusRequestEntityTooLarge, "body too large or unreadable: %v", err))
-		return
-	}
-	if len(s.SyncSecret) == 0 {
-		writeError(w, errorf(http.StatusInternalServerError, "filter sync has no secret to check signatures with"))
-		return
-	}
-	if err := wire.CheckSyncSignature(s.SyncSecret, r.Header.Get(wire.HeaderSyncTime), r.Header.Get(wire.HeaderSyncSignature), body, time.Now()); err != nil {
-		writeError(w, errorf(http.StatusUnauthorized, "filter sync: %v", err))
-		return
-	}
-	if err := requireJSON(r); err != nil {
-		writeError(w, err)
-		return
-	}
 	var rep wire.LoadReport
-	if err := decodeStrictBody(body, &rep); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
+	if err := s.readSigned(r, "filter sync", &rep); err != nil {
+		writeError(w, err)
 		return
 	}
 	// The signature checked out, so the time is the filter's own.
 	signedAt, _ := strconv.ParseInt(r.Header.Get(wire.HeaderSyncTime), 10, 64)
-	loads := s.Fleet.Loads()
-	out := func(key string) bool { l := loads[key]; return l.FailingHealthChecks || l.Ejected }
-	view, err := s.Board.SyncSigned(rep, signedAt, s.Fleet.Registry().Snapshot(), out)
+	view, err := s.Board.SyncSigned(rep, signedAt, s.Fleet.Registry().Snapshot(), s.Fleet.OutByEnvoy())
 	switch {
 	case errors.Is(err, loadboard.ErrClaimRefused):
 		writeError(w, errorf(http.StatusConflict, "filter sync: %v", err))
@@ -54,6 +33,15 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
 		return
+	}
+	if s.Queue != nil {
+		// The report may have freed slots; the filters learn what waits
+		// and how many requests each worker takes.
+		s.Queue.Kick()
+		view.Queued = s.Queue.Waiting()
+		for i := range view.Workers {
+			view.Workers[i].Slots = s.Slots(view.Workers[i].Addr)
+		}
 	}
 	writeJSON(w, http.StatusOK, view)
 }

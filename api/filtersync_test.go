@@ -97,7 +97,13 @@ func signedSync(t *testing.T, h http.Handler, secret, body string) (int, map[str
 
 func signedSyncAt(t *testing.T, h http.Handler, secret, body string, at int64, contentType string) (int, map[string]any) {
 	t.Helper()
-	req := httptest.NewRequest("POST", wire.PathFilterSync, strings.NewReader(body))
+	return signedPostAt(t, h, wire.PathFilterSync, secret, body, at, contentType)
+}
+
+// signedPostAt posts body to path signed as a filter signs it.
+func signedPostAt(t *testing.T, h http.Handler, path, secret, body string, at int64, contentType string) (int, map[string]any) {
+	t.Helper()
+	req := httptest.NewRequest("POST", path, strings.NewReader(body))
 	req.Header.Set("Content-Type", contentType)
 	req.Header.Set(wire.HeaderSyncTime, strconv.FormatInt(at, 10))
 	req.Header.Set(wire.HeaderSyncSignature, wire.SyncSignature([]byte(secret), at, []byte(body)))

@@ -18,6 +18,10 @@ type job struct {
 	done    chan struct{}
 	// startedAt is written by the GPU goroutine before started is closed.
 	startedAt time.Time
+	// client is the request's context, if a client waits for the job: a
+	// job that starts after it ended is work nobody will see (sglang runs
+	// it all the same).
+	client context.Context
 }
 
 // gpu runs jobs one at a time in arrival order, like sglang-diffusion's
@@ -34,6 +38,8 @@ type gpu struct {
 	waitMax   time.Duration
 	maxDepth  int
 	processed int
+	// abandoned counts jobs that started after their client had gone.
+	abandoned int
 	// headRunning: the job at the head of the queue has started.
 	headRunning bool
 }
@@ -88,6 +94,9 @@ func (g *gpu) loop(ctx context.Context, warmup time.Duration) {
 		}
 		j := g.queue[0]
 		g.headRunning = true
+		if j.client != nil && j.client.Err() != nil {
+			g.abandoned++
+		}
 		g.mu.Unlock()
 
 		j.startedAt = time.Now()
@@ -143,6 +152,9 @@ type gpuStats struct {
 	WaitTotalSecs float64 `json:"queue_wait_total_seconds"`
 	WaitMaxSecs   float64 `json:"queue_wait_max_seconds"`
 	Warm          bool    `json:"warm"`
+	// StartedAfterClientGone counts generations that started after their
+	// client had disconnected.
+	StartedAfterClientGone int `json:"started_after_client_gone"`
 }
 
 func (g *gpu) stats() gpuStats {
@@ -157,5 +169,6 @@ func (g *gpu) stats() gpuStats {
 	return gpuStats{
 		QueueDepth: len(g.queue), MaxQueueDepth: g.maxDepth, Processed: g.processed,
 		BusySeconds: g.busy.Seconds(), WaitTotalSecs: g.waitTotal.Seconds(), WaitMaxSecs: g.waitMax.Seconds(), Warm: warm,
+		StartedAfterClientGone: g.abandoned,
 	}
 }

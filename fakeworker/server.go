@@ -397,7 +397,7 @@ func (s *Server) runGeneration(w http.ResponseWriter, r *http.Request, kind stri
 		<-r.Context().Done() // accept and never answer
 		return 0, "", false
 	}
-	j := &job{kind: kind, cost: s.cost(p)}
+	j := &job{kind: kind, cost: s.cost(p), client: r.Context()}
 	var model string
 	// The weights that produced the sample are those loaded when the GPU
 	// finished it, which an update queued behind it cannot change.

@@ -189,6 +189,14 @@ func (m *Manager) CheckHealth(ctx context.Context, u registry.WorkerURL) error {
 // Loads returns what the Envoys last reported, by worker key.
 func (m *Manager) Loads() map[string]Load { return m.envoys.Loads() }
 
+// OutByEnvoy reports, from the last observation, the workers some Envoy
+// fails health checks on or ejected: they leave the filters' views (and
+// the queue's) at once, before the fleet quarantines them.
+func (m *Manager) OutByEnvoy() func(key string) bool {
+	loads := m.envoys.Loads()
+	return func(key string) bool { l := loads[key]; return l.FailingHealthChecks || l.Ejected }
+}
+
 // Observable reports whether any connected Envoy's admin interface can be
 // read: only then does Load.Seen say anything.
 func (m *Manager) Observable() bool { return m.envoys.Observable() }

@@ -224,27 +224,71 @@ func (b *Board) syncChecked(r wire.LoadReport, snap registry.Snapshot, out func(
 		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
 			continue
 		}
-		a := Addr(w)
-		pw := wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
-			Models: w.Caps.ModelIDs, RemoteWork: remote[a][0], RemoteRequests: remote[a][1]}
-		if wd, ok := b.words[a]; ok && now.Sub(wd.at) <= wordFresh {
-			held := wd.queued + wd.running
-			pw.ForeignRequests = min(wd.excess, wd.prevExcess, max(0, held-b.recentlyCounted(a, now)), maxForeign)
-			if held == 0 {
-				pw.IdleAt = wd.at.UnixMicro()
-			}
-		}
-		if h := b.speeds.Find(a); h != nil && h.Samples > 0 && !(b.speeds.Stale(h) && h.MsPerCost > typical) {
-			// A slow estimate many completions old is not passed on:
-			// the filters take the worker as typical, send it work and
-			// so measure it again (it may have recovered, or been
-			// replaced behind the same address).
-			pw.MsPerCost = h.MsPerCost
-		}
-		v.Workers = append(v.Workers, pw)
+		v.Workers = append(v.Workers, b.viewWorker(w, remote[Addr(w)], now, typical))
 	}
 	b.mu.Unlock()
 	return v, nil
+}
+
+// viewWorker is a worker as a view lists it, with work [work, requests]
+// on it; b.mu is held.
+func (b *Board) viewWorker(w registry.Worker, work [2]int64, now time.Time, typical float64) wire.PickWorker {
+	a := Addr(w)
+	pw := wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
+		Models: w.Caps.ModelIDs, RemoteWork: work[0], RemoteRequests: work[1]}
+	if wd, ok := b.words[a]; ok && now.Sub(wd.at) <= wordFresh {
+		held := wd.queued + wd.running
+		pw.ForeignRequests = min(wd.excess, wd.prevExcess, max(0, held-b.recentlyCounted(a, now)), maxForeign)
+		if held == 0 {
+			pw.IdleAt = wd.at.UnixMicro()
+		}
+	}
+	if h := b.speeds.Find(a); h != nil && h.Samples > 0 && !(b.speeds.Stale(h) && h.MsPerCost > typical) {
+		// A slow estimate many completions old is not passed on: the
+		// filters take the worker as typical, send it work and so
+		// measure it again (it may have recovered, or been replaced
+		// behind the same address).
+		pw.MsPerCost = h.MsPerCost
+	}
+	return pw
+}
+
+// FleetView is the view of the whole fleet for the router-owned queue:
+// every worker a request may go to now (as in a filter's view), with the
+// work and requests every live Envoy counts on it.
+func (b *Board) FleetView(snap registry.Snapshot, out func(key string) bool) wire.PickView {
+	running, known := snap, true
+	if b.applied != nil {
+		running, known = b.applied.get()
+	}
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.expire(now)
+	counted := map[string][2]int64{}
+	for _, e := range b.reports {
+		for _, h := range e.report.Hosts {
+			c := counted[h.Addr]
+			counted[h.Addr] = [2]int64{c[0] + h.Work, c[1] + h.Requests}
+		}
+	}
+	typical := b.speeds.Typical()
+	v := wire.PickView{Generation: snap.Generation, Envoys: len(b.reports), Base: b.speeds.Fit.Base, Ejection: b.ejection}
+	for _, w := range snap.Workers {
+		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
+			continue
+		}
+		v.Workers = append(v.Workers, b.viewWorker(w, counted[Addr(w)], now, typical))
+	}
+	return v
+}
+
+// ReportedAt is when an Envoy's latest load report arrived (zero: none
+// live).
+func (b *Board) ReportedAt(node string) time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.reports[node].at
 }
 
 // relayEnded records the jobs r saw end and returns those the other

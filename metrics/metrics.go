@@ -24,6 +24,7 @@ type Metrics struct {
 	weightUpdateSeconds prometheus.Histogram
 	probes              *prometheus.CounterVec
 	transitions         *prometheus.CounterVec
+	queueWait           *prometheus.HistogramVec
 }
 
 // New registers the instruments. fleet and nodes are read at scrape time.
@@ -46,6 +47,10 @@ func New(fleet *registry.Registry, nodes func() []envoy.Node) *Metrics {
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "diffusion_router_worker_transitions_total", Help: "Worker state changes by the state left, the state entered and their cause.",
 		}, []string{"from", "to", "cause"}),
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "diffusion_router_queue_wait_seconds", Help: "How long granted requests waited in the router-owned queue, by priority.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12),
+		}, []string{"priority"}),
 	}
 	m.reg.MustRegister(m.xdsPushes, m.weightUpdates, m.weightUpdateSeconds, m.probes, m.transitions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

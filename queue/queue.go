@@ -79,6 +79,8 @@ type Options struct {
 	// waiting always are).
 	MaxTenants int
 	Now        func() time.Time
+	// Waited, if set, is told each grant's priority and wait (metrics).
+	Waited func(priority int, waited time.Duration)
 }
 
 // Defaults.
@@ -176,6 +178,16 @@ func New(o Options) *Queue {
 // Kicked is signalled whenever the queue may have work to grant: a
 // request arrived or left. The owner then calls Dispatch.
 func (q *Queue) Kicked() <-chan struct{} { return q.kick }
+
+// Kick tells the owner to dispatch: the fleet changed (a report).
+func (q *Queue) Kick() { q.poke() }
+
+// Waiting counts the requests waiting.
+func (q *Queue) Waiting() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.waiting
+}
 
 func (q *Queue) poke() {
 	select {
@@ -451,6 +463,9 @@ func (q *Queue) Dispatch(f Fleet) int {
 		}
 		q.unlink(w)
 		q.stats.Granted++
+		if q.opts.Waited != nil {
+			q.opts.Waited(w.Priority, now.Sub(w.at))
+		}
 		w.done <- result{grant: Grant{Worker: choice.First, Second: choice.Second}}
 		q.grants = append(q.grants, grant{node: w.Node, addr: choice.First, cost: w.Cost, at: now})
 		q.charge(w)
@@ -596,4 +611,24 @@ func (q *Queue) Status() Status {
 	}
 	slices.SortFunc(s.Tenants, func(a, b TenantStatus) int { return strings.Compare(a.Tenant, b.Tenant) })
 	return s
+}
+
+// Run dispatches until ctx ends: whenever the queue is kicked (a request
+// arrived or left, an Envoy reported) and at least every tick while
+// requests wait (a grant's report may be what frees a slot). fleet is
+// read only when something waits.
+func (q *Queue) Run(ctx context.Context, tick time.Duration, fleet func() Fleet) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.kick:
+		case <-t.C:
+		}
+		if q.Waiting() > 0 {
+			q.Dispatch(fleet())
+		}
+	}
 }

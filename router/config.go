@@ -9,9 +9,12 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/queue"
+	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/workerword"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
@@ -92,6 +95,23 @@ type Config struct {
 	DemoWorkers   int
 	DemoTimeScale float64
 	DemoWorkerBin string
+	// Queue is the router-owned queue (late binding; least-work only).
+	Queue QueueConfig
+}
+
+// QueueConfig configures the router-owned queue.
+type QueueConfig struct {
+	On bool
+	// Slots is how many requests a worker runs at once.
+	Slots int
+	// Timeout bounds a request's wait (0: none).
+	Timeout                 time.Duration
+	MaxQueued, MaxPerTenant int
+	// Weights are tenants' shares ("a=2,b=1").
+	Weights map[string]float64
+	// ClientPriority is "honour" or "ignore"; MaxClientPriority caps it.
+	ClientPriority    string
+	MaxClientPriority int
 }
 
 // seconds is a flag.Value of (fractional) seconds, as the Python CLIs take.
@@ -192,6 +212,14 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers (fake-worker processes) and register them (the last one generates videos)")
 	fs.StringVar(&c.DemoWorkerBin, "demo-worker-bin", "", "the fake-worker binary --demo-workers runs (default: beside this binary, else on PATH)")
 	fs.Float64Var(&c.DemoTimeScale, "demo-time-scale", 0.1, "speed of demo workers relative to an H100 (0.1: a FLUX.1-dev image in ~0.7 s)")
+	fs.BoolVar(&c.Queue.On, "queue", false, "the router-owned queue: requests wait in the router, not in a worker, and are bound to the best free worker when a slot frees (least-work only)")
+	fs.IntVar(&c.Queue.Slots, "slots", 1, "with --queue: requests a worker runs at once")
+	fs.Var(&seconds{d: &c.Queue.Timeout, allow0: true}, "queue-timeout", "with --queue: seconds a request may wait for its turn before a 504 that says it never started (0: no limit)")
+	fs.IntVar(&c.Queue.MaxQueued, "max-queued", queue.DefaultMaxQueued, "with --queue: requests that may wait; more are answered 429 with Retry-After")
+	fs.IntVar(&c.Queue.MaxPerTenant, "max-queued-per-tenant", 0, "with --queue: requests one tenant may have waiting (0: no bound of its own)")
+	weights := fs.String("tenant-weights", "", "with --queue: tenants' shares of the fleet, as tenant=weight,... (default 1 each)")
+	fs.StringVar(&c.Queue.ClientPriority, "client-priority", "honour", "with --queue: honour or ignore the client's "+wire.HeaderPriority+" header")
+	fs.IntVar(&c.Queue.MaxClientPriority, "max-client-priority", wire.MaxPriority, "with --queue: the highest priority a client may ask for")
 
 	// Accept "--worker-urls A B C": fold the values into one argument.
 	folded, err := foldMultiValue(args, "worker-urls")
@@ -203,6 +231,9 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.Queue.Weights, err = parseWeights(*weights); err != nil {
+		return c, err
 	}
 	fs.Visit(func(f *flag.Flag) { c.RoutingAlgorithmSet = c.RoutingAlgorithmSet || f.Name == "routing-algorithm" })
 	if !c.RoutingAlgorithmSet && strings.EqualFold(c.WasmFilter, "none") {
@@ -287,8 +318,52 @@ func (c Config) Validate() error {
 	if c.ExternalEnvoy && c.XDSTLSDir == "" && c.StateDir == "" {
 		errs = append(errs, errors.New("--external-envoy needs --xds-tls-dir or --state-dir: the Envoys connect with credentials kept there, which a temporary directory would lose"))
 	}
+	errs = append(errs, c.Queue.validate(c.RoutingAlgorithm, c.WasmFilter)...)
 	if c.Host == "" || c.XDSHost == "" || c.APIHost == "" || c.AdminHost == "" {
 		errs = append(errs, errors.New("--host, --xds-host, --api-host and --admin-host must not be empty"))
 	}
 	return errors.Join(errs...)
+}
+
+// validate checks the queue's flags; the queue needs least-work routing
+// (the filter picks the worker, so it can also wait for one).
+func (q QueueConfig) validate(policy, filter string) []error {
+	var errs []error
+	if q.On && (translate.Policy(policy) != translate.PolicyLeastWork || strings.EqualFold(filter, "none")) {
+		errs = append(errs, errors.New("--queue needs --routing-algorithm least-work and the Wasm filter: the filter pauses a request until the queue grants it a worker"))
+	}
+	if q.Slots < 1 || q.Slots > 1024 {
+		errs = append(errs, fmt.Errorf("--slots %d must be in [1, 1024]", q.Slots))
+	}
+	if q.MaxQueued < 1 || q.MaxQueued > 1<<20 {
+		errs = append(errs, fmt.Errorf("--max-queued %d must be in [1, %d]", q.MaxQueued, 1<<20))
+	}
+	if q.MaxPerTenant < 0 || q.MaxPerTenant > q.MaxQueued {
+		errs = append(errs, fmt.Errorf("--max-queued-per-tenant %d must be in [0, --max-queued]", q.MaxPerTenant))
+	}
+	if q.ClientPriority != "honour" && q.ClientPriority != "ignore" {
+		errs = append(errs, fmt.Errorf("--client-priority %q: want honour or ignore", q.ClientPriority))
+	}
+	if q.MaxClientPriority < wire.MinPriority || q.MaxClientPriority > wire.MaxPriority {
+		errs = append(errs, fmt.Errorf("--max-client-priority %d must be in [%d, %d]", q.MaxClientPriority, wire.MinPriority, wire.MaxPriority))
+	}
+	return errs
+}
+
+// parseWeights reads --tenant-weights: tenant=weight,...
+func parseWeights(s string) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		name, w, ok := strings.Cut(item, "=")
+		f, err := strconv.ParseFloat(w, 64)
+		if !ok || !wire.ValidTenant(name) || err != nil || !(f > 0) || math.IsInf(f, 0) || f > 1e6 {
+			return nil, fmt.Errorf("--tenant-weights item %q: want tenant=weight, a valid tenant name and a weight in (0, 1e6]", item)
+		}
+		out[name] = f
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,16 +86,25 @@ func migrateFilterSecret(stateDir, tlsDir string) error {
 // The job-id secret is not in it: the configuration is readable on every
 // Envoy's admin port. Envoy carries the secret in its environment
 // (trust.JobSecretEnv) into the filter's VM.
-func filterOptions(flag string, failClosed, external, pick bool, requestIdle time.Duration) (*translate.FilterOptions, error) {
-	path, err := findFilter(flag, external)
+func filterOptions(c Config, pick bool) (*translate.FilterOptions, error) {
+	path, err := findFilter(c.WasmFilter, c.ExternalEnvoy)
 	if err != nil || path == "" {
 		return nil, err
 	}
 	fc := wire.DefaultFilterConfig()
-	fc.SecretEnv, fc.FailClosed, fc.JobsCluster = trust.JobSecretEnv, failClosed, wire.ClusterRegistry
-	fc.RequestIdleMs = requestIdle.Milliseconds()
+	fc.SecretEnv, fc.FailClosed, fc.JobsCluster = trust.JobSecretEnv, c.FilterFailClosed, wire.ClusterRegistry
+	fc.RequestIdleMs = c.RequestIdleTimeout.Milliseconds()
 	if pick {
 		fc.Pick, fc.SyncCluster = true, wire.ClusterRegistry
+	}
+	if q := c.Queue; q.On && pick {
+		fc.Queue = true
+		fc.IgnoreClientPriority, fc.MaxClientPriority = q.ClientPriority == "ignore", q.MaxClientPriority
+		if q.Timeout > 0 {
+			// The control plane answers at its timeout; this is the
+			// backstop if it never does.
+			fc.QueueWaitMs = min((q.Timeout + 30*time.Second).Milliseconds(), math.MaxInt32)
+		}
 	}
 	cfg, err := json.Marshal(fc)
 	if err != nil {

@@ -68,10 +68,14 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 		RegistryAddress:             regHost,
 		RegistryPort:                regPort,
 	}
+	if c.Queue.On {
+		// Every waiting request holds one call to the control plane open.
+		opts.RegistryMaxRequests = uint32(c.Queue.MaxQueued) + 4096
+	}
 	if !c.ExternalEnvoy || c.WasmFilter != "" {
 		// With external Envoys the filter path must be given: it is a path
 		// on their file system, not this one's.
-		if opts.Filter, err = filterOptions(c.WasmFilter, c.FilterFailClosed, c.ExternalEnvoy, opts.Policy == translate.PolicyLeastWork, c.RequestIdleTimeout); err != nil {
+		if opts.Filter, err = filterOptions(c, opts.Policy == translate.PolicyLeastWork); err != nil {
 			return translate.Options{}, err
 		}
 	}

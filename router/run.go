@@ -19,6 +19,7 @@ import (
 	"github.com/diffrouter/diffusion-router/jobbook"
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/metrics"
+	"github.com/diffrouter/diffusion-router/queue"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/workerword"
@@ -67,6 +68,7 @@ type router struct {
 	pub        *publish.Publisher
 	board      *loadboard.Board // least-work only
 	jobs       *jobbook.Book    // with the filter only
+	queue      *queue.Queue     // --queue only
 	syncSecret []byte
 	fleet      *fleet.Manager
 	api        *http.Server
@@ -197,6 +199,11 @@ func (r *router) buildFilterSide(context.Context) error {
 			Ejection: wire.EjectionAfter(int64(r.c.OutlierFailures))})
 		r.pub.Publishing = r.board.Published
 	}
+	if q := r.c.Queue; q.On {
+		r.queue = queue.New(queue.Options{MaxQueued: q.MaxQueued, MaxPerTenant: q.MaxPerTenant, Timeout: q.Timeout,
+			Weights: q.Weights, Waited: r.metrics.QueueWaited})
+		r.metrics.Queue(r.queue)
+	}
 	return nil
 }
 
@@ -230,7 +237,7 @@ func (r *router) buildAPI(context.Context) error {
 	r.api = &http.Server{
 		Handler: &api.Server{Fleet: r.fleet, Log: r.log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
 			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: r.metrics.Handler(), AdminToken: c.AdminToken,
-			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs},
+			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, Slots: r.slots},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	return nil
@@ -328,6 +335,9 @@ func (r *router) startRunners(ctx context.Context, run *runners) {
 		}
 		return nil
 	})
+	if r.queue != nil {
+		go r.queue.Run(ctx, queueTick, r.queueFleet)
+	}
 	go r.fleet.Observe(ctx)
 	go r.fleet.Probe(ctx)
 	if r.board != nil && r.c.WorkerWordInterval > 0 {
@@ -368,4 +378,18 @@ func (r *router) startLocalEnvoy(ctx context.Context, cancel context.CancelFunc,
 		drainEnvoy(adminAddr, r.c.ShutdownTimeout, r.base)
 		stopEnvoy()
 	}, nil
+}
+
+// queueTick is how often the queue dispatches while requests wait, besides
+// whenever a request arrives or an Envoy reports.
+const queueTick = 20 * time.Millisecond
+
+// slots is how many requests a worker runs at once under the queue.
+func (r *router) slots(string) int { return r.c.Queue.Slots }
+
+// queueFleet is the fleet as the queue sees it: the workers a request may
+// go to (as in the filters' views: not failing Envoy's health checks, not
+// ejected) with every Envoy's work on them.
+func (r *router) queueFleet() queue.Fleet {
+	return queue.Fleet{View: r.board.FleetView(r.reg.Snapshot(), r.fleet.OutByEnvoy()), Slots: r.slots, ReportedAt: r.board.ReportedAt}
 }

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"math"
 )
 
 // FilterConfig is the Wasm filter's configuration: JSON, made by the control
@@ -38,6 +39,17 @@ type FilterConfig struct {
 	// this long (0: never): a stalled client would otherwise hold its
 	// connection, and its worker's slot, for ever.
 	RequestIdleMs int64 `json:"request_idle_ms,omitempty"`
+	// Queue turns the router-owned queue on (with Pick): a request that
+	// finds no free slot waits in the control plane's queue (PathQueue)
+	// for its turn instead of in a worker.
+	Queue bool `json:"queue,omitempty"`
+	// QueueWaitMs bounds the filter's wait for its turn (0: none); the
+	// control plane answers first (--queue-timeout), this is the backstop.
+	QueueWaitMs int64 `json:"queue_wait_ms,omitempty"`
+	// IgnoreClientPriority drops a client's HeaderPriority (every request
+	// is priority 0); MaxClientPriority caps it.
+	IgnoreClientPriority bool `json:"ignore_client_priority,omitempty"`
+	MaxClientPriority    int  `json:"max_client_priority"`
 }
 
 // Defaults are sglang-diffusion's values for fields a request leaves out;
@@ -63,9 +75,10 @@ const MaxHeldBytes = 1 << 20
 // the secret's source.
 func DefaultFilterConfig() FilterConfig {
 	return FilterConfig{
-		FallbackRoute: RouteModelFallback,
-		MaxBodyBytes:  64 << 10,
-		Defaults:      Defaults{Steps: 50, Width: 1024, Height: 1024, VideoFrames: 81},
+		FallbackRoute:     RouteModelFallback,
+		MaxBodyBytes:      64 << 10,
+		Defaults:          Defaults{Steps: 50, Width: 1024, Height: 1024, VideoFrames: 81},
+		MaxClientPriority: MaxPriority,
 	}
 }
 
@@ -82,6 +95,12 @@ func (c FilterConfig) Validate() error {
 		return errors.New("request_idle_ms must not be negative")
 	case c.Pick && c.SyncCluster == "":
 		return errors.New("pick needs sync_cluster: the cluster of the control plane's API")
+	case c.Queue && !c.Pick:
+		return errors.New("queue needs pick: the queue grants workers least-work picks among")
+	case c.QueueWaitMs < 0 || c.QueueWaitMs > math.MaxInt32:
+		return fmt.Errorf("queue_wait_ms must be 0 to %d", math.MaxInt32)
+	case c.MaxClientPriority < MinPriority || c.MaxClientPriority > MaxPriority:
+		return fmt.Errorf("max_client_priority must be from %d to %d", MinPriority, MaxPriority)
 	}
 	return nil
 }

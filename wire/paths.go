@@ -41,6 +41,7 @@ var registryOnly = []string{
 	"/health",
 	"/health_workers",
 	"/v1/models",
+	PathQueueStatus,
 }
 
 // RegistryPaths are answered by the control plane, on the front port as on

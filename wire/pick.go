@@ -54,6 +54,10 @@ type PickView struct {
 	// counts one of them stops, and learns its worker's speed from the
 	// job's GPU time.
 	Finished []EndedJob `json:"finished,omitempty"`
+	// Queued counts the requests waiting in the router-owned queue: while
+	// any wait, a filter sends every new request there too, so none
+	// passes them.
+	Queued int `json:"queued,omitempty"`
 }
 
 // EndedJob is a video job an Envoy saw end.
@@ -120,6 +124,9 @@ type PickWorker struct {
 	// on it from before then has ended.
 	ForeignRequests int64 `json:"foreign_requests,omitempty"`
 	IdleAt          int64 `json:"idle_at,omitempty"`
+	// Slots is how many requests the worker runs at once with the
+	// router-owned queue (0: one).
+	Slots int `json:"slots,omitempty"`
 }
 
 // LoadReport is what one Envoy's filter reports at each sync.

@@ -65,6 +65,9 @@ type BodyFacts struct {
 	// Cost is the estimated GPU work in megapixel-steps:
 	// n x steps x W x H x frames / 2^20.
 	Cost int64
+	// User is the body's "user" (OpenAI's end-user id): the default
+	// tenant of the router-owned queue.
+	User string
 }
 
 // generationRequest is what the filter reads of a generation body.
@@ -77,6 +80,7 @@ type generationRequest struct {
 	Width  json.Number `json:"width"`
 	Height json.Number `json:"height"`
 	Frames json.Number `json:"num_frames"`
+	User   string      `json:"user"`
 }
 
 // ParseBody reads a JSON generation body.
@@ -112,7 +116,7 @@ func ParseBody(t Task, body []byte, d wire.Defaults) (BodyFacts, error) {
 	}
 	// In float: the product of five client-chosen numbers can overflow int64.
 	cost := float64(n) * float64(steps) * float64(w) * float64(h) * float64(frames) / (1 << 20)
-	return BodyFacts{Model: req.Model, ResponseFormat: req.Format, Cost: int64(min(max(cost, 1), 1e15))}, nil
+	return BodyFacts{Model: req.Model, ResponseFormat: req.Format, Cost: int64(min(max(cost, 1), 1e15)), User: req.User}, nil
 }
 
 // videoJob is what the filter reads of a video job object.

@@ -280,6 +280,8 @@ func (req *generationRequest) field(key string) (*string, *json.Number) {
 		return nil, &req.Height
 	case "num_frames":
 		return nil, &req.Frames
+	case "user":
+		return &req.User, nil
 	}
 	return nil, nil
 }
@@ -287,7 +289,7 @@ func (req *generationRequest) field(key string) (*string, *json.Number) {
 // foldsToField reports whether a key other than ours names one of ours
 // once case is folded (encoding/json matches field names that way).
 func foldsToField(key string) bool {
-	for _, f := range []string{"model", "response_format", "size", "n", "num_inference_steps", "width", "height", "num_frames"} {
+	for _, f := range []string{"model", "response_format", "size", "n", "num_inference_steps", "width", "height", "num_frames", "user"} {
 		if strings.EqualFold(key, f) {
 			return true
 		}

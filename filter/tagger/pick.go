@@ -48,6 +48,10 @@ const (
 	casTries = 16
 	// syncTimeout bounds one sync call.
 	syncTimeout = 500 * time.Millisecond
+	// reportGap spaces one thread's free-slot reports (reportNow): two in
+	// one millisecond would carry the same signing time, and the second
+	// be refused as a replay.
+	reportGap = 2 * time.Millisecond
 )
 
 // picker is one thread's part of least-work routing.
@@ -72,6 +76,10 @@ type picker struct {
 	picks    proxywasm.MetricCounter
 	unpicked proxywasm.MetricCounter
 	syncErrs proxywasm.MetricCounter
+	// reportedAt is when this thread last reported a free slot (µs).
+	reportedAt int64
+	// Counters of the router-owned queue.
+	queued, granted, queueRefused, queueFallbacks proxywasm.MetricCounter
 	// picked counts this thread's picks since its last tick, which adds
 	// them to the shared count (estimates age by it).
 	picked int64
@@ -119,9 +127,13 @@ func newPicker(cluster string, secret []byte) *picker {
 	return &picker{
 		cluster: cluster, node: node, secret: secret, gauges: map[string][4]proxywasm.MetricGauge{}, foreign: map[string]proxywasm.MetricGauge{},
 		eligible: map[eligibleKey][]int{}, keys: map[string]string{}, rnd: uint64(time.Now().UnixNano()) | 1,
-		picks:    proxywasm.DefineCounterMetric("diffusion_router.pick.picked"),
-		unpicked: proxywasm.DefineCounterMetric("diffusion_router.pick.unpicked"),
-		syncErrs: proxywasm.DefineCounterMetric("diffusion_router.pick.sync_errors"),
+		picks:          proxywasm.DefineCounterMetric("diffusion_router.pick.picked"),
+		unpicked:       proxywasm.DefineCounterMetric("diffusion_router.pick.unpicked"),
+		syncErrs:       proxywasm.DefineCounterMetric("diffusion_router.pick.sync_errors"),
+		queued:         proxywasm.DefineCounterMetric("diffusion_router.queue.queued"),
+		granted:        proxywasm.DefineCounterMetric("diffusion_router.queue.granted"),
+		queueRefused:   proxywasm.DefineCounterMetric("diffusion_router.queue.refused"),
+		queueFallbacks: proxywasm.DefineCounterMetric("diffusion_router.queue.fallbacks"),
 	}
 }
 
@@ -196,17 +208,37 @@ type sent struct {
 	released  bool
 }
 
+// pickStatus is how a pick went.
+type pickStatus int
+
+const (
+	// pickNone: no fresh view or no eligible worker; Envoy's policy routes.
+	pickNone pickStatus = iota
+	pickMade
+	// pickFull: with the router-owned queue, no weighed worker has a free
+	// slot (or requests already wait): the request asks for its turn.
+	pickFull
+)
+
 // choose picks the worker for a request and counts its cost there. It
-// returns false (no pick; Envoy's policy routes) without a fresh view or
-// an eligible worker. It weighs at most leastwork.SampleSize candidates,
-// reading their records and the shared part, and writes the one it picks.
-func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (leastwork.Choice, int64, bool) {
+// weighs at most leastwork.SampleSize candidates, reading their records
+// and the shared part, and writes the one it picks. With freeOnly (the
+// router-owned queue), only workers with a free slot count, and none
+// while requests wait in the queue.
+func (p *picker) choose(task Task, model string, cost int64, costKnown, freeOnly bool) (leastwork.Choice, int64, pickStatus) {
 	now := nowMicro()
 	v := p.currentView(now)
 	if v == nil {
-		return leastwork.Choice{}, 0, false
+		return leastwork.Choice{}, 0, pickNone
 	}
-	p.sample = leastwork.Sample(p.sample, p.candidates(v, poolOf(task), model), &p.rnd)
+	cands := p.candidates(v, poolOf(task), model)
+	if len(cands) == 0 {
+		return leastwork.Choice{}, 0, pickNone
+	}
+	if freeOnly && v.Queued > 0 {
+		return leastwork.Choice{}, cost, pickFull
+	}
+	p.sample = leastwork.Sample(p.sample, cands, &p.rnd)
 	p.tab.Global = *p.readGlobal()
 	p.tab.Hosts = p.tab.Hosts[:0]
 	for _, i := range p.sample {
@@ -215,17 +247,69 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown bool) (le
 	if !costKnown {
 		cost = p.tab.CostOf(string(task), defaultCost(task))
 	}
+	if freeOnly {
+		// p.tab.Hosts[k] is the record of p.sample[k].
+		kept := p.sample[:0]
+		for k, i := range p.sample {
+			w := v.Workers[i]
+			if w.RemoteRequests+max(w.ForeignRequests, 0)+max(p.tab.Hosts[k].Requests, 0) < int64(max(w.Slots, 1)) {
+				kept = append(kept, i)
+			}
+		}
+		if p.sample = kept; len(kept) == 0 {
+			return leastwork.Choice{}, cost, pickFull
+		}
+	}
 	p.rot++
 	choice, ok := leastwork.Choose(v, p.sample, &p.tab, cost, p.rot, now)
 	if !ok {
-		return leastwork.Choice{}, 0, false
+		if freeOnly {
+			return leastwork.Choice{}, cost, pickFull
+		}
+		return leastwork.Choice{}, 0, pickNone
 	}
-	if err := p.updateHost(choice.First, func(h *leastwork.Host, _ *leastwork.Global) bool { h.Add(cost); return true }); err != nil {
+	limit := int64(math.MaxInt64)
+	if freeOnly {
+		// Another thread may have taken the slot since the records were
+		// read: the count checks again, on the record it changes.
+		for _, i := range p.sample {
+			if w := v.Workers[i]; w.Addr == choice.First {
+				limit = int64(max(w.Slots, 1)) - w.RemoteRequests - max(w.ForeignRequests, 0)
+			}
+		}
+	}
+	switch err := p.count(choice.First, cost, limit); {
+	case errors.Is(err, errSlotTaken):
+		return leastwork.Choice{}, cost, pickFull
+	case err != nil:
 		proxywasm.LogWarnf("diffusion-tagger: pick %s: %v", choice.First, err)
-		return leastwork.Choice{}, 0, false
+		return leastwork.Choice{}, 0, pickNone
+	}
+	return choice, cost, pickMade
+}
+
+// errSlotTaken: the worker's free slot was taken meanwhile.
+var errSlotTaken = errors.New("slot taken")
+
+// count counts a request of cost on the worker it goes to, unless this
+// Envoy already counts limit requests there (errSlotTaken).
+func (p *picker) count(addr string, cost, limit int64) error {
+	taken := false
+	err := p.updateHost(addr, func(h *leastwork.Host, _ *leastwork.Global) bool {
+		if taken = max(h.Requests, 0) >= limit; taken {
+			return false
+		}
+		h.Add(cost)
+		return true
+	})
+	switch {
+	case err != nil:
+		return err
+	case taken:
+		return errSlotTaken
 	}
 	p.picked++
-	return choice, cost, true
+	return nil
 }
 
 // defaultCost is a request's cost before any of its task was seen: the
@@ -307,6 +391,7 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 		return true
 	})
 	s.released = true
+	p.reportNow(at)
 	if served {
 		p.done = leastwork.AppendCompletion(p.done, wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
 	}
@@ -472,6 +557,7 @@ func (p *picker) releaseJobs(jobs []leastwork.Job) {
 			proxywasm.LogWarnf("diffusion-tagger: release video job on %s: %v", j.Addr, err)
 		}
 	}
+	p.reportNow(nowMicro())
 }
 
 // speedOf is a worker's learned speed (ms per cost): its own here, else
@@ -586,12 +672,43 @@ func (p *picker) sync() {
 	if err != nil {
 		return
 	}
+	if _, err := proxywasm.DispatchHttpCall(p.cluster, p.signedHeaders(wire.PathFilterSync, body), body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
+		p.syncFailed("dispatch: " + err.Error())
+	}
+}
+
+// signedHeaders are the headers of a call to the control plane's path,
+// signed with the job-id secret as syncs are.
+func (p *picker) signedHeaders(path string, body []byte) [][2]string {
 	at := nowMicro() / 1000
-	headers := [][2]string{{":method", "POST"}, {":path", wire.PathFilterSync}, {":authority", p.cluster},
+	return [][2]string{{":method", "POST"}, {":path", path}, {":authority", p.cluster},
 		{"content-type", "application/json"}, {wire.HeaderSyncTime, strconv.FormatInt(at, 10)},
 		{wire.HeaderSyncSignature, wire.SyncSignature(p.secret, at, body)}}
-	if _, err := proxywasm.DispatchHttpCall(p.cluster, headers, body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
-		p.syncFailed("dispatch: " + err.Error())
+}
+
+// reportNow tells the control plane at once that a worker has a free slot
+// while requests wait in its queue (a regular sync may be 100 ms away):
+// the load part of a sync, without taking the completion log, fire and
+// forget. At most one every reportGap per thread.
+func (p *picker) reportNow(now int64) {
+	v := p.currentView(now)
+	if v == nil || v.Queued == 0 || now-p.reportedAt < reportGap.Microseconds() {
+		return
+	}
+	p.reportedAt = now
+	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: []wire.HostReport{}}
+	for _, a := range p.hostList() {
+		if h := p.readHost(a); h.Work > 0 || h.Requests > 0 {
+			rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0)})
+		}
+	}
+	body, err := json.Marshal(rep)
+	if err != nil {
+		return
+	}
+	if _, err := proxywasm.DispatchHttpCall(p.cluster, p.signedHeaders(wire.PathFilterSync, body), body, nil,
+		uint32(syncTimeout.Milliseconds()), func(int, int, int) {}); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: report a free slot: %v", err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
 
 	"github.com/diffrouter/diffusion-router/jobid"
+	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
@@ -157,6 +159,14 @@ type httpContext struct {
 	// its cost is known; sent is the pick, counted on the worker.
 	pickPending bool
 	sent        *sent
+	// The router-owned queue: the request's priority and tenant, and while
+	// it waits for its turn (waiting) its ticket and cost.
+	priority    int
+	tenant      string
+	ticket      string
+	waiting     bool
+	queuedCost  int64
+	queuedKnown bool
 	// jobCreated: a picked video create the worker took; its cost stays
 	// counted as a job once the answer names it. job is the worker's id
 	// of the job a call goes to (its object: poll or delete), and
@@ -236,26 +246,66 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		c.rewrite, c.list = true, true // a list of jobs
 	}
 	c.pickPending = c.p.picker != nil && picks(method, c.task)
+	if c.pickPending && c.p.cfg.Queue && c.queueHeaders() {
+		return types.ActionPause // refused: bad priority or tenant
+	}
 	if !endOfStream && c.task.ParsesBody() && c.smallJSONBody() {
 		c.readBody = true
 		return types.ActionPause // hold the headers until the body told us the model
 	}
-	c.pickWorker(0, false)
+	if c.pickWorker(0, false) {
+		return types.ActionPause // waits for its turn in the router's queue
+	}
 	return types.ActionContinue
 }
 
 // pickWorker picks the request's worker (least-work routing) before its
 // headers go on to the router; cost is the estimate when known. Without a
-// pick, Envoy's own policy routes the request.
-func (c *httpContext) pickWorker(cost int64, known bool) {
+// pick, Envoy's own policy routes the request. With the router-owned
+// queue, a request that finds no free slot asks for its turn instead: it
+// reports whether the request now waits (the caller pauses it).
+func (c *httpContext) pickWorker(cost int64, known bool) (waits bool) {
+	return c.pick(cost, known, c.p.cfg.Queue)
+}
+
+// pick is pickWorker; queue: the request may wait for its turn (not when
+// its body streams on: a paused stream would have to hold it all).
+func (c *httpContext) pick(cost int64, known, queue bool) (waits bool) {
 	if !c.pickPending {
-		return
+		return false
 	}
 	c.pickPending = false
-	choice, cost, ok := c.p.picker.choose(c.task, c.model, cost, known)
-	if !ok {
+	if c.p.cfg.Queue {
+		c.tagQueue()
+	}
+	choice, cost, st := c.p.picker.choose(c.task, c.model, cost, known, queue)
+	if st == pickFull {
+		if c.enqueue(cost, known) {
+			return true
+		}
+		choice, cost, st = c.p.picker.choose(c.task, c.model, cost, known, false)
+	}
+	if st != pickMade {
 		c.p.picker.unpicked.Increment(1)
-		return
+		return false
+	}
+	c.bind(choice, cost, known, false)
+	return false
+}
+
+// bind sends the request to the chosen worker; count: its cost is not
+// counted there yet (a grant from the queue).
+func (c *httpContext) bind(choice leastwork.Choice, cost int64, known, count bool) {
+	if count {
+		if err := c.p.picker.count(choice.First, cost, math.MaxInt64); err != nil {
+			// A worker this Envoy has no record of yet: sent there all
+			// the same, uncounted here (its own word still counts it).
+			proxywasm.LogWarnf("diffusion-tagger: count the queue's grant on %s: %v", choice.First, err)
+			if err := setPickHeaders(choice); err != nil {
+				c.p.picker.unpicked.Increment(1)
+			}
+			return
+		}
 	}
 	c.sent = &sent{addr: choice.First, cost: cost, costKnown: known, at: nowMicro()}
 	if err := setPickHeaders(choice); err != nil {
@@ -280,6 +330,7 @@ func (c *httpContext) OnHttpRequestTrailers(int) types.Action {
 // latest, so outstanding work never drifts.
 func (c *httpContext) OnHttpStreamDone() {
 	delete(c.p.receiving, c.id)
+	c.leaveQueue()
 	if c.sent != nil {
 		c.p.picker.release(c.task, c.sent, outcomeOther, nowMicro())
 	}
@@ -401,7 +452,7 @@ func (c *httpContext) holdBody(want *bool, size, limit int, end bool, get func(i
 	return body, types.ActionContinue, true
 }
 
-func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Action {
+func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) (action types.Action) {
 	if _, ok := c.p.receiving[c.id]; ok {
 		if endOfStream {
 			delete(c.p.receiving, c.id)
@@ -412,13 +463,20 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 	body, action, ready := c.holdBody(&c.readBody, bodySize, c.p.cfg.MaxBodyBytes, endOfStream, proxywasm.GetHttpRequestBody, "read request body")
 	if !ready {
 		if !c.readBody {
-			c.pickWorker(0, false) // not read after all (too large): picked at the task's average
+			// Not read after all (too large): picked at the task's
+			// average, at once (it streams on).
+			c.pick(0, false, false)
 		}
 		return action
 	}
 	// However the body turns out, the worker is picked before the headers
-	// go on (a refusal below sends none).
-	defer c.pickWorker(0, false)
+	// go on (a refusal below sends none), or the request waits for its
+	// turn.
+	defer func() {
+		if c.pickWorker(0, false) && action == types.ActionContinue {
+			action = types.ActionPause
+		}
+	}()
 	facts, err := ParseBody(c.task, body, c.p.cfg.Defaults)
 	if err != nil {
 		c.p.metrics.parseErrors.Increment(1)
@@ -442,11 +500,18 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) types.Ac
 		return c.fail("set "+wire.HeaderCost, err)
 	}
 	c.p.metrics.cost.Record(uint64(facts.Cost))
-	c.pickWorker(facts.Cost, true)
+	if c.tenant == "" && wire.ValidTenant(facts.User) {
+		// OpenAI's "user" names the tenant; one that cannot name a tenant
+		// (a space, too long) leaves the default.
+		c.tenant = facts.User
+	}
 	if facts.ResponseFormat == "b64_json" {
 		// Base64 images carry no id a client could come back with: the
 		// answer (megabytes) streams through untouched.
 		c.rewrite = false
+	}
+	if c.pickWorker(facts.Cost, true) {
+		return types.ActionPause // waits for its turn in the router's queue
 	}
 	return types.ActionContinue
 }

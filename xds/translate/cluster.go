@@ -214,7 +214,16 @@ func RegistryCluster(o Options) *clusterv3.Cluster {
 	if net.ParseIP(o.RegistryAddress) == nil {
 		discovery = clusterv3.Cluster_STRICT_DNS
 	}
+	var breakers *clusterv3.CircuitBreakers
+	if n := o.RegistryMaxRequests; n > 0 {
+		breakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+			MaxConnections:     wrapperspb.UInt32(n),
+			MaxPendingRequests: wrapperspb.UInt32(n),
+			MaxRequests:        wrapperspb.UInt32(n),
+		}}}
+	}
 	return &clusterv3.Cluster{
+		CircuitBreakers:      breakers,
 		Name:                 wire.ClusterRegistry,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
 		ConnectTimeout:       durationpb.New(o.ConnectTimeout),

@@ -82,6 +82,11 @@ type Options struct {
 	// plane's REST API (the "registry" cluster).
 	RegistryAddress string
 	RegistryPort    uint32
+	// RegistryMaxRequests, when set, raises the registry cluster's
+	// circuit breakers to this many connections, pending and active
+	// requests: with the router-owned queue every waiting request holds a
+	// call open there.
+	RegistryMaxRequests uint32
 
 	// StrictModels answers 404 to a request naming a model no worker
 	// lists; by default it goes to a worker of its task type, as a

@@ -1,0 +1,122 @@
+package tagger
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/proxytest"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+var queueConfig = []byte(strings.Replace(string(pickConfig), `"pick":true`, `"pick":true,"queue":true`, 1))
+
+// queueCalls are the queue calls a request made.
+func queueCalls(host proxytest.HostEmulator, id uint32, path string) []proxytest.HttpCalloutAttribute {
+	var out []proxytest.HttpCalloutAttribute
+	for _, c := range host.GetCalloutAttributesFromContext(id) {
+		if p, _ := header(c.Headers, ":path"); p == path {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// TestQueueWaitsForItsTurn: with the queue on, a request that finds a
+// free slot is picked at once; one that finds none is paused and asks the
+// control plane for its turn, and goes on to the worker the answer names;
+// a refusal is answered as it came; no answer from the queue picks here;
+// a client that leaves while waiting is taken out of the queue.
+func TestQueueWaitsForItsTurn(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).
+				WithPluginConfiguration(queueConfig).WithProperty([]string{"node", "id"}, []byte("envoy-a")))
+			defer reset()
+			if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+				t.Fatalf("plugin start = %v", st)
+			}
+			one := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}}}
+			syncOnce(t, host, one)
+
+			// A free slot: picked at once, priority and tenant passed on.
+			id1, hs := imageRequest(t, host, [2]string{wire.HeaderTenant, "trainer-1"}, [2]string{wire.HeaderPriority, "3"})
+			if p, _ := header(hs, wire.HeaderPick); p != "10.0.0.1:80" || host.GetCurrentHttpStreamAction(id1) != types.ActionContinue {
+				t.Fatalf("first request: pick %q, action %v", p, host.GetCurrentHttpStreamAction(id1))
+			}
+			if tn, _ := header(hs, wire.HeaderTenant); tn != "trainer-1" {
+				t.Fatalf("tenant header %q", tn)
+			}
+			if pr, _ := header(hs, wire.HeaderPriority); pr != "3" {
+				t.Fatalf("priority header %q", pr)
+			}
+
+			// The only slot is taken: the next request waits for its turn.
+			id2, hs := imageRequest(t, host, [2]string{wire.HeaderPriority, "7"})
+			if _, picked := header(hs, wire.HeaderPick); picked || host.GetCurrentHttpStreamAction(id2) != types.ActionPause {
+				t.Fatalf("second request: picked %v, action %v; want it paused", picked, host.GetCurrentHttpStreamAction(id2))
+			}
+			calls := queueCalls(host, id2, wire.PathQueue)
+			if len(calls) != 1 {
+				t.Fatalf("queue calls %+v", calls)
+			}
+			var qr wire.QueueRequest
+			if err := json.Unmarshal(calls[0].Body, &qr); err != nil || qr.Priority != 7 || qr.Tenant != wire.DefaultTenant || qr.Cost <= 0 || qr.Check() != nil {
+				t.Fatalf("queue request %s: %v", calls[0].Body, err)
+			}
+			host.CallOnHttpCallResponse(calls[0].CalloutID, [][2]string{{":status", "200"}}, nil, []byte(`{"worker":"10.0.0.1:80"}`))
+			if p, _ := header(host.GetCurrentRequestHeaders(id2), wire.HeaderPick); p != "10.0.0.1:80" || host.GetCurrentHttpStreamAction(id2) != types.ActionContinue {
+				t.Fatalf("granted request: pick %q, action %v", p, host.GetCurrentHttpStreamAction(id2))
+			}
+			// Both count on the worker now.
+			rep := syncOnce(t, host, one)
+			if len(rep.Hosts) != 1 || rep.Hosts[0].Requests != 2 {
+				t.Fatalf("report after a pick and a grant: %+v", rep.Hosts)
+			}
+
+			// A refusal comes back as it came, with its Retry-After.
+			id3, _ := imageRequest(t, host)
+			calls = queueCalls(host, id3, wire.PathQueue)
+			host.CallOnHttpCallResponse(calls[0].CalloutID, [][2]string{{":status", "429"}, {"retry-after", "4"}}, nil,
+				[]byte(`{"error":"the router's queue is full (--max-queued)"}`))
+			local := host.GetSentLocalResponse(id3)
+			if local == nil || local.StatusCode != 429 || !strings.Contains(string(local.Data), "--max-queued") {
+				t.Fatalf("refused request answered %+v", local)
+			}
+			if ra, _ := header(local.Headers, "retry-after"); ra != "4" {
+				t.Fatalf("refusal's retry-after %q", ra)
+			}
+
+			// The queue's owner is away: picked here, at once.
+			id4, _ := imageRequest(t, host)
+			calls = queueCalls(host, id4, wire.PathQueue)
+			host.CallOnHttpCallResponse(calls[0].CalloutID, [][2]string{{":status", "503"}}, nil, []byte("no healthy upstream"))
+			if p, _ := header(host.GetCurrentRequestHeaders(id4), wire.HeaderPick); p != "10.0.0.1:80" || host.GetCurrentHttpStreamAction(id4) != types.ActionContinue {
+				t.Fatalf("request without an answer from the queue: pick %q, action %v", p, host.GetCurrentHttpStreamAction(id4))
+			}
+
+			// A client that leaves while waiting is taken out.
+			id5, _ := imageRequest(t, host, [2]string{wire.HeaderTenant, "eval"})
+			calls = queueCalls(host, id5, wire.PathQueue)
+			var waiting wire.QueueRequest
+			_ = json.Unmarshal(calls[0].Body, &waiting)
+			host.CompleteHttpContext(id5)
+			cancels := queueCalls(host, id5, wire.PathQueueCancel)
+			var c wire.QueueCancel
+			if len(cancels) != 1 || json.Unmarshal(cancels[0].Body, &c) != nil || c.Ticket != waiting.Ticket || c.Node != waiting.Node {
+				t.Fatalf("cancel calls %+v for %+v", cancels, waiting)
+			}
+
+			// Bad headers never reach the queue or a worker.
+			for _, h := range [][2]string{{wire.HeaderPriority, "soon"}, {wire.HeaderPriority, "1001"}, {wire.HeaderTenant, "two words"}} {
+				id := host.InitializeHttpContext()
+				host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathImages}, {"content-type", "application/json"}, h}, false)
+				if local := host.GetSentLocalResponse(id); local == nil || local.StatusCode != 400 {
+					t.Fatalf("header %v answered %+v, want 400", h, local)
+				}
+			}
+		})
+	}
+}
