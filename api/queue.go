@@ -60,6 +60,14 @@ func (s *Server) queueWait(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, "queue: %v", err))
 		return
 	}
+	if s.Board != nil && len(qr.Hosts) > 0 {
+		// The signature checked out, so the time is the filter's own.
+		signedAt, _ := strconv.ParseInt(r.Header.Get(wire.HeaderSyncTime), 10, 64)
+		if err := s.Board.Note(qr.Node, qr.Hosts, signedAt); err != nil {
+			writeError(w, errorf(http.StatusBadRequest, "queue: %v", err))
+			return
+		}
+	}
 	g, err := s.Queue.Wait(r.Context(), queue.Request{Key: queue.Key{Node: qr.Node, Ticket: qr.Ticket}, Priority: qr.Priority,
 		Tenant: qr.Tenant, Cost: qr.Cost, Pool: leastwork.Pool(qr.Pool), Model: qr.Model})
 	switch {

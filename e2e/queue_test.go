@@ -236,6 +236,12 @@ func TestQueueCancelAndRefuse(t *testing.T) {
 	if st := stats(t, ws[0]); st.ServedTotal != 2 {
 		t.Fatalf("the worker served %d requests, want 2: the 4 cancelled ones must never reach it", st.ServedTotal)
 	}
+	var gone struct {
+		N int `json:"started_after_client_gone"`
+	}
+	if err := json.Unmarshal(get(t, ws[0].URL+"/stats").Body, &gone); err != nil || gone.N != 0 {
+		t.Fatalf("the worker started %d generations whose client had gone (%v)", gone.N, err)
+	}
 
 	// --max-queued 4: a burst of 12 on one worker; what does not fit is
 	// refused at once, nothing is lost.

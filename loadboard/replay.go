@@ -38,3 +38,42 @@ func (b *Board) Claim(node string, signedAt int64) error {
 	b.signed[node] = signedAt
 	return nil
 }
+
+// Note merges part of a node's load, signed at signedAt, into its report:
+// the hosts given replace what the report said of them (a host with
+// nothing counted leaves it). It is how a filter that asks the queue for
+// a turn says what it counts right now on the workers it weighed. A part
+// signed before the node's newest accepted report changes nothing.
+func (b *Board) Note(node string, hosts []wire.HostReport, signedAt int64) error {
+	if err := Check(wire.LoadReport{Node: node, Hosts: hosts}); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if last, ok := b.signed[node]; ok && signedAt < last {
+		return nil
+	}
+	e, ok := b.reports[node]
+	if !ok {
+		if len(b.reports) >= MaxNodes {
+			return fmt.Errorf("more than %d Envoys report load", MaxNodes)
+		}
+		e = entry{at: b.now(), report: wire.LoadReport{Node: node}}
+	}
+	merged := make([]wire.HostReport, 0, len(e.report.Hosts)+len(hosts))
+	given := make(map[string]bool, len(hosts))
+	for _, h := range hosts {
+		given[h.Addr] = true
+		if h.Work > 0 || h.Requests > 0 {
+			merged = append(merged, h)
+		}
+	}
+	for _, h := range e.report.Hosts {
+		if !given[h.Addr] {
+			merged = append(merged, h)
+		}
+	}
+	e.report.Hosts = merged
+	b.reports[node] = e
+	return nil
+}

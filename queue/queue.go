@@ -102,11 +102,10 @@ const (
 // waiter is one queued request.
 type waiter struct {
 	Request
-	at    time.Time
-	seq   uint64
-	done  chan result // buffered: the granting side never blocks
-	gone  bool
-	index int // in its tenant's FIFO
+	at   time.Time
+	seq  uint64
+	done chan result // buffered: the granting side never blocks
+	gone bool
 }
 
 type result struct {
@@ -116,11 +115,41 @@ type result struct {
 
 // tenant is one tenant's state in one priority band.
 type tenant struct {
-	name    string
-	waiting []*waiter
+	name string
+	// fifo[head:] holds its requests in arrival order; a request that
+	// left from the middle (cancelled) stays, marked gone, until the head
+	// passes it, so every removal costs O(1).
+	fifo []*waiter
+	head int
+	live int
 	// vtime is the tenant's served cost over its weight, as of when it
 	// last had requests waiting (start-time fair queueing).
 	vtime float64
+}
+
+// next returns the first live request at or after fifo index from, and the
+// index after it (nil at the end).
+func (t *tenant) next(from int) (*waiter, int) {
+	for i := max(from, t.head); i < len(t.fifo); i++ {
+		if !t.fifo[i].gone {
+			return t.fifo[i], i + 1
+		}
+	}
+	return nil, len(t.fifo)
+}
+
+// drop notes that a request left; the head moves past the gone ones, and
+// the slice is compacted once mostly gone.
+func (t *tenant) drop() {
+	t.live--
+	for t.head < len(t.fifo) && t.fifo[t.head].gone {
+		t.fifo[t.head] = nil
+		t.head++
+	}
+	if t.head > 64 && t.head > len(t.fifo)/2 {
+		t.fifo = append(t.fifo[:0], t.fifo[t.head:]...)
+		t.head = 0
+	}
 }
 
 // band is one priority's waiting requests, by tenant.
@@ -270,14 +299,15 @@ func (q *Queue) add(r Request) (*waiter, error) {
 		t = &tenant{name: r.Tenant}
 		b.tenants[r.Tenant] = t
 	}
-	if len(t.waiting) == 0 {
+	if t.live == 0 {
 		// A tenant that comes back does not bring credit from its idle
 		// time: it starts level with the least served tenant waiting.
 		t.vtime = max(q.served[r.Tenant], b.minVtime(t))
 	}
 	q.seq++
-	w := &waiter{Request: r, at: q.opts.Now(), seq: q.seq, done: make(chan result, 1), index: len(t.waiting)}
-	t.waiting = append(t.waiting, w)
+	w := &waiter{Request: r, at: q.opts.Now(), seq: q.seq, done: make(chan result, 1)}
+	t.fifo = append(t.fifo, w)
+	t.live++
 	q.byKey[r.Key] = w
 	q.waiting++
 	q.perTen[r.Tenant]++
@@ -300,7 +330,7 @@ func (q *Queue) band(p int) *band {
 func (b *band) minVtime(except *tenant) float64 {
 	low, any := 0.0, false
 	for _, t := range b.tenants {
-		if t != except && len(t.waiting) > 0 && (!any || t.vtime < low) {
+		if t != except && t.live > 0 && (!any || t.vtime < low) {
 			low, any = t.vtime, true
 		}
 	}
@@ -336,10 +366,8 @@ func (q *Queue) unlink(w *waiter) {
 		if t == nil {
 			return
 		}
-		if i := slices.Index(t.waiting, w); i >= 0 {
-			t.waiting = slices.Delete(t.waiting, i, i+1)
-		}
-		if len(t.waiting) == 0 {
+		t.drop()
+		if t.live == 0 {
 			delete(b.tenants, w.Tenant)
 		}
 		if len(b.tenants) == 0 {
@@ -349,47 +377,45 @@ func (q *Queue) unlink(w *waiter) {
 	}
 }
 
-// order lists waiting requests in the order they are served, at most
-// limit of them; q.mu is held. Within a band, tenants take turns by
-// virtual time: the next request is always the least-served tenant's
-// oldest, and granting it advances that tenant's time.
-func (q *Queue) order(limit int) []*waiter {
-	var out []*waiter
+// each visits waiting requests in the order they are served until visit
+// returns false or limit were visited; q.mu is held. Within a band,
+// tenants take turns by virtual time: the next request is always the
+// least-served tenant's oldest, and granting it advances that tenant's
+// time. The turns are simulated lazily, so visiting the first costs one
+// pass over the band's tenants.
+func (q *Queue) each(limit int, visit func(*waiter) bool) {
+	type cursor struct {
+		t     *tenant
+		w     *waiter // the tenant's next request
+		after int     // fifo index after w
+		vtime float64
+	}
+	n := 0
 	for _, b := range q.bands {
-		// Simulate the turns without granting: each tenant's virtual
-		// time advances by its requests' costs over its weight.
-		type cursor struct {
-			t     *tenant
-			next  int
-			vtime float64
-		}
-		cs := make([]*cursor, 0, len(b.tenants))
+		cs := make([]cursor, 0, len(b.tenants))
 		for _, t := range b.tenants {
-			cs = append(cs, &cursor{t: t, vtime: t.vtime})
+			if w, after := t.next(0); w != nil {
+				cs = append(cs, cursor{t: t, w: w, after: after, vtime: t.vtime})
+			}
 		}
-		for len(out) < limit {
-			var best *cursor
-			for _, c := range cs {
-				if c.next >= len(c.t.waiting) {
-					continue
-				}
-				if best == nil || c.vtime < best.vtime || c.vtime == best.vtime && c.t.waiting[c.next].seq < best.t.waiting[best.next].seq {
-					best = c
+		for len(cs) > 0 {
+			bi := 0
+			for i := 1; i < len(cs); i++ {
+				if c, b := cs[i], cs[bi]; c.vtime < b.vtime || c.vtime == b.vtime && c.w.seq < b.w.seq {
+					bi = i
 				}
 			}
-			if best == nil {
-				break
+			c := &cs[bi]
+			w := c.w
+			if n++; n > limit || !visit(w) {
+				return
 			}
-			w := best.t.waiting[best.next]
-			out = append(out, w)
-			best.next++
-			best.vtime += float64(max(w.Cost, 1)) / q.weight(w.Tenant)
-		}
-		if len(out) >= limit {
-			break
+			c.vtime += float64(max(w.Cost, 1)) / q.weight(w.Tenant)
+			if c.w, c.after = c.t.next(c.after); c.w == nil {
+				cs = slices.Delete(cs, bi, bi+1)
+			}
 		}
 	}
-	return out
 }
 
 func (q *Queue) weight(tenant string) float64 {
@@ -434,7 +460,7 @@ func (q *Queue) Dispatch(f Fleet) int {
 		// take: a request whose kind (or named model) no free worker
 		// serves waits while later ones go on.
 		var w *waiter
-		for _, x := range q.order(scanLimit) {
+		q.each(scanLimit, func(x *waiter) bool {
 			k := eligibleKey{x.Pool, x.Model}
 			all, ok := elig[k]
 			if !ok {
@@ -449,9 +475,10 @@ func (q *Queue) Dispatch(f Fleet) int {
 			}
 			if len(cands) > 0 {
 				w = x
-				break
+				return false
 			}
-		}
+			return true
+		})
 		if w == nil {
 			return granted
 		}
@@ -517,10 +544,6 @@ func (q *Queue) charge(w *waiter) {
 // countGrants adds the grants the Envoys have not reported yet to the
 // view, and forgets the reported ones; q.mu is held.
 func (q *Queue) countGrants(v *wire.PickView, reportedAt func(string) time.Time, now time.Time) {
-	idx := make(map[string]int, len(v.Workers))
-	for i, w := range v.Workers {
-		idx[w.Addr] = i
-	}
 	q.grants = slices.DeleteFunc(q.grants, func(g grant) bool {
 		if now.Sub(g.at) > grantTTL {
 			return true
@@ -530,6 +553,13 @@ func (q *Queue) countGrants(v *wire.PickView, reportedAt func(string) time.Time,
 		}
 		return false
 	})
+	if len(q.grants) == 0 {
+		return
+	}
+	idx := make(map[string]int, len(v.Workers))
+	for i, w := range v.Workers {
+		idx[w.Addr] = i
+	}
 	for _, g := range q.grants {
 		if i, ok := idx[g.addr]; ok {
 			v.Workers[i].RemoteWork += g.cost
@@ -580,10 +610,10 @@ func (q *Queue) Status() Status {
 	for _, b := range q.bands {
 		bs := BandStatus{Priority: b.priority, Tenants: map[string]int{}}
 		for name, t := range b.tenants {
-			bs.Tenants[name] = len(t.waiting)
-			bs.Waiting += len(t.waiting)
-			if len(t.waiting) > 0 && (oldest.IsZero() || t.waiting[0].at.Before(oldest)) {
-				oldest = t.waiting[0].at
+			bs.Tenants[name] = t.live
+			bs.Waiting += t.live
+			if w, _ := t.next(0); w != nil && (oldest.IsZero() || w.at.Before(oldest)) {
+				oldest = w.at
 			}
 		}
 		s.Priorities = append(s.Priorities, bs)

@@ -248,3 +248,38 @@ func TestDispatchIsCheapAtScale(t *testing.T) {
 		t.Fatalf("%d waiting after 500 grants of 5000", st.Waiting)
 	}
 }
+
+// BenchmarkGrant: one grant with a thousand workers (one free) and five
+// thousand requests of fifty tenants waiting; it must not grow with
+// either.
+func BenchmarkGrant(b *testing.B) {
+	for _, size := range []struct{ workers, waiting int }{{8, 50}, {1000, 5000}} {
+		b.Run(fmt.Sprintf("%dworkers-%dwaiting", size.workers, size.waiting), func(b *testing.B) {
+			q := New(Options{MaxQueued: 1 << 20})
+			seq := 0
+			add := func() {
+				seq++
+				if _, err := q.add(req(fmt.Sprintf("r%d", seq), seq%3, fmt.Sprintf("t%d", seq%50))); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for range size.waiting {
+				add()
+			}
+			busy := make([]int64, size.workers)
+			for i := range busy {
+				busy[i] = 1
+			}
+			f := fleet(busy...)
+			b.ResetTimer()
+			for i := range b.N {
+				f.View.Workers[i%size.workers].RemoteRequests = 0
+				if n := q.Dispatch(f); n != 1 {
+					b.Fatalf("granted %d", n)
+				}
+				f.View.Workers[i%size.workers].RemoteRequests = 1
+				add()
+			}
+		})
+	}
+}

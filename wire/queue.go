@@ -45,6 +45,10 @@ type QueueRequest struct {
 	// Pool is the kind of worker it needs (leastwork.Pool).
 	Pool  int    `json:"pool"`
 	Model string `json:"model,omitempty"`
+	// Hosts are what this Envoy counts now on the workers it weighed for
+	// the request (at most leastwork.SampleSize): fresher than its last
+	// report, so the queue does not grant a slot this Envoy just took.
+	Hosts []HostReport `json:"hosts,omitempty"`
 }
 
 // QueueGrant is the worker a queued request goes to, and the next best.
@@ -106,6 +110,8 @@ func (r QueueRequest) Check() error {
 		return fmt.Errorf("\"pool\" must be 0 (any), 1 (image) or 2 (video)")
 	case len(r.Model) > 512:
 		return fmt.Errorf("\"model\" is over 512 bytes")
+	case len(r.Hosts) > 64:
+		return fmt.Errorf("at most 64 \"hosts\"")
 	}
 	return nil
 }

@@ -235,9 +235,6 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown, freeOnly
 	if len(cands) == 0 {
 		return leastwork.Choice{}, 0, pickNone
 	}
-	if freeOnly && v.Queued > 0 {
-		return leastwork.Choice{}, cost, pickFull
-	}
 	p.sample = leastwork.Sample(p.sample, cands, &p.rnd)
 	p.tab.Global = *p.readGlobal()
 	p.tab.Hosts = p.tab.Hosts[:0]
@@ -246,6 +243,11 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown, freeOnly
 	}
 	if !costKnown {
 		cost = p.tab.CostOf(string(task), defaultCost(task))
+	}
+	if freeOnly && v.Queued > 0 {
+		// Requests wait: this one waits its turn behind them (the
+		// records read tell the queue what this Envoy counts now).
+		return leastwork.Choice{}, cost, pickFull
 	}
 	if freeOnly {
 		// p.tab.Hosts[k] is the record of p.sample[k].

@@ -64,8 +64,15 @@ func (c *httpContext) tagQueue() {
 func (c *httpContext) enqueue(cost int64, known bool) bool {
 	pk := c.p.picker
 	ticket := newRequestID()[:24]
-	body, err := json.Marshal(wire.QueueRequest{Node: pk.envoyID(), Ticket: ticket, Priority: c.priority, Tenant: c.tenant,
-		Cost: cost, Pool: int(poolOf(c.task)), Model: c.model})
+	qr := wire.QueueRequest{Node: pk.envoyID(), Ticket: ticket, Priority: c.priority, Tenant: c.tenant,
+		Cost: cost, Pool: int(poolOf(c.task)), Model: c.model, Hosts: []wire.HostReport{}}
+	// What this Envoy counts now on the workers the pick weighed (the
+	// records choose read): the queue must not grant a slot taken here
+	// since the last report.
+	for _, h := range pk.tab.Hosts {
+		qr.Hosts = append(qr.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0)})
+	}
+	body, err := json.Marshal(qr)
 	if err != nil {
 		return false
 	}
