@@ -40,6 +40,9 @@ type gpu struct {
 	processed int
 	// abandoned counts jobs that started after their client had gone.
 	abandoned int
+	// slowdown, if set, multiplies a generation's time as it starts (0:
+	// full speed): a GPU that slows down slows the work it has not begun.
+	slowdown func() float64
 	// headRunning: the job at the head of the queue has started.
 	headRunning bool
 }
@@ -101,6 +104,11 @@ func (g *gpu) loop(ctx context.Context, warmup time.Duration) {
 
 		j.startedAt = time.Now()
 		wait := j.startedAt.Sub(j.enqueued)
+		if g.slowdown != nil && j.kind != "update" {
+			if f := g.slowdown(); f > 0 {
+				j.cost = time.Duration(float64(j.cost) * f)
+			}
+		}
 		close(j.started)
 		if j.cost > 0 {
 			t := time.NewTimer(j.cost)

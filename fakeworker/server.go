@@ -60,8 +60,9 @@ type Faults struct {
 	// server does: no Content-Length, chunked, a short head flushed first
 	// and then pieces of this many bytes, each flushed.
 	StreamChunkBytes int `json:"stream_chunk_bytes"`
-	// Slowdown multiplies every generation's service time from now on (a
-	// GPU throttling, a co-tenant); 0 or 1 is full speed.
+	// Slowdown multiplies the service time of every generation that
+	// starts from now on, queued ones included (a GPU throttling, a
+	// co-tenant); 0 or 1 is full speed.
 	Slowdown float64 `json:"slowdown,omitempty"`
 }
 
@@ -104,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		gpu:       newGPU(),
 		rng:       mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
@@ -114,7 +115,13 @@ func New(cfg Config) (*Server, error) {
 		served:    map[string]int{},
 		images:    map[string][]byte{},
 		videos:    map[string]*video{},
-	}, nil
+	}
+	s.gpu.slowdown = func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.faults.Slowdown
+	}
+	return s, nil
 }
 
 // Run processes the GPU queue until ctx ends.
@@ -348,9 +355,6 @@ func (s *Server) cost(p genParams) time.Duration {
 	base := s.cfg.ServiceTime(p.Steps, p.Width, p.Height, p.Frames, p.N)
 	s.mu.Lock()
 	j := 1 + s.cfg.Jitter*(2*s.rng.Float64()-1)
-	if s.faults.Slowdown > 0 {
-		j *= s.faults.Slowdown
-	}
 	s.mu.Unlock()
 	return time.Duration(float64(base) * j)
 }

@@ -418,3 +418,78 @@ func TestMetrics(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestSlowdownReachesQueuedWorkAndAbandonedWorkCounts: a slowdown slows
+// the generations that start after it, queued ones included; a generation
+// that starts after its client left is counted.
+func TestSlowdownReachesQueuedWorkAndAbandonedWorkCounts(t *testing.T) {
+	const service = 100 * time.Millisecond
+	srv := newTestWorker(t, func(c *Config) { c.TimeScale, c.Base, c.PerStep = 1, service, 0 })
+	gen := func(ctx context.Context) (time.Duration, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/images/generations", strings.NewReader(`{"prompt":"x"}`))
+		if err != nil {
+			return 0, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return time.Since(start), nil
+	}
+	depth := func() int {
+		var st Stats
+		resp, err := http.Get(srv.URL + "/stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		return st.QueueDepth
+	}
+	waitDepth := func(n int) {
+		deadline := time.Now().Add(5 * time.Second)
+		for depth() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("queue depth never reached %d", n)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	first := make(chan error, 1)
+	go func() { _, err := gen(context.Background()); first <- err }()
+	waitDepth(1)
+	// Queued behind the first, its client leaves before it starts.
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() { _, err := gen(ctx); gone <- err }()
+	waitDepth(2)
+	cancel()
+	<-gone
+	// Queued now, slowed before it starts.
+	slowed := make(chan time.Duration, 1)
+	go func() { d, _ := gen(context.Background()); slowed <- d }()
+	waitDepth(3)
+	if code, _, _ := post(t, srv.URL+"/_fake/faults", `{"slowdown": 3}`); code != 200 {
+		t.Fatal("cannot set slowdown")
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	// It waited for two generations (the abandoned one slowed too) and
+	// ran 3x slower itself.
+	if d := <-slowed; d < 3*service+service {
+		t.Fatalf("a generation queued before the slowdown took %v, want at least %v", d, 4*service)
+	}
+	resp, err := http.Get(srv.URL + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st Stats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || st.StartedAfterClientGone != 1 {
+		t.Fatalf("started after the client left: %d (%v), want 1", st.StartedAfterClientGone, err)
+	}
+}

@@ -6,6 +6,7 @@
 //	bench overhead the router's own cost against a direct call and a Go proxy
 //	bench scale    fleets of 64, 256 and 1024 workers
 //	bench routing  the tail under each policy: equal and mixed-speed fleets, 1 and 2 Envoys
+//	bench queue    the router-owned queue against binding at arrival
 package main
 
 import (
@@ -48,8 +49,10 @@ func main() {
 		err = scaleCmd(ctx, args)
 	case "routing":
 		err = routingCmd(ctx, args)
+	case "queue":
+		err = queueCmd(ctx, args)
 	default:
-		err = fmt.Errorf("unknown command %q (run, grid, overhead, scale, routing)", cmd)
+		err = fmt.Errorf("unknown command %q (run, grid, overhead, scale, routing, queue)", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -310,4 +313,31 @@ func scaleCmd(ctx context.Context, args []string) error {
 		}
 	}
 	return writeResult(*out, "scale.json", res)
+}
+
+func queueCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench queue", flag.ContinueOnError)
+	bin := fs.String("router-bin", "bin/diffusion-router", "diffusion-router binary")
+	workers := fs.Int("workers", 4, "fleet size")
+	burst := fs.Int("burst", 200, "requests in each burst")
+	service := fs.Duration("service-time", 100*time.Millisecond, "each request's service time")
+	out := fs.String("out", "", "output directory (default bench-results/<time>)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *workers < 1 || *burst < 1 || *service <= 0 {
+		return fmt.Errorf("--workers, --burst and --service-time must be positive")
+	}
+	rows, err := bench.RunQueue(ctx, bench.QueueConfig{RouterBin: *bin, Workers: *workers, Burst: *burst, Service: *service, Log: os.Stdout})
+	if err != nil {
+		return err
+	}
+	dir, err := outDir(*out)
+	if err != nil {
+		return err
+	}
+	if err := bench.QueuePlot(rows, filepath.Join(dir, "queue-depth.png")); err != nil {
+		return err
+	}
+	return writeResult(dir, "queue.json", rows)
 }

@@ -42,16 +42,18 @@ const (
 	// keyStamp holds when the current view arrived (8 bytes): the request
 	// path reads it, and the view itself only when it changed.
 	keyStamp = "diffusion-router.pick.view-stamp"
+	// keySigned holds the last time (Unix ms) a call to the control plane
+	// was signed at, so each gets its own.
+	keySigned = "diffusion-router.pick.signed"
 
 	// casTries bounds the compare-and-swap loop; with a handful of worker
 	// threads contending, a few tries always do.
 	casTries = 16
 	// syncTimeout bounds one sync call.
 	syncTimeout = 500 * time.Millisecond
-	// reportGap spaces one thread's free-slot reports (reportNow): two in
-	// one millisecond would carry the same signing time, and the second
-	// be refused as a replay.
-	reportGap = 2 * time.Millisecond
+	// reportAhead bounds how far reports' signing times may run ahead of
+	// the clock (one a millisecond at most, on average).
+	reportAhead = 200 * time.Millisecond
 )
 
 // picker is one thread's part of least-work routing.
@@ -76,8 +78,6 @@ type picker struct {
 	picks    proxywasm.MetricCounter
 	unpicked proxywasm.MetricCounter
 	syncErrs proxywasm.MetricCounter
-	// reportedAt is when this thread last reported a free slot (µs).
-	reportedAt int64
 	// Counters of the router-owned queue.
 	queued, granted, queueRefused, queueFallbacks proxywasm.MetricCounter
 	// picked counts this thread's picks since its last tick, which adds
@@ -119,7 +119,7 @@ func newPicker(cluster string, secret []byte) *picker {
 	}
 	// A new thread must not reset a table other threads already fill: the
 	// empty table is written only where there is none.
-	for _, key := range []string{keyGlobal, keyHosts, keyLease, keyLog, keyNode, keyStamp, keyView, keyJobs, keyEnded} {
+	for _, key := range []string{keyGlobal, keyHosts, keySigned, keyLease, keyLog, keyNode, keyStamp, keyView, keyJobs, keyEnded} {
 		if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
 			_ = proxywasm.SetSharedData(key, nil, 0)
 		}
@@ -674,7 +674,8 @@ func (p *picker) sync() {
 	if err != nil {
 		return
 	}
-	if _, err := proxywasm.DispatchHttpCall(p.cluster, p.signedHeaders(wire.PathFilterSync, body), body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
+	headers, _ := p.reportHeaders(body)
+	if _, err := proxywasm.DispatchHttpCall(p.cluster, headers, body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
 		p.syncFailed("dispatch: " + err.Error())
 	}
 }
@@ -682,22 +683,49 @@ func (p *picker) sync() {
 // signedHeaders are the headers of a call to the control plane's path,
 // signed with the job-id secret as syncs are.
 func (p *picker) signedHeaders(path string, body []byte) [][2]string {
-	at := nowMicro() / 1000
-	return [][2]string{{":method", "POST"}, {":path", path}, {":authority", p.cluster},
+	return signedAt(p.cluster, p.secret, path, body, nowMicro()/1000)
+}
+
+// signedAt is signedHeaders at a given signing time.
+func signedAt(cluster string, secret []byte, path string, body []byte, at int64) [][2]string {
+	return [][2]string{{":method", "POST"}, {":path", path}, {":authority", cluster},
 		{"content-type", "application/json"}, {wire.HeaderSyncTime, strconv.FormatInt(at, 10)},
-		{wire.HeaderSyncSignature, wire.SyncSignature(p.secret, at, body)}}
+		{wire.HeaderSyncSignature, wire.SyncSignature(secret, at, body)}}
+}
+
+// reportHeaders are signedHeaders for a load report, signed at a time no
+// other report of this Envoy was (reportTime); ok is false when reports
+// come so fast that the time ran reportAhead ahead of the clock.
+func (p *picker) reportHeaders(body []byte) ([][2]string, bool) {
+	now := nowMicro() / 1000
+	at := p.reportTime(now)
+	return signedAt(p.cluster, p.secret, wire.PathFilterSync, body, at), at-now <= reportAhead.Milliseconds()
+}
+
+// reportTime is the time (Unix ms) a report is signed at: now, but never
+// the time another of this Envoy's reports was signed at (the control
+// plane takes each node's signing times as increasing, so two reports in
+// one millisecond would refuse the second as a replay).
+func (p *picker) reportTime(now int64) int64 {
+	at := now
+	_ = casBytes(keySigned, func(raw []byte) ([]byte, bool) {
+		if len(raw) == 8 {
+			at = max(at, int64(binary.LittleEndian.Uint64(raw))+1)
+		}
+		return binary.LittleEndian.AppendUint64(nil, uint64(at)), true
+	})
+	return at
 }
 
 // reportNow tells the control plane at once that a worker has a free slot
 // while requests wait in its queue (a regular sync may be 100 ms away):
 // the load part of a sync, without taking the completion log, fire and
-// forget. At most one every reportGap per thread.
+// forget.
 func (p *picker) reportNow(now int64) {
 	v := p.currentView(now)
-	if v == nil || v.Queued == 0 || now-p.reportedAt < reportGap.Microseconds() {
+	if v == nil || v.Queued == 0 {
 		return
 	}
-	p.reportedAt = now
 	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: []wire.HostReport{}}
 	for _, a := range p.hostList() {
 		if h := p.readHost(a); h.Work > 0 || h.Requests > 0 {
@@ -708,7 +736,11 @@ func (p *picker) reportNow(now int64) {
 	if err != nil {
 		return
 	}
-	if _, err := proxywasm.DispatchHttpCall(p.cluster, p.signedHeaders(wire.PathFilterSync, body), body, nil,
+	headers, ok := p.reportHeaders(body)
+	if !ok {
+		return // the regular sync will say it
+	}
+	if _, err := proxywasm.DispatchHttpCall(p.cluster, headers, body, nil,
 		uint32(syncTimeout.Milliseconds()), func(int, int, int) {}); err != nil {
 		proxywasm.LogWarnf("diffusion-tagger: report a free slot: %v", err)
 	}
