@@ -43,6 +43,9 @@ type WorkerView struct {
 	// VideoSupport is null until the worker's /v1/models was read.
 	VideoSupport  *bool  `json:"video_support"`
 	WeightVersion string `json:"weight_version"`
+	// Slots is the worker's own number of requests at once under the
+	// router-owned queue (absent: the router's --slots).
+	Slots int `json:"slots,omitempty"`
 	// With least-work routing: what the filters count and learned, and
 	// the worker's own word when it serves one.
 	OutstandingWork     *int64   `json:"outstanding_work,omitempty"`
@@ -209,6 +212,7 @@ func viewOf(wk registry.Worker, seen observed) WorkerView {
 		TaskTypes:           nonNil(wk.Caps.TaskTypes),
 		Models:              nonNil(wk.Caps.ModelIDs),
 		WeightVersion:       wk.WeightVersion,
+		Slots:               wk.Slots,
 	}
 	if wk.Caps.Known {
 		video := wk.Caps.Video()

@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -58,8 +59,9 @@ type Server struct {
 	// Queue, if set, is the router-owned queue: the filters wait in it
 	// for their turn (wire.PathQueue), and it is shown at GET /queue.
 	Queue *queue.Queue
-	// Slots is how many requests a worker runs at once under the queue.
-	Slots func(addr string) int
+	// DefaultSlots is how many requests a worker runs at once under the
+	// queue, unless it has its own number (add_worker's "slots").
+	DefaultSlots int
 }
 
 // apiError is an error with the status it answers.
@@ -279,15 +281,39 @@ func readObject(r *http.Request) ([]byte, map[string]any, error) {
 // workerURLFrom takes the worker URL from ?url= / ?worker_url= or from the
 // JSON body's "url" / "worker_url", as the Python routers do.
 func workerURLFrom(r *http.Request) (string, error) {
+	u, _, err := workerRequest(r)
+	return u, err
+}
+
+// workerRequest is workerURLFrom and the worker's "slots" (?slots= or the
+// body's; 0 when not given): how many requests the router-owned queue
+// lets it run at once, for workers that batch.
+func workerRequest(r *http.Request) (string, int, error) {
 	q := r.URL.Query()
+	slots := 0
+	if v := q.Get("slots"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > registry.MaxSlots {
+			return "", 0, errorf(http.StatusBadRequest, "\"slots\" must be an integer from 1 to %d", registry.MaxSlots)
+		}
+		slots = n
+	}
 	for _, k := range []string{"url", "worker_url"} {
 		if v := q.Get(k); v != "" {
-			return v, nil
+			return v, slots, nil
 		}
 	}
 	_, obj, err := readObject(r)
 	if err != nil {
-		return "", err
+		return "", 0, err
+	}
+	if v, present := obj["slots"]; present {
+		n, ok := v.(json.Number)
+		i, err := n.Int64()
+		if !ok || err != nil || i < 1 || i > registry.MaxSlots {
+			return "", 0, errorf(http.StatusBadRequest, "\"slots\" must be an integer from 1 to %d", registry.MaxSlots)
+		}
+		slots = int(i)
 	}
 	for _, k := range []string{"url", "worker_url"} {
 		v, present := obj[k]
@@ -296,15 +322,15 @@ func workerURLFrom(r *http.Request) (string, error) {
 		}
 		s, ok := v.(string)
 		if !ok {
-			return "", errorf(http.StatusBadRequest, "%q must be a string", k)
+			return "", 0, errorf(http.StatusBadRequest, "%q must be a string", k)
 		}
-		return s, nil
+		return s, slots, nil
 	}
-	return "", errorf(http.StatusBadRequest, "worker url is required: use ?url=... or a JSON body {\"url\": ...}")
+	return "", 0, errorf(http.StatusBadRequest, "worker url is required: use ?url=... or a JSON body {\"url\": ...}")
 }
 
 func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
-	raw, err := workerURLFrom(r)
+	raw, slots, err := workerRequest(r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -313,6 +339,12 @@ func (s *Server) addWorker(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, err)
 		return
+	}
+	if slots > 0 {
+		if res.Worker, err = s.Fleet.SetSlots(res.Worker.Key(), slots); err != nil {
+			writeError(w, err)
+			return
+		}
 	}
 	// The Python routers answer 200 and "success" on both paths.
 	urls := s.urls()

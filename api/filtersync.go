@@ -40,7 +40,9 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		s.Queue.Kick()
 		view.Queued = s.Queue.Waiting()
 		for i := range view.Workers {
-			view.Workers[i].Slots = s.Slots(view.Workers[i].Addr)
+			if view.Workers[i].Slots == 0 {
+				view.Workers[i].Slots = s.DefaultSlots
+			}
 		}
 	}
 	writeJSON(w, http.StatusOK, view)

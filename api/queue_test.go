@@ -76,3 +76,25 @@ func TestQueueEndpoints(t *testing.T) {
 		t.Fatalf("second cancel = %d %v", code, v)
 	}
 }
+
+// TestAddWorkerSlots: add_worker takes a worker's own slots (a worker that
+// batches); a bad value is refused before anything is registered.
+func TestAddWorkerSlots(t *testing.T) {
+	s, _ := newAPI(t)
+	w := worker(t, "T2I")
+	for _, bad := range []string{`{"url":"` + w.URL + `","slots":0}`, `{"url":"` + w.URL + `","slots":"4"}`, `{"url":"` + w.URL + `","slots":5000}`} {
+		if code, v := call(t, s, "POST", "/add_worker", bad); code != http.StatusBadRequest || v["error"] == nil {
+			t.Fatalf("add %s = %d %v", bad, code, v)
+		}
+	}
+	if n := len(s.Fleet.Registry().Snapshot().Workers); n != 0 {
+		t.Fatalf("refused adds registered %d workers", n)
+	}
+	code, v := call(t, s, "POST", "/add_worker", `{"url":"`+w.URL+`","slots":4}`)
+	if code != http.StatusOK || v["worker"].(map[string]any)["slots"] != float64(4) {
+		t.Fatalf("add with slots = %d %v", code, v)
+	}
+	if wk := s.Fleet.Registry().Snapshot().Workers[0]; wk.Slots != 4 {
+		t.Fatalf("registry slots %d", wk.Slots)
+	}
+}

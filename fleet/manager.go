@@ -181,6 +181,19 @@ func (m *Manager) RefreshCapabilities(ctx context.Context, key string) (registry
 	return m.admission.RefreshCapabilities(ctx, key)
 }
 
+// SetSlots sets how many requests the router-owned queue lets a worker run
+// at once, and returns the worker as it is now.
+func (m *Manager) SetSlots(key string, slots int) (registry.Worker, error) {
+	if _, err := m.reg.SetSlots(key, slots); err != nil {
+		return registry.Worker{}, fmt.Errorf("set slots of %s: %w", key, err)
+	}
+	w, ok := m.reg.Get(key)
+	if !ok {
+		return w, fmt.Errorf("set slots of %s: %w", key, registry.ErrNotFound)
+	}
+	return w, nil
+}
+
 // CheckHealth asks a worker's /health once.
 func (m *Manager) CheckHealth(ctx context.Context, u registry.WorkerURL) error {
 	return m.workers.checkHealth(ctx, u)

@@ -235,7 +235,7 @@ func (b *Board) syncChecked(r wire.LoadReport, snap registry.Snapshot, out func(
 func (b *Board) viewWorker(w registry.Worker, work [2]int64, now time.Time, typical float64) wire.PickWorker {
 	a := Addr(w)
 	pw := wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
-		Models: w.Caps.ModelIDs, RemoteWork: work[0], RemoteRequests: work[1]}
+		Models: w.Caps.ModelIDs, RemoteWork: work[0], RemoteRequests: work[1], Slots: w.Slots}
 	if wd, ok := b.words[a]; ok && now.Sub(wd.at) <= wordFresh {
 		held := wd.queued + wd.running
 		pw.ForeignRequests = min(wd.excess, wd.prevExcess, max(0, held-b.recentlyCounted(a, now)), maxForeign)

@@ -60,8 +60,10 @@ type Grant struct {
 // the work and requests all Envoys have on it (wire.PickView's Remote
 // fields), and how many requests each runs at once.
 type Fleet struct {
-	View  wire.PickView
-	Slots func(addr string) int
+	// View's workers carry their own slots (wire.PickWorker.Slots, 0:
+	// DefaultSlots).
+	View         wire.PickView
+	DefaultSlots int
 	// ReportedAt is when an Envoy's latest load report arrived (zero: none).
 	ReportedAt func(node string) time.Time
 }
@@ -440,10 +442,10 @@ func (q *Queue) Dispatch(f Fleet) int {
 	q.countGrants(&v, f.ReportedAt, now)
 	var empty leastwork.Table
 	slots := func(i int) int64 {
-		if f.Slots == nil {
-			return 1
+		if n := v.Workers[i].Slots; n > 0 {
+			return int64(n)
 		}
-		return int64(max(f.Slots(v.Workers[i].Addr), 1))
+		return int64(max(f.DefaultSlots, 1))
 	}
 	free := make([]bool, len(v.Workers))
 	nfree := 0

@@ -50,7 +50,7 @@ func fleet(busy ...int64) Fleet {
 	for i, b := range busy {
 		v.Workers = append(v.Workers, wire.PickWorker{Addr: fmt.Sprintf("10.0.0.%d:80", i+1), Image: true, RemoteRequests: b})
 	}
-	return Fleet{View: v, Slots: func(string) int { return 1 }, ReportedAt: func(string) time.Time { return time.Now().Add(time.Hour) }}
+	return Fleet{View: v, DefaultSlots: 1, ReportedAt: func(string) time.Time { return time.Now().Add(time.Hour) }}
 }
 
 // grants dispatches one slot at a time and returns the tickets in the
@@ -155,11 +155,19 @@ func TestOnlyFreeSlotsAndMatchingWorkers(t *testing.T) {
 	}
 	// Slots above one: a worker running one of two takes another.
 	f = fleet(1)
-	f.Slots = func(string) int { return 2 }
+	f.DefaultSlots = 2
 	q3 := New(Options{})
 	waitAll(t, q3, req("z", 0, "t"))
 	if n := q3.Dispatch(f); n != 1 {
 		t.Fatalf("granted %d on a two-slot worker running one, want 1", n)
+	}
+	// A worker's own slots win over the default.
+	f = fleet(2)
+	f.View.Workers[0].Slots = 3
+	q4 := New(Options{})
+	waitAll(t, q4, req("w", 0, "t"))
+	if n := q4.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d on a worker with three slots running two, want 1", n)
 	}
 }
 

@@ -96,6 +96,9 @@ type Worker struct {
 	// Asleep is set while the worker's memory is released: it takes no
 	// requests until it is resumed.
 	Asleep bool
+	// Slots is how many requests the router-owned queue lets the worker
+	// run at once (0: the router's --slots), for workers that batch.
+	Slots int
 }
 
 // Key is the registry key: the canonical URL.
@@ -572,6 +575,24 @@ func (r *Registry) SetAsleep(key string, asleep bool) (uint64, error) {
 			return false
 		}
 		w.Asleep = asleep
+		return true
+	})
+}
+
+// MaxSlots bounds a worker's slots.
+const MaxSlots = 1024
+
+// SetSlots sets how many requests the router-owned queue lets the worker
+// run at once (0: the router's default).
+func (r *Registry) SetSlots(key string, slots int) (uint64, error) {
+	if slots < 0 || slots > MaxSlots {
+		return 0, fmt.Errorf("slots must be 0 to %d", MaxSlots)
+	}
+	return r.mutate(key, "set slots", func(w *Worker) bool {
+		if w.Slots == slots {
+			return false
+		}
+		w.Slots = slots
 		return true
 	})
 }

@@ -47,6 +47,7 @@ type storedWorker struct {
 	WeightVersion       string            `json:"weight_version"`
 	ModelPath           string            `json:"model_path"`
 	Asleep              bool              `json:"asleep"`
+	Slots               int               `json:"slots,omitempty"`
 }
 
 type storedFleet struct {
@@ -137,6 +138,7 @@ func (s *Store) save(gen uint64, counter int, fleet Weights, workers map[string]
 				URL: key, Address: w.Address, State: w.State, Reason: w.Reason, Since: w.Since, AddedAt: w.AddedAt,
 				Known: w.Caps.Known, TaskTypes: w.Caps.TaskTypes, ModelIDs: w.Caps.ModelIDs, Models: w.Caps.Models,
 				ConsecutiveFailures: w.ConsecutiveFailures, WeightVersion: w.WeightVersion, ModelPath: w.ModelPath, Asleep: w.Asleep,
+				Slots: w.Slots,
 			})
 			if err != nil {
 				return err
@@ -186,7 +188,8 @@ func (s *Store) load() (gen uint64, counter int, fleet Weights, workers map[stri
 			}
 			workers[string(k)] = &Worker{URL: u, Address: sw.Address, State: sw.State, Reason: sw.Reason, Since: sw.Since,
 				AddedAt: sw.AddedAt, Caps: Capabilities{Known: sw.Known, TaskTypes: sw.TaskTypes, ModelIDs: sw.ModelIDs, Models: sw.Models},
-				ConsecutiveFailures: sw.ConsecutiveFailures, WeightVersion: sw.WeightVersion, ModelPath: sw.ModelPath, Asleep: sw.Asleep}
+				ConsecutiveFailures: sw.ConsecutiveFailures, WeightVersion: sw.WeightVersion, ModelPath: sw.ModelPath, Asleep: sw.Asleep,
+				Slots: sw.Slots}
 			return nil
 		}); err != nil {
 			return err

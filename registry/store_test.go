@@ -33,6 +33,12 @@ func TestStoreRoundTrip(t *testing.T) {
 	if _, err := r.SetWorkerWeights(a.Worker.Key(), "7", "/ckpt/7"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := r.SetSlots(a.Worker.Key(), 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SetSlots(a.Worker.Key(), MaxSlots+1); err == nil {
+		t.Fatal("slots over the bound were set")
+	}
 	before := r.Snapshot()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -47,7 +53,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	for i := range before.Workers {
 		b, a := before.Workers[i], after.Workers[i]
 		if b.Key() != a.Key() || b.State != a.State || b.Reason != a.Reason || b.WeightVersion != a.WeightVersion ||
-			!b.Since.Equal(a.Since) || b.Caps.Video() != a.Caps.Video() || b.ModelPath != a.ModelPath {
+			!b.Since.Equal(a.Since) || b.Caps.Video() != a.Caps.Video() || b.ModelPath != a.ModelPath || b.Slots != a.Slots {
 			t.Fatalf("worker %d: %+v, restored %+v", i, b, a)
 		}
 	}

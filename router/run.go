@@ -237,7 +237,7 @@ func (r *router) buildAPI(context.Context) error {
 	r.api = &http.Server{
 		Handler: &api.Server{Fleet: r.fleet, Log: r.log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
 			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: r.metrics.Handler(), AdminToken: c.AdminToken,
-			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, Slots: r.slots},
+			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, DefaultSlots: r.c.Queue.Slots},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	return nil
@@ -384,12 +384,9 @@ func (r *router) startLocalEnvoy(ctx context.Context, cancel context.CancelFunc,
 // whenever a request arrives or an Envoy reports.
 const queueTick = 20 * time.Millisecond
 
-// slots is how many requests a worker runs at once under the queue.
-func (r *router) slots(string) int { return r.c.Queue.Slots }
-
 // queueFleet is the fleet as the queue sees it: the workers a request may
 // go to (as in the filters' views: not failing Envoy's health checks, not
 // ejected) with every Envoy's work on them.
 func (r *router) queueFleet() queue.Fleet {
-	return queue.Fleet{View: r.board.FleetView(r.reg.Snapshot(), r.fleet.OutByEnvoy()), Slots: r.slots, ReportedAt: r.board.ReportedAt}
+	return queue.Fleet{View: r.board.FleetView(r.reg.Snapshot(), r.fleet.OutByEnvoy()), DefaultSlots: r.c.Queue.Slots, ReportedAt: r.board.ReportedAt}
 }
