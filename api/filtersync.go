@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/diffrouter/diffusion-router/loadboard"
+	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
@@ -25,7 +26,8 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 	}
 	// The signature checked out, so the time is the filter's own.
 	signedAt, _ := strconv.ParseInt(r.Header.Get(wire.HeaderSyncTime), 10, 64)
-	view, err := s.Board.SyncSigned(rep, signedAt, s.Fleet.Registry().Snapshot(), s.Fleet.OutByEnvoy())
+	snap := s.Fleet.Registry().Snapshot()
+	view, err := s.Board.SyncSigned(rep, signedAt, snap, s.Fleet.OutByEnvoy())
 	switch {
 	case errors.Is(err, loadboard.ErrClaimRefused):
 		writeError(w, errorf(http.StatusConflict, "filter sync: %v", err))
@@ -39,6 +41,7 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		// and how many requests each worker takes.
 		s.Queue.Kick()
 		view.Queued = s.Queue.Waiting()
+		view.Paused = snap.Count().ByState[registry.StateUpdating] > 0
 		for i := range view.Workers {
 			if view.Workers[i].Slots == 0 {
 				view.Workers[i].Slots = s.DefaultSlots

@@ -288,3 +288,40 @@ func TestQueueSurvivesControlPlaneCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueInPlaceUpdateHoldsTheWork: with the queue, an in-place update
+// takes the fleet out of rotation while it loads: requests that arrive
+// meanwhile wait in the router's queue, every answer names the weights
+// that made it, and none after the update's 200 comes from the old ones.
+func TestQueueInPlaceUpdateHoldsTheWork(t *testing.T) {
+	t.Parallel()
+	_, urls := startFleet(t, 2, "--time-scale", "1", "--base", "100ms", "--per-step", "0", "--jitter", "0", "--update-time", "600ms")
+	r := startQueueRouter(t, urls)
+	done := make(chan []queueResult, 1)
+	go func() { done <- burst(r.Front, 16, nil) }()
+	eventually(t, 10*time.Second, "the burst queued", func() bool { return num(queueStatus(t, r.API)["waiting"]) >= 6 })
+	upd := postJSON(t, r.Front+"/update_weights_from_disk", map[string]any{"model_path": "/ckpt/held", "weight_version": "held-1"})
+	updated := time.Now()
+	if upd.Status != http.StatusOK {
+		t.Fatalf("update: %d %s", upd.Status, upd.Body)
+	}
+	late := burst(r.Front, 4, nil) // sent after the 200: new weights only
+	results := append(<-done, late...)
+	for i, res := range results {
+		if res.err != nil || res.status != http.StatusOK {
+			t.Fatalf("request %d: %d %v %s", i, res.status, res.err, res.body)
+		}
+		version, model := res.header.Get(wire.HeaderWeightVersion), res.header.Get("X-Model-Path")
+		if (version == "held-1") != (model == "/ckpt/held") {
+			t.Fatalf("request %d answered by weights %s under version %q", i, model, version)
+		}
+		if res.at.After(updated.Add(time.Second)) && model != "/ckpt/held" {
+			t.Fatalf("request %d answered by the old weights (%s) after the update's 200", i, model)
+		}
+	}
+	for i, res := range late {
+		if res.header.Get(wire.HeaderWeightVersion) != "held-1" {
+			t.Fatalf("request %d sent after the update's 200 answered under version %q", i, res.header.Get(wire.HeaderWeightVersion))
+		}
+	}
+}

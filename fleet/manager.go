@@ -64,6 +64,11 @@ type Config struct {
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	// Envoys, if set, replaces the Envoy admin client (tests).
 	Envoys EnvoyView
+	// HoldInPlace takes an in-place weight update's workers out of
+	// rotation while they load (the router-owned queue holds what
+	// arrives meanwhile), instead of leaving requests to queue behind the
+	// update inside the workers.
+	HoldInPlace bool
 	// Pickers, if set, are the filters that pick workers themselves
 	// (least-work routing): a drain also waits until they have all seen
 	// the worker leave rotation, since Envoy's endpoint update alone does

@@ -82,12 +82,21 @@ func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (Updat
 	log := op.log.WithFields(logrus.Fields{"op": id, "version": version, "model_path": modelPath, "mode": spec.Mode, "workers": len(targets)})
 	log.Info("weight update started")
 	started := time.Now()
-	if spec.Mode == ModeDrain {
+	switch {
+	case spec.Mode == ModeDrain:
 		batch := max(1, spec.MaxUnavailable)
 		for i := 0; i < len(targets) && !out.Rejected; i += batch {
-			op.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome, i == 0)
+			op.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome, i == 0, true)
 		}
-	} else {
+	case op.cfg.HoldInPlace:
+		// With the router-owned queue, an in-place update takes the fleet
+		// out of rotation without waiting for what the workers run (their
+		// queues hold a slot's worth; the update runs after it): new
+		// requests wait in the router's queue, not behind the update in a
+		// worker, so no answer after the update's 200 comes from the old
+		// weights.
+		op.updateDrained(ctx, targets, body, version, modelPath, spec.Timeout, &out.Outcome, true, false)
+	default:
 		results := op.workers.callAll(ctx, targets, PathUpdateWeights, body, spec.Timeout)
 		if rejectedByAll(results) {
 			out.Rejected = true
@@ -162,10 +171,12 @@ func (op *operations) settle(w registry.Worker, r CallResult, version, modelPath
 }
 
 // updateDrained updates one batch: out of rotation, wait for in-flight
-// requests, update, back into rotation (and routable) before the next batch.
-// When first is set and the whole batch rejects the update alike, the
-// workers go back to rotation unchanged and the update stops (Rejected).
-func (op *operations) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome, first bool) {
+// requests (drain; else only until every Envoy and filter stopped sending
+// it new ones), update, back into rotation (and routable) before the next
+// batch. When first is set and the whole batch rejects the update alike,
+// the workers go back to rotation unchanged and the update stops
+// (Rejected).
+func (op *operations) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome, first, drain bool) {
 	var taken []registry.Worker
 	var gen uint64
 	for _, w := range batch {
@@ -175,12 +186,23 @@ func (op *operations) updateDrained(ctx context.Context, batch []registry.Worker
 		}
 		taken, gen = append(taken, nw), g
 	}
+	if !drain {
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		if _, err := op.envoys.inForce(sctx, gen); err != nil {
+			op.log.WithError(err).Warn("updating without every Envoy's word that it stopped sending the workers new requests")
+		}
+		cancel()
+	}
 	var wg sync.WaitGroup
 	results := make([]CallResult, len(taken))
 	for i, w := range taken {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if !drain {
+				results[i] = op.workers.call(ctx, w.URL.String(), PathUpdateWeights, body, "application/json", timeout)
+				return
+			}
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			if !op.drains.waitIdle(dctx, w.Key(), gen) {

@@ -226,6 +226,7 @@ func (r *router) buildFleet(ctx context.Context) error {
 		ObserveInterval:  c.ObserveInterval,
 		OutlierFailures:  c.OutlierFailures,
 		Recorder:         r.metrics,
+		HoldInPlace:      c.Queue.On,
 		// Each worker's update, and in drain mode its drain, is bounded.
 		WeightUpdateTimeout: c.WeightUpdateTimeout,
 	}, r.log.WithField("component", "fleet"))

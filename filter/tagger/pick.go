@@ -227,12 +227,18 @@ const (
 // while requests wait in the queue.
 func (p *picker) choose(task Task, model string, cost int64, costKnown, freeOnly bool) (leastwork.Choice, int64, pickStatus) {
 	now := nowMicro()
+	p.tab.Hosts = p.tab.Hosts[:0]
 	v := p.currentView(now)
 	if v == nil {
 		return leastwork.Choice{}, 0, pickNone
 	}
 	cands := p.candidates(v, poolOf(task), model)
 	if len(cands) == 0 {
+		if freeOnly && v.Paused {
+			// The workers for it are loading weights: its turn comes
+			// when they are back.
+			return leastwork.Choice{}, cost, pickFull
+		}
 		return leastwork.Choice{}, 0, pickNone
 	}
 	p.sample = leastwork.Sample(p.sample, cands, &p.rnd)
