@@ -296,13 +296,14 @@ func TestLeastWorkNeverPicksDrainingOrQuarantined(t *testing.T) {
 // at urls and two Envoys fed by it on one front port, and waits until both
 // run its configuration. It returns the front port, the registry API and
 // the Envoys' admin addresses.
-func startLeastWorkReplicas(t *testing.T, urls []string) (front int, api string, admins []string) {
+func startLeastWorkReplicas(t *testing.T, urls []string, extra ...string) (front int, api string, admins []string) {
 	t.Helper()
 	front = freePort(t)
 	state := t.TempDir()
-	cp := start(t, "diffusion-router", "--external-envoy", "--host", "127.0.0.1", "--port", strconv.Itoa(front),
+	args := append([]string{"--external-envoy", "--host", "127.0.0.1", "--port", strconv.Itoa(front),
 		"--xds-port", strconv.Itoa(freePort(t)), "--state-dir", state, "--routing-algorithm", "least-work",
-		"--wasm-filter", filepath.Join(binDir, "diffusion-tagger.wasm"), "--worker-urls", strings.Join(urls, ","))
+		"--wasm-filter", filepath.Join(binDir, "diffusion-tagger.wasm"), "--worker-urls", strings.Join(urls, ",")}, extra...)
+	cp := start(t, "diffusion-router", args...)
 	m := cp.waitOutput(controlPlaneReady, 30*time.Second)
 	xds := m[1]
 	api = "http://" + strings.TrimPrefix(m[2], "http://")

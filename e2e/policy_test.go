@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // skewedRequest is one request of a mixed workload: most are cheap, a few
@@ -244,4 +247,36 @@ func findValue(v any, key, want string) bool {
 		}
 	}
 	return false
+}
+
+// TestStrictRoundRobin: with the filter, round-robin is one cycle over the
+// workers shared by all of an Envoy's threads (two here): requests sent
+// one after another go 1, 2, 1, 2, ... and ten split five and five.
+func TestStrictRoundRobin(t *testing.T) {
+	t.Parallel()
+	_, urls := startFleet(t, 2)
+	r := startRouter(t, "--routing-algorithm", "round-robin", "--worker-urls", strings.Join(urls, ","))
+	eventually(t, 10*time.Second, "the filter to pick", func() bool {
+		postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "warm"})
+		return envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.picked") > 0
+	})
+	var got []string
+	count := map[string]int{}
+	for range 10 {
+		res := postJSON(t, r.Front+"/v1/images/generations", map[string]any{"prompt": "rr"})
+		if res.Status != http.StatusOK {
+			t.Fatalf("request: %d %s", res.Status, res.Body)
+		}
+		w := res.Header.Get(wire.HeaderWorker)
+		got = append(got, w)
+		count[w]++
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] == got[i-1] {
+			t.Fatalf("not a strict cycle: %v", got)
+		}
+	}
+	if len(count) != 2 || count[got[0]] != 5 {
+		t.Fatalf("10 requests split %v, want 5 and 5", count)
+	}
 }

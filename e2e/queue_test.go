@@ -325,3 +325,55 @@ func TestQueueInPlaceUpdateHoldsTheWork(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueTwoEnvoysShareOneQueue: two Envoy replicas in front of one
+// worker wait in the same queue: both send requests there, and the worker
+// never holds more than its slot and one racing request, as with one Envoy.
+func TestQueueTwoEnvoysShareOneQueue(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 1, "--time-scale", "1", "--base", "150ms", "--per-step", "0", "--jitter", "0")
+	front, api, admins := startLeastWorkReplicas(t, urls, "--queue")
+	noReuse := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	failed := 0
+	send := func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("POST", "http://127.0.0.1:"+strconv.Itoa(front)+wire.PathImages, strings.NewReader(`{"prompt":"p","size":"256x256"}`))
+			req.Header.Set("content-type", "application/json")
+			resp, err := noReuse.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			if err != nil || resp.StatusCode != http.StatusOK {
+				mu.Lock()
+				failed++
+				mu.Unlock()
+			}
+		}()
+	}
+	// New connections until both Envoys have asked the queue for a turn.
+	eventually(t, 30*time.Second, "both Envoys to queue requests", func() bool {
+		send()
+		return envoyStat(t, admins[0], "wasmcustom.diffusion_router.queue.queued") > 0 &&
+			envoyStat(t, admins[1], "wasmcustom.diffusion_router.queue.queued") > 0
+	})
+	wg.Wait()
+	if failed > 0 {
+		t.Fatalf("%d requests failed", failed)
+	}
+	var st struct {
+		MaxDepth int `json:"max_queue_depth"`
+	}
+	if err := json.Unmarshal(get(t, ws[0].URL+"/stats").Body, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.MaxDepth > 2 {
+		t.Fatalf("the worker held %d requests at once with two Envoys sharing one queue", st.MaxDepth)
+	}
+	if q := queueStatus(t, api); num(q["granted"]) < 2 || num(q["waiting"]) != 0 {
+		t.Fatalf("queue after the run: %v", q)
+	}
+}

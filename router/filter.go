@@ -86,7 +86,8 @@ func migrateFilterSecret(stateDir, tlsDir string) error {
 // The job-id secret is not in it: the configuration is readable on every
 // Envoy's admin port. Envoy carries the secret in its environment
 // (trust.JobSecretEnv) into the filter's VM.
-func filterOptions(c Config, pick bool) (*translate.FilterOptions, error) {
+func filterOptions(c Config, policy translate.Policy) (*translate.FilterOptions, error) {
+	pick := policy == translate.PolicyLeastWork || policy == translate.PolicyRoundRobin
 	path, err := findFilter(c.WasmFilter, c.ExternalEnvoy)
 	if err != nil || path == "" {
 		return nil, err
@@ -96,6 +97,9 @@ func filterOptions(c Config, pick bool) (*translate.FilterOptions, error) {
 	fc.RequestIdleMs = c.RequestIdleTimeout.Milliseconds()
 	if pick {
 		fc.Pick, fc.SyncCluster = true, wire.ClusterRegistry
+		if policy == translate.PolicyRoundRobin {
+			fc.PickPolicy = wire.PickRoundRobin
+		}
 	}
 	if q := c.Queue; q.On && pick {
 		fc.Queue = true

@@ -75,7 +75,7 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 	if !c.ExternalEnvoy || c.WasmFilter != "" {
 		// With external Envoys the filter path must be given: it is a path
 		// on their file system, not this one's.
-		if opts.Filter, err = filterOptions(c, opts.Policy == translate.PolicyLeastWork); err != nil {
+		if opts.Filter, err = filterOptions(c, opts.Policy); err != nil {
 			return translate.Options{}, err
 		}
 	}

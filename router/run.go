@@ -194,7 +194,7 @@ func (r *router) buildFilterSide(context.Context) error {
 		r.syncSecret = []byte(secret)
 		r.jobs = jobbook.New(jobbook.DefaultCapacity)
 	}
-	if r.opts.Policy == translate.PolicyLeastWork {
+	if r.opts.FilterPicks() {
 		r.board = loadboard.New(loadboard.Options{Synced: r.xds.SyncedGeneration,
 			Ejection: wire.EjectionAfter(int64(r.c.OutlierFailures))})
 		r.pub.Publishing = r.board.Published

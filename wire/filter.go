@@ -30,6 +30,10 @@ type FilterConfig struct {
 	// SyncCluster every SyncInterval.
 	Pick        bool   `json:"pick,omitempty"`
 	SyncCluster string `json:"sync_cluster,omitempty"`
+	// PickPolicy is how the filter picks: least-work (""), or PickRoundRobin:
+	// one strict cycle over the eligible workers, shared by all of an
+	// Envoy's threads.
+	PickPolicy string `json:"pick_policy,omitempty"`
 	// JobsCluster is the control plane's API cluster, where the filter
 	// records each video job's weight version and looks versions up to
 	// sign job lists (package jobbook); empty: no book, list entries
@@ -60,6 +64,9 @@ type Defaults struct {
 	Height      int `json:"height"`
 	VideoFrames int `json:"video_frames"`
 }
+
+// PickRoundRobin is the filter's strict round-robin (FilterConfig.PickPolicy).
+const PickRoundRobin = "round-robin"
 
 // MinSecret is the shortest job-id secret the filter accepts.
 const MinSecret = 16
@@ -95,7 +102,9 @@ func (c FilterConfig) Validate() error {
 		return errors.New("request_idle_ms must not be negative")
 	case c.Pick && c.SyncCluster == "":
 		return errors.New("pick needs sync_cluster: the cluster of the control plane's API")
-	case c.Queue && !c.Pick:
+	case c.PickPolicy != "" && c.PickPolicy != PickRoundRobin:
+		return fmt.Errorf("pick_policy %q: want %q or none (least-work)", c.PickPolicy, PickRoundRobin)
+	case c.Queue && (!c.Pick || c.PickPolicy != ""):
 		return errors.New("queue needs pick: the queue grants workers least-work picks among")
 	case c.QueueWaitMs < 0 || c.QueueWaitMs > math.MaxInt32:
 		return fmt.Errorf("queue_wait_ms must be 0 to %d", math.MaxInt32)

@@ -80,6 +80,9 @@ type picker struct {
 	syncErrs proxywasm.MetricCounter
 	// Counters of the router-owned queue.
 	queued, granted, queueRefused, queueFallbacks proxywasm.MetricCounter
+	// roundRobin: the filter cycles strictly over the eligible workers
+	// (wire.PickRoundRobin) instead of picking by least work.
+	roundRobin bool
 	// picked counts this thread's picks since its last tick, which adds
 	// them to the shared count (estimates age by it).
 	picked int64
@@ -249,6 +252,9 @@ func (p *picker) choose(task Task, model string, cost int64, costKnown, freeOnly
 	}
 	if !costKnown {
 		cost = p.tab.CostOf(string(task), defaultCost(task))
+	}
+	if p.roundRobin {
+		return p.nextInTurn(v, cands, poolOf(task), model, task, cost, costKnown)
 	}
 	if freeOnly && v.Queued > 0 {
 		// Requests wait: this one waits its turn behind them (the
@@ -905,4 +911,46 @@ func setPickHeaders(c leastwork.Choice) error {
 		return proxywasm.ReplaceHttpRequestHeader(wire.HeaderPickRetry, c.Second)
 	}
 	return nil
+}
+
+// keyTurnPrefix names the shared round-robin positions, one per pool and
+// (listed) model.
+const keyTurnPrefix = "diffusion-router.pick.turn."
+
+// nextInTurn is strict round-robin: the next eligible worker in the view's
+// order after the one the last request of this kind went to, whichever
+// thread sent it (the position is shared data), and the one after it for
+// a retry.
+func (p *picker) nextInTurn(v *wire.PickView, cands []int, pool leastwork.Pool, model string, task Task, cost int64, costKnown bool) (leastwork.Choice, int64, pickStatus) {
+	key := keyTurnPrefix + strconv.Itoa(int(pool))
+	if model != "" && slices.Contains(v.Workers[cands[0]].Models, model) {
+		key += "/" + model // the model narrowed the list: a cycle of its own
+	}
+	if _, _, err := proxywasm.GetSharedData(key); errors.Is(err, types.ErrorStatusNotFound) {
+		_ = proxywasm.SetSharedData(key, nil, 0)
+	}
+	var turn uint64
+	if err := casBytes(key, func(raw []byte) ([]byte, bool) {
+		turn = 0
+		if len(raw) == 8 {
+			turn = binary.LittleEndian.Uint64(raw)
+		}
+		return binary.LittleEndian.AppendUint64(nil, turn+1), true
+	}); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: round-robin: %v", err)
+		return leastwork.Choice{}, 0, pickNone
+	}
+	n := uint64(len(cands))
+	c := leastwork.Choice{First: v.Workers[cands[turn%n]].Addr}
+	if n > 1 {
+		c.Second = v.Workers[cands[(turn+1)%n]].Addr
+	}
+	if !costKnown {
+		cost = p.readGlobal().CostOf(string(task), defaultCost(task))
+	}
+	if err := p.count(c.First, cost, math.MaxInt64); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: pick %s: %v", c.First, err)
+		return leastwork.Choice{}, 0, pickNone
+	}
+	return c, cost, pickMade
 }

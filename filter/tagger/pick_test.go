@@ -409,3 +409,36 @@ func TestLeastWorkVideoJobs(t *testing.T) {
 		})
 	}
 }
+
+// TestRoundRobinIsOneCycle: with pick_policy round-robin the filter names
+// the workers in turn, whatever the stream, and the next one for a retry.
+func TestRoundRobinIsOneCycle(t *testing.T) {
+	cfg := []byte(strings.Replace(string(pickConfig), `"pick":true`, `"pick":true,"pick_policy":"round-robin"`, 1))
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).
+				WithPluginConfiguration(cfg).WithProperty([]string{"node", "id"}, []byte("envoy-a")))
+			defer reset()
+			if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+				t.Fatalf("plugin start = %v", st)
+			}
+			syncOnce(t, host, wire.PickView{Generation: 1, Workers: []wire.PickWorker{
+				{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}, {Addr: "10.0.0.3:80", Video: true}}})
+			var got []string
+			for range 6 {
+				_, hs := imageRequest(t, host)
+				first, _ := header(hs, wire.HeaderPick)
+				retry, _ := header(hs, wire.HeaderPickRetry)
+				if retry == first || retry == "" {
+					t.Fatalf("pick %q, retry %q", first, retry)
+				}
+				got = append(got, first)
+			}
+			want := []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80"}
+			if !slices.Equal(got, want) {
+				t.Fatalf("picks %v, want %v", got, want)
+			}
+		})
+	}
+	eachRunnerWithConfig(t, []byte(strings.Replace(string(pickConfig), `"pick":true`, `"pick":true,"pick_policy":"fastest"`, 1)), types.OnPluginStartStatusFailed)
+}

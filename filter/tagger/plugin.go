@@ -94,6 +94,7 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	}
 	if cfg.Pick {
 		p.picker = newPicker(cfg.SyncCluster, []byte(cfg.Secret))
+		p.picker.roundRobin = cfg.PickPolicy == wire.PickRoundRobin
 		tick = wire.SyncInterval.Milliseconds()
 	}
 	if tick > 0 {

@@ -67,7 +67,7 @@ func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.Policy == PolicyLeastWork {
+	if o.FilterPicks() {
 		if subset, err = overrideHost(subset); err != nil {
 			return nil, err
 		}

@@ -97,6 +97,13 @@ type Options struct {
 	Filter *FilterOptions
 }
 
+// FilterPicks reports whether the Wasm filter names each generation's
+// worker: least-work always; round-robin when the filter runs (one cycle
+// over all of an Envoy's threads, where Envoy's own keeps one per thread).
+func (o Options) FilterPicks() bool {
+	return o.Policy == PolicyLeastWork || o.Policy == PolicyRoundRobin && o.Filter != nil
+}
+
 // FilterOptions configure the Wasm filter.
 type FilterOptions struct {
 	// Path is the .wasm file as the Envoy process sees it.

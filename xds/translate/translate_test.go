@@ -599,3 +599,50 @@ func TestRegistryClusterResolvesNames(t *testing.T) {
 		}
 	}
 }
+
+// TestFilterPicksRoundRobin: with the filter, round-robin is the filter's
+// pick (override_host) over Envoy's round-robin; without it, Envoy's own.
+// Least-request and random never go through the filter.
+func TestFilterPicksRoundRobin(t *testing.T) {
+	filter := &FilterOptions{Path: "/f.wasm", Config: "{}"}
+	for _, tc := range []struct {
+		policy Policy
+		filter *FilterOptions
+		picks  bool
+	}{
+		{PolicyRoundRobin, filter, true},
+		{PolicyRoundRobin, nil, false},
+		{PolicyLeastRequest, filter, false},
+		{PolicyRandom, filter, false},
+		{PolicyLeastWork, filter, true},
+	} {
+		o := testOptions()
+		o.Policy, o.Filter = tc.policy, tc.filter
+		if got := o.FilterPicks(); got != tc.picks {
+			t.Errorf("%s, filter %v: FilterPicks = %v", tc.policy, tc.filter != nil, got)
+		}
+		c, err := WorkersCluster(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outer := c.GetLoadBalancingPolicy().GetPolicies()[0].GetTypedExtensionConfig().GetName()
+		if (outer == "envoy.load_balancing_policies.override_host") != tc.picks {
+			t.Errorf("%s, filter %v: outer policy %q", tc.policy, tc.filter != nil, outer)
+		}
+	}
+}
+
+// TestRegistryBreakersFollowTheQueue: the registry cluster keeps Envoy's
+// default circuit breakers unless the queue needs a call open per waiting
+// request.
+func TestRegistryBreakersFollowTheQueue(t *testing.T) {
+	o := Options{RegistryAddress: "127.0.0.1", RegistryPort: 18080, ConnectTimeout: time.Second}
+	if c := RegistryCluster(o); c.GetCircuitBreakers() != nil {
+		t.Fatalf("breakers without the queue: %v", c.GetCircuitBreakers())
+	}
+	o.RegistryMaxRequests = 14096
+	th := RegistryCluster(o).GetCircuitBreakers().GetThresholds()
+	if len(th) != 1 || th[0].GetMaxRequests().GetValue() != 14096 || th[0].GetMaxPendingRequests().GetValue() != 14096 || th[0].GetMaxConnections().GetValue() != 14096 {
+		t.Fatalf("breakers with the queue: %v", th)
+	}
+}
