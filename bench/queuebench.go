@@ -287,6 +287,12 @@ func (l *queueLab) post(url, body string) error {
 	return nil
 }
 
+// finish records a burst's makespan and how its requests ended.
+func (r *QueueScenario) finish(start time.Time, as []answer) {
+	r.MakespanS = makespan(start, as)
+	tally(r, as)
+}
+
 // tally fills served, refused and lost from a burst's answers.
 func tally(r *QueueScenario, as []answer) {
 	for _, a := range as {
@@ -330,8 +336,7 @@ func slowWorker(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	as := <-done
 	close(stopDepth)
 	r.Depth = <-depth
-	r.MakespanS = makespan(start, as)
-	tally(&r, as)
+	r.finish(start, as)
 	return r, nil
 }
 
@@ -349,8 +354,7 @@ func priorityProbe(ctx context.Context, l *queueLab) (QueueScenario, error) {
 		r.Probe = append(r.Probe, a.end.Sub(a.start).Seconds())
 	}
 	as := <-done
-	r.MakespanS = makespan(start, as)
-	tally(&r, as)
+	r.finish(start, as)
 	return r, nil
 }
 
@@ -379,8 +383,7 @@ func secondTenant(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	slices.SortFunc(ends, func(a, b time.Time) int { return a.Compare(b) })
 	r.QuarterS = ends[len(ends)/4].Sub(start).Seconds()
 	r.ProbeLastS = last.Sub(start).Seconds()
-	r.MakespanS = makespan(start, as)
-	tally(&r, as)
+	r.finish(start, as)
 	return r, nil
 }
 
@@ -401,8 +404,7 @@ func disconnects(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	for _, w := range l.workers {
 		r.Abandoned += l.workerStats(w).Abandoned
 	}
-	r.MakespanS = makespan(start, as)
-	tally(&r, as)
+	r.finish(start, as)
 	return r, nil
 }
 
@@ -423,8 +425,7 @@ func drainUpdate(ctx context.Context, l *queueLab) (QueueScenario, error) {
 			r.WrongVersion++
 		}
 	}
-	r.MakespanS = makespan(start, as)
-	tally(&r, as)
+	r.finish(start, as)
 	return r, nil
 }
 
@@ -449,8 +450,7 @@ func maxQueued(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	as := <-l.burst(ctx, l.qc.Burst, nil)
 	close(stop)
 	r.MaxWaiting = int(maxSeen.Load())
-	r.MakespanS = makespan(start, as)
-	tally(&r, as)
+	r.finish(start, as)
 	return r, nil
 }
 

@@ -80,6 +80,10 @@ func (rc RoutingConfig) Validate() error {
 	return nil
 }
 
+// PolicyLeastWorkQueue is least-work with the router-owned queue (late
+// binding), as a policy of its own in the routing benchmark.
+const PolicyLeastWorkQueue = "least-work+queue"
+
 // RunRouting runs every cell: fleets x replicas x policies, the same
 // request sequence in each.
 func RunRouting(ctx context.Context, rc RoutingConfig) ([]RoutingRow, error) {
@@ -156,8 +160,11 @@ func routingCell(ctx context.Context, rc RoutingConfig, urls []string, fleet str
 	if err != nil {
 		return RoutingRow{}, err
 	}
-	r, err := StartRouter(rc.RouterBin, nil, append([]string{"--routing-algorithm", policy, "--state-dir", state,
-		"--xds-port", strconv.Itoa(xdsPort), "--worker-urls"}, urls...)...)
+	args := []string{"--routing-algorithm", policy, "--state-dir", state, "--xds-port", strconv.Itoa(xdsPort)}
+	if policy == PolicyLeastWorkQueue {
+		args = []string{"--routing-algorithm", "least-work", "--queue", "--state-dir", state, "--xds-port", strconv.Itoa(xdsPort)}
+	}
+	r, err := StartRouter(rc.RouterBin, nil, append(append(args, "--worker-urls"), urls...)...)
 	if err != nil {
 		return RoutingRow{}, err
 	}

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -289,8 +290,89 @@ func TestOfflineImagesKeepTheLayout(t *testing.T) {
 	}
 	p := loadProjectFiles(t, "../docker-compose.yaml", "compose.offline.yaml")
 	for name, s := range p.Services {
+		if slices.Equal(s.Profiles, []string{"observe"}) {
+			continue // third-party images (Prometheus, Grafana): pulled, not built
+		}
 		if s.Build == nil || !strings.HasPrefix(s.Build.Dockerfile, "deploy/offline/") {
 			t.Errorf("compose.offline.yaml leaves %s on %v", name, s.Build)
 		}
+	}
+}
+
+// TestObserveProfileIsConsistent: the observe profile's Prometheus scrapes
+// the control plane's API port and Envoy's admin port as the compose file
+// has them, and Grafana gets the Prometheus data source the dashboard
+// names and the dashboard where its provider looks; neither runs without
+// the profile, and Grafana is published on the host's loopback only.
+func TestObserveProfileIsConsistent(t *testing.T) {
+	p := loadProject(t)
+	cfg, err := router.Parse(service(t, p, "control-plane").Command, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted := func(s types.ServiceConfig, target string) string {
+		for _, v := range s.Volumes {
+			if v.Target == target {
+				return v.Source
+			}
+		}
+		t.Fatalf("%s mounts nothing at %s", s.Name, target)
+		return ""
+	}
+	prom, graf := service(t, p, "prometheus"), service(t, p, "grafana")
+	for _, s := range []types.ServiceConfig{prom, graf} {
+		if !slices.Equal(s.Profiles, []string{"observe"}) {
+			t.Errorf("%s is not in the observe profile only: %v", s.Name, s.Profiles)
+		}
+		if !regexp.MustCompile(`:v?\d+\.\d+\.\d+$`).MatchString(s.Image) {
+			t.Errorf("%s's image %q is not pinned to a version", s.Name, s.Image)
+		}
+	}
+	promCfg, err := os.ReadFile(mounted(prom, "/etc/prometheus/prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{fmt.Sprintf("control-plane:%d", cfg.APIPort), "envoy:9901"} {
+		if !strings.Contains(string(promCfg), `"`+target+`"`) {
+			t.Errorf("Prometheus does not scrape %s", target)
+		}
+	}
+	if g := published(t, graf, 3000); g.HostIP != "127.0.0.1" {
+		t.Errorf("Grafana is published on %q, want 127.0.0.1", g.HostIP)
+	}
+	prov := mounted(graf, "/etc/grafana/provisioning")
+	ds, err := os.ReadFile(filepath.Join(prov, "datasources", "prometheus.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dash, err := os.ReadFile(filepath.Join(prov, "dashboards", "diffusion-router.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := regexp.MustCompile(`path: (\S+)`).FindSubmatch(dash)
+	if dir == nil {
+		t.Fatal("the dashboard provider names no path")
+	}
+	var board struct {
+		Panels []struct {
+			Datasource struct {
+				UID string `json:"uid"`
+			} `json:"datasource"`
+		} `json:"panels"`
+	}
+	b, err := os.ReadFile(mounted(graf, string(dir[1])+"/diffusion-router.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &board); err != nil {
+		t.Fatalf("the dashboard is not JSON: %v", err)
+	}
+	for _, pl := range board.Panels {
+		if uid := pl.Datasource.UID; uid != "" && !strings.Contains(string(ds), "uid: "+uid+"\n") {
+			t.Errorf("a panel queries data source %q, which is not provisioned", uid)
+		}
+	}
+	if !strings.Contains(string(ds), "url: http://prometheus:9090") {
+		t.Error("Grafana's data source is not the prometheus service")
 	}
 }

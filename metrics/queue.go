@@ -26,8 +26,13 @@ func (c queueCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.q.Status()
+	zero := true // the default priority's series exists even when nothing waits
 	for _, b := range st.Priorities {
 		ch <- prometheus.MustNewConstMetric(queueWaitingDesc, prometheus.GaugeValue, float64(b.Waiting), strconv.Itoa(b.Priority))
+		zero = zero && b.Priority != 0
+	}
+	if zero {
+		ch <- prometheus.MustNewConstMetric(queueWaitingDesc, prometheus.GaugeValue, 0, "0")
 	}
 	ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, st.OldestWaitSeconds)
 	for outcome, n := range map[string]uint64{"granted": st.Granted, "refused": st.Refused, "cancelled": st.Cancelled, "timed_out": st.TimedOut} {

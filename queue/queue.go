@@ -457,11 +457,16 @@ func (q *Queue) Dispatch(f Fleet) int {
 	elig := map[eligibleKey][]int{}
 	granted := 0
 	var cands, sample []int
+	var all2 []int
 	for nfree > 0 {
 		// The first waiting request, in order, that a free worker can
-		// take: a request whose kind (or named model) no free worker
-		// serves waits while later ones go on.
+		// take and should: a request whose kind (or named model) no free
+		// worker serves waits while later ones go on, and so does one
+		// that a busy worker would finish clearly sooner than any free
+		// one (a long request waits for a fast worker rather than take a
+		// slow one that happens to be free).
 		var w *waiter
+		var choice leastwork.Choice
 		q.each(scanLimit, func(x *waiter) bool {
 			k := eligibleKey{x.Pool, x.Model}
 			all, ok := elig[k]
@@ -475,19 +480,26 @@ func (q *Queue) Dispatch(f Fleet) int {
 					cands = append(cands, i)
 				}
 			}
-			if len(cands) > 0 {
-				w = x
-				return false
+			if len(cands) == 0 {
+				return true
 			}
-			return true
+			q.rot++
+			sample = leastwork.Sample(sample, cands, &q.rnd)
+			c, ok := leastwork.Choose(&v, sample, &empty, max(x.Cost, 1), q.rot, now.UnixMicro())
+			if !ok {
+				return true
+			}
+			if len(all) > len(cands) {
+				all2 = leastwork.Sample(all2, all, &q.rnd)
+				if best, ok := leastwork.Choose(&v, all2, &empty, max(x.Cost, 1), q.rot, now.UnixMicro()); ok &&
+					best.First != c.First && best.Expected*(1+waitForBetter) < c.Expected && !isFree(v, free, all2, best.First) {
+					return true
+				}
+			}
+			w, choice = x, c
+			return false
 		})
 		if w == nil {
-			return granted
-		}
-		q.rot++
-		sample = leastwork.Sample(sample, cands, &q.rnd)
-		choice, ok := leastwork.Choose(&v, sample, &empty, max(w.Cost, 1), q.rot, now.UnixMicro())
-		if !ok {
 			return granted
 		}
 		q.unlink(w)
@@ -512,6 +524,21 @@ func (q *Queue) Dispatch(f Fleet) int {
 		granted++
 	}
 	return granted
+}
+
+// waitForBetter: a request waits for a busy worker only when that one would
+// finish it this much sooner than the best free one.
+const waitForBetter = 0.25
+
+// isFree reports whether the worker at addr, among the candidates, has a
+// free slot.
+func isFree(v wire.PickView, free []bool, cands []int, addr string) bool {
+	for _, i := range cands {
+		if v.Workers[i].Addr == addr {
+			return free[i]
+		}
+	}
+	return false
 }
 
 // eligibleKey names a candidate list.

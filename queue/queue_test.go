@@ -291,3 +291,36 @@ func BenchmarkGrant(b *testing.B) {
 		})
 	}
 }
+
+// TestLongRequestWaitsForAFastWorker: a long request that a busy fast
+// worker would finish far sooner than the free slow one waits for it,
+// while a short request behind it takes the slow worker.
+func TestLongRequestWaitsForAFastWorker(t *testing.T) {
+	q := New(Options{})
+	long := req("long", 0, "t")
+	long.Cost = 100
+	short := req("short", 0, "t")
+	short.Cost = 1
+	out := waitAll(t, q, long, short)
+	f := fleet(1, 0)
+	f.View.Workers[0].MsPerCost, f.View.Workers[0].RemoteWork = 1, 10 // fast, busy
+	f.View.Workers[1].MsPerCost = 10                                    // slow, free
+	if n := q.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d, want 1", n)
+	}
+	if o := <-out; o.key != "short" || o.grant.Worker != "10.0.0.2:80" {
+		t.Fatalf("granted %+v, want the short request on the slow worker", o)
+	}
+	if st := q.Status(); st.Waiting != 1 {
+		t.Fatalf("%d waiting, want the long request", st.Waiting)
+	}
+	// The fast worker frees: the long request goes there.
+	f.View.Workers[0].RemoteRequests, f.View.Workers[0].RemoteWork = 0, 0
+	f.View.Workers[1].RemoteRequests = 1
+	if n := q.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d once the fast worker is free, want 1", n)
+	}
+	if o := <-out; o.key != "long" || o.grant.Worker != "10.0.0.1:80" {
+		t.Fatalf("granted %+v, want the long request on the fast worker", o)
+	}
+}

@@ -94,6 +94,7 @@ func (r *router) build(ctx context.Context) error {
 		r.buildFilterSide,
 		r.publishFirst,
 		r.buildFleet,
+		r.buildWorkerMetrics,
 		r.buildAPI,
 	}
 	for _, step := range steps {
@@ -230,6 +231,30 @@ func (r *router) buildFleet(ctx context.Context) error {
 		// Each worker's update, and in drain mode its drain, is bounded.
 		WeightUpdateTimeout: c.WeightUpdateTimeout,
 	}, r.log.WithField("component", "fleet"))
+	return nil
+}
+
+// buildWorkerMetrics exports each worker's state, weights, requests and,
+// with least-work, what the filters count and learned.
+func (r *router) buildWorkerMetrics(context.Context) error {
+	r.metrics.Workers(func() []metrics.WorkerSample {
+		snap := r.reg.Snapshot()
+		loads := r.fleet.Loads()
+		var hosts map[string]loadboard.HostLoad
+		if r.board != nil {
+			hosts = r.board.Hosts()
+		}
+		out := make([]metrics.WorkerSample, 0, len(snap.Workers))
+		for _, w := range snap.Workers {
+			s := metrics.WorkerSample{Worker: w.Key(), State: string(w.State), WeightVersion: w.WeightVersion,
+				Requests: loads[w.Key()].Requests, Picked: hosts != nil}
+			if h, ok := hosts[loadboard.Addr(w)]; ok {
+				s.OutstandingWork, s.OutstandingReqs, s.MsPerCost = h.Work, h.Requests, h.MsPerCost
+			}
+			out = append(out, s)
+		}
+		return out
+	})
 	return nil
 }
 
