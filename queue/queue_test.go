@@ -304,7 +304,7 @@ func TestLongRequestWaitsForAFastWorker(t *testing.T) {
 	out := waitAll(t, q, long, short)
 	f := fleet(1, 0)
 	f.View.Workers[0].MsPerCost, f.View.Workers[0].RemoteWork = 1, 10 // fast, busy
-	f.View.Workers[1].MsPerCost = 10                                    // slow, free
+	f.View.Workers[1].MsPerCost = 10                                  // slow, free
 	if n := q.Dispatch(f); n != 1 {
 		t.Fatalf("granted %d, want 1", n)
 	}
