@@ -81,8 +81,10 @@ type Options struct {
 	// waiting always are).
 	MaxTenants int
 	Now        func() time.Time
-	// Waited, if set, is told each grant's priority and wait (metrics).
-	Waited func(priority int, waited time.Duration)
+	// Granted, if set, is told of each grant: the request, its worker
+	// and how long it waited (metrics, logs). It runs under the queue's
+	// lock: it must not call the queue.
+	Granted func(r Request, worker string, waited time.Duration)
 }
 
 // Defaults.
@@ -504,8 +506,8 @@ func (q *Queue) Dispatch(f Fleet) int {
 		}
 		q.unlink(w)
 		q.stats.Granted++
-		if q.opts.Waited != nil {
-			q.opts.Waited(w.Priority, now.Sub(w.at))
+		if q.opts.Granted != nil {
+			q.opts.Granted(w.Request, choice.First, now.Sub(w.at))
 		}
 		w.done <- result{grant: Grant{Worker: choice.First, Second: choice.Second}}
 		q.grants = append(q.grants, grant{node: w.Node, addr: choice.First, cost: w.Cost, at: now})

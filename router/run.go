@@ -202,7 +202,7 @@ func (r *router) buildFilterSide(context.Context) error {
 	}
 	if q := r.c.Queue; q.On {
 		r.queue = queue.New(queue.Options{MaxQueued: q.MaxQueued, MaxPerTenant: q.MaxPerTenant, Timeout: q.Timeout,
-			Weights: q.Weights, Waited: r.metrics.QueueWaited})
+			Weights: q.Weights, Granted: r.queueGranted(r.log.WithField("component", "queue"))})
 		r.metrics.Queue(r.queue)
 	}
 	return nil
@@ -415,4 +415,16 @@ const queueTick = 20 * time.Millisecond
 // ejected) with every Envoy's work on them.
 func (r *router) queueFleet() queue.Fleet {
 	return queue.Fleet{View: r.board.FleetView(r.reg.Snapshot(), r.fleet.OutByEnvoy()), DefaultSlots: r.c.Queue.Slots, ReportedAt: r.board.ReportedAt}
+}
+
+// queueGranted records a grant: the wait in the metrics by priority, and a
+// debug line with the tenant, priority, worker and wait.
+func (r *router) queueGranted(log *logrus.Entry) func(queue.Request, string, time.Duration) {
+	return func(q queue.Request, worker string, waited time.Duration) {
+		r.metrics.QueueWaited(q.Priority, waited)
+		if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			log.WithFields(logrus.Fields{"tenant": q.Tenant, "priority": q.Priority, "worker": worker,
+				"waited_ms": waited.Milliseconds(), "envoy": q.Node}).Debug("queued request granted a worker")
+		}
+	}
 }
