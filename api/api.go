@@ -62,6 +62,8 @@ type Server struct {
 	// DefaultSlots is how many requests a worker runs at once under the
 	// queue, unless it has its own number (add_worker's "slots").
 	DefaultSlots int
+	// HoldWhileAsleep: requests wait in the queue while workers sleep.
+	HoldWhileAsleep bool
 }
 
 // apiError is an error with the status it answers.

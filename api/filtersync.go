@@ -41,7 +41,8 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		// and how many requests each worker takes.
 		s.Queue.Kick()
 		view.Queued = s.Queue.Waiting()
-		view.Paused = snap.Count().ByState[registry.StateUpdating] > 0
+		counts := snap.Count()
+		view.Paused = counts.ByState[registry.StateUpdating] > 0 || s.HoldWhileAsleep && counts.Asleep > 0
 		for i := range view.Workers {
 			if view.Workers[i].Slots == 0 {
 				view.Workers[i].Slots = s.DefaultSlots

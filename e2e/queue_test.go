@@ -377,3 +377,41 @@ func TestQueueTwoEnvoysShareOneQueue(t *testing.T) {
 		t.Fatalf("queue after the run: %v", q)
 	}
 }
+
+// TestQueueWhileAsleep: with --queue-while-asleep a request sent while the
+// fleet's memory is released waits in the queue and is served once the
+// fleet resumes, instead of an immediate 503.
+func TestQueueWhileAsleep(t *testing.T) {
+	t.Parallel()
+	_, urls := startFleet(t, 1, "--time-scale", "1", "--base", "50ms", "--per-step", "0", "--jitter", "0")
+	r := startQueueRouter(t, urls, "--queue-while-asleep")
+	if res := postJSON(t, r.Front+"/release_memory_occupation", map[string]any{}); res.Status != http.StatusOK {
+		t.Fatalf("release: %d %s", res.Status, res.Body)
+	}
+	// The filters learn the fleet sleeps with their next view.
+	eventually(t, 10*time.Second, "a request to wait for the fleet to wake", func() bool {
+		done := make(chan queueResult, 1)
+		go func() { done <- sendImage(context.Background(), r.Front, nil) }()
+		for {
+			select {
+			case res := <-done:
+				if res.status != http.StatusServiceUnavailable {
+					t.Fatalf("while asleep, before the views knew: %d %s", res.status, res.body)
+				}
+				return false // answered 503 before the views said the fleet sleeps
+			case <-time.After(20 * time.Millisecond):
+				if num(queueStatus(t, r.API)["waiting"]) == 1 {
+					go func() {
+						if res := postJSON(t, r.Front+"/resume_memory_occupation", map[string]any{}); res.Status != http.StatusOK {
+							t.Errorf("resume: %d %s", res.Status, res.Body)
+						}
+					}()
+					if res := <-done; res.err != nil || res.status != http.StatusOK {
+						t.Fatalf("the request that waited for the fleet to wake: %d %v %s", res.status, res.err, res.body)
+					}
+					return true
+				}
+			}
+		}
+	})
+}

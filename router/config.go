@@ -112,6 +112,9 @@ type QueueConfig struct {
 	// ClientPriority is "honour" or "ignore"; MaxClientPriority caps it.
 	ClientPriority    string
 	MaxClientPriority int
+	// HoldWhileAsleep keeps requests in the queue while the fleet's
+	// memory is released, instead of answering 503.
+	HoldWhileAsleep bool
 }
 
 // seconds is a flag.Value of (fractional) seconds, as the Python CLIs take.
@@ -220,6 +223,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	weights := fs.String("tenant-weights", "", "with --queue: tenants' shares of the fleet, as tenant=weight,... (default 1 each)")
 	fs.StringVar(&c.Queue.ClientPriority, "client-priority", "honour", "with --queue: honour or ignore the client's "+wire.HeaderPriority+" header")
 	fs.IntVar(&c.Queue.MaxClientPriority, "max-client-priority", wire.MaxPriority, "with --queue: the highest priority a client may ask for")
+	fs.BoolVar(&c.Queue.HoldWhileAsleep, "queue-while-asleep", false, "with --queue: requests wait in the queue while the fleet's memory is released (default: 503 at once)")
 
 	// Accept "--worker-urls A B C": fold the values into one argument.
 	folded, err := foldMultiValue(args, "worker-urls")

@@ -71,6 +71,7 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 	if c.Queue.On {
 		// Every waiting request holds one call to the control plane open.
 		opts.RegistryMaxRequests = uint32(c.Queue.MaxQueued) + 4096
+		opts.HoldWhileAsleep = c.Queue.HoldWhileAsleep
 	}
 	if !c.ExternalEnvoy || c.WasmFilter != "" {
 		// With external Envoys the filter path must be given: it is a path

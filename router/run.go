@@ -263,7 +263,7 @@ func (r *router) buildAPI(context.Context) error {
 	r.api = &http.Server{
 		Handler: &api.Server{Fleet: r.fleet, Log: r.log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
 			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: r.metrics.Handler(), AdminToken: c.AdminToken,
-			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, DefaultSlots: r.c.Queue.Slots},
+			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, DefaultSlots: r.c.Queue.Slots, HoldWhileAsleep: c.Queue.HoldWhileAsleep},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	return nil

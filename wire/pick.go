@@ -58,9 +58,10 @@ type PickView struct {
 	// any wait, a filter sends every new request there too, so none
 	// passes them.
 	Queued int `json:"queued,omitempty"`
-	// Paused: some workers are out of rotation for a weight update and
-	// will be back; a request none of the listed workers can take waits
-	// in the router-owned queue for them instead of failing.
+	// Paused: some workers are out of rotation for a weight update (or
+	// asleep, with --queue-while-asleep) and will be back; a request none
+	// of the listed workers can take waits in the router-owned queue for
+	// them instead of failing.
 	Paused bool `json:"paused,omitempty"`
 }
 

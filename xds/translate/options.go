@@ -87,6 +87,11 @@ type Options struct {
 	// requests: with the router-owned queue every waiting request holds a
 	// call open there.
 	RegistryMaxRequests uint32
+	// HoldWhileAsleep routes generations as usual while the fleet sleeps
+	// (the router-owned queue holds them until it wakes) instead of
+	// answering 503 at once. A stream takes the route table it started
+	// under, so the 503 route would outlast the wake for a held request.
+	HoldWhileAsleep bool
 
 	// StrictModels answers 404 to a request naming a model no worker
 	// lists; by default it goes to a worker of its task type, as a

@@ -66,7 +66,7 @@ func (p pool) routes(o Options, m func() *routev3.RouteMatch, rewrite string) []
 		return []*routev3.Route{{Match: m(), Action: directResponse(p.noneStatus, p.noneMsg)}}
 	case p.quarantined == p.workers:
 		return []*routev3.Route{{Match: m(), Action: directResponse(503, p.quarantinedMsg)}}
-	case p.routable == 0 && p.asleep > 0:
+	case p.routable == 0 && p.asleep > 0 && !o.HoldWhileAsleep:
 		return []*routev3.Route{{Match: m(), Action: directResponse(503, MsgFleetAsleep)}}
 	}
 	return withRewrite(modelRoutes(o, m, p.models, p.subsetKey), rewrite)

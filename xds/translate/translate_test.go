@@ -646,3 +646,27 @@ func TestRegistryBreakersFollowTheQueue(t *testing.T) {
 		t.Fatalf("breakers with the queue: %v", th)
 	}
 }
+
+// TestAsleepFleetHeldByTheQueue: a sleeping fleet answers generations 503
+// at once, unless the queue holds them (HoldWhileAsleep): then they route
+// as usual, so a held request does not keep a 503 route past the wake.
+func TestAsleepFleetHeldByTheQueue(t *testing.T) {
+	asleep := Fleet{Workers: 1, Asleep: 1}
+	direct503 := func(o Options) int {
+		n := 0
+		for _, r := range FrontRoutes(o, asleep).GetVirtualHosts()[0].GetRoutes() {
+			if r.GetDirectResponse().GetStatus() == 503 && strings.Contains(r.GetDirectResponse().GetBody().GetInlineString(), "asleep") {
+				n++
+			}
+		}
+		return n
+	}
+	o := testOptions()
+	if direct503(o) == 0 {
+		t.Fatal("a sleeping fleet's generations are not answered 503")
+	}
+	o.HoldWhileAsleep = true
+	if n := direct503(o); n != 0 {
+		t.Fatalf("%d routes answer 503 while the queue holds requests for the sleeping fleet", n)
+	}
+}
