@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -14,12 +15,19 @@ import (
 // load (150 requests at concurrency 8), one killed early, three runs per
 // policy.
 func TestWorkerKilledUnderLoadCostsNothing(t *testing.T) {
-	for _, policy := range []string{"least-request", "round-robin", "random"} {
+	for _, policy := range []string{"least-request", "round-robin", "random", "least-work", "least-work+queue"} {
 		t.Run(policy, func(t *testing.T) {
 			t.Parallel()
-			for run := range 3 {
+			args, runs := []string{"--routing-algorithm", policy}, 3
+			if strings.HasPrefix(policy, "least-work") {
+				runs = 2 // the filter's picks, with and without the queue: two kills each keep the suite short
+			}
+			if p, ok := strings.CutSuffix(policy, "+queue"); ok {
+				args = []string{"--routing-algorithm", p, "--queue"}
+			}
+			for run := range runs {
 				workers, urls := startFleet(t, 3, "--time-scale", "0.05")
-				r := startRouter(t, append([]string{"--routing-algorithm", policy, "--worker-urls"}, urls...)...)
+				r := startRouter(t, append(append(args, "--worker-urls"), urls...)...)
 				eventually(t, 20*time.Second, "all workers healthy", func() bool {
 					return get(t, r.Front+"/health").JSON(t)["healthy_workers"] == 3.0
 				})
