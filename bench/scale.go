@@ -171,19 +171,25 @@ func ChildPID(parent int, comm string) int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < open {
-			continue
-		}
-		f := strings.Fields(s[end+1:])
-		if len(f) > 1 && f[1] == strconv.Itoa(parent) && s[open+1:end] == comm {
+		name, f, ok := procStat(pid)
+		if ok && len(f) > 1 && f[1] == strconv.Itoa(parent) && name == comm {
 			return pid
 		}
 	}
 	return 0
+}
+
+// procStat reads /proc/<pid>/stat: the command name, and the fields after
+// it (f[0] is the state, the third field of stat).
+func procStat(pid int) (comm string, fields []string, ok bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return "", nil, false
+	}
+	s := string(b)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return "", nil, false
+	}
+	return s[open+1 : end], strings.Fields(s[end+1:]), true
 }

@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"slices"
@@ -190,44 +191,69 @@ func (b *Board) SyncSigned(r wire.LoadReport, signedAt int64, snap registry.Snap
 
 // syncChecked is Sync for a report Check accepted.
 func (b *Board) syncChecked(r wire.LoadReport, snap registry.Snapshot, out func(key string) bool) (wire.PickView, error) {
-	running, known := snap, true
-	if b.applied != nil {
-		running, known = b.applied.get()
-	}
+	running, known := b.running(snap)
 	now := b.now()
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.expire(now)
 	if _, known := b.reports[r.Node]; !known && len(b.reports) >= MaxNodes {
-		b.mu.Unlock()
 		return wire.PickView{}, fmt.Errorf("more than %d Envoys report load", MaxNodes)
 	}
 	b.reports[r.Node] = entry{at: now, report: r}
 	b.learn(r.Completions, snap, now)
 	finished := b.relayEnded(r, now)
-	remote := map[string][2]int64{}
-	counted := map[string]int64{} // requests every Envoy counts
-	for node, e := range b.reports {
-		for _, h := range e.report.Hosts {
-			counted[h.Addr] += h.Requests
-			if node == r.Node {
-				continue
-			}
-			rw := remote[h.Addr]
-			remote[h.Addr] = [2]int64{rw[0] + h.Work, rw[1] + h.Requests}
+	all := b.workByHost()
+	b.notePeaks(all, now)
+	// The view gives each worker the work the other Envoys have on it.
+	remote := all
+	if len(r.Hosts) > 0 {
+		remote = maps.Clone(all)
+		for _, h := range r.Hosts {
+			c := remote[h.Addr]
+			remote[h.Addr] = [2]int64{c[0] - h.Work, c[1] - h.Requests}
 		}
 	}
+	v := b.view(snap, running, known, out, remote, now)
+	v.Finished = finished
+	return v, nil
+}
+
+// running is the registry as the Envoys run it, and whether that is known
+// (see applied); without xDS, snap itself.
+func (b *Board) running(snap registry.Snapshot) (registry.Snapshot, bool) {
+	if b.applied == nil {
+		return snap, true
+	}
+	return b.applied.get()
+}
+
+// workByHost sums the live reports' [work, requests] by worker; b.mu is
+// held.
+func (b *Board) workByHost() map[string][2]int64 {
+	out := map[string][2]int64{}
+	for _, e := range b.reports {
+		for _, h := range e.report.Hosts {
+			c := out[h.Addr]
+			out[h.Addr] = [2]int64{c[0] + h.Work, c[1] + h.Requests}
+		}
+	}
+	return out
+}
+
+// view lists the workers of snap a request may go to (active, awake, not
+// out by Envoy's word, and run so by every Envoy), each with the work
+// given for it; b.mu is held.
+func (b *Board) view(snap, running registry.Snapshot, known bool, out func(key string) bool, work map[string][2]int64, now time.Time) wire.PickView {
 	typical := b.speeds.Typical()
-	b.notePeaks(counted, now)
 	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base,
-		Ejection: b.ejection, Finished: finished}
+		Ejection: b.ejection}
 	for _, w := range snap.Workers {
 		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
 			continue
 		}
-		v.Workers = append(v.Workers, b.viewWorker(w, remote[Addr(w)], now, typical))
+		v.Workers = append(v.Workers, b.viewWorker(w, work[Addr(w)], now, typical))
 	}
-	b.mu.Unlock()
-	return v, nil
+	return v
 }
 
 // viewWorker is a worker as a view lists it, with work [work, requests]
@@ -257,30 +283,12 @@ func (b *Board) viewWorker(w registry.Worker, work [2]int64, now time.Time, typi
 // every worker a request may go to now (as in a filter's view), with the
 // work and requests every live Envoy counts on it.
 func (b *Board) FleetView(snap registry.Snapshot, out func(key string) bool) wire.PickView {
-	running, known := snap, true
-	if b.applied != nil {
-		running, known = b.applied.get()
-	}
+	running, known := b.running(snap)
 	now := b.now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.expire(now)
-	counted := map[string][2]int64{}
-	for _, e := range b.reports {
-		for _, h := range e.report.Hosts {
-			c := counted[h.Addr]
-			counted[h.Addr] = [2]int64{c[0] + h.Work, c[1] + h.Requests}
-		}
-	}
-	typical := b.speeds.Typical()
-	v := wire.PickView{Generation: snap.Generation, Envoys: len(b.reports), Base: b.speeds.Fit.Base, Ejection: b.ejection}
-	for _, w := range snap.Workers {
-		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
-			continue
-		}
-		v.Workers = append(v.Workers, b.viewWorker(w, counted[Addr(w)], now, typical))
-	}
-	return v
+	return b.view(snap, running, known, out, b.workByHost(), now)
 }
 
 // ReportedAt is when an Envoy's latest load report arrived (zero: none

@@ -90,9 +90,10 @@ type peak struct {
 }
 
 // notePeaks records the requests the Envoys count now; b.mu is held.
-func (b *Board) notePeaks(counted map[string]int64, now time.Time) {
+func (b *Board) notePeaks(counted map[string][2]int64, now time.Time) {
 	sec := now.Unix()
-	for a, n := range counted {
+	for a, c := range counted {
+		n := c[1]
 		p := b.peaks[a]
 		if p.sec != sec {
 			p.prev = 0

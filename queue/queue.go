@@ -208,25 +208,20 @@ func New(o Options) *Queue {
 		kick: make(chan struct{}, 1)}
 }
 
-// Kicked is signalled whenever the queue may have work to grant: a
-// request arrived or left. The owner then calls Dispatch.
-func (q *Queue) Kicked() <-chan struct{} { return q.kick }
-
-// Kick tells the owner to dispatch: the fleet changed (a report).
-func (q *Queue) Kick() { q.poke() }
+// Kick wakes Run to dispatch: the queue or the fleet changed (a request
+// arrived, an Envoy reported).
+func (q *Queue) Kick() {
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
 
 // Waiting counts the requests waiting.
 func (q *Queue) Waiting() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.waiting
-}
-
-func (q *Queue) poke() {
-	select {
-	case q.kick <- struct{}{}:
-	default:
-	}
 }
 
 // Wait queues r and blocks until it is granted a worker, its wait passes
@@ -238,7 +233,7 @@ func (q *Queue) Wait(ctx context.Context, r Request) (Grant, error) {
 	if err != nil {
 		return Grant{}, err
 	}
-	q.poke()
+	q.Kick()
 	var timeout <-chan time.Time
 	if q.opts.Timeout > 0 {
 		t := time.NewTimer(q.opts.Timeout)

@@ -93,11 +93,4 @@ func (c *httpContext) callBook(cluster, path string, body []byte, then func([]by
 	return true
 }
 
-func httpStatus(headers [][2]string) string {
-	for _, h := range headers {
-		if h[0] == ":status" {
-			return h[1]
-		}
-	}
-	return ""
-}
+func httpStatus(headers [][2]string) string { return headerValue(headers, ":status") }

@@ -309,7 +309,7 @@ var errSlotTaken = errors.New("slot taken")
 // Envoy already counts limit requests there (errSlotTaken).
 func (p *picker) count(addr string, cost, limit int64) error {
 	taken := false
-	err := p.updateHost(addr, func(h *leastwork.Host, _ *leastwork.Global) bool {
+	err := p.updateHost(addr, func(h *leastwork.Host) bool {
 		if taken = max(h.Requests, 0) >= limit; taken {
 			return false
 		}
@@ -364,7 +364,11 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 		return
 	}
 	var ms, mpc float64
-	err := p.updateHost(s.addr, func(h *leastwork.Host, g *leastwork.Global) bool {
+	var g *leastwork.Global
+	if served {
+		g = p.readGlobal() // a success teaches the speed, with the shared base
+	}
+	err := p.updateHost(s.addr, func(h *leastwork.Host) bool {
 		if ms = h.End(s.cost, s.at, at, served); ms > 0 {
 			g.Learn(h, s.cost, ms)
 		}
@@ -417,12 +421,12 @@ func (p *picker) move(s *sent, addr string) {
 	if s == nil || s.released || addr == s.addr {
 		return
 	}
-	if err := p.updateHost(addr, func(h *leastwork.Host, _ *leastwork.Global) bool { h.Add(s.cost); return true }); err != nil {
+	if err := p.updateHost(addr, func(h *leastwork.Host) bool { h.Add(s.cost); return true }); err != nil {
 		// s stays on the picked worker, where its release finds it.
 		proxywasm.LogWarnf("diffusion-tagger: move to %s: %v", addr, err)
 		return
 	}
-	if err := p.updateHost(s.addr, func(h *leastwork.Host, _ *leastwork.Global) bool { h.Take(s.cost); return true }); err != nil {
+	if err := p.updateHost(s.addr, func(h *leastwork.Host) bool { h.Take(s.cost); return true }); err != nil {
 		proxywasm.LogWarnf("diffusion-tagger: move from %s: %v", s.addr, err)
 	}
 	s.addr = addr
@@ -431,7 +435,7 @@ func (p *picker) move(s *sent, addr string) {
 // accepted notes that the worker took a job (a run of failures ends)
 // without releasing the request's cost, and learns the cost of its kind.
 func (p *picker) accepted(task Task, s *sent) {
-	if err := p.updateHost(s.addr, func(h *leastwork.Host, _ *leastwork.Global) bool { return h.Answered() }); err != nil {
+	if err := p.updateHost(s.addr, func(h *leastwork.Host) bool { return h.Answered() }); err != nil {
 		proxywasm.LogWarnf("diffusion-tagger: note answer: %v", err)
 	}
 	if s.costKnown {
@@ -483,7 +487,8 @@ func (p *picker) endJob(id string, relay bool, gpuMS float64) {
 	if found {
 		p.releaseJobs([]leastwork.Job{job})
 		if gpuMS > 0 && !math.IsInf(gpuMS, 0) {
-			if err := p.updateHost(job.Addr, func(h *leastwork.Host, g *leastwork.Global) bool { return g.Teach(h, job.Cost, gpuMS) }); err == nil {
+			g := p.readGlobal()
+			if err := p.updateHost(job.Addr, func(h *leastwork.Host) bool { return g.Teach(h, job.Cost, gpuMS) }); err == nil {
 				now := nowMicro()
 				p.done = leastwork.AppendCompletion(p.done, wire.Completion{Addr: job.Addr, Cost: job.Cost,
 					Sent: now - int64(gpuMS*1000), Done: now, GPU: true})
@@ -567,7 +572,7 @@ func (p *picker) releaseJobs(jobs []leastwork.Job) {
 		return
 	}
 	for _, j := range jobs {
-		if err := p.updateHost(j.Addr, func(h *leastwork.Host, _ *leastwork.Global) bool { h.End(j.Cost, 0, 0, false); return true }); err != nil {
+		if err := p.updateHost(j.Addr, func(h *leastwork.Host) bool { h.End(j.Cost, 0, 0, false); return true }); err != nil {
 			proxywasm.LogWarnf("diffusion-tagger: release video job on %s: %v", j.Addr, err)
 		}
 	}
@@ -670,18 +675,7 @@ func (p *picker) sync() {
 	if v := p.currentView(now); v != nil {
 		rep.Generation = v.Generation
 	}
-	// The report lists the workers with work counted here: an idle one
-	// adds nothing to the other Envoys' views, and a large fleet at a
-	// modest load has few busy workers, so the report stays small.
-	rep.Hosts = []wire.HostReport{}
-	for _, a := range p.hostList() {
-		h := p.readHost(a)
-		if h.Work > 0 || h.Requests > 0 {
-			rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0),
-				MsPerCost: h.MsPerCost, Samples: h.Samples})
-		}
-		p.setGauges(h)
-	}
+	rep.Hosts = p.busyHosts(p.setGauges)
 	body, err := json.Marshal(rep)
 	if err != nil {
 		return
@@ -690,6 +684,29 @@ func (p *picker) sync() {
 	if _, err := proxywasm.DispatchHttpCall(p.cluster, headers, body, nil, uint32(syncTimeout.Milliseconds()), p.onView); err != nil {
 		p.syncFailed("dispatch: " + err.Error())
 	}
+}
+
+// busyHosts is the load part of a report: the workers with work counted
+// here (an idle one adds nothing to the other Envoys' views, and a large
+// fleet at a modest load has few busy workers, so the report stays
+// small). each, if set, sees every worker's record.
+func (p *picker) busyHosts(each func(leastwork.Host)) []wire.HostReport {
+	out := []wire.HostReport{}
+	for _, a := range p.hostList() {
+		h := p.readHost(a)
+		if h.Work > 0 || h.Requests > 0 {
+			out = append(out, hostReport(h))
+		}
+		if each != nil {
+			each(h)
+		}
+	}
+	return out
+}
+
+// hostReport is a worker's record as a report (or a queue call) says it.
+func hostReport(h leastwork.Host) wire.HostReport {
+	return wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0), MsPerCost: h.MsPerCost, Samples: h.Samples}
 }
 
 // signedHeaders are the headers of a call to the control plane's path,
@@ -738,12 +755,7 @@ func (p *picker) reportNow(now int64) {
 	if v == nil || v.Queued == 0 {
 		return
 	}
-	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: []wire.HostReport{}}
-	for _, a := range p.hostList() {
-		if h := p.readHost(a); h.Work > 0 || h.Requests > 0 {
-			rep.Hosts = append(rep.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0)})
-		}
-	}
+	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: p.busyHosts(nil)}
 	body, err := json.Marshal(rep)
 	if err != nil {
 		return
@@ -762,8 +774,7 @@ func (p *picker) reportNow(now int64) {
 // thread: its node id (when the VM can read it) and a random suffix the
 // first syncing thread draws, so two Envoys never share a name (their
 // reports would overwrite each other and each would take the other's work
-// for its own). Only the lease holder calls it, and the key exists (cas
-// not 0) by then, so the compare-and-swap is real.
+// for its own). newPicker made the key, so the compare-and-swap is real.
 func (p *picker) envoyID() string {
 	var id string
 	err := casBytes(keyNode, func(raw []byte) ([]byte, bool) {

@@ -70,7 +70,7 @@ func (c *httpContext) enqueue(cost int64, known bool) bool {
 	// records choose read): the queue must not grant a slot taken here
 	// since the last report.
 	for _, h := range pk.tab.Hosts {
-		qr.Hosts = append(qr.Hosts, wire.HostReport{Addr: h.Addr, Work: max(h.Work, 0), Requests: max(h.Requests, 0)})
+		qr.Hosts = append(qr.Hosts, hostReport(h))
 	}
 	body, err := json.Marshal(qr)
 	if err != nil {

@@ -68,11 +68,10 @@ func (p *picker) readGlobal() *leastwork.Global {
 	return &p.global
 }
 
-// updateHost applies f to a worker's record by compare-and-swap; g is the
-// shared part as read before (f may read it, not change it). f runs again
-// on a fresh read when another thread wrote meanwhile.
-func (p *picker) updateHost(addr string, f func(h *leastwork.Host, g *leastwork.Global) bool) error {
-	g := p.readGlobal()
+// updateHost applies f to a worker's record by compare-and-swap. f runs
+// again on a fresh read when another thread wrote meanwhile. (A change that
+// reads the shared part reads it first: readGlobal.)
+func (p *picker) updateHost(addr string, f func(h *leastwork.Host) bool) error {
 	key := p.hostKey(addr)
 	for range casTries {
 		raw, cas, err := proxywasm.GetSharedData(key)
@@ -83,7 +82,7 @@ func (p *picker) updateHost(addr string, f func(h *leastwork.Host, g *leastwork.
 			return err
 		}
 		h, _ := leastwork.DecodeHost(raw, addr) // unreadable: starts over
-		if !f(&h, g) {
+		if !f(&h) {
 			return nil
 		}
 		p.buf = leastwork.AppendHost(p.buf[:0], h)
@@ -181,7 +180,7 @@ func (p *picker) forgetHosts(keep map[string]bool) {
 			continue
 		}
 		emptied := false
-		_ = p.updateHost(a, func(h *leastwork.Host, _ *leastwork.Global) bool {
+		_ = p.updateHost(a, func(h *leastwork.Host) bool {
 			emptied = h.Work == 0 && h.Requests == 0
 			if !emptied {
 				return false
