@@ -28,13 +28,17 @@ type QueueConfig struct {
 	Workers   int
 	Burst     int
 	Service   time.Duration
+	// Scenarios, if set, runs only these (by name).
+	Scenarios []string
 	Log       io.Writer
 }
 
 // QueueScenario is one scenario's numbers for one binding.
 type QueueScenario struct {
 	Scenario string `json:"scenario"`
-	Binding  string `json:"binding"` // "early" or "late"
+	// Binding: "early" (at arrival), "late" (--queue) or "late-at-free"
+	// (--queue without granting ahead: only once a slot is free).
+	Binding string `json:"binding"`
 	// MakespanS: from the burst's first send to its last answer.
 	MakespanS float64 `json:"makespan_s,omitempty"`
 	// Probe are the latencies (s) of the scenario's own requests (the
@@ -73,17 +77,23 @@ type DepthSample struct {
 // RunQueue runs every scenario with both bindings.
 func RunQueue(ctx context.Context, qc QueueConfig) ([]QueueScenario, error) {
 	var out []QueueScenario
+	both := []string{"early", "late"}
 	for _, sc := range []struct {
-		name string
-		run  func(context.Context, *queueLab) (QueueScenario, error)
+		name     string
+		run      func(context.Context, *queueLab) (QueueScenario, error)
+		bindings []string
 	}{
-		{"slow-worker", slowWorker},
-		{"priority", priorityProbe},
-		{"second-tenant", secondTenant},
-		{"disconnects", disconnects},
-		{"drain-update", drainUpdate},
+		{"plain", plainBurst, []string{"early", "late", "late-at-free"}},
+		{"slow-worker", slowWorker, both},
+		{"priority", priorityProbe, both},
+		{"second-tenant", secondTenant, both},
+		{"disconnects", disconnects, both},
+		{"drain-update", drainUpdate, both},
 	} {
-		for _, binding := range []string{"early", "late"} {
+		if !qc.runs(sc.name) {
+			continue
+		}
+		for _, binding := range sc.bindings {
 			lab, err := newQueueLab(qc, binding, nil)
 			if err != nil {
 				return out, err
@@ -98,6 +108,9 @@ func RunQueue(ctx context.Context, qc QueueConfig) ([]QueueScenario, error) {
 			out = append(out, res)
 		}
 	}
+	if !qc.runs("max-queued-50") {
+		return out, nil
+	}
 	lab, err := newQueueLab(qc, "late", []string{"--max-queued", "50"})
 	if err != nil {
 		return out, err
@@ -110,6 +123,10 @@ func RunQueue(ctx context.Context, qc QueueConfig) ([]QueueScenario, error) {
 	res.Scenario, res.Binding = "max-queued-50", "late"
 	qc.logf("%-13s %-5s %s", res.Scenario, res.Binding, res.summary())
 	return append(out, res), nil
+}
+
+func (qc QueueConfig) runs(scenario string) bool {
+	return len(qc.Scenarios) == 0 || slices.Contains(qc.Scenarios, scenario)
 }
 
 func (qc QueueConfig) logf(format string, a ...any) {
@@ -148,8 +165,11 @@ func newQueueLab(qc QueueConfig, binding string, extra []string) (*queueLab, err
 		return nil, err
 	}
 	args := []string{"--worker-urls", strings.Join(urls, ","), "--health-check-interval", "30", "--envoy-concurrency", "2"}
-	if binding == "late" {
+	switch binding {
+	case "late":
 		args = append(args, "--queue")
+	case "late-at-free":
+		args = append(args, "--queue", "--queue-grant-ahead", "0")
 	}
 	r, err := StartRouter(qc.RouterBin, nil, append(args, extra...)...)
 	if err != nil {
@@ -319,6 +339,16 @@ func makespan(start time.Time, as []answer) float64 {
 }
 
 // slowWorker: one worker turns 3x slower one second into the burst.
+// plainBurst: a burst on an equal, steady fleet, which every worker is
+// busy with until the end: what late binding costs when nothing goes wrong.
+func plainBurst(ctx context.Context, l *queueLab) (QueueScenario, error) {
+	var r QueueScenario
+	start := time.Now()
+	as := <-l.burst(ctx, l.qc.Burst, nil)
+	r.finish(start, as)
+	return r, nil
+}
+
 func slowWorker(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	var r QueueScenario
 	start := time.Now()

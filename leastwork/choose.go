@@ -235,3 +235,15 @@ func foreignTask(w wire.PickWorker) string {
 	}
 	return "image"
 }
+
+// Alone is how long (ms) the worker at index i of the view would take for
+// a request of this cost with nothing else on it, by the control plane's
+// estimate of its speed; 0 when its speed is not learned yet (the queue
+// then does not plan around it).
+func Alone(v *wire.PickView, i int, cost int64) float64 {
+	w := v.Workers[i]
+	if w.MsPerCost <= 0 {
+		return 0
+	}
+	return (float64(max(cost, 1)) + v.Base) * w.MsPerCost
+}

@@ -61,6 +61,8 @@ type Board struct {
 	// the most requests the Envoys counted on each lately.
 	words map[string]word
 	peaks map[string]peak
+	// freed counts, by worker, the ends the reports said (Freed).
+	freed map[string]uint64
 }
 
 type endedJob struct {
@@ -102,7 +104,7 @@ type entry struct {
 
 // New returns an empty board.
 func New(o Options) *Board {
-	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}, peaks: map[string]peak{}}
+	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}, peaks: map[string]peak{}, freed: map[string]uint64{}}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -130,6 +132,13 @@ func Check(r wire.LoadReport) error {
 		return fmt.Errorf("at most %d completions per report", leastwork.MaxCompletions)
 	case len(r.Finished) > leastwork.MaxFinished:
 		return fmt.Errorf("at most %d finished jobs per report", leastwork.MaxFinished)
+	case len(r.Freed) > MaxHostsPerNode:
+		return fmt.Errorf("at most %d freed hosts per report", MaxHostsPerNode)
+	}
+	for _, a := range r.Freed {
+		if a == "" || len(a) > 300 {
+			return fmt.Errorf("freed host address %q is empty or too long", a)
+		}
 	}
 	for _, e := range r.Finished {
 		if e.ID == "" || len(e.ID) > wire.MaxJobID {
@@ -200,6 +209,7 @@ func (b *Board) syncChecked(r wire.LoadReport, snap registry.Snapshot, out func(
 		return wire.PickView{}, fmt.Errorf("more than %d Envoys report load", MaxNodes)
 	}
 	b.reports[r.Node] = entry{at: now, report: r}
+	b.noteFreed(r.Freed, snap)
 	b.learn(r.Completions, snap, now)
 	finished := b.relayEnded(r, now)
 	all := b.workByHost()
@@ -289,6 +299,30 @@ func (b *Board) FleetView(snap registry.Snapshot, out func(key string) bool) wir
 	defer b.mu.Unlock()
 	b.expire(now)
 	return b.view(snap, running, known, out, b.workByHost(), now)
+}
+
+// noteFreed counts the ends a report says; b.mu is held. The counts stay
+// about as many as the fleet's workers: past that (workers came and went)
+// they start over, which the queue reads as no end.
+func (b *Board) noteFreed(freed []string, snap registry.Snapshot) {
+	if len(freed) == 0 {
+		return
+	}
+	if len(b.freed) > 2*len(snap.Workers)+16 {
+		clear(b.freed)
+	}
+	for _, a := range freed {
+		b.freed[a]++
+	}
+}
+
+// Freed is how many ends of requests on the worker at addr the reports
+// have said so far (a count that only grows, but for a reset to 0 when
+// the fleet changed a lot; the queue reads its changes).
+func (b *Board) Freed(addr string) uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.freed[addr]
 }
 
 // ReportedAt is when an Envoy's latest load report arrived (zero: none

@@ -35,6 +35,14 @@ func TestCheck(t *testing.T) {
 		"negative work": func(r *wire.LoadReport) { r.Hosts[0].Work = -1 },
 		"NaN speed":     func(r *wire.LoadReport) { r.Hosts[0].MsPerCost = math.NaN() },
 		"inf speed":     func(r *wire.LoadReport) { r.Hosts[0].MsPerCost = math.Inf(1) },
+		"empty freed":   func(r *wire.LoadReport) { r.Freed = []string{""} },
+		"long freed":    func(r *wire.LoadReport) { r.Freed = []string{strings.Repeat("a", 301)} },
+		"too many freed": func(r *wire.LoadReport) {
+			r.Freed = make([]string, MaxHostsPerNode+1)
+			for i := range r.Freed {
+				r.Freed[i] = "a:1"
+			}
+		},
 		"too many hosts": func(r *wire.LoadReport) {
 			r.Hosts = make([]wire.HostReport, MaxHostsPerNode+1)
 			for i := range r.Hosts {
@@ -49,6 +57,33 @@ func TestCheck(t *testing.T) {
 		if err := Check(r); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestFreedCounted: the ends reports name add up per worker, for the
+// queue to read as they happen.
+func TestFreedCounted(t *testing.T) {
+	b := New(Options{})
+	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I")}}
+	none := func(string) bool { return false }
+	for _, r := range []wire.LoadReport{
+		{Node: "A", Freed: []string{"10.0.0.1:80"}},
+		{Node: "B", Freed: []string{"10.0.0.1:80", "10.0.0.1:80"}},
+		{Node: "A"},
+	} {
+		if _, err := b.Sync(r, snap, none); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.Freed("10.0.0.1:80"); got != 3 {
+		t.Fatalf("freed %d, want 3", got)
+	}
+	if got := b.Freed("10.0.0.2:80"); got != 0 {
+		t.Fatalf("a worker nobody reported: freed %d", got)
+	}
+	// A refused report counts nothing.
+	if _, err := b.Sync(wire.LoadReport{Node: "A", Freed: []string{""}}, snap, none); err == nil || b.Freed("10.0.0.1:80") != 3 {
+		t.Fatalf("bad report: %v, freed %d", err, b.Freed("10.0.0.1:80"))
 	}
 }
 

@@ -66,6 +66,10 @@ type Fleet struct {
 	DefaultSlots int
 	// ReportedAt is when an Envoy's latest load report arrived (zero: none).
 	ReportedAt func(node string) time.Time
+	// Freed, if set, counts the ends of requests the Envoys reported on
+	// a worker so far (wire.LoadReport.Freed): Options.Ahead plans from
+	// when a worker's request really ended.
+	Freed func(addr string) uint64
 }
 
 // Options configure a queue.
@@ -85,6 +89,14 @@ type Options struct {
 	// and how long it waited (metrics, logs). It runs under the queue's
 	// lock: it must not call the queue.
 	Granted func(r Request, worker string, waited time.Duration)
+	// Ahead (0: off) grants a full worker its next request this long
+	// before its running one is expected to end, so the grant's round
+	// trip (answer, report, grant, resume, send) overlaps the end of the
+	// running request instead of leaving the worker idle. At most one
+	// request per worker is bound ahead, and only while the running one
+	// is not overdue by more than its own expected duration (a worker
+	// much slower than its estimate gets nothing bound early).
+	Ahead time.Duration
 }
 
 // Defaults.
@@ -168,6 +180,17 @@ type grant struct {
 	at         time.Time
 }
 
+// due is when a granted request is expected to end, and how long it was
+// expected to take.
+type due struct {
+	at  time.Time
+	dur time.Duration
+	// next: a request was granted ahead to follow this one on its slot;
+	// at and dur are then that request's (estimated from this one's end
+	// until the end is seen).
+	next bool
+}
+
 // Queue is the router-owned queue. Its methods are safe for concurrent use.
 type Queue struct {
 	opts Options
@@ -182,7 +205,16 @@ type Queue struct {
 	served map[string]float64
 	seq    uint64
 	grants []grant
-	stats  Stats
+	// dues are each worker's running requests' expected ends, latest
+	// grants last (at most its slots; for Options.Ahead).
+	dues map[string][]due
+	// seen is each worker's count of reported ends (Fleet.Freed) at the
+	// last dispatch.
+	seen map[string]uint64
+	// wake is when a full worker is next due to take a request ahead
+	// (zero: none); Run dispatches then.
+	wake  time.Time
+	stats Stats
 	kick   chan struct{}
 	rot    int
 	rnd    uint64
@@ -205,7 +237,7 @@ func New(o Options) *Queue {
 		o.Now = time.Now
 	}
 	return &Queue{opts: o, byKey: map[Key]*waiter{}, perTen: map[string]int{}, served: map[string]float64{},
-		kick: make(chan struct{}, 1)}
+		dues: map[string][]due{}, seen: map[string]uint64{}, kick: make(chan struct{}, 1)}
 }
 
 // Kick wakes Run to dispatch: the queue or the fleet changed (a request
@@ -426,10 +458,13 @@ func (q *Queue) weight(tenant string) float64 {
 
 // Dispatch grants free slots to waiting requests, in order, and returns
 // how many it granted. A request no free worker can take (none of its
-// kind is free) waits while later ones go on.
+// kind is free) waits while later ones go on. With Options.Ahead, a full
+// worker whose running request is about to end counts as free for one
+// more.
 func (q *Queue) Dispatch(f Fleet) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.wake = time.Time{}
 	if q.waiting == 0 {
 		return 0
 	}
@@ -437,6 +472,7 @@ func (q *Queue) Dispatch(f Fleet) int {
 	v := f.View
 	v.Workers = slices.Clone(v.Workers)
 	q.countGrants(&v, f.ReportedAt, now)
+	q.forgetDues(v)
 	var empty leastwork.Table
 	slots := func(i int) int64 {
 		if n := v.Workers[i].Slots; n > 0 {
@@ -444,22 +480,29 @@ func (q *Queue) Dispatch(f Fleet) int {
 		}
 		return int64(max(f.DefaultSlots, 1))
 	}
-	free := make([]bool, len(v.Workers))
-	nfree := 0
-	for i, w := range v.Workers {
-		if free[i] = w.RemoteRequests+w.ForeignRequests < slots(i); free[i] {
-			nfree++
+	busy := func(i int) int64 { return v.Workers[i].RemoteRequests + v.Workers[i].ForeignRequests }
+	if q.opts.Ahead > 0 && f.Freed != nil {
+		for _, w := range v.Workers {
+			q.ended(w.Addr, f.Freed(w.Addr), now)
+		}
+	}
+	// open: the worker can take a request now, at a free slot or ahead.
+	open := make([]bool, len(v.Workers))
+	nopen := 0
+	for i := range v.Workers {
+		if open[i] = busy(i) < slots(i) || q.ahead(v.Workers[i].Addr, busy(i), slots(i), now); open[i] {
+			nopen++
 		}
 	}
 	elig := map[eligibleKey][]int{}
 	granted := 0
 	var cands, sample []int
 	var all2 []int
-	for nfree > 0 {
-		// The first waiting request, in order, that a free worker can
-		// take and should: a request whose kind (or named model) no free
+	for nopen > 0 {
+		// The first waiting request, in order, that an open worker can
+		// take and should: a request whose kind (or named model) no open
 		// worker serves waits while later ones go on, and so does one
-		// that a busy worker would finish clearly sooner than any free
+		// that a busy worker would finish clearly sooner than any open
 		// one (a long request waits for a fast worker rather than take a
 		// slow one that happens to be free).
 		var w *waiter
@@ -473,7 +516,7 @@ func (q *Queue) Dispatch(f Fleet) int {
 			}
 			cands = cands[:0]
 			for _, i := range all {
-				if free[i] {
+				if open[i] {
 					cands = append(cands, i)
 				}
 			}
@@ -489,7 +532,7 @@ func (q *Queue) Dispatch(f Fleet) int {
 			if len(all) > len(cands) {
 				all2 = leastwork.Sample(all2, all, &q.rnd)
 				if best, ok := leastwork.Choose(&v, all2, &empty, max(x.Cost, 1), q.rot, now.UnixMicro()); ok &&
-					best.First != c.First && best.Expected*(1+waitForBetter) < c.Expected && !isFree(v, free, all2, best.First) {
+					best.First != c.First && best.Expected*(1+waitForBetter) < c.Expected && !isOpen(v, open, all2, best.First) {
 					return true
 				}
 			}
@@ -497,7 +540,7 @@ func (q *Queue) Dispatch(f Fleet) int {
 			return false
 		})
 		if w == nil {
-			return granted
+			break
 		}
 		q.unlink(w)
 		q.stats.Granted++
@@ -511,28 +554,144 @@ func (q *Queue) Dispatch(f Fleet) int {
 			if v.Workers[i].Addr != choice.First {
 				continue
 			}
+			q.plan(v.Workers[i].Addr, busy(i), slots(i), leastwork.Alone(&v, i, w.Cost), now)
 			v.Workers[i].RemoteWork += w.Cost
 			v.Workers[i].RemoteRequests++
-			if free[i] && v.Workers[i].RemoteRequests+v.Workers[i].ForeignRequests >= slots(i) {
-				free[i] = false
-				nfree--
+			if open[i] && busy(i) >= slots(i) && !q.ahead(v.Workers[i].Addr, busy(i), slots(i), now) {
+				open[i] = false
+				nopen--
 			}
 		}
 		granted++
 	}
+	if q.waiting > 0 && q.opts.Ahead > 0 {
+		// When a full worker next comes due: Run dispatches then.
+		for i, w := range v.Workers {
+			if busy(i) != slots(i) {
+				continue
+			}
+			if d := q.dues[w.Addr]; int64(len(d)) >= slots(i) {
+				at := earliest(d).at.Add(-q.opts.Ahead)
+				if at.After(now) && (q.wake.IsZero() || at.Before(q.wake)) {
+					q.wake = at
+				}
+			}
+		}
+	}
 	return granted
 }
+
+// ahead reports whether a full worker (busy == slots) can take one more
+// request now: its earliest running request is expected to end within
+// Options.Ahead and is not overdue by more than its expected duration.
+// q.mu is held.
+func (q *Queue) ahead(addr string, busy, slots int64, now time.Time) bool {
+	if q.opts.Ahead <= 0 || busy != slots {
+		return false
+	}
+	d := q.dues[addr]
+	if int64(len(d)) < slots {
+		return false // what runs there was not granted here
+	}
+	e := earliest(d)
+	return !now.Before(e.at.Add(-q.opts.Ahead)) && !now.After(e.at.Add(e.dur))
+}
+
+// plan notes when a request granted to a worker running busy requests is
+// expected to end: at once plus its duration on a free slot, after the
+// earliest running one when granted ahead. dur is 0 when the worker's
+// speed is unknown, which leaves the worker unplanned. q.mu is held.
+func (q *Queue) plan(addr string, busy, slots int64, ms float64, now time.Time) {
+	if q.opts.Ahead <= 0 {
+		return
+	}
+	if ms <= 0 {
+		delete(q.dues, addr)
+		return
+	}
+	dur := time.Duration(ms * float64(time.Millisecond))
+	d := q.dues[addr]
+	if busy >= slots && len(d) > 0 {
+		// Granted ahead: it starts as the earliest running one ends.
+		i := earliestIndex(d)
+		d[i] = due{at: d[i].at.Add(dur), dur: dur, next: true}
+		q.dues[addr] = d
+		return
+	}
+	// A free slot: the busy requests running are the latest granted.
+	if keep := int(max(busy, 0)); len(d) > keep {
+		d = slices.Clone(d[len(d)-keep:])
+	}
+	q.dues[addr] = append(d, due{at: now.Add(dur), dur: dur})
+}
+
+// ended notes how many ends of requests the Envoys have reported on a
+// worker: each new one ends its earliest due. A request granted ahead to
+// follow it started then, so its end is planned again from now: a chain
+// of estimates would drift from the worker's real pace by the estimate's
+// error on every request. q.mu is held.
+func (q *Queue) ended(addr string, count uint64, now time.Time) {
+	prev, ok := q.seen[addr]
+	q.seen[addr] = count
+	if !ok || count <= prev {
+		return // first seen, or the counts started over
+	}
+	d := q.dues[addr]
+	for n := count - prev; n > 0 && len(d) > 0; n-- {
+		i := earliestIndex(d)
+		if d[i].next {
+			d[i] = due{at: now.Add(d[i].dur), dur: d[i].dur}
+		} else {
+			d = slices.Delete(d, i, i+1)
+		}
+	}
+	q.dues[addr] = d
+}
+
+// forgetDues drops the plans of workers no longer in the view; q.mu is
+// held.
+func (q *Queue) forgetDues(v wire.PickView) {
+	if len(q.dues) <= len(v.Workers) && len(q.seen) <= len(v.Workers) {
+		return
+	}
+	in := make(map[string]bool, len(v.Workers))
+	for _, w := range v.Workers {
+		in[w.Addr] = true
+	}
+	for a := range q.dues {
+		if !in[a] {
+			delete(q.dues, a)
+		}
+	}
+	for a := range q.seen {
+		if !in[a] {
+			delete(q.seen, a)
+		}
+	}
+}
+
+func earliestIndex(d []due) int {
+	k := 0
+	for i := range d {
+		if d[i].at.Before(d[k].at) {
+			k = i
+		}
+	}
+	return k
+}
+
+func earliest(d []due) due { return d[earliestIndex(d)] }
 
 // waitForBetter: a request waits for a busy worker only when that one would
 // finish it this much sooner than the best free one.
 const waitForBetter = 0.25
 
-// isFree reports whether the worker at addr, among the candidates, has a
-// free slot.
-func isFree(v wire.PickView, free []bool, cands []int, addr string) bool {
+// isOpen reports whether the worker at addr, among the candidates, can
+// take a request now.
+func isOpen(v wire.PickView, open []bool, cands []int, addr string) bool {
 	for _, i := range cands {
 		if v.Workers[i].Addr == addr {
-			return free[i]
+			return open[i]
 		}
 	}
 	return false
@@ -669,6 +828,13 @@ func (q *Queue) Status() Status {
 	return s
 }
 
+// nextDue is when a full worker is next due a request ahead (zero: none).
+func (q *Queue) nextDue() time.Time {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.wake
+}
+
 // Run dispatches until ctx ends: whenever the queue is kicked (a request
 // arrived or left, an Envoy reported) and at least every tick while
 // requests wait (a grant's report may be what frees a slot). fleet is
@@ -676,15 +842,23 @@ func (q *Queue) Status() Status {
 func (q *Queue) Run(ctx context.Context, tick time.Duration, fleet func() Fleet) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	// due fires when a full worker is next due a request ahead, which a
+	// tick would catch up to a tick late.
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-q.kick:
 		case <-t.C:
+		case <-due.C:
 		}
 		if q.Waiting() > 0 {
 			q.Dispatch(fleet())
+		}
+		if at := q.nextDue(); !at.IsZero() {
+			due.Reset(max(time.Until(at), 0))
 		}
 	}
 }

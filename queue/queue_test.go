@@ -324,3 +324,74 @@ func TestLongRequestWaitsForAFastWorker(t *testing.T) {
 		t.Fatalf("granted %+v, want the long request on the fast worker", o)
 	}
 }
+
+// TestGrantAhead: a full worker is granted its next request Ahead before
+// its running one is expected to end, one request deep, and not when its
+// speed is unknown or the running request is long overdue.
+func TestGrantAhead(t *testing.T) {
+	type step struct {
+		atMs     int
+		busy     int64
+		freed    uint64 // ends the Envoys reported so far
+		want     int
+		wantWake int // ms; -1: none
+	}
+	cases := []struct {
+		name      string
+		ahead     time.Duration
+		msPerCost float64
+		steps     []step
+	}{
+		{"ahead of each end", 20 * time.Millisecond, 10, []step{
+			{0, 0, 0, 1, 80},    // a: a free slot; due at 100, so due a follower at 80
+			{50, 1, 0, 0, 80},   // running, not due yet
+			{85, 1, 0, 1, -1},   // b bound ahead: estimated due at 200
+			{90, 2, 0, 0, -1},   // one deep only
+			{120, 1, 1, 0, 200}, // a reported ended at 120: b runs from then, due at 220
+			{185, 1, 1, 0, 200}, // so not yet at 185
+			{205, 1, 1, 1, -1},  // c ahead
+		}},
+		{"estimates chained without reported ends", 20 * time.Millisecond, 10, []step{
+			{0, 0, 0, 1, 80},
+			{85, 1, 0, 1, -1},
+			{120, 1, 0, 0, 180}, // b due at 200 by the estimate
+			{185, 1, 0, 1, -1},
+		}},
+		{"not when long overdue", 20 * time.Millisecond, 10, []step{
+			{0, 0, 0, 1, -1},
+			{250, 1, 0, 0, -1}, // 150 ms overdue on a 100 ms request
+		}},
+		{"not with an unknown speed", 20 * time.Millisecond, 0, []step{
+			{0, 0, 0, 1, -1},
+			{95, 1, 0, 0, -1},
+		}},
+		{"off", 0, 10, []step{
+			{0, 0, 0, 1, -1},
+			{95, 1, 0, 0, -1},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t0 := time.Unix(1000, 0)
+			now := t0
+			q := New(Options{Ahead: tc.ahead, Now: func() time.Time { return now }})
+			out := waitAll(t, q, req("a", 0, "t"), req("b", 0, "t"), req("c", 0, "t"), req("d", 0, "t"))
+			for _, s := range tc.steps {
+				now = t0.Add(time.Duration(s.atMs) * time.Millisecond)
+				f := fleet(s.busy)
+				f.View.Workers[0].MsPerCost = tc.msPerCost
+				f.Freed = func(string) uint64 { return s.freed }
+				if got := q.Dispatch(f); got != s.want {
+					t.Fatalf("at %d ms with %d running: granted %d, want %d", s.atMs, s.busy, got, s.want)
+				}
+				for range s.want {
+					<-out
+				}
+				wake := q.nextDue()
+				if s.wantWake >= 0 && !wake.Equal(t0.Add(time.Duration(s.wantWake)*time.Millisecond)) {
+					t.Fatalf("at %d ms: next due at %v, want %d ms", s.atMs, wake.Sub(t0), s.wantWake)
+				}
+			}
+		})
+	}
+}

@@ -99,6 +99,11 @@ type Config struct {
 	Queue QueueConfig
 }
 
+// DefaultGrantAhead covers the round trip between a worker's answer and
+// its next request's arrival (report, grant, resume, send: a few ms on
+// loopback, more on a loaded host) with room for the estimate's error.
+const DefaultGrantAhead = 20 * time.Millisecond
+
 // QueueConfig configures the router-owned queue.
 type QueueConfig struct {
 	On bool
@@ -115,6 +120,9 @@ type QueueConfig struct {
 	// HoldWhileAsleep keeps requests in the queue while the fleet's
 	// memory is released, instead of answering 503.
 	HoldWhileAsleep bool
+	// Ahead grants a worker its next request this long before its
+	// running one is expected to end (0: only at a free slot).
+	Ahead time.Duration
 }
 
 // seconds is a flag.Value of (fractional) seconds, as the Python CLIs take.
@@ -223,6 +231,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	weights := fs.String("tenant-weights", "", "with --queue: tenants' shares of the fleet, as tenant=weight,... (default 1 each)")
 	fs.StringVar(&c.Queue.ClientPriority, "client-priority", "honour", "with --queue: honour or ignore the client's "+wire.HeaderPriority+" header")
 	fs.IntVar(&c.Queue.MaxClientPriority, "max-client-priority", wire.MaxPriority, "with --queue: the highest priority a client may ask for")
+	c.Queue.Ahead = DefaultGrantAhead
+	fs.Var(&seconds{d: &c.Queue.Ahead, allow0: true}, "queue-grant-ahead", "with --queue: seconds before a worker's running request is expected to end that its next one is granted, so the grant's round trip does not leave it idle (0: only once a slot is free)")
 	fs.BoolVar(&c.Queue.HoldWhileAsleep, "queue-while-asleep", false, "with --queue: requests wait in the queue while the fleet's memory is released (default: 503 at once)")
 
 	// Accept "--worker-urls A B C": fold the values into one argument.
@@ -344,6 +354,9 @@ func (q QueueConfig) validate(policy, filter string) []error {
 	}
 	if q.MaxPerTenant < 0 || q.MaxPerTenant > q.MaxQueued {
 		errs = append(errs, fmt.Errorf("--max-queued-per-tenant %d must be in [0, --max-queued]", q.MaxPerTenant))
+	}
+	if q.Ahead < 0 || q.Ahead > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--queue-grant-ahead %v must be in [0, 10] seconds", q.Ahead.Seconds()))
 	}
 	if q.ClientPriority != "honour" && q.ClientPriority != "ignore" {
 		errs = append(errs, fmt.Errorf("--client-priority %q: want honour or ignore", q.ClientPriority))

@@ -65,6 +65,17 @@ func TestParse(t *testing.T) {
 				t.Fatalf("policy = %q", c.RoutingAlgorithm)
 			}
 		}},
+		{name: "grant ahead", args: []string{"--queue", "--queue-grant-ahead", "0.05"}, check: func(t *testing.T, c Config) {
+			if !c.Queue.On || c.Queue.Ahead != 50*time.Millisecond {
+				t.Fatalf("queue %v, ahead %v", c.Queue.On, c.Queue.Ahead)
+			}
+		}},
+		{name: "grant ahead by default", args: []string{"--queue"}, check: func(t *testing.T, c Config) {
+			if c.Queue.Ahead != DefaultGrantAhead {
+				t.Fatalf("ahead %v", c.Queue.Ahead)
+			}
+		}},
+		{name: "negative grant ahead", args: []string{"--queue-grant-ahead", "-0.1"}, wantErr: true},
 		{name: "negative timeout", args: []string{"--timeout", "-1"}, wantErr: true},
 		{name: "timeout not a number", args: []string{"--timeout", "soon"}, wantErr: true},
 		{name: "zero interval", args: []string{"--health-check-interval", "0"}, wantErr: true},

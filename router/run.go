@@ -202,7 +202,7 @@ func (r *router) buildFilterSide(context.Context) error {
 	}
 	if q := r.c.Queue; q.On {
 		r.queue = queue.New(queue.Options{MaxQueued: q.MaxQueued, MaxPerTenant: q.MaxPerTenant, Timeout: q.Timeout,
-			Weights: q.Weights, Granted: r.queueGranted(r.log.WithField("component", "queue"))})
+			Weights: q.Weights, Ahead: q.Ahead, Granted: r.queueGranted(r.log.WithField("component", "queue"))})
 		r.metrics.Queue(r.queue)
 	}
 	return nil
@@ -414,7 +414,7 @@ const queueTick = 20 * time.Millisecond
 // go to (as in the filters' views: not failing Envoy's health checks, not
 // ejected) with every Envoy's work on them.
 func (r *router) queueFleet() queue.Fleet {
-	return queue.Fleet{View: r.board.FleetView(r.reg.Snapshot(), r.fleet.OutByEnvoy()), DefaultSlots: r.c.Queue.Slots, ReportedAt: r.board.ReportedAt}
+	return queue.Fleet{View: r.board.FleetView(r.reg.Snapshot(), r.fleet.OutByEnvoy()), DefaultSlots: r.c.Queue.Slots, ReportedAt: r.board.ReportedAt, Freed: r.board.Freed}
 }
 
 // queueGranted records a grant: the wait in the metrics by priority, and a

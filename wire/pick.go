@@ -151,6 +151,10 @@ type LoadReport struct {
 	// Finished are video jobs this Envoy saw end (a poll's answer, a
 	// delete) and does not count itself: another Envoy may.
 	Finished []EndedJob `json:"finished,omitempty"`
+	// Freed are the workers a request (or video job) just left: a report
+	// sent at once because a slot freed while requests wait says where,
+	// so the router's queue sees the end when it happens.
+	Freed []string `json:"freed,omitempty"`
 }
 
 // Completion is one answered request: its worker, estimated cost, and

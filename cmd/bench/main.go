@@ -322,13 +322,18 @@ func queueCmd(ctx context.Context, args []string) error {
 	burst := fs.Int("burst", 200, "requests in each burst")
 	service := fs.Duration("service-time", 100*time.Millisecond, "each request's service time")
 	out := fs.String("out", "", "output directory (default bench-results/<time>)")
+	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all: plain, slow-worker, priority, second-tenant, disconnects, drain-update, max-queued-50)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var scenarios []string
+	if *only != "" {
+		scenarios = strings.Split(*only, ",")
 	}
 	if *workers < 1 || *burst < 1 || *service <= 0 {
 		return fmt.Errorf("--workers, --burst and --service-time must be positive")
 	}
-	rows, err := bench.RunQueue(ctx, bench.QueueConfig{RouterBin: *bin, Workers: *workers, Burst: *burst, Service: *service, Log: os.Stdout})
+	rows, err := bench.RunQueue(ctx, bench.QueueConfig{RouterBin: *bin, Workers: *workers, Burst: *burst, Service: *service, Scenarios: scenarios, Log: os.Stdout})
 	if err != nil {
 		return err
 	}

@@ -409,7 +409,7 @@ func (p *picker) release(task Task, s *sent, how outcome, at int64) {
 		return true
 	})
 	s.released = true
-	p.reportNow(at)
+	p.reportNow(at, s.addr)
 	if served {
 		p.done = leastwork.AppendCompletion(p.done, wire.Completion{Addr: s.addr, Cost: s.cost, Sent: s.at, Done: at})
 	}
@@ -571,12 +571,14 @@ func (p *picker) releaseJobs(jobs []leastwork.Job) {
 	if len(jobs) == 0 {
 		return
 	}
+	freed := make([]string, 0, len(jobs))
 	for _, j := range jobs {
 		if err := p.updateHost(j.Addr, func(h *leastwork.Host) bool { h.End(j.Cost, 0, 0, false); return true }); err != nil {
 			proxywasm.LogWarnf("diffusion-tagger: release video job on %s: %v", j.Addr, err)
 		}
+		freed = append(freed, j.Addr)
 	}
-	p.reportNow(nowMicro())
+	p.reportNow(nowMicro(), freed...)
 }
 
 // speedOf is a worker's learned speed (ms per cost): its own here, else
@@ -750,12 +752,12 @@ func (p *picker) reportTime(now int64) int64 {
 // while requests wait in its queue (a regular sync may be 100 ms away):
 // the load part of a sync, without taking the completion log, fire and
 // forget.
-func (p *picker) reportNow(now int64) {
+func (p *picker) reportNow(now int64, freed ...string) {
 	v := p.currentView(now)
 	if v == nil || v.Queued == 0 {
 		return
 	}
-	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: p.busyHosts(nil)}
+	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: p.busyHosts(nil), Freed: freed}
 	body, err := json.Marshal(rep)
 	if err != nil {
 		return

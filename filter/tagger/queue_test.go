@@ -120,3 +120,45 @@ func TestQueueWaitsForItsTurn(t *testing.T) {
 		})
 	}
 }
+
+// TestFreedSlotReportSaysWhere: while requests wait in the router's queue,
+// a request's end is reported at once and names the worker it left, so the
+// queue plans that worker's next grant from the real end.
+func TestFreedSlotReportSaysWhere(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).
+				WithPluginConfiguration(queueConfig).WithProperty([]string{"node", "id"}, []byte("envoy-a")))
+			defer reset()
+			if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
+				t.Fatalf("plugin start = %v", st)
+			}
+			view := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}}}
+			syncOnce(t, host, view)
+			id, hs := imageRequest(t, host)
+			addr, _ := header(hs, wire.HeaderPick)
+			if addr == "" {
+				t.Fatal("the request was not picked")
+			}
+			// Then requests queue up behind it.
+			view.Generation, view.Queued = 2, 3
+			syncOnce(t, host, view)
+			if err := host.SetProperty([]string{"upstream", "address"}, []byte(addr)); err != nil {
+				t.Fatal(err)
+			}
+			if got := queueCalls(host, id, wire.PathFilterSync); len(got) != 0 {
+				t.Fatalf("reported before the request ended: %+v", got)
+			}
+			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}}, false)
+			host.CompleteHttpContext(id)
+			reports := queueCalls(host, id, wire.PathFilterSync)
+			if len(reports) != 1 {
+				t.Fatalf("free-slot reports %+v, want 1", reports)
+			}
+			var rep wire.LoadReport
+			if err := json.Unmarshal(reports[0].Body, &rep); err != nil || len(rep.Freed) != 1 || rep.Freed[0] != addr {
+				t.Fatalf("free-slot report %s (%v): want freed [%s]", reports[0].Body, err, addr)
+			}
+		})
+	}
+}
