@@ -215,9 +215,9 @@ type Queue struct {
 	// (zero: none); Run dispatches then.
 	wake  time.Time
 	stats Stats
-	kick   chan struct{}
-	rot    int
-	rnd    uint64
+	kick  chan struct{}
+	rot   int
+	rnd   uint64
 }
 
 // Stats are the queue's counters since start.
