@@ -69,7 +69,7 @@ func RunGrid(ctx context.Context, g GridConfig) ([]Row, error) {
 			targets := urls
 			var r *Router
 			if policy != NoRouter {
-				r, err = StartRouter(g.RouterBin, nil, append([]string{"--routing-algorithm", policy, "--worker-urls"}, urls...)...)
+				r, err = StartRouter(g.RouterBin, nil, append(append(PolicyArgs(policy), "--worker-urls"), urls...)...)
 				if err != nil {
 					stop()
 					return rows, fmt.Errorf("%d workers, %s: %w", n, policy, err)

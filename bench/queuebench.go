@@ -166,6 +166,8 @@ func newQueueLab(qc QueueConfig, binding string, extra []string) (*queueLab, err
 	}
 	args := []string{"--worker-urls", strings.Join(urls, ","), "--health-check-interval", "30", "--envoy-concurrency", "2"}
 	switch binding {
+	case "early":
+		args = append(args, "--queue=false")
 	case "late":
 		args = append(args, "--queue")
 	case "late-at-free":

@@ -84,6 +84,20 @@ func (rc RoutingConfig) Validate() error {
 // binding), as a policy of its own in the routing benchmark.
 const PolicyLeastWorkQueue = "least-work+queue"
 
+// PolicyArgs are the router flags of a policy as the benchmarks name it:
+// "least-work" binds each request on arrival (--queue=false), as before the
+// queue; "least-work+queue" is the router's default (the queue, late
+// binding); the others are Envoy's policies.
+func PolicyArgs(policy string) []string {
+	switch policy {
+	case PolicyLeastWorkQueue:
+		return []string{"--routing-algorithm", "least-work", "--queue"}
+	case "least-work":
+		return []string{"--routing-algorithm", "least-work", "--queue=false"}
+	}
+	return []string{"--routing-algorithm", policy}
+}
+
 // RunRouting runs every cell: fleets x replicas x policies, the same
 // request sequence in each.
 func RunRouting(ctx context.Context, rc RoutingConfig) ([]RoutingRow, error) {
@@ -160,10 +174,7 @@ func routingCell(ctx context.Context, rc RoutingConfig, urls []string, fleet str
 	if err != nil {
 		return RoutingRow{}, err
 	}
-	args := []string{"--routing-algorithm", policy, "--state-dir", state, "--xds-port", strconv.Itoa(xdsPort)}
-	if policy == PolicyLeastWorkQueue {
-		args = []string{"--routing-algorithm", "least-work", "--queue", "--state-dir", state, "--xds-port", strconv.Itoa(xdsPort)}
-	}
+	args := append(PolicyArgs(policy), "--state-dir", state, "--xds-port", strconv.Itoa(xdsPort))
 	r, err := StartRouter(rc.RouterBin, nil, append(append(args, "--worker-urls"), urls...)...)
 	if err != nil {
 		return RoutingRow{}, err

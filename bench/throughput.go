@@ -72,8 +72,8 @@ func RunThroughput(ctx context.Context, tc ThroughputConfig) ([]ThroughputRow, e
 
 func throughputCell(ctx context.Context, tc ThroughputConfig, urls []string, policy string) (ThroughputRow, error) {
 	row := ThroughputRow{Workers: len(urls), Policy: policy}
-	r, err := StartRouter(tc.RouterBin, nil, "--routing-algorithm", policy, "--worker-urls", strings.Join(urls, ","),
-		"--health-check-interval", "30", "--envoy-concurrency", "2")
+	r, err := StartRouter(tc.RouterBin, nil, append(PolicyArgs(policy), "--worker-urls", strings.Join(urls, ","),
+		"--health-check-interval", "30", "--envoy-concurrency", "2")...)
 	if err != nil {
 		return row, err
 	}

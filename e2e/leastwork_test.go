@@ -112,7 +112,9 @@ func workersOutstanding(t *testing.T, api string) (work float64) {
 func TestLeastWorkOutstandingReturnsToZero(t *testing.T) {
 	t.Parallel()
 	ws, urls := startFleet(t, 3, "--time-scale", "0.01")
-	r := startRouter(t, "--routing-algorithm", "least-work", "--timeout", "1", "--max-retries", "0", "--worker-urls", strings.Join(urls, ","))
+	// Binding on arrival: the test needs requests hanging on the workers,
+	// not waiting in the router's queue (e2e/queue_test.go has the queue's).
+	r := startRouter(t, "--routing-algorithm", "least-work", "--queue=false", "--timeout", "1", "--max-retries", "0", "--worker-urls", strings.Join(urls, ","))
 	settled := func(what string) {
 		t.Helper()
 		eventually(t, 10*time.Second, "outstanding work back to zero after "+what, func() bool {
@@ -322,7 +324,9 @@ func startLeastWorkReplicas(t *testing.T, urls []string, extra ...string) (front
 func TestLeastWorkTwoEnvoysShareLoad(t *testing.T) {
 	t.Parallel()
 	ws, urls := startFleet(t, 3, "--time-scale", "0.01")
-	front, api, admins := startLeastWorkReplicas(t, urls)
+	// Bound on arrival: every request counted on a worker by its Envoy
+	// (with the queue most would wait in the router instead).
+	front, api, admins := startLeastWorkReplicas(t, urls, "--queue=false")
 	// Every worker holds its requests (hangs) until the check is done; a
 	// new connection per request lets the kernel spread them over both
 	// Envoys.
@@ -558,7 +562,9 @@ func TestLeastWorkRefusedRequestTeachesNoCost(t *testing.T) {
 	t.Parallel()
 	// Real seconds: every job is still running when the work is read.
 	_, urls := startFleet(t, 1, "--task-type", "T2V", "--time-scale", "1")
-	r := startRouter(t, "--worker-urls", strings.Join(urls, ","))
+	// Five jobs counted on one worker at once: bound on arrival (with the
+	// queue, a video job holds the worker's one slot until it ends).
+	r := startRouter(t, "--queue=false", "--worker-urls", strings.Join(urls, ","))
 	create := func(body string) {
 		t.Helper()
 		if resp := do(t, "POST", r.Front+"/v1/videos", "application/json", strings.NewReader(body)); resp.Status != 200 {

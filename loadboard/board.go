@@ -63,6 +63,8 @@ type Board struct {
 	peaks map[string]peak
 	// freed counts, by worker, the ends the reports said (Freed).
 	freed map[string]uint64
+	// recent are each node's latest accepted signing times (Claim).
+	recent map[string][]int64
 }
 
 type endedJob struct {
@@ -104,7 +106,7 @@ type entry struct {
 
 // New returns an empty board.
 func New(o Options) *Board {
-	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}, peaks: map[string]peak{}, freed: map[string]uint64{}}
+	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}, peaks: map[string]peak{}, freed: map[string]uint64{}, recent: map[string][]int64{}}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -192,14 +194,26 @@ func (b *Board) SyncSigned(r wire.LoadReport, signedAt int64, snap registry.Snap
 	if err := Check(r); err != nil {
 		return wire.PickView{}, err
 	}
-	if err := b.Claim(r.Node, signedAt); err != nil {
+	late, err := b.Claim(r.Node, signedAt)
+	if err != nil {
 		return wire.PickView{}, err
+	}
+	if late {
+		// Its load is older than what the node said since: keep that.
+		r.Hosts = nil
+		return b.syncLoad(r, snap, out, false)
 	}
 	return b.syncChecked(r, snap, out)
 }
 
 // syncChecked is Sync for a report Check accepted.
 func (b *Board) syncChecked(r wire.LoadReport, snap registry.Snapshot, out func(key string) bool) (wire.PickView, error) {
+	return b.syncLoad(r, snap, out, true)
+}
+
+// syncLoad records what r adds (completions, ended jobs, freed slots),
+// and with load its hosts as the node's load, and returns the node's view.
+func (b *Board) syncLoad(r wire.LoadReport, snap registry.Snapshot, out func(key string) bool, load bool) (wire.PickView, error) {
 	running, known := b.running(snap)
 	now := b.now()
 	b.mu.Lock()
@@ -208,7 +222,11 @@ func (b *Board) syncChecked(r wire.LoadReport, snap registry.Snapshot, out func(
 	if _, known := b.reports[r.Node]; !known && len(b.reports) >= MaxNodes {
 		return wire.PickView{}, fmt.Errorf("more than %d Envoys report load", MaxNodes)
 	}
-	b.reports[r.Node] = entry{at: now, report: r}
+	if e, ok := b.reports[r.Node]; ok && !load {
+		r.Hosts = e.report.Hosts // for the view: the node's own load
+	} else {
+		b.reports[r.Node] = entry{at: now, report: r}
+	}
 	b.noteFreed(r.Freed, snap)
 	b.learn(r.Completions, snap, now)
 	finished := b.relayEnded(r, now)

@@ -2,6 +2,7 @@ package loadboard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -57,6 +58,34 @@ func TestCheck(t *testing.T) {
 		if err := Check(r); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestLateReport: a node's report that arrives after a newer one (its
+// threads report concurrently) adds its completions and freed slots, but
+// its older load does not replace the newer.
+func TestLateReport(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	b := New(Options{Now: func() time.Time { return now }})
+	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I")}}
+	none := func(string) bool { return false }
+	a := "10.0.0.1:80"
+	ms := now.UnixMilli()
+	if _, err := b.SyncSigned(wire.LoadReport{Node: "A", Hosts: []wire.HostReport{{Addr: a, Work: 10, Requests: 1}}}, ms, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.SyncSigned(wire.LoadReport{Node: "A", Hosts: []wire.HostReport{{Addr: a, Work: 50, Requests: 5}}, Freed: []string{a}}, ms-1, snap, none); err != nil {
+		t.Fatalf("late report refused: %v", err)
+	}
+	if got := b.Freed(a); got != 1 {
+		t.Fatalf("the late report's freed slot: %d, want 1", got)
+	}
+	v := b.FleetView(snap, none)
+	if w := v.Workers[0]; w.RemoteWork != 10 || w.RemoteRequests != 1 {
+		t.Fatalf("load after a late report: %d work, %d requests; want the newer 10, 1", w.RemoteWork, w.RemoteRequests)
+	}
+	if _, err := b.SyncSigned(wire.LoadReport{Node: "A", Freed: []string{a}}, ms-1, snap, none); !errors.Is(err, ErrClaimRefused) || b.Freed(a) != 1 {
+		t.Fatalf("a copy of the late report: %v, freed %d", err, b.Freed(a))
 	}
 }
 
@@ -345,30 +374,46 @@ func TestClaim(t *testing.T) {
 	b := New(Options{Now: func() time.Time { return now }})
 	ms := now.UnixMilli()
 	steps := []struct {
-		node string
-		at   int64
-		ok   bool
+		node     string
+		at       int64
+		ok, late bool
 	}{
-		{"a", ms, true},
-		{"a", ms, false},     // the same report again
-		{"a", ms - 1, false}, // an older one
-		{"b", ms - 1, true},  // another node's times are its own
-		{"a", ms + 1, true},  // the next one
-		{"a", ms + 1, false}, // and its copy
-		{"b", ms - 2, false},
+		{"a", ms, true, false},
+		{"a", ms, false, false},     // the same report again
+		{"a", ms - 1, true, true},   // an older one never seen: late
+		{"a", ms - 1, false, false}, // and its copy
+		{"b", ms - 1, true, false},  // another node's times are its own
+		{"a", ms + 1, true, false},  // the next one
+		{"a", ms + 1, false, false}, // and its copy
+		{"b", ms - 2, true, true},
+		{"a", ms - lateWindow - 2, false, false}, // too far behind to tell
 	}
 	for i, s := range steps {
-		if err := b.Claim(s.node, s.at); (err == nil) != s.ok {
-			t.Fatalf("step %d: Claim(%s, %d) = %v, want ok=%v", i, s.node, s.at, err, s.ok)
+		late, err := b.Claim(s.node, s.at)
+		if (err == nil) != s.ok || late != s.late {
+			t.Fatalf("step %d: Claim(%s, %d) = %v, %v; want ok=%v late=%v", i, s.node, s.at, late, err, s.ok, s.late)
 		}
+	}
+	// Only the last lateKept times are remembered: a late one older than
+	// all of them cannot be told from a copy.
+	for i := range lateKept {
+		if _, err := b.Claim("c", ms+int64(10+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Claim("c", ms+5); err == nil {
+		t.Fatal("a time older than every remembered one was accepted")
+	}
+	if late, err := b.Claim("c", ms+10+lateKept/2+1000); err != nil || late {
+		t.Fatalf("the next newest: %v %v", late, err)
 	}
 	// Long after the skew window a node's record is forgotten (the
 	// signature check refuses such old reports anyway).
 	now = now.Add(3 * wire.SyncClockSkew)
-	if err := b.Claim("x", now.UnixMilli()); err != nil {
+	if _, err := b.Claim("x", now.UnixMilli()); err != nil {
 		t.Fatal(err)
 	}
-	if len(b.signed) != 1 {
+	if len(b.signed) != 1 || len(b.recent) != 1 {
 		t.Fatalf("old records kept: %v", b.signed)
 	}
 }

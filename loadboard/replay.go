@@ -3,23 +3,38 @@ package loadboard
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // A signed report is worth something only to the Envoy that signed it, and
 // only once: a copy sent again (within the clock skew the signature check
-// allows) would otherwise repeat stale work and starve a worker. Each node's
-// reports must come with strictly increasing signing times.
+// allows) would otherwise repeat stale work and starve a worker. So each
+// signing time counts once. A node's threads report concurrently, so its
+// reports may arrive out of order: one older than the newest accepted but
+// never seen (within lateWindow and the last lateKept times) is accepted
+// as late: what it adds (completions, ended jobs, freed slots) counts,
+// but it does not replace the newer load the node reported.
 
 // ErrClaimRefused: a report's signing time is not one to accept.
 var ErrClaimRefused = errors.New("signing time refused")
 
-// Claim accepts signedAt (Unix ms) as node's newest report, or refuses a
-// time not after the one last accepted from it. A refused claim changes
-// nothing. Times older than twice the allowed skew are forgotten: the
-// signature check refuses their reports anyway.
-func (b *Board) Claim(node string, signedAt int64) error {
+const (
+	// lateWindow bounds how far behind a node's newest report a late
+	// one may be (ms): a sync's round trip, with room.
+	lateWindow = 2000
+	// lateKept is how many of a node's latest signing times are
+	// remembered, to refuse a copy of a late one.
+	lateKept = 64
+)
+
+// Claim accepts signedAt (Unix ms) as node's newest report, or as a late
+// one (late: older than the newest, never seen), or refuses a time seen
+// before or too old to tell. A refused claim changes nothing. Times older
+// than twice the allowed skew are forgotten: the signature check refuses
+// their reports anyway.
+func (b *Board) Claim(node string, signedAt int64) (late bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
@@ -27,16 +42,30 @@ func (b *Board) Claim(node string, signedAt int64) error {
 	for n, at := range b.signed {
 		if at < horizon {
 			delete(b.signed, n)
+			delete(b.recent, n)
 		}
 	}
-	if last, ok := b.signed[node]; ok && signedAt <= last {
-		return fmt.Errorf("%w: report from %q signed at %d, not after its last accepted one (%d): a replayed or reordered report", ErrClaimRefused, node, signedAt, last)
+	last, ok := b.signed[node]
+	if !ok && len(b.signed) >= 4*MaxNodes {
+		return false, fmt.Errorf("%w: more than %d Envoys signed reports within %v", ErrClaimRefused, 4*MaxNodes, 2*wire.SyncClockSkew)
 	}
-	if _, ok := b.signed[node]; !ok && len(b.signed) >= 4*MaxNodes {
-		return fmt.Errorf("%w: more than %d Envoys signed reports within %v", ErrClaimRefused, 4*MaxNodes, 2*wire.SyncClockSkew)
+	recent := b.recent[node]
+	if ok && signedAt <= last {
+		switch {
+		case slices.Contains(recent, signedAt):
+			return false, fmt.Errorf("%w: report from %q signed at %d was accepted before: a replayed report", ErrClaimRefused, node, signedAt)
+		case signedAt < last-lateWindow || len(recent) >= lateKept && signedAt < slices.Min(recent):
+			return false, fmt.Errorf("%w: report from %q signed at %d, too far behind its newest (%d) to tell a late one from a replay", ErrClaimRefused, node, signedAt, last)
+		}
+		late = true
+	} else {
+		b.signed[node] = signedAt
 	}
-	b.signed[node] = signedAt
-	return nil
+	if len(recent) >= lateKept {
+		recent = slices.Delete(recent, 0, 1)
+	}
+	b.recent[node] = append(recent, signedAt)
+	return late, nil
 }
 
 // Note merges part of a node's load, signed at signedAt, into its report:

@@ -75,6 +75,27 @@ func TestParse(t *testing.T) {
 				t.Fatalf("ahead %v", c.Queue.Ahead)
 			}
 		}},
+		{name: "the queue is on with least-work by default", args: nil, check: func(t *testing.T, c Config) {
+			if !c.Queue.On {
+				t.Fatal("queue off")
+			}
+		}},
+		{name: "early binding one flag away", args: []string{"--queue=false"}, check: func(t *testing.T, c Config) {
+			if c.Queue.On {
+				t.Fatal("queue on")
+			}
+		}},
+		{name: "no queue with least-request", args: []string{"--routing-algorithm", "least-request"}, check: func(t *testing.T, c Config) {
+			if c.Queue.On {
+				t.Fatal("queue on")
+			}
+		}},
+		{name: "no queue without the filter", args: []string{"--wasm-filter", "none"}, check: func(t *testing.T, c Config) {
+			if c.Queue.On {
+				t.Fatal("queue on")
+			}
+		}},
+		{name: "the queue asked for with least-request", args: []string{"--queue", "--routing-algorithm", "least-request"}, wantErr: true},
 		{name: "negative grant ahead", args: []string{"--queue-grant-ahead", "-0.1"}, wantErr: true},
 		{name: "negative timeout", args: []string{"--timeout", "-1"}, wantErr: true},
 		{name: "timeout not a number", args: []string{"--timeout", "soon"}, wantErr: true},
