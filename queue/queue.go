@@ -178,6 +178,12 @@ type grant struct {
 	node, addr string
 	cost       int64
 	at         time.Time
+	// freed is the worker's count of reported ends (Fleet.Freed) when
+	// granted, and before the requests it ran then: once more than
+	// before further ends are reported, this one ended too (a worker runs
+	// its requests in order), however soon.
+	freed  uint64
+	before int64
 }
 
 // due is when a granted request is expected to end, and how long it was
@@ -471,7 +477,7 @@ func (q *Queue) Dispatch(f Fleet) int {
 	now := q.opts.Now()
 	v := f.View
 	v.Workers = slices.Clone(v.Workers)
-	q.countGrants(&v, f.ReportedAt, now)
+	q.countGrants(&v, f, now)
 	q.forgetDues(v)
 	var empty leastwork.Table
 	slots := func(i int) int64 {
@@ -548,12 +554,16 @@ func (q *Queue) Dispatch(f Fleet) int {
 			q.opts.Granted(w.Request, choice.First, now.Sub(w.at))
 		}
 		w.done <- result{grant: Grant{Worker: choice.First, Second: choice.Second}}
-		q.grants = append(q.grants, grant{node: w.Node, addr: choice.First, cost: w.Cost, at: now})
 		q.charge(w)
 		for _, i := range sample {
 			if v.Workers[i].Addr != choice.First {
 				continue
 			}
+			g := grant{node: w.Node, addr: choice.First, cost: w.Cost, at: now, before: busy(i)}
+			if f.Freed != nil {
+				g.freed = f.Freed(g.addr)
+			}
+			q.grants = append(q.grants, g)
 			q.plan(v.Workers[i].Addr, busy(i), slots(i), leastwork.Alone(&v, i, w.Cost), now)
 			v.Workers[i].RemoteWork += w.Cost
 			v.Workers[i].RemoteRequests++
@@ -727,11 +737,21 @@ func (q *Queue) charge(w *waiter) {
 }
 
 // countGrants adds the grants the Envoys have not reported yet to the
-// view, and forgets the reported ones; q.mu is held.
-func (q *Queue) countGrants(v *wire.PickView, reportedAt func(string) time.Time, now time.Time) {
+// view, and forgets the reported ones and those reported ended; q.mu is
+// held.
+func (q *Queue) countGrants(v *wire.PickView, f Fleet, now time.Time) {
+	reportedAt := f.ReportedAt
 	q.grants = slices.DeleteFunc(q.grants, func(g grant) bool {
 		if now.Sub(g.at) > grantTTL {
 			return true
+		}
+		if f.Freed != nil {
+			// A request shorter than a report's round trip ends before
+			// any report shows it: without this its worker would look
+			// busy until the next regular sync.
+			if n := f.Freed(g.addr); n >= g.freed && int64(n-g.freed) > g.before {
+				return true
+			}
 		}
 		if reportedAt != nil && !reportedAt(g.node).Before(g.at.Add(reflectAfter)) {
 			return true // the Envoy's report counts it now

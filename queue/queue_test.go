@@ -395,3 +395,28 @@ func TestGrantAhead(t *testing.T) {
 		})
 	}
 }
+
+// TestGrantEndsWithItsReportedFree: a grant counts on its worker until a
+// report shows it, or until the worker is reported to have freed as many
+// slots as it ran requests then, plus this one's: a request shorter than a
+// report's round trip does not keep its worker busy until the next sync.
+func TestGrantEndsWithItsReportedFree(t *testing.T) {
+	q := New(Options{})
+	out := waitAll(t, q, req("a", 0, "t"), req("b", 0, "t"))
+	var freed uint64 = 5
+	f := fleet(0)
+	f.ReportedAt = func(string) time.Time { return time.Time{} } // no report shows a grant
+	f.Freed = func(string) uint64 { return freed }
+	if n := q.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d, want 1", n)
+	}
+	<-out
+	if n := q.Dispatch(f); n != 0 {
+		t.Fatalf("granted %d to a worker whose grant is unreported and running", n)
+	}
+	freed = 6 // a's end
+	if n := q.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d after the worker's end was reported, want 1", n)
+	}
+	<-out
+}
