@@ -223,7 +223,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.DemoWorkers, "demo-workers", 0, "start this many fake sglang-diffusion workers (fake-worker processes) and register them (the last one generates videos)")
 	fs.StringVar(&c.DemoWorkerBin, "demo-worker-bin", "", "the fake-worker binary --demo-workers runs (default: beside this binary, else on PATH)")
 	fs.Float64Var(&c.DemoTimeScale, "demo-time-scale", 0.1, "speed of demo workers relative to an H100 (0.1: a FLUX.1-dev image in ~0.7 s)")
-	fs.BoolVar(&c.Queue.On, "queue", false, "the router-owned queue: requests wait in the router, not in a worker, and are bound to the best free worker when a slot frees (least-work only; default: each request is bound to a worker on arrival)")
+	fs.BoolVar(&c.Queue.On, "queue", true, "the router-owned queue: requests wait in the router, not in a worker, and are bound to the best free worker when a slot frees (on by default with least-work; --queue=false binds each request to a worker on arrival)")
 	fs.IntVar(&c.Queue.Slots, "slots", 1, "with --queue: requests a worker runs at once")
 	fs.Var(&seconds{d: &c.Queue.Timeout, allow0: true}, "queue-timeout", "with --queue: seconds a request may wait for its turn before a 504 that says it never started (0: no limit)")
 	fs.IntVar(&c.Queue.MaxQueued, "max-queued", queue.DefaultMaxQueued, "with --queue: requests that may wait; more are answered 429 with Retry-After")
@@ -249,9 +249,17 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	if c.Queue.Weights, err = parseWeights(*weights); err != nil {
 		return c, err
 	}
-	fs.Visit(func(f *flag.Flag) { c.RoutingAlgorithmSet = c.RoutingAlgorithmSet || f.Name == "routing-algorithm" })
+	queueSet := false
+	fs.Visit(func(f *flag.Flag) {
+		c.RoutingAlgorithmSet = c.RoutingAlgorithmSet || f.Name == "routing-algorithm"
+		queueSet = queueSet || f.Name == "queue"
+	})
 	if !c.RoutingAlgorithmSet && strings.EqualFold(c.WasmFilter, "none") {
 		c.RoutingAlgorithm = string(translate.PolicyLeastRequest) // the default needs the filter
+	}
+	if !queueSet {
+		// The queue is least-work's: on with it, off with the others.
+		c.Queue.On = translate.Policy(c.RoutingAlgorithm) == translate.PolicyLeastWork && !strings.EqualFold(c.WasmFilter, "none")
 	}
 	for _, u := range strings.FieldsFunc(urls, func(r rune) bool { return r == ',' || r == ' ' }) {
 		c.WorkerURLs = append(c.WorkerURLs, u)

@@ -75,7 +75,22 @@ func TestParse(t *testing.T) {
 				t.Fatalf("ahead %v", c.Queue.Ahead)
 			}
 		}},
-		{name: "binding on arrival by default", args: nil, check: func(t *testing.T, c Config) {
+		{name: "the queue is on with least-work by default", args: nil, check: func(t *testing.T, c Config) {
+			if !c.Queue.On {
+				t.Fatal("queue off")
+			}
+		}},
+		{name: "early binding one flag away", args: []string{"--queue=false"}, check: func(t *testing.T, c Config) {
+			if c.Queue.On {
+				t.Fatal("queue on")
+			}
+		}},
+		{name: "no queue with least-request", args: []string{"--routing-algorithm", "least-request"}, check: func(t *testing.T, c Config) {
+			if c.Queue.On {
+				t.Fatal("queue on")
+			}
+		}},
+		{name: "no queue without the filter", args: []string{"--wasm-filter", "none"}, check: func(t *testing.T, c Config) {
 			if c.Queue.On {
 				t.Fatal("queue on")
 			}
