@@ -32,7 +32,12 @@ type queueResult struct {
 
 // sendImage posts one image request with extra headers; ctx may cut it.
 func sendImage(ctx context.Context, front string, headers map[string]string) queueResult {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, front+wire.PathImages, strings.NewReader(`{"prompt":"q","size":"256x256"}`))
+	return sendImageBody(ctx, front, `{"prompt":"q","size":"256x256"}`, headers)
+}
+
+// sendImageBody is sendImage with a body of the caller's.
+func sendImageBody(ctx context.Context, front, body string, headers map[string]string) queueResult {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, front+wire.PathImages, strings.NewReader(body))
 	if err != nil {
 		return queueResult{err: err}
 	}

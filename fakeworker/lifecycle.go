@@ -319,14 +319,33 @@ type Stats struct {
 	Resets        int            `json:"resets"`
 	WeightUpdates int            `json:"weight_updates"`
 	Sleeping      bool           `json:"sleeping"`
+	// Traceparents are the W3C trace contexts of the latest requests that
+	// came with one (at most maxTraces, oldest first).
+	Traceparents []string `json:"traceparents"`
 	gpuStats
+}
+
+// maxTraces bounds the traceparents a worker keeps.
+const maxTraces = 64
+
+func (s *Server) noteTrace(tp string) {
+	if len(tp) > 128 {
+		return // not a traceparent
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.traces) >= maxTraces {
+		s.traces = s.traces[1:]
+	}
+	s.traces = append(s.traces, tp)
 }
 
 func (s *Server) handleStats(w http.ResponseWriter, _ *http.Request) {
 	g := s.gpu.stats()
 	s.mu.Lock()
 	st := Stats{WorkerID: s.cfg.WorkerID, ModelPath: s.modelPath, Served: map[string]int{}, Failed: s.failed,
-		Hung: s.hung, Resets: s.resets, WeightUpdates: s.updates, Sleeping: s.sleeping, gpuStats: g}
+		Hung: s.hung, Resets: s.resets, WeightUpdates: s.updates, Sleeping: s.sleeping, gpuStats: g,
+		Traceparents: append([]string{}, s.traces...)}
 	for k, v := range s.served {
 		st.Served[k] = v
 		st.ServedTotal += v

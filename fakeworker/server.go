@@ -37,13 +37,15 @@ type Server struct {
 	loras     map[string]string
 	merged    bool
 	served    map[string]int
-	failed    int
-	hung      int
-	resets    int
-	images    map[string][]byte
-	imageIDs  []string // insertion order, to bound memory
-	videos    map[string]*video
-	videoSeq  int
+	// traces are the latest traceparents requests came with.
+	traces   []string
+	failed   int
+	hung     int
+	resets   int
+	images   map[string][]byte
+	imageIDs []string // insertion order, to bound memory
+	videos   map[string]*video
+	videoSeq int
 }
 
 // Faults can be changed while the worker runs (POST /_fake/faults).
@@ -186,10 +188,15 @@ func (s *Server) Handler() http.Handler {
 		w.Header().Set("X-Model-Path", s.currentModel())
 		// Echo the router's request tags, so tests can see what reached
 		// the worker.
-		for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderRequestID} {
+		for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderRequestID, wire.HeaderQueueMs} {
 			if v := r.Header.Get(h); v != "" {
 				w.Header().Set("X-Seen-"+strings.TrimPrefix(http.CanonicalHeaderKey(h), "X-"), v)
 			}
+		}
+		// A traced request's W3C trace context, as a worker's own tracer
+		// would continue it: kept for GET /stats.
+		if tp := r.Header.Get("traceparent"); tp != "" {
+			s.noteTrace(tp)
 		}
 		mux.ServeHTTP(w, r)
 	})

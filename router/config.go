@@ -78,6 +78,10 @@ type Config struct {
 	QuarantineChecksumMismatch bool
 	// AdminToken protects every call that changes the fleet.
 	AdminToken string
+	// OTLPEndpoint (host:port), when set, is an OTLP/gRPC collector the
+	// Envoys send a span per request to, TraceSampling of them.
+	OTLPEndpoint  string
+	TraceSampling float64
 	// ShutdownTimeout bounds how long SIGTERM waits for in-flight requests.
 	ShutdownTimeout time.Duration
 	// WasmFilter is the tagging filter's .wasm ("" finds the build output,
@@ -231,6 +235,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	weights := fs.String("tenant-weights", "", "with --queue: tenants' shares of the fleet, as tenant=weight,... (default 1 each)")
 	fs.StringVar(&c.Queue.ClientPriority, "client-priority", "honour", "with --queue: honour or ignore the client's "+wire.HeaderPriority+" header")
 	fs.IntVar(&c.Queue.MaxClientPriority, "max-client-priority", wire.MaxPriority, "with --queue: the highest priority a client may ask for")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "host:port of an OTLP/gRPC trace collector: Envoy sends a span per request (worker, task, model, cost, tenant, priority, queue wait) and passes the W3C traceparent on to the worker (default: no tracing)")
+	fs.Float64Var(&c.TraceSampling, "trace-sampling", 1, "with --otlp-endpoint: the share of requests traced (0 to 1; a caller's traceparent decides for its own)")
 	c.Queue.Ahead = DefaultGrantAhead
 	fs.Var(&seconds{d: &c.Queue.Ahead, allow0: true}, "queue-grant-ahead", "with --queue: seconds before a worker's running request is expected to end that its next one is granted, so the grant's round trip does not leave it idle (0: only once a slot is free)")
 	fs.BoolVar(&c.Queue.HoldWhileAsleep, "queue-while-asleep", false, "with --queue: requests wait in the queue while the fleet's memory is released (default: 503 at once)")
@@ -258,8 +264,11 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 		c.RoutingAlgorithm = string(translate.PolicyLeastRequest) // the default needs the filter
 	}
 	if !queueSet {
-		// The queue is least-work's: on with it, off with the others.
-		c.Queue.On = translate.Policy(c.RoutingAlgorithm) == translate.PolicyLeastWork && !strings.EqualFold(c.WasmFilter, "none")
+		// The queue is least-work's: on with it, off with the others
+		// (and with external Envoys not told where the filter is: they
+		// run none, and Envoy's least-request routes).
+		noFilter := strings.EqualFold(c.WasmFilter, "none") || c.ExternalEnvoy && c.WasmFilter == ""
+		c.Queue.On = translate.Policy(c.RoutingAlgorithm) == translate.PolicyLeastWork && !noFilter
 	}
 	for _, u := range strings.FieldsFunc(urls, func(r rune) bool { return r == ',' || r == ' ' }) {
 		c.WorkerURLs = append(c.WorkerURLs, u)
@@ -319,6 +328,14 @@ func (c Config) Validate() error {
 	}
 	if c.OutlierFailures < 1 || c.OutlierFailures > 1000 {
 		errs = append(errs, fmt.Errorf("--outlier-consecutive-failures %d must be in [1, 1000]", c.OutlierFailures))
+	}
+	if c.OTLPEndpoint != "" {
+		if _, _, err := splitHostPort(c.OTLPEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("--otlp-endpoint: %w", err))
+		}
+	}
+	if !(c.TraceSampling >= 0 && c.TraceSampling <= 1) {
+		errs = append(errs, fmt.Errorf("--trace-sampling %v must be from 0 to 1", c.TraceSampling))
 	}
 	if c.MaxRetries < 0 || c.MaxRetries > 10 {
 		errs = append(errs, fmt.Errorf("--max-retries %d must be in [0, 10]", c.MaxRetries))

@@ -95,7 +95,19 @@ func TestParse(t *testing.T) {
 				t.Fatal("queue on")
 			}
 		}},
+		{name: "no queue for external Envoys without the filter", args: []string{"--external-envoy", "--state-dir", "/tmp/x"}, check: func(t *testing.T, c Config) {
+			if c.Queue.On {
+				t.Fatal("queue on")
+			}
+		}},
 		{name: "the queue asked for with least-request", args: []string{"--queue", "--routing-algorithm", "least-request"}, wantErr: true},
+		{name: "traces", args: []string{"--otlp-endpoint", "127.0.0.1:4317", "--trace-sampling", "0.5"}, check: func(t *testing.T, c Config) {
+			if c.OTLPEndpoint != "127.0.0.1:4317" || c.TraceSampling != 0.5 {
+				t.Fatalf("otlp %q sampling %v", c.OTLPEndpoint, c.TraceSampling)
+			}
+		}},
+		{name: "otlp endpoint without a port", args: []string{"--otlp-endpoint", "collector"}, wantErr: true},
+		{name: "sampling above 1", args: []string{"--otlp-endpoint", "127.0.0.1:4317", "--trace-sampling", "2"}, wantErr: true},
 		{name: "negative grant ahead", args: []string{"--queue-grant-ahead", "-0.1"}, wantErr: true},
 		{name: "negative timeout", args: []string{"--timeout", "-1"}, wantErr: true},
 		{name: "timeout not a number", args: []string{"--timeout", "soon"}, wantErr: true},

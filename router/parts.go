@@ -68,6 +68,12 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 		RegistryAddress:             regHost,
 		RegistryPort:                regPort,
 	}
+	if c.OTLPEndpoint != "" {
+		if opts.OTLPAddress, opts.OTLPPort, err = splitHostPort(c.OTLPEndpoint); err != nil {
+			return translate.Options{}, fmt.Errorf("--otlp-endpoint: %w", err)
+		}
+		opts.TraceSampling = c.TraceSampling
+	}
 	if c.Queue.On {
 		// Every waiting request holds one call to the control plane open.
 		opts.RegistryMaxRequests = uint32(c.Queue.MaxQueued) + 4096

@@ -23,6 +23,10 @@ const (
 	// HeaderTenant names who a request is for (default: the body's
 	// "user", else DefaultTenant); tenants share the fleet by GPU time.
 	HeaderTenant = "x-diffusion-tenant"
+	// HeaderQueueMs is how long a request waited in the router's queue
+	// (ms), set by the filter when it is granted a worker: for traces
+	// and the worker's logs.
+	HeaderQueueMs = "x-diffusion-queue-ms"
 
 	MinPriority   = -1000
 	MaxPriority   = 1000

@@ -30,6 +30,8 @@ const (
 	RouteFront      = "front"
 	ClusterWorkers  = "workers"
 	ClusterRegistry = "registry"
+	// ClusterOTLP is the trace collector (--otlp-endpoint).
+	ClusterOTLP = "otlp"
 
 	// Endpoint metadata keys the subset load balancer selects on.
 	SubsetKeyVideo  = "video"

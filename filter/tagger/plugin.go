@@ -168,6 +168,7 @@ type httpContext struct {
 	waiting     bool
 	queuedCost  int64
 	queuedKnown bool
+	queuedAt    int64 // µs
 	// jobCreated: a picked video create the worker took; its cost stays
 	// counted as a job once the answer names it. job is the worker's id
 	// of the job a call goes to (its object: poll or delete), and
@@ -213,7 +214,7 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		return c.fail("read :path", err)
 	}
 	// Tags are the router's word, never the client's.
-	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry} {
+	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry, wire.HeaderQueueMs} {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
 	c.task, c.method = Classify(method, path), method

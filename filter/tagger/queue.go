@@ -84,7 +84,7 @@ func (c *httpContext) enqueue(cost int64, known bool) bool {
 		proxywasm.LogWarnf("diffusion-tagger: queue: %v; picking here", err)
 		return false
 	}
-	c.ticket, c.waiting, c.queuedCost, c.queuedKnown = ticket, true, cost, known
+	c.ticket, c.waiting, c.queuedCost, c.queuedKnown, c.queuedAt = ticket, true, cost, known, nowMicro()
 	pk.queued.Increment(1)
 	return true
 }
@@ -100,6 +100,8 @@ func (c *httpContext) onTurn(_, bodySize, _ int) {
 		var g wire.QueueGrant
 		if json.Unmarshal(body, &g) == nil && g.Worker != "" {
 			c.p.picker.granted.Increment(1)
+			// How long it waited: a span tag, and the worker's to log.
+			_ = proxywasm.ReplaceHttpRequestHeader(wire.HeaderQueueMs, strconv.FormatInt(max(nowMicro()-c.queuedAt, 0)/1000, 10))
 			c.bind(leastwork.Choice{First: g.Worker, Second: g.Second}, c.queuedCost, c.queuedKnown, true)
 			_ = proxywasm.ResumeHttpRequest()
 			return

@@ -78,6 +78,9 @@ func TestQueueWaitsForItsTurn(t *testing.T) {
 			if p, _ := header(host.GetCurrentRequestHeaders(id2), wire.HeaderPick); p != "10.0.0.1:80" || host.GetCurrentHttpStreamAction(id2) != types.ActionContinue {
 				t.Fatalf("granted request: pick %q, action %v", p, host.GetCurrentHttpStreamAction(id2))
 			}
+			if ms, ok := header(host.GetCurrentRequestHeaders(id2), wire.HeaderQueueMs); !ok || ms == "" || ms[0] == '-' {
+				t.Fatalf("granted request's queue wait header %q", ms)
+			}
 			// Both count on the worker now.
 			rep := syncOnce(t, host, one)
 			if len(rep.Hosts) != 1 || rep.Hosts[0].Requests != 2 {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"net"
 	"os"
+	"strconv"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +27,9 @@ type goldenInput struct {
 	TimeoutSec float64 `json:"timeout_seconds"`
 	MaxRetries *uint32 `json:"max_retries"`
 	Filter     bool    `json:"wasm_filter"`
+	// OTLP is an --otlp-endpoint host:port; Sampling its ratio.
+	OTLP     string  `json:"otlp_endpoint"`
+	Sampling float64 `json:"trace_sampling"`
 	Workers    []struct {
 		URL       string   `json:"url"`
 		Address   string   `json:"address"`
@@ -58,6 +63,14 @@ func TestGolden(t *testing.T) {
 				o.Policy = Policy(gi.Policy)
 			}
 			o.Timeout = time.Duration(gi.TimeoutSec * float64(time.Second))
+			if gi.OTLP != "" {
+				host, port, err := net.SplitHostPort(gi.OTLP)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p, _ := strconv.Atoi(port)
+				o.OTLPAddress, o.OTLPPort, o.TraceSampling = host, uint32(p), gi.Sampling
+			}
 			if gi.Filter {
 				o.Filter = &FilterOptions{Path: "/opt/diffusion-router/diffusion-tagger.wasm", Config: `{"secret_env":"DIFFUSION_ROUTER_JOB_SECRET"}`, HostEnvKeys: []string{"DIFFUSION_ROUTER_JOB_SECRET"}}
 			}

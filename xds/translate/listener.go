@@ -41,7 +41,12 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	traces, err := tracing(o)
+	if err != nil {
+		return nil, err
+	}
 	hcm, err := pack(&hcmv3.HttpConnectionManager{
+		Tracing:    traces,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix: "front",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{

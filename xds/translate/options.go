@@ -100,6 +100,12 @@ type Options struct {
 
 	// Filter, when set, puts the Wasm tagging filter in front of the router.
 	Filter *FilterOptions
+
+	// OTLPAddress and OTLPPort, when set, are an OTLP/gRPC trace
+	// collector: Envoy traces TraceSampling (0 to 1) of the requests.
+	OTLPAddress   string
+	OTLPPort      uint32
+	TraceSampling float64
 }
 
 // FilterPicks reports whether the Wasm filter names each generation's
@@ -130,6 +136,10 @@ func (o Options) Validate() error {
 		return fmt.Errorf("listen port %d out of range", o.ListenPort)
 	case o.RegistryAddress == "" || o.RegistryPort == 0 || o.RegistryPort > 65535:
 		return fmt.Errorf("registry address %s:%d is not valid", o.RegistryAddress, o.RegistryPort)
+	case o.OTLPAddress != "" && (o.OTLPPort == 0 || o.OTLPPort > 65535):
+		return fmt.Errorf("OTLP endpoint port %d out of range", o.OTLPPort)
+	case !(o.TraceSampling >= 0 && o.TraceSampling <= 1):
+		return fmt.Errorf("trace sampling %v must be from 0 to 1", o.TraceSampling)
 	case o.Timeout < 0:
 		return fmt.Errorf("timeout must not be negative")
 	case o.MaxConnections == 0:

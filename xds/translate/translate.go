@@ -34,8 +34,16 @@ func Build(snap registry.Snapshot, o Options) (Resources, error) {
 	if err != nil {
 		return Resources{}, err
 	}
+	clusters := []*clusterv3.Cluster{workers, RegistryCluster(o)}
+	otlp, err := OTLPCluster(o)
+	if err != nil {
+		return Resources{}, err
+	}
+	if otlp != nil {
+		clusters = append(clusters, otlp)
+	}
 	return Resources{
-		Clusters:  []*clusterv3.Cluster{workers, RegistryCluster(o)},
+		Clusters:  clusters,
 		Endpoints: []*endpointv3.ClusterLoadAssignment{WorkersLoadAssignment(snap.Workers)},
 		Listeners: []*listenerv3.Listener{front},
 		Routes:    []*routev3.RouteConfiguration{FrontRoutes(o, FleetOf(snap.Workers))},
