@@ -165,3 +165,97 @@ func TestEnvoySpansReachTheCollector(t *testing.T) {
 		}
 	}
 }
+
+// TestControlPlaneSpans: a fleet-wide call through the front port is one
+// trace: Envoy's span, the control plane's registry span, the fleet-wide
+// call's span and one child per worker with its status; each worker got
+// that trace's traceparent, and the call's log line names the trace.
+func TestControlPlaneSpans(t *testing.T) {
+	t.Parallel()
+	rec := startOTLPReceiver(t)
+	ws, urls := startFleet(t, 2, "--time-scale", "0.01")
+	r := startRouter(t, "--otlp-endpoint", rec.Addr, "--worker-urls", strings.Join(urls, ","))
+	resp := do(t, http.MethodPost, r.Front+"/update_weights_from_disk", "application/json",
+		strings.NewReader(`{"model_path":"/ckpt/traced","weight_version":"traced-1"}`))
+	if resp.Status != http.StatusOK {
+		t.Fatalf("update = %d %s", resp.Status, resp.Body)
+	}
+	var fleetSpan *tracev1.Span
+	var children []*tracev1.Span
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		fleetSpan, children = nil, nil
+		for _, s := range rec.find(nil) {
+			if s.GetName() == "fleet /update_weights_from_disk" {
+				fleetSpan = s
+			}
+		}
+		if fleetSpan != nil {
+			for _, s := range rec.find(map[string]string{"diffusion.worker": "*"}) {
+				if s.GetName() == "worker POST /update_weights_from_disk" && string(s.GetParentSpanId()) == string(fleetSpan.GetSpanId()) {
+					children = append(children, s)
+				}
+			}
+		}
+		if fleetSpan != nil && len(children) == len(ws) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30 s: fleet span %v, %d worker spans under it; the collector holds %v", fleetSpan != nil, len(children), spanTags(rec.find(nil)))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	trace := hex.EncodeToString(fleetSpan.GetTraceId())
+	// The same trace began at Envoy and went through the registry API.
+	// (Envoy sends its spans every few seconds.)
+	names := map[string]bool{}
+	for deadline := time.Now().Add(20 * time.Second); !names["ingress"] || !names["registry POST /update_weights_from_disk"]; {
+		if time.Now().After(deadline) {
+			t.Fatalf("trace %s holds %v: want Envoy's ingress span and the registry span; the collector holds %v", trace, names, spanTags(rec.find(nil)))
+		}
+		time.Sleep(100 * time.Millisecond)
+		for _, s := range rec.find(nil) {
+			if hex.EncodeToString(s.GetTraceId()) == trace {
+				names[s.GetName()] = true
+			}
+		}
+	}
+	for i, w := range ws {
+		var st struct {
+			Traceparents []string `json:"traceparents"`
+		}
+		if err := json.Unmarshal(get(t, w.URL+"/stats").Body, &st); err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, tp := range st.Traceparents {
+			found = found || strings.Contains(tp, trace)
+		}
+		if !found {
+			t.Fatalf("worker %d got traceparents %v, not trace %s", i, st.Traceparents, trace)
+		}
+	}
+	// One child per worker, each with its answer's status.
+	byWorker := map[string]bool{}
+	for _, c := range children {
+		w, _ := attr(c, "diffusion.worker")
+		byWorker[w] = true
+		status := int64(0)
+		for _, kv := range c.GetAttributes() {
+			if kv.GetKey() == "http.status_code" {
+				status = kv.GetValue().GetIntValue()
+			}
+		}
+		if status != http.StatusOK {
+			t.Fatalf("worker span %s: status %d, want 200", w, status)
+		}
+	}
+	for _, u := range urls {
+		if !byWorker[u] {
+			t.Fatalf("no span for worker %s among %v", u, byWorker)
+		}
+	}
+	eventually(t, 10*time.Second, "the update's log line with its trace id", func() bool {
+		return strings.Contains(r.out.String(), "trace_id="+trace)
+	})
+}

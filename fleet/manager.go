@@ -13,6 +13,9 @@ import (
 	"net/netip"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/envoy"
@@ -74,6 +77,10 @@ type Config struct {
 	// the worker leave rotation, since Envoy's endpoint update alone does
 	// not stop a filter's pick.
 	Pickers Pickers
+	// Tracer, if set, records fleet-wide calls, each worker's part of them
+	// and drains as spans (package traces); the calls carry the trace to
+	// the workers.
+	Tracer trace.Tracer
 }
 
 // Pickers tells when every filter that picks workers has seen a registry
@@ -152,6 +159,9 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 	}
 	if cfg.Envoys == nil {
 		cfg.Envoys = envoy.NewAdminClient()
+	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
 	}
 	st := &states{reg: reg, rec: cfg.Recorder, log: log}
 	wc := &workerClient{

@@ -10,6 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/traces"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/registry"
@@ -158,8 +162,10 @@ type CallSpec struct {
 }
 
 // Call runs a fleet-wide call on every target worker in parallel.
-func (op *operations) Call(ctx context.Context, spec CallSpec) (Outcome, error) {
+func (op *operations) Call(ctx context.Context, spec CallSpec) (_ Outcome, err error) {
 	id := newOpID(strings.TrimPrefix(spec.Path, "/"))
+	ctx, span := op.cfg.Tracer.Start(ctx, "fleet "+spec.Path, trace.WithAttributes(attribute.String("diffusion.op", id)))
+	defer endSpan(span, &err)
 	release, err := op.lock.try(id)
 	if err != nil {
 		return Outcome{}, err
@@ -217,8 +223,26 @@ func (op *operations) Call(ctx context.Context, spec CallSpec) (Outcome, error) 
 		}
 	}
 	back.Wait()
-	op.log.WithFields(logrus.Fields{"op": id, "workers": len(targets), "failed": out.Failed}).Info("fleet-wide call done")
+	span.SetAttributes(attribute.Int("diffusion.workers", len(targets)), attribute.Int("diffusion.failed", out.Failed))
+	withTrace(ctx, op.log).WithFields(logrus.Fields{"op": id, "workers": len(targets), "failed": out.Failed}).Info("fleet-wide call done")
 	return out, nil
+}
+
+// endSpan ends a fleet operation's span, failed if it returned an error.
+func endSpan(span trace.Span, err *error) {
+	if *err != nil {
+		traces.Fail(span, (*err).Error())
+	}
+	span.End()
+}
+
+// withTrace adds ctx's trace id to a log entry (when ctx is traced), so a
+// call's log lines lead to its trace.
+func withTrace(ctx context.Context, log *logrus.Entry) *logrus.Entry {
+	if id := traces.ID(ctx); id != "" {
+		return log.WithField("trace_id", id)
+	}
+	return log
 }
 
 // describe summarises a failed call for a quarantine reason.

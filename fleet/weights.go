@@ -8,6 +8,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/traces"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/registry"
@@ -50,9 +54,12 @@ var ErrCatchUp = errors.New("worker could not load the fleet's weights")
 
 // UpdateWeights switches the fleet to new weights. Workers whose update fails
 // or times out may hold partial or old weights: they are quarantined.
-func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (UpdateOutcome, error) {
+func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (_ UpdateOutcome, err error) {
 	modelPath, _ := spec.Request["model_path"].(string)
 	id := newOpID("update_weights")
+	ctx, span := op.cfg.Tracer.Start(ctx, "fleet "+PathUpdateWeights, trace.WithAttributes(attribute.String("diffusion.op", id),
+		attribute.String("diffusion.mode", string(spec.Mode)), attribute.String("diffusion.model_path", modelPath)))
+	defer endSpan(span, &err)
 	release, err := op.lock.try(id)
 	if err != nil {
 		return UpdateOutcome{}, err
@@ -79,7 +86,8 @@ func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (Updat
 	if err != nil {
 		return out, fmt.Errorf("encode update: %w", err)
 	}
-	log := op.log.WithFields(logrus.Fields{"op": id, "version": version, "model_path": modelPath, "mode": spec.Mode, "workers": len(targets)})
+	span.SetAttributes(attribute.String("diffusion.weight_version", version), attribute.Int("diffusion.workers", len(targets)))
+	log := withTrace(ctx, op.log).WithFields(logrus.Fields{"op": id, "version": version, "model_path": modelPath, "mode": spec.Mode, "workers": len(targets)})
 	log.Info("weight update started")
 	started := time.Now()
 	switch {
@@ -177,6 +185,13 @@ func (op *operations) settle(w registry.Worker, r CallResult, version, modelPath
 // the workers go back to rotation unchanged and the update stops
 // (Rejected).
 func (op *operations) updateDrained(ctx context.Context, batch []registry.Worker, body []byte, version, modelPath string, timeout time.Duration, out *Outcome, first, drain bool) {
+	if drain {
+		// A drain-mode batch: out of rotation, drained, updated, back;
+		// its workers' spans are its children.
+		var span trace.Span
+		ctx, span = op.cfg.Tracer.Start(ctx, "fleet update batch", trace.WithAttributes(attribute.Int("diffusion.workers", len(batch))))
+		defer span.End()
+	}
 	var taken []registry.Worker
 	var gen uint64
 	for _, w := range batch {
@@ -205,7 +220,13 @@ func (op *operations) updateDrained(ctx context.Context, batch []registry.Worker
 			}
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			if !op.drains.waitIdle(dctx, w.Key(), gen) {
+			_, drainSpan := op.cfg.Tracer.Start(dctx, "drain", trace.WithAttributes(attribute.String("diffusion.worker", w.URL.String())))
+			idle := op.drains.waitIdle(dctx, w.Key(), gen)
+			if !idle {
+				traces.Fail(drainSpan, "in-flight requests did not finish in time")
+			}
+			drainSpan.End()
+			if !idle {
 				results[i] = CallResult{WorkerURL: w.Key(), StatusCode: 504, Body: map[string]any{
 					"error": fmt.Sprintf("in-flight requests did not finish within %s", timeout)}}
 				return

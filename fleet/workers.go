@@ -12,6 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/traces"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/sirupsen/logrus"
 )
@@ -47,8 +51,18 @@ func (c CallResult) OK() bool {
 	return true
 }
 
-func (wc *workerClient) call(ctx context.Context, base, path string, body []byte, contentType string, timeout time.Duration) CallResult {
-	res := CallResult{WorkerURL: base, StatusCode: http.StatusBadGateway}
+func (wc *workerClient) call(ctx context.Context, base, path string, body []byte, contentType string, timeout time.Duration) (res CallResult) {
+	// A fleet-wide call's span has a child per worker, with its answer.
+	ctx, span := wc.cfg.Tracer.Start(ctx, "worker POST "+path, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("diffusion.worker", base)))
+	defer func() {
+		span.SetAttributes(attribute.Int("http.status_code", res.StatusCode))
+		if !res.OK() {
+			traces.Fail(span, fmt.Sprintf("status %d", res.StatusCode))
+		}
+		span.End()
+	}()
+	res = CallResult{WorkerURL: base, StatusCode: http.StatusBadGateway}
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -63,6 +77,7 @@ func (wc *workerClient) call(ctx context.Context, base, path string, body []byte
 		contentType = "application/json"
 	}
 	req.Header.Set("Content-Type", contentType)
+	traces.Inject(ctx, req.Header)
 	resp, err := wc.client.Do(req)
 	if err != nil {
 		res.Body = map[string]any{"error": "worker request failed: " + err.Error()}

@@ -316,7 +316,21 @@ func (b *Board) FleetView(snap registry.Snapshot, out func(key string) bool) wir
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.expire(now)
-	return b.view(snap, running, known, out, b.workByHost(), now)
+	v := b.view(snap, running, known, out, b.workByHost(), now)
+	failing := map[string]bool{}
+	for _, e := range b.reports {
+		for _, h := range e.report.Hosts {
+			if h.Failing {
+				failing[h.Addr] = true
+			}
+		}
+	}
+	if len(failing) > 0 {
+		// A worker an Envoy just saw fail in a row is granted nothing
+		// until that Envoy's next report clears it (or Envoy ejects it).
+		v.Workers = slices.DeleteFunc(v.Workers, func(w wire.PickWorker) bool { return failing[w.Addr] })
+	}
+	return v
 }
 
 // noteFreed counts the ends a report says; b.mu is held. The counts stay

@@ -542,3 +542,37 @@ func TestWorkersWord(t *testing.T) {
 		}
 	}
 }
+
+// TestFailingWorkerLeavesTheQueuesView: a worker an Envoy reports failing
+// is not in the queue's view until that Envoy's next report clears it; a
+// queue call's note of its load does not clear it.
+func TestFailingWorkerLeavesTheQueuesView(t *testing.T) {
+	b := New(Options{})
+	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I"), worker("10.0.0.2", 80, registry.StateActive, "T2I")}}
+	none := func(string) bool { return false }
+	addrs := func() []string {
+		var out []string
+		for _, w := range b.FleetView(snap, none).Workers {
+			out = append(out, w.Addr)
+		}
+		return out
+	}
+	if _, err := b.Sync(wire.LoadReport{Node: "A", Hosts: []wire.HostReport{{Addr: "10.0.0.1:80", Failing: true}}}, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs(); fmt.Sprint(got) != "[10.0.0.2:80]" {
+		t.Fatalf("queue's view with 10.0.0.1 failing: %v", got)
+	}
+	if err := b.Note("A", []wire.HostReport{{Addr: "10.0.0.1:80"}}, time.Now().UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs(); fmt.Sprint(got) != "[10.0.0.2:80]" {
+		t.Fatalf("a note cleared the failing mark: %v", got)
+	}
+	if _, err := b.Sync(wire.LoadReport{Node: "A"}, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs(); len(got) != 2 {
+		t.Fatalf("after a report without the mark: %v", got)
+	}
+}

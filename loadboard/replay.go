@@ -91,9 +91,16 @@ func (b *Board) Note(node string, hosts []wire.HostReport, signedAt int64) error
 	}
 	merged := make([]wire.HostReport, 0, len(e.report.Hosts)+len(hosts))
 	given := make(map[string]bool, len(hosts))
+	failing := map[string]bool{}
+	for _, h := range e.report.Hosts {
+		failing[h.Addr] = h.Failing
+	}
 	for _, h := range hosts {
 		given[h.Addr] = true
-		if h.Work > 0 || h.Requests > 0 {
+		// A part says what is counted; whether the worker is failing the
+		// node's reports say.
+		h.Failing = h.Failing || failing[h.Addr]
+		if h.Work > 0 || h.Requests > 0 || h.Failing {
 			merged = append(merged, h)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/diffrouter/diffusion-router/api"
 	"github.com/diffrouter/diffusion-router/fleet"
@@ -21,6 +22,7 @@ import (
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/queue"
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/traces"
 	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/workerword"
 	"github.com/diffrouter/diffusion-router/xds/publish"
@@ -72,6 +74,7 @@ type router struct {
 	syncSecret []byte
 	fleet      *fleet.Manager
 	api        *http.Server
+	tracer     trace.Tracer // a no-op one without --otlp-endpoint
 }
 
 func (r *router) onClose(f func()) { r.closers = append(r.closers, f) }
@@ -93,6 +96,7 @@ func (r *router) build(ctx context.Context) error {
 		r.buildXDS,
 		r.buildFilterSide,
 		r.publishFirst,
+		r.startTracing,
 		r.buildFleet,
 		r.buildWorkerMetrics,
 		r.buildAPI,
@@ -228,6 +232,7 @@ func (r *router) buildFleet(ctx context.Context) error {
 		OutlierFailures:  c.OutlierFailures,
 		Recorder:         r.metrics,
 		HoldInPlace:      c.Queue.On,
+		Tracer:           r.tracer,
 		// Each worker's update, and in drain mode its drain, is bounded.
 		WeightUpdateTimeout: c.WeightUpdateTimeout,
 	}, r.log.WithField("component", "fleet"))
@@ -260,12 +265,31 @@ func (r *router) buildWorkerMetrics(context.Context) error {
 
 func (r *router) buildAPI(context.Context) error {
 	c := r.c
-	r.api = &http.Server{
-		Handler: &api.Server{Fleet: r.fleet, Log: r.log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
-			QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: r.metrics.Handler(), AdminToken: c.AdminToken,
-			Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, DefaultSlots: r.c.Queue.Slots, HoldWhileAsleep: c.Queue.HoldWhileAsleep},
-		ReadHeaderTimeout: 10 * time.Second,
+	var handler http.Handler = &api.Server{Fleet: r.fleet, Log: r.log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
+		QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: r.metrics.Handler(), AdminToken: c.AdminToken,
+		Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, DefaultSlots: r.c.Queue.Slots, HoldWhileAsleep: c.Queue.HoldWhileAsleep}
+	if c.OTLPEndpoint != "" {
+		handler = traces.Handler(r.tracer, handler, wire.PathInternalPrefix)
 	}
+	r.api = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	return nil
+}
+
+// startTracing starts the control plane's tracer (--otlp-endpoint; a
+// no-op one without), flushed and stopped when the router stops.
+func (r *router) startTracing(ctx context.Context) error {
+	tracer, stop, err := traces.Start(ctx, r.c.OTLPEndpoint, r.c.TraceSampling)
+	if err != nil {
+		return err
+	}
+	r.tracer = tracer
+	r.onClose(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stop(sctx); err != nil {
+			r.base.WithError(err).Warn("flushing the last spans")
+		}
+	})
 	return nil
 }
 

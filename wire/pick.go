@@ -17,6 +17,9 @@ const (
 	// control plane answers it on its API port only: the front routes do
 	// not lead there.
 	PathFilterSync = "/_router/filter-sync"
+	// PathInternalPrefix starts every path only the filters call (sync,
+	// queue, job records): the control plane does not trace them.
+	PathInternalPrefix = "/_router/"
 
 	// SyncInterval is how often a filter syncs with the control plane.
 	SyncInterval = 100 * time.Millisecond
@@ -179,4 +182,8 @@ type HostReport struct {
 	// effective cost (0: not yet).
 	MsPerCost float64 `json:"ms_per_cost,omitempty"`
 	Samples   int64   `json:"samples,omitempty"`
+	// Failing: this Envoy saw the worker fail as often in a row as the
+	// ejection rule says, just now (leastwork.Failing): the router's queue
+	// grants it nothing meanwhile, as the filter picks it for nothing.
+	Failing bool `json:"failing,omitempty"`
 }

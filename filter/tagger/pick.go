@@ -694,10 +694,19 @@ func (p *picker) sync() {
 // small). each, if set, sees every worker's record.
 func (p *picker) busyHosts(each func(leastwork.Host)) []wire.HostReport {
 	out := []wire.HostReport{}
+	now := nowMicro()
+	var rule wire.Ejection
+	if v := p.currentView(now); v != nil {
+		rule = v.Ejection
+	}
 	for _, a := range p.hostList() {
 		h := p.readHost(a)
-		if h.Work > 0 || h.Requests > 0 {
-			out = append(out, hostReport(h))
+		// A failing worker is listed even when idle: it failed fast.
+		failing := leastwork.Failing(&h, rule, now)
+		if h.Work > 0 || h.Requests > 0 || failing {
+			r := hostReport(h)
+			r.Failing = failing
+			out = append(out, r)
 		}
 		if each != nil {
 			each(h)

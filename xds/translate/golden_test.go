@@ -6,8 +6,8 @@ import (
 	"flag"
 	"net"
 	"os"
-	"strconv"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +30,7 @@ type goldenInput struct {
 	// OTLP is an --otlp-endpoint host:port; Sampling its ratio.
 	OTLP     string  `json:"otlp_endpoint"`
 	Sampling float64 `json:"trace_sampling"`
-	Workers    []struct {
+	Workers  []struct {
 		URL       string   `json:"url"`
 		Address   string   `json:"address"`
 		State     string   `json:"state"`
