@@ -319,8 +319,8 @@ func TestObserveProfileIsConsistent(t *testing.T) {
 		t.Fatalf("%s mounts nothing at %s", s.Name, target)
 		return ""
 	}
-	prom, graf := service(t, p, "prometheus"), service(t, p, "grafana")
-	for _, s := range []types.ServiceConfig{prom, graf} {
+	prom, graf, jaeger := service(t, p, "prometheus"), service(t, p, "grafana"), service(t, p, "jaeger")
+	for _, s := range []types.ServiceConfig{prom, graf, jaeger} {
 		if !slices.Equal(s.Profiles, []string{"observe"}) {
 			t.Errorf("%s is not in the observe profile only: %v", s.Name, s.Profiles)
 		}
@@ -339,6 +339,14 @@ func TestObserveProfileIsConsistent(t *testing.T) {
 	}
 	if g := published(t, graf, 3000); g.HostIP != "127.0.0.1" {
 		t.Errorf("Grafana is published on %q, want 127.0.0.1", g.HostIP)
+	}
+	if j := published(t, jaeger, 16686); j.HostIP != "127.0.0.1" {
+		t.Errorf("Jaeger's UI is published on %q, want 127.0.0.1", j.HostIP)
+	}
+	// The control plane takes the collector from its environment, passed
+	// on from the host's (empty: no traces).
+	if _, ok := service(t, p, "control-plane").Environment[router.OTLPEndpointEnv]; !ok {
+		t.Errorf("the control plane is not given $%s", router.OTLPEndpointEnv)
 	}
 	prov := mounted(graf, "/etc/grafana/provisioning")
 	ds, err := os.ReadFile(filepath.Join(prov, "datasources", "prometheus.yaml"))

@@ -23,6 +23,10 @@ import (
 // so that it need not appear on a command line.
 const AdminTokenEnv = "DIFFUSION_ROUTER_ADMIN_TOKEN"
 
+// OTLPEndpointEnv is --otlp-endpoint's default (so compose passes it on
+// only when the observe profile's collector is wanted).
+const OTLPEndpointEnv = "DIFFUSION_ROUTER_OTLP_ENDPOINT"
+
 // Config is the router's command line.
 type Config struct {
 	// Flags of the Python routers.
@@ -235,7 +239,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	weights := fs.String("tenant-weights", "", "with --queue: tenants' shares of the fleet, as tenant=weight,... (default 1 each)")
 	fs.StringVar(&c.Queue.ClientPriority, "client-priority", "honour", "with --queue: honour or ignore the client's "+wire.HeaderPriority+" header")
 	fs.IntVar(&c.Queue.MaxClientPriority, "max-client-priority", wire.MaxPriority, "with --queue: the highest priority a client may ask for")
-	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "host:port of an OTLP/gRPC trace collector: Envoy sends a span per request (worker, task, model, cost, tenant, priority, queue wait) and passes the W3C traceparent on to the worker (default: no tracing)")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", os.Getenv(OTLPEndpointEnv), "host:port of an OTLP/gRPC trace collector (default $"+OTLPEndpointEnv+"): Envoy sends a span per request (worker, task, model, cost, tenant, priority, queue wait) and passes the W3C traceparent on to the worker (default: no tracing)")
 	fs.Float64Var(&c.TraceSampling, "trace-sampling", 1, "with --otlp-endpoint: the share of requests traced (0 to 1; a caller's traceparent decides for its own)")
 	c.Queue.Ahead = DefaultGrantAhead
 	fs.Var(&seconds{d: &c.Queue.Ahead, allow0: true}, "queue-grant-ahead", "with --queue: seconds before a worker's running request is expected to end that its next one is granted, so the grant's round trip does not leave it idle (0: only once a slot is free)")
