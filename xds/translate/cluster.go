@@ -210,10 +210,6 @@ func OutlierDetection(o Options) *clusterv3.OutlierDetection {
 // host name (--registry-advertise control-plane:18080, as in compose) is
 // resolved by Envoy, and again when it changes (a restarted container).
 func RegistryCluster(o Options) *clusterv3.Cluster {
-	discovery := clusterv3.Cluster_STATIC
-	if net.ParseIP(o.RegistryAddress) == nil {
-		discovery = clusterv3.Cluster_STRICT_DNS
-	}
 	var breakers *clusterv3.CircuitBreakers
 	if n := o.RegistryMaxRequests; n > 0 {
 		breakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
@@ -222,17 +218,28 @@ func RegistryCluster(o Options) *clusterv3.Cluster {
 			MaxRequests:        wrapperspb.UInt32(n),
 		}}}
 	}
+	c := singleHost(wire.ClusterRegistry, o.RegistryAddress, o.RegistryPort, o.ConnectTimeout)
+	c.CircuitBreakers = breakers
+	return c
+}
+
+// singleHost is a cluster of one address: static for an IP; a host name
+// is resolved by Envoy, and again when it changes.
+func singleHost(name, addr string, port uint32, connect time.Duration) *clusterv3.Cluster {
+	discovery := clusterv3.Cluster_STATIC
+	if net.ParseIP(addr) == nil {
+		discovery = clusterv3.Cluster_STRICT_DNS
+	}
 	return &clusterv3.Cluster{
-		CircuitBreakers:      breakers,
-		Name:                 wire.ClusterRegistry,
+		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
-		ConnectTimeout:       durationpb.New(o.ConnectTimeout),
+		ConnectTimeout:       durationpb.New(connect),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: wire.ClusterRegistry,
+			ClusterName: name,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: socketAddress(o.RegistryAddress, o.RegistryPort),
+						Address: socketAddress(addr, port),
 					}},
 				}},
 			}},

@@ -1,11 +1,8 @@
 package translate
 
 import (
-	"net"
-
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -76,10 +73,6 @@ func OTLPCluster(o Options) (*clusterv3.Cluster, error) {
 	if o.OTLPAddress == "" {
 		return nil, nil
 	}
-	discovery := clusterv3.Cluster_STATIC
-	if net.ParseIP(o.OTLPAddress) == nil {
-		discovery = clusterv3.Cluster_STRICT_DNS
-	}
 	h2, err := pack(&httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
@@ -88,20 +81,7 @@ func OTLPCluster(o Options) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &clusterv3.Cluster{
-		Name:                          wire.ClusterOTLP,
-		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: discovery},
-		ConnectTimeout:                durationpb.New(o.ConnectTimeout),
-		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
-		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: wire.ClusterOTLP,
-			Endpoints: []*endpointv3.LocalityLbEndpoints{{
-				LbEndpoints: []*endpointv3.LbEndpoint{{
-					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: socketAddress(o.OTLPAddress, o.OTLPPort),
-					}},
-				}},
-			}},
-		},
-	}, nil
+	c := singleHost(wire.ClusterOTLP, o.OTLPAddress, o.OTLPPort, o.ConnectTimeout)
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2}
+	return c, nil
 }
