@@ -575,6 +575,14 @@ func TestLeastWorkRefusedRequestTeachesNoCost(t *testing.T) {
 		create(`{"prompt":"clip","num_inference_steps":20,"size":"512x512"}`)
 		return envoyStat(t, r.Admin, "wasmcustom.diffusion_router.pick.picked") > 0
 	})
+	// The picked job's cost, once a sync shows it; then four more of the
+	// same. (Waiting for a multiple of five is not enough: one job's cost
+	// may be one, and the gauges follow the syncs.)
+	var one int64
+	eventually(t, 5*time.Second, "the picked job to count", func() bool {
+		one, _ = outstanding(t, r.Admin)
+		return one > 0
+	})
 	for range 4 {
 		create(`{"prompt":"clip","num_inference_steps":20,"size":"512x512"}`)
 	}
@@ -586,9 +594,9 @@ func TestLeastWorkRefusedRequestTeachesNoCost(t *testing.T) {
 	var before int64
 	eventually(t, 5*time.Second, "the five jobs to count", func() bool {
 		before, _ = outstanding(t, r.Admin)
-		return before > 0 && before%5 == 0
+		return before == 5*one
 	})
-	each := before / 5
+	each := one
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
 	_ = mw.WriteField("prompt", "clip")
