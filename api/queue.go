@@ -78,6 +78,9 @@ func (s *Server) queueWait(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusTooManyRequests, "%v", err))
 	case errors.Is(err, queue.ErrTimeout):
 		writeError(w, errorf(http.StatusGatewayTimeout, "%v", err))
+	case errors.Is(err, queue.ErrNoWorker):
+		// The filter then routes as without the queue: Envoy's 503.
+		writeError(w, errorf(http.StatusServiceUnavailable, "%v", err))
 	default:
 		writeError(w, errorf(http.StatusConflict, "%v", err))
 	}

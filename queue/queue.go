@@ -33,6 +33,10 @@ var (
 	ErrCancelled  = errors.New("cancelled while queued; the request never started")
 	ErrDuplicate  = errors.New("a request with this ticket is already queued")
 	ErrTooMany    = errors.New("too many tenants are queued at once")
+	// ErrNoWorker: no worker of the request's kind is in rotation, and
+	// none is held out for a while (an update, a sleep the queue waits
+	// out): the request is answered as without the queue.
+	ErrNoWorker = errors.New("no worker of this kind is in rotation")
 )
 
 // Key names a queued request: the Envoy that holds it and its ticket there.
@@ -66,6 +70,10 @@ type Fleet struct {
 	DefaultSlots int
 	// ReportedAt is when an Envoy's latest load report arrived (zero: none).
 	ReportedAt func(node string) time.Time
+	// Paused: workers are out of rotation only for a while (an in-place
+	// update loading, a sleep the queue waits out), so a request none can
+	// take waits for them rather than being answered ErrNoWorker.
+	Paused bool
 	// Freed, if set, counts the ends of requests the Envoys reported on
 	// a worker so far (wire.LoadReport.Freed): Options.Ahead plans from
 	// when a worker's request really ended.
@@ -501,6 +509,9 @@ func (q *Queue) Dispatch(f Fleet) int {
 		}
 	}
 	elig := map[eligibleKey][]int{}
+	if !f.Paused {
+		q.refuseUnservable(&v, elig)
+	}
 	granted := 0
 	var cands, sample []int
 	var all2 []int
@@ -589,6 +600,31 @@ func (q *Queue) Dispatch(f Fleet) int {
 		}
 	}
 	return granted
+}
+
+// refuseUnservable answers ErrNoWorker to the waiting requests (of the
+// first scanLimit) that no worker in the view could ever take: with no
+// worker of its kind in rotation, a request would wait forever where,
+// without the queue, Envoy answers 503 at once. q.mu is held.
+func (q *Queue) refuseUnservable(v *wire.PickView, elig map[eligibleKey][]int) {
+	var none []*waiter
+	q.each(scanLimit, func(x *waiter) bool {
+		k := eligibleKey{x.Pool, x.Model}
+		all, ok := elig[k]
+		if !ok {
+			all = leastwork.Eligible(nil, v, x.Pool, x.Model)
+			elig[k] = all
+		}
+		if len(all) == 0 {
+			none = append(none, x)
+		}
+		return true
+	})
+	for _, w := range none {
+		q.unlink(w)
+		q.stats.Refused++
+		w.done <- result{err: ErrNoWorker}
+	}
 }
 
 // ahead reports whether a full worker (busy == slots) can take one more

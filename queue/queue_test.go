@@ -123,9 +123,12 @@ func TestOnlyFreeSlotsAndMatchingWorkers(t *testing.T) {
 	q := New(Options{})
 	video := Request{Key: Key{"n", "video"}, Tenant: "t", Cost: 100, Pool: leastwork.PoolVideo}
 	out := waitAll(t, q, video, req("image", 0, "t"))
-	// Two image workers, one busy: the video request (first in order) has
-	// no worker and waits; the image request goes to the free one.
-	if n := q.Dispatch(fleet(1, 0)); n != 1 {
+	// Two image workers, one busy, and a busy video worker: the video
+	// request (first in order) has no free worker and waits; the image
+	// request goes to the free one.
+	withVideo := fleet(1, 0)
+	withVideo.View.Workers = append(withVideo.View.Workers, wire.PickWorker{Addr: "10.0.0.9:80", Video: true, RemoteRequests: 1})
+	if n := q.Dispatch(withVideo); n != 1 {
 		t.Fatalf("granted %d, want 1", n)
 	}
 	o := <-out
@@ -419,4 +422,39 @@ func TestGrantEndsWithItsReportedFree(t *testing.T) {
 		t.Fatalf("granted %d after the worker's end was reported, want 1", n)
 	}
 	<-out
+}
+
+// TestNoWorkerOfItsKind: a request no worker in rotation could take is
+// answered ErrNoWorker at once (as Envoy answers 503 without the queue),
+// unless the fleet is paused (an update, a sleep the queue waits out).
+func TestNoWorkerOfItsKind(t *testing.T) {
+	for _, paused := range []bool{false, true} {
+		t.Run(fmt.Sprint("paused=", paused), func(t *testing.T) {
+			q := New(Options{})
+			video := Request{Key: Key{"n", "video"}, Tenant: "t", Cost: 100, Pool: leastwork.PoolVideo}
+			out := waitAll(t, q, video, req("image", 0, "t"))
+			f := fleet(1) // one image worker, busy
+			f.Paused = paused
+			if n := q.Dispatch(f); n != 0 {
+				t.Fatalf("granted %d", n)
+			}
+			if paused {
+				if w := q.Status().Waiting; w != 2 {
+					t.Fatalf("%d waiting while paused, want 2", w)
+				}
+				return
+			}
+			select {
+			case o := <-out:
+				if o.key != "video" || !errors.Is(o.err, ErrNoWorker) {
+					t.Fatalf("%s: %v, want the video request answered ErrNoWorker", o.key, o.err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the video request was not answered")
+			}
+			if w := q.Status().Waiting; w != 1 {
+				t.Fatalf("%d waiting, want the image request still waiting for its busy worker", w)
+			}
+		})
+	}
 }

@@ -438,7 +438,11 @@ const queueTick = 20 * time.Millisecond
 // go to (as in the filters' views: not failing Envoy's health checks, not
 // ejected) with every Envoy's work on them.
 func (r *router) queueFleet() queue.Fleet {
-	return queue.Fleet{View: r.board.FleetView(r.reg.Snapshot(), r.fleet.OutByEnvoy()), DefaultSlots: r.c.Queue.Slots, ReportedAt: r.board.ReportedAt, Freed: r.board.Freed}
+	snap := r.reg.Snapshot()
+	counts := snap.Count()
+	return queue.Fleet{View: r.board.FleetView(snap, r.fleet.OutByEnvoy()), DefaultSlots: r.c.Queue.Slots,
+		ReportedAt: r.board.ReportedAt, Freed: r.board.Freed,
+		Paused: counts.ByState[registry.StateUpdating] > 0 || r.c.Queue.HoldWhileAsleep && counts.Asleep > 0}
 }
 
 // queueGranted records a grant: the wait in the metrics by priority, and a
