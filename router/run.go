@@ -440,9 +440,19 @@ const queueTick = 20 * time.Millisecond
 func (r *router) queueFleet() queue.Fleet {
 	snap := r.reg.Snapshot()
 	counts := snap.Count()
-	return queue.Fleet{View: r.board.FleetView(snap, r.fleet.OutByEnvoy()), DefaultSlots: r.c.Queue.Slots,
-		ReportedAt: r.board.ReportedAt, Freed: r.board.Freed,
-		Paused: counts.ByState[registry.StateUpdating] > 0 || r.c.Queue.HoldWhileAsleep && counts.Asleep > 0}
+	view := r.board.FleetView(snap, r.fleet.OutByEnvoy())
+	routable := 0
+	for _, w := range snap.Workers {
+		if w.Routable() {
+			routable++
+		}
+	}
+	return queue.Fleet{View: view, DefaultSlots: r.c.Queue.Slots, ReportedAt: r.board.ReportedAt, Freed: r.board.Freed,
+		// Workers out only for a while: loading weights, asleep while the
+		// queue waits it out, or in rotation but not yet (or no longer)
+		// in every Envoy's (an update's end, a join, an ejection).
+		Paused: counts.ByState[registry.StateUpdating] > 0 || r.c.Queue.HoldWhileAsleep && counts.Asleep > 0 ||
+			len(view.Workers) < routable}
 }
 
 // queueGranted records a grant: the wait in the metrics by priority, and a
