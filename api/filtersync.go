@@ -6,7 +6,6 @@ import (
 	"strconv"
 
 	"github.com/diffrouter/diffusion-router/loadboard"
-	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
@@ -41,8 +40,7 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		// and how many requests each worker takes.
 		s.Queue.Kick()
 		view.Queued = s.Queue.Waiting()
-		counts := snap.Count()
-		view.Paused = counts.ByState[registry.StateUpdating] > 0 || s.HoldWhileAsleep && counts.Asleep > 0
+		view.Paused = snap.Count().Paused(s.HoldWhileAsleep)
 		for i := range view.Workers {
 			if view.Workers[i].Slots == 0 {
 				view.Workers[i].Slots = s.DefaultSlots

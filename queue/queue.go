@@ -508,9 +508,19 @@ func (q *Queue) Dispatch(f Fleet) int {
 			nopen++
 		}
 	}
+	// eligible is the workers a request may go to, one list per kind.
 	elig := map[eligibleKey][]int{}
+	eligible := func(x *waiter) []int {
+		k := eligibleKey{x.Pool, x.Model}
+		all, ok := elig[k]
+		if !ok {
+			all = leastwork.Eligible(nil, &v, x.Pool, x.Model)
+			elig[k] = all
+		}
+		return all
+	}
 	if !f.Paused {
-		q.refuseUnservable(&v, elig)
+		q.refuseUnservable(eligible)
 	}
 	granted := 0
 	var cands, sample []int
@@ -525,12 +535,7 @@ func (q *Queue) Dispatch(f Fleet) int {
 		var w *waiter
 		var choice leastwork.Choice
 		q.each(scanLimit, func(x *waiter) bool {
-			k := eligibleKey{x.Pool, x.Model}
-			all, ok := elig[k]
-			if !ok {
-				all = leastwork.Eligible(nil, &v, x.Pool, x.Model)
-				elig[k] = all
-			}
+			all := eligible(x)
 			cands = cands[:0]
 			for _, i := range all {
 				if open[i] {
@@ -606,16 +611,10 @@ func (q *Queue) Dispatch(f Fleet) int {
 // first scanLimit) that no worker in the view could ever take: with no
 // worker of its kind in rotation, a request would wait forever where,
 // without the queue, Envoy answers 503 at once. q.mu is held.
-func (q *Queue) refuseUnservable(v *wire.PickView, elig map[eligibleKey][]int) {
+func (q *Queue) refuseUnservable(eligible func(*waiter) []int) {
 	var none []*waiter
 	q.each(scanLimit, func(x *waiter) bool {
-		k := eligibleKey{x.Pool, x.Model}
-		all, ok := elig[k]
-		if !ok {
-			all = leastwork.Eligible(nil, v, x.Pool, x.Model)
-			elig[k] = all
-		}
-		if len(all) == 0 {
+		if len(eligible(x)) == 0 {
 			none = append(none, x)
 		}
 		return true

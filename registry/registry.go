@@ -190,6 +190,13 @@ func (s Snapshot) Count() Counts {
 	return c
 }
 
+// Paused reports whether workers are out of rotation only for a while:
+// loading weights, or asleep when the router-owned queue holds requests
+// until they wake (holdAsleep). Requests with no worker then wait.
+func (c Counts) Paused(holdAsleep bool) bool {
+	return c.ByState[StateUpdating] > 0 || holdAsleep && c.Asleep > 0
+}
+
 // Get returns the worker with the canonical URL key.
 func (s Snapshot) Get(key string) (Worker, bool) {
 	i, ok := slices.BinarySearchFunc(s.Workers, key, func(w Worker, k string) int { return strings.Compare(w.Key(), k) })

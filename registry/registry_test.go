@@ -198,3 +198,22 @@ func mustAdd(t *testing.T, r *Registry, u WorkerURL, address string, caps Capabi
 	}
 	return res
 }
+
+func TestCountsPaused(t *testing.T) {
+	cases := []struct {
+		name       string
+		c          Counts
+		holdAsleep bool
+		want       bool
+	}{
+		{"all active", Counts{ByState: map[State]int{StateActive: 2}}, true, false},
+		{"one updating", Counts{ByState: map[State]int{StateActive: 1, StateUpdating: 1}}, false, true},
+		{"asleep, 503 on sleep", Counts{ByState: map[State]int{StateActive: 2}, Asleep: 2}, false, false},
+		{"asleep, held", Counts{ByState: map[State]int{StateActive: 2}, Asleep: 2}, true, true},
+	}
+	for _, tc := range cases {
+		if got := tc.c.Paused(tc.holdAsleep); got != tc.want {
+			t.Errorf("%s: Paused(%v) = %v, want %v", tc.name, tc.holdAsleep, got, tc.want)
+		}
+	}
+}

@@ -439,7 +439,6 @@ const queueTick = 20 * time.Millisecond
 // ejected) with every Envoy's work on them.
 func (r *router) queueFleet() queue.Fleet {
 	snap := r.reg.Snapshot()
-	counts := snap.Count()
 	view := r.board.FleetView(snap, r.fleet.OutByEnvoy())
 	routable := 0
 	for _, w := range snap.Workers {
@@ -451,8 +450,7 @@ func (r *router) queueFleet() queue.Fleet {
 		// Workers out only for a while: loading weights, asleep while the
 		// queue waits it out, or in rotation but not yet (or no longer)
 		// in every Envoy's (an update's end, a join, an ejection).
-		Paused: counts.ByState[registry.StateUpdating] > 0 || r.c.Queue.HoldWhileAsleep && counts.Asleep > 0 ||
-			len(view.Workers) < routable}
+		Paused: snap.Count().Paused(r.c.Queue.HoldWhileAsleep) || len(view.Workers) < routable}
 }
 
 // queueGranted records a grant: the wait in the metrics by priority, and a

@@ -674,10 +674,11 @@ func (p *picker) sync() {
 		return nil, len(raw) > 0
 	})
 	p.expireJobs(now)
-	if v := p.currentView(now); v != nil {
+	v := p.currentView(now)
+	if v != nil {
 		rep.Generation = v.Generation
 	}
-	rep.Hosts = p.busyHosts(p.setGauges)
+	rep.Hosts = p.busyHosts(v, now, p.setGauges)
 	body, err := json.Marshal(rep)
 	if err != nil {
 		return
@@ -691,12 +692,12 @@ func (p *picker) sync() {
 // busyHosts is the load part of a report: the workers with work counted
 // here (an idle one adds nothing to the other Envoys' views, and a large
 // fleet at a modest load has few busy workers, so the report stays
-// small). each, if set, sees every worker's record.
-func (p *picker) busyHosts(each func(leastwork.Host)) []wire.HostReport {
+// small), and those failing now by the ejection rule of v (the view the
+// caller read; nil: none yet). each, if set, sees every worker's record.
+func (p *picker) busyHosts(v *wire.PickView, now int64, each func(leastwork.Host)) []wire.HostReport {
 	out := []wire.HostReport{}
-	now := nowMicro()
 	var rule wire.Ejection
-	if v := p.currentView(now); v != nil {
+	if v != nil {
 		rule = v.Ejection
 	}
 	for _, a := range p.hostList() {
@@ -766,7 +767,7 @@ func (p *picker) reportNow(now int64, freed ...string) {
 	if v == nil || v.Queued == 0 {
 		return
 	}
-	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: p.busyHosts(nil), Freed: freed}
+	rep := wire.LoadReport{Node: p.envoyID(), Generation: v.Generation, Hosts: p.busyHosts(v, now, nil), Freed: freed}
 	body, err := json.Marshal(rep)
 	if err != nil {
 		return

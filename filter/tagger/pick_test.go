@@ -21,14 +21,22 @@ var pickConfig = []byte(`{"secret":"` + testSecret + `","max_body_bytes":1024,"d
 // pickHost starts the plugin with least-work routing on.
 func pickHost(t *testing.T, runner string) proxytest.HostEmulator {
 	t.Helper()
+	host := startPlugin(t, runner, pickConfig)
+	if got := host.GetTickPeriod(); got != uint32(wire.SyncInterval.Milliseconds()) {
+		t.Fatalf("tick period = %d ms", got)
+	}
+	return host
+}
+
+// startPlugin starts the plugin with cfg as Envoy "envoy-a"; it is reset
+// when the test ends.
+func startPlugin(t *testing.T, runner string, cfg []byte) proxytest.HostEmulator {
+	t.Helper()
 	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).
-		WithPluginConfiguration(pickConfig).WithProperty([]string{"node", "id"}, []byte("envoy-a")))
+		WithPluginConfiguration(cfg).WithProperty([]string{"node", "id"}, []byte("envoy-a")))
 	t.Cleanup(reset)
 	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
 		t.Fatalf("plugin start = %v", st)
-	}
-	if got := host.GetTickPeriod(); got != uint32(wire.SyncInterval.Milliseconds()) {
-		t.Fatalf("tick period = %d ms", got)
 	}
 	return host
 }

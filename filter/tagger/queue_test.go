@@ -24,19 +24,6 @@ func queueCalls(host proxytest.HostEmulator, id uint32, path string) []proxytest
 	return out
 }
 
-// startQueueHost starts the plugin with the queue on, as Envoy "envoy-a";
-// it is reset when the test ends.
-func startQueueHost(t *testing.T, runner string) proxytest.HostEmulator {
-	t.Helper()
-	host, reset := proxytest.NewHostEmulator(proxytest.NewEmulatorOption().WithVMContext(newVM(t, runner)).
-		WithPluginConfiguration(queueConfig).WithProperty([]string{"node", "id"}, []byte("envoy-a")))
-	t.Cleanup(reset)
-	if st := host.StartPlugin(); st != types.OnPluginStartStatusOK {
-		t.Fatalf("plugin start = %v", st)
-	}
-	return host
-}
-
 // TestQueueWaitsForItsTurn: with the queue on, a request that finds a
 // free slot is picked at once; one that finds none is paused and asks the
 // control plane for its turn, and goes on to the worker the answer names;
@@ -45,7 +32,7 @@ func startQueueHost(t *testing.T, runner string) proxytest.HostEmulator {
 func TestQueueWaitsForItsTurn(t *testing.T) {
 	for _, runner := range []string{"go", "wasm"} {
 		t.Run(runner, func(t *testing.T) {
-			host := startQueueHost(t, runner)
+			host := startPlugin(t, runner, queueConfig)
 			one := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}}}
 			syncOnce(t, host, one)
 
@@ -138,7 +125,7 @@ func TestQueueWaitsForItsTurn(t *testing.T) {
 func TestFreedSlotReportSaysWhere(t *testing.T) {
 	for _, runner := range []string{"go", "wasm"} {
 		t.Run(runner, func(t *testing.T) {
-			host := startQueueHost(t, runner)
+			host := startPlugin(t, runner, queueConfig)
 			view := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}}}
 			syncOnce(t, host, view)
 			id, hs := imageRequest(t, host)
