@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/freeport"
 	"github.com/diffrouter/diffusion-router/procgroup"
 )
 
@@ -52,12 +52,10 @@ var readyLine = regexp.MustCompile(`ready on (http://\S+) \(registry API (http:/
 // StartRouter runs the router binary on a free port and waits until it
 // serves. Its log goes to logw (may be nil).
 func StartRouter(bin string, logw io.Writer, args ...string) (*Router, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Pick("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(port), "--log-level", "warning"}, args...)
 	cmd := exec.Command(bin, all...)
 	if logw == nil {

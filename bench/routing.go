@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/freeport"
 	"github.com/diffrouter/diffusion-router/procgroup"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
@@ -170,7 +170,7 @@ func routingCell(ctx context.Context, rc RoutingConfig, urls []string, fleet str
 		return RoutingRow{}, err
 	}
 	defer os.RemoveAll(state)
-	xdsPort, err := freeLoopbackPort()
+	xdsPort, err := freeport.Pick("127.0.0.1")
 	if err != nil {
 		return RoutingRow{}, err
 	}
@@ -209,21 +209,12 @@ func routingCell(ctx context.Context, rc RoutingConfig, urls []string, fleet str
 	return RoutingRow{Fleet: fleet, Replicas: replicas, Policy: policy, Report: Summarize(results, dur)}, nil
 }
 
-func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startReplica runs one more Envoy on the router's control plane. It binds
 // the same front port (Envoy listens with SO_REUSEPORT), so the kernel
 // spreads the client's connections over the replicas. It returns once the
 // replica sees every worker healthy.
 func startReplica(ctx context.Context, routerBin, envoyBin, xds, tlsDir, name string, workers int) (func(), error) {
-	admin, err := freeLoopbackPort()
+	admin, err := freeport.Pick("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}

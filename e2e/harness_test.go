@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/diffrouter/diffusion-router/bench"
 	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/freeport"
 	"github.com/diffrouter/diffusion-router/procgroup"
 )
 
@@ -230,14 +230,19 @@ func startRouterEnv(t testing.TB, env []string, args ...string) *routerProc {
 	return &routerProc{proc: p, Front: m[1], API: m[2], Admin: m[3]}
 }
 
+// ports hands out the ports the tests give to other processes (an Envoy's
+// front, a router's xDS port). They come from below the kernel's ephemeral
+// range: a port found by binding port 0 and handed on was once taken by
+// another test's router binding port 0 before this test's Envoy bound it.
+var ports = freeport.New()
+
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := ports.Pick("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 var client = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
