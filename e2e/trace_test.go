@@ -258,4 +258,22 @@ func TestControlPlaneSpans(t *testing.T) {
 	eventually(t, 10*time.Second, "the update's log line with its trace id", func() bool {
 		return strings.Contains(r.out.String(), "trace_id="+trace)
 	})
+	// Removing a worker: its background drain is a child of the removal.
+	if resp := postJSON(t, r.API+"/remove_worker", map[string]any{"url": urls[1]}); resp.Status != http.StatusOK {
+		t.Fatalf("remove = %d %s", resp.Status, resp.Body)
+	}
+	eventually(t, 30*time.Second, "a drain span under the removal's span", func() bool {
+		removals := map[string]bool{}
+		for _, s := range rec.find(nil) {
+			if s.GetName() == "registry POST /remove_worker" {
+				removals[string(s.GetSpanId())] = true
+			}
+		}
+		for _, s := range rec.find(map[string]string{"diffusion.worker": urls[1], "diffusion.drain_outcome": "removed"}) {
+			if s.GetName() == "fleet drain" && removals[string(s.GetParentSpanId())] {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/traces"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // drainer runs the drains of removed workers in the background: each waits
@@ -41,8 +44,13 @@ func (dr *drainer) cancel(key string) {
 	}
 }
 
-func (dr *drainer) start(key string, gen uint64) {
+// start drains the worker in the background. The drain's span is a child
+// of the span in from (the removal that started it), ending when the worker
+// leaves or stays; it outlives the removal's answer.
+func (dr *drainer) start(from context.Context, key string, gen uint64) {
 	ctx, cancel := context.WithTimeout(dr.baseCtx, dr.cfg.DrainTimeout)
+	ctx, span := dr.cfg.Tracer.Start(trace.ContextWithSpanContext(ctx, trace.SpanContextFromContext(from)), "fleet drain",
+		trace.WithAttributes(attribute.String("diffusion.worker", key), attribute.String("diffusion.drain_timeout", dr.cfg.DrainTimeout.String())))
 	d := &drain{cancel: cancel}
 	dr.mu.Lock()
 	if old, ok := dr.running[key]; ok {
@@ -53,7 +61,10 @@ func (dr *drainer) start(key string, gen uint64) {
 	dr.wg.Add(1)
 	go func() {
 		defer dr.wg.Done()
+		outcome := "removed"
 		defer func() {
+			span.SetAttributes(attribute.String("diffusion.drain_outcome", outcome))
+			span.End()
 			cancel()
 			dr.mu.Lock()
 			if dr.running[key] == d {
@@ -62,16 +73,23 @@ func (dr *drainer) start(key string, gen uint64) {
 			dr.mu.Unlock()
 		}()
 		idle := dr.waitIdle(ctx, key, gen)
-		if dr.baseCtx.Err() != nil || errors.Is(ctx.Err(), context.Canceled) {
-			return // shutting down, or re-admitted meanwhile
+		if dr.baseCtx.Err() != nil {
+			outcome = "stopped: the control plane is shutting down"
+			return
+		}
+		if errors.Is(ctx.Err(), context.Canceled) {
+			outcome = "cancelled: the worker was re-admitted or quarantined"
+			return
 		}
 		// Only a worker still draining goes: a re-admission wins.
 		if _, err := dr.reg.Delete(key, registry.StateDraining); err != nil {
+			outcome = "kept: " + err.Error()
 			return
 		}
 		detail := "its requests finished"
 		if !idle {
 			detail = "drain timeout (" + dr.cfg.DrainTimeout.String() + ") with requests still in flight"
+			traces.Fail(span, detail)
 		}
 		dr.states.record(key, registry.StateDraining, StateGone, CauseDrained, detail)
 	}()

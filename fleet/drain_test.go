@@ -7,6 +7,9 @@ import (
 
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/registry"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 func TestDrainWaitsForEveryEnvoy(t *testing.T) {
@@ -142,4 +145,58 @@ func TestDrainWaitsForPickers(t *testing.T) {
 	}
 	pickers.set(gen)
 	until(t, "the drained worker to leave", func() bool { _, ok := m.Registry().Get(key); return !ok })
+}
+
+// TestDrainSpans: a removal's background drain is a child span of the
+// removal, ending when the worker leaves, an error when the drain timed out
+// with requests in flight.
+func TestDrainSpans(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		active  uint64
+		timeout time.Duration
+		failed  bool
+	}{
+		{"idle", 0, time.Minute, false},
+		{"timed out", 3, 200 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spans := tracetest.NewSpanRecorder()
+			tracer := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)).Tracer("test")
+			envoys := newFakeEnvoys("a")
+			m, _, key, hp := fakeManager(t, envoys, Config{DrainTimeout: tc.timeout, Tracer: tracer})
+			envoys.set("a", hp, envoy.HostStats{RqActive: tc.active})
+			ctx, removal := tracer.Start(context.Background(), "DELETE /workers")
+			if _, _, err := m.Remove(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+			removal.End() // the answer goes before the drain ends
+			m.Wait()
+			if _, ok := m.Registry().Get(key); ok {
+				t.Fatal("the worker is still registered after its drain")
+			}
+			var drain sdktrace.ReadOnlySpan
+			for _, s := range spans.Ended() {
+				if s.Name() == "fleet drain" {
+					drain = s
+				}
+			}
+			if drain == nil {
+				t.Fatalf("no drain span among %d ended spans", len(spans.Ended()))
+			}
+			if drain.Parent().SpanID() != removal.SpanContext().SpanID() || drain.SpanContext().TraceID() != removal.SpanContext().TraceID() {
+				t.Fatalf("drain span's parent %v, want the removal's span %v", drain.Parent().SpanID(), removal.SpanContext().SpanID())
+			}
+			attrs := map[string]string{}
+			for _, kv := range drain.Attributes() {
+				attrs[string(kv.Key)] = kv.Value.Emit()
+			}
+			if attrs["diffusion.worker"] != key || attrs["diffusion.drain_outcome"] != "removed" {
+				t.Fatalf("drain span attributes %v", attrs)
+			}
+			if got := drain.Status().Code == codes.Error; got != tc.failed {
+				t.Fatalf("drain span status %v, want failed=%v", drain.Status(), tc.failed)
+			}
+		})
+	}
 }

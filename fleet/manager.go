@@ -262,7 +262,7 @@ func (m *Manager) ResumeAfterRestart(ctx context.Context) {
 	for _, w := range m.reg.Snapshot().Workers {
 		switch w.State {
 		case registry.StateDraining:
-			m.drains.start(w.Key(), m.reg.Snapshot().Generation)
+			m.drains.start(ctx, w.Key(), m.reg.Snapshot().Generation)
 		case registry.StateUpdating, registry.StatePending:
 			_, _, _ = m.states.move(w.Key(), CauseRestartInterrupted,
 				"interrupted by a control-plane restart while loading weights: its weights are unknown", w.State)
@@ -304,7 +304,7 @@ func (m *Manager) Remove(ctx context.Context, key string) (registry.Worker, bool
 		return nw, false, err
 	}
 	_, synced := m.envoys.waitSynced(ctx, gen)
-	m.drains.start(key, gen)
+	m.drains.start(ctx, key, gen)
 	return nw, synced, nil
 }
 
