@@ -11,7 +11,7 @@ ENVOY := .tools/envoy/bin/envoy
 PORT ?= 30080
 DEMO_WORKERS ?= 4
 
-.PHONY: all build filter envoy run test unit e2e compose-test soak bench bench-filter vet fmt-check golden clean
+.PHONY: all build filter envoy run test unit e2e compose-test compose-observe-test soak bench bench-filter vet fmt-check golden clean
 
 all: build
 
@@ -36,6 +36,7 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags compose ./deploy/
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /e2e -e /filter/tagger)
@@ -62,6 +63,13 @@ test: fmt-check vet envoy
 # Compose plugin if missing; starts and stops dockerd if none runs).
 compose-test: envoy
 	GO=$(GO) ./scripts/compose-test.sh
+
+# The observe profile for real (not in CI: Prometheus and Jaeger are built
+# from their Go modules, minutes the first time): Prometheus scrapes the
+# router, holds every metric the Grafana dashboard queries, and Jaeger holds
+# traces from Envoy and the control plane. Grafana has no offline build.
+compose-observe-test: envoy
+	GO=$(GO) ./scripts/compose-test.sh observe
 
 # The full Wasm soak: 50,000 requests through Envoy with the filter.
 soak: envoy

@@ -291,7 +291,7 @@ func TestOfflineImagesKeepTheLayout(t *testing.T) {
 	p := loadProjectFiles(t, "../docker-compose.yaml", "compose.offline.yaml")
 	for name, s := range p.Services {
 		if slices.Equal(s.Profiles, []string{"observe"}) {
-			continue // third-party images (Prometheus, Grafana): pulled, not built
+			continue // third-party images: built offline by compose.offline-observe.yaml (TestOfflineObserveImages), or pulled
 		}
 		if s.Build == nil || !strings.HasPrefix(s.Build.Dockerfile, "deploy/offline/") {
 			t.Errorf("compose.offline.yaml leaves %s on %v", name, s.Build)
@@ -382,5 +382,51 @@ func TestObserveProfileIsConsistent(t *testing.T) {
 	}
 	if !strings.Contains(string(ds), "url: http://prometheus:9090") {
 		t.Error("Grafana's data source is not the prometheus service")
+	}
+}
+
+// TestOfflineObserveImages: the offline Prometheus and Jaeger images are
+// laid out as their official images are (user, entrypoint), are built
+// from the releases docker-compose.yaml pins, and only Grafana is left to
+// its official image.
+func TestOfflineObserveImages(t *testing.T) {
+	for _, tc := range []struct {
+		dockerfile string
+		want       finalStage
+	}{
+		{"Dockerfile.prometheus", finalStage{User: "65534:65534", Entrypoint: `["/bin/prometheus"]`, Expose: "9090"}},
+		{"Dockerfile.jaeger", finalStage{User: "10001", Entrypoint: `["/cmd/jaeger/jaeger-linux"]`, Expose: "4317 4318 16686"}},
+	} {
+		got := readFinalStage(t, filepath.Join("offline", tc.dockerfile))
+		got.Paths = nil
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: %+v, want %+v", tc.dockerfile, got, tc.want)
+		}
+	}
+	p := loadProjectFiles(t, "../docker-compose.yaml", "compose.offline.yaml", "compose.offline-observe.yaml")
+	script, err := os.ReadFile("../scripts/compose-stage-observe.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ service, variable string }{
+		{"prometheus", "PROMETHEUS_MODULE"},
+		{"jaeger", "JAEGER_MODULE"},
+	} {
+		s := service(t, p, tc.service)
+		if s.Build == nil || s.Build.Dockerfile != "deploy/offline/Dockerfile."+tc.service {
+			t.Errorf("compose.offline-observe.yaml leaves %s on %v", tc.service, s.Build)
+		}
+		// PROMETHEUS_MODULE="...@v0.316.0" # Prometheus 3.16.0
+		m := regexp.MustCompile(`(?m)^` + tc.variable + `="[^"]+@v[0-9.]+" *# \w+ ([0-9.]+)$`).FindSubmatch(script)
+		if m == nil {
+			t.Errorf("compose-stage-observe.sh names no release for %s", tc.variable)
+			continue
+		}
+		if tag := s.Image[strings.LastIndex(s.Image, ":")+1:]; strings.TrimPrefix(tag, "v") != string(m[1]) {
+			t.Errorf("%s: compose pins %s, the offline build is release %s", tc.service, s.Image, m[1])
+		}
+	}
+	if g := service(t, p, "grafana"); g.Build != nil {
+		t.Errorf("grafana has an offline build %v; the docs say it has none", g.Build)
 	}
 }

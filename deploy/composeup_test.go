@@ -5,12 +5,8 @@ package deploy
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,62 +25,11 @@ import (
 func TestComposeUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
-	project := "drtest" + strconv.Itoa(os.Getpid())
 	front, api, admin := freePort(t), freePort(t), freePort(t)
-	env := append(os.Environ(), "DIFFUSION_ROUTER_BIND=127.0.0.1", "DIFFUSION_ROUTER_PORT="+front,
-		"DIFFUSION_ROUTER_API_PORT="+api, "DIFFUSION_ROUTER_ENVOY_ADMIN_PORT="+admin, "DIFFUSION_ROUTER_ADMIN_TOKEN=")
-	run := func(name string, args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, name, args...)
-		cmd.Dir, cmd.Env = "..", env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	// composeCmd is docker compose on this project's files, from the
-	// repository's root.
-	composeCmd := func(ctx context.Context, args ...string) *exec.Cmd {
-		all := append([]string{"compose", "-p", project, "-f", "docker-compose.yaml", "-f", "deploy/compose.offline.yaml",
-			"-f", "deploy/compose.test.yaml", "--profile", "demo"}, args...)
-		cmd := exec.CommandContext(ctx, "docker", all...)
-		cmd.Dir, cmd.Env = "..", env
-		return cmd
-	}
-	compose := func(args ...string) string {
-		t.Helper()
-		out, err := composeCmd(ctx, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("docker compose %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	// Cleanup runs without ctx: it may be spent by then.
-	plain := func(name string, args ...string) (string, error) {
-		out, err := exec.Command(name, args...).CombinedOutput()
-		return string(out), err
-	}
-	imagesBefore := dockerIDs(t, plain, "images", "-aq")
-	t.Cleanup(func() {
-		// Cleanup has its own time: ctx may be spent.
-		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer ccancel()
-		if t.Failed() {
-			out, _ := composeCmd(cctx, "logs", "--tail", "40").CombinedOutput()
-			t.Logf("compose logs:\n%s", out)
-		}
-		if out, err := composeCmd(cctx, "down", "-v", "--remove-orphans", "--timeout", "5").CombinedOutput(); err != nil {
-			t.Errorf("compose down: %v\n%s", err, out)
-		}
-		for _, id := range dockerIDs(t, plain, "images", "-aq") {
-			if !slices.Contains(imagesBefore, id) {
-				_ = exec.Command("docker", "rmi", "-f", id).Run()
-			}
-		}
-		label := "label=com.docker.compose.project=" + project
-		for _, kind := range [][]string{{"ps", "-aq", "--filter", label}, {"volume", "ls", "-q", "--filter", label}, {"network", "ls", "-q", "--filter", label}} {
-			if left := dockerIDs(t, plain, kind...); len(left) > 0 {
-				t.Errorf("left behind: docker %s: %v", strings.Join(kind, " "), left)
-			}
-		}
-	})
+	cp := startCompose(t, ctx, []string{"deploy/compose.offline.yaml", "deploy/compose.test.yaml"}, []string{"demo"},
+		"DIFFUSION_ROUTER_BIND=127.0.0.1", "DIFFUSION_ROUTER_PORT="+front, "DIFFUSION_ROUTER_API_PORT="+api,
+		"DIFFUSION_ROUTER_ENVOY_ADMIN_PORT="+admin, "DIFFUSION_ROUTER_ADMIN_TOKEN=")
+	compose, run, project := cp.compose, cp.run, cp.project
 	compose("up", "-d", "--build")
 	base := "http://127.0.0.1:" + front
 	c := &http.Client{Timeout: 30 * time.Second}
@@ -205,53 +150,4 @@ func TestComposeUp(t *testing.T) {
 		code, _, _ := call(c, "POST", base+"/v1/images/generations", `{"prompt":"p","num_inference_steps":2,"size":"256x256"}`)
 		return n >= 1 && code == 200
 	})
-}
-
-func call(c *http.Client, method, u, body string) (int, http.Header, []byte) {
-	req, err := http.NewRequest(method, u, strings.NewReader(body))
-	if err != nil {
-		return 0, nil, nil
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, nil, nil
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, b
-}
-
-func eventually(t *testing.T, ctx context.Context, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(500 * time.Millisecond) // a poll interval, under a deadline
-	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-}
-
-// dockerIDs runs a docker listing and returns its lines.
-func dockerIDs(t *testing.T, run func(string, ...string) (string, error), args ...string) []string {
-	t.Helper()
-	out, err := run("docker", args...)
-	if err != nil {
-		t.Errorf("docker %s: %v %s", strings.Join(args, " "), err, out)
-		return nil
-	}
-	return strings.Fields(out)
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"os"
 	"regexp"
@@ -10,11 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-var (
-	metricName = regexp.MustCompile(`\b(?:diffusion_router|envoy)_[a-z0-9_]+\b`)
-	labelParts = regexp.MustCompile(`\{[^}]*\}|\bby \([^)]*\)`)
+	"github.com/diffrouter/diffusion-router/deploy/grafana"
 )
 
 // TestDashboardQueriesExist: every metric a panel of the Grafana dashboard
@@ -26,15 +22,8 @@ func TestDashboardQueriesExist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var board struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(b, &board); err != nil {
+	queried, err := grafana.Metrics(b)
+	if err != nil {
 		t.Fatal(err)
 	}
 	_, urls := startFleet(t, 2, "--time-scale", "1", "--base", "100ms", "--per-step", "0", "--jitter", "0")
@@ -57,20 +46,12 @@ func TestDashboardQueriesExist(t *testing.T) {
 		exported = string(get(t, r.API+"/metrics").Body) + string(get(t, r.Admin+"/stats/prometheus").Body)
 		return strings.Contains(exported, "diffusion_router_queue_wait_seconds_bucket") && strings.Contains(exported, "diffusion_router_worker_outstanding_work")
 	})
-	seen := 0
-	for _, p := range board.Panels {
-		for _, tg := range p.Targets {
-			// Label names (in selectors and "by (...)") are not metrics.
-			expr := labelParts.ReplaceAllString(tg.Expr, "")
-			for _, name := range metricName.FindAllString(expr, -1) {
-				seen++
-				if !regexp.MustCompile(`(?m)^` + name + `[{ ]`).MatchString(exported) {
-					t.Errorf("panel %q queries %s, which neither the control plane nor Envoy exports", p.Title, name)
-				}
-			}
+	for _, q := range queried {
+		if !regexp.MustCompile(`(?m)^` + q.Metric + `[{ ]`).MatchString(exported) {
+			t.Errorf("panel %q queries %s, which neither the control plane nor Envoy exports", q.Panel, q.Metric)
 		}
 	}
-	if seen < 10 {
-		t.Fatalf("only %d metric names found in the dashboard's queries", seen)
+	if len(queried) < 10 {
+		t.Fatalf("only %d metric names found in the dashboard's queries", len(queried))
 	}
 }

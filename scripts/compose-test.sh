@@ -6,7 +6,17 @@
 # none runs (and stops the one it started). Images are built from this
 # machine's binaries (scripts/compose-stage.sh, deploy/compose.offline.yaml):
 # no image registry is needed.
+#
+# With "observe" (make compose-observe-test) it brings up the observe
+# profile instead (deploy/composeobserve_test.go), Prometheus and Jaeger
+# built from their Go modules (scripts/compose-stage-observe.sh; minutes
+# the first time, then cached).
 set -euo pipefail
+case "${1:-up}" in
+  up) test_name=TestComposeUp ;;
+  observe) test_name=TestComposeObserve ;;
+  *) echo "usage: $0 [up|observe]" >&2; exit 2 ;;
+esac
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 GO="${GO:-go}"
@@ -57,4 +67,7 @@ stop_dockerd() {
 trap 'stop_dockerd; rm -rf "${work:-}"' EXIT
 
 ./scripts/compose-stage.sh
-"$GO" test -tags compose -count=1 -timeout 15m -run TestComposeUp -v ./deploy
+if [ "$test_name" = TestComposeObserve ]; then
+  GO="$GO" ./scripts/compose-stage-observe.sh
+fi
+"$GO" test -tags compose -count=1 -timeout 15m -run "^$test_name\$" -v ./deploy
