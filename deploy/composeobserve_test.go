@@ -31,25 +31,17 @@ import (
 func TestComposeObserve(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
-	front, api, admin, prom, jaeger := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	prom, jaeger := freePort(t), freePort(t)
 	cp := startCompose(t, ctx,
 		[]string{"deploy/compose.offline.yaml", "deploy/compose.offline-observe.yaml", "deploy/compose.test.yaml", "deploy/compose.test-observe.yaml"},
 		[]string{"demo", "observe"},
-		"DIFFUSION_ROUTER_BIND=127.0.0.1", "DIFFUSION_ROUTER_PORT="+front, "DIFFUSION_ROUTER_API_PORT="+api,
-		"DIFFUSION_ROUTER_ENVOY_ADMIN_PORT="+admin, "DIFFUSION_ROUTER_ADMIN_TOKEN=",
 		"DIFFUSION_ROUTER_TEST_PROMETHEUS_PORT="+prom, "DIFFUSION_ROUTER_JAEGER_PORT="+jaeger,
 		"DIFFUSION_ROUTER_OTLP_ENDPOINT=jaeger:4317")
 	cp.compose("up", "-d", "--build", "xds-certs", "control-plane", "envoy", "fake-worker-1", "fake-worker-2", "fake-worker-3",
 		"prometheus", "jaeger")
-	base, promURL, jaegerURL := "http://127.0.0.1:"+front, "http://127.0.0.1:"+prom, "http://127.0.0.1:"+jaeger
+	base, promURL, jaegerURL := cp.base, "http://127.0.0.1:"+prom, "http://127.0.0.1:"+jaeger
 	c := &http.Client{Timeout: 30 * time.Second}
-	eventually(t, ctx, 2*time.Minute, "three healthy workers behind the front port", func() bool {
-		var h struct {
-			Healthy int `json:"healthy_workers"`
-		}
-		code, _, b := call(c, "GET", base+"/health", "")
-		return code == 200 && json.Unmarshal(b, &h) == nil && h.Healthy == 3
-	})
+	cp.waitDemoWorkers(c)
 
 	// A short rollout: images (more at once than the slots, so some wait
 	// in the queue), a video job, a weight update, a quarantined worker.

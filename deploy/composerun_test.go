@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -27,14 +28,21 @@ type composeRun struct {
 	files    []string // beside docker-compose.yaml
 	profiles []string
 	env      []string
+	// The router's ports on the host's loopback: the front port (base is
+	// its URL), the registry API and Envoy's admin (compose.test.yaml).
+	base, api, admin string
 }
 
 // startCompose prepares a project with the extra compose files, profiles
-// and environment; the caller brings it up with compose("up", ...).
+// and environment, the router's ports free ones on the host's loopback
+// and no admin token; the caller brings it up with compose("up", ...).
 func startCompose(t *testing.T, ctx context.Context, files, profiles []string, env ...string) *composeRun {
 	t.Helper()
+	front, api, admin := freePort(t), freePort(t), freePort(t)
 	c := &composeRun{t: t, ctx: ctx, project: "drtest" + strconv.Itoa(os.Getpid()) + strings.ToLower(strings.TrimPrefix(t.Name(), "TestCompose")),
-		files: files, profiles: profiles, env: append(os.Environ(), env...)}
+		files: files, profiles: profiles, base: "http://127.0.0.1:" + front, api: api, admin: admin,
+		env: append(append(os.Environ(), "DIFFUSION_ROUTER_BIND=127.0.0.1", "DIFFUSION_ROUTER_PORT="+front,
+			"DIFFUSION_ROUTER_API_PORT="+api, "DIFFUSION_ROUTER_ENVOY_ADMIN_PORT="+admin, "DIFFUSION_ROUTER_ADMIN_TOKEN="), env...)}
 	imagesBefore := dockerIDs(t, plainRun, "images", "-aq")
 	t.Cleanup(func() {
 		// Cleanup has its own time: ctx may be spent.
@@ -94,6 +102,20 @@ func (c *composeRun) run(name string, args ...string) (string, error) {
 	cmd.Dir, cmd.Env = "..", c.env
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// waitDemoWorkers waits until the demo profile's three workers have
+// registered themselves through the registry REST API and are healthy
+// behind the front port.
+func (c *composeRun) waitDemoWorkers(hc *http.Client) {
+	c.t.Helper()
+	eventually(c.t, c.ctx, 2*time.Minute, "three healthy workers behind the front port", func() bool {
+		var h struct {
+			Healthy int `json:"healthy_workers"`
+		}
+		code, _, b := call(hc, "GET", c.base+"/health", "")
+		return code == 200 && json.Unmarshal(b, &h) == nil && h.Healthy == 3
+	})
 }
 
 // plainRun runs a command without a context (cleanup: the test's may be

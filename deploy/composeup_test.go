@@ -25,23 +25,11 @@ import (
 func TestComposeUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
-	front, api, admin := freePort(t), freePort(t), freePort(t)
-	cp := startCompose(t, ctx, []string{"deploy/compose.offline.yaml", "deploy/compose.test.yaml"}, []string{"demo"},
-		"DIFFUSION_ROUTER_BIND=127.0.0.1", "DIFFUSION_ROUTER_PORT="+front, "DIFFUSION_ROUTER_API_PORT="+api,
-		"DIFFUSION_ROUTER_ENVOY_ADMIN_PORT="+admin, "DIFFUSION_ROUTER_ADMIN_TOKEN=")
-	compose, run, project := cp.compose, cp.run, cp.project
+	cp := startCompose(t, ctx, []string{"deploy/compose.offline.yaml", "deploy/compose.test.yaml"}, []string{"demo"})
+	compose, run, project, base, api, admin := cp.compose, cp.run, cp.project, cp.base, cp.api, cp.admin
 	compose("up", "-d", "--build")
-	base := "http://127.0.0.1:" + front
 	c := &http.Client{Timeout: 30 * time.Second}
-
-	// The demo workers register themselves through the registry REST API.
-	eventually(t, ctx, 2*time.Minute, "three healthy workers behind the front port", func() bool {
-		var h struct {
-			Healthy int `json:"healthy_workers"`
-		}
-		code, _, b := call(c, "GET", base+"/health", "")
-		return code == 200 && json.Unmarshal(b, &h) == nil && h.Healthy == 3
-	})
+	cp.waitDemoWorkers(c)
 
 	code, hdr, b := call(c, "POST", base+"/v1/images/generations", `{"prompt":"a red fox in snow","num_inference_steps":2,"size":"256x256"}`)
 	if code != 200 || !strings.HasPrefix(hdr.Get("x-diffusion-worker"), "http://fake-worker-") || hdr.Get("x-weight-version") != "0" {
