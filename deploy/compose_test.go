@@ -409,15 +409,15 @@ func TestOfflineObserveImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ service, variable string }{
-		{"prometheus", "PROMETHEUS_MODULE"},
-		{"jaeger", "JAEGER_MODULE"},
+		{"prometheus", "PROMETHEUS_RELEASE"},
+		{"jaeger", "JAEGER_RELEASE"},
 	} {
 		s := service(t, p, tc.service)
 		if s.Build == nil || s.Build.Dockerfile != "deploy/offline/Dockerfile."+tc.service {
 			t.Errorf("compose.offline-observe.yaml leaves %s on %v", tc.service, s.Build)
 		}
-		// PROMETHEUS_MODULE="...@v0.316.0" # Prometheus 3.16.0
-		m := regexp.MustCompile(`(?m)^` + tc.variable + `="[^"]+@v[0-9.]+" *# \w+ ([0-9.]+)$`).FindSubmatch(script)
+		// PROMETHEUS_RELEASE="3.16.0"
+		m := regexp.MustCompile(`(?m)^` + tc.variable + `="([0-9.]+)"$`).FindSubmatch(script)
 		if m == nil {
 			t.Errorf("compose-stage-observe.sh names no release for %s", tc.variable)
 			continue

@@ -37,16 +37,8 @@ fi
 
 if ! [ -x "$plugin" ] || ! "$plugin" version 2>/dev/null | grep -q "$COMPOSE_VERSION"; then
   echo "compose-test: building the Compose CLI plugin $COMPOSE_VERSION from the Go module proxy" >&2
-  # Built inside its own module: its go.mod has directives that
-  # `go install pkg@version` refuses.
-  src="$("$GO" mod download -json "github.com/docker/compose/v5@$COMPOSE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
-  [ -n "$src" ] || { echo "compose-test: could not download the Compose module" >&2; exit 1; }
-  work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
-  cp -r "$src/." "$work/"
-  chmod -R u+w "$work"
-  mkdir -p "$(dirname "$plugin")"
-  (cd "$work" && "$GO" build -trimpath -ldflags "-s -w -X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION" -o "$plugin" ./cmd)
+  GO="$GO" ./scripts/go-build-module.sh "github.com/docker/compose/v5@$COMPOSE_VERSION" ./cmd "$plugin" \
+    "-X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION"
 fi
 docker compose version
 
@@ -64,7 +56,7 @@ stop_dockerd() {
     for _ in $(seq 1 30); do kill -0 "$started" 2>/dev/null || break; sleep 1; done
   fi
 }
-trap 'stop_dockerd; rm -rf "${work:-}"' EXIT
+trap stop_dockerd EXIT
 
 ./scripts/compose-stage.sh
 if [ "$test_name" = TestComposeObserve ]; then
