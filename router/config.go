@@ -16,7 +16,6 @@ import (
 	"github.com/diffrouter/diffusion-router/queue"
 	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/workerword"
-	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
 // AdminTokenEnv names the environment variable that holds the admin token,
@@ -177,7 +176,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Port, "port", 30080, "port of the front listener (Envoy)")
 	var urls string
 	fs.StringVar(&urls, "worker-urls", "", "initial worker URLs, space or comma separated")
-	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(translate.PolicyLeastWork), "least-work (needs the Wasm filter; without it the default is least-request), least-request, round-robin or random")
+	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(wire.PolicyLeastWork), "least-work (needs the Wasm filter; without it the default is least-request), least-request, round-robin or random")
 	fs.Var(&seconds{d: &c.Timeout, noneOK: true, allow0: true}, "timeout", "seconds a request to a worker may take (default: no limit)")
 	c.RequestIdleTimeout = time.Minute
 	fs.Var(&seconds{d: &c.RequestIdleTimeout, allow0: true}, "request-idle-timeout", "seconds a client may pause while sending a request body before the router answers 408 (0: no limit; needs the Wasm filter); not the generation's time")
@@ -265,14 +264,14 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 		queueSet = queueSet || f.Name == "queue"
 	})
 	if !c.RoutingAlgorithmSet && strings.EqualFold(c.WasmFilter, "none") {
-		c.RoutingAlgorithm = string(translate.PolicyLeastRequest) // the default needs the filter
+		c.RoutingAlgorithm = string(wire.PolicyLeastRequest) // the default needs the filter
 	}
 	if !queueSet {
 		// The queue is least-work's: on with it, off with the others
 		// (and with external Envoys not told where the filter is: they
 		// run none, and Envoy's least-request routes).
 		noFilter := strings.EqualFold(c.WasmFilter, "none") || c.ExternalEnvoy && c.WasmFilter == ""
-		c.Queue.On = translate.Policy(c.RoutingAlgorithm) == translate.PolicyLeastWork && !noFilter
+		c.Queue.On = specOf(c.RoutingAlgorithm).Queue && !noFilter
 	}
 	for _, u := range strings.FieldsFunc(urls, func(r rune) bool { return r == ',' || r == ' ' }) {
 		c.WorkerURLs = append(c.WorkerURLs, u)
@@ -319,10 +318,10 @@ func (c Config) Validate() error {
 	port("xds-port", c.XDSPort, true)
 	port("api-port", c.APIPort, true)
 	port("admin-port", c.AdminPort, true)
-	if p, err := translate.ParsePolicy(c.RoutingAlgorithm); err != nil {
+	if p, err := wire.ParsePolicy(c.RoutingAlgorithm); err != nil {
 		errs = append(errs, fmt.Errorf("--routing-algorithm: %w", err))
-	} else if p == translate.PolicyLeastWork && strings.EqualFold(c.WasmFilter, "none") {
-		errs = append(errs, fmt.Errorf("--routing-algorithm least-work needs the Wasm filter (it picks the worker); drop --wasm-filter none"))
+	} else if specOf(string(p)).NeedsFilter && strings.EqualFold(c.WasmFilter, "none") {
+		errs = append(errs, fmt.Errorf("--routing-algorithm %s needs the Wasm filter (it picks the worker); drop --wasm-filter none", p))
 	}
 	if c.MaxConnections < 1 || c.MaxConnections > 1<<20 {
 		errs = append(errs, fmt.Errorf("--max-connections %d must be in [1, %d]", c.MaxConnections, 1<<20))
@@ -368,11 +367,18 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// specOf is how a --routing-algorithm is carried out (the zero spec for
+// an unknown one, which validation refuses).
+func specOf(policy string) wire.PolicySpec {
+	spec, _ := wire.Policy(policy).Spec()
+	return spec
+}
+
 // validate checks the queue's flags; the queue needs least-work routing
 // (the filter picks the worker, so it can also wait for one).
 func (q QueueConfig) validate(policy, filter string) []error {
 	var errs []error
-	if q.On && (translate.Policy(policy) != translate.PolicyLeastWork || strings.EqualFold(filter, "none")) {
+	if q.On && (!specOf(policy).Queue || strings.EqualFold(filter, "none")) {
 		errs = append(errs, errors.New("--queue needs --routing-algorithm least-work and the Wasm filter: the filter pauses a request until the queue grants it a worker"))
 	}
 	if q.Slots < 1 || q.Slots > 1024 {

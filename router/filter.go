@@ -86,8 +86,12 @@ func migrateFilterSecret(stateDir, tlsDir string) error {
 // The job-id secret is not in it: the configuration is readable on every
 // Envoy's admin port. Envoy carries the secret in its environment
 // (trust.JobSecretEnv) into the filter's VM.
-func filterOptions(c Config, policy translate.Policy) (*translate.FilterOptions, error) {
-	pick := policy == translate.PolicyLeastWork || policy == translate.PolicyRoundRobin
+func filterOptions(c Config, policy wire.Policy) (*translate.FilterOptions, error) {
+	spec, err := policy.Spec()
+	if err != nil {
+		return nil, err
+	}
+	pick := spec.FilterPicks
 	path, err := findFilter(c.WasmFilter, c.ExternalEnvoy)
 	if err != nil || path == "" {
 		return nil, err
@@ -97,11 +101,11 @@ func filterOptions(c Config, policy translate.Policy) (*translate.FilterOptions,
 	fc.RequestIdleMs = c.RequestIdleTimeout.Milliseconds()
 	if pick {
 		fc.Pick, fc.SyncCluster = true, wire.ClusterRegistry
-		if policy == translate.PolicyRoundRobin {
-			fc.PickPolicy = wire.PickRoundRobin
+		if policy != fc.PickPolicy() {
+			fc.Policy = policy // least-work, the filter's default, goes unsaid
 		}
 	}
-	if q := c.Queue; q.On && pick {
+	if q := c.Queue; q.On && pick && spec.Queue {
 		fc.Queue = true
 		fc.IgnoreClientPriority, fc.MaxClientPriority = q.ClientPriority == "ignore", q.MaxClientPriority
 		if q.Timeout > 0 {

@@ -10,9 +10,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/xds/trust"
-	"github.com/sirupsen/logrus"
 )
 
 // localEnvoyFile records the local Envoy's ports next to its bootstrap, for

@@ -8,6 +8,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
@@ -55,7 +56,7 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 	opts := translate.Options{
 		ListenAddress:               c.Host,
 		ListenPort:                  uint32(c.Port),
-		Policy:                      translate.Policy(c.RoutingAlgorithm),
+		Policy:                      wire.Policy(c.RoutingAlgorithm),
 		Timeout:                     c.Timeout,
 		MaxConnections:              uint32(c.MaxConnections),
 		MaxRetries:                  uint32(c.MaxRetries),
@@ -86,10 +87,10 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 			return translate.Options{}, err
 		}
 	}
-	if opts.Filter == nil && opts.Policy == translate.PolicyLeastWork && !c.RoutingAlgorithmSet {
+	if opts.Filter == nil && specOf(string(opts.Policy)).NeedsFilter && !c.RoutingAlgorithmSet {
 		// The default policy needs the filter (external Envoys without
 		// --wasm-filter run none): Envoy's own least-request instead.
-		opts.Policy = translate.PolicyLeastRequest
+		opts.Policy = wire.PolicyLeastRequest
 	}
 	if opts.Filter != nil {
 		base.WithField("path", opts.Filter.Path).Info("Wasm filter enabled")

@@ -30,10 +30,9 @@ type FilterConfig struct {
 	// SyncCluster every SyncInterval.
 	Pick        bool   `json:"pick,omitempty"`
 	SyncCluster string `json:"sync_cluster,omitempty"`
-	// PickPolicy is how the filter picks: least-work (""), or PickRoundRobin:
-	// one strict cycle over the eligible workers, shared by all of an
-	// Envoy's threads.
-	PickPolicy string `json:"pick_policy,omitempty"`
+	// Policy is how the filter picks: one whose spec says the filter
+	// picks (Policy.Spec); empty: least-work.
+	Policy Policy `json:"pick_policy,omitempty"`
 	// JobsCluster is the control plane's API cluster, where the filter
 	// records each video job's weight version and looks versions up to
 	// sign job lists (package jobbook); empty: no book, list entries
@@ -65,9 +64,6 @@ type Defaults struct {
 	VideoFrames int `json:"video_frames"`
 }
 
-// PickRoundRobin is the filter's strict round-robin (FilterConfig.PickPolicy).
-const PickRoundRobin = "round-robin"
-
 // MinSecret is the shortest job-id secret the filter accepts.
 const MinSecret = 16
 
@@ -77,6 +73,14 @@ const MinSecret = 16
 // limit so that what is held plus one read always fits
 // (translate.FrontBufferLimit).
 const MaxHeldBytes = 1 << 20
+
+// PickPolicy is the policy the filter picks by.
+func (c FilterConfig) PickPolicy() Policy {
+	if c.Policy == "" {
+		return PolicyLeastWork
+	}
+	return c.Policy
+}
 
 // DefaultFilterConfig is the configuration the control plane sends, less
 // the secret's source.
@@ -91,6 +95,7 @@ func DefaultFilterConfig() FilterConfig {
 
 // Validate checks a configuration whose secret is resolved.
 func (c FilterConfig) Validate() error {
+	spec, err := c.PickPolicy().Spec()
 	switch {
 	case len(c.Secret) < MinSecret:
 		return fmt.Errorf("secret must be at least %d characters", MinSecret)
@@ -102,9 +107,9 @@ func (c FilterConfig) Validate() error {
 		return errors.New("request_idle_ms must not be negative")
 	case c.Pick && c.SyncCluster == "":
 		return errors.New("pick needs sync_cluster: the cluster of the control plane's API")
-	case c.PickPolicy != "" && c.PickPolicy != PickRoundRobin:
-		return fmt.Errorf("pick_policy %q: want %q or none (least-work)", c.PickPolicy, PickRoundRobin)
-	case c.Queue && (!c.Pick || c.PickPolicy != ""):
+	case err != nil || !spec.FilterPicks:
+		return fmt.Errorf("pick_policy %q: the filter does not pick by it (least-work, the default, or round-robin)", c.Policy)
+	case c.Queue && (!c.Pick || !spec.Queue):
 		return errors.New("queue needs pick: the queue grants workers least-work picks among")
 	case c.QueueWaitMs < 0 || c.QueueWaitMs > math.MaxInt32:
 		return fmt.Errorf("queue_wait_ms must be 0 to %d", math.MaxInt32)

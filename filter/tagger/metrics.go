@@ -1,6 +1,12 @@
 package tagger
 
-import "github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+import (
+	"strings"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+
+	"github.com/diffrouter/diffusion-router/leastwork"
+)
 
 // metrics are Envoy stats (they appear in /stats/prometheus with the
 // wasmcustom prefix).
@@ -35,4 +41,45 @@ func newMetrics() *metrics {
 	m.upstreamMS = proxywasm.DefineHistogramMetric("diffusion_router.upstream_ms")
 	m.routerMS = proxywasm.DefineHistogramMetric("diffusion_router.router_ms")
 	return m
+}
+
+// setGauges exports one worker's outstanding work, requests, learned
+// speed (µs per unit of cost) and the samples it was learned from as Envoy
+// stats. A gauge is written only when its value changed.
+func (p *picker) setGauges(h leastwork.Host) {
+	g, ok := p.gauges[h.Addr]
+	if !ok {
+		name := statName(h.Addr)
+		g = [4]proxywasm.MetricGauge{
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_work." + name),
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.outstanding_requests." + name),
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.us_per_cost." + name),
+			proxywasm.DefineGaugeMetric("diffusion_router.pick.speed_samples." + name),
+		}
+		p.gauges[h.Addr] = g
+	}
+	// Gauges only add; every thread's gauge of one name is one stat.
+	for i, v := range []int64{h.Work, h.Requests, int64(h.MsPerCost * 1000), h.Samples} {
+		if d := v - g[i].Value(); d != 0 {
+			g[i].Add(d)
+		}
+	}
+}
+
+// setForeign shows the requests a worker says it holds that no Envoy
+// counts (diffusion_router.pick.foreign_requests.<worker>).
+func (p *picker) setForeign(addr string, n int64) {
+	g, ok := p.foreign[addr]
+	if !ok {
+		g = proxywasm.DefineGaugeMetric("diffusion_router.pick.foreign_requests." + statName(addr))
+		p.foreign[addr] = g
+	}
+	if d := n - g.Value(); d != 0 {
+		g.Add(d)
+	}
+}
+
+// statName is a worker address as a stat name part.
+func statName(addr string) string {
+	return strings.NewReplacer(".", "_", ":", "_", "[", "", "]", "").Replace(addr)
 }

@@ -10,10 +10,11 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
-var testOptions = translate.Options{ListenAddress: "127.0.0.1", ListenPort: 30080, Policy: translate.PolicyLeastRequest, RegistryAddress: "127.0.0.1", RegistryPort: 18080, MaxConnections: 100, Timeout: time.Minute, ConnectTimeout: time.Second, HealthCheckInterval: time.Second, HealthCheckTimeout: time.Second, HealthCheckFailureThreshold: 3, OutlierConsecutiveFailures: 3}
+var testOptions = translate.Options{ListenAddress: "127.0.0.1", ListenPort: 30080, Policy: wire.PolicyLeastRequest, RegistryAddress: "127.0.0.1", RegistryPort: 18080, MaxConnections: 100, Timeout: time.Minute, ConnectTimeout: time.Second, HealthCheckInterval: time.Second, HealthCheckTimeout: time.Second, HealthCheckFailureThreshold: 3, OutlierConsecutiveFailures: 3}
 
 type recordingSink struct {
 	mu   sync.Mutex

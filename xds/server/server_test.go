@@ -14,12 +14,13 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
 func options() translate.Options {
 	return translate.Options{
-		ListenAddress: "127.0.0.1", ListenPort: 30080, Policy: translate.PolicyLeastRequest, MaxConnections: 10,
+		ListenAddress: "127.0.0.1", ListenPort: 30080, Policy: wire.PolicyLeastRequest, MaxConnections: 10,
 		ConnectTimeout: time.Second, HealthCheckInterval: time.Second, HealthCheckTimeout: time.Second,
 		HealthCheckFailureThreshold: 3, RegistryAddress: "127.0.0.1", RegistryPort: 1, OutlierConsecutiveFailures: 5,
 	}

@@ -37,11 +37,11 @@ const unlimited = math.MaxUint32
 // seen half-loaded by each. Capability routing uses the subset load balancer,
 // whose subsets share the cluster's hosts.
 func WorkersCluster(o Options) (*clusterv3.Cluster, error) {
-	inner := o.Policy
-	if inner == PolicyLeastWork {
-		inner = PolicyLeastRequest // when the filter names no worker
+	spec, err := o.Policy.Spec()
+	if err != nil {
+		return nil, fmt.Errorf("translate: %w", err)
 	}
-	child, err := lbPolicy(inner)
+	child, err := lbPolicy(spec.Envoy) // what the filter does not pick
 	if err != nil {
 		return nil, err
 	}
@@ -264,17 +264,17 @@ func overrideHost(fallback *corev3.TypedExtensionConfig) (*corev3.TypedExtension
 }
 
 // lbPolicy maps --routing-algorithm to a load-balancing-policy extension.
-func lbPolicy(p Policy) (*corev3.TypedExtensionConfig, error) {
+func lbPolicy(p wire.Policy) (*corev3.TypedExtensionConfig, error) {
 	switch p {
-	case PolicyLeastRequest:
+	case wire.PolicyLeastRequest:
 		// FULL_SCAN: Envoy's default compares two random hosts, which with two
 		// workers picks the busier one a quarter of the time.
 		return typed("envoy.load_balancing_policies.least_request", &leastrequestv3.LeastRequest{
 			SelectionMethod: leastrequestv3.LeastRequest_FULL_SCAN,
 		})
-	case PolicyRoundRobin:
+	case wire.PolicyRoundRobin:
 		return typed("envoy.load_balancing_policies.round_robin", &roundrobinv3.RoundRobin{})
-	case PolicyRandom:
+	case wire.PolicyRandom:
 		return typed("envoy.load_balancing_policies.random", &randomv3.Random{})
 	}
 	return nil, fmt.Errorf("translate: unknown policy %q", p)

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/diffrouter/diffusion-router/registry"
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current translation")
@@ -60,7 +61,7 @@ func TestGolden(t *testing.T) {
 			}
 			o := testOptions()
 			if gi.Policy != "" {
-				o.Policy = Policy(gi.Policy)
+				o.Policy = wire.Policy(gi.Policy)
 			}
 			o.Timeout = time.Duration(gi.TimeoutSec * float64(time.Second))
 			if gi.OTLP != "" {

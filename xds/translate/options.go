@@ -7,6 +7,8 @@ package translate
 import (
 	"fmt"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // Sizes and timings the builders share.
@@ -31,36 +33,13 @@ const (
 	transportSocketMatchKey = "envoy.transport_socket_match"
 )
 
-// Policy is the load-balancing policy across workers.
-type Policy string
-
-const (
-	PolicyLeastRequest Policy = "least-request"
-	PolicyRoundRobin   Policy = "round-robin"
-	PolicyRandom       Policy = "random"
-	// PolicyLeastWork: the Wasm filter picks the worker that would finish
-	// the request first (outstanding estimated work over learned speed)
-	// and Envoy's override_host policy sends it there; least-request is
-	// the fallback when the filter names no worker.
-	PolicyLeastWork Policy = "least-work"
-)
-
-// ParsePolicy accepts the spellings the Python routers accept.
-func ParsePolicy(s string) (Policy, error) {
-	switch Policy(s) {
-	case PolicyLeastRequest, PolicyRoundRobin, PolicyRandom, PolicyLeastWork:
-		return Policy(s), nil
-	}
-	return "", fmt.Errorf("unknown routing algorithm %q (want least-request, least-work, round-robin or random)", s)
-}
-
 // Options are the router settings that shape Envoy's configuration. They come
 // from the command line and do not change while the router runs.
 type Options struct {
 	ListenAddress string
 	ListenPort    uint32
 
-	Policy Policy
+	Policy wire.Policy
 	// Timeout bounds a whole request to a worker; 0 means no limit, because
 	// generations take seconds to minutes and Envoy's 15 s default would cut them.
 	Timeout time.Duration
@@ -112,7 +91,8 @@ type Options struct {
 // worker: least-work always; round-robin when the filter runs (one cycle
 // over all of an Envoy's threads, where Envoy's own keeps one per thread).
 func (o Options) FilterPicks() bool {
-	return o.Policy == PolicyLeastWork || o.Policy == PolicyRoundRobin && o.Filter != nil
+	spec, err := o.Policy.Spec()
+	return err == nil && spec.FilterPicks && (o.Filter != nil || spec.NeedsFilter)
 }
 
 // FilterOptions configure the Wasm filter.
@@ -153,11 +133,12 @@ func (o Options) Validate() error {
 	case o.OutlierConsecutiveFailures == 0:
 		return fmt.Errorf("outlier consecutive failures must be at least 1")
 	}
-	if _, err := ParsePolicy(string(o.Policy)); err != nil {
+	spec, err := o.Policy.Spec()
+	if err != nil {
 		return err
 	}
-	if o.Policy == PolicyLeastWork && o.Filter == nil {
-		return fmt.Errorf("least-work routing needs the Wasm filter: it is the filter that picks the worker")
+	if spec.NeedsFilter && o.Filter == nil {
+		return fmt.Errorf("%s routing needs the Wasm filter: it is the filter that picks the worker", o.Policy)
 	}
 	if o.Filter != nil && (o.Filter.Path == "" || o.Filter.Config == "") {
 		return fmt.Errorf("wasm filter needs a path and a configuration")

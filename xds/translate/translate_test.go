@@ -32,7 +32,7 @@ func testOptions() Options {
 	return Options{
 		ListenAddress:               "0.0.0.0",
 		ListenPort:                  30080,
-		Policy:                      PolicyLeastRequest,
+		Policy:                      wire.PolicyLeastRequest,
 		MaxConnections:              100,
 		MaxRetries:                  2,
 		ConnectTimeout:              5 * time.Second,
@@ -94,12 +94,12 @@ func childPolicy(t *testing.T, c *clusterv3.Cluster) proto.Message {
 
 func TestWorkersClusterPolicy(t *testing.T) {
 	tests := []struct {
-		policy Policy
+		policy wire.Policy
 		want   proto.Message
 	}{
-		{PolicyLeastRequest, &leastrequestv3.LeastRequest{SelectionMethod: leastrequestv3.LeastRequest_FULL_SCAN}},
-		{PolicyRoundRobin, &roundrobinv3.RoundRobin{}},
-		{PolicyRandom, &randomv3.Random{}},
+		{wire.PolicyLeastRequest, &leastrequestv3.LeastRequest{SelectionMethod: leastrequestv3.LeastRequest_FULL_SCAN}},
+		{wire.PolicyRoundRobin, &roundrobinv3.RoundRobin{}},
+		{wire.PolicyRandom, &randomv3.Random{}},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.policy), func(t *testing.T) {
@@ -549,7 +549,7 @@ func TestBufferLimitsLeaveRoomForHeldBodies(t *testing.T) {
 // filter it is refused.
 func TestLeastWorkCluster(t *testing.T) {
 	o := testOptions()
-	o.Policy = PolicyLeastWork
+	o.Policy = wire.PolicyLeastWork
 	if err := o.Validate(); err == nil {
 		t.Fatal("least-work without the filter validated")
 	}
@@ -606,15 +606,15 @@ func TestRegistryClusterResolvesNames(t *testing.T) {
 func TestFilterPicksRoundRobin(t *testing.T) {
 	filter := &FilterOptions{Path: "/f.wasm", Config: "{}"}
 	for _, tc := range []struct {
-		policy Policy
+		policy wire.Policy
 		filter *FilterOptions
 		picks  bool
 	}{
-		{PolicyRoundRobin, filter, true},
-		{PolicyRoundRobin, nil, false},
-		{PolicyLeastRequest, filter, false},
-		{PolicyRandom, filter, false},
-		{PolicyLeastWork, filter, true},
+		{wire.PolicyRoundRobin, filter, true},
+		{wire.PolicyRoundRobin, nil, false},
+		{wire.PolicyLeastRequest, filter, false},
+		{wire.PolicyRandom, filter, false},
+		{wire.PolicyLeastWork, filter, true},
 	} {
 		o := testOptions()
 		o.Policy, o.Filter = tc.policy, tc.filter
