@@ -52,8 +52,10 @@ func TestQueueEndpoints(t *testing.T) {
 	// the queue holds one.
 	done := make(chan int, 1)
 	go func() { code, _ := post(wire.PathQueue, syncSecret, req); done <- code }()
-	for s.Queue.Waiting() == 0 {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); s.Queue.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first request never queued")
+		}
 	}
 	code, v := post(wire.PathQueue, syncSecret, `{"node":"envoy-1","ticket":"t2","tenant":"trainer","cost":10}`)
 	if code != http.StatusTooManyRequests || v["error"] == nil {

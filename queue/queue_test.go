@@ -28,15 +28,21 @@ func waitAll(t *testing.T, q *Queue, rs ...Request) <-chan outcome {
 			g, err := q.Wait(context.Background(), r)
 			out <- outcome{r.Ticket, g, err}
 		}()
-		deadline := time.Now().Add(5 * time.Second)
-		for q.Status().Waiting == before {
-			if time.Now().After(deadline) {
-				t.Fatalf("request %s never queued", r.Ticket)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		eventually(t, "request "+r.Ticket+" queued", func() bool { return q.Status().Waiting != before })
 	}
 	return out
+}
+
+// eventually polls cond until it holds, failing the test after 5 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func req(ticket string, prio int, tenant string) Request {
@@ -213,9 +219,7 @@ func TestRefusalsTimeoutsAndCancels(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { _, err := qt.Wait(ctx, req("ctx", 0, "t")); done <- err }()
-	for qt.Status().Waiting == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, "the request queued", func() bool { return qt.Status().Waiting > 0 })
 	cancel()
 	if err := <-done; !errors.Is(err, ErrCancelled) {
 		t.Fatalf("wait whose context ended: %v", err)
