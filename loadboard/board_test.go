@@ -12,6 +12,7 @@ import (
 	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
+	"github.com/diffrouter/diffusion-router/workerword"
 )
 
 // clock is a settable clock for the board.
@@ -489,15 +490,15 @@ func TestWorkersWord(t *testing.T) {
 		return v
 	}
 	sync("B", wire.HostReport{Addr: "10.0.0.1:80", Work: 10, Requests: 1})
-	b.SetWord("10.0.0.1:80", 2, 1, c.t) // 3 held, B counts 1, A 1 (below)
-	b.SetWord("10.0.0.2:80", 0, 0, c.t)
+	b.SetWord("10.0.0.1:80", workerword.Word{At: c.t, Scheduler: &workerword.Scheduler{Queued: 2, Running: 1}}) // 3 held, B counts 1, A 1 (below)
+	b.SetWord("10.0.0.2:80", workerword.Word{At: c.t, Scheduler: &workerword.Scheduler{Queued: 0, Running: 0}})
 	v := sync("A", wire.HostReport{Addr: "10.0.0.1:80", Work: 10, Requests: 1})
 	if v.Workers[0].ForeignRequests != 0 {
 		t.Fatalf("one reading made foreign work: %+v", v.Workers[0])
 	}
 	c.t = c.t.Add(500 * time.Millisecond)
-	b.SetWord("10.0.0.1:80", 2, 1, c.t) // the second reading in a row
-	b.SetWord("10.0.0.2:80", 0, 0, c.t)
+	b.SetWord("10.0.0.1:80", workerword.Word{At: c.t, Scheduler: &workerword.Scheduler{Queued: 2, Running: 1}}) // the second reading in a row
+	b.SetWord("10.0.0.2:80", workerword.Word{At: c.t, Scheduler: &workerword.Scheduler{Queued: 0, Running: 0}})
 	v = sync("A", wire.HostReport{Addr: "10.0.0.1:80", Work: 10, Requests: 1})
 	if v.Workers[0].ForeignRequests != 1 || v.Workers[0].IdleAt != 0 {
 		t.Fatalf("busy worker: %+v, want 1 foreign request", v.Workers[0])
@@ -521,16 +522,16 @@ func TestWorkersWord(t *testing.T) {
 	c.t = c.t.Add(3 * time.Second)
 	sync("A", wire.HostReport{Addr: "10.0.0.2:80", Work: 10, Requests: 1})
 	sync("B")
-	b.SetWord("10.0.0.2:80", 0, 1, c.t)
+	b.SetWord("10.0.0.2:80", workerword.Word{At: c.t, Scheduler: &workerword.Scheduler{Queued: 0, Running: 1}})
 	c.t = c.t.Add(100 * time.Millisecond)
 	if v := sync("A"); v.Workers[1].ForeignRequests != 0 {
 		t.Fatalf("a request just answered passed for a foreign one: %+v", v.Workers[1])
 	}
 	// Long after, with nothing counted, two readings in a row: foreign.
 	c.t = c.t.Add(2 * time.Second)
-	b.SetWord("10.0.0.2:80", 0, 1, c.t)
+	b.SetWord("10.0.0.2:80", workerword.Word{At: c.t, Scheduler: &workerword.Scheduler{Queued: 0, Running: 1}})
 	c.t = c.t.Add(500 * time.Millisecond)
-	b.SetWord("10.0.0.2:80", 0, 1, c.t)
+	b.SetWord("10.0.0.2:80", workerword.Word{At: c.t, Scheduler: &workerword.Scheduler{Queued: 0, Running: 1}})
 	if v := sync("A"); v.Workers[1].ForeignRequests != 1 {
 		t.Fatalf("work no Envoy counted for seconds: %+v, want 1 foreign request", v.Workers[1])
 	}

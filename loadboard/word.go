@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/diffrouter/diffusion-router/wire"
+	"github.com/diffrouter/diffusion-router/workerword"
 )
 
 // The workers' own word (package workerword): what a worker says it holds
@@ -26,11 +27,15 @@ type word struct {
 	excess, prevExcess int64
 }
 
-// SetWord records a worker's reading of its scheduler: generations
-// queued and running, read at at.
-func (b *Board) SetWord(addr string, queued, running int64, at time.Time) {
+// SetWord records a worker's word: of its scheduler (generations queued
+// and running), what it holds that no Envoy counts.
+func (b *Board) SetWord(addr string, wd workerword.Word) {
+	if wd.Scheduler == nil {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	queued, running, at := wd.Scheduler.Queued, wd.Scheduler.Running, wd.At
 	w := word{queued: queued, running: running, at: at, excess: max(0, queued+running-b.recentlyCounted(addr, at))}
 	if old, ok := b.words[addr]; ok && at.Sub(old.at) <= wordFresh {
 		w.prevExcess = old.excess

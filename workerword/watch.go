@@ -2,10 +2,8 @@ package workerword
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
@@ -26,7 +24,7 @@ type Target struct {
 
 // Sink takes what the watcher reads (loadboard.Board).
 type Sink interface {
-	SetWord(addr string, queued, running int64, at time.Time)
+	SetWord(addr string, w Word)
 	JobsEnded(jobs []wire.EndedJob)
 	// Counted reports whether any Envoy counts requests on the worker:
 	// its job list is read only then.
@@ -165,9 +163,10 @@ func (w *Watcher) read(ctx context.Context, t Target, st *state) {
 	now := time.Now()
 	if now.After(st.noMetricsUntil) {
 		body, code, err := w.get(ctx, t.URL+"/metrics")
-		switch q, r, ok := ParseMetrics(body); {
+		switch word, ok := ParseMetrics(body); {
 		case err == nil && code == http.StatusOK && ok:
-			w.Sink.SetWord(t.Addr, q, r, now)
+			word.At = now
+			w.Sink.SetWord(t.Addr, word)
 		case err == nil:
 			// Served without the gauges (or not at all: 404 without
 			// --enable-metrics): nothing to read for a while.
@@ -180,69 +179,6 @@ func (w *Watcher) read(ctx context.Context, t Target, st *state) {
 		} else {
 			w.Sink.JobsEnded(ended)
 		}
-	}
-}
-
-// endedJobs reads the job list on from the cursor (oldest first: sglang
-// runs jobs in that order) and returns the jobs that ended since they
-// were last passed on.
-func (w *Watcher) endedJobs(ctx context.Context, t Target, st *state) ([]wire.EndedJob, error) {
-	var out []wire.EndedJob
-	for range maxListPages {
-		q := url.Values{"limit": {fmt.Sprint(listPage)}, "order": {"asc"}}
-		if st.cursor != "" {
-			q.Set("after", st.cursor)
-		}
-		body, code, err := w.get(ctx, t.URL+wire.PathVideos+"?"+q.Encode())
-		if err != nil {
-			return out, err
-		}
-		if code != http.StatusOK {
-			return out, fmt.Errorf("job list answered %d", code)
-		}
-		jobs, err := ParseJobList(body)
-		if err != nil {
-			return out, err
-		}
-		if len(jobs) == 0 && st.cursor != "" {
-			// Nothing after the cursor, or the cursor's job was deleted
-			// (the list then has nothing to continue from): start over.
-			if _, code, err := w.get(ctx, t.URL+wire.PathVideos+"/"+url.PathEscape(st.cursor)); err == nil && code == http.StatusNotFound {
-				st.cursor = ""
-				continue
-			}
-		}
-		allEnded := true
-		for _, j := range jobs {
-			if !j.Ended() {
-				allEnded = false
-				continue
-			}
-			if !st.reported[j.ID] && j.ID != "" && len(j.ID) <= wire.MaxJobID {
-				e := wire.EndedJob{ID: j.ID}
-				if j.Status == "completed" && j.GPUSec != nil && *j.GPUSec > 0 && *j.GPUSec*1000 <= wire.MaxJobGPUMs {
-					e.GPUMs = *j.GPUSec * 1000
-				}
-				out = append(out, e)
-				st.remember(j.ID)
-			}
-			if allEnded {
-				st.cursor = j.ID
-			}
-		}
-		if !allEnded || len(jobs) < listPage {
-			return out, nil
-		}
-	}
-	return out, nil
-}
-
-func (st *state) remember(id string) {
-	st.reported[id] = true
-	st.order = append(st.order, id)
-	if len(st.order) > rememberReported {
-		delete(st.reported, st.order[0])
-		st.order = st.order[1:]
 	}
 }
 

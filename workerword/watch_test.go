@@ -23,10 +23,10 @@ type sink struct {
 	ended []wire.EndedJob
 }
 
-func (s *sink) SetWord(addr string, q, r int64, _ time.Time) {
+func (s *sink) SetWord(addr string, w Word) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.words[addr] = [2]int64{q, r}
+	s.words[addr] = [2]int64{w.Scheduler.Queued, w.Scheduler.Running}
 }
 func (s *sink) JobsEnded(j []wire.EndedJob) {
 	s.mu.Lock()

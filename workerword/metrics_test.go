@@ -17,8 +17,12 @@ func TestParseMetrics(t *testing.T) {
 		{"empty", "", 0, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			q, r, ok := ParseMetrics([]byte(tc.body))
-			if q != tc.q || r != tc.r || ok != tc.ok {
+			w, ok := ParseMetrics([]byte(tc.body))
+			var q, r int64
+			if w.Scheduler != nil {
+				q, r = w.Scheduler.Queued, w.Scheduler.Running
+			}
+			if q != tc.q || r != tc.r || ok != tc.ok || ok != (w.Scheduler != nil) {
 				t.Fatalf("= %d %d %v, want %d %d %v", q, r, ok, tc.q, tc.r, tc.ok)
 			}
 		})

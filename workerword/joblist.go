@@ -1,0 +1,95 @@
+package workerword
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// Job is one entry of a worker's job list.
+type Job struct {
+	ID     string   `json:"id"`
+	Status string   `json:"status"`
+	GPUSec *float64 `json:"inference_time_s"`
+}
+
+// Ended reports whether the worker is done with the job.
+func (j Job) Ended() bool { return j.Status == "completed" || j.Status == "failed" }
+
+// ParseJobList reads one page of GET /v1/videos.
+func ParseJobList(body []byte) ([]Job, error) {
+	var page struct {
+		Data []Job `json:"data"`
+	}
+	if err := json.Unmarshal(body, &page); err != nil {
+		return nil, fmt.Errorf("job list: %w", err)
+	}
+	return page.Data, nil
+}
+
+// endedJobs reads the job list on from the cursor (oldest first: sglang
+// runs jobs in that order) and returns the jobs that ended since they
+// were last passed on.
+func (w *Watcher) endedJobs(ctx context.Context, t Target, st *state) ([]wire.EndedJob, error) {
+	var out []wire.EndedJob
+	for range maxListPages {
+		q := url.Values{"limit": {fmt.Sprint(listPage)}, "order": {"asc"}}
+		if st.cursor != "" {
+			q.Set("after", st.cursor)
+		}
+		body, code, err := w.get(ctx, t.URL+wire.PathVideos+"?"+q.Encode())
+		if err != nil {
+			return out, err
+		}
+		if code != http.StatusOK {
+			return out, fmt.Errorf("job list answered %d", code)
+		}
+		jobs, err := ParseJobList(body)
+		if err != nil {
+			return out, err
+		}
+		if len(jobs) == 0 && st.cursor != "" {
+			// Nothing after the cursor, or the cursor's job was deleted
+			// (the list then has nothing to continue from): start over.
+			if _, code, err := w.get(ctx, t.URL+wire.PathVideos+"/"+url.PathEscape(st.cursor)); err == nil && code == http.StatusNotFound {
+				st.cursor = ""
+				continue
+			}
+		}
+		allEnded := true
+		for _, j := range jobs {
+			if !j.Ended() {
+				allEnded = false
+				continue
+			}
+			if !st.reported[j.ID] && j.ID != "" && len(j.ID) <= wire.MaxJobID {
+				e := wire.EndedJob{ID: j.ID}
+				if j.Status == "completed" && j.GPUSec != nil && *j.GPUSec > 0 && *j.GPUSec*1000 <= wire.MaxJobGPUMs {
+					e.GPUMs = *j.GPUSec * 1000
+				}
+				out = append(out, e)
+				st.remember(j.ID)
+			}
+			if allEnded {
+				st.cursor = j.ID
+			}
+		}
+		if !allEnded || len(jobs) < listPage {
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+func (st *state) remember(id string) {
+	st.reported[id] = true
+	st.order = append(st.order, id)
+	if len(st.order) > rememberReported {
+		delete(st.reported, st.order[0])
+		st.order = st.order[1:]
+	}
+}
