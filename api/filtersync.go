@@ -13,20 +13,20 @@ import (
 // the fleet (least-work routing). A worker Envoy reports failing health
 // checks or ejected is left out of the view at once, before the fleet
 // quarantines it.
-func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
-	if s.Board == nil {
+func (f *filterAPI) filterSync(w http.ResponseWriter, r *http.Request) {
+	if f.Board == nil {
 		writeError(w, errorf(http.StatusNotFound, "least-work routing is off (--routing-algorithm): no filter sync"))
 		return
 	}
 	var rep wire.LoadReport
-	if err := s.readSigned(r, "filter sync", &rep); err != nil {
+	if err := f.readSigned(r, "filter sync", &rep); err != nil {
 		writeError(w, err)
 		return
 	}
 	// The signature checked out, so the time is the filter's own.
 	signedAt, _ := strconv.ParseInt(r.Header.Get(wire.HeaderSyncTime), 10, 64)
-	snap := s.Fleet.Registry().Snapshot()
-	view, err := s.Board.SyncSigned(rep, signedAt, snap, s.Fleet.OutByEnvoy())
+	snap := f.fleet.Registry().Snapshot()
+	view, err := f.Board.SyncSigned(rep, signedAt, snap, f.fleet.OutByEnvoy())
 	switch {
 	case errors.Is(err, loadboard.ErrClaimRefused):
 		writeError(w, errorf(http.StatusConflict, "filter sync: %v", err))
@@ -35,15 +35,15 @@ func (s *Server) filterSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, "load report: %v", err))
 		return
 	}
-	if s.Queue != nil {
+	if f.Queue != nil {
 		// The report may have freed slots; the filters learn what waits
 		// and how many requests each worker takes.
-		s.Queue.Kick()
-		view.Queued = s.Queue.Waiting()
-		view.Paused = snap.Count().Paused(s.HoldWhileAsleep)
+		f.Queue.Kick()
+		view.Queued = f.Queue.Waiting()
+		view.Paused = snap.Count().Paused(f.HoldWhileAsleep)
 		for i := range view.Workers {
 			if view.Workers[i].Slots == 0 {
-				view.Workers[i].Slots = s.DefaultSlots
+				view.Workers[i].Slots = f.DefaultSlots
 			}
 		}
 	}
