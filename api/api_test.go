@@ -13,7 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/fakeworker"
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/registry"
@@ -24,7 +24,7 @@ import (
 type noEnvoys struct{}
 
 func (noEnvoys) WaitSynced(context.Context, uint64) (int, error) { return 0, nil }
-func (noEnvoys) Nodes() []envoy.Node                             { return nil }
+func (noEnvoys) Nodes() []envoyadmin.Node                        { return nil }
 
 func newAPI(t *testing.T) (*Server, *registry.Registry) {
 	t.Helper()

@@ -5,18 +5,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/envoy"
-	"github.com/diffrouter/diffusion-router/registry"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/diffrouter/diffusion-router/envoyadmin"
+	"github.com/diffrouter/diffusion-router/registry"
 )
 
 func TestDrainWaitsForEveryEnvoy(t *testing.T) {
 	envoys := newFakeEnvoys("a", "b")
 	m, rec, key, hp := fakeManager(t, envoys, Config{DrainTimeout: time.Minute})
-	envoys.set("a", hp, envoy.HostStats{RqActive: 2})
-	envoys.set("b", hp, envoy.HostStats{RqActive: 0})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 2})
+	envoys.set("b", hp, envoyadmin.HostStats{RqActive: 0})
 
 	w, _, err := m.Remove(context.Background(), key)
 	if err != nil || w.State != registry.StateDraining {
@@ -24,9 +25,9 @@ func TestDrainWaitsForEveryEnvoy(t *testing.T) {
 	}
 	// Envoy a still has requests in flight, then its admin goes silent:
 	// the worker stays while either holds.
-	envoys.set("a", hp, envoy.HostStats{RqActive: 1})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 1})
 	envoys.setDown("a", true)
-	envoys.set("a", hp, envoy.HostStats{RqActive: 0})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 0})
 	if _, gone := m.Registry().Get(key); !gone {
 		t.Fatal("the worker left while an Envoy had requests in flight")
 	}
@@ -77,7 +78,7 @@ func TestDrainOutwaitsALateThread(t *testing.T) {
 	if gone() {
 		t.Fatal("the drain ended on one empty reading while a late request was in flight")
 	}
-	envoys.set("a", hp, envoy.HostStats{RqActive: 0})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 0})
 	before := envoys.endpointReads()
 	until(t, "the drained worker to leave", gone)
 	if got := envoys.endpointReads() - before; got < idleReadings {
@@ -88,7 +89,7 @@ func TestDrainOutwaitsALateThread(t *testing.T) {
 func TestDrainTimeoutRemovesAnyway(t *testing.T) {
 	envoys := newFakeEnvoys("a")
 	m, rec, key, hp := fakeManager(t, envoys, Config{DrainTimeout: 200 * time.Millisecond})
-	envoys.set("a", hp, envoy.HostStats{RqActive: 5})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 5})
 	if _, _, err := m.Remove(context.Background(), key); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func TestDrainTimeoutRemovesAnyway(t *testing.T) {
 func TestReadmitCancelsDrain(t *testing.T) {
 	envoys := newFakeEnvoys("a")
 	m, _, key, hp := fakeManager(t, envoys, Config{DrainTimeout: time.Minute, SyncTimeout: time.Second})
-	envoys.set("a", hp, envoy.HostStats{RqActive: 1})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 1})
 	if _, _, err := m.Remove(context.Background(), key); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func TestReadmitCancelsDrain(t *testing.T) {
 	if err != nil || !res.Revived || res.Worker.State != registry.StateActive {
 		t.Fatalf("re-admit = %+v, %v", res, err)
 	}
-	envoys.set("a", hp, envoy.HostStats{RqActive: 0})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 0})
 	// The cancelled drain must not remove the worker now that it is idle.
 	m.Wait()
 	if w, ok := m.Registry().Get(key); !ok || w.State != registry.StateActive {
@@ -126,7 +127,7 @@ func TestDrainWaitsForPickers(t *testing.T) {
 	envoys := newFakeEnvoys("a")
 	pickers := &pickersAt{}
 	m, _, key, hp := fakeManager(t, envoys, Config{DrainTimeout: time.Minute, Pickers: pickers})
-	envoys.set("a", hp, envoy.HostStats{RqActive: 0})
+	envoys.set("a", hp, envoyadmin.HostStats{RqActive: 0})
 	if _, _, err := m.Remove(context.Background(), key); err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestDrainSpans(t *testing.T) {
 			tracer := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)).Tracer("test")
 			envoys := newFakeEnvoys("a")
 			m, _, key, hp := fakeManager(t, envoys, Config{DrainTimeout: tc.timeout, Tracer: tracer})
-			envoys.set("a", hp, envoy.HostStats{RqActive: tc.active})
+			envoys.set("a", hp, envoyadmin.HostStats{RqActive: tc.active})
 			ctx, removal := tracer.Start(context.Background(), "DELETE /workers")
 			if _, _, err := m.Remove(ctx, key); err != nil {
 				t.Fatal(err)

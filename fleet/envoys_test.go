@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
@@ -15,30 +15,30 @@ func TestEjections(t *testing.T) {
 		name string
 		// first and second are what Envoys a and b report in two
 		// observations in a row.
-		first, second  [2]envoy.HostStats
+		first, second  [2]envoyadmin.HostStats
 		wantQuarantine bool
 	}{
 		{name: "nobody ejects",
-			first:  [2]envoy.HostStats{{RqTotal: 5}, {RqTotal: 5}},
-			second: [2]envoy.HostStats{{RqTotal: 9}, {RqTotal: 9}}},
+			first:  [2]envoyadmin.HostStats{{RqTotal: 5}, {RqTotal: 5}},
+			second: [2]envoyadmin.HostStats{{RqTotal: 9}, {RqTotal: 9}}},
 		{name: "a ejects, b sends nothing", wantQuarantine: true,
-			first:  [2]envoy.HostStats{{RqTotal: 5}, {RqTotal: 5}},
-			second: [2]envoy.HostStats{{RqTotal: 9, RqError: 4, FailedOutlier: true}, {RqTotal: 5}}},
+			first:  [2]envoyadmin.HostStats{{RqTotal: 5}, {RqTotal: 5}},
+			second: [2]envoyadmin.HostStats{{RqTotal: 9, RqError: 4, FailedOutlier: true}, {RqTotal: 5}}},
 		{name: "a ejects, b serves it without errors",
-			first:  [2]envoy.HostStats{{RqTotal: 5}, {RqTotal: 5}},
-			second: [2]envoy.HostStats{{RqTotal: 9, RqError: 4, FailedOutlier: true}, {RqTotal: 20}}},
+			first:  [2]envoyadmin.HostStats{{RqTotal: 5}, {RqTotal: 5}},
+			second: [2]envoyadmin.HostStats{{RqTotal: 9, RqError: 4, FailedOutlier: true}, {RqTotal: 20}}},
 		{name: "a ejects, b fails too", wantQuarantine: true,
-			first:  [2]envoy.HostStats{{RqTotal: 5}, {RqTotal: 5}},
-			second: [2]envoy.HostStats{{RqTotal: 9, RqError: 4, FailedOutlier: true}, {RqTotal: 20, RqError: 1}}},
+			first:  [2]envoyadmin.HostStats{{RqTotal: 5}, {RqTotal: 5}},
+			second: [2]envoyadmin.HostStats{{RqTotal: 9, RqError: 4, FailedOutlier: true}, {RqTotal: 20, RqError: 1}}},
 		{name: "both eject", wantQuarantine: true,
-			first:  [2]envoy.HostStats{{RqTotal: 5}, {RqTotal: 5}},
-			second: [2]envoy.HostStats{{RqTotal: 9, FailedOutlier: true}, {RqTotal: 9, FailedOutlier: true}}},
+			first:  [2]envoyadmin.HostStats{{RqTotal: 5}, {RqTotal: 5}},
+			second: [2]envoyadmin.HostStats{{RqTotal: 9, FailedOutlier: true}, {RqTotal: 9, FailedOutlier: true}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			envoys := newFakeEnvoys("a", "b")
 			m, rec, key, hp := fakeManager(t, envoys, Config{OutlierFailures: 3})
-			for _, view := range [][2]envoy.HostStats{tt.first, tt.second} {
+			for _, view := range [][2]envoyadmin.HostStats{tt.first, tt.second} {
 				envoys.set("a", hp, view[0])
 				envoys.set("b", hp, view[1])
 				m.envoys.observeOnce(context.Background())

@@ -13,7 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -23,10 +23,10 @@ import (
 // reports, which a test sets.
 type fakeEnvoys struct {
 	mu      sync.Mutex
-	hosts   map[string]map[string]envoy.HostStats // node -> hostname -> stats
-	down    map[string]bool                       // nodes whose admin cannot be read
-	reads   int                                   // EndpointStats calls
-	pending map[string]uint64                     // node -> requests waiting for a connection
+	hosts   map[string]map[string]envoyadmin.HostStats // node -> hostname -> stats
+	down    map[string]bool                            // nodes whose admin cannot be read
+	reads   int                                        // EndpointStats calls
+	pending map[string]uint64                          // node -> requests waiting for a connection
 	// afterRead, if set, runs (lock held) after each EndpointStats answer.
 	afterRead func(f *fakeEnvoys)
 }
@@ -53,15 +53,15 @@ func (f *fakeEnvoys) endpointReads() int {
 }
 
 func newFakeEnvoys(nodes ...string) *fakeEnvoys {
-	f := &fakeEnvoys{hosts: map[string]map[string]envoy.HostStats{}, down: map[string]bool{}, pending: map[string]uint64{}}
+	f := &fakeEnvoys{hosts: map[string]map[string]envoyadmin.HostStats{}, down: map[string]bool{}, pending: map[string]uint64{}}
 	for _, n := range nodes {
-		f.hosts[n] = map[string]envoy.HostStats{}
+		f.hosts[n] = map[string]envoyadmin.HostStats{}
 	}
 	return f
 }
 
 // set records what node reports of the worker at hostPort.
-func (f *fakeEnvoys) set(node, hostPort string, h envoy.HostStats) {
+func (f *fakeEnvoys) set(node, hostPort string, h envoyadmin.HostStats) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	h.Cluster, h.Hostname, h.Address = wire.ClusterWorkers, hostPort, hostPort
@@ -80,23 +80,23 @@ func (f *fakeEnvoys) WaitSynced(context.Context, uint64) (int, error) {
 	return len(f.hosts), nil
 }
 
-func (f *fakeEnvoys) Nodes() []envoy.Node {
+func (f *fakeEnvoys) Nodes() []envoyadmin.Node {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []envoy.Node
+	var out []envoyadmin.Node
 	for n := range f.hosts {
-		out = append(out, envoy.Node{ID: n, AdminAddress: n, Synced: true})
+		out = append(out, envoyadmin.Node{ID: n, AdminAddress: n, Synced: true})
 	}
 	return out
 }
 
-func (f *fakeEnvoys) Clusters(_ context.Context, admin string) ([]envoy.HostStats, error) {
+func (f *fakeEnvoys) Clusters(_ context.Context, admin string) ([]envoyadmin.HostStats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down[admin] {
 		return nil, errors.New("admin down")
 	}
-	var out []envoy.HostStats
+	var out []envoyadmin.HostStats
 	for _, h := range f.hosts[admin] {
 		out = append(out, h)
 	}
@@ -197,7 +197,7 @@ func (p *pickersAt) WaitSeen(ctx context.Context, gen uint64) error {
 type noEnvoys struct{}
 
 func (noEnvoys) WaitSynced(context.Context, uint64) (int, error) { return 0, nil }
-func (noEnvoys) Nodes() []envoy.Node                             { return nil }
+func (noEnvoys) Nodes() []envoyadmin.Node                        { return nil }
 
 func newManager(t *testing.T) *Manager {
 	t.Helper()

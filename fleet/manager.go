@@ -18,23 +18,23 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
 // Syncer is the xDS side as the fleet sees it.
 type Syncer interface {
 	WaitSynced(ctx context.Context, gen uint64) (int, error)
-	Nodes() []envoy.Node
+	Nodes() []envoyadmin.Node
 }
 
 // EnvoyView reads what one Envoy sees of the workers, from the admin
-// interface a node's metadata names (envoy.AdminClient). Drains, ejections
+// interface a node's metadata names (envoyadmin.AdminClient). Drains, ejections
 // and routability checks read Envoy only through it.
 type EnvoyView interface {
 	// Clusters lists every host of every cluster with its counters and
 	// health flags.
-	Clusters(ctx context.Context, admin string) ([]envoy.HostStats, error)
+	Clusters(ctx context.Context, admin string) ([]envoyadmin.HostStats, error)
 	// EndpointStats is one host of one cluster: whether Envoy routes to it
 	// and its requests in flight.
 	EndpointStats(ctx context.Context, admin, cluster, address string) (healthy bool, rqActive uint64, found bool, err error)
@@ -158,7 +158,7 @@ func NewManager(ctx context.Context, reg *registry.Registry, syncer Syncer, cfg 
 		cfg.WeightUpdateTimeout = 10 * time.Minute
 	}
 	if cfg.Envoys == nil {
-		cfg.Envoys = envoy.NewAdminClient()
+		cfg.Envoys = envoyadmin.NewAdminClient()
 	}
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("")

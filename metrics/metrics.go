@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
@@ -28,7 +28,7 @@ type Metrics struct {
 }
 
 // New registers the instruments. fleet and nodes are read at scrape time.
-func New(fleet *registry.Registry, nodes func() []envoy.Node) *Metrics {
+func New(fleet *registry.Registry, nodes func() []envoyadmin.Node) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		xdsPushes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -99,7 +99,7 @@ var (
 // the gauges can never drift from the state they describe.
 type fleetCollector struct {
 	fleet *registry.Registry
-	nodes func() []envoy.Node
+	nodes func() []envoyadmin.Node
 }
 
 func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {

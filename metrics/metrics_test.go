@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
@@ -23,7 +23,7 @@ func TestMetrics(t *testing.T) {
 	if _, _, _, err := reg.Move("http://10.0.0.3:1", registry.StateQuarantined, "test"); err != nil {
 		t.Fatal(err)
 	}
-	m := New(reg, func() []envoy.Node { return []envoy.Node{{ID: "a", Synced: true}, {ID: "b"}} })
+	m := New(reg, func() []envoyadmin.Node { return []envoyadmin.Node{{ID: "a", Synced: true}, {ID: "b"}} })
 	m.XDSPush()
 	m.XDSPush()
 	m.Probe(true)

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
@@ -120,7 +121,7 @@ func localEnvoy(c Config, stateDir, tlsDir, xdsAddr string, adopt runningEnvoy, 
 func waitEnvoyReady(ctx context.Context, admin, front string) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	ac := envoy.NewAdminClient()
+	ac := envoyadmin.NewAdminClient()
 	for {
 		err := ac.Ready(ctx, admin)
 		if err == nil {
@@ -142,7 +143,7 @@ func waitEnvoyReady(ctx context.Context, admin, front string) error {
 // drainEnvoy stops the front listener from taking new connections and waits,
 // bounded, until the requests in flight have finished.
 func drainEnvoy(admin string, timeout time.Duration, log *logrus.Entry) {
-	ac := envoy.NewAdminClient()
+	ac := envoyadmin.NewAdminClient()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := ac.DrainListeners(ctx, admin); err != nil {

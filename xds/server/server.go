@@ -33,7 +33,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/diffrouter/diffusion-router/envoy"
+	"github.com/diffrouter/diffusion-router/envoyadmin"
 	"github.com/diffrouter/diffusion-router/xds/translate"
 )
 
@@ -50,7 +50,7 @@ func (fleetHash) ID(*corev3.Node) string { return fleetKey }
 var routedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
 
 type stream struct {
-	node      envoy.Node
+	node      envoyadmin.Node
 	acked     map[string]string // type URL -> version acknowledged
 	requested map[string]bool   // type URL -> subscribed
 }
@@ -225,10 +225,10 @@ func (s *Server) streamSyncedLocked(st *stream) bool {
 }
 
 // Nodes lists the connected Envoys.
-func (s *Server) Nodes() []envoy.Node {
+func (s *Server) Nodes() []envoyadmin.Node {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]envoy.Node, 0, len(s.streams))
+	out := make([]envoyadmin.Node, 0, len(s.streams))
 	for _, st := range s.streams {
 		n := st.node
 		n.Synced = s.streamSyncedLocked(st)
@@ -275,7 +275,7 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamOpenFunc: func(_ context.Context, id int64, typ string) error {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			s.streams[id] = &stream{acked: map[string]string{}, requested: map[string]bool{}, node: envoy.Node{ConnectedAt: time.Now()}}
+			s.streams[id] = &stream{acked: map[string]string{}, requested: map[string]bool{}, node: envoyadmin.Node{ConnectedAt: time.Now()}}
 			return nil
 		},
 		StreamClosedFunc: func(id int64, _ *corev3.Node) {

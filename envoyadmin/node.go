@@ -1,4 +1,8 @@
-package envoy
+// Package envoyadmin is what the control plane reads of a running Envoy:
+// the node as it introduced itself over xDS, and its admin interface
+// (upstream hosts, stats, readiness, draining). It imports nothing of the
+// router, so every package may use it without an import arrow running up.
+package envoyadmin
 
 import "time"
 
