@@ -14,8 +14,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/envoyadmin"
-	"github.com/diffrouter/diffusion-router/fakeworker"
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/wire"
 )

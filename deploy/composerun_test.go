@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/freeport"
+	"github.com/diffrouter/diffusion-router/harness/freeport"
 )
 
 // composeRun is one docker compose project of this repository's files,

@@ -22,9 +22,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/bench"
 	"github.com/diffrouter/diffusion-router/envoy"
-	"github.com/diffrouter/diffusion-router/freeport"
+	"github.com/diffrouter/diffusion-router/harness/bench"
+	"github.com/diffrouter/diffusion-router/harness/freeport"
 	"github.com/diffrouter/diffusion-router/procgroup"
 )
 

@@ -13,7 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 	"github.com/diffrouter/diffusion-router/wire"
 )
 

@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/bench"
+	"github.com/diffrouter/diffusion-router/harness/bench"
 )
 
 const defaultMix = "6:512x512:8,3:1024x1024:28,1:1024x1024:50"

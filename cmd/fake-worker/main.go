@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 )
 
 func main() {

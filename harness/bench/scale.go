@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 
 	"github.com/diffrouter/diffusion-router/wire"
 )

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 )
 
 // NoRouter names the baseline in which the client spreads requests over the

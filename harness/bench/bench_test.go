@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 )
 
 func TestQuantile(t *testing.T) {

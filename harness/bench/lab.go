@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
-	"github.com/diffrouter/diffusion-router/freeport"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/freeport"
 	"github.com/diffrouter/diffusion-router/procgroup"
 )
 

@@ -12,12 +12,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
-	"github.com/diffrouter/diffusion-router/wire"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // QueueConfig drives `bench queue`: the router-owned queue (late binding)

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 )
 
 // PathCost is how one path to the workers performs.

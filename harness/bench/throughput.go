@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/diffrouter/diffusion-router/fakeworker"
+	"github.com/diffrouter/diffusion-router/harness/fakeworker"
 )
 
 // ThroughputRow is one policy on one fleet size: how many requests per
