@@ -76,6 +76,12 @@ func TestControlPlaneRestart(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); load.run(front, `{"prompt":"x","num_inference_steps":20}`, 1500, 4) }()
 	eventually(t, 20*time.Second, "load to start", func() bool { return load.sent.Load() > 100 })
+	select {
+	case <-done:
+		t.Fatal("the load ended before the crash: nothing would cross the restart")
+	default:
+	}
+	sentAtCrash := load.sent.Load()
 
 	cp.kill() // a crash, not a shutdown
 	if _, err := os.Stat(filepath.Join(state, "registry.db")); err != nil {
@@ -88,6 +94,9 @@ func TestControlPlaneRestart(t *testing.T) {
 
 	if f := load.failed.Load(); f != 0 {
 		t.Fatalf("%d of %d requests failed across the restart (first: %v)", f, load.sent.Load(), load.firstFailure.Load())
+	}
+	if n := load.sent.Load(); n <= sentAtCrash {
+		t.Fatalf("no request was sent after the crash (%d before, %d in all)", sentAtCrash, n)
 	}
 	if after := fleetView(t, api); after != before {
 		t.Fatalf("registry changed across the restart:\nbefore:\n%s\nafter:\n%s", before, after)
