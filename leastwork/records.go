@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // The filter keeps its table in proxy-wasm shared data as records: one per
@@ -133,4 +135,121 @@ func DecodeNames(b []byte) ([]string, error) {
 		return nil, ErrFormat
 	}
 	return out, nil
+}
+
+// AppendCompletion adds c to an encoded log, unless the log is full.
+func AppendCompletion(log []byte, c wire.Completion) []byte {
+	if len(log) >= MaxLogBytes {
+		return log
+	}
+	log = appendString(log, c.Addr)
+	log = binary.AppendVarint(log, c.Cost)
+	log = binary.AppendVarint(log, c.Sent)
+	log = binary.AppendVarint(log, c.Done)
+	gpu := byte(0)
+	if c.GPU {
+		gpu = 1
+	}
+	return append(log, gpu)
+}
+
+// DecodeCompletions reads a log AppendCompletion wrote, the latest
+// MaxCompletions of it.
+func DecodeCompletions(log []byte) ([]wire.Completion, error) {
+	r := reader{b: log}
+	var out []wire.Completion
+	for len(r.b) > 0 && r.err == nil {
+		out = append(out, wire.Completion{Addr: r.string(), Cost: r.varint(), Sent: r.varint(), Done: r.varint(), GPU: r.flag()})
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if len(out) > MaxCompletions {
+		out = out[len(out)-MaxCompletions:]
+	}
+	return out, nil
+}
+
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// reader decodes, remembering the first error so a caller checks once;
+// name, if set, turns name bytes into a string (interned).
+type reader struct {
+	b    []byte
+	err  error
+	name func([]byte) string
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = ErrFormat
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+// count is a length that must fit in what is left (each item takes a byte
+// or more), so a corrupt count cannot make a huge allocation.
+func (r *reader) count() uint64 {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.err = ErrFormat
+		return 0
+	}
+	return n
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = ErrFormat
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) flag() bool {
+	if r.err != nil || len(r.b) < 1 || r.b[0] > 1 {
+		r.err = ErrFormat
+		return false
+	}
+	v := r.b[0] == 1
+	r.b = r.b[1:]
+	return v
+}
+
+func (r *reader) float() float64 {
+	if r.err != nil || len(r.b) < 8 {
+		r.err = ErrFormat
+		return 0
+	}
+	v := math.Float64frombits(binary.LittleEndian.Uint64(r.b))
+	r.b = r.b[8:]
+	return v
+}
+
+func (r *reader) string() string {
+	n := r.count()
+	if r.err != nil {
+		return ""
+	}
+	var s string
+	if r.name != nil {
+		s = r.name(r.b[:n])
+	} else {
+		s = string(r.b[:n])
+	}
+	r.b = r.b[n:]
+	return s
 }

@@ -179,15 +179,22 @@ func TestLeastWorkPicks(t *testing.T) {
 			if rep.Generation != 4 {
 				t.Fatalf("report generation %d, want 4", rep.Generation)
 			}
+		})
+	}
+}
 
-			// A job poll is pinned, never picked.
+// TestLeastWorkPicksNewGenerations: a job poll is pinned, never picked; a
+// multipart edit (its body not read) is picked at the task's default cost.
+func TestLeastWorkPicksNewGenerations(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host := pickHost(t, runner)
+			syncOnce(t, host, wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}, {Addr: "10.0.0.2:80", Image: true}}})
 			id := host.InitializeHttpContext()
 			host.CallOnRequestHeaders(id, [][2]string{{":method", "GET"}, {":path", "/v1/videos"}}, true)
 			if v, ok := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick); ok {
 				t.Fatalf("a GET was picked: %q", v)
 			}
-			// A multipart edit (body not read) is picked at the task's
-			// default cost.
 			id = host.InitializeHttpContext()
 			host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathImageEdits}, {"content-type", "multipart/form-data; boundary=x"}}, false)
 			if v, ok := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick); !ok || v == "" {
@@ -269,153 +276,192 @@ func benchmarkPicking(b *testing.B, workers int) {
 }
 
 // TestLeastWorkVideoJobs: a video job's cost stays on its worker after the
-// create call answered, until a poll shows the job ended, a delete, or
-// another Envoy relays that it ended; a job this Envoy does not count is
-// relayed. The create call teaches no speed; the job's own GPU time
-// (inference_time_s, once completed) does.
+// create call answered, until a poll shows the job ended, or after a
+// delete until the worker says it is idle. The create call teaches no
+// speed; the job's own GPU time (inference_time_s, once completed) does.
 func TestLeastWorkVideoJobs(t *testing.T) {
 	for _, runner := range []string{"go", "wasm"} {
 		t.Run(runner, func(t *testing.T) {
-			host := pickHost(t, runner)
-			view := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Video: true}, {Addr: "10.0.0.2:80", Video: true}}}
-			syncOnce(t, host, view)
-			// createVia makes a job on the worker that answers (by maps
-			// the picked worker to it), and returns that worker and the
-			// job's id as the client sees it; create lets the picked
-			// worker answer.
-			createVia := func(jobID string, by func(picked string) string) (string, string) {
-				t.Helper()
-				id := host.InitializeHttpContext()
-				host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathVideos}, {"content-type", "application/json"}}, false)
-				host.CallOnRequestBody(id, []byte(`{"prompt":"x","num_inference_steps":10,"size":"512x512","num_frames":16}`), true)
-				addr, _ := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick)
-				if addr == "" {
-					t.Fatal("video create not picked")
-				}
-				addr = by(addr)
-				if err := host.SetProperty([]string{"upstream", "address"}, []byte(addr)); err != nil {
-					t.Fatal(err)
-				}
-				host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {wire.HeaderWorker, "http://" + addr}}, false)
-				host.CallOnResponseBody(id, []byte(`{"id":"`+jobID+`","object":"video","status":"queued","progress":0}`), true)
-				var job map[string]any
-				if err := json.Unmarshal(host.GetCurrentResponseBody(id), &job); err != nil {
-					t.Fatal(err)
-				}
-				host.CompleteHttpContext(id)
-				return addr, job["id"].(string)
-			}
-			create := func(jobID string) (string, string) {
-				t.Helper()
-				return createVia(jobID, func(picked string) string { return picked })
-			}
-			// call sends a job call and answers it with status and body.
-			call := func(method, wrapped, status, body string) {
-				t.Helper()
-				id := host.InitializeHttpContext()
-				host.CallOnRequestHeaders(id, [][2]string{{":method", method}, {":path", wire.PathVideos + "/" + wrapped}}, true)
-				host.CallOnResponseHeaders(id, [][2]string{{":status", status}, {"content-type", "application/json"}}, false)
-				host.CallOnResponseBody(id, []byte(body), true)
-				host.CompleteHttpContext(id)
-			}
-			work := func(rep wire.LoadReport) map[string][2]int64 {
-				out := map[string][2]int64{}
-				for _, h := range rep.Hosts {
-					out[h.Addr] = [2]int64{h.Work, h.Requests}
-				}
-				return out
-			}
-			const cost = 10 * 512 * 512 * 16 >> 20
-
-			a1, j1 := create("video_1")
-			a2, j2 := create("video_2")
+			h := newVideoHost(t, runner)
+			a1, j1 := h.create("video_1")
+			a2, j2 := h.create("video_2")
 			if a1 == a2 {
 				t.Fatalf("the second job went to %s too, where the first still runs", a2)
 			}
-			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} || w[a2] != [2]int64{cost, 1} {
-				t.Fatalf("after two creates: %v, want %d and one request on each", w, cost)
+			if w := h.work(); w[a1] != [2]int64{videoCost, 1} || w[a2] != [2]int64{videoCost, 1} {
+				t.Fatalf("after two creates: %v, want %d and one request on each", w, videoCost)
 			}
-			if n1, n2 := speedSamples(t, host, a1), speedSamples(t, host, a2); n1 != 0 || n2 != 0 {
+			if n1, n2 := speedSamples(t, h.host, a1), speedSamples(t, h.host, a2); n1 != 0 || n2 != 0 {
 				t.Fatalf("video creates taught speed (%d and %d samples)", n1, n2)
 			}
-			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"in_progress","progress":50}`)
-			if w := work(syncOnce(t, host, view)); w[a1] != [2]int64{cost, 1} {
+			h.call("GET", j1, "200", `{"id":"video_1","object":"video","status":"in_progress","progress":50}`)
+			if w := h.work(); w[a1] != [2]int64{videoCost, 1} {
 				t.Fatalf("a running job stopped counting: %v", w)
 			}
-			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100,"inference_time_s":2.5}`)
-			call("DELETE", j2, "200", `{"id":"video_2","object":"video","deleted":true}`)
-			rep := syncOnce(t, host, view)
+			h.call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100,"inference_time_s":2.5}`)
+			h.call("DELETE", j2, "200", `{"id":"video_2","object":"video","deleted":true}`)
+			rep := syncOnce(t, h.host, h.view)
 			// sglang forgets a deleted job but keeps running it: it
 			// counts until the worker says it is idle (or its expected
 			// time passes).
-			if w := work(rep); w[a1] != [2]int64{} || w[a2] != [2]int64{cost, 1} {
+			if w := workOf(rep); w[a1] != [2]int64{} || w[a2] != [2]int64{videoCost, 1} {
 				t.Fatalf("after a completed poll and a delete: %v, want only the deleted job", w)
 			}
-			idle := view
-			idle.Workers = slices.Clone(view.Workers)
+			idle := h.view
+			idle.Workers = slices.Clone(h.view.Workers)
 			for i := range idle.Workers {
 				if idle.Workers[i].Addr == a2 {
 					idle.Workers[i].IdleAt = time.Now().Add(2 * time.Second).UnixMicro()
 				}
 			}
-			syncOnce(t, host, idle)
-			if w := work(syncOnce(t, host, view)); w[a2] != [2]int64{} {
+			syncOnce(t, h.host, idle)
+			if w := h.work(); w[a2] != [2]int64{} {
 				t.Fatalf("the worker said it was idle, yet its deleted job counts: %v", w)
 			}
-			if n1, n2 := speedSamples(t, host, a1), speedSamples(t, host, a2); n1 != 1 || n2 != 0 {
+			if n1, n2 := speedSamples(t, h.host, a1), speedSamples(t, h.host, a2); n1 != 1 || n2 != 0 {
 				t.Fatalf("speed samples %d and %d, want one from the completed job's GPU time only", n1, n2)
 			}
 			if len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a1 ||
-				rep.Completions[0].Cost != cost || rep.Completions[0].Done-rep.Completions[0].Sent != 2_500_000 {
+				rep.Completions[0].Cost != videoCost || rep.Completions[0].Done-rep.Completions[0].Sent != 2_500_000 {
 				t.Fatalf("report's completions %+v, want job 1's 2.5 s of GPU time", rep.Completions)
 			}
 			if len(rep.Finished) != 0 {
 				t.Fatalf("relayed jobs this Envoy counted itself: %v", rep.Finished)
 			}
+		})
+	}
+}
 
-			// Another Envoy saw job 3 complete after 1.5 s of GPU time:
-			// this Envoy, which counts it, stops and learns from it.
-			a3, _ := create("video_3")
-			work(syncOnce(t, host, view))
-			before := speedSamples(t, host, a3)
-			relayed := view
+// TestLeastWorkVideoJobsAcrossEnvoys: a job another Envoy saw end stops
+// counting here and teaches its GPU time; a job a retry took to the other
+// worker counts there; polls of jobs this Envoy no longer counts are
+// relayed to the others.
+func TestLeastWorkVideoJobsAcrossEnvoys(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			h := newVideoHost(t, runner)
+			a3, _ := h.create("video_3")
+			h.work()
+			before := speedSamples(t, h.host, a3)
+			relayed := h.view
 			relayed.Finished = []wire.EndedJob{{ID: "video_3", GPUMs: 1500}}
-			syncOnce(t, host, relayed)
-			rep = syncOnce(t, host, view)
-			if w := work(rep); w[a3] != [2]int64{} {
+			syncOnce(t, h.host, relayed)
+			rep := syncOnce(t, h.host, h.view)
+			if w := workOf(rep); w[a3] != [2]int64{} {
 				t.Fatalf("a job another Envoy saw end still counts: %v", w)
 			}
-			if speedSamples(t, host, a3) != before+1 || len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a3 ||
+			if speedSamples(t, h.host, a3) != before+1 || len(rep.Completions) != 1 || !rep.Completions[0].GPU || rep.Completions[0].Addr != a3 ||
 				rep.Completions[0].Done-rep.Completions[0].Sent != 1_500_000 {
-				t.Fatalf("relayed GPU time: samples %d (was %d), completions %+v; want one more, of 1.5 s", speedSamples(t, host, a3), before, rep.Completions)
+				t.Fatalf("relayed GPU time: samples %d (was %d), completions %+v; want one more, of 1.5 s", speedSamples(t, h.host, a3), before, rep.Completions)
 			}
-			// A retry took job 4 to the worker not picked (the picked one
-			// refused the connection): its cost counts there until the
-			// job ends.
+			// The picked worker refused the connection; a retry took the
+			// job to the other one.
 			other := func(picked string) string {
 				if picked == "10.0.0.1:80" {
 					return "10.0.0.2:80"
 				}
 				return "10.0.0.1:80"
 			}
-			a4, j4 := createVia("video_4", other)
-			if w := work(syncOnce(t, host, view)); w[a4] != [2]int64{cost, 1} || w[other(a4)] != [2]int64{} {
+			a4, j4 := h.createVia("video_4", other)
+			if w := h.work(); w[a4] != [2]int64{videoCost, 1} || w[other(a4)] != [2]int64{} {
 				t.Fatalf("after a create retried onto %s: %v, want the job counted there only", a4, w)
 			}
-			call("GET", j4, "200", `{"id":"video_4","object":"video","status":"completed","progress":100}`)
-			if w := work(syncOnce(t, host, view)); w[a4] != [2]int64{} || w[other(a4)] != [2]int64{} {
+			h.call("GET", j4, "200", `{"id":"video_4","object":"video","status":"completed","progress":100}`)
+			if w := h.work(); w[a4] != [2]int64{} || w[other(a4)] != [2]int64{} {
 				t.Fatalf("after the retried job completed: %v, want nothing", w)
 			}
-			// Polls show ended jobs this Envoy no longer counts (as if
-			// another Envoy created them): the next report relays them,
-			// a completed one with its GPU time.
-			call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100,"inference_time_s":3}`)
-			call("GET", j2, "200", `{"id":"video_2","object":"video","status":"failed"}`)
-			if rep := syncOnce(t, host, view); !reflect.DeepEqual(rep.Finished, []wire.EndedJob{{ID: "video_1", GPUMs: 3000}, {ID: "video_2"}}) {
+			// Jobs that ended here once (no relay then) and are polled
+			// again, as if another Envoy counted them: the next report
+			// relays them, a completed one with its GPU time.
+			_, j1 := h.create("video_1")
+			_, j2 := h.create("video_2")
+			h.call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100}`)
+			h.call("GET", j2, "200", `{"id":"video_2","object":"video","status":"failed"}`)
+			if rep := syncOnce(t, h.host, h.view); len(rep.Finished) != 0 {
+				t.Fatalf("relayed jobs this Envoy counted itself: %v", rep.Finished)
+			}
+			h.call("GET", j1, "200", `{"id":"video_1","object":"video","status":"completed","progress":100,"inference_time_s":3}`)
+			h.call("GET", j2, "200", `{"id":"video_2","object":"video","status":"failed"}`)
+			if rep := syncOnce(t, h.host, h.view); !reflect.DeepEqual(rep.Finished, []wire.EndedJob{{ID: "video_1", GPUMs: 3000}, {ID: "video_2"}}) {
 				t.Fatalf("report relays %v, want video_1 with 3 s and video_2", rep.Finished)
 			}
 		})
 	}
+}
+
+// videoCost is the cost of the video jobs videoHost creates.
+const videoCost = 10 * 512 * 512 * 16 >> 20
+
+// videoHost drives video jobs through a picking plugin with two video
+// workers.
+type videoHost struct {
+	t    *testing.T
+	host proxytest.HostEmulator
+	view wire.PickView
+}
+
+func newVideoHost(t *testing.T, runner string) *videoHost {
+	h := &videoHost{t: t, host: pickHost(t, runner),
+		view: wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Video: true}, {Addr: "10.0.0.2:80", Video: true}}}}
+	syncOnce(t, h.host, h.view)
+	return h
+}
+
+// createVia makes a job on the worker that answers (by maps the picked
+// worker to it), and returns that worker and the job's id as the client
+// sees it.
+func (h *videoHost) createVia(jobID string, by func(picked string) string) (string, string) {
+	t, host := h.t, h.host
+	t.Helper()
+	id := host.InitializeHttpContext()
+	host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathVideos}, {"content-type", "application/json"}}, false)
+	host.CallOnRequestBody(id, []byte(`{"prompt":"x","num_inference_steps":10,"size":"512x512","num_frames":16}`), true)
+	addr, _ := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick)
+	if addr == "" {
+		t.Fatal("video create not picked")
+	}
+	addr = by(addr)
+	if err := host.SetProperty([]string{"upstream", "address"}, []byte(addr)); err != nil {
+		t.Fatal(err)
+	}
+	host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}, {"content-type", "application/json"}, {wire.HeaderWorker, "http://" + addr}}, false)
+	host.CallOnResponseBody(id, []byte(`{"id":"`+jobID+`","object":"video","status":"queued","progress":0}`), true)
+	var job map[string]any
+	if err := json.Unmarshal(host.GetCurrentResponseBody(id), &job); err != nil {
+		t.Fatal(err)
+	}
+	host.CompleteHttpContext(id)
+	return addr, job["id"].(string)
+}
+
+// create lets the picked worker take the job.
+func (h *videoHost) create(jobID string) (string, string) {
+	h.t.Helper()
+	return h.createVia(jobID, func(picked string) string { return picked })
+}
+
+// call sends a job call and answers it with status and body.
+func (h *videoHost) call(method, wrapped, status, body string) {
+	id := h.host.InitializeHttpContext()
+	h.host.CallOnRequestHeaders(id, [][2]string{{":method", method}, {":path", wire.PathVideos + "/" + wrapped}}, true)
+	h.host.CallOnResponseHeaders(id, [][2]string{{":status", status}, {"content-type", "application/json"}}, false)
+	h.host.CallOnResponseBody(id, []byte(body), true)
+	h.host.CompleteHttpContext(id)
+}
+
+// work syncs and returns the work and requests the report counts on each
+// worker.
+func (h *videoHost) work() map[string][2]int64 {
+	h.t.Helper()
+	return workOf(syncOnce(h.t, h.host, h.view))
+}
+
+func workOf(rep wire.LoadReport) map[string][2]int64 {
+	out := map[string][2]int64{}
+	for _, h := range rep.Hosts {
+		out[h.Addr] = [2]int64{h.Work, h.Requests}
+	}
+	return out
 }
 
 // TestRoundRobinIsOneCycle: with pick_policy round-robin the filter names

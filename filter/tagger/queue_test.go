@@ -106,13 +106,25 @@ func TestQueueWaitsForItsTurn(t *testing.T) {
 			if len(cancels) != 1 || json.Unmarshal(cancels[0].Body, &c) != nil || c.Ticket != waiting.Ticket || c.Node != waiting.Node {
 				t.Fatalf("cancel calls %+v for %+v", cancels, waiting)
 			}
+		})
+	}
+}
 
-			// Bad headers never reach the queue or a worker.
+// TestQueueRefusesBadHeaders: a bad priority or tenant never reaches the
+// queue or a worker: 400.
+func TestQueueRefusesBadHeaders(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host := startPlugin(t, runner, queueConfig)
+			syncOnce(t, host, wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}}})
 			for _, h := range [][2]string{{wire.HeaderPriority, "soon"}, {wire.HeaderPriority, "1001"}, {wire.HeaderTenant, "two words"}} {
 				id := host.InitializeHttpContext()
 				host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathImages}, {"content-type", "application/json"}, h}, false)
 				if local := host.GetSentLocalResponse(id); local == nil || local.StatusCode != 400 {
 					t.Fatalf("header %v answered %+v, want 400", h, local)
+				}
+				if calls := queueCalls(host, id, wire.PathQueue); len(calls) != 0 {
+					t.Fatalf("header %v reached the queue: %+v", h, calls)
 				}
 			}
 		})
