@@ -48,7 +48,9 @@ type dispatch struct {
 	nopen int
 	// serves caches, by kind, the workers the serving rules leave.
 	serves map[eligibleKey][]int
-	empty  leastwork.Table
+	// The eligibility rules (eligible.go), listed once per dispatch.
+	servingRules, nowRules []rule
+	empty                  leastwork.Table
 	// Scratch: the candidates of one request, and samples of them.
 	cands, sample, sampleAll []int
 }
@@ -74,7 +76,8 @@ func (d *dispatch) busy(i int) int64 {
 // counts yet, the ends reported since the last dispatch, and which
 // workers are open; q.mu is held.
 func (q *Queue) survey(f Fleet) *dispatch {
-	d := &dispatch{f: f, v: f.View, now: q.opts.Now(), serves: map[eligibleKey][]int{}}
+	d := &dispatch{f: f, v: f.View, now: q.opts.Now(), serves: map[eligibleKey][]int{},
+		servingRules: servingRules(), nowRules: nowRules()}
 	d.v.Workers = slices.Clone(d.v.Workers)
 	q.countGrants(&d.v, f, d.now)
 	q.forgetDues(d.v)

@@ -30,7 +30,7 @@ func (d *dispatch) serving(r *Request) []int {
 		return c
 	}
 	var c []int
-	for _, keep := range servingRules() {
+	for _, keep := range d.servingRules {
 		c = keep(d, r, c)
 	}
 	d.serves[k] = c
@@ -41,7 +41,7 @@ func (d *dispatch) serving(r *Request) []int {
 // returns scratch space, valid until the next call.
 func (d *dispatch) takingNow(r *Request, all []int) []int {
 	d.cands = append(d.cands[:0], all...)
-	for _, keep := range nowRules() {
+	for _, keep := range d.nowRules {
 		d.cands = keep(d, r, d.cands)
 	}
 	return d.cands

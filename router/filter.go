@@ -105,7 +105,7 @@ func filterOptions(c Config, policy wire.Policy) (*translate.FilterOptions, erro
 			fc.Policy = policy // least-work, the filter's default, goes unsaid
 		}
 	}
-	if q := c.Queue; q.On && pick && spec.Queue {
+	if q := c.Queue; q.On && pick {
 		fc.Queue = true
 		fc.IgnoreClientPriority, fc.MaxClientPriority = q.ClientPriority == "ignore", q.MaxClientPriority
 		if q.Timeout > 0 {

@@ -19,7 +19,6 @@ type leastWork struct{}
 func (leastWork) choose(p *picker, r *pickRequest) (leastwork.Choice, pickStatus) {
 	v := r.view
 	p.sample = leastwork.Sample(p.sample, r.cands, &p.rnd)
-	p.tab.Hosts = p.tab.Hosts[:0]
 	for _, i := range p.sample {
 		p.tab.Hosts = append(p.tab.Hosts, p.readHost(v.Workers[i].Addr))
 	}
