@@ -223,7 +223,15 @@ func startRouter(t testing.TB, args ...string) *routerProc {
 // startRouterEnv is startRouter with extra environment variables.
 func startRouterEnv(t testing.TB, env []string, args ...string) *routerProc {
 	t.Helper()
-	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(freePort(t)), "--state-dir", t.TempDir(),
+	all := append([]string{"--state-dir", t.TempDir()}, args...)
+	return launchRouter(t, env, all...)
+}
+
+// launchRouter is startRouterEnv without a state directory: the router's
+// default one (under the TMPDIR env gives it).
+func launchRouter(t testing.TB, env []string, args ...string) *routerProc {
+	t.Helper()
+	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(freePort(t)),
 		"--health-check-interval", "1", "--envoy-concurrency", "2", "--log-level", "debug"}, args...)
 	p := startPathEnv(t, "diffusion-router", filepath.Join(binDir, "diffusion-router"), env, all...)
 	m := p.waitOutput(routerReady, 60*time.Second)

@@ -70,6 +70,7 @@ func TestSupervisorRestarts(t *testing.T) {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	s := &Supervisor{Bin: bin, ConfigPath: "unused", Log: log.WithField("t", "x"), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
+	s.Serving() // it served once: later exits are crashes
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -86,6 +87,33 @@ func TestSupervisorRestarts(t *testing.T) {
 	}
 	if got := s.Status().LastExit; got != "exit status 3" {
 		t.Fatalf("last exit = %q", got)
+	}
+}
+
+// TestSupervisorFailsAtStart: an Envoy that exits before it ever served
+// (a bad configuration, a port in use) is not restarted: Run returns why.
+func TestSupervisorFailsAtStart(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "envoy")
+	script := "#!/bin/sh\necho '[info][main] starting' >&2\necho \"[critical][main] error initializing configuration: cannot bind '127.0.0.1:1': Address already in use\" >&2\nexit 1\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	s := &Supervisor{Bin: bin, ConfigPath: "unused", Log: log.WithField("t", "x"), MinBackoff: 5 * time.Millisecond}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "Address already in use") || !strings.Contains(err.Error(), "exit status 1") {
+			t.Fatalf("Run = %v, want the exit and Envoy's error line", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the supervisor restarts an Envoy that never served")
+	}
+	if n := s.Status().Starts; n != 1 {
+		t.Fatalf("%d starts, want 1", n)
 	}
 }
 

@@ -49,6 +49,20 @@ type Supervisor struct {
 	pid      int
 	starts   int
 	lastExit string
+	// lastError is Envoy's latest error line: why it would not start.
+	lastError string
+	// serving: the caller saw Envoy ready (Serving). Until then an exit
+	// ends Run with an error instead of a restart: a bad configuration or
+	// a port in use would only fail again.
+	serving bool
+}
+
+// Serving tells the supervisor that Envoy started and serves: from now on
+// an exit is a crash, and Envoy is restarted.
+func (s *Supervisor) Serving() {
+	s.mu.Lock()
+	s.serving = true
+	s.mu.Unlock()
 }
 
 // Status is a point-in-time view of the supervised process.
@@ -98,7 +112,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}
 		s.mu.Lock()
 		s.lastExit = exit
+		serving, why := s.serving, s.lastError
 		s.mu.Unlock()
+		if !serving {
+			if why == "" {
+				why = "no error logged"
+			}
+			return fmt.Errorf("envoy exited while starting (%s): %s", exit, why)
+		}
 		s.Log.WithFields(logrus.Fields{"lived": lived.Round(time.Millisecond).String(), "restart_in": backoff.String()}).
 			Errorf("Envoy exited unexpectedly (%s); restarting it", exit)
 		select {
@@ -158,7 +179,7 @@ func (s *Supervisor) runOnce(ctx context.Context) (string, error) {
 	s.Log.WithFields(logrus.Fields{"pid": cmd.Process.Pid, "bin": s.Bin, "config": s.ConfigPath}).Info("Envoy started")
 
 	logDone := make(chan struct{})
-	go func() { defer close(logDone); forwardLog(stderr, s.Log) }()
+	go func() { defer close(logDone); forwardLog(stderr, s.Log, s.noteError) }()
 
 	waitErr := make(chan error, 1)
 	go func() { <-logDone; waitErr <- cmd.Wait() }()
@@ -285,8 +306,23 @@ func (s *Supervisor) stop(pid int, exited <-chan error) {
 	}
 }
 
-// forwardLog turns Envoy's "[level][logger] message" lines into log entries.
-func forwardLog(r io.Reader, log *logrus.Entry) {
+// noteError keeps Envoy's latest error line.
+func (s *Supervisor) noteError(line string) {
+	s.mu.Lock()
+	s.lastError = line
+	s.mu.Unlock()
+}
+
+// LastError is Envoy's latest error line ("" if none).
+func (s *Supervisor) LastError() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastError
+}
+
+// forwardLog turns Envoy's "[level][logger] message" lines into log
+// entries; errors are passed to onError too.
+func forwardLog(r io.Reader, log *logrus.Entry, onError func(string)) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -304,6 +340,9 @@ func forwardLog(r io.Reader, log *logrus.Entry) {
 				}
 				rest = line[end+1:]
 			}
+		}
+		if level == logrus.ErrorLevel && onError != nil {
+			onError(strings.TrimSpace(rest))
 		}
 		log.WithField("component", "envoy").Log(level, rest)
 	}

@@ -214,7 +214,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.RegistryAdvertise, "registry-advertise", "", "host:port at which Envoy reaches the registry API (default: the API address)")
 	fs.StringVar(&c.AdminHost, "admin-host", "127.0.0.1", "address of the local Envoy's admin interface")
 	fs.IntVar(&c.AdminPort, "admin-port", 0, "port of the local Envoy's admin interface (0: a free port)")
-	fs.StringVar(&c.StateDir, "state-dir", "", "directory for the Envoy bootstrap and router state (default: a temporary directory)")
+	fs.StringVar(&c.StateDir, "state-dir", "", "directory for the Envoy bootstrap and router state (default: $TMPDIR/diffusion-router-<uid>/port-<port>, removed at exit; a restart after a crash resumes from it)")
 	fs.StringVar(&c.XDSTLSDir, "xds-tls-dir", "", "directory of the xDS connection's mutual-TLS credentials and the job-id secret, made on first start if empty (default: <state-dir>/xds-tls); Envoys need its ca.pem and envoy/")
 	fs.StringVar(&c.EnvoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, then .tools/envoy/bin/envoy, then PATH)")
 	fs.StringVar(&c.EnvoyLogLevel, "envoy-log-level", "warning", "log level of the local Envoy")

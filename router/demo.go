@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -88,6 +89,9 @@ func startDemoWorkers(ctx context.Context, bin string, n int, timeScale float64,
 // prints once it listens.
 func startDemoWorker(ctx context.Context, bin string, args []string, log *logrus.Entry) (string, *procgroup.Group, error) {
 	cmd := exec.Command(bin, args...)
+	// The demo fleet is the router's own: it ends with the router, even
+	// one killed (a restarted router starts its own demo fleet).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr := log.WriterLevel(logrus.WarnLevel)
 	cmd.Stderr = stderr
 	out, err := cmd.StdoutPipe()

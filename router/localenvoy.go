@@ -14,6 +14,7 @@ import (
 
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/envoyadmin"
+	"github.com/diffrouter/diffusion-router/portowner"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
@@ -33,7 +34,7 @@ type runningEnvoy struct {
 // take over: same admin and xDS ports as asked (or any, when free ports
 // were asked for).
 func findLocalEnvoy(c Config, stateDir string, log *logrus.Entry) runningEnvoy {
-	if c.ExternalEnvoy || c.StateDir == "" {
+	if c.ExternalEnvoy {
 		return runningEnvoy{}
 	}
 	pid, ok := envoy.FindRunning(filepath.Join(stateDir, "envoy.pid"), filepath.Join(stateDir, "envoy-bootstrap.yaml"))
@@ -117,8 +118,30 @@ func localEnvoy(c Config, stateDir, tlsDir, xdsAddr string, adopt runningEnvoy, 
 	return sup, net.JoinHostPort(c.AdminHost, strconv.Itoa(adminPort)), nil
 }
 
-// waitEnvoyReady polls Envoy's admin /ready and the front port.
-func waitEnvoyReady(ctx context.Context, admin, front string) error {
+// portsFree checks, before Envoy starts, that the ports it will bind are
+// free, and names the process holding one that is not: Envoy itself would
+// only log the failure, again and again.
+func portsFree(host string, ports map[string]int) error {
+	for what, port := range ports {
+		if port == 0 {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err == nil {
+			l.Close()
+			continue
+		}
+		if p, ok := portowner.Find(port); ok {
+			return fmt.Errorf("the %s port %d is already in use by %v", what, port, p)
+		}
+		return fmt.Errorf("the %s port %d cannot be bound: %w", what, port, err)
+	}
+	return nil
+}
+
+// waitEnvoyReady polls Envoy's admin /ready and the front port. It fails
+// at once when Envoy exits (exited) or refuses its listener.
+func waitEnvoyReady(ctx context.Context, admin, front string, exited <-chan error) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	ac := envoyadmin.NewAdminClient()
@@ -132,12 +155,36 @@ func waitEnvoyReady(ctx context.Context, admin, front string) error {
 				return nil
 			}
 		}
+		if err := startFailure(ctx, ac, admin, front); err != nil {
+			return err
+		}
 		select {
+		case err := <-exited:
+			return fmt.Errorf("envoy did not start: %w", err)
 		case <-ctx.Done():
 			return fmt.Errorf("envoy not ready: %w (last: %v)", ctx.Err(), err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// startFailure reads, from a starting Envoy's stats, the failures that
+// waiting will not mend: its front listener refused, or its xDS connection
+// failing TLS (credentials that do not belong together).
+func startFailure(ctx context.Context, ac *envoyadmin.AdminClient, admin, front string) error {
+	if n, err := ac.Stat(ctx, admin, "listener_manager.lds.update_rejected"); err == nil && n > 0 {
+		return fmt.Errorf("envoy refused the front listener on %s (its log above says why: a port in use?)", front)
+	}
+	tlsFailures := uint64(0)
+	for _, stat := range []string{"cluster.xds_cluster.ssl.fail_verify_error", "cluster.xds_cluster.ssl.connection_error"} {
+		if n, err := ac.Stat(ctx, admin, stat); err == nil {
+			tlsFailures += n
+		}
+	}
+	if tlsFailures >= 2 {
+		return fmt.Errorf("envoy cannot connect to the control plane: the xDS connection failed TLS %d times; the credentials in the xDS TLS directory (ca.pem, envoy/, control-plane/) do not belong together", tlsFailures)
+	}
+	return nil
 }
 
 // drainEnvoy stops the front listener from taking new connections and waits,

@@ -109,21 +109,37 @@ func (r *router) build(ctx context.Context) error {
 	return nil
 }
 
-// openStateDir is --state-dir, or a temporary directory removed on exit.
+// openStateDir is --state-dir; without it, a directory of this user's
+// for the front port (defaultStateDir) removed when the router stops, or a
+// temporary one when there is no fixed front port to find again. Only one
+// router runs on a state directory.
 func (r *router) openStateDir(context.Context) error {
-	if r.c.StateDir != "" {
-		if err := os.MkdirAll(r.c.StateDir, 0o755); err != nil {
-			return fmt.Errorf("create state directory %s: %w", r.c.StateDir, err)
+	dir, owned := r.c.StateDir, false
+	switch {
+	case dir != "":
+	case !r.c.ExternalEnvoy && r.c.Port != 0:
+		dir, owned = defaultStateDir(r.c.Port), true
+	default:
+		d, err := os.MkdirTemp("", "diffusion-router-")
+		if err != nil {
+			return fmt.Errorf("create state directory: %w", err)
 		}
-		r.stateDir = r.c.StateDir
+		r.onClose(func() { os.RemoveAll(d) })
+		r.stateDir = d
 		return nil
 	}
-	d, err := os.MkdirTemp("", "diffusion-router-")
-	if err != nil {
-		return fmt.Errorf("create state directory: %w", err)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state directory %s: %w", dir, err)
 	}
-	r.onClose(func() { os.RemoveAll(d) })
-	r.stateDir = d
+	release, err := lockStateDir(dir)
+	if err != nil {
+		return err
+	}
+	if owned {
+		r.onClose(func() { os.RemoveAll(dir) })
+	}
+	r.onClose(release)
+	r.stateDir = dir
 	return nil
 }
 
@@ -331,7 +347,7 @@ func (r *router) serve(ctx context.Context, cancel context.CancelFunc, ready fun
 		"routing_algorithm": r.opts.Policy}).Info("control plane listening")
 	admitInitial(ctx, r.fleet, initial, r.base)
 
-	stopLocalEnvoy, err := r.startLocalEnvoy(ctx, cancel, run)
+	stopLocalEnvoy, err := r.startLocalEnvoy(ctx, run)
 	if err != nil {
 		cancel()
 		_ = r.api.Close()
@@ -402,11 +418,17 @@ func (r *router) startRunners(ctx context.Context, run *runners) {
 
 // startLocalEnvoy starts (or adopts) the supervised Envoy and waits until
 // it serves; it returns how to stop it: drain first, then end it. With
-// --external-envoy there is nothing to start. An Envoy that does not
-// become ready ends the router (ctx is cancelled).
-func (r *router) startLocalEnvoy(ctx context.Context, cancel context.CancelFunc, run *runners) (func(), error) {
+// --external-envoy there is nothing to start. A port in use, or an Envoy
+// that exits or is not ready within a minute, is an error: the router
+// exits rather than run without its data plane.
+func (r *router) startLocalEnvoy(ctx context.Context, run *runners) (func(), error) {
 	if r.c.ExternalEnvoy {
 		return func() {}, nil
+	}
+	if r.adopt.PID == 0 {
+		if err := portsFree(r.c.Host, map[string]int{"front": r.c.Port, "Envoy admin": r.c.AdminPort}); err != nil {
+			return nil, err
+		}
 	}
 	sup, adminAddr, err := localEnvoy(r.c, r.stateDir, r.tlsDir, r.addrs.XDS, r.adopt, r.log)
 	if err != nil {
@@ -417,17 +439,49 @@ func (r *router) startLocalEnvoy(ctx context.Context, cancel context.CancelFunc,
 	// Envoy outlives ctx: on shutdown it first drains (see serve).
 	envoyCtx, stopEnvoy := context.WithCancel(context.Background())
 	r.onClose(stopEnvoy)
-	run.start("envoy", func() error { return sup.Run(envoyCtx) })
-	if err := waitEnvoyReady(ctx, adminAddr, r.addrs.Front); err != nil {
-		r.base.WithError(err).Error("Envoy did not become ready")
-		cancel()
-	} else {
-		r.base.WithFields(logrus.Fields{"front": r.addrs.Front, "admin": r.addrs.Admin}).Info("Envoy ready")
+	exited := make(chan error, 1)
+	run.start("envoy", func() error {
+		err := sup.Run(envoyCtx)
+		exited <- err
+		return err
+	})
+	if err := waitEnvoyReady(ctx, adminAddr, r.addrs.Front, exited); err != nil {
+		stopEnvoy()
+		return nil, err
 	}
+	sup.Serving()
+	if r.adopt.PID > 0 {
+		// Ready long since: "ready" here means it runs this control
+		// plane's configuration (the registry routes name its new API port).
+		if err := r.waitAdoptedSynced(ctx); err != nil {
+			stopEnvoy()
+			return nil, err
+		}
+	}
+	r.base.WithFields(logrus.Fields{"front": r.addrs.Front, "admin": r.addrs.Admin}).Info("Envoy ready")
 	return func() {
 		drainEnvoy(adminAddr, r.c.ShutdownTimeout, r.base)
 		stopEnvoy()
 	}, nil
+}
+
+// waitAdoptedSynced waits until the adopted Envoy has reconnected to xDS
+// and applied the current configuration (its reconnect back-off can be
+// tens of seconds after a long outage).
+func (r *router) waitAdoptedSynced(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for len(r.xds.Nodes()) == 0 {
+		select {
+		case <-ctx.Done():
+			return errors.New("the adopted Envoy did not reconnect to xDS within a minute")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := r.xds.WaitSynced(ctx, r.xds.Generation()); err != nil {
+		return fmt.Errorf("the adopted Envoy: %w", err)
+	}
+	return nil
 }
 
 // queueTick is how often the queue dispatches while requests wait, besides

@@ -20,9 +20,12 @@ import (
 const (
 	MsgNoHealthyWorker   = "no healthy worker available: every registered worker is draining, quarantined or failing health checks"
 	MsgWorkerUnreachable = "worker unreachable: %LOCAL_REPLY_BODY%"
-	MsgWorkerTimeout     = "worker did not answer within the router timeout (--timeout)"
-	MsgMalformedRequest  = "malformed request: the request line or headers cannot be parsed (%RESPONSE_CODE_DETAILS%)"
-	MsgMalformedPath     = "malformed path: it cannot be normalised (a NUL or control character, or '..' above the root)"
+	// MsgControlPlaneAway: a registry call (/health, /workers, ...) whose
+	// control plane does not answer. Requests to workers are still routed.
+	MsgControlPlaneAway = "control plane unreachable: the router's registry API is down or restarting; generation requests are still routed to the workers Envoy last knew"
+	MsgWorkerTimeout    = "worker did not answer within the router timeout (--timeout)"
+	MsgMalformedRequest = "malformed request: the request line or headers cannot be parsed (%RESPONSE_CODE_DETAILS%)"
+	MsgMalformedPath    = "malformed path: it cannot be normalised (a NUL or control character, or '..' above the root)"
 )
 
 // FrontListener is the one port clients talk to. Its routes come over RDS so
@@ -75,8 +78,12 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 		return nil, err
 	}
 	return &listenerv3.Listener{
-		Name:                          wire.ListenerFront,
-		Address:                       socketAddress(o.ListenAddress, o.ListenPort),
+		Name:    wire.ListenerFront,
+		Address: socketAddress(o.ListenAddress, o.ListenPort),
+		// Envoy's default (SO_REUSEPORT on Linux) lets a second Envoy bind
+		// a port the first still serves, and the kernel then splits the
+		// clients between two configurations. Off, the second one fails.
+		EnableReusePort:               wrapperspb.Bool(false),
 		PerConnectionBufferLimitBytes: wrapperspb.UInt32(FrontBufferLimit),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
@@ -103,6 +110,14 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 		Name:       "envoy.access_loggers.extension_filters.cel",
 		ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
 	}
+	toRegistry, err := pack(&celv3.ExpressionFilter{Expression: "xds.cluster_name == '" + wire.ClusterRegistry + "'"})
+	if err != nil {
+		return nil, err
+	}
+	registryUpstream := &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslogv3.ExtensionFilter{
+		Name:       "envoy.access_loggers.extension_filters.cel",
+		ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: toRegistry},
+	}}}
 	return &hcmv3.LocalReplyConfig{
 		Mappers: []*hcmv3.ResponseMapper{
 			{
@@ -129,6 +144,15 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 			{
 				Filter:             &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: badPath}},
 				BodyFormatOverride: jsonError(MsgMalformedPath),
+			},
+			{
+				// The same failures on the way to the control plane: say
+				// so, not "worker unreachable" (the workers may be fine).
+				Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{
+					Filters: []*accesslogv3.AccessLogFilter{registryUpstream, flagFilter("UF", "UC", "UR", "URX", "UPE")},
+				}}},
+				StatusCode:         wrapperspb.UInt32(503),
+				BodyFormatOverride: jsonError(MsgControlPlaneAway),
 			},
 			{
 				// Connection failure, reset, termination or protocol error:
