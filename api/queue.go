@@ -49,7 +49,7 @@ func (f *filterAPI) queueWait(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, wire.QueueGrant{Worker: g.Worker, Second: g.Second})
-	case errors.Is(err, queue.ErrFull), errors.Is(err, queue.ErrTenantFull), errors.Is(err, queue.ErrTooMany):
+	case errors.Is(err, queue.ErrFull), errors.Is(err, queue.ErrTenantFull):
 		w.Header().Set("Retry-After", strconv.Itoa(f.retryAfter()))
 		writeError(w, errorf(http.StatusTooManyRequests, "%v", err))
 	case errors.Is(err, queue.ErrTimeout):

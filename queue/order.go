@@ -3,6 +3,7 @@ package queue
 import (
 	"slices"
 	"sort"
+	"time"
 )
 
 // The order in which waiting requests are served: priority bands first
@@ -21,12 +22,16 @@ type fairness interface {
 	enter(tenant string, least float64) float64
 	// step is how far granting r moves its tenant's key.
 	step(r *Request) float64
-	// granted records r's grant; waiting says whether a tenant has
-	// requests waiting.
-	granted(r *Request, waiting func(tenant string) bool)
-	// remembers reports whether the rule keeps a record of the tenant
-	// (a tenant new to it counts against Options.MaxTenants).
+	// granted records r's grant at a time; waiting says whether a tenant
+	// has requests waiting.
+	granted(r *Request, at time.Time, waiting func(tenant string) bool)
+	// remembers reports whether the rule keeps a record of the tenant;
+	// remembered counts them (they count against Options.MaxTenants).
 	remembers(tenant string) bool
+	remembered() int
+	// forget drops the records of tenants with nothing waiting and no
+	// grant since idleSince.
+	forget(idleSince time.Time, waiting func(tenant string) bool)
 	// status is every tenant the rule remembers or that waits, for
 	// GET /queue.
 	status(waiting map[string]int) []TenantStatus
@@ -148,5 +153,28 @@ func (q *Queue) charge(w *waiter) {
 			t.key += d
 		}
 	}
-	q.fair.granted(&w.Request, func(name string) bool { return q.perTen[name] > 0 })
+	q.fair.granted(&w.Request, q.opts.Now(), q.tenantWaits)
+}
+
+// tenantWaits reports whether a tenant has requests waiting; q.mu is held.
+func (q *Queue) tenantWaits(name string) bool { return q.perTen[name] > 0 }
+
+// lane is the tenant a request waits as: its own, or, when Options.
+// MaxTenants others already have requests waiting, OthersTenant, one lane
+// shared by every name over the bound (so a client naming a thousand
+// tenants at once gets one share, not a thousand). Remembered tenants
+// with nothing waiting never hold a new name out: the fairness rule's
+// memory is bounded on its own; q.mu is held.
+func (q *Queue) lane(tenant string) string {
+	if q.perTen[tenant] > 0 || q.opts.Weights[tenant] > 0 || len(q.perTen) < q.opts.MaxTenants {
+		return tenant // waiting already, named by the operator, or room
+	}
+	return OthersTenant
+}
+
+// forgetIdle drops tenants idle for Options.TenantIdle; q.mu is held.
+func (q *Queue) forgetIdle() {
+	if q.opts.TenantIdle > 0 {
+		q.fair.forget(q.opts.Now().Add(-q.opts.TenantIdle), q.tenantWaits)
+	}
 }

@@ -3,17 +3,20 @@ package queue
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 // arrival is a fairness rule that keeps every tenant level: a band is
 // served in arrival order, whoever sent what.
 type arrival struct{}
 
-func (arrival) enter(string, float64) float64        { return 0 }
-func (arrival) step(*Request) float64                { return 0 }
-func (arrival) granted(*Request, func(string) bool)  {}
-func (arrival) remembers(string) bool                { return true }
-func (arrival) status(map[string]int) []TenantStatus { return []TenantStatus{} }
+func (arrival) enter(string, float64) float64                  { return 0 }
+func (arrival) step(*Request) float64                          { return 0 }
+func (arrival) granted(*Request, time.Time, func(string) bool) {}
+func (arrival) remembers(string) bool                          { return true }
+func (arrival) remembered() int                                { return 0 }
+func (arrival) forget(time.Time, func(string) bool)            {}
+func (arrival) status(map[string]int) []TenantStatus           { return []TenantStatus{} }
 
 // TestFairnessIsOneRule: the order between tenants is the fairness rule's
 // alone: the same requests come out in share order with the default rule

@@ -36,7 +36,6 @@ var (
 	ErrTimeout    = errors.New("waited in the router's queue past --queue-timeout; the request never started")
 	ErrCancelled  = errors.New("cancelled while queued; the request never started")
 	ErrDuplicate  = errors.New("a request with this ticket is already queued")
-	ErrTooMany    = errors.New("too many tenants are queued at once")
 	// ErrNoWorker: no worker of the request's kind is in rotation, and
 	// none is held out for a while (an update, a sleep the queue waits
 	// out): the request is answered as without the queue.
@@ -93,9 +92,14 @@ type Options struct {
 	Timeout time.Duration
 	// Weights are tenants' shares (default 1).
 	Weights map[string]float64
-	// MaxTenants bounds the tenants remembered (those with requests
-	// waiting always are).
+	// MaxTenants bounds the tenants with requests waiting (a new name
+	// over it waits in the lane OthersTenant, shared by all such) and the
+	// tenants the fairness rule remembers.
 	MaxTenants int
+	// TenantIdle forgets a tenant with nothing waiting and no grant for
+	// this long (0: only when over MaxTenants): GET /queue shows the
+	// active ones.
+	TenantIdle time.Duration
 	Now        func() time.Time
 	// Granted, if set, is told of each grant: the request, its worker
 	// and how long it waited (metrics, logs). It runs under the queue's
@@ -114,7 +118,10 @@ type Options struct {
 // Defaults.
 const (
 	DefaultMaxQueued  = 10000
-	DefaultMaxTenants = 4096
+	DefaultMaxTenants = 256
+	// OthersTenant is the lane of tenants over Options.MaxTenants; no
+	// client can name it (it is not a valid tenant name).
+	OthersTenant = "~others"
 	// scanLimit bounds the waiting requests one grant looks through for
 	// one a free worker can take (a video request waits for a video
 	// worker while images go on).
@@ -207,8 +214,7 @@ func (q *Queue) Waiting() int {
 
 // Wait queues r and blocks until it is granted a worker, its wait passes
 // the timeout (ErrTimeout), it is cancelled (ErrCancelled) or ctx ends.
-// A refusal (ErrFull, ErrTenantFull, ErrDuplicate, ErrTooMany) returns at
-// once.
+// A refusal (ErrFull, ErrTenantFull, ErrDuplicate) returns at once.
 func (q *Queue) Wait(ctx context.Context, r Request) (Grant, error) {
 	w, err := q.add(r)
 	if err != nil {
@@ -265,13 +271,11 @@ func (q *Queue) add(r Request) (*waiter, error) {
 		q.stats.Refused++
 		return nil, ErrFull
 	}
+	q.forgetIdle()
+	r.Tenant = q.lane(r.Tenant)
 	if q.opts.MaxPerTenant > 0 && q.perTen[r.Tenant] >= q.opts.MaxPerTenant {
 		q.stats.Refused++
 		return nil, ErrTenantFull
-	}
-	if !q.fair.remembers(r.Tenant) && q.perTen[r.Tenant] == 0 && len(q.perTen) >= q.opts.MaxTenants {
-		q.stats.Refused++
-		return nil, ErrTooMany
 	}
 	b := q.band(r.Priority)
 	t, ok := b.tenants[r.Tenant]

@@ -229,15 +229,75 @@ func TestRefusalsTimeoutsAndCancels(t *testing.T) {
 	}
 }
 
+// TestTenantsBounded: while MaxTenants tenants have requests waiting, new
+// names wait in one shared lane (OthersTenant), so a client that names a
+// thousand tenants gets one share: a tenant already there is served every
+// few grants, not once per thousand. Tenants the operator weighted always
+// get their own lane, and a name gets its own again once there is room.
 func TestTenantsBounded(t *testing.T) {
-	q := New(Options{MaxTenants: 2})
-	waitAll(t, q, req("a", 0, "t1"), req("b", 0, "t2"))
-	if _, err := q.Wait(context.Background(), req("c", 0, "t3")); !errors.Is(err, ErrTooMany) {
-		t.Fatalf("a third tenant over the bound: %v", err)
+	q := New(Options{MaxTenants: 3, Weights: map[string]float64{"vip": 2}})
+	out := waitAll(t, q, req("h1", 0, "honest"), req("h2", 0, "honest"), req("h3", 0, "honest"))
+	var crowd []Request
+	for i := range 40 {
+		crowd = append(crowd, req(fmt.Sprintf("c%d", i), 0, fmt.Sprintf("sybil%d", i)))
 	}
-	st := q.Status()
-	if st.Waiting != 2 || len(st.Tenants) != 2 || len(st.Priorities) != 1 || st.Priorities[0].Tenants["t1"] != 1 {
-		t.Fatalf("status %+v", st)
+	crowdOut := waitAll(t, q, crowd...)
+	vipOut := waitAll(t, q, req("v1", 0, "vip"))
+	lanes := func() map[string]int {
+		m := map[string]int{}
+		for _, ts := range q.Status().Tenants {
+			if ts.Waiting > 0 {
+				m[ts.Tenant] = ts.Waiting
+			}
+		}
+		return m
+	}
+	// honest, sybil0, sybil1 fill the bound; the other 38 share a lane.
+	if l := lanes(); len(l) != 5 || l[OthersTenant] != 38 || l["honest"] != 3 || l["vip"] != 1 {
+		t.Fatalf("lanes %v, want honest, sybil0, sybil1, vip and %s with 38", l, OthersTenant)
+	}
+	// One free slot at a time: honest's three are served within the
+	// first 3 x 5 grants (five lanes take turns), not after the crowd.
+	servedHonest := 0
+	for i := 0; i < 15 && servedHonest < 3; i++ {
+		if q.Dispatch(fleet(0)) != 1 {
+			t.Fatalf("grant %d: nothing granted", i)
+		}
+		select {
+		case <-out:
+			servedHonest++
+		case <-crowdOut:
+		case <-vipOut:
+		}
+	}
+	if servedHonest != 3 {
+		t.Fatalf("honest got %d of its 3 in the first 15 grants behind 40 self-named tenants", servedHonest)
+	}
+	// Room again (only the shared lane waits): a new name has its own.
+	waitAll(t, q, req("late", 0, "latecomer"))
+	if l := lanes(); l["latecomer"] != 1 {
+		t.Fatalf("a new name with room in the bound waits in %v", l)
+	}
+}
+
+// TestIdleTenantsForgotten: a tenant with nothing waiting and no grant for
+// TenantIdle leaves GET /queue and stops counting against MaxTenants.
+func TestIdleTenantsForgotten(t *testing.T) {
+	now := time.Unix(1000, 0)
+	q := New(Options{MaxTenants: 2, TenantIdle: time.Minute, Now: func() time.Time { return now }})
+	out := waitAll(t, q, req("a", 0, "t1"), req("b", 0, "t2"))
+	grants(t, q, out, 2)
+	if n := len(q.Status().Tenants); n != 2 {
+		t.Fatalf("%d tenants remembered right after their grants, want 2", n)
+	}
+	now = now.Add(2 * time.Minute)
+	if st := q.Status(); len(st.Tenants) != 0 {
+		t.Fatalf("idle tenants still listed: %+v", st.Tenants)
+	}
+	// And a new name gets its own lane again.
+	waitAll(t, q, req("c", 0, "t3"))
+	if st := q.Status(); len(st.Tenants) != 1 || st.Tenants[0].Tenant != "t3" {
+		t.Fatalf("after forgetting, a new tenant waits as %+v", st.Tenants)
 	}
 }
 

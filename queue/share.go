@@ -1,5 +1,7 @@
 package queue
 
+import "time"
+
 // shares is the fairness between tenants the queue runs today: each
 // tenant is served GPU time (its granted requests' cost estimates) in
 // proportion to its weight, by start-time fair queueing. A tenant's key
@@ -13,10 +15,12 @@ type shares struct {
 	most int
 	// served is each tenant's granted cost over its weight, across bands.
 	served map[string]float64
+	// seen is each remembered tenant's last grant.
+	seen map[string]time.Time
 }
 
 func newShares(weights map[string]float64, most int) *shares {
-	return &shares{weights: weights, most: most, served: map[string]float64{}}
+	return &shares{weights: weights, most: most, served: map[string]float64{}, seen: map[string]time.Time{}}
 }
 
 func (s *shares) weight(tenant string) float64 {
@@ -31,6 +35,20 @@ func (s *shares) remembers(tenant string) bool {
 	return ok
 }
 
+func (s *shares) remembered() int { return len(s.served) }
+
+// forget drops the record of tenants with nothing waiting not granted
+// since idleSince: one that comes back starts level with the others, as
+// it would anyway after an idle time.
+func (s *shares) forget(idleSince time.Time, waiting func(tenant string) bool) {
+	for name, at := range s.seen {
+		if at.Before(idleSince) && !waiting(name) {
+			delete(s.served, name)
+			delete(s.seen, name)
+		}
+	}
+}
+
 // enter: a tenant that comes back starts level with the least served
 // tenant waiting.
 func (s *shares) enter(tenant string, least float64) float64 {
@@ -41,18 +59,20 @@ func (s *shares) step(r *Request) float64 {
 	return float64(max(r.Cost, 1)) / s.weight(r.Tenant)
 }
 
-func (s *shares) granted(r *Request, waiting func(tenant string) bool) {
+func (s *shares) granted(r *Request, at time.Time, waiting func(tenant string) bool) {
 	s.served[r.Tenant] += s.step(r)
+	s.seen[r.Tenant] = at
 	if len(s.served) <= s.most {
 		return
 	}
-	// Forget tenants with nothing waiting.
+	// Over the bound: forget tenants with nothing waiting.
 	for name := range s.served {
 		if len(s.served) <= s.most {
 			break
 		}
 		if !waiting(name) {
 			delete(s.served, name)
+			delete(s.seen, name)
 		}
 	}
 }

@@ -41,6 +41,7 @@ type TenantStatus struct {
 func (q *Queue) Status() Status {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.forgetIdle()
 	now := q.opts.Now()
 	s := Status{Waiting: q.waiting, Priorities: []BandStatus{}, Tenants: []TenantStatus{}, UnreportedGrants: len(q.grants),
 		Granted: q.stats.Granted, Refused: q.stats.Refused, Cancelled: q.stats.Cancelled, TimedOut: q.stats.TimedOut}

@@ -111,6 +111,10 @@ type Config struct {
 // loopback, more on a loaded host) with room for the estimate's error.
 const DefaultGrantAhead = 20 * time.Millisecond
 
+// DefaultTenantIdle forgets a tenant five minutes after its last request
+// was served, when nothing of it waits.
+const DefaultTenantIdle = 5 * time.Minute
+
 // QueueConfig configures the router-owned queue.
 type QueueConfig struct {
 	On bool
@@ -124,6 +128,14 @@ type QueueConfig struct {
 	// ClientPriority is "honour" or "ignore"; MaxClientPriority caps it.
 	ClientPriority    string
 	MaxClientPriority int
+	// ClientTenant is "honour" or "ignore" (the tenant header);
+	// TrustBodyUser lets the body's "user" name the tenant.
+	ClientTenant  string
+	TrustBodyUser bool
+	// MaxTenants bounds the tenants tracked (over it, new names share
+	// one lane); TenantIdle forgets idle ones.
+	MaxTenants int
+	TenantIdle time.Duration
 	// HoldWhileAsleep keeps requests in the queue while the fleet's
 	// memory is released, instead of answering 503.
 	HoldWhileAsleep bool
@@ -238,6 +250,11 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	weights := fs.String("tenant-weights", "", "with --queue: tenants' shares of the fleet, as tenant=weight,... (default 1 each)")
 	fs.StringVar(&c.Queue.ClientPriority, "client-priority", "honour", "with --queue: honour or ignore the client's "+wire.HeaderPriority+" header")
 	fs.IntVar(&c.Queue.MaxClientPriority, "max-client-priority", wire.MaxPriority, "with --queue: the highest priority a client may ask for")
+	fs.StringVar(&c.Queue.ClientTenant, "client-tenant", "honour", "with --queue: honour or ignore the client's "+wire.HeaderTenant+" header")
+	fs.BoolVar(&c.Queue.TrustBodyUser, "trust-body-user", false, "with --queue: the body's \"user\" (OpenAI's free-text field) names the tenant when no "+wire.HeaderTenant+" header does (default: it does not; anyone could name a thousand tenants)")
+	fs.IntVar(&c.Queue.MaxTenants, "max-tenants", queue.DefaultMaxTenants, "with --queue: tenants with requests waiting at once (and remembered); new names over it share one lane, "+queue.OthersTenant)
+	c.Queue.TenantIdle = DefaultTenantIdle
+	fs.Var(&seconds{d: &c.Queue.TenantIdle, allow0: true}, "tenant-idle-timeout", "with --queue: seconds after which a tenant with nothing waiting is forgotten (its share history; GET /queue lists active tenants) (0: only when over --max-tenants)")
 	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", os.Getenv(OTLPEndpointEnv), "host:port of an OTLP/gRPC trace collector (default $"+OTLPEndpointEnv+"): Envoy sends a span per request (worker, task, model, cost, tenant, priority, queue wait) and passes the W3C traceparent on to the worker (default: no tracing)")
 	fs.Float64Var(&c.TraceSampling, "trace-sampling", 1, "with --otlp-endpoint: the share of requests traced (0 to 1; a caller's traceparent decides for its own)")
 	c.Queue.Ahead = DefaultGrantAhead
@@ -392,6 +409,12 @@ func (q QueueConfig) validate(policy, filter string) []error {
 	}
 	if q.Ahead < 0 || q.Ahead > 10*time.Second {
 		errs = append(errs, fmt.Errorf("--queue-grant-ahead %v must be in [0, 10] seconds", q.Ahead.Seconds()))
+	}
+	if q.ClientTenant != "honour" && q.ClientTenant != "ignore" {
+		errs = append(errs, fmt.Errorf("--client-tenant %q: want honour or ignore", q.ClientTenant))
+	}
+	if q.MaxTenants < 1 {
+		errs = append(errs, fmt.Errorf("--max-tenants %d must be at least 1", q.MaxTenants))
 	}
 	if q.ClientPriority != "honour" && q.ClientPriority != "ignore" {
 		errs = append(errs, fmt.Errorf("--client-priority %q: want honour or ignore", q.ClientPriority))

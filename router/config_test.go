@@ -54,6 +54,13 @@ func TestParse(t *testing.T) {
 			}
 		}},
 		{name: "bad policy", args: []string{"--routing-algorithm", "fastest"}, wantErr: true},
+		{name: "bad client tenant", args: []string{"--client-tenant", "trust"}, wantErr: true},
+		{name: "no tenants", args: []string{"--max-tenants", "0"}, wantErr: true},
+		{name: "tenants: body untrusted by default", args: nil, check: func(t *testing.T, c Config) {
+			if c.Queue.TrustBodyUser || c.Queue.ClientTenant != "honour" || c.Queue.MaxTenants != 256 || c.Queue.TenantIdle != 5*time.Minute {
+				t.Fatalf("tenant defaults = %+v", c.Queue)
+			}
+		}},
 		{name: "least-work without the filter", args: []string{"--routing-algorithm", "least-work", "--wasm-filter", "none"}, wantErr: true},
 		{name: "default without the filter is least-request", args: []string{"--wasm-filter", "none"}, check: func(t *testing.T, c Config) {
 			if c.RoutingAlgorithm != "least-request" {

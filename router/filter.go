@@ -108,6 +108,7 @@ func filterOptions(c Config, policy wire.Policy) (*translate.FilterOptions, erro
 	if q := c.Queue; q.On && pick {
 		fc.Queue = true
 		fc.IgnoreClientPriority, fc.MaxClientPriority = q.ClientPriority == "ignore", q.MaxClientPriority
+		fc.IgnoreClientTenant, fc.TrustBodyUser = q.ClientTenant == "ignore", q.TrustBodyUser
 		if q.Timeout > 0 {
 			// The control plane answers at its timeout; this is the
 			// backstop if it never does.

@@ -222,7 +222,7 @@ func (r *router) buildFilterSide(context.Context) error {
 	}
 	if q := r.c.Queue; q.On {
 		r.queue = queue.New(queue.Options{MaxQueued: q.MaxQueued, MaxPerTenant: q.MaxPerTenant, Timeout: q.Timeout,
-			Weights: q.Weights, Ahead: q.Ahead, Granted: r.queueGranted(r.log.WithField("component", "queue"))})
+			Weights: q.Weights, MaxTenants: q.MaxTenants, TenantIdle: q.TenantIdle, Ahead: q.Ahead, Granted: r.queueGranted(r.log.WithField("component", "queue"))})
 		r.metrics.Queue(r.queue)
 	}
 	return nil

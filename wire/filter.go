@@ -53,6 +53,12 @@ type FilterConfig struct {
 	// is priority 0); MaxClientPriority caps it.
 	IgnoreClientPriority bool `json:"ignore_client_priority,omitempty"`
 	MaxClientPriority    int  `json:"max_client_priority"`
+	// IgnoreClientTenant drops a client's HeaderTenant; TrustBodyUser lets
+	// the body's "user" (OpenAI's free-text end-user id) name the tenant
+	// when no header does. Off by default: anyone could name a thousand
+	// tenants and take a thousand shares.
+	IgnoreClientTenant bool `json:"ignore_client_tenant,omitempty"`
+	TrustBodyUser      bool `json:"trust_body_user,omitempty"`
 }
 
 // Defaults are sglang-diffusion's values for fields a request leaves out;

@@ -22,8 +22,12 @@ import (
 // or held because the queue's owner is away.
 
 // queueHeaders reads a picked request's priority and tenant headers. A bad
-// value is answered 400 here (handled: the caller returns ActionPause).
+// value, or either header given twice, is answered 400 here (handled: the
+// caller returns ActionPause).
 func (c *httpContext) queueHeaders() (handled bool) {
+	if name := repeatedHeader(wire.HeaderPriority, wire.HeaderTenant); name != "" {
+		return c.refuse(400, name+" was given more than once; send it once")
+	}
 	raw, _ := proxywasm.GetHttpRequestHeader(wire.HeaderPriority)
 	prio, err := wire.ParsePriority(strings.TrimSpace(raw))
 	if err != nil {
@@ -37,9 +41,33 @@ func (c *httpContext) queueHeaders() (handled bool) {
 		if !wire.ValidTenant(t) {
 			return c.refuse(400, wire.HeaderTenant+" must be 1 to "+strconv.Itoa(wire.MaxTenantLen)+" letters, digits or ._:@-")
 		}
-		c.tenant = t
+		if !c.p.cfg.IgnoreClientTenant {
+			c.tenant = t
+		}
 	}
 	return false
+}
+
+// repeatedHeader is the first of names the request carries more than
+// once ("" if none): which of two values counts is not for Envoy's order
+// to decide.
+func repeatedHeader(names ...string) string {
+	hs, err := proxywasm.GetHttpRequestHeaders()
+	if err != nil {
+		return ""
+	}
+	for _, name := range names {
+		n := 0
+		for _, h := range hs {
+			if strings.EqualFold(h[0], name) {
+				n++
+			}
+		}
+		if n > 1 {
+			return name
+		}
+	}
+	return ""
 }
 
 // refuse answers the request here, before any worker saw it.

@@ -117,15 +117,57 @@ func TestQueueRefusesBadHeaders(t *testing.T) {
 		t.Run(runner, func(t *testing.T) {
 			host := startPlugin(t, runner, queueConfig)
 			syncOnce(t, host, wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}}})
-			for _, h := range [][2]string{{wire.HeaderPriority, "soon"}, {wire.HeaderPriority, "1001"}, {wire.HeaderTenant, "two words"}} {
+			for _, h := range [][][2]string{
+				{{wire.HeaderPriority, "soon"}}, {{wire.HeaderPriority, "1001"}}, {{wire.HeaderTenant, "two words"}},
+				// Twice, even with one good value: which counts is not
+				// for Envoy's order to decide.
+				{{wire.HeaderPriority, "1"}, {wire.HeaderPriority, "1000"}},
+				{{wire.HeaderTenant, "a"}, {"X-Diffusion-Tenant", "b"}},
+			} {
 				id := host.InitializeHttpContext()
-				host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", wire.PathImages}, {"content-type", "application/json"}, h}, false)
+				host.CallOnRequestHeaders(id, append([][2]string{{":method", "POST"}, {":path", wire.PathImages}, {"content-type", "application/json"}}, h...), false)
 				if local := host.GetSentLocalResponse(id); local == nil || local.StatusCode != 400 {
-					t.Fatalf("header %v answered %+v, want 400", h, local)
+					t.Fatalf("headers %v answered %+v, want 400", h, local)
 				}
 				if calls := queueCalls(host, id, wire.PathQueue); len(calls) != 0 {
-					t.Fatalf("header %v reached the queue: %+v", h, calls)
+					t.Fatalf("headers %v reached the queue: %+v", h, calls)
 				}
+			}
+		})
+	}
+}
+
+// TestTenantNaming: the tenant is the header (unless the operator ignores
+// it), else the body's "user" only when the operator trusts it, else the
+// default.
+func TestTenantNaming(t *testing.T) {
+	withFlag := func(flag string) []byte {
+		return []byte(strings.Replace(string(queueConfig), `"queue":true`, `"queue":true,"`+flag+`":true`, 1))
+	}
+	for _, tc := range []struct {
+		name   string
+		config []byte
+		header string
+		want   string
+	}{
+		{"body user not trusted by default", queueConfig, "", wire.DefaultTenant},
+		{"header names it", queueConfig, "team-a", "team-a"},
+		{"body user trusted", withFlag("trust_body_user"), "", "u-1"},
+		{"header over a trusted body", withFlag("trust_body_user"), "team-a", "team-a"},
+		{"header ignored", withFlag("ignore_client_tenant"), "team-a", wire.DefaultTenant},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := startPlugin(t, "go", tc.config)
+			syncOnce(t, host, wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.1:80", Image: true}}})
+			id := host.InitializeHttpContext()
+			hs := [][2]string{{":method", "POST"}, {":path", wire.PathImages}, {"content-type", "application/json"}}
+			if tc.header != "" {
+				hs = append(hs, [2]string{wire.HeaderTenant, tc.header})
+			}
+			host.CallOnRequestHeaders(id, hs, false)
+			host.CallOnRequestBody(id, []byte(`{"prompt":"x","user":"u-1"}`), true)
+			if got, _ := header(host.GetCurrentRequestHeaders(id), wire.HeaderTenant); got != tc.want {
+				t.Fatalf("tenant %q, want %q", got, tc.want)
 			}
 		})
 	}

@@ -234,9 +234,10 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) (action 
 		return c.fail("set "+wire.HeaderCost, err)
 	}
 	c.p.metrics.cost.Record(uint64(facts.Cost))
-	if c.tenant == "" && wire.ValidTenant(facts.User) {
-		// OpenAI's "user" names the tenant; one that cannot name a tenant
-		// (a space, too long) leaves the default.
+	if c.tenant == "" && c.p.cfg.TrustBodyUser && wire.ValidTenant(facts.User) {
+		// OpenAI's "user" names the tenant when the operator trusts it;
+		// one that cannot name a tenant (a space, too long) leaves the
+		// default.
 		c.tenant = facts.User
 	}
 	if facts.ResponseFormat == "b64_json" {
