@@ -287,8 +287,25 @@ func (r *router) buildAPI(context.Context) error {
 	if c.OTLPEndpoint != "" {
 		handler = traces.Handler(r.tracer, handler, wire.PathInternalPrefix)
 	}
-	r.api = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	r.api = apiServer(handler, uint32(r.opts.RegistryMaxRequests))
 	return nil
+}
+
+// apiServer serves the REST API over HTTP/1.1 (clients, curl) and
+// cleartext HTTP/2 (Envoy: translate.RegistryCluster), where one
+// connection per Envoy worker thread carries every request waiting in the
+// queue as a stream: streams allows that many at once (0: Go's default).
+// Idle connections close after a while.
+func apiServer(handler http.Handler, streams uint32) *http.Server {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.HTTP2Config{}
+	if streams > 0 {
+		h2.MaxConcurrentStreams = int(streams)
+	}
+	return &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		Protocols: &protocols, HTTP2: h2}
 }
 
 // startTracing starts the control plane's tracer (--otlp-endpoint; a

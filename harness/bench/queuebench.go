@@ -66,6 +66,9 @@ type QueueScenario struct {
 	// Depth is the waiting over time: in the router's queue and in the
 	// workers' own (every 50 ms from the burst's start).
 	Depth []DepthSample `json:"depth,omitempty"`
+	// Resources: what the router holds before, during and after the
+	// burst (burst-resources).
+	Resources []ResourceSample `json:"resources,omitempty"`
 }
 
 // DepthSample is where requests wait at one time.
@@ -90,6 +93,7 @@ func RunQueue(ctx context.Context, qc QueueConfig) ([]QueueScenario, error) {
 		{"second-tenant", secondTenant, both},
 		{"disconnects", disconnects, both},
 		{"drain-update", drainUpdate, both},
+		{"burst-resources", burstResources, []string{"late"}},
 	} {
 		if !qc.runs(sc.name) {
 			continue
@@ -137,6 +141,14 @@ func (qc QueueConfig) logf(format string, a ...any) {
 }
 
 func (r QueueScenario) summary() string {
+	if len(r.Resources) > 0 {
+		var b strings.Builder
+		fmt.Fprintf(&b, "makespan %.2fs served %d lost %d max-waiting %d;", r.MakespanS, r.Served, r.Lost, r.MaxWaiting)
+		for _, s := range r.Resources {
+			fmt.Fprintf(&b, " %s: %d goroutines, %.0f MB control plane, %.0f MB Envoy, %d API connections;", s.Phase, s.Goroutines, s.ControlMB, s.EnvoyMB, s.APIConns)
+		}
+		return b.String()
+	}
 	return fmt.Sprintf("makespan %.2fs quarter %.2fs probes %v last probe %.2fs abandoned %d update %.2fs wrong-version %d served %d refused %d lost %d max-waiting %d",
 		r.MakespanS, r.QuarterS, roundAll(r.Probe), r.ProbeLastS, r.Abandoned, r.UpdateS, r.WrongVersion, r.Served, r.Refused, r.Lost, r.MaxWaiting)
 }

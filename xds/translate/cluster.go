@@ -209,7 +209,12 @@ func OutlierDetection(o Options) *clusterv3.OutlierDetection {
 // static: the control plane's address does not change while it runs. A
 // host name (--registry-advertise control-plane:18080, as in compose) is
 // resolved by Envoy, and again when it changes (a restarted container).
-func RegistryCluster(o Options) *clusterv3.Cluster {
+//
+// It speaks HTTP/2 (cleartext, prior knowledge): the filters' callouts,
+// one long-poll per request waiting in the router's queue, are streams
+// on a connection or two per Envoy worker thread, not a connection each
+// (thousands after a burst, left open for the cluster's idle hour).
+func RegistryCluster(o Options) (*clusterv3.Cluster, error) {
 	var breakers *clusterv3.CircuitBreakers
 	if n := o.RegistryMaxRequests; n > 0 {
 		breakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
@@ -218,9 +223,19 @@ func RegistryCluster(o Options) *clusterv3.Cluster {
 			MaxRequests:        wrapperspb.UInt32(n),
 		}}}
 	}
+	h2, err := pack(&httpv3.HttpProtocolOptions{
+		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(RegistryIdleTimeout)},
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
 	c := singleHost(wire.ClusterRegistry, o.RegistryAddress, o.RegistryPort, o.ConnectTimeout)
 	c.CircuitBreakers = breakers
-	return c
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2}
+	return c, nil
 }
 
 // singleHost is a cluster of one address: static for an IP; a host name

@@ -27,6 +27,9 @@ const (
 	// WorkerIdleTimeout closes an idle connection to a worker before the
 	// worker's own keep-alive limit (uvicorn: 5 s) would.
 	WorkerIdleTimeout = 3 * time.Second
+	// RegistryIdleTimeout closes a connection to the control plane that
+	// carried no stream for this long.
+	RegistryIdleTimeout = time.Minute
 
 	// transportSocketMatchKey is the endpoint metadata filter Envoy reads to
 	// pick a transport socket per endpoint (TLS for https:// workers).

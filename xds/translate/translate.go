@@ -34,7 +34,11 @@ func Build(snap registry.Snapshot, o Options) (Resources, error) {
 	if err != nil {
 		return Resources{}, err
 	}
-	clusters := []*clusterv3.Cluster{workers, RegistryCluster(o)}
+	registryCluster, err := RegistryCluster(o)
+	if err != nil {
+		return Resources{}, err
+	}
+	clusters := []*clusterv3.Cluster{workers, registryCluster}
 	otlp, err := OTLPCluster(o)
 	if err != nil {
 		return Resources{}, err

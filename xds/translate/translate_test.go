@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -590,7 +592,10 @@ func TestRegistryClusterResolvesNames(t *testing.T) {
 		{"control-plane", clusterv3.Cluster_STRICT_DNS},
 		{"router.example.internal", clusterv3.Cluster_STRICT_DNS},
 	} {
-		c := RegistryCluster(Options{RegistryAddress: tc.addr, RegistryPort: 18080, ConnectTimeout: time.Second})
+		c, err := RegistryCluster(Options{RegistryAddress: tc.addr, RegistryPort: 18080, ConnectTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if got := c.GetType(); got != tc.want {
 			t.Errorf("registry at %s: cluster type %v, want %v", tc.addr, got, tc.want)
 		}
@@ -634,16 +639,32 @@ func TestFilterPicksRoundRobin(t *testing.T) {
 
 // TestRegistryBreakersFollowTheQueue: the registry cluster keeps Envoy's
 // default circuit breakers unless the queue needs a call open per waiting
-// request.
+// request; either way it speaks HTTP/2, so those calls are streams on a
+// few connections, not a connection each.
 func TestRegistryBreakersFollowTheQueue(t *testing.T) {
 	o := Options{RegistryAddress: "127.0.0.1", RegistryPort: 18080, ConnectTimeout: time.Second}
-	if c := RegistryCluster(o); c.GetCircuitBreakers() != nil {
+	registry := func() *clusterv3.Cluster {
+		c, err := RegistryCluster(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if c := registry(); c.GetCircuitBreakers() != nil {
 		t.Fatalf("breakers without the queue: %v", c.GetCircuitBreakers())
 	}
 	o.RegistryMaxRequests = 14096
-	th := RegistryCluster(o).GetCircuitBreakers().GetThresholds()
+	c := registry()
+	th := c.GetCircuitBreakers().GetThresholds()
 	if len(th) != 1 || th[0].GetMaxRequests().GetValue() != 14096 || th[0].GetMaxPendingRequests().GetValue() != 14096 || th[0].GetMaxConnections().GetValue() != 14096 {
 		t.Fatalf("breakers with the queue: %v", th)
+	}
+	var po httpv3.HttpProtocolOptions
+	if err := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&po); err != nil {
+		t.Fatal(err)
+	}
+	if po.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil || po.GetCommonHttpProtocolOptions().GetIdleTimeout().AsDuration() != RegistryIdleTimeout {
+		t.Fatalf("registry protocol options %v: want HTTP/2 and an idle timeout", &po)
 	}
 }
 
