@@ -33,13 +33,16 @@ type WorkerView struct {
 	IsDead              bool           `json:"is_dead"`
 	ConsecutiveFailures int            `json:"consecutive_failures"`
 	// What the Envoys count.
-	ActiveRequests      uint64   `json:"active_requests"`
-	Requests            uint64   `json:"requests"`
-	Errors              uint64   `json:"errors"`
-	FailingHealthChecks bool     `json:"failing_health_checks"`
-	Ejected             bool     `json:"ejected"`
-	TaskTypes           []string `json:"task_types"`
-	Models              []string `json:"models"`
+	ActiveRequests      uint64 `json:"active_requests"`
+	Requests            uint64 `json:"requests"`
+	Errors              uint64 `json:"errors"`
+	FailingHealthChecks bool   `json:"failing_health_checks"`
+	Ejected             bool   `json:"ejected"`
+	// Suspect: a request on the worker runs far past its expected time
+	// (it may hang): no grants or picks until it answers.
+	Suspect   *SuspectView `json:"suspect,omitempty"`
+	TaskTypes []string     `json:"task_types"`
+	Models    []string     `json:"models"`
 	// VideoSupport is null until the worker's /v1/models was read.
 	VideoSupport  *bool  `json:"video_support"`
 	WeightVersion string `json:"weight_version"`
@@ -192,6 +195,13 @@ type QueueCancelAnswer struct {
 
 // viewOf is a worker as the API shows it, with what the Envoys (and with
 // least-work the filters) observe of it.
+// SuspectView is why a worker is suspect: its longest-running request.
+type SuspectView struct {
+	RanSeconds      float64 `json:"ran_seconds"`
+	ExpectedSeconds float64 `json:"expected_seconds"`
+	Since           string  `json:"since"`
+}
+
 func viewOf(wk registry.Worker, seen observed) WorkerView {
 	l := seen.loads[wk.Key()]
 	v := WorkerView{
@@ -224,6 +234,10 @@ func viewOf(wk registry.Worker, seen observed) WorkerView {
 		if h.Word != nil {
 			v.WorkerQueued, v.WorkerRunning = &h.Word.Queued, &h.Word.Running
 		}
+	}
+	if sp, ok := seen.suspects[loadboard.Addr(wk)]; ok {
+		v.Suspect = &SuspectView{RanSeconds: float64(sp.RanMs) / 1000, ExpectedSeconds: float64(sp.ExpectedMs) / 1000,
+			Since: sp.Since.UTC().Format(time.RFC3339Nano)}
 	}
 	if !wk.Since.IsZero() {
 		v.Since = wk.Since.UTC().Format(time.RFC3339Nano)

@@ -50,6 +50,8 @@ func (f *filterAPI) handler(path string) http.HandlerFunc {
 		return f.queueWait
 	case wire.PathQueueCancel:
 		return f.queueCancel
+	case wire.PathStalled:
+		return f.stalled
 	}
 	return nil
 }

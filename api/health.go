@@ -11,14 +11,15 @@ import (
 // observed is what the Envoys say about the workers: their requests and
 // health flags, and (least-work routing) the filters' outstanding work.
 type observed struct {
-	loads map[string]fleet.Load
-	work  map[string]loadboard.HostLoad // nil when least-work is off
+	loads    map[string]fleet.Load
+	work     map[string]loadboard.HostLoad // nil when least-work is off
+	suspects map[string]loadboard.Suspect
 }
 
 func (s *Server) observed() observed {
 	o := observed{loads: s.Fleet.Loads()}
 	if s.Board != nil {
-		o.work = s.Board.Hosts()
+		o.work, o.suspects = s.Board.Hosts(), s.Board.Suspects()
 	}
 	return o
 }

@@ -40,6 +40,7 @@ const (
 	CauseCallFailed         Cause = "fleet_call_failed"   // a fleet-wide call failed on it
 	CauseChecksumMismatch   Cause = "checksum_mismatch"   // its weights differ from the majority's
 	CauseRestartInterrupted Cause = "restart_interrupted" // it was loading weights when the control plane restarted
+	CauseStalled            Cause = "stalled"             // a request ran past the stall limit on it (a hung GPU answers /health)
 
 	CauseUpdateStarted  Cause = "update_started"  // drain-mode update: out of rotation
 	CauseUpdated        Cause = "updated"         // drain-mode update done: back in rotation
@@ -88,6 +89,7 @@ var lifecycle = map[Cause]rule{
 	CauseCallFailed:         {[]registry.State{active}, quarantined, logrus.ErrorLevel},
 	CauseChecksumMismatch:   {[]registry.State{active, pending, updating, quarantined}, quarantined, logrus.ErrorLevel},
 	CauseRestartInterrupted: {[]registry.State{updating, pending}, quarantined, logrus.WarnLevel},
+	CauseStalled:            {[]registry.State{active}, quarantined, logrus.ErrorLevel},
 
 	CauseUpdateStarted:  {[]registry.State{active}, updating, logrus.DebugLevel},
 	CauseUpdated:        {[]registry.State{updating}, active, logrus.DebugLevel},

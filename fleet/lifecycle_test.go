@@ -45,6 +45,7 @@ func TestLifecycleTable(t *testing.T) {
 		CauseCallFailed:         {A: Q},
 		CauseChecksumMismatch:   {A: Q, P: Q, U: Q, Q: Q},
 		CauseRestartInterrupted: {U: Q, P: Q},
+		CauseStalled:            {A: Q},
 		CauseUpdateStarted:      {A: U},
 		CauseUpdated:            {U: A},
 		CauseUpdateRejected:     {U: A},

@@ -109,11 +109,12 @@ func Choose(v *wire.PickView, cands []int, t *Table, cost int64, rot int, now in
 	return c, true
 }
 
-// usable drops the candidates failing right now (see Failing).
+// usable drops the candidates failing right now (see Failing), or with a
+// request far overdue (see Overdue).
 func usable(v *wire.PickView, cands []int, t *Table, now int64) []int {
 	return slices.DeleteFunc(slices.Clone(cands), func(i int) bool {
 		h := t.Find(v.Workers[i].Addr)
-		return h != nil && Failing(h, v.Ejection, now)
+		return h != nil && (Failing(h, v.Ejection, now) || Overdue(h, now))
 	})
 }
 

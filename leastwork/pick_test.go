@@ -239,3 +239,22 @@ func TestSample(t *testing.T) {
 		t.Fatalf("%d of %d candidates ever weighed", len(seen), len(large))
 	}
 }
+
+// TestOverdueWorkerHeldBack: a worker with a request seen far overdue gets
+// no picks while the sightings go on, and is back once they stop.
+func TestOverdueWorkerHeldBack(t *testing.T) {
+	v := &wire.PickView{Workers: []wire.PickWorker{{Addr: "a:1", Image: true}, {Addr: "b:1", Image: true}}}
+	var tab Table
+	tab.Add("b:1", 50) // b is busier: a would be picked
+	now := int64(1_000_000_000)
+	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now); c.First != "a:1" {
+		t.Fatalf("before: picked %s, want a:1", c.First)
+	}
+	tab.host("a:1").OverdueAt = now
+	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+1000); c.First != "b:1" || c.Second != "" {
+		t.Fatalf("overdue a: picked %+v, want b:1 alone", c)
+	}
+	if c, _ := Choose(v, []int{0, 1}, &tab, 1, 0, now+overdueHold.Microseconds()); c.First != "a:1" {
+		t.Fatalf("after the sightings stopped: picked %s, want a:1 back", c.First)
+	}
+}

@@ -16,7 +16,7 @@ import (
 
 // recordFormat versions the encodings: Envoy keeps shared data across a
 // plugin reload, and a new plugin must not misread an old record.
-const recordFormat = 9
+const recordFormat = 10
 
 // ErrFormat is a record this code cannot read.
 var ErrFormat = errors.New("leastwork: record encoding not understood")
@@ -34,7 +34,10 @@ func AppendHost(b []byte, h Host) []byte {
 	b = binary.AppendVarint(b, h.SampledAt)
 	b = binary.AppendVarint(b, h.Failures)
 	b = binary.AppendVarint(b, h.GatewayFailures)
-	return binary.AppendVarint(b, h.FailedAt)
+	b = binary.AppendVarint(b, h.FailedAt)
+	b = binary.AppendVarint(b, h.OverdueAt)
+	b = binary.AppendVarint(b, h.OverdueRanMs)
+	return binary.AppendVarint(b, h.OverdueExpectMs)
 }
 
 // DecodeHost reads AppendHost's record of the worker at addr. An empty
@@ -51,6 +54,7 @@ func DecodeHost(b []byte, addr string) (Host, error) {
 	h.Work, h.Requests, h.MsPerCost = r.varint(), r.varint(), r.float()
 	h.Samples, h.LastDone, h.Streak, h.SampledAt = r.varint(), r.varint(), r.varint(), r.varint()
 	h.Failures, h.GatewayFailures, h.FailedAt = r.varint(), r.varint(), r.varint()
+	h.OverdueAt, h.OverdueRanMs, h.OverdueExpectMs = r.varint(), r.varint(), r.varint()
 	if r.err != nil || len(r.b) != 0 {
 		return Host{Addr: addr}, ErrFormat
 	}

@@ -12,7 +12,7 @@ import (
 func TestRecordsRoundTrip(t *testing.T) {
 	for _, h := range []Host{
 		{Addr: "127.0.0.1:8001", Work: 150, Requests: 3, MsPerCost: 0.25, Samples: 9, LastDone: 1_700_000_000_000_000,
-			Streak: -2, SampledAt: 40, Failures: 1, GatewayFailures: 1, FailedAt: 77},
+			Streak: -2, SampledAt: 40, Failures: 1, GatewayFailures: 1, FailedAt: 77, OverdueAt: 88, OverdueRanMs: 9000, OverdueExpectMs: 700},
 		{Addr: "[::1]:9", Work: -1},
 	} {
 		got, err := DecodeHost(AppendHost(nil, h), h.Addr)

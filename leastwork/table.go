@@ -38,6 +38,10 @@ type Host struct {
 	// one at a time, so a request's service began at its send time or
 	// here, whichever is later.
 	LastDone int64
+	// OverdueAt is when a request on the worker was last seen running far
+	// past its expected time (µs; see Overdue), OverdueRanMs how long it
+	// had run then and OverdueExpectMs what was expected of it.
+	OverdueAt, OverdueRanMs, OverdueExpectMs int64
 }
 
 // TaskCost is a learned average request cost of one task class.
@@ -297,6 +301,19 @@ func Failing(h *Host, rule wire.Ejection, now int64) bool {
 	}
 	failed := h.Failures >= rule.Consecutive5xx || h.GatewayFailures >= rule.ConsecutiveGateway
 	return failed && now-h.FailedAt < failHold.Microseconds()
+}
+
+// overdueHold: a worker seen with an overdue request is held suspect this
+// long after the last sighting (the filters look every SyncInterval), so
+// it is back in rotation soon after that request ends.
+const overdueHold = time.Second
+
+// Overdue reports whether a request on h was seen running far past its
+// expected time within overdueHold of now: the worker may hang (a stuck
+// kernel answers /health all the same), so it gets no picks and no grants
+// until the request ends.
+func Overdue(h *Host, now int64) bool {
+	return h.OverdueAt > 0 && now-h.OverdueAt < overdueHold.Microseconds()
 }
 
 // Add adds one sample (cost c took t ms) and, once the fit is

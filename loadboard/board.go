@@ -65,6 +65,9 @@ type Board struct {
 	freed map[string]uint64
 	// recent are each node's latest accepted signing times (Claim).
 	recent map[string][]int64
+	// suspects are the workers reported overdue (suspect.go).
+	suspects  map[string]Suspect
+	suspected func(addr string, o wire.Overdue, suspect bool)
 }
 
 type endedJob struct {
@@ -86,6 +89,10 @@ type Options struct {
 	// Ejection is Envoy's outlier-detection rule, passed on to the
 	// filters (wire.PickView.Ejection).
 	Ejection wire.Ejection
+	// Suspected, if set, is told when a worker becomes suspect (a filter
+	// reports a request on it far overdue) and when it no longer is. It
+	// runs under the board's lock: it must not call the board.
+	Suspected func(addr string, o wire.Overdue, suspect bool)
 }
 
 // Merging completions: a completion is taken once the newest one seen is
@@ -106,7 +113,8 @@ type entry struct {
 
 // New returns an empty board.
 func New(o Options) *Board {
-	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}, peaks: map[string]peak{}, freed: map[string]uint64{}, recent: map[string][]int64{}}
+	b := &Board{reports: map[string]entry{}, now: o.Now, ejection: o.Ejection, signed: map[string]int64{}, words: map[string]word{}, peaks: map[string]peak{}, freed: map[string]uint64{}, recent: map[string][]int64{},
+		suspects: map[string]Suspect{}, suspected: o.Suspected}
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -164,6 +172,8 @@ func Check(r wire.LoadReport) error {
 			return fmt.Errorf("host %s: work must be 0 to %d and requests 0 to %d", h.Addr, wire.MaxReportedWork, wire.MaxReportedRequests)
 		case !finite(h.MsPerCost) || h.Samples < 0:
 			return fmt.Errorf("host %s: ms_per_cost and samples must be finite and not negative", h.Addr)
+		case h.Overdue != nil && (h.Overdue.RanMs < 0 || h.Overdue.ExpectedMs < 0):
+			return fmt.Errorf("host %s: overdue ran_ms and expected_ms must not be negative", h.Addr)
 		}
 	}
 	return nil
@@ -273,11 +283,15 @@ func (b *Board) workByHost() map[string][2]int64 {
 // given for it; b.mu is held.
 func (b *Board) view(snap, running registry.Snapshot, known bool, out func(key string) bool, work map[string][2]int64, now time.Time) wire.PickView {
 	typical := b.speeds.Typical()
+	suspect := b.noteSuspects(now)
 	v := wire.PickView{Generation: snap.Generation, Workers: []wire.PickWorker{}, Envoys: len(b.reports), Base: b.speeds.Fit.Base,
 		Ejection: b.ejection}
 	for _, w := range snap.Workers {
 		if !w.Routable() || out(w.Key()) || !known || !runs(running, w) {
 			continue
+		}
+		if _, ok := suspect[Addr(w)]; ok {
+			continue // a request on it runs far past its time: it may hang
 		}
 		v.Workers = append(v.Workers, b.viewWorker(w, work[Addr(w)], now, typical))
 	}

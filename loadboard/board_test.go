@@ -577,3 +577,60 @@ func TestFailingWorkerLeavesTheQueuesView(t *testing.T) {
 		t.Fatalf("after a report without the mark: %v", got)
 	}
 }
+
+// TestOverdueWorkerIsSuspect: a worker one Envoy reports overdue leaves
+// every view (the queue's and another Envoy's), is listed as suspect and
+// announced once; a queue call's partial note keeps the mark; the next
+// report without it brings the worker back, announced too.
+func TestOverdueWorkerIsSuspect(t *testing.T) {
+	type change struct {
+		addr    string
+		suspect bool
+	}
+	var changes []change
+	b := New(Options{Suspected: func(addr string, _ wire.Overdue, suspect bool) { changes = append(changes, change{addr, suspect}) }})
+	snap := registry.Snapshot{Generation: 1, Workers: []registry.Worker{worker("10.0.0.1", 80, registry.StateActive, "T2I"), worker("10.0.0.2", 80, registry.StateActive, "T2I")}}
+	none := func(string) bool { return false }
+	addrs := func(v wire.PickView) string {
+		var out []string
+		for _, w := range v.Workers {
+			out = append(out, w.Addr)
+		}
+		return fmt.Sprint(out)
+	}
+	overdue := &wire.Overdue{RanMs: 90_000, ExpectedMs: 5_000}
+	if _, err := b.Sync(wire.LoadReport{Node: "A", Hosts: []wire.HostReport{{Addr: "10.0.0.1:80", Work: 5, Requests: 1, Overdue: overdue}}}, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	other, err := b.Sync(wire.LoadReport{Node: "B"}, snap, none)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs(other); got != "[10.0.0.2:80]" {
+		t.Fatalf("another Envoy's view with 10.0.0.1 overdue: %s", got)
+	}
+	if got := addrs(b.FleetView(snap, none)); got != "[10.0.0.2:80]" {
+		t.Fatalf("the queue's view with 10.0.0.1 overdue: %s", got)
+	}
+	if s := b.Suspects(); len(s) != 1 || s["10.0.0.1:80"].RanMs != 90_000 || s["10.0.0.1:80"].Since.IsZero() {
+		t.Fatalf("suspects %+v", s)
+	}
+	if err := b.Note("A", []wire.HostReport{{Addr: "10.0.0.1:80", Work: 5, Requests: 1}}, time.Now().UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Suspects()) != 1 {
+		t.Fatal("a queue call's note cleared the overdue mark")
+	}
+	if _, err := b.Sync(wire.LoadReport{Node: "A"}, snap, none); err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs(b.FleetView(snap, none)); got != "[10.0.0.1:80 10.0.0.2:80]" {
+		t.Fatalf("after the request ended: %s", got)
+	}
+	if fmt.Sprint(changes) != "[{10.0.0.1:80 true} {10.0.0.1:80 false}]" {
+		t.Fatalf("announced %v, want suspect once then back once", changes)
+	}
+	if _, err := b.Sync(wire.LoadReport{Node: "A", Hosts: []wire.HostReport{{Addr: "10.0.0.1:80", Overdue: &wire.Overdue{RanMs: -1}}}}, snap, none); err == nil {
+		t.Fatal("a negative overdue time was accepted")
+	}
+}

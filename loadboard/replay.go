@@ -92,14 +92,18 @@ func (b *Board) Note(node string, hosts []wire.HostReport, signedAt int64) error
 	merged := make([]wire.HostReport, 0, len(e.report.Hosts)+len(hosts))
 	given := make(map[string]bool, len(hosts))
 	failing := map[string]bool{}
+	overdue := map[string]*wire.Overdue{}
 	for _, h := range e.report.Hosts {
-		failing[h.Addr] = h.Failing
+		failing[h.Addr], overdue[h.Addr] = h.Failing, h.Overdue
 	}
 	for _, h := range hosts {
 		given[h.Addr] = true
-		// A part says what is counted; whether the worker is failing the
-		// node's reports say.
+		// A part says what is counted; whether the worker is failing or
+		// overdue the node's reports say.
 		h.Failing = h.Failing || failing[h.Addr]
+		if h.Overdue == nil {
+			h.Overdue = overdue[h.Addr]
+		}
 		if h.Work > 0 || h.Requests > 0 || h.Failing {
 			merged = append(merged, h)
 		}

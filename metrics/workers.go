@@ -17,6 +17,8 @@ type WorkerSample struct {
 	OutstandingWork int64
 	OutstandingReqs int64
 	MsPerCost       float64
+	// Suspect: a request on the worker runs far past its expected time.
+	Suspect bool
 }
 
 var (
@@ -30,6 +32,8 @@ var (
 		[]string{"worker"}, nil)
 	workerSpeedDesc = prometheus.NewDesc("diffusion_router_worker_ms_per_cost", "The worker's learned milliseconds per unit of cost (least-work; 0 until measured).",
 		[]string{"worker"}, nil)
+	workerSuspectDesc = prometheus.NewDesc("diffusion_router_worker_suspect", "1 while a request on the worker runs far past its expected time (it may hang): no grants or picks until it answers (least-work).",
+		[]string{"worker"}, nil)
 )
 
 // workerCollector reads the workers at scrape time. Its label space is the
@@ -37,7 +41,7 @@ var (
 type workerCollector struct{ samples func() []WorkerSample }
 
 func (c workerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{workerInfoDesc, workerReqsDesc, workerWorkDesc, workerOutDesc, workerSpeedDesc} {
+	for _, d := range []*prometheus.Desc{workerInfoDesc, workerReqsDesc, workerWorkDesc, workerOutDesc, workerSpeedDesc, workerSuspectDesc} {
 		ch <- d
 	}
 }
@@ -50,6 +54,11 @@ func (c workerCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(workerWorkDesc, prometheus.GaugeValue, float64(s.OutstandingWork), s.Worker)
 			ch <- prometheus.MustNewConstMetric(workerOutDesc, prometheus.GaugeValue, float64(s.OutstandingReqs), s.Worker)
 			ch <- prometheus.MustNewConstMetric(workerSpeedDesc, prometheus.GaugeValue, s.MsPerCost, s.Worker)
+			suspect := 0.0
+			if s.Suspect {
+				suspect = 1
+			}
+			ch <- prometheus.MustNewConstMetric(workerSuspectDesc, prometheus.GaugeValue, suspect, s.Worker)
 		}
 	}
 }

@@ -37,6 +37,12 @@ type Config struct {
 	// least-work falls back to least-request where there is no filter).
 	RoutingAlgorithmSet bool
 	Timeout             time.Duration // 0: none
+	// Overdue and stalled requests (least-work): a request unanswered
+	// past max(OverdueFloor, OverdueFactor x its expected time) makes its
+	// worker suspect; past max(StallFloor, StallFactor x ...) it is
+	// answered 504 and the worker quarantined. A factor of 0: off.
+	OverdueFactor, StallFactor float64
+	OverdueFloor, StallFloor   time.Duration
 	// RequestIdleTimeout cuts a request whose body stops arriving (the
 	// filter's job: Envoy's idle timers cannot tell a stalled client from
 	// a long generation); 0: none.
@@ -191,6 +197,12 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.RoutingAlgorithm, "routing-algorithm", string(wire.PolicyLeastWork), "least-work (needs the Wasm filter; without it the default is least-request), least-request, round-robin or random")
 	fs.Var(&seconds{d: &c.Timeout, noneOK: true, allow0: true}, "timeout", "seconds a request to a worker may take (default: no limit)")
 	c.RequestIdleTimeout = time.Minute
+	fs.Float64Var(&c.OverdueFactor, "overdue-factor", wire.DefaultOverdueFactor, "least-work: a request unanswered past this many times its expected time (and --overdue-floor) makes its worker suspect: no grants or picks until it answers (0: off)")
+	c.OverdueFloor = wire.DefaultOverdueFloor
+	fs.Var(&seconds{d: &c.OverdueFloor, allow0: true}, "overdue-floor", "least-work: seconds a request may run before it can be overdue, whatever its estimate")
+	fs.Float64Var(&c.StallFactor, "stall-factor", wire.DefaultStallFactor, "least-work: a request unanswered past this many times its expected time (and --stall-floor) is answered 504 and its worker quarantined as stalled (0: off)")
+	c.StallFloor = wire.DefaultStallFloor
+	fs.Var(&seconds{d: &c.StallFloor, allow0: true}, "stall-floor", "least-work: seconds a request may run before it can stall its worker, whatever its estimate")
 	fs.Var(&seconds{d: &c.RequestIdleTimeout, allow0: true}, "request-idle-timeout", "seconds a client may pause while sending a request body before the router answers 408 (0: no limit; needs the Wasm filter); not the generation's time")
 	c.WorkerWordInterval = workerword.DefaultInterval
 	fs.Var(&seconds{d: &c.WorkerWordInterval, allow0: true}, "worker-word-interval", "seconds between reads of each worker's own word (sglang's /metrics scheduler gauges, a video worker's job list) for least-work routing (0: never)")
@@ -362,6 +374,9 @@ func (c Config) Validate() error {
 	}
 	if c.DemoWorkers < 0 || c.DemoWorkers > 256 {
 		errs = append(errs, fmt.Errorf("--demo-workers %d must be in [0, 256]", c.DemoWorkers))
+	}
+	if c.OverdueFactor < 0 || c.StallFactor < 0 || math.IsNaN(c.OverdueFactor) || math.IsNaN(c.StallFactor) || math.IsInf(c.OverdueFactor, 0) || math.IsInf(c.StallFactor, 0) {
+		errs = append(errs, fmt.Errorf("--overdue-factor %v and --stall-factor %v must be finite and not negative", c.OverdueFactor, c.StallFactor))
 	}
 	if c.DemoTimeScale < 0 || math.IsNaN(c.DemoTimeScale) || math.IsInf(c.DemoTimeScale, 0) {
 		errs = append(errs, fmt.Errorf("--demo-time-scale must be a non-negative number"))

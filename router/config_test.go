@@ -54,6 +54,12 @@ func TestParse(t *testing.T) {
 			}
 		}},
 		{name: "bad policy", args: []string{"--routing-algorithm", "fastest"}, wantErr: true},
+		{name: "negative overdue factor", args: []string{"--overdue-factor", "-1"}, wantErr: true},
+		{name: "overdue defaults", args: nil, check: func(t *testing.T, c Config) {
+			if c.OverdueFactor != 4 || c.OverdueFloor != 30*time.Second || c.StallFactor != 10 || c.StallFloor != 5*time.Minute {
+				t.Fatalf("overdue defaults %v %v %v %v", c.OverdueFactor, c.OverdueFloor, c.StallFactor, c.StallFloor)
+			}
+		}},
 		{name: "bad client tenant", args: []string{"--client-tenant", "trust"}, wantErr: true},
 		{name: "no tenants", args: []string{"--max-tenants", "0"}, wantErr: true},
 		{name: "tenants: body untrusted by default", args: nil, check: func(t *testing.T, c Config) {

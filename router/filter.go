@@ -101,6 +101,8 @@ func filterOptions(c Config, policy wire.Policy) (*translate.FilterOptions, erro
 	fc.RequestIdleMs = c.RequestIdleTimeout.Milliseconds()
 	if pick {
 		fc.Pick, fc.SyncCluster = true, wire.ClusterRegistry
+		fc.OverdueFactor, fc.OverdueFloorMs = c.OverdueFactor, c.OverdueFloor.Milliseconds()
+		fc.StallFactor, fc.StallFloorMs = c.StallFactor, c.StallFloor.Milliseconds()
 		if policy != fc.PickPolicy() {
 			fc.Policy = policy // least-work, the filter's default, goes unsaid
 		}

@@ -216,8 +216,9 @@ func (r *router) buildFilterSide(context.Context) error {
 		r.jobs = jobbook.New(jobbook.DefaultCapacity)
 	}
 	if r.opts.FilterPicks() {
+		log := r.log.WithField("component", "loadboard")
 		r.board = loadboard.New(loadboard.Options{Synced: r.xds.SyncedGeneration,
-			Ejection: wire.EjectionAfter(int64(r.c.OutlierFailures))})
+			Ejection: wire.EjectionAfter(int64(r.c.OutlierFailures)), Suspected: logSuspect(log)})
 		r.pub.Publishing = r.board.Published
 	}
 	if q := r.c.Queue; q.On {
@@ -262,8 +263,9 @@ func (r *router) buildWorkerMetrics(context.Context) error {
 		snap := r.reg.Snapshot()
 		loads := r.fleet.Loads()
 		var hosts map[string]loadboard.HostLoad
+		var suspects map[string]loadboard.Suspect
 		if r.board != nil {
-			hosts = r.board.Hosts()
+			hosts, suspects = r.board.Hosts(), r.board.Suspects()
 		}
 		out := make([]metrics.WorkerSample, 0, len(snap.Workers))
 		for _, w := range snap.Workers {
@@ -272,6 +274,7 @@ func (r *router) buildWorkerMetrics(context.Context) error {
 			if h, ok := hosts[loadboard.Addr(w)]; ok {
 				s.OutstandingWork, s.OutstandingReqs, s.MsPerCost = h.Work, h.Requests, h.MsPerCost
 			}
+			_, s.Suspect = suspects[loadboard.Addr(w)]
 			out = append(out, s)
 		}
 		return out
@@ -499,6 +502,19 @@ func (r *router) waitAdoptedSynced(ctx context.Context) error {
 		return fmt.Errorf("the adopted Envoy: %w", err)
 	}
 	return nil
+}
+
+// logSuspect logs, once each, a worker becoming suspect (a request on it
+// runs far past its expected time) and its return to rotation.
+func logSuspect(log *logrus.Entry) func(addr string, o wire.Overdue, suspect bool) {
+	return func(addr string, o wire.Overdue, suspect bool) {
+		f := log.WithFields(logrus.Fields{"worker": addr, "ran_ms": o.RanMs, "expected_ms": o.ExpectedMs})
+		if suspect {
+			f.Warn("worker suspect: a request on it runs far past its expected time (it may hang); no grants or picks until it answers")
+			return
+		}
+		f.Info("suspect worker answered again; back in rotation")
+	}
 }
 
 // queueTick is how often the queue dispatches while requests wait, besides

@@ -59,6 +59,15 @@ type FilterConfig struct {
 	// tenants and take a thousand shares.
 	IgnoreClientTenant bool `json:"ignore_client_tenant,omitempty"`
 	TrustBodyUser      bool `json:"trust_body_user,omitempty"`
+	// Overdue and stalled requests (with Pick; overdue.go): a request
+	// unanswered past max(OverdueFloorMs, OverdueFactor x its expected
+	// time) makes its worker suspect; past max(StallFloorMs, StallFactor x
+	// its expected time) it is answered 504 and its worker reported. A
+	// factor of 0 turns its rule off.
+	OverdueFactor  float64 `json:"overdue_factor,omitempty"`
+	OverdueFloorMs int64   `json:"overdue_floor_ms,omitempty"`
+	StallFactor    float64 `json:"stall_factor,omitempty"`
+	StallFloorMs   int64   `json:"stall_floor_ms,omitempty"`
 }
 
 // Defaults are sglang-diffusion's values for fields a request leaves out;
@@ -121,6 +130,8 @@ func (c FilterConfig) Validate() error {
 		return fmt.Errorf("queue_wait_ms must be 0 to %d", math.MaxInt32)
 	case c.MaxClientPriority < MinPriority || c.MaxClientPriority > MaxPriority:
 		return fmt.Errorf("max_client_priority must be from %d to %d", MinPriority, MaxPriority)
+	case c.OverdueFactor < 0 || c.StallFactor < 0 || c.OverdueFloorMs < 0 || c.StallFloorMs < 0:
+		return errors.New("overdue and stall factors and floors must not be negative")
 	}
 	return nil
 }

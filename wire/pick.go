@@ -186,4 +186,8 @@ type HostReport struct {
 	// ejection rule says, just now (leastwork.Failing): the router's queue
 	// grants it nothing meanwhile, as the filter picks it for nothing.
 	Failing bool `json:"failing,omitempty"`
+	// Overdue: a request on the worker runs far past its expected time
+	// (see PathStalled): the worker is suspect, granted and picked
+	// nothing, until the request ends.
+	Overdue *Overdue `json:"overdue,omitempty"`
 }

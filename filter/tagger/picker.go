@@ -73,6 +73,9 @@ type picker struct {
 	syncErrs proxywasm.MetricCounter
 	// Counters of the router-owned queue.
 	queued, granted, queueRefused, queueFallbacks proxywasm.MetricCounter
+	// overdue counts workers found with a request far overdue (once per
+	// spell), stalled the requests answered 504 at the stall limit.
+	overdue, stalled proxywasm.MetricCounter
 	// policy chooses each request's worker (chosen once, at start).
 	policy routingPolicy
 	// picked counts this thread's picks since its last tick, which adds
@@ -129,6 +132,8 @@ func newPicker(cluster string, secret []byte) *picker {
 		granted:        proxywasm.DefineCounterMetric("diffusion_router.queue.granted"),
 		queueRefused:   proxywasm.DefineCounterMetric("diffusion_router.queue.refused"),
 		queueFallbacks: proxywasm.DefineCounterMetric("diffusion_router.queue.fallbacks"),
+		overdue:        proxywasm.DefineCounterMetric("diffusion_router.pick.overdue_workers"),
+		stalled:        proxywasm.DefineCounterMetric("diffusion_router.pick.stalled_requests"),
 	}
 }
 

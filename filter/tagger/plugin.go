@@ -40,6 +40,9 @@ type pluginContext struct {
 	// receiving holds this VM's streams whose request body is still
 	// arriving, with when it last moved (µs), for cfg.RequestIdleMs.
 	receiving map[uint32]int64
+	// running holds this VM's picked requests awaiting their answers,
+	// watched for overdue and stalled ones (overdue.go).
+	running map[uint32]running
 }
 
 const maxLoggedFallbacks = 256
@@ -56,7 +59,7 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 		return types.OnPluginStartStatusFailed
 	}
 	p.cfg, p.signer, p.metrics = cfg, jobid.NewSigner([]byte(cfg.Secret)), newMetrics()
-	p.receiving = map[uint32]int64{}
+	p.receiving, p.running = map[uint32]int64{}, map[uint32]running{}
 	tick := int64(0)
 	if cfg.RequestIdleMs > 0 {
 		// A stalled body is cut within a quarter of the limit past it.
@@ -86,6 +89,7 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 func (p *pluginContext) OnTick() {
 	if p.picker != nil {
 		p.picker.sync()
+		p.checkRunning(nowMicro())
 	}
 	p.cutStalled(nowMicro())
 }

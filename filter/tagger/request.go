@@ -127,6 +127,7 @@ func (c *httpContext) bind(choice leastwork.Choice, cost int64, known, count boo
 		return
 	}
 	c.p.picker.picks.Increment(1)
+	c.watch(choice.Expected)
 }
 
 // OnHttpRequestTrailers ends a request body that had trailers.
@@ -140,6 +141,7 @@ func (c *httpContext) OnHttpRequestTrailers(int) types.Action {
 // latest, so outstanding work never drifts.
 func (c *httpContext) OnHttpStreamDone() {
 	delete(c.p.receiving, c.id)
+	delete(c.p.running, c.id)
 	c.leaveQueue()
 	if c.sent != nil {
 		c.p.picker.release(c.task, c.sent, outcomeOther, nowMicro())

@@ -96,6 +96,9 @@ func (p *picker) busyHosts(v *wire.PickView, now int64, each func(leastwork.Host
 		if h.Work > 0 || h.Requests > 0 || failing {
 			r := hostReport(h)
 			r.Failing = failing
+			if leastwork.Overdue(&h, now) {
+				r.Overdue = &wire.Overdue{RanMs: h.OverdueRanMs, ExpectedMs: h.OverdueExpectMs}
+			}
 			out = append(out, r)
 		}
 		if each != nil {
