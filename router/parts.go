@@ -56,6 +56,7 @@ func translateOptions(c Config, api string, base *logrus.Entry) (translate.Optio
 	opts := translate.Options{
 		ListenAddress:               c.Host,
 		ListenPort:                  uint32(c.Port),
+		ExclusivePort:               !c.ExternalEnvoy,
 		Policy:                      wire.Policy(c.RoutingAlgorithm),
 		Timeout:                     c.Timeout,
 		MaxConnections:              uint32(c.MaxConnections),

@@ -322,7 +322,7 @@ func queueCmd(ctx context.Context, args []string) error {
 	burst := fs.Int("burst", 200, "requests in each burst")
 	service := fs.Duration("service-time", 100*time.Millisecond, "each request's service time")
 	out := fs.String("out", "", "output directory (default bench-results/<time>)")
-	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all: plain, slow-worker, priority, second-tenant, disconnects, drain-update, burst-resources, max-queued-50)")
+	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all: plain, slow-worker, priority, second-tenant, disconnects, drain-update, burst-resources, self-named, max-queued-50)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

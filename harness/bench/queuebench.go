@@ -94,6 +94,7 @@ func RunQueue(ctx context.Context, qc QueueConfig) ([]QueueScenario, error) {
 		{"disconnects", disconnects, both},
 		{"drain-update", drainUpdate, both},
 		{"burst-resources", burstResources, []string{"late"}},
+		{"self-named", selfNamed, []string{"late", "late-trusted"}},
 	} {
 		if !qc.runs(sc.name) {
 			continue
@@ -185,6 +186,8 @@ func newQueueLab(qc QueueConfig, binding string, extra []string) (*queueLab, err
 		args = append(args, "--queue")
 	case "late-at-free":
 		args = append(args, "--queue", "--queue-grant-ahead", "0")
+	case "late-trusted":
+		args = append(args, "--queue", "--trust-body-user")
 	}
 	r, err := StartRouter(qc.RouterBin, nil, append(args, extra...)...)
 	if err != nil {
@@ -216,8 +219,12 @@ type answer struct {
 }
 
 func (l *queueLab) send(ctx context.Context, headers map[string]string) answer {
+	return l.sendBody(ctx, `{"prompt":"q","size":"256x256"}`, headers)
+}
+
+func (l *queueLab) sendBody(ctx context.Context, body string, headers map[string]string) answer {
 	a := answer{start: time.Now()}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.router.Front+wire.PathImages, strings.NewReader(`{"prompt":"q","size":"256x256"}`))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.router.Front+wire.PathImages, strings.NewReader(body))
 	if err != nil {
 		a.err = err
 		return a
@@ -427,6 +434,45 @@ func secondTenant(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	}
 	slices.SortFunc(ends, func(a, b time.Time) int { return a.Compare(b) })
 	r.QuarterS = ends[len(ends)/4].Sub(start).Seconds()
+	r.ProbeLastS = last.Sub(start).Seconds()
+	r.finish(start, as)
+	return r, nil
+}
+
+// selfNamed: a burst whose every request names a new tenant in the body's
+// "user", and half a second in another tenant's 8 requests named by
+// header (issue 34: by default the body names no tenant; trusted, names
+// over --max-tenants share one lane).
+func selfNamed(ctx context.Context, l *queueLab) (QueueScenario, error) {
+	var r QueueScenario
+	start := time.Now()
+	crowd := make(chan []answer, 1)
+	go func() {
+		res := make([]answer, l.qc.Burst)
+		var wg sync.WaitGroup
+		for i := range l.qc.Burst {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res[i] = l.sendBody(ctx, fmt.Sprintf(`{"prompt":"q","size":"256x256","user":"crowd-%d"}`, i), nil)
+			}()
+		}
+		wg.Wait()
+		crowd <- res
+	}()
+	time.Sleep(500 * time.Millisecond)
+	probes := l.burst(ctx, 8, map[string]string{wire.HeaderTenant: "eval"})
+	var last time.Time
+	for _, a := range <-probes {
+		if a.err != nil || a.status != http.StatusOK {
+			return r, fmt.Errorf("the header-named tenant's request: %d %v", a.status, a.err)
+		}
+		r.Probe = append(r.Probe, a.end.Sub(a.start).Seconds())
+		if a.end.After(last) {
+			last = a.end
+		}
+	}
+	as := <-crowd
 	r.ProbeLastS = last.Sub(start).Seconds()
 	r.finish(start, as)
 	return r, nil

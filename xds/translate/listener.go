@@ -77,13 +77,17 @@ func FrontListener(o Options) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &listenerv3.Listener{
-		Name:    wire.ListenerFront,
-		Address: socketAddress(o.ListenAddress, o.ListenPort),
+	var reusePort *wrapperspb.BoolValue
+	if o.ExclusivePort {
 		// Envoy's default (SO_REUSEPORT on Linux) lets a second Envoy bind
 		// a port the first still serves, and the kernel then splits the
 		// clients between two configurations. Off, the second one fails.
-		EnableReusePort:               wrapperspb.Bool(false),
+		reusePort = wrapperspb.Bool(false)
+	}
+	return &listenerv3.Listener{
+		Name:                          wire.ListenerFront,
+		Address:                       socketAddress(o.ListenAddress, o.ListenPort),
+		EnableReusePort:               reusePort,
 		PerConnectionBufferLimitBytes: wrapperspb.UInt32(FrontBufferLimit),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{

@@ -41,6 +41,12 @@ const (
 type Options struct {
 	ListenAddress string
 	ListenPort    uint32
+	// ExclusivePort turns SO_REUSEPORT off on the front listener: the
+	// router's own local Envoy must be the only one on its port (a second
+	// one, left by a crash, would take part of the clients with a stale
+	// configuration). Envoy replicas sharing a host port on purpose
+	// (--external-envoy) keep Envoy's default.
+	ExclusivePort bool
 
 	Policy wire.Policy
 	// Timeout bounds a whole request to a worker; 0 means no limit, because

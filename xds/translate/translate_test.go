@@ -691,3 +691,21 @@ func TestAsleepFleetHeldByTheQueue(t *testing.T) {
 		t.Fatalf("%d routes answer 503 while the queue holds requests for the sleeping fleet", n)
 	}
 }
+
+// TestExclusiveFrontPort: the local Envoy's listener turns SO_REUSEPORT
+// off (a second Envoy on its port fails instead of sharing the clients);
+// replicas (--external-envoy) keep Envoy's default, which lets several
+// share a host port on purpose.
+func TestExclusiveFrontPort(t *testing.T) {
+	for _, exclusive := range []bool{false, true} {
+		o := testOptions()
+		o.ExclusivePort = exclusive
+		l, err := FrontListener(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.GetEnableReusePort(); (got != nil && !got.GetValue()) != exclusive || (!exclusive && got != nil) {
+			t.Errorf("exclusive %v: enable_reuse_port %v", exclusive, got)
+		}
+	}
+}
