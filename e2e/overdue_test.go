@@ -92,3 +92,51 @@ func TestHungWorkerLeavesRotation(t *testing.T) {
 		t.Fatal("no stalled transition in the metrics")
 	}
 }
+
+// A worker that is only slow for a while turns suspect while its request
+// runs past the overdue limit, and is back in rotation by itself once the
+// request answers: never quarantined, and it serves again.
+func TestSlowWorkerReturnsByItself(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 2, "--time-scale", "1", "--base", "100ms", "--per-step", "0", "--jitter", "0")
+	r := startQueueRouter(t, urls, "--overdue-factor", "3", "--overdue-floor", "0.5", "--stall-factor", "100", "--stall-floor", "30")
+	slow := ws[0]
+	pair := func() {
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if res := sendImage(context.Background(), r.Front, nil); res.status != http.StatusOK {
+					t.Errorf("request: %d %s", res.status, res.body)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	for range 3 {
+		pair() // both workers measured
+	}
+	if res := postJSON(t, slow.URL+"/_fake/faults", map[string]any{"slowdown": 20}); res.Status != 200 {
+		t.Fatalf("slowdown: %d %s", res.Status, res.Body)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); pair() }() // one of the two lands on the slow worker (2 s)
+	eventually(t, 10*time.Second, "the slow worker suspect", func() bool { return workersByURL(t, r.API)[slow.URL]["suspect"] != nil })
+	<-done
+	if res := postJSON(t, slow.URL+"/_fake/faults", map[string]any{"slowdown": 1}); res.Status != 200 {
+		t.Fatalf("slowdown off: %d %s", res.Status, res.Body)
+	}
+	eventually(t, 10*time.Second, "the worker back in rotation", func() bool {
+		w := workersByURL(t, r.API)[slow.URL]
+		return w["suspect"] == nil && w["state"] == "active"
+	})
+	before := stats(t, slow).ServedTotal
+	eventually(t, 20*time.Second, "the worker serving again", func() bool {
+		pair()
+		return stats(t, slow).ServedTotal > before
+	})
+	if w := workersByURL(t, r.API)[slow.URL]; w["state"] != "active" {
+		t.Fatalf("the slow worker ended %v (%v)", w["state"], w["reason"])
+	}
+}
