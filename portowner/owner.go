@@ -1,6 +1,7 @@
 // Package portowner names the process listening on a TCP port, so that a
-// router that cannot take its port says who holds it. It reads Linux's
-// /proc; elsewhere, or for another user's process, it finds nothing.
+// router that cannot take its port says who holds it, and counts the
+// connections to a port (the benchmarks). It reads Linux's /proc;
+// elsewhere, or for another user's process, it finds nothing.
 package portowner
 
 import (
@@ -69,21 +70,49 @@ func holders(proc string, port int) (found []Process, held bool) {
 	return found, true
 }
 
+// TCP states in /proc/net/tcp.
+const (
+	stateEstablished = "01"
+	stateListen      = "0A"
+)
+
 // listening returns the inodes of the sockets in a /proc/net/tcp table
 // that listen on port.
 func listening(table string, port int) []string {
+	var out []string
+	sockets(table, port, stateListen, func(inode string) { out = append(out, inode) })
+	return out
+}
+
+// Established counts the established TCP connections whose local port is
+// port (a server's side of each connection to it), from /proc/net/tcp
+// and tcp6 (-1: unreadable).
+func Established(port int) int {
+	n, read := 0, false
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		read = sockets(table, port, stateEstablished, func(string) { n++ }) || read
+	}
+	if !read {
+		return -1
+	}
+	return n
+}
+
+// sockets calls each with the inode of every socket in a /proc/net/tcp
+// table in state whose local port is port; it reports whether the table
+// could be read.
+func sockets(table string, port int, state string, each func(inode string)) bool {
 	f, err := os.Open(table)
 	if err != nil {
-		return nil
+		return false
 	}
 	defer f.Close()
-	var out []string
 	sc := bufio.NewScanner(f)
 	sc.Scan() // the header line
 	for sc.Scan() {
 		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || fields[3] != "0A" { // 0A: LISTEN
+		if len(fields) < 10 || fields[3] != state {
 			continue
 		}
 		i := strings.LastIndexByte(fields[1], ':')
@@ -91,9 +120,9 @@ func listening(table string, port int) []string {
 		if i < 0 || err != nil || int(p) != port {
 			continue
 		}
-		out = append(out, fields[9])
+		each(fields[9])
 	}
-	return out
+	return true
 }
 
 func command(dir string) string {

@@ -52,3 +52,37 @@ func TestTable(t *testing.T) {
 		}
 	}
 }
+
+// TestEstablished counts the connections to a port, server side only.
+func TestEstablished(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	if n := Established(port); n != 0 {
+		t.Fatalf("%d connections before any", n)
+	}
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, s)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	if n := Established(port); n != 3 {
+		t.Fatalf("Established(%d) = %d, want 3 (the server's side of each)", port, n)
+	}
+}

@@ -416,16 +416,9 @@ func secondTenant(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	start := time.Now()
 	done := l.burst(ctx, l.qc.Burst, map[string]string{wire.HeaderTenant: "trainer"})
 	time.Sleep(500 * time.Millisecond)
-	probes := l.burst(ctx, 8, map[string]string{wire.HeaderTenant: "eval"})
-	var last time.Time
-	for _, a := range <-probes {
-		if a.err != nil || a.status != http.StatusOK {
-			return r, fmt.Errorf("second tenant's request: %d %v", a.status, a.err)
-		}
-		r.Probe = append(r.Probe, a.end.Sub(a.start).Seconds())
-		if a.end.After(last) {
-			last = a.end
-		}
+	last, err := r.probes(<-l.burst(ctx, 8, map[string]string{wire.HeaderTenant: "eval"}), "second tenant's request")
+	if err != nil {
+		return r, err
 	}
 	as := <-done
 	ends := make([]time.Time, 0, len(as))
@@ -461,21 +454,30 @@ func selfNamed(ctx context.Context, l *queueLab) (QueueScenario, error) {
 		crowd <- res
 	}()
 	time.Sleep(500 * time.Millisecond)
-	probes := l.burst(ctx, 8, map[string]string{wire.HeaderTenant: "eval"})
+	last, err := r.probes(<-l.burst(ctx, 8, map[string]string{wire.HeaderTenant: "eval"}), "the header-named tenant's request")
+	if err != nil {
+		return r, err
+	}
+	as := <-crowd
+	r.ProbeLastS = last.Sub(start).Seconds()
+	r.finish(start, as)
+	return r, nil
+}
+
+// probes records the probe requests' latencies and returns when the last
+// was answered; a probe that failed is an error.
+func (r *QueueScenario) probes(as []answer, what string) (time.Time, error) {
 	var last time.Time
-	for _, a := range <-probes {
+	for _, a := range as {
 		if a.err != nil || a.status != http.StatusOK {
-			return r, fmt.Errorf("the header-named tenant's request: %d %v", a.status, a.err)
+			return last, fmt.Errorf("%s: %d %v", what, a.status, a.err)
 		}
 		r.Probe = append(r.Probe, a.end.Sub(a.start).Seconds())
 		if a.end.After(last) {
 			last = a.end
 		}
 	}
-	as := <-crowd
-	r.ProbeLastS = last.Sub(start).Seconds()
-	r.finish(start, as)
-	return r, nil
+	return last, nil
 }
 
 // disconnects: 100 requests queued behind a running burst give up.

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/portowner"
 )
 
 // ResourceSample is what the router holds at one moment of a burst: the
@@ -106,7 +107,7 @@ func Goroutines(c *http.Client, api string) int {
 }
 
 // APIConnections counts the established TCP connections to the API's
-// port (the server's side of each), from /proc/net/tcp.
+// port (the server's side of each; -1: unknown).
 func APIConnections(api string) int {
 	u, err := url.Parse(api)
 	if err != nil {
@@ -116,26 +117,5 @@ func APIConnections(api string) int {
 	if err != nil {
 		return -1
 	}
-	n := 0
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		f, err := os.Open(table)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		sc.Scan()
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 4 || fields[3] != "01" { // 01: ESTABLISHED
-				continue
-			}
-			i := strings.LastIndexByte(fields[1], ':')
-			p, err := strconv.ParseUint(fields[1][i+1:], 16, 16)
-			if i >= 0 && err == nil && int(p) == port {
-				n++
-			}
-		}
-		f.Close()
-	}
-	return n
+	return portowner.Established(port)
 }

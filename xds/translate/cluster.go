@@ -223,19 +223,31 @@ func RegistryCluster(o Options) (*clusterv3.Cluster, error) {
 			MaxRequests:        wrapperspb.UInt32(n),
 		}}}
 	}
-	h2, err := pack(&httpv3.HttpProtocolOptions{
-		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(RegistryIdleTimeout)},
+	c := singleHost(wire.ClusterRegistry, o.RegistryAddress, o.RegistryPort, o.ConnectTimeout)
+	c.CircuitBreakers = breakers
+	if err := speakHTTP2(c, RegistryIdleTimeout); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// speakHTTP2 makes a cluster's upstream protocol HTTP/2 (prior knowledge),
+// with an idle timeout for its connections (0: Envoy's default hour).
+func speakHTTP2(c *clusterv3.Cluster, idle time.Duration) error {
+	po := &httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
 		}},
-	})
-	if err != nil {
-		return nil, err
 	}
-	c := singleHost(wire.ClusterRegistry, o.RegistryAddress, o.RegistryPort, o.ConnectTimeout)
-	c.CircuitBreakers = breakers
+	if idle > 0 {
+		po.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(idle)}
+	}
+	h2, err := pack(po)
+	if err != nil {
+		return err
+	}
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2}
-	return c, nil
+	return nil
 }
 
 // singleHost is a cluster of one address: static for an IP; a host name

@@ -5,10 +5,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	tracingtypev3 "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/diffrouter/diffusion-router/wire"
@@ -73,15 +71,9 @@ func OTLPCluster(o Options) (*clusterv3.Cluster, error) {
 	if o.OTLPAddress == "" {
 		return nil, nil
 	}
-	h2, err := pack(&httpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
-		}},
-	})
-	if err != nil {
+	c := singleHost(wire.ClusterOTLP, o.OTLPAddress, o.OTLPPort, o.ConnectTimeout)
+	if err := speakHTTP2(c, 0); err != nil {
 		return nil, err
 	}
-	c := singleHost(wire.ClusterOTLP, o.OTLPAddress, o.OTLPPort, o.ConnectTimeout)
-	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2}
 	return c, nil
 }
