@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 
@@ -121,11 +122,23 @@ func (p *pluginContext) stall(id uint32, r running, ran, now int64) {
 	if err := proxywasm.SetEffectiveContext(id); err == nil {
 		_ = proxywasm.SendHttpResponse(504, textHeaders, []byte(msg), -1)
 	}
+	// The record says overdue for a while yet: this Envoy picks the worker
+	// for nothing meanwhile, even if the control plane is away and cannot
+	// quarantine it (then it is tried again after stalledHold).
+	if err := p.picker.updateHost(s.addr, func(h *leastwork.Host) bool {
+		h.OverdueAt, h.OverdueRanMs, h.OverdueExpectMs = now+stalledHold.Microseconds(), ran/1000, int64(r.expectMs)
+		return true
+	}); err != nil {
+		proxywasm.LogWarnf("diffusion-tagger: hold stalled worker %s back: %v", s.addr, err)
+	}
 	p.picker.reportStalled(s.addr, wire.Overdue{RanMs: ran / 1000, ExpectedMs: int64(r.expectMs)})
 }
 
-// reportStalled tells the control plane (fire and forget: without it, the
-// worker stays out of this Envoy's picks while the record says overdue).
+// stalledHold is how long a worker whose request stalled stays out of this
+// Envoy's picks by its own record.
+const stalledHold = time.Minute
+
+// reportStalled tells the control plane (fire and forget).
 func (p *picker) reportStalled(addr string, o wire.Overdue) {
 	body, err := json.Marshal(wire.StallReport{Node: p.envoyID(), Worker: addr, Overdue: o})
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // TestOverdueAndStalledRequests: a picked request still unanswered past
 // the overdue limit makes its worker suspect (reported, no new picks);
 // past the stall limit it is answered 504 and its worker reported to the
-// control plane. Native only: the rules run on the clock, and the wasm
+// control plane, and held back from this Envoy's picks. Native only: the rules run on the clock, and the wasm
 // runner's clock is fixed.
 func TestOverdueAndStalledRequests(t *testing.T) {
 	cfg := []byte(strings.Replace(string(pickConfig), `"pick":true`,
@@ -72,6 +72,12 @@ func TestOverdueAndStalledRequests(t *testing.T) {
 	}
 	if n, err := host.GetCounterMetric("diffusion_router.pick.stalled_requests"); err != nil || n != 1 {
 		t.Fatalf("stalled requests counted %d (%v), want 1", n, err)
+	}
+	// Its request ended, but the stalled worker stays out of this
+	// Envoy's picks (idle as it now looks), control plane or not.
+	_, hs = imageRequest(t, host)
+	if p, _ := header(hs, wire.HeaderPick); p == hung {
+		t.Fatalf("a request after the stall was picked to the stalled worker %s", hung)
 	}
 }
 
