@@ -255,3 +255,44 @@ func TestVideoJobHoldsItsSlot(t *testing.T) {
 		t.Fatalf("the second job reached the worker at %v, before the first completed at %v: two jobs shared one slot", created, completed)
 	}
 }
+
+// A worker that serves neither a job list nor metrics, and jobs nobody
+// polls: the control plane asks the worker about the running job itself,
+// so the second job reaches the worker once the first ends, not when the
+// filters' 30-minute hold passes.
+func TestUnpolledJobEndsWithoutAList(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 1, "--task-type", "T2V", "--time-scale", "1", "--no-metrics", "--no-job-list")
+	r := startQueueRouter(t, urls)
+	create := func() time.Time {
+		res := postJSON(t, r.Front+"/v1/videos", map[string]any{"prompt": "long", "num_inference_steps": 20, "size": "512x512"})
+		if res.Status != 200 {
+			t.Fatalf("create = %d %s", res.Status, res.Body)
+		}
+		return time.Now()
+	}
+	first := create()
+	time.Sleep(500 * time.Millisecond) // the scenario: the second create half a second later
+	second := make(chan time.Time, 1)
+	go func() { second <- create() }()
+	var firstDone time.Time
+	eventually(t, 60*time.Second, "the first job done on the worker", func() bool {
+		if stats(t, ws[0]).Served["video"] >= 1 {
+			firstDone = time.Now()
+			return true
+		}
+		return false
+	})
+	select {
+	case at := <-second:
+		// Not a timing target: the 30-minute hold is what this tells apart.
+		if at.Before(firstDone.Add(-time.Second)) || at.After(firstDone.Add(10*time.Second)) {
+			t.Fatalf("the second create answered %v after the first job was done on the worker", at.Sub(firstDone))
+		}
+		t.Logf("the first job ran %v; the second create answered %v after it was done",
+			firstDone.Sub(first).Round(10*time.Millisecond), at.Sub(firstDone).Round(10*time.Millisecond))
+	case <-time.After(60 * time.Second):
+		t.Fatal("the second job did not reach the worker within a minute of the first's end: the end was never seen")
+	}
+	eventually(t, 30*time.Second, "both jobs run", func() bool { return stats(t, ws[0]).Served["video"] == 2 })
+}

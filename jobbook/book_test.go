@@ -3,8 +3,10 @@ package jobbook
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestBook(t *testing.T) {
@@ -55,5 +57,36 @@ func TestBookConcurrent(t *testing.T) {
 	wg.Wait()
 	if b.Len() != 100 {
 		t.Fatalf("held %d, want the capacity 100", b.Len())
+	}
+}
+
+// TestOpenJobs: a worker's jobs not known to have ended, oldest first and
+// bounded; an ended job and those recorded before since leave the list.
+func TestOpenJobs(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := New(16)
+	b.now = func() time.Time { return now }
+	for _, id := range []string{"a", "b", "c", "d"} {
+		b.Record("w1", id, "v1")
+		now = now.Add(time.Second)
+	}
+	b.Record("w2", "x", "v1")
+	if got := b.Open("w1", time.Time{}, 3); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("open %v, want a b c", got)
+	}
+	b.Ended("w1", "b")
+	b.Record("w1", "a", "v2") // recorded again: still one job
+	if got := b.Open("w1", time.Time{}, 10); !slices.Equal(got, []string{"a", "c", "d"}) {
+		t.Fatalf("after b ended: %v, want a c d", got)
+	}
+	if got := b.Open("w1", time.Unix(1002, 0), 10); !slices.Equal(got, []string{"c", "d"}) {
+		t.Fatalf("since 1002: %v, want c d", got)
+	}
+	if got := b.Open("w2", time.Time{}, 10); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("another worker: %v", got)
+	}
+	b.Ended("w2", "x")
+	if got := b.Open("w2", time.Time{}, 10); len(got) != 0 {
+		t.Fatalf("after its only job ended: %v", got)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/registry"
 	"github.com/diffrouter/diffusion-router/workerword"
@@ -133,7 +134,7 @@ func wordTargets(s registry.Snapshot) []workerword.Target {
 	var out []workerword.Target
 	for _, w := range s.Workers {
 		if w.InEnvoy() {
-			out = append(out, workerword.Target{Addr: loadboard.Addr(w), URL: w.URL.String(), Video: w.Caps.Video()})
+			out = append(out, workerword.Target{Addr: loadboard.Addr(w), URL: w.URL.String(), Video: w.Caps.Video(), Key: jobid.WorkerKey(w.Key())})
 		}
 	}
 	return out

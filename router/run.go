@@ -18,6 +18,7 @@ import (
 	"github.com/diffrouter/diffusion-router/api"
 	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/jobbook"
+	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/metrics"
 	"github.com/diffrouter/diffusion-router/queue"
@@ -431,7 +432,11 @@ func (r *router) startRunners(ctx context.Context, run *runners) {
 		reg := r.reg
 		ww := &workerword.Watcher{Client: &http.Client{}, Interval: r.c.WorkerWordInterval,
 			Targets: func() []workerword.Target { return wordTargets(reg.Snapshot()) },
-			Sink:    r.board, Log: r.log.WithField("component", "workerword")}
+			Sink:    r.board, Log: r.log.WithField("component", "workerword"), OpenFor: leastwork.JobHold}
+		if r.jobs != nil {
+			// A worker with no job list has its open jobs polled.
+			ww.Jobs = r.jobs
+		}
 		go ww.Run(ctx)
 	}
 }

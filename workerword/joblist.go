@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -45,6 +46,9 @@ func (w *Watcher) endedJobs(ctx context.Context, t Target, st *state) ([]wire.En
 		if err != nil {
 			return out, err
 		}
+		if code == http.StatusNotFound || code == http.StatusMethodNotAllowed || code == http.StatusNotImplemented {
+			return out, noList(code)
+		}
 		if code != http.StatusOK {
 			return out, fmt.Errorf("job list answered %d", code)
 		}
@@ -83,6 +87,49 @@ func (w *Watcher) endedJobs(ctx context.Context, t Target, st *state) ([]wire.En
 		}
 	}
 	return out, nil
+}
+
+// noList: the worker serves no job list (the status it answered).
+type noList int
+
+func (n noList) Error() string { return fmt.Sprintf("the worker serves no job list (%d)", int(n)) }
+
+// pollJobs asks a worker that serves no job list about its open jobs one
+// by one (GET /v1/videos/{id}), oldest first up to the first still running
+// (at most pollsPerReading), and returns those that ended: done, failed, or no longer known to the worker (deleted,
+// forgotten). Nobody else may ever poll them: without this, their cost
+// would count on the worker until the filters' hold passes.
+func (w *Watcher) pollJobs(ctx context.Context, t Target, st *state, now time.Time) []wire.EndedJob {
+	if w.Jobs == nil || t.Key == "" {
+		return nil
+	}
+	var out []wire.EndedJob
+	for _, id := range w.Jobs.Open(t.Key, now.Add(-w.OpenFor), pollsPerReading) {
+		body, code, err := w.get(ctx, t.URL+wire.PathVideos+"/"+url.PathEscape(id))
+		if err != nil {
+			w.Log.WithError(err).WithField("worker", t.URL).Debug("polling a job")
+			return out
+		}
+		var j Job
+		switch {
+		case code == http.StatusNotFound:
+		case code == http.StatusOK && json.Unmarshal(body, &j) == nil && j.Ended():
+		default:
+			// Running or queued (or an answer it cannot read): the jobs
+			// after it wait behind it.
+			return out
+		}
+		e := wire.EndedJob{ID: id}
+		if j.Status == "completed" && j.GPUSec != nil && *j.GPUSec > 0 && *j.GPUSec*1000 <= wire.MaxJobGPUMs {
+			e.GPUMs = *j.GPUSec * 1000
+		}
+		if len(id) <= wire.MaxJobID && !st.reported[id] {
+			out = append(out, e)
+			st.remember(id)
+		}
+		w.Jobs.Ended(t.Key, id)
+	}
+	return out
 }
 
 func (st *state) remember(id string) {

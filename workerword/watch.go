@@ -2,6 +2,7 @@ package workerword
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"sync"
@@ -20,6 +21,9 @@ type Target struct {
 	URL string
 	// Video: it holds video jobs, whose list is read.
 	Video bool
+	// Key is its key in the job book (jobid.WorkerKey): whose open jobs
+	// are asked about one by one when it serves no job list.
+	Key string
 }
 
 // Sink takes what the watcher reads (loadboard.Board).
@@ -29,6 +33,13 @@ type Sink interface {
 	// Counted reports whether any Envoy counts requests on the worker:
 	// its job list is read only then.
 	Counted(addr string) bool
+}
+
+// JobSource lists the jobs created on a worker that are not known to
+// have ended (jobbook.Book), for a worker that serves no job list.
+type JobSource interface {
+	Open(worker string, since time.Time, limit int) []string
+	Ended(worker, id string)
 }
 
 const (
@@ -51,6 +62,12 @@ const (
 	rememberReported = 4096
 	// parallel bounds the workers read at once.
 	parallel = 16
+	// noListRetry: a worker that serves no job list is asked again this
+	// much later; meanwhile its open jobs are asked about one by one, at
+	// most pollsPerReading each reading (oldest first: the worker runs
+	// them in that order, so the oldest open one is the one running).
+	noListRetry     = 30 * time.Second
+	pollsPerReading = 4
 )
 
 // Watcher reads every target's word each interval until its context ends.
@@ -63,6 +80,11 @@ type Watcher struct {
 	// Targets lists the workers to read now.
 	Targets func() []Target
 	Sink    Sink
+	// Jobs, if set, lists a worker's open jobs, polled one by one when it
+	// serves no job list; OpenFor is how far back (leastwork.JobHold: a
+	// job the filters no longer count needs no end).
+	Jobs    JobSource
+	OpenFor time.Duration
 	Log     *logrus.Entry
 
 	mu     sync.Mutex
@@ -72,6 +94,9 @@ type Watcher struct {
 // state is what the watcher keeps of one worker between readings.
 type state struct {
 	noMetricsUntil time.Time
+	// noListUntil: the worker served no job list; its jobs are polled
+	// until then.
+	noListUntil time.Time
 	// cursor: every job up to it (in creation order) has ended and was
 	// passed on.
 	cursor   string
@@ -173,12 +198,23 @@ func (w *Watcher) read(ctx context.Context, t Target, st *state) {
 			st.noMetricsUntil = now.Add(noMetricsRetry)
 		}
 	}
-	if t.Video && w.Sink.Counted(t.Addr) {
-		if ended, err := w.endedJobs(ctx, t, st); err != nil {
-			w.Log.WithError(err).WithField("worker", t.URL).Debug("reading the worker's job list")
-		} else {
-			w.Sink.JobsEnded(ended)
-		}
+	if !t.Video || !w.Sink.Counted(t.Addr) {
+		return
+	}
+	if now.Before(st.noListUntil) {
+		w.Sink.JobsEnded(w.pollJobs(ctx, t, st, now))
+		return
+	}
+	ended, err := w.endedJobs(ctx, t, st)
+	var nl noList
+	switch {
+	case errors.As(err, &nl):
+		st.noListUntil = now.Add(noListRetry)
+		w.Sink.JobsEnded(w.pollJobs(ctx, t, st, now))
+	case err != nil:
+		w.Log.WithError(err).WithField("worker", t.URL).Debug("reading the worker's job list")
+	default:
+		w.Sink.JobsEnded(ended)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -142,5 +143,80 @@ func TestPaceKeepsTheReadingBudget(t *testing.T) {
 		if got := pace(tt.interval, tt.n, tt.budget); got != tt.want {
 			t.Errorf("pace(%v, %d workers, budget %v) = %v, want %v", tt.interval, tt.n, tt.budget, got, tt.want)
 		}
+	}
+}
+
+// openJobs is a job book stand-in: the jobs created, less those ended.
+type openJobs struct {
+	mu    sync.Mutex
+	ids   []string
+	asked int
+}
+
+func (o *openJobs) Open(worker string, _ time.Time, limit int) []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.asked++
+	return append([]string(nil), o.ids[:min(limit, len(o.ids))]...)
+}
+
+func (o *openJobs) Ended(_, id string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ids = slices.DeleteFunc(o.ids, func(x string) bool { return x == id })
+}
+
+// TestWatcherPollsJobsWithoutAList: a worker that serves neither a job
+// list nor metrics has its open jobs asked about one by one (oldest first,
+// stopping at one still running): each passed on once when it ends, a
+// deleted one too.
+func TestWatcherPollsJobsWithoutAList(t *testing.T) {
+	base := startWorker(t, func(c *fakeworker.Config) { c.NoMetrics, c.NoJobList, c.TimeScale = true, true, 0.01 })
+	s := &sink{words: map[string][2]int64{}}
+	book := &openJobs{}
+	w := &Watcher{Client: http.DefaultClient, Sink: s, Log: logrus.NewEntry(logrus.New()), Jobs: book, OpenFor: time.Hour,
+		Targets: func() []Target { return []Target{{Addr: "w:1", URL: base, Video: true, Key: "k1"}} }}
+	for range 5 {
+		resp, err := http.Post(base+"/v1/videos", "application/json", strings.NewReader(`{"prompt":"p","num_inference_steps":4,"size":"256x256"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct{ ID string }
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatal(err)
+		}
+		book.ids = append(book.ids, v.ID)
+	}
+	all := slices.Clone(book.ids)
+	req, _ := http.NewRequest("DELETE", base+"/v1/videos/"+all[4], nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("delete: %v %v", resp, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		w.Once(context.Background(), time.Second)
+		s.mu.Lock()
+		n := len(s.ended)
+		s.mu.Unlock()
+		if n >= len(all) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // the jobs run on the worker's clock
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]int{}
+	for _, e := range s.ended {
+		seen[e.ID]++
+	}
+	for _, id := range all {
+		if seen[id] != 1 {
+			t.Fatalf("job %s passed on %d times (all: %v)", id, seen[id], seen)
+		}
+	}
+	if len(book.ids) != 0 {
+		t.Fatalf("jobs still open in the book: %v", book.ids)
 	}
 }

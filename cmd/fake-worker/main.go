@@ -51,6 +51,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.Warmup, "warmup", 0, "after the port opens, generations wait this long (health answers at once)")
 	fs.Int64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
 	fs.BoolVar(&cfg.NoMetrics, "no-metrics", false, "serve no /metrics (as sglang-diffusion without --enable-metrics)")
+	fs.BoolVar(&cfg.NoJobList, "no-job-list", false, "serve no video job list (GET /v1/videos answers 405): jobs are known one by one")
 	register := fs.String("register-with", "", "router (or registry API) URL to announce this worker to with POST /add_worker (demos)")
 	advertise := fs.String("advertise", "", "this worker's URL as the router reaches it (with --register-with)")
 	if err := fs.Parse(args); err != nil {

@@ -49,6 +49,9 @@ type Config struct {
 	// NoMetrics turns /metrics off, as sglang-diffusion without
 	// --enable-metrics (404).
 	NoMetrics bool
+	// NoJobList turns GET /v1/videos (the job list) off, as a server
+	// that serves jobs one by one only (405: the path takes POST).
+	NoJobList bool
 	Seed      int64
 }
 

@@ -145,7 +145,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/images/edits", s.handleImageEdits)
 	mux.HandleFunc("GET /v1/images/{id}/content", s.handleImageContent)
 	mux.HandleFunc("POST /v1/videos", s.handleVideoCreate)
-	mux.HandleFunc("GET /v1/videos", s.handleVideoList)
+	if !s.cfg.NoJobList {
+		mux.HandleFunc("GET /v1/videos", s.handleVideoList)
+	}
 	mux.HandleFunc("GET /v1/videos/{id}", s.handleVideoGet)
 	mux.HandleFunc("DELETE /v1/videos/{id}", s.handleVideoDelete)
 	mux.HandleFunc("GET /v1/videos/{id}/content", s.handleVideoContent)
