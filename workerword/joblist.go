@@ -21,6 +21,16 @@ type Job struct {
 // Ended reports whether the worker is done with the job.
 func (j Job) Ended() bool { return j.Status == "completed" || j.Status == "failed" }
 
+// ended is the job as the Envoys are told it ended: with its GPU time when
+// it completed and said a sane one.
+func (j Job) ended() wire.EndedJob {
+	e := wire.EndedJob{ID: j.ID}
+	if j.Status == "completed" && j.GPUSec != nil && *j.GPUSec > 0 && *j.GPUSec*1000 <= wire.MaxJobGPUMs {
+		e.GPUMs = *j.GPUSec * 1000
+	}
+	return e
+}
+
 // ParseJobList reads one page of GET /v1/videos.
 func ParseJobList(body []byte) ([]Job, error) {
 	var page struct {
@@ -71,11 +81,7 @@ func (w *Watcher) endedJobs(ctx context.Context, t Target, st *state) ([]wire.En
 				continue
 			}
 			if !st.reported[j.ID] && j.ID != "" && len(j.ID) <= wire.MaxJobID {
-				e := wire.EndedJob{ID: j.ID}
-				if j.Status == "completed" && j.GPUSec != nil && *j.GPUSec > 0 && *j.GPUSec*1000 <= wire.MaxJobGPUMs {
-					e.GPUMs = *j.GPUSec * 1000
-				}
-				out = append(out, e)
+				out = append(out, j.ended())
 				st.remember(j.ID)
 			}
 			if allEnded {
@@ -119,12 +125,9 @@ func (w *Watcher) pollJobs(ctx context.Context, t Target, st *state, now time.Ti
 			// after it wait behind it.
 			return out
 		}
-		e := wire.EndedJob{ID: id}
-		if j.Status == "completed" && j.GPUSec != nil && *j.GPUSec > 0 && *j.GPUSec*1000 <= wire.MaxJobGPUMs {
-			e.GPUMs = *j.GPUSec * 1000
-		}
+		j.ID = id // a 404 has no body
 		if len(id) <= wire.MaxJobID && !st.reported[id] {
-			out = append(out, e)
+			out = append(out, j.ended())
 			st.remember(id)
 		}
 		w.Jobs.Ended(t.Key, id)
