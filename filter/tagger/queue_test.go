@@ -2,6 +2,7 @@ package tagger
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -205,6 +206,55 @@ func TestFreedSlotReportSaysWhere(t *testing.T) {
 			var rep wire.LoadReport
 			if err := json.Unmarshal(reports[0].Body, &rep); err != nil || len(rep.Freed) != 1 || rep.Freed[0] != addr {
 				t.Fatalf("free-slot report %s (%v): want freed [%s]", reports[0].Body, err, addr)
+			}
+		})
+	}
+}
+
+// TestUnreadBodyWaitsWithItsRequest: a request whose body the filter does
+// not read (a multipart image edit) waits for its turn with its body held,
+// instead of going on to a worker while still queued; one announced too
+// large to hold is picked at once, as before the queue, and so is a
+// multipart video create (the openai SDK's: waiting, its create would not
+// answer until a slot frees).
+func TestUnreadBodyWaitsWithItsRequest(t *testing.T) {
+	for _, runner := range []string{"go", "wasm"} {
+		t.Run(runner, func(t *testing.T) {
+			host := startPlugin(t, runner, queueConfig)
+			one := wire.PickView{Generation: 1, Workers: []wire.PickWorker{{Addr: "10.0.0.9:80", Image: true, Video: true}}}
+			syncOnce(t, host, one)
+			multipart := func(path string, length int) (uint32, types.Action) {
+				id := host.InitializeHttpContext()
+				return id, host.CallOnRequestHeaders(id, [][2]string{{":method", "POST"}, {":path", path},
+					{"content-type", "multipart/form-data; boundary=x"}, {"content-length", strconv.Itoa(length)}}, false)
+			}
+			first, _ := multipart(wire.PathImageEdits, 300) // takes the only slot
+			if p, _ := header(host.GetCurrentRequestHeaders(first), wire.HeaderPick); p != "10.0.0.9:80" {
+				t.Fatalf("first edit picked %q", p)
+			}
+			second, action := multipart(wire.PathImageEdits, 300)
+			if action != types.ActionPause || len(queueCalls(host, second, wire.PathQueue)) != 1 {
+				t.Fatalf("second edit: action %v, queue calls %d; want it waiting", action, len(queueCalls(host, second, wire.PathQueue)))
+			}
+			if a := host.CallOnRequestBody(second, []byte("--x\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nfox\r\n--x--\r\n"), true); a != types.ActionPause {
+				t.Fatalf("the waiting edit's body: %v, want it held (paused)", a)
+			}
+			calls := queueCalls(host, second, wire.PathQueue)
+			host.CallOnHttpCallResponse(calls[0].CalloutID, [][2]string{{":status", "200"}}, nil, []byte(`{"worker":"10.0.0.9:80"}`))
+			if p, _ := header(host.GetCurrentRequestHeaders(second), wire.HeaderPick); p != "10.0.0.9:80" || host.GetCurrentHttpStreamAction(second) != types.ActionContinue {
+				t.Fatalf("granted edit: pick %q, action %v", p, host.GetCurrentHttpStreamAction(second))
+			}
+			for _, tc := range []struct {
+				name, path string
+				length     int
+			}{{"an edit too large to hold", wire.PathImageEdits, wire.MaxHeldBytes + 1}, {"a multipart video create", wire.PathVideos, 300}} {
+				id, action := multipart(tc.path, tc.length)
+				if action != types.ActionContinue || len(queueCalls(host, id, wire.PathQueue)) != 0 {
+					t.Fatalf("%s: action %v, queue calls %d; want it sent at once", tc.name, action, len(queueCalls(host, id, wire.PathQueue)))
+				}
+				if p, _ := header(host.GetCurrentRequestHeaders(id), wire.HeaderPick); p != "10.0.0.9:80" {
+					t.Fatalf("%s: picked %q", tc.name, p)
+				}
 			}
 		})
 	}

@@ -63,10 +63,29 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		c.readBody = true
 		return types.ActionPause // hold the headers until the body told us the model
 	}
-	if c.pickWorker(0, false) {
+	// A body the filter does not read (multipart, large) is held by Envoy
+	// while the request waits for its turn, so only one that fits a hold
+	// may wait; a larger one is picked at once. So is a video create whose
+	// body is not read (the openai SDK's, multipart): waiting, its create
+	// call would not answer until a slot frees, past the SDK's timeout for
+	// long jobs (whose retry creates the job again); it goes at once, as
+	// without the queue, until the router can answer a create itself.
+	unreadVideo := c.task == TaskVideo && !endOfStream
+	if c.pick(0, false, c.p.cfg.Queue && (endOfStream || c.bodyFitsHold()) && !unreadVideo) {
 		return types.ActionPause // waits for its turn in the router's queue
 	}
 	return types.ActionContinue
+}
+
+// bodyFitsHold reports whether the request announces a body small enough
+// for Envoy to hold while the request waits in the router's queue.
+func (c *httpContext) bodyFitsHold() bool {
+	cl, err := proxywasm.GetHttpRequestHeader("content-length")
+	if err != nil || cl == "" {
+		return false // streamed: its size is unknown
+	}
+	n, err := strconv.Atoi(cl)
+	return err == nil && n >= 0 && n <= wire.MaxHeldBytes
 }
 
 // pickWorker picks the request's worker (least-work routing) before its
@@ -195,6 +214,11 @@ func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) (action 
 		} else {
 			c.p.receiving[c.id] = nowMicro()
 		}
+	}
+	if c.waiting {
+		// Paused at its headers for its turn: its body waits with it
+		// (Envoy holds it; bodyFitsHold let only a small one wait).
+		return types.ActionPause
 	}
 	body, action, ready := c.holdBody(&c.readBody, bodySize, c.p.cfg.MaxBodyBytes, endOfStream, proxywasm.GetHttpRequestBody, "read request body")
 	if !ready {
