@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"mime/multipart"
 	"net/http"
 	"sort"
 	"strconv"
@@ -295,4 +297,66 @@ func TestUnpolledJobEndsWithoutAList(t *testing.T) {
 		t.Fatal("the second job did not reach the worker within a minute of the first's end: the end was never seen")
 	}
 	eventually(t, 30*time.Second, "both jobs run", func() bool { return stats(t, ws[0]).Served["video"] == 2 })
+}
+
+// Requests whose bodies the router does not read, with the queue on: a
+// multipart image edit that finds the worker busy waits its turn (its body
+// held) and is granted, never counted cancelled; a multipart video create
+// (the openai SDK's) is sent at once, its call answering at once, and is
+// not counted as a cancelled wait either.
+func TestMultipartAndTheQueue(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 1, "--task-type", "TI2V", "--time-scale", "1", "--base", "100ms", "--per-step", "0", "--jitter", "0")
+	r := startQueueRouter(t, urls)
+	form := func(fields map[string]string) (*bytes.Buffer, string) {
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		for k, v := range fields {
+			_ = mw.WriteField(k, v)
+		}
+		fw, _ := mw.CreateFormFile("image", "in.png")
+		_, _ = fw.Write(bytes.Repeat([]byte{0x89}, 4096))
+		_ = mw.Close()
+		return &body, mw.FormDataContentType()
+	}
+	p := newQueueProbe(t, r, ws[0]) // the worker busy for 3 s
+	edits := make(chan int, 3)
+	for range 3 {
+		go func() {
+			body, ct := form(map[string]string{"prompt": "edit"})
+			res, err := tryDo(context.Background(), "POST", r.Front+wire.PathImageEdits, ct, body)
+			if err != nil {
+				edits <- -1
+				return
+			}
+			edits <- res.Status
+		}()
+	}
+	p.queued(3)
+	for range 3 {
+		if code := <-edits; code != http.StatusOK {
+			t.Fatalf("a multipart edit answered %d", code)
+		}
+	}
+	p.order()
+	st := queueStatus(t, r.API)
+	if num(st["granted"]) < 3 || num(st["cancelled"]) != 0 {
+		t.Fatalf("GET /queue after three waiting edits: granted %v, cancelled %v", st["granted"], st["cancelled"])
+	}
+	// Busy again: a multipart video create is not held.
+	p = newQueueProbe(t, r, ws[0])
+	body, ct := form(map[string]string{"prompt": "clip", "num_inference_steps": "2"})
+	if res := do(t, "POST", r.Front+wire.PathVideos, ct, body); res.Status != http.StatusOK {
+		t.Fatalf("multipart create = %d %s", res.Status, res.Body)
+	}
+	p.mu.Lock()
+	_, blockerDone := p.results["blocker"]
+	p.mu.Unlock()
+	if blockerDone {
+		t.Fatal("the multipart create answered only after the request ahead of it: it waited in the queue")
+	}
+	p.order()
+	if st := queueStatus(t, r.API); num(st["cancelled"]) != 0 {
+		t.Fatalf("GET /queue counts %v cancelled after a multipart create", st["cancelled"])
+	}
 }
