@@ -233,9 +233,27 @@ func launchRouter(t testing.TB, env []string, args ...string) *routerProc {
 	t.Helper()
 	all := append([]string{"--host", "127.0.0.1", "--port", strconv.Itoa(freePort(t)),
 		"--health-check-interval", "1", "--envoy-concurrency", "2", "--log-level", "debug"}, args...)
+	// The router's Envoy runs in its own process group (it outlives a
+	// crashed control plane by design), so stopping the router's group
+	// does not reach it: a router killed mid-drain (a failed test with
+	// requests in flight) would leave it running. Registered first, this
+	// runs after the router's own stop.
+	var envoyPID int
+	t.Cleanup(func() {
+		if envoyPID > 0 && alive(envoyPID) && strings.Contains(readCmdline(envoyPID), "envoy") {
+			_ = killPID(envoyPID)
+		}
+	})
 	p := startPathEnv(t, "diffusion-router", filepath.Join(binDir, "diffusion-router"), env, all...)
 	m := p.waitOutput(routerReady, 60*time.Second)
+	envoyPID = bench.ChildPID(p.cmd.Process.Pid, "envoy") // none when it adopted one
 	return &routerProc{proc: p, Front: m[1], API: m[2], Admin: m[3]}
+}
+
+// readCmdline is a process's command line ("" when gone).
+func readCmdline(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return string(b)
 }
 
 // ports hands out the ports the tests give to other processes (an Envoy's
