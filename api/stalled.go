@@ -37,6 +37,7 @@ func (f *filterAPI) stalled(w http.ResponseWriter, r *http.Request) {
 	for _, wk := range f.fleet.Registry().Snapshot().Workers {
 		if loadboard.Addr(wk) == rep.Worker {
 			key = wk.Key()
+			break
 		}
 	}
 	if key == "" {

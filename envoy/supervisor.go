@@ -313,13 +313,6 @@ func (s *Supervisor) noteError(line string) {
 	s.mu.Unlock()
 }
 
-// LastError is Envoy's latest error line ("" if none).
-func (s *Supervisor) LastError() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lastError
-}
-
 // forwardLog turns Envoy's "[level][logger] message" lines into log
 // entries; errors are passed to onError too.
 func forwardLog(r io.Reader, log *logrus.Entry, onError func(string)) {

@@ -145,7 +145,7 @@ func (c *AdminClient) PendingRequests(ctx context.Context, admin, cluster string
 
 // Stat reads one counter or gauge.
 func (c *AdminClient) Stat(ctx context.Context, admin, name string) (uint64, error) {
-	vals, err := c.stats(ctx, admin, "^"+regexp.QuoteMeta(name)+"$")
+	vals, err := c.Stats(ctx, admin, name)
 	if err != nil {
 		return 0, err
 	}
@@ -154,6 +154,16 @@ func (c *AdminClient) Stat(ctx context.Context, admin, name string) (uint64, err
 		return 0, fmt.Errorf("envoy admin %s: no stat %s", admin, name)
 	}
 	return v, nil
+}
+
+// Stats reads several counters or gauges in one call; a stat Envoy does
+// not have (yet) is absent from the answer.
+func (c *AdminClient) Stats(ctx context.Context, admin string, names ...string) (map[string]uint64, error) {
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = regexp.QuoteMeta(n)
+	}
+	return c.stats(ctx, admin, "^("+strings.Join(quoted, "|")+")$")
 }
 
 // stats reads the numeric stats whose names match filter.

@@ -49,3 +49,23 @@ func TestEndpointStats(t *testing.T) {
 		t.Fatalf("EndpointStats = %v %d %v %v", healthy, active, found, err)
 	}
 }
+
+// TestStats: several stats in one call, the names quoted in one filter; a
+// stat Envoy does not have is absent, and Stat says so.
+func TestStats(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want := `^(listener_manager\.lds\.update_rejected|cluster\.xds_cluster\.ssl\.connection_error|no\.such)$`
+		if got := r.URL.Query().Get("filter"); got != want {
+			http.Error(w, "filter "+got, http.StatusBadRequest)
+			return
+		}
+		fmt.Fprint(w, "listener_manager.lds.update_rejected: 1\ncluster.xds_cluster.ssl.connection_error: 3\n")
+	}))
+	defer srv.Close()
+	ac := NewAdminClient()
+	admin := strings.TrimPrefix(srv.URL, "http://")
+	got, err := ac.Stats(context.Background(), admin, "listener_manager.lds.update_rejected", "cluster.xds_cluster.ssl.connection_error", "no.such")
+	if err != nil || len(got) != 2 || got["listener_manager.lds.update_rejected"] != 1 || got["cluster.xds_cluster.ssl.connection_error"] != 3 {
+		t.Fatalf("Stats = %v, %v", got, err)
+	}
+}

@@ -72,8 +72,9 @@ func (b *Board) noteSuspects(now time.Time) map[string]wire.Overdue {
 func (b *Board) Suspects() map[string]Suspect {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.expire(b.now())
-	b.noteSuspects(b.now())
+	now := b.now()
+	b.expire(now)
+	b.noteSuspects(now)
 	out := make(map[string]Suspect, len(b.suspects))
 	for a, s := range b.suspects {
 		out[a] = s

@@ -25,10 +25,6 @@ type fairness interface {
 	// granted records r's grant at a time; waiting says whether a tenant
 	// has requests waiting.
 	granted(r *Request, at time.Time, waiting func(tenant string) bool)
-	// remembers reports whether the rule keeps a record of the tenant;
-	// remembered counts them (they count against Options.MaxTenants).
-	remembers(tenant string) bool
-	remembered() int
 	// forget drops the records of tenants with nothing waiting and no
 	// grant since idleSince.
 	forget(idleSince time.Time, waiting func(tenant string) bool)
@@ -172,9 +168,14 @@ func (q *Queue) lane(tenant string) string {
 	return OthersTenant
 }
 
-// forgetIdle drops tenants idle for Options.TenantIdle; q.mu is held.
+// forgetIdle drops tenants idle for Options.TenantIdle, at most once a
+// second (it looks at every remembered tenant, and runs as requests
+// arrive); q.mu is held.
 func (q *Queue) forgetIdle() {
-	if q.opts.TenantIdle > 0 {
-		q.fair.forget(q.opts.Now().Add(-q.opts.TenantIdle), q.tenantWaits)
+	now := q.opts.Now()
+	if q.opts.TenantIdle <= 0 || now.Sub(q.forgotAt) < time.Second {
+		return
 	}
+	q.forgotAt = now
+	q.fair.forget(now.Add(-q.opts.TenantIdle), q.tenantWaits)
 }

@@ -13,8 +13,6 @@ type arrival struct{}
 func (arrival) enter(string, float64) float64                  { return 0 }
 func (arrival) step(*Request) float64                          { return 0 }
 func (arrival) granted(*Request, time.Time, func(string) bool) {}
-func (arrival) remembers(string) bool                          { return true }
-func (arrival) remembered() int                                { return 0 }
 func (arrival) forget(time.Time, func(string) bool)            {}
 func (arrival) status(map[string]int) []TenantStatus           { return []TenantStatus{} }
 

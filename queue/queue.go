@@ -171,9 +171,11 @@ type Queue struct {
 	// (zero: none); Run dispatches then.
 	wake  time.Time
 	stats Stats
-	kick  chan struct{}
-	rot   int
-	rnd   uint64
+	// forgotAt is when idle tenants were last looked for (forgetIdle).
+	forgotAt time.Time
+	kick     chan struct{}
+	rot      int
+	rnd      uint64
 }
 
 // Stats are the queue's counters since start.

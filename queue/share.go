@@ -30,13 +30,6 @@ func (s *shares) weight(tenant string) float64 {
 	return 1
 }
 
-func (s *shares) remembers(tenant string) bool {
-	_, ok := s.served[tenant]
-	return ok
-}
-
-func (s *shares) remembered() int { return len(s.served) }
-
 // forget drops the record of tenants with nothing waiting not granted
 // since idleSince: one that comes back starts level with the others, as
 // it would anyway after an idle time.

@@ -375,10 +375,10 @@ func (c Config) Validate() error {
 	if c.DemoWorkers < 0 || c.DemoWorkers > 256 {
 		errs = append(errs, fmt.Errorf("--demo-workers %d must be in [0, 256]", c.DemoWorkers))
 	}
-	if c.OverdueFactor < 0 || c.StallFactor < 0 || math.IsNaN(c.OverdueFactor) || math.IsNaN(c.StallFactor) || math.IsInf(c.OverdueFactor, 0) || math.IsInf(c.StallFactor, 0) {
+	if !finiteNonNegative(c.OverdueFactor) || !finiteNonNegative(c.StallFactor) {
 		errs = append(errs, fmt.Errorf("--overdue-factor %v and --stall-factor %v must be finite and not negative", c.OverdueFactor, c.StallFactor))
 	}
-	if c.DemoTimeScale < 0 || math.IsNaN(c.DemoTimeScale) || math.IsInf(c.DemoTimeScale, 0) {
+	if !finiteNonNegative(c.DemoTimeScale) {
 		errs = append(errs, fmt.Errorf("--demo-time-scale must be a non-negative number"))
 	}
 	if c.EnvoyConcurrency < 0 {
@@ -405,6 +405,9 @@ func specOf(policy string) wire.PolicySpec {
 	spec, _ := wire.Policy(policy).Spec()
 	return spec
 }
+
+// finiteNonNegative rejects negative numbers, NaN and the infinities.
+func finiteNonNegative(f float64) bool { return f >= 0 && !math.IsInf(f, 0) }
 
 // validate checks the queue's flags; the queue needs least-work routing
 // (the filter picks the worker, so it can also wait for one).

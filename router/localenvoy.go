@@ -172,16 +172,15 @@ func waitEnvoyReady(ctx context.Context, admin, front string, exited <-chan erro
 // waiting will not mend: its front listener refused, or its xDS connection
 // failing TLS (credentials that do not belong together).
 func startFailure(ctx context.Context, ac *envoyadmin.AdminClient, admin, front string) error {
-	if n, err := ac.Stat(ctx, admin, "listener_manager.lds.update_rejected"); err == nil && n > 0 {
+	const rejected, unverified, tlsErrors = "listener_manager.lds.update_rejected", "cluster.xds_cluster.ssl.fail_verify_error", "cluster.xds_cluster.ssl.connection_error"
+	stats, err := ac.Stats(ctx, admin, rejected, unverified, tlsErrors)
+	if err != nil {
+		return nil // not up yet: the caller waits
+	}
+	if stats[rejected] > 0 {
 		return fmt.Errorf("envoy refused the front listener on %s (its log above says why: a port in use?)", front)
 	}
-	tlsFailures := uint64(0)
-	for _, stat := range []string{"cluster.xds_cluster.ssl.fail_verify_error", "cluster.xds_cluster.ssl.connection_error"} {
-		if n, err := ac.Stat(ctx, admin, stat); err == nil {
-			tlsFailures += n
-		}
-	}
-	if tlsFailures >= 2 {
+	if tlsFailures := stats[unverified] + stats[tlsErrors]; tlsFailures >= 2 {
 		return fmt.Errorf("envoy cannot connect to the control plane: the xDS connection failed TLS %d times; the credentials in the xDS TLS directory (ca.pem, envoy/, control-plane/) do not belong together", tlsFailures)
 	}
 	return nil

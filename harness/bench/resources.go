@@ -36,7 +36,7 @@ func burstResources(ctx context.Context, l *queueLab) (QueueScenario, error) {
 	envoyPID := ChildPID(l.router.PID, "envoy")
 	sample := func(phase string, start time.Time) ResourceSample {
 		s := ResourceSample{Phase: phase, SampledAtS: time.Since(start).Seconds(), WaitingNow: l.routerWaiting()}
-		s.Goroutines = l.goroutines()
+		s.Goroutines = Goroutines(l.client, l.router.API)
 		if kb, err := RSSKiB(l.router.PID); err == nil {
 			s.ControlMB = float64(kb) / 1024
 		}
@@ -80,8 +80,6 @@ wait:
 	}
 	return r, nil
 }
-
-func (l *queueLab) goroutines() int { return Goroutines(l.client, l.router.API) }
 
 // Goroutines is a control plane's go_goroutines gauge, read from its API's
 // /metrics (-1: unreadable).
