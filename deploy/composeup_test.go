@@ -30,6 +30,24 @@ func TestComposeUp(t *testing.T) {
 	compose("up", "-d", "--build")
 	c := &http.Client{Timeout: 30 * time.Second}
 	cp.waitDemoWorkers(c)
+	// Envoy's stats: the filter's counters and per-worker upstream requests.
+	stats := func(filter string) map[string]int {
+		_, _, b := call(c, "GET", "http://127.0.0.1:"+admin+"/stats?filter="+url.QueryEscape(filter), "")
+		out := map[string]int{}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ": "); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				out[k] = n
+			}
+		}
+		return out
+	}
+	// The filter picks from its view, which follows the registry by an
+	// xDS push and a sync: the workers are registered (above) a moment
+	// before the view lists them all.
+	eventually(t, ctx, time.Minute, "the filter's view to list the three workers", func() bool {
+		return len(stats(`wasmcustom\.diffusion_router\.pick\.outstanding_work\.`)) == 3
+	})
 
 	code, hdr, b := call(c, "POST", base+"/v1/images/generations", `{"prompt":"a red fox in snow","num_inference_steps":2,"size":"256x256"}`)
 	if code != 200 || !strings.HasPrefix(hdr.Get("x-diffusion-worker"), "http://fake-worker-") || hdr.Get("x-weight-version") != "0" {
@@ -53,18 +71,6 @@ func TestComposeUp(t *testing.T) {
 		t.Fatalf("content = %d %v", code, hdr)
 	}
 
-	// Envoy's stats: the filter's counters and per-worker upstream requests.
-	stats := func(filter string) map[string]int {
-		_, _, b := call(c, "GET", "http://127.0.0.1:"+admin+"/stats?filter="+url.QueryEscape(filter), "")
-		out := map[string]int{}
-		for _, line := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ": "); ok {
-				n, _ := strconv.Atoi(strings.TrimSpace(v))
-				out[k] = n
-			}
-		}
-		return out
-	}
 	// The filter holds the control plane's job-id secret: it picks with
 	// the control plane's view (its syncs are signed with the secret) and
 	// the control plane takes the jobs it records (their ids are).
