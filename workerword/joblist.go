@@ -102,9 +102,10 @@ func (n noList) Error() string { return fmt.Sprintf("the worker serves no job li
 
 // pollJobs asks a worker that serves no job list about its open jobs one
 // by one (GET /v1/videos/{id}), oldest first up to the first still running
-// (at most pollsPerReading), and returns those that ended: done, failed, or no longer known to the worker (deleted,
-// forgotten). Nobody else may ever poll them: without this, their cost
-// would count on the worker until the filters' hold passes.
+// (at most pollsPerReading), and returns those that ended: done, failed,
+// or no longer known to the worker (deleted, forgotten). Nobody else may
+// ever poll them: without this, their cost would count on the worker
+// until the filters' hold passes.
 func (w *Watcher) pollJobs(ctx context.Context, t Target, st *state, now time.Time) []wire.EndedJob {
 	if w.Jobs == nil || t.Key == "" {
 		return nil

@@ -50,9 +50,10 @@ const (
 	// read less often, so a large fleet does not cost the control plane
 	// (and the workers) a scrape storm: at 1,000 workers, every 5 s.
 	DefaultMaxReadsPerSecond = 200
-	// noMetricsRetry: a worker that serves no metrics is asked again this
-	// much later (it may be restarted with --enable-metrics).
-	noMetricsRetry = 30 * time.Second
+	// notServedRetry: a worker that serves no metrics (or no job list) is
+	// asked again this much later (it may be restarted with
+	// --enable-metrics, or upgraded).
+	notServedRetry = 30 * time.Second
 	// maxListPages bounds the pages of a job list one reading goes through.
 	maxListPages = 10
 	// listPage is sglang's largest page.
@@ -62,11 +63,10 @@ const (
 	rememberReported = 4096
 	// parallel bounds the workers read at once.
 	parallel = 16
-	// noListRetry: a worker that serves no job list is asked again this
-	// much later; meanwhile its open jobs are asked about one by one, at
-	// most pollsPerReading each reading (oldest first: the worker runs
-	// them in that order, so the oldest open one is the one running).
-	noListRetry     = 30 * time.Second
+	// pollsPerReading: a worker that serves no job list has its open jobs
+	// asked about one by one, at most this many each reading (oldest
+	// first: the worker runs them in that order, so the oldest open one
+	// is the one running).
 	pollsPerReading = 4
 )
 
@@ -195,7 +195,7 @@ func (w *Watcher) read(ctx context.Context, t Target, st *state) {
 		case err == nil:
 			// Served without the gauges (or not at all: 404 without
 			// --enable-metrics): nothing to read for a while.
-			st.noMetricsUntil = now.Add(noMetricsRetry)
+			st.noMetricsUntil = now.Add(notServedRetry)
 		}
 	}
 	if !t.Video || !w.Sink.Counted(t.Addr) {
@@ -209,7 +209,7 @@ func (w *Watcher) read(ctx context.Context, t Target, st *state) {
 	var nl noList
 	switch {
 	case errors.As(err, &nl):
-		st.noListUntil = now.Add(noListRetry)
+		st.noListUntil = now.Add(notServedRetry)
 		w.Sink.JobsEnded(w.pollJobs(ctx, t, st, now))
 	case err != nil:
 		w.Log.WithError(err).WithField("worker", t.URL).Debug("reading the worker's job list")

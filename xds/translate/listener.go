@@ -106,22 +106,16 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 	// A path Envoy cannot normalise (a NUL, a ".." past the root) is
 	// refused before any filter runs, with an empty body and no flag to
 	// match on: only its response details tell it apart.
-	cel, err := pack(&celv3.ExpressionFilter{Expression: "response.code_details == 'path_normalization_failed'"})
+	badPath, err := celFilter("response.code_details == 'path_normalization_failed'")
 	if err != nil {
 		return nil, err
 	}
-	badPath := &accesslogv3.ExtensionFilter{
-		Name:       "envoy.access_loggers.extension_filters.cel",
-		ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
-	}
-	toRegistry, err := pack(&celv3.ExpressionFilter{Expression: "xds.cluster_name == '" + wire.ClusterRegistry + "'"})
+	registryUpstream, err := celFilter("xds.cluster_name == '" + wire.ClusterRegistry + "'")
 	if err != nil {
 		return nil, err
 	}
-	registryUpstream := &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslogv3.ExtensionFilter{
-		Name:       "envoy.access_loggers.extension_filters.cel",
-		ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: toRegistry},
-	}}}
+	// Connection failure, reset, termination or protocol error upstream.
+	upstreamFailed := flagFilter("UF", "UC", "UR", "URX", "UPE")
 	return &hcmv3.LocalReplyConfig{
 		Mappers: []*hcmv3.ResponseMapper{
 			{
@@ -146,14 +140,14 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 				BodyFormatOverride: jsonError(MsgMalformedRequest),
 			},
 			{
-				Filter:             &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: badPath}},
+				Filter:             badPath,
 				BodyFormatOverride: jsonError(MsgMalformedPath),
 			},
 			{
 				// The same failures on the way to the control plane: say
 				// so, not "worker unreachable" (the workers may be fine).
 				Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{
-					Filters: []*accesslogv3.AccessLogFilter{registryUpstream, flagFilter("UF", "UC", "UR", "URX", "UPE")},
+					Filters: []*accesslogv3.AccessLogFilter{registryUpstream, upstreamFailed},
 				}}},
 				StatusCode:         wrapperspb.UInt32(503),
 				BodyFormatOverride: jsonError(MsgControlPlaneAway),
@@ -161,7 +155,7 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 			{
 				// Connection failure, reset, termination or protocol error:
 				// the worker is there in the config but did not answer.
-				Filter:             flagFilter("UF", "UC", "UR", "URX", "UPE"),
+				Filter:             upstreamFailed,
 				StatusCode:         wrapperspb.UInt32(502),
 				BodyFormatOverride: jsonError(MsgWorkerUnreachable),
 			},
@@ -172,6 +166,19 @@ func LocalReplyConfig() (*hcmv3.LocalReplyConfig, error) {
 		},
 		BodyFormat: jsonError("%LOCAL_REPLY_BODY%"),
 	}, nil
+}
+
+// celFilter matches a local reply by a CEL expression over Envoy's
+// attributes.
+func celFilter(expr string) (*accesslogv3.AccessLogFilter, error) {
+	cel, err := pack(&celv3.ExpressionFilter{Expression: expr})
+	if err != nil {
+		return nil, err
+	}
+	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslogv3.ExtensionFilter{
+		Name:       "envoy.access_loggers.extension_filters.cel",
+		ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
+	}}}, nil
 }
 
 func flagFilter(flags ...string) *accesslogv3.AccessLogFilter {
