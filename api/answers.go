@@ -5,7 +5,9 @@ import (
 	"time"
 
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/heldjobs"
 	"github.com/diffrouter/diffusion-router/loadboard"
+	"github.com/diffrouter/diffusion-router/queue"
 	"github.com/diffrouter/diffusion-router/registry"
 )
 
@@ -191,6 +193,14 @@ type UpdateAnswer struct {
 // still waiting.
 type QueueCancelAnswer struct {
 	Cancelled bool `json:"cancelled"`
+}
+
+// QueueAnswer answers GET /queue: the queue, and the video jobs the
+// router holds (answered at create; they wait in the queue as requests of
+// node heldjobs.Node) when it holds them.
+type QueueAnswer struct {
+	queue.Status
+	HeldJobs *heldjobs.Status `json:"held_jobs,omitempty"`
 }
 
 // viewOf is a worker as the API shows it, with what the Envoys (and with

@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/heldjobs"
 	"github.com/diffrouter/diffusion-router/jobbook"
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/queue"
@@ -52,6 +53,9 @@ type Server struct {
 	// DefaultSlots is how many requests a worker runs at once under the
 	// queue, unless it has its own number (add_worker's "slots").
 	DefaultSlots int
+	// Held, if set, holds video jobs that found no free slot (package
+	// heldjobs): the filter sends their calls here (wire.HeaderHeld).
+	Held *heldjobs.Holder
 	// HoldWhileAsleep: requests wait in the queue while workers sleep.
 	HoldWhileAsleep bool
 }
@@ -66,6 +70,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusInternalServerError, ErrorAnswer{Error: "internal error"})
 		}
 	}()
+	if r.Header.Get(wire.HeaderHeld) != "" {
+		// Video calls the filter sent (held jobs): the public video API,
+		// bodies bounded by --max-held-bytes.
+		s.held(w, r)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	// Before the admin token: the filters hold no token. Syncs are signed
 	// with the job-id secret, job records carry ids signed with it, and

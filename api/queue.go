@@ -91,5 +91,10 @@ func (s *Server) queueStatus(w http.ResponseWriter, _ *http.Request) {
 	if queueOff(w, s.Queue) {
 		return
 	}
-	writeJSON(w, http.StatusOK, s.Queue.Status())
+	a := QueueAnswer{Status: s.Queue.Status()}
+	if s.Held != nil {
+		st := s.Held.Status()
+		a.HeldJobs = &st
+	}
+	writeJSON(w, http.StatusOK, a)
 }

@@ -184,7 +184,7 @@ func (q *Queue) grant(d *dispatch, w *waiter, choice leastwork.Choice) {
 		if d.v.Workers[i].Addr != choice.First {
 			continue
 		}
-		g := grant{node: w.Node, addr: choice.First, cost: w.Cost, at: d.now, before: d.busy(i)}
+		g := grant{node: w.Node, ticket: w.Ticket, addr: choice.First, cost: w.Cost, at: d.now, before: d.busy(i)}
 		if d.f.Freed != nil {
 			g.freed = d.f.Freed(g.addr)
 		}

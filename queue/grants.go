@@ -8,7 +8,7 @@ import (
 )
 
 type grant struct {
-	node, addr string
+	node, ticket, addr string
 	cost       int64
 	at         time.Time
 	// freed is the worker's count of reported ends (Fleet.Freed) when
@@ -52,6 +52,22 @@ func (q *Queue) countGrants(v *wire.PickView, f Fleet, now time.Time) {
 		if i, ok := idx[g.addr]; ok {
 			v.Workers[i].RemoteWork += g.cost
 			v.Workers[i].RemoteRequests++
+		}
+	}
+}
+
+// Handed says that the request k was granted has been handed to the
+// Envoy node, whose reports count it from now on: a request the control
+// plane holds and sends itself (package heldjobs) is granted under a node
+// of its own that never reports.
+func (q *Queue) Handed(k Key, node string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.opts.Now()
+	for i := range q.grants {
+		if g := &q.grants[i]; g.node == k.Node && g.ticket == k.Ticket {
+			g.node, g.at = node, now
+			return
 		}
 	}
 }

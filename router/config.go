@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -142,6 +144,13 @@ type QueueConfig struct {
 	// one lane); TenantIdle forgets idle ones.
 	MaxTenants int
 	TenantIdle time.Duration
+	// HoldJobs: a video create that finds no free slot is answered by
+	// the router, which holds the job (package heldjobs) and sends it
+	// through HeldEnvoy (default: the local Envoy's front port) when its
+	// turn comes; MaxHeldBytes bounds the bodies held.
+	HoldJobs     bool
+	HeldEnvoy    string
+	MaxHeldBytes int64
 	// HoldWhileAsleep keeps requests in the queue while the fleet's
 	// memory is released, instead of answering 503.
 	HoldWhileAsleep bool
@@ -271,6 +280,9 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.Float64Var(&c.TraceSampling, "trace-sampling", 1, "with --otlp-endpoint: the share of requests traced (0 to 1; a caller's traceparent decides for its own)")
 	c.Queue.Ahead = DefaultGrantAhead
 	fs.Var(&seconds{d: &c.Queue.Ahead, allow0: true}, "queue-grant-ahead", "with --queue: seconds before a worker's running request is expected to end that its next one is granted, so the grant's round trip does not leave it idle (0: only once a slot is free)")
+	fs.BoolVar(&c.Queue.HoldJobs, "hold-video-jobs", true, "with --queue: a video create that finds no free slot is answered at once by the router, which stores the job and sends it to the best free worker when its turn comes (--hold-video-jobs=false: the create call waits for its turn)")
+	fs.StringVar(&c.Queue.HeldEnvoy, "held-jobs-envoy", "", "with --hold-video-jobs: the front URL of the Envoy held jobs are sent through (default: the local Envoy's front port; with --external-envoy held jobs need it, or creates wait for their turn)")
+	fs.Int64Var(&c.Queue.MaxHeldBytes, "max-held-bytes", wire.HeldDefaultMaxBytes, "with --hold-video-jobs: bytes of held jobs' bodies stored at once (image-to-video bodies can be megabytes); a create over it is answered 429 (413 if its body alone is larger)")
 	fs.BoolVar(&c.Queue.HoldWhileAsleep, "queue-while-asleep", false, "with --queue: requests wait in the queue while the fleet's memory is released (default: 503 at once)")
 
 	// Accept "--worker-urls A B C": fold the values into one argument.
@@ -428,6 +440,14 @@ func (q QueueConfig) validate(policy, filter string) []error {
 	if q.Ahead < 0 || q.Ahead > 10*time.Second {
 		errs = append(errs, fmt.Errorf("--queue-grant-ahead %v must be in [0, 10] seconds", q.Ahead.Seconds()))
 	}
+	if q.MaxHeldBytes < 1 {
+		errs = append(errs, fmt.Errorf("--max-held-bytes %d must be at least 1", q.MaxHeldBytes))
+	}
+	if q.HeldEnvoy != "" {
+		if u, err := url.Parse(q.HeldEnvoy); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			errs = append(errs, fmt.Errorf("--held-jobs-envoy %q: want http://host:port", q.HeldEnvoy))
+		}
+	}
 	if q.ClientTenant != "honour" && q.ClientTenant != "ignore" {
 		errs = append(errs, fmt.Errorf("--client-tenant %q: want honour or ignore", q.ClientTenant))
 	}
@@ -459,4 +479,27 @@ func parseWeights(s string) (map[string]float64, error) {
 		out[name] = f
 	}
 	return out, nil
+}
+
+// HeldEnvoyURL is the Envoy held video jobs are sent through, "" when the
+// router holds none (no queue, --hold-video-jobs=false, or external Envoys
+// and no --held-jobs-envoy).
+func (c Config) HeldEnvoyURL() string {
+	q := c.Queue
+	switch {
+	case !q.On || !q.HoldJobs:
+		return ""
+	case q.HeldEnvoy != "":
+		return strings.TrimSuffix(q.HeldEnvoy, "/")
+	case c.ExternalEnvoy:
+		return ""
+	}
+	host := c.Host
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(c.Port))
 }

@@ -111,6 +111,7 @@ func filterOptions(c Config, policy wire.Policy) (*translate.FilterOptions, erro
 		fc.Queue = true
 		fc.IgnoreClientPriority, fc.MaxClientPriority = q.ClientPriority == "ignore", q.MaxClientPriority
 		fc.IgnoreClientTenant, fc.TrustBodyUser = q.ClientTenant == "ignore", q.TrustBodyUser
+		fc.HoldJobs = c.HeldEnvoyURL() != ""
 		if q.Timeout > 0 {
 			// The control plane answers at its timeout; this is the
 			// backstop if it never does.

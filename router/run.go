@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -17,7 +18,9 @@ import (
 
 	"github.com/diffrouter/diffusion-router/api"
 	"github.com/diffrouter/diffusion-router/fleet"
+	"github.com/diffrouter/diffusion-router/heldjobs"
 	"github.com/diffrouter/diffusion-router/jobbook"
+	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/loadboard"
 	"github.com/diffrouter/diffusion-router/metrics"
@@ -59,6 +62,9 @@ type router struct {
 	closers []func()
 
 	stateDir, tlsDir string
+	// keepState keeps an owned state directory at exit: it holds video
+	// jobs that still wait.
+	keepState bool
 	serverTLS        *tls.Config
 	adopt            runningEnvoy
 	apiLis, xdsLis   net.Listener
@@ -72,6 +78,7 @@ type router struct {
 	board      *loadboard.Board // least-work only
 	jobs       *jobbook.Book    // with the filter only
 	queue      *queue.Queue     // --queue only
+	held       *heldjobs.Holder // --hold-video-jobs only
 	syncSecret []byte
 	fleet      *fleet.Manager
 	api        *http.Server
@@ -137,7 +144,11 @@ func (r *router) openStateDir(context.Context) error {
 		return err
 	}
 	if owned {
-		r.onClose(func() { os.RemoveAll(dir) })
+		r.onClose(func() {
+			if !r.keepState {
+				os.RemoveAll(dir)
+			}
+		})
 	}
 	r.onClose(release)
 	r.stateDir = dir
@@ -226,7 +237,52 @@ func (r *router) buildFilterSide(context.Context) error {
 		r.queue = queue.New(queue.Options{MaxQueued: q.MaxQueued, MaxPerTenant: q.MaxPerTenant, Timeout: q.Timeout,
 			Weights: q.Weights, MaxTenants: q.MaxTenants, TenantIdle: q.TenantIdle, Ahead: q.Ahead, Granted: r.queueGranted(r.log.WithField("component", "queue"))})
 		r.metrics.Queue(r.queue)
+		if err := r.openHeld(); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// videoModel is the model a video worker in rotation holds ("" if none):
+// a held job's answers name it, as a worker's would, when its create
+// names none.
+func (r *router) videoModel() string {
+	for _, w := range r.reg.Snapshot().Workers {
+		if w.Routable() && w.Caps.Video() && w.ModelPath != "" {
+			return w.ModelPath
+		}
+	}
+	return ""
+}
+
+// openHeld opens the video jobs the router holds (and any a stopped
+// router left waiting in the state directory).
+func (r *router) openHeld() error {
+	envoy := r.c.HeldEnvoyURL()
+	if envoy == "" || r.opts.Filter == nil {
+		return nil
+	}
+	h, err := heldjobs.Open(heldjobs.Options{Dir: filepath.Join(r.stateDir, "held-jobs"), MaxBytes: r.c.Queue.MaxHeldBytes,
+		Queue: r.queue, Signer: jobid.NewSigner(r.syncSecret), Secret: r.syncSecret, Envoy: envoy,
+		Client:   &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}},
+		Defaults: wire.DefaultFilterConfig().Defaults, Model: r.videoModel, Timeout: r.c.Queue.Timeout, Log: r.log.WithField("component", "heldjobs")})
+	if err != nil {
+		return err
+	}
+	r.held = h
+	r.metrics.Held(h)
+	r.onClose(func() {
+		n, err := h.Close()
+		if err != nil {
+			r.base.WithError(err).Warn("closing the held video jobs' store")
+		}
+		if n > 0 {
+			r.keepState = true
+			r.base.WithFields(logrus.Fields{"jobs": n, "state_dir": r.stateDir}).
+				Warn("video jobs still wait in the router; they are kept in the state directory, and a router started with the same flags sends them")
+		}
+	})
 	return nil
 }
 
@@ -287,7 +343,7 @@ func (r *router) buildAPI(context.Context) error {
 	c := r.c
 	var handler http.Handler = &api.Server{Fleet: r.fleet, Log: r.log.WithField("component", "api"), FanoutTimeout: c.WeightUpdateTimeout,
 		QuarantineChecksumMismatch: c.QuarantineChecksumMismatch, Metrics: r.metrics.Handler(), AdminToken: c.AdminToken,
-		Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, DefaultSlots: r.c.Queue.Slots, HoldWhileAsleep: c.Queue.HoldWhileAsleep}
+		Board: r.board, SyncSecret: r.syncSecret, Jobs: r.jobs, Queue: r.queue, Held: r.held, DefaultSlots: r.c.Queue.Slots, HoldWhileAsleep: c.Queue.HoldWhileAsleep}
 	if c.OTLPEndpoint != "" {
 		handler = traces.Handler(r.tracer, handler, wire.PathInternalPrefix)
 	}
@@ -424,6 +480,9 @@ func (r *router) startRunners(ctx context.Context, run *runners) {
 	})
 	if r.queue != nil {
 		go r.queue.Run(ctx, queueTick, r.queueFleet)
+	}
+	if r.held != nil {
+		go r.held.Run(ctx)
 	}
 	go r.fleet.Observe(ctx)
 	go r.fleet.Probe(ctx)

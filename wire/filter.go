@@ -49,6 +49,11 @@ type FilterConfig struct {
 	// QueueWaitMs bounds the filter's wait for its turn (0: none); the
 	// control plane answers first (--queue-timeout), this is the backstop.
 	QueueWaitMs int64 `json:"queue_wait_ms,omitempty"`
+	// HoldJobs (with Queue): a video create that finds no free slot goes
+	// to the control plane (HeaderHeld), which answers it at once and
+	// holds the job until its turn; calls about a held job's id and plain
+	// job lists go there too.
+	HoldJobs bool `json:"hold_jobs,omitempty"`
 	// IgnoreClientPriority drops a client's HeaderPriority (every request
 	// is priority 0); MaxClientPriority caps it.
 	IgnoreClientPriority bool `json:"ignore_client_priority,omitempty"`

@@ -73,6 +73,8 @@ type picker struct {
 	syncErrs proxywasm.MetricCounter
 	// Counters of the router-owned queue.
 	queued, granted, queueRefused, queueFallbacks proxywasm.MetricCounter
+	// held counts video creates handed to the control plane's held jobs.
+	held proxywasm.MetricCounter
 	// overdue counts workers found with a request far overdue (once per
 	// spell), stalled the requests answered 504 at the stall limit.
 	overdue, stalled proxywasm.MetricCounter
@@ -132,6 +134,7 @@ func newPicker(cluster string, secret []byte) *picker {
 		granted:        proxywasm.DefineCounterMetric("diffusion_router.queue.granted"),
 		queueRefused:   proxywasm.DefineCounterMetric("diffusion_router.queue.refused"),
 		queueFallbacks: proxywasm.DefineCounterMetric("diffusion_router.queue.fallbacks"),
+		held:           proxywasm.DefineCounterMetric("diffusion_router.queue.held_jobs"),
 		overdue:        proxywasm.DefineCounterMetric("diffusion_router.pick.overdue_workers"),
 		stalled:        proxywasm.DefineCounterMetric("diffusion_router.pick.stalled_requests"),
 	}

@@ -19,6 +19,11 @@ func (c *httpContext) pinToWorker(path, prefix, wrapped, suffix string) types.Ac
 	if !ok {
 		return c.refuseJobID(wrapped)
 	}
+	if ref.Worker == wire.HeldWorker {
+		// A job the router holds (or held): the control plane answers.
+		c.toHeld("job")
+		return types.ActionContinue
+	}
 	id, key := ref.ID, ref.Worker
 	c.refID, c.version = ref.ID, ref.Version
 	query := ""
@@ -64,6 +69,10 @@ func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
 			continue
 		}
 		ref, ok := c.p.signer.UnwrapRef(wrapped)
+		if ok && ref.Worker == wire.HeldWorker {
+			c.toHeld("list")
+			return types.ActionContinue, true
+		}
 		if !ok || (key != "" && ref.Worker != key) {
 			return c.refuseJobID(wrapped), true
 		}

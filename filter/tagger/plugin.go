@@ -165,6 +165,10 @@ type httpContext struct {
 	// book knows (listVersions, once looked up).
 	list         bool
 	listVersions map[string]string
+	// forwarded: the control plane sent this request (wire.HeaderForward);
+	// forwardTo is the worker the queue granted its held job.
+	forwarded bool
+	forwardTo string
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the

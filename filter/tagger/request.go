@@ -22,10 +22,13 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		return c.fail("read :path", err)
 	}
 	// Tags are the router's word, never the client's.
-	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry, wire.HeaderQueueMs} {
+	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry, wire.HeaderQueueMs, wire.HeaderHeld} {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
 	c.task, c.method = Classify(method, path), method
+	if c.readForward() {
+		return types.ActionPause // refused: a forward token that does not check out
+	}
 	if !endOfStream && c.p.cfg.RequestIdleMs > 0 {
 		c.p.receiving[c.id] = nowMicro()
 	}
@@ -49,6 +52,12 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 			return a
 		}
 	}
+	if base, _, _ := strings.Cut(path, "?"); base == wire.PathVideos && method == "GET" && c.p.cfg.HoldJobs && !c.forwarded {
+		// A job list shows the jobs the router holds too: the control
+		// plane merges them into a worker's list.
+		c.toHeld("list")
+		return types.ActionContinue
+	}
 	switch {
 	case method == "POST" && (c.task == TaskVideo || c.task == TaskImage || c.task == TaskImageEdit):
 		c.rewrite = true // the answer carries ids to wrap
@@ -70,8 +79,10 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	// call would not answer until a slot frees, past the SDK's timeout for
 	// long jobs (whose retry creates the job again); it goes at once, as
 	// without the queue, until the router can answer a create itself.
-	unreadVideo := c.task == TaskVideo && !endOfStream
-	if c.pick(0, false, c.p.cfg.Queue && (endOfStream || c.bodyFitsHold()) && !unreadVideo) {
+	// With held jobs the body is not held here at all: the control plane
+	// takes the create and answers it at once.
+	unreadVideo := c.task == TaskVideo && !endOfStream && !c.p.cfg.HoldJobs
+	if c.pick(0, false, c.p.cfg.Queue && (endOfStream || c.bodyFitsHold() || c.holdsJob()) && !unreadVideo) {
 		return types.ActionPause // waits for its turn in the router's queue
 	}
 	return types.ActionContinue
@@ -104,11 +115,19 @@ func (c *httpContext) pick(cost int64, known, queue bool) (waits bool) {
 		return false
 	}
 	c.pickPending = false
+	if c.forwardTo != "" {
+		c.bindForwarded(cost, known)
+		return false
+	}
 	if c.p.cfg.Queue {
 		c.tagQueue()
 	}
 	choice, cost, st := c.p.picker.choose(c.task, c.model, cost, known, queue)
 	if st == pickFull {
+		if c.holdsJob() {
+			c.hold(cost)
+			return false
+		}
 		if c.enqueue(cost, known) {
 			return true
 		}

@@ -49,6 +49,11 @@ func (c *httpContext) noteAnswer(status string) {
 	if c.model != "" && c.p.cfg.FallbackRoute != "" {
 		c.noteFallback()
 	}
+	if c.forwardTo != "" && c.p.picker != nil {
+		// The control plane sent a held job here: this Envoy's reports
+		// count it from now on.
+		_ = proxywasm.ReplaceHttpResponseHeader(wire.HeaderNode, c.p.picker.envoyID())
+	}
 	if c.version != "" {
 		// The job was made by the weights its id names, whatever its
 		// worker holds now.

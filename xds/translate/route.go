@@ -120,6 +120,11 @@ func FrontRoutes(o Options, f Fleet) *routev3.RouteConfiguration {
 	}
 
 	if o.Filter != nil {
+		// The filter hands the control plane a video create that found
+		// no free slot, calls about a job it holds, and job lists
+		// (package heldjobs); only the filter sets the header.
+		routes = append(routes, registryRoute(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+			Headers: []*routev3.HeaderMatcher{present(wire.HeaderHeld)}}))
 		// A job whose worker sleeps is not gone: 503 until it wakes.
 		for _, key := range f.AsleepKeys {
 			for _, prefix := range wire.PinnedPrefixes {

@@ -1,0 +1,250 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/diffrouter/diffusion-router/heldjobs"
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// The held video jobs' calls (package heldjobs): the filter sends here
+// (wire.HeaderHeld) a video create that found no free slot, every call
+// about a held job's id and plain job lists. Answers are the worker's, so
+// clients cannot tell a held job from one a worker holds: a waiting job
+// is "queued"; a sent one's calls go on to its worker through an Envoy,
+// under its worker's id, and come back under the id its client holds.
+
+// held answers a call the filter sent to the held jobs.
+func (s *Server) held(w http.ResponseWriter, r *http.Request) {
+	if s.Held == nil {
+		writeError(w, errorf(http.StatusNotFound, "this router holds no video jobs (--hold-video-jobs is off)"))
+		return
+	}
+	path := r.URL.Path
+	switch {
+	case r.Header.Get(wire.HeaderHeld) == "create" && r.Method == http.MethodPost && (path == wire.PathVideos || path == wire.PathSeedVideo):
+		s.heldCreate(w, r)
+	case path == wire.PathVideos && r.Method == http.MethodGet:
+		s.heldList(w, r)
+	case strings.HasPrefix(path, wire.PathVideos+"/"):
+		s.heldJob(w, r)
+	default:
+		writeError(w, errorf(http.StatusNotFound, "%s %s is not a call about a video job", r.Method, path))
+	}
+}
+
+func (s *Server) heldCreate(w http.ResponseWriter, r *http.Request) {
+	obj, err := s.Held.Take(r)
+	var ref *heldjobs.Refusal
+	switch {
+	case errors.As(err, &ref):
+		if ref.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(ref.RetryAfter))
+		}
+		writeError(w, errorf(ref.Status, "%s", ref.Msg))
+	case err != nil:
+		s.Log.WithError(err).Error("holding a video job")
+		writeError(w, errorf(http.StatusInternalServerError, "the router could not store the job: %v", err))
+	default:
+		writeJSON(w, http.StatusOK, obj)
+	}
+}
+
+// heldJob answers a call about one job: /v1/videos/{id}[/...].
+func (s *Server) heldJob(w http.ResponseWriter, r *http.Request) {
+	rest := strings.TrimPrefix(r.URL.EscapedPath(), wire.PathVideos+"/")
+	public, suffix, _ := strings.Cut(rest, "/")
+	if suffix != "" {
+		suffix = "/" + suffix
+	}
+	j, ok := s.Held.Lookup(public)
+	if !ok || j.State == heldjobs.Deleted {
+		writeJSON(w, http.StatusNotFound, ErrorAnswer{Error: "video not found"})
+		return
+	}
+	if j.State == heldjobs.Sent {
+		target := wire.PathVideos + "/" + j.Wrapped + suffix
+		if r.URL.RawQuery != "" {
+			target += "?" + r.URL.RawQuery
+		}
+		s.relay(w, r, target, map[string]string{j.Wrapped: public}, false)
+		return
+	}
+	status := "queued"
+	if j.State == heldjobs.Failed {
+		status = "failed"
+	}
+	switch {
+	case suffix == "" && r.Method == http.MethodGet:
+		writeJSON(w, http.StatusOK, heldObject(j, public))
+	case suffix == "" && r.Method == http.MethodDelete:
+		if j.State == heldjobs.Sending {
+			writeError(w, errorf(http.StatusConflict, "the job is being handed to its worker; delete it again in a moment"))
+			return
+		}
+		if j.State == heldjobs.Waiting {
+			if err := s.Held.Delete(j.ID); err != nil && !errors.Is(err, heldjobs.ErrNotWaiting) {
+				writeError(w, errorf(http.StatusInternalServerError, "%v", err))
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"id": public, "object": "video.deleted", "deleted": true})
+	case suffix == "/content" && r.Method == http.MethodGet:
+		writeJSON(w, http.StatusBadRequest, ErrorAnswer{Error: "video is " + status + ", not completed"})
+	default:
+		writeError(w, errorf(http.StatusMethodNotAllowed, "%s %s: a job waiting in the router takes GET, DELETE and GET .../content", r.Method, r.URL.Path))
+	}
+}
+
+// heldObject is a held job as a worker shows one it has not started (or
+// one that failed).
+func heldObject(j heldjobs.Job, public string) heldjobs.Object {
+	o := j.Object
+	o.ID = public
+	if j.State == heldjobs.Failed {
+		o.Status = "failed"
+		o.Error = &heldjobs.Error{Code: j.ErrorCode, Message: j.Error}
+	}
+	return o
+}
+
+// heldList is a worker's job list with the held jobs in it: the waiting
+// ones (first when newest first, the default), and sent ones under the
+// ids their clients hold.
+func (s *Server) heldList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sent := s.Held.SentIDs()
+	rename := make(map[string]string, len(sent))
+	for wrapped, id := range sent {
+		rename[wrapped] = s.Held.PublicID(id)
+	}
+	waiting := s.Held.Waiting()
+	// A query naming a held job: a sent one by its worker's id; a waiting
+	// one is the list's own.
+	for _, name := range []string{"video_id", "after"} {
+		v := q.Get(name)
+		if v == "" {
+			continue
+		}
+		j, ok := s.Held.Lookup(v)
+		switch {
+		case !ok:
+		case j.State == heldjobs.Sent:
+			q.Set(name, j.Wrapped)
+		case name == "video_id":
+			data := []heldjobs.Object{}
+			if j.State != heldjobs.Deleted {
+				data = append(data, heldObject(j, v))
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+			return
+		default:
+			// After a waiting job: the waiting ones past it, then the
+			// worker's list.
+			q.Del(name)
+			if i := slices.IndexFunc(waiting, func(x heldjobs.Job) bool { return x.ID == j.ID }); i >= 0 {
+				waiting = slices.Delete(waiting, 0, i+1)
+			}
+		}
+	}
+	target := wire.PathVideos
+	if enc := q.Encode(); enc != "" {
+		target += "?" + enc
+	}
+	resp, err := s.Held.Forward(r.Context(), http.MethodGet, target, r.Header, nil, q.Get("video_id") == "" && q.Get("after") == "")
+	var list struct {
+		Object  string            `json:"object"`
+		Data    []json.RawMessage `json:"data"`
+		HasMore *bool             `json:"has_more,omitempty"`
+	}
+	if err == nil {
+		defer resp.Body.Close()
+		body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if (rerr != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(body, &list) != nil) && len(waiting) == 0 {
+			// Nothing held to show: the worker's answer as it is.
+			copyHeaders(w.Header(), resp.Header)
+			w.WriteHeader(resp.StatusCode)
+			_, _ = w.Write(body)
+			return
+		}
+	} else if len(waiting) == 0 {
+		writeError(w, errorf(http.StatusBadGateway, "listing a worker's jobs: %v", err))
+		return
+	}
+	for i, raw := range list.Data {
+		list.Data[i] = renameIDs(raw, rename)
+	}
+	held := make([]json.RawMessage, 0, len(waiting))
+	for _, j := range waiting {
+		b, _ := json.Marshal(heldObject(j, s.Held.PublicID(j.ID)))
+		held = append(held, b)
+	}
+	if strings.EqualFold(q.Get("order"), "asc") {
+		list.Data = append(list.Data, held...)
+	} else {
+		slices.Reverse(held)
+		list.Data = append(held, list.Data...)
+	}
+	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n > 0 && len(list.Data) > n {
+		list.Data = list.Data[:n]
+	}
+	list.Object = "list"
+	if list.Data == nil {
+		list.Data = []json.RawMessage{}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// renameIDs puts the ids clients hold in place of their workers' ids.
+func renameIDs(b []byte, rename map[string]string) []byte {
+	for from, to := range rename {
+		if bytes.Contains(b, []byte(from)) {
+			b = bytes.ReplaceAll(b, []byte(strconv.Quote(from)), []byte(strconv.Quote(to)))
+		}
+	}
+	return b
+}
+
+// relay passes a call on through an Envoy and its answer back, JSON
+// answers with rename applied.
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, target string, rename map[string]string, listing bool) {
+	resp, err := s.Held.Forward(r.Context(), r.Method, target, r.Header, r.Body, listing)
+	if err != nil {
+		writeError(w, errorf(http.StatusBadGateway, "passing the call to the job's worker: %v", err))
+		return
+	}
+	defer resp.Body.Close()
+	copyHeaders(w.Header(), resp.Header)
+	if !strings.Contains(strings.ToLower(resp.Header.Get("Content-Type")), "json") {
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		writeError(w, errorf(http.StatusBadGateway, "reading the worker's answer: %v", err))
+		return
+	}
+	body = renameIDs(body, rename)
+	w.Header().Del("Content-Length")
+	w.WriteHeader(resp.StatusCode)
+	_, _ = w.Write(body)
+}
+
+// copyHeaders copies an answer's end-to-end headers.
+func copyHeaders(dst, src http.Header) {
+	for k, v := range src {
+		switch http.CanonicalHeaderKey(k) {
+		case "Connection", "Keep-Alive", "Transfer-Encoding", "Trailer", "Upgrade", "Content-Length":
+		default:
+			dst[k] = v
+		}
+	}
+}
