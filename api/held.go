@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/diffrouter/diffusion-router/heldjobs"
 	"github.com/diffrouter/diffusion-router/wire"
@@ -20,6 +22,10 @@ import (
 // clients cannot tell a held job from one a worker holds: a waiting job
 // is "queued"; a sent one's calls go on to its worker through an Envoy,
 // under its worker's id, and come back under the id its client holds.
+
+// sendSettle bounds how long a call about a job being handed to its
+// worker waits for the handing to end.
+const sendSettle = 5 * time.Second
 
 // held answers a call the filter sent to the held jobs.
 func (s *Server) held(w http.ResponseWriter, r *http.Request) {
@@ -40,8 +46,22 @@ func (s *Server) held(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// heldCreate takes a create the filter found no free slot for: its ask
+// (signed, as queue calls are) says how it queues and what the filter's
+// Envoy counts now on the workers it weighed.
 func (s *Server) heldCreate(w http.ResponseWriter, r *http.Request) {
-	obj, err := s.Held.Take(r)
+	ask, signedAt, err := s.heldAsk(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if s.Board != nil && len(ask.Hosts) > 0 {
+		if err := s.Board.Note(ask.Node, ask.Hosts, signedAt); err != nil {
+			writeError(w, errorf(http.StatusBadRequest, "held create: %v", err))
+			return
+		}
+	}
+	obj, err := s.Held.Take(r, ask)
 	var ref *heldjobs.Refusal
 	switch {
 	case errors.As(err, &ref):
@@ -65,6 +85,12 @@ func (s *Server) heldJob(w http.ResponseWriter, r *http.Request) {
 		suffix = "/" + suffix
 	}
 	j, ok := s.Held.Lookup(public)
+	for deadline := time.Now().Add(sendSettle); ok && j.State == heldjobs.Sending && time.Now().Before(deadline); {
+		// Being handed to its worker (milliseconds): answered as what
+		// it becomes.
+		time.Sleep(10 * time.Millisecond)
+		j, ok = s.Held.Lookup(public)
+	}
 	if !ok || j.State == heldjobs.Deleted {
 		writeJSON(w, http.StatusNotFound, ErrorAnswer{Error: "video not found"})
 		return
@@ -247,4 +273,25 @@ func copyHeaders(dst, src http.Header) {
 			dst[k] = v
 		}
 	}
+}
+
+// heldAsk reads and checks a held create's ask (wire.HeaderHeldAsk).
+func (s *Server) heldAsk(r *http.Request) (wire.QueueRequest, int64, error) {
+	var ask wire.QueueRequest
+	raw, err := base64.RawURLEncoding.DecodeString(r.Header.Get(wire.HeaderHeldAsk))
+	if err != nil || len(raw) == 0 {
+		return ask, 0, errorf(http.StatusBadRequest, "held create: %s is missing or not base64url", wire.HeaderHeldAsk)
+	}
+	signedAt := r.Header.Get(wire.HeaderSyncTime)
+	if err := wire.CheckSyncSignature(s.SyncSecret, signedAt, r.Header.Get(wire.HeaderSyncSignature), raw, time.Now()); err != nil {
+		return ask, 0, errorf(http.StatusForbidden, "held create: %v", err)
+	}
+	if err := json.Unmarshal(raw, &ask); err != nil {
+		return ask, 0, errorf(http.StatusBadRequest, "held create: %s: %v", wire.HeaderHeldAsk, err)
+	}
+	if err := ask.Check(); err != nil {
+		return ask, 0, errorf(http.StatusBadRequest, "held create: %v", err)
+	}
+	at, _ := strconv.ParseInt(signedAt, 10, 64)
+	return ask, at, nil
 }

@@ -24,8 +24,6 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -216,9 +214,10 @@ type Refusal struct {
 
 func (r *Refusal) Error() string { return r.Msg }
 
-// Take stores a create and queues its job; it returns the answer a worker
-// gives for a queued job, under the job's signed id.
-func (h *Holder) Take(r *http.Request) (Object, error) {
+// Take stores a create and queues its job as ask says (the filter's
+// queue request: priority, tenant, cost, model); it returns the answer a
+// worker gives for a queued job, under the job's signed id.
+func (h *Holder) Take(r *http.Request, ask wire.QueueRequest) (Object, error) {
 	if r.ContentLength > h.o.MaxBytes {
 		return Object{}, &Refusal{Status: http.StatusRequestEntityTooLarge,
 			Msg: fmt.Sprintf("the create's body (%d bytes) is over the %d bytes the router may hold (--max-held-bytes)", r.ContentLength, h.o.MaxBytes)}
@@ -255,14 +254,10 @@ func (h *Holder) Take(r *http.Request) (Object, error) {
 	now := h.o.Now()
 	obj.CreatedAt = now.Unix()
 	j := &Job{ID: id, Path: r.URL.RequestURI(), Header: keptHeaders(r.Header), Bytes: n, State: Waiting, Object: obj,
-		Created: now, Model: r.Header.Get(wire.HeaderModel)}
-	j.Priority, _ = wire.ParsePriority(strings.TrimSpace(r.Header.Get(wire.HeaderPriority)))
-	if t := r.Header.Get(wire.HeaderTenant); wire.ValidTenant(t) {
-		j.Tenant = t
-	} else {
+		Created: now, Model: ask.Model, Priority: ask.Priority, Tenant: ask.Tenant, Cost: ask.Cost}
+	if !wire.ValidTenant(j.Tenant) {
 		j.Tenant = wire.DefaultTenant
 	}
-	j.Cost, _ = strconv.ParseInt(r.Header.Get(wire.HeaderCost), 10, 64)
 	h.mu.Lock()
 	if h.bytes+n > h.o.MaxBytes {
 		h.mu.Unlock()

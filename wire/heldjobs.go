@@ -22,6 +22,10 @@ const (
 	// names, or a job list the control plane merges. The filter takes
 	// it only when the signature checks out.
 	HeaderForward = "x-diffusion-forward"
+	// HeaderHeldAsk carries a held create's QueueRequest (base64url
+	// JSON), signed as queue calls are (HeaderSyncTime,
+	// HeaderSyncSignature over the JSON).
+	HeaderHeldAsk = "x-diffusion-held-ask"
 	// HeaderNode is the answer's header naming the Envoy (its node id)
 	// that sent a forwarded create, whose reports then count the job.
 	HeaderNode = "x-diffusion-node"

@@ -1,6 +1,8 @@
 package tagger
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"strconv"
 	"time"
 
@@ -46,14 +48,27 @@ func (c *httpContext) holdsJob() bool {
 	return c.p.cfg.HoldJobs && c.task == TaskVideo && c.method == "POST" && !c.forwarded
 }
 
-// hold sends the request to the control plane's held jobs: its priority
-// and tenant are tagged already; its cost goes with it.
+// hold sends the request to the control plane's held jobs with its ask
+// (wire.HeaderHeldAsk): what the queue takes of it, and what this Envoy
+// counts now on the workers it weighed, signed as a queue call is.
 func (c *httpContext) hold(cost int64) {
 	c.rewrite = false // the control plane's answer carries its own ids
-	_ = proxywasm.ReplaceHttpRequestHeader(wire.HeaderCost, strconv.FormatInt(cost, 10))
-	if err := proxywasm.ReplaceHttpRequestHeader(wire.HeaderHeld, "create"); err != nil {
-		c.fail("set "+wire.HeaderHeld, err)
+	body, err := json.Marshal(c.queueRequest(cost))
+	if err != nil {
+		c.fail("held ask", err)
 		return
+	}
+	at := nowMicro() / 1000
+	for _, h := range [][2]string{
+		{wire.HeaderHeldAsk, base64.RawURLEncoding.EncodeToString(body)},
+		{wire.HeaderSyncTime, strconv.FormatInt(at, 10)},
+		{wire.HeaderSyncSignature, wire.SyncSignature(c.p.picker.secret, at, body)},
+		{wire.HeaderHeld, "create"},
+	} {
+		if err := proxywasm.ReplaceHttpRequestHeader(h[0], h[1]); err != nil {
+			c.fail("set "+h[0], err)
+			return
+		}
 	}
 	c.p.picker.held.Increment(1)
 }

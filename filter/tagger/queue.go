@@ -91,15 +91,8 @@ func (c *httpContext) tagQueue() {
 // whether the request now waits (false: the queue cannot be asked).
 func (c *httpContext) enqueue(cost int64, known bool) bool {
 	pk := c.p.picker
-	ticket := newRequestID()[:24]
-	qr := wire.QueueRequest{Node: pk.envoyID(), Ticket: ticket, Priority: c.priority, Tenant: c.tenant,
-		Cost: cost, Pool: int(poolOf(c.task)), Model: c.model, Hosts: []wire.HostReport{}}
-	// What this Envoy counts now on the workers the pick weighed (the
-	// records choose read): the queue must not grant a slot taken here
-	// since the last report.
-	for _, h := range pk.tab.Hosts {
-		qr.Hosts = append(qr.Hosts, hostReport(h))
-	}
+	qr := c.queueRequest(cost)
+	ticket := qr.Ticket
 	body, err := json.Marshal(qr)
 	if err != nil {
 		return false
@@ -115,6 +108,19 @@ func (c *httpContext) enqueue(cost int64, known bool) bool {
 	c.ticket, c.waiting, c.queuedCost, c.queuedKnown, c.queuedAt = ticket, true, cost, known, nowMicro()
 	pk.queued.Increment(1)
 	return true
+}
+
+// queueRequest is the request as the queue takes it, with what this Envoy
+// counts now on the workers the pick weighed (the records choose read):
+// the queue must not grant a slot taken here since the last report.
+func (c *httpContext) queueRequest(cost int64) wire.QueueRequest {
+	pk := c.p.picker
+	qr := wire.QueueRequest{Node: pk.envoyID(), Ticket: newRequestID()[:24], Priority: c.priority, Tenant: c.tenant,
+		Cost: cost, Pool: int(poolOf(c.task)), Model: c.model, Hosts: []wire.HostReport{}}
+	for _, h := range pk.tab.Hosts {
+		qr.Hosts = append(qr.Hosts, hostReport(h))
+	}
+	return qr
 }
 
 // onTurn is the control plane's answer: the request's worker, a refusal,

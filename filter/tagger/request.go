@@ -22,7 +22,7 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 		return c.fail("read :path", err)
 	}
 	// Tags are the router's word, never the client's.
-	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry, wire.HeaderQueueMs, wire.HeaderHeld} {
+	for _, h := range []string{wire.HeaderTask, wire.HeaderModel, wire.HeaderCost, wire.HeaderTarget, wire.HeaderPick, wire.HeaderPickRetry, wire.HeaderQueueMs, wire.HeaderHeld, wire.HeaderHeldAsk} {
 		_ = proxywasm.RemoveHttpRequestHeader(h)
 	}
 	c.task, c.method = Classify(method, path), method
