@@ -9,8 +9,8 @@ import (
 
 type grant struct {
 	node, ticket, addr string
-	cost       int64
-	at         time.Time
+	cost               int64
+	at                 time.Time
 	// freed is the worker's count of reported ends (Fleet.Freed) when
 	// granted, and before the requests it ran then: once more than
 	// before further ends are reported, this one ended too (a worker runs

@@ -64,12 +64,12 @@ type router struct {
 	stateDir, tlsDir string
 	// keepState keeps an owned state directory at exit: it holds video
 	// jobs that still wait.
-	keepState bool
-	serverTLS        *tls.Config
-	adopt            runningEnvoy
-	apiLis, xdsLis   net.Listener
-	addrs            Addresses
-	opts             translate.Options
+	keepState      bool
+	serverTLS      *tls.Config
+	adopt          runningEnvoy
+	apiLis, xdsLis net.Listener
+	addrs          Addresses
+	opts           translate.Options
 
 	reg        *registry.Registry
 	xds        *xdsserver.Server
