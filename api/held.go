@@ -100,7 +100,7 @@ func (s *Server) heldJob(w http.ResponseWriter, r *http.Request) {
 		if r.URL.RawQuery != "" {
 			target += "?" + r.URL.RawQuery
 		}
-		s.relay(w, r, target, map[string]string{j.Wrapped: public}, false)
+		s.relay(w, r, target, func(id string) (string, bool) { return public, id == j.Wrapped })
 		return
 	}
 	status := "queued"
@@ -141,78 +141,106 @@ func heldObject(j heldjobs.Job, public string) heldjobs.Object {
 	return o
 }
 
-// heldList is a worker's job list with the held jobs in it: the waiting
-// ones (first when newest first, the default), and sent ones under the
-// ids their clients hold.
+// heldList is a worker's job list with the held jobs in it. Jobs that
+// still wait are the newest of all (nothing is sent to a worker at once
+// while jobs wait), so in the list's order (newest first by default, or
+// ?order=asc) they come before (after) the worker's jobs; sent jobs show
+// under the ids their clients hold. A ?video_id= or ?after= naming a held
+// job is answered for it.
 func (s *Server) heldList(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	sent := s.Held.SentIDs()
-	rename := make(map[string]string, len(sent))
-	for wrapped, id := range sent {
-		rename[wrapped] = s.Held.PublicID(id)
-	}
-	waiting := s.Held.Waiting()
-	// A query naming a held job: a sent one by its worker's id; a waiting
-	// one is the list's own.
-	for _, name := range []string{"video_id", "after"} {
-		v := q.Get(name)
-		if v == "" {
-			continue
+	asc := strings.EqualFold(q.Get("order"), "asc")
+	waiting := s.Held.Waiting() // oldest first
+	askWorker, addWaiting := true, true
+	if v := q.Get("video_id"); v != "" {
+		addWaiting = false
+		if j, ok := s.Held.Lookup(v); ok {
+			if j.State != heldjobs.Sent {
+				data := []heldjobs.Object{}
+				if j.State != heldjobs.Deleted {
+					data = append(data, heldObject(j, v))
+				}
+				writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+				return
+			}
+			q.Set("video_id", j.Wrapped)
 		}
+	}
+	if v := q.Get("after"); v != "" {
 		j, ok := s.Held.Lookup(v)
+		i := slices.IndexFunc(waiting, func(x heldjobs.Job) bool { return x.ID == j.ID })
 		switch {
-		case !ok:
-		case j.State == heldjobs.Sent:
-			q.Set(name, j.Wrapped)
-		case name == "video_id":
-			data := []heldjobs.Object{}
-			if j.State != heldjobs.Deleted {
-				data = append(data, heldObject(j, v))
-			}
-			writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
-			return
+		case ok && j.State == heldjobs.Sent:
+			q.Set("after", j.Wrapped)
+			addWaiting = asc
+		case ok && i >= 0 && asc:
+			// Past a waiting job: only newer waiting ones.
+			waiting, askWorker = waiting[i+1:], false
+		case ok && i >= 0:
+			// Past a waiting job, newest first: the older waiting ones,
+			// then the worker's whole list.
+			waiting = waiting[:i]
+			q.Del("after")
 		default:
-			// After a waiting job: the waiting ones past it, then the
-			// worker's list.
-			q.Del(name)
-			if i := slices.IndexFunc(waiting, func(x heldjobs.Job) bool { return x.ID == j.ID }); i >= 0 {
-				waiting = slices.Delete(waiting, 0, i+1)
-			}
+			// A worker's cursor: the waiting jobs came before it, newest
+			// first, and come after its list oldest first.
+			addWaiting = asc
 		}
 	}
-	target := wire.PathVideos
-	if enc := q.Encode(); enc != "" {
-		target += "?" + enc
+	if !addWaiting {
+		waiting = nil
 	}
-	resp, err := s.Held.Forward(r.Context(), http.MethodGet, target, r.Header, nil, q.Get("video_id") == "" && q.Get("after") == "")
-	var list struct {
+	list := struct {
 		Object  string            `json:"object"`
 		Data    []json.RawMessage `json:"data"`
 		HasMore *bool             `json:"has_more,omitempty"`
-	}
-	if err == nil {
-		defer resp.Body.Close()
-		body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		if (rerr != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(body, &list) != nil) && len(waiting) == 0 {
-			// Nothing held to show: the worker's answer as it is.
-			copyHeaders(w.Header(), resp.Header)
-			w.WriteHeader(resp.StatusCode)
-			_, _ = w.Write(body)
+	}{Object: "list"}
+	if askWorker {
+		target := wire.PathVideos
+		if enc := q.Encode(); enc != "" {
+			target += "?" + enc
+		}
+		resp, err := s.Held.Forward(r.Context(), http.MethodGet, target, r.Header, nil, true)
+		if err != nil && len(waiting) == 0 {
+			writeError(w, errorf(http.StatusBadGateway, "listing a worker's jobs: %v", err))
 			return
 		}
-	} else if len(waiting) == 0 {
-		writeError(w, errorf(http.StatusBadGateway, "listing a worker's jobs: %v", err))
-		return
+		if err == nil {
+			defer resp.Body.Close()
+			body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+			if rerr != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(body, &list) != nil {
+				if len(waiting) == 0 {
+					// Nothing held to show: the worker's answer as it is.
+					copyHeaders(w.Header(), resp.Header)
+					w.WriteHeader(resp.StatusCode)
+					_, _ = w.Write(body)
+					return
+				}
+				list.Data = nil
+			}
+			if v := resp.Header.Get(wire.HeaderWeightVersion); v != "" {
+				w.Header().Set(wire.HeaderWeightVersion, v)
+			}
+		}
+	}
+	rename := func(wrapped string) (string, bool) {
+		id, ok := s.Held.SentAs(wrapped)
+		if !ok {
+			return "", false
+		}
+		return s.Held.PublicID(id), true
 	}
 	for i, raw := range list.Data {
 		list.Data[i] = renameIDs(raw, rename)
 	}
 	held := make([]json.RawMessage, 0, len(waiting))
 	for _, j := range waiting {
-		b, _ := json.Marshal(heldObject(j, s.Held.PublicID(j.ID)))
-		held = append(held, b)
+		b, err := json.Marshal(heldObject(j, s.Held.PublicID(j.ID)))
+		if err == nil {
+			held = append(held, b)
+		}
 	}
-	if strings.EqualFold(q.Get("order"), "asc") {
+	if asc {
 		list.Data = append(list.Data, held...)
 	} else {
 		slices.Reverse(held)
@@ -220,28 +248,35 @@ func (s *Server) heldList(w http.ResponseWriter, r *http.Request) {
 	}
 	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n > 0 && len(list.Data) > n {
 		list.Data = list.Data[:n]
+		more := true
+		list.HasMore = &more
 	}
-	list.Object = "list"
 	if list.Data == nil {
 		list.Data = []json.RawMessage{}
 	}
+	list.Object = "list"
 	writeJSON(w, http.StatusOK, list)
 }
 
-// renameIDs puts the ids clients hold in place of their workers' ids.
-func renameIDs(b []byte, rename map[string]string) []byte {
-	for from, to := range rename {
-		if bytes.Contains(b, []byte(from)) {
-			b = bytes.ReplaceAll(b, []byte(strconv.Quote(from)), []byte(strconv.Quote(to)))
-		}
+// renameIDs puts the id its client holds in place of a job object's
+// worker id (b is one job object).
+func renameIDs(b []byte, rename func(string) (string, bool)) []byte {
+	var o struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(b, &o) != nil {
+		return b
+	}
+	if to, ok := rename(o.ID); ok {
+		return bytes.ReplaceAll(b, []byte(strconv.Quote(o.ID)), []byte(strconv.Quote(to)))
 	}
 	return b
 }
 
 // relay passes a call on through an Envoy and its answer back, JSON
 // answers with rename applied.
-func (s *Server) relay(w http.ResponseWriter, r *http.Request, target string, rename map[string]string, listing bool) {
-	resp, err := s.Held.Forward(r.Context(), r.Method, target, r.Header, r.Body, listing)
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, target string, rename func(string) (string, bool)) {
+	resp, err := s.Held.Forward(r.Context(), r.Method, target, r.Header, r.Body, false)
 	if err != nil {
 		writeError(w, errorf(http.StatusBadGateway, "passing the call to the job's worker: %v", err))
 		return

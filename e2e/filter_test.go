@@ -146,7 +146,7 @@ func TestVideoJobsAcrossWorkers(t *testing.T) {
 		}
 		id := resp.JSON(t)["id"].(string)
 		ids = append(ids, id)
-		holders[id] = resp.Header.Get("X-Worker-Id")
+		holders[id] = jobWorker(t, r.Front, resp)
 	}
 	if n := len(distinct(holders)); n < 4 {
 		t.Fatalf("24 jobs landed on only %d workers", n)

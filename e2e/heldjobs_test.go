@@ -114,7 +114,16 @@ func TestVideoCreatesAnswerAtOnce(t *testing.T) {
 		t.Fatalf("the router held %v of 64 creates sent at once to 4 workers; want most", h["taken"])
 	}
 	for _, id := range ids {
-		waitCompleted(t, r.Front, id, 3*time.Minute)
+		job := waitCompleted(t, r.Front, id, 3*time.Minute)
+		// Every answer about a job names the weights that made it: a
+		// held job's too, once its worker has it.
+		res := get(t, r.Front+wire.PathVideos+"/"+id)
+		if v := res.Header.Get(wire.HeaderWeightVersion); v == "" || job["id"] != id {
+			t.Fatalf("completed job %s: version %q, id %v", id, v, job["id"])
+		}
+		if c := get(t, r.Front+wire.PathVideos+"/"+id+"/content"); c.Status != 200 || c.Header.Get("Content-Type") != "video/mp4" {
+			t.Fatalf("content of %s = %d %s", id, c.Status, c.Header.Get("Content-Type"))
+		}
 	}
 	prompts := map[string]int{}
 	for _, w := range ws {
@@ -192,7 +201,7 @@ func TestHeldJobsSurviveKill(t *testing.T) {
 	// Both workers busy for a while: what follows waits in the router.
 	var long []string
 	for i := range 2 {
-		long = append(long, createVideo(t, r.Front, map[string]any{"prompt": "long " + strconv.Itoa(i), "num_inference_steps": 50, "size": "1024x1024"})["id"].(string))
+		long = append(long, createVideo(t, r.Front, map[string]any{"prompt": "long " + strconv.Itoa(i), "num_inference_steps": 8, "size": "512x512"})["id"].(string))
 	}
 	var ids []string
 	for i := range 32 {
@@ -223,4 +232,21 @@ func TestHeldJobsSurviveKill(t *testing.T) {
 func jsonBody(v any) *bytes.Reader {
 	b, _ := json.Marshal(v)
 	return bytes.NewReader(b)
+}
+
+// jobWorker is the worker (its X-Worker-Id) a created job runs on: the
+// create's answer names it, or, for a job the router held, the first poll
+// that its worker answers.
+func jobWorker(t *testing.T, front string, create response) string {
+	t.Helper()
+	if w := create.Header.Get("X-Worker-Id"); w != "" {
+		return w
+	}
+	id, _ := create.JSON(t)["id"].(string)
+	var worker string
+	eventually(t, time.Minute, "held job "+id+" to reach its worker", func() bool {
+		worker = get(t, front+wire.PathVideos+"/"+id).Header.Get("X-Worker-Id")
+		return worker != ""
+	})
+	return worker
 }

@@ -101,6 +101,10 @@ type Holder struct {
 	ctx  context.Context
 	wg   sync.WaitGroup
 	done chan struct{}
+	// pending are the queue entries of jobs taken before Run.
+	pending map[string]*queue.Entry
+	// byWrapped finds a sent job by its worker's id (as signed).
+	byWrapped map[string]string
 }
 
 // Open loads the jobs stored in o.Dir: those waiting (or being sent when
@@ -130,9 +134,12 @@ func Open(o Options) (*Holder, error) {
 		st.close()
 		return nil, err
 	}
-	h := &Holder{o: o, st: st, jobs: map[string]*Job{}, done: make(chan struct{})}
+	h := &Holder{o: o, st: st, jobs: map[string]*Job{}, done: make(chan struct{}), pending: map[string]*queue.Entry{}, byWrapped: map[string]string{}}
 	for _, j := range jobs {
 		h.jobs[j.ID] = j
+		if j.State == Sent {
+			h.byWrapped[j.Wrapped] = j.ID
+		}
 		if j.State == Waiting || j.State == Sending {
 			h.bytes += j.Bytes
 		}
@@ -163,7 +170,14 @@ func (h *Holder) Run(ctx context.Context) {
 				Warn("held job was being sent when the router stopped; sending it again: it may run twice")
 			j.State = Waiting
 		}
-		h.start(j)
+		e, ok := h.pending[j.ID]
+		delete(h.pending, j.ID)
+		if !ok {
+			// Entered here, in their order (a refusal: its goroutine
+			// tries again).
+			e, _ = h.o.Queue.Enter(request(j))
+		}
+		h.start(j, e)
 	}
 	if n := len(waiting); n > 0 {
 		h.o.Log.WithField("jobs", n).Info("held video jobs restored; they wait for their turn again")
@@ -195,13 +209,21 @@ func (h *Holder) Close() (int, error) {
 	return h.Status().Waiting, h.st.close()
 }
 
-// start runs a job's turn; h.mu is held.
-func (h *Holder) start(j *Job) {
+// start runs a job's turn, entered in the queue already (e) or not
+// (nil); h.mu is held.
+func (h *Holder) start(j *Job, e *queue.Entry) {
 	if h.ctx == nil {
-		return // Run starts it
+		h.pending[j.ID] = e // Run starts it
+		return
 	}
 	h.wg.Add(1)
-	go h.run(h.ctx, j)
+	go h.run(h.ctx, j, e)
+}
+
+// request is a job as the queue takes it.
+func request(j *Job) queue.Request {
+	return queue.Request{Key: queue.Key{Node: Node, Ticket: j.ID}, Priority: j.Priority, Tenant: j.Tenant, Cost: j.Cost,
+		Pool: leastwork.PoolVideo, Model: j.Model}
 }
 
 // Refusal is a create the holder did not take: the status and reason to
@@ -266,17 +288,28 @@ func (h *Holder) Take(r *http.Request, ask wire.QueueRequest) (Object, error) {
 	}
 	h.bytes += n
 	h.mu.Unlock()
-	if err := h.save(j); err != nil {
+	undo := func() {
 		h.mu.Lock()
 		h.bytes -= n
 		h.mu.Unlock()
 		h.st.removeBody(id)
+	}
+	// In the queue before its create is answered: a client's creates
+	// keep their order.
+	e, err := h.o.Queue.Enter(request(j))
+	if err != nil {
+		undo()
+		return Object{}, &Refusal{Status: http.StatusTooManyRequests, RetryAfter: 5, Msg: err.Error()}
+	}
+	if err := h.save(j); err != nil {
+		h.o.Queue.Cancel(request(j).Key)
+		undo()
 		return Object{}, err
 	}
 	h.mu.Lock()
 	h.jobs[id] = j
 	h.stats.Taken++
-	h.start(j)
+	h.start(j, e)
 	h.mu.Unlock()
 	obj.ID = h.PublicID(id)
 	return obj, nil
@@ -311,16 +344,28 @@ func (h *Holder) save(j *Job) error {
 
 // run is one job's turn: it waits in the queue, then is sent; a send no
 // worker took waits again.
-func (h *Holder) run(ctx context.Context, j *Job) {
+func (h *Holder) run(ctx context.Context, j *Job, e *queue.Entry) {
 	defer h.wg.Done()
 	key := queue.Key{Node: Node, Ticket: j.ID}
 	var noWorkerSince time.Time
 	for {
-		h.mu.Lock()
-		req := queue.Request{Key: key, Priority: j.Priority, Tenant: j.Tenant, Cost: j.Cost,
-			Pool: leastwork.PoolVideo, Model: j.Model}
-		h.mu.Unlock()
-		g, err := h.o.Queue.Wait(ctx, req)
+		var err error
+		if e == nil {
+			// Entered under h.mu: a delete either finds it in the queue
+			// or stops it here.
+			h.mu.Lock()
+			if j.State != Waiting {
+				h.mu.Unlock()
+				return
+			}
+			e, err = h.o.Queue.Enter(request(j))
+			h.mu.Unlock()
+		}
+		var g queue.Grant
+		if err == nil {
+			g, err = e.Wait(ctx)
+		}
+		e = nil
 		switch {
 		case ctx.Err() != nil:
 			return // stopping: it stays stored
@@ -362,6 +407,7 @@ func (h *Holder) run(ctx context.Context, j *Job) {
 		case out.sent:
 			h.mu.Lock()
 			j.State, j.Wrapped, j.Worker, j.SentAt = Sent, out.wrapped, out.worker, h.o.Now()
+			h.byWrapped[j.Wrapped] = j.ID
 			h.stats.Sent++
 			h.bytes -= j.Bytes
 			h.mu.Unlock()
@@ -478,17 +524,13 @@ func (h *Holder) Waiting() []Job {
 	return out
 }
 
-// SentIDs maps the worker ids (as signed) of sent jobs to their held ids.
-func (h *Holder) SentIDs() map[string]string {
+// SentAs returns the id (the router's) of the held job its worker knows
+// as wrapped (its id as its Envoy signed it), if it is one.
+func (h *Holder) SentAs(wrapped string) (string, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := map[string]string{}
-	for _, j := range h.jobs {
-		if j.State == Sent {
-			out[j.Wrapped] = j.ID
-		}
-	}
-	return out
+	id, ok := h.byWrapped[wrapped]
+	return id, ok
 }
 
 // Status is what GET /queue and the metrics show of held jobs.
@@ -537,6 +579,7 @@ func (h *Holder) forget() {
 		if now.Sub(endedAt(j)) > h.o.Retain || len(h.jobs)-len(drop) > maxRecords && i < len(ended) {
 			drop = append(drop, j.ID)
 			delete(h.jobs, j.ID)
+			delete(h.byWrapped, j.Wrapped)
 		}
 	}
 	h.mu.Unlock()

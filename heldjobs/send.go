@@ -64,7 +64,8 @@ func (h *Holder) send(ctx context.Context, j *Job, worker string) sendOutcome {
 	for k, v := range j.Header {
 		req.Header[k] = v
 	}
-	req.Header.Set(wire.HeaderForward, wire.ForwardToken(h.o.Secret, h.o.Now().UnixMilli(), worker))
+	now := h.o.Now()
+	req.Header.Set(wire.HeaderForward, wire.ForwardToken(h.o.Secret, now.UnixMilli(), wire.Forward{Worker: worker, WaitedMs: max(now.Sub(j.Created).Milliseconds(), 0)}))
 	resp, err := h.o.Client.Do(req)
 	if err != nil {
 		return sendOutcome{retry: err.Error()}
@@ -134,7 +135,7 @@ func (h *Holder) Forward(ctx context.Context, method, target string, header http
 	}
 	if listing {
 		// Not handed back here: the list of a worker, merged by the caller.
-		req.Header.Set(wire.HeaderForward, wire.ForwardToken(h.o.Secret, h.o.Now().UnixMilli(), ""))
+		req.Header.Set(wire.HeaderForward, wire.ForwardToken(h.o.Secret, h.o.Now().UnixMilli(), wire.Forward{}))
 	}
 	return h.o.Client.Do(req)
 }

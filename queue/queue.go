@@ -218,11 +218,35 @@ func (q *Queue) Waiting() int {
 // the timeout (ErrTimeout), it is cancelled (ErrCancelled) or ctx ends.
 // A refusal (ErrFull, ErrTenantFull, ErrDuplicate) returns at once.
 func (q *Queue) Wait(ctx context.Context, r Request) (Grant, error) {
-	w, err := q.add(r)
+	e, err := q.Enter(r)
 	if err != nil {
 		return Grant{}, err
 	}
+	return e.Wait(ctx)
+}
+
+// Entry is a request in the queue, entered apart from its wait: a caller
+// that must know its requests entered in order (package heldjobs) enters
+// them one by one and waits for each elsewhere.
+type Entry struct {
+	q *Queue
+	w *waiter
+}
+
+// Enter queues r; a refusal (ErrFull, ErrTenantFull, ErrDuplicate)
+// returns at once.
+func (q *Queue) Enter(r Request) (*Entry, error) {
+	w, err := q.add(r)
+	if err != nil {
+		return nil, err
+	}
 	q.Kick()
+	return &Entry{q: q, w: w}, nil
+}
+
+// Wait is Queue.Wait for an entered request; call it once.
+func (e *Entry) Wait(ctx context.Context) (Grant, error) {
+	q, w := e.q, e.w
 	var timeout <-chan time.Time
 	if q.opts.Timeout > 0 {
 		t := time.NewTimer(q.opts.Timeout)

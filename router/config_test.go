@@ -53,6 +53,38 @@ func TestParse(t *testing.T) {
 				t.Fatalf("level = %q", c.LogLevel)
 			}
 		}},
+		{name: "held jobs through the local Envoy by default", args: []string{"--port", "4000"}, check: func(t *testing.T, c Config) {
+			if got := c.HeldEnvoyURL(); got != "http://127.0.0.1:4000" || c.Queue.MaxHeldBytes != 1<<30 {
+				t.Fatalf("held envoy %q, max %d", got, c.Queue.MaxHeldBytes)
+			}
+		}},
+		{name: "held jobs on an IPv6 front", args: []string{"--host", "::", "--port", "4000"}, check: func(t *testing.T, c Config) {
+			if got := c.HeldEnvoyURL(); got != "http://[::1]:4000" {
+				t.Fatalf("held envoy %q", got)
+			}
+		}},
+		{name: "no held jobs without the queue", args: []string{"--queue=false"}, check: func(t *testing.T, c Config) {
+			if got := c.HeldEnvoyURL(); got != "" {
+				t.Fatalf("held envoy %q", got)
+			}
+		}},
+		{name: "held jobs off", args: []string{"--hold-video-jobs=false"}, check: func(t *testing.T, c Config) {
+			if got := c.HeldEnvoyURL(); got != "" {
+				t.Fatalf("held envoy %q", got)
+			}
+		}},
+		{name: "held jobs with external Envoys need their address", args: []string{"--external-envoy", "--state-dir", "/tmp/s", "--wasm-filter", "/f.wasm"}, check: func(t *testing.T, c Config) {
+			if got := c.HeldEnvoyURL(); got != "" {
+				t.Fatalf("held envoy %q", got)
+			}
+		}},
+		{name: "held jobs through a named Envoy", args: []string{"--external-envoy", "--state-dir", "/tmp/s", "--wasm-filter", "/f.wasm", "--held-jobs-envoy", "http://envoy:8080/"}, check: func(t *testing.T, c Config) {
+			if got := c.HeldEnvoyURL(); got != "http://envoy:8080" {
+				t.Fatalf("held envoy %q", got)
+			}
+		}},
+		{name: "held jobs envoy not a URL", args: []string{"--held-jobs-envoy", "envoy:8080"}, wantErr: true},
+		{name: "held bytes zero", args: []string{"--max-held-bytes", "0"}, wantErr: true},
 		{name: "bad policy", args: []string{"--routing-algorithm", "fastest"}, wantErr: true},
 		{name: "negative overdue factor", args: []string{"--overdue-factor", "-1"}, wantErr: true},
 		{name: "overdue defaults", args: nil, check: func(t *testing.T, c Config) {

@@ -42,23 +42,35 @@ const (
 // the same secret.
 const forwardLabel = "diffusion-router forward\n"
 
-// ForwardToken is HeaderForward's value for a request sent to worker
-// ("" for a list): the signing time (Unix ms), the worker and a
-// signature.
-func ForwardToken(secret []byte, unixMs int64, worker string) string {
-	return strconv.FormatInt(unixMs, 10) + " " + worker + " " + SyncSignature(secret, unixMs, []byte(forwardLabel+worker))
+// Forward is what a forward token carries: the worker a held job was
+// granted ("" for a list) and how long the job waited in the router (its
+// span shows it, as a queued request's does).
+type Forward struct {
+	Worker   string
+	WaitedMs int64
 }
 
-// CheckForward verifies a HeaderForward value and returns the worker it
-// names ("" for none). A token is good for SyncClockSkew, which bounds how
-// long a copied one could steer a request past the queue.
-func CheckForward(secret []byte, value string, now time.Time) (string, error) {
+// ForwardToken is HeaderForward's value: the signing time (Unix ms), the
+// worker, the wait and a signature over them.
+func ForwardToken(secret []byte, unixMs int64, f Forward) string {
+	signed := f.Worker + " " + strconv.FormatInt(f.WaitedMs, 10)
+	return strconv.FormatInt(unixMs, 10) + " " + signed + " " + SyncSignature(secret, unixMs, []byte(forwardLabel+signed))
+}
+
+// CheckForward verifies a HeaderForward value. A token is good for
+// SyncClockSkew, which bounds how long a copied one could steer a request
+// past the queue.
+func CheckForward(secret []byte, value string, now time.Time) (Forward, error) {
 	parts := strings.Split(value, " ")
-	if len(parts) != 3 {
-		return "", fmt.Errorf("%s: want \"<unix ms> <worker> <signature>\"", HeaderForward)
+	if len(parts) != 4 {
+		return Forward{}, fmt.Errorf("%s: want \"<unix ms> <worker> <waited ms> <signature>\"", HeaderForward)
 	}
-	if err := CheckSyncSignature(secret, parts[0], parts[2], []byte(forwardLabel+parts[1]), now); err != nil {
-		return "", fmt.Errorf("%s: %w", HeaderForward, err)
+	waited, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil || waited < 0 {
+		return Forward{}, fmt.Errorf("%s: the wait must be milliseconds", HeaderForward)
 	}
-	return parts[1], nil
+	if err := CheckSyncSignature(secret, parts[0], parts[3], []byte(forwardLabel+parts[1]+" "+parts[2]), now); err != nil {
+		return Forward{}, fmt.Errorf("%s: %w", HeaderForward, err)
+	}
+	return Forward{Worker: parts[1], WaitedMs: waited}, nil
 }

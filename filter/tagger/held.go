@@ -34,11 +34,16 @@ func (c *httpContext) readForward() (handled bool) {
 	if c.p.picker == nil {
 		return c.refuse(403, wire.HeaderForward+" is the router's own header; this Envoy does not pick workers")
 	}
-	worker, err := wire.CheckForward(c.p.picker.secret, v, time.UnixMicro(nowMicro()))
+	f, err := wire.CheckForward(c.p.picker.secret, v, time.UnixMicro(nowMicro()))
 	if err != nil {
 		return c.refuse(403, err.Error())
 	}
-	c.forwarded, c.forwardTo = true, worker
+	c.forwarded, c.forwardTo = true, f.Worker
+	if f.Worker != "" {
+		// The held job's wait in the router: a span tag, and the
+		// worker's to log, as for a request granted from the queue.
+		_ = proxywasm.ReplaceHttpRequestHeader(wire.HeaderQueueMs, strconv.FormatInt(f.WaitedMs, 10))
+	}
 	return false
 }
 

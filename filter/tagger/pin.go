@@ -70,6 +70,10 @@ func (c *httpContext) pinListQuery(base, query string) (types.Action, bool) {
 		}
 		ref, ok := c.p.signer.UnwrapRef(wrapped)
 		if ok && ref.Worker == wire.HeldWorker {
+			if c.forwarded {
+				// The control plane never forwards a held id.
+				return c.refuseJobID(wrapped), true
+			}
 			c.toHeld("list")
 			return types.ActionContinue, true
 		}

@@ -45,18 +45,20 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	if prefix, wrapped, suffix, ok := jobPath(path); ok {
 		return c.pinToWorker(path, prefix, wrapped, suffix)
 	}
+	base, query, _ := strings.Cut(path, "?")
+	if base == wire.PathVideos && method == "GET" && c.p.cfg.HoldJobs && !c.forwarded {
+		// A job list shows the jobs the router holds too: the control
+		// plane merges them into a worker's list (which it asks for
+		// through this filter, forwarded).
+		c.toHeld("list")
+		return types.ActionContinue
+	}
 	// A job list that names a job (?video_id=, or the ?after= cursor) is
 	// that job's worker's list.
-	if base, query, _ := strings.Cut(path, "?"); base == "/v1/videos" && method == "GET" && query != "" {
+	if base == wire.PathVideos && method == "GET" && query != "" {
 		if a, handled := c.pinListQuery(base, query); handled {
 			return a
 		}
-	}
-	if base, _, _ := strings.Cut(path, "?"); base == wire.PathVideos && method == "GET" && c.p.cfg.HoldJobs && !c.forwarded {
-		// A job list shows the jobs the router holds too: the control
-		// plane merges them into a worker's list.
-		c.toHeld("list")
-		return types.ActionContinue
 	}
 	switch {
 	case method == "POST" && (c.task == TaskVideo || c.task == TaskImage || c.task == TaskImageEdit):
