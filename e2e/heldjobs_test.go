@@ -250,3 +250,54 @@ func jobWorker(t *testing.T, front string, create response) string {
 	})
 	return worker
 }
+
+// Two Envoys, one set of jobs: a job held through one Envoy is polled,
+// listed and deleted through the other while it waits, and a job held
+// through one completes when polled through the other.
+func TestHeldJobsAcrossEnvoys(t *testing.T) {
+	t.Parallel()
+	ws, urls := startFleet(t, 1, "--task-type", "T2V", "--time-scale", "1")
+	front, _, admins := startLeastWorkReplicas(t, urls, "--queue", "--held-jobs-envoy", "http://127.0.0.1:{front}")
+	via := clientPerEnvoy(t, "http://127.0.0.1:"+strconv.Itoa(front), admins)
+	a, b := admins[0], admins[1]
+	send := func(admin, method, path, body string) map[string]any {
+		t.Helper()
+		code, raw, err := via.send(admin, method, path, body)
+		var v map[string]any
+		if err != nil || json.Unmarshal(raw, &v) != nil {
+			t.Fatalf("%s %s via %s: %d %s %v", method, path, admin, code, raw, err)
+		}
+		v["status_code"] = float64(code)
+		return v
+	}
+	send(a, "POST", wire.PathVideos, `{"prompt":"first","num_inference_steps":8,"size":"512x512"}`)
+	held := send(a, "POST", wire.PathVideos, `{"prompt":"deleted","num_inference_steps":1,"size":"256x256"}`)
+	id, _ := held["id"].(string)
+	if held["status"] != "queued" || id == "" {
+		t.Fatalf("second create via one Envoy: %v", held)
+	}
+	if v := send(b, "GET", wire.PathVideos+"/"+id, ""); v["status_code"] != 200.0 || v["status"] != "queued" {
+		t.Fatalf("poll via the other Envoy: %v", v)
+	}
+	list := send(b, "GET", wire.PathVideos, "")
+	data, _ := list["data"].([]any)
+	if !slices.ContainsFunc(data, func(d any) bool { return d.(map[string]any)["id"] == id }) {
+		t.Fatalf("list via the other Envoy does not show the held job: %v", list)
+	}
+	if v := send(b, "DELETE", wire.PathVideos+"/"+id, ""); v["deleted"] != true {
+		t.Fatalf("delete via the other Envoy: %v", v)
+	}
+	if v := send(a, "GET", wire.PathVideos+"/"+id, ""); v["status_code"] != 404.0 {
+		t.Fatalf("poll via the first Envoy after the delete: %v", v)
+	}
+	last := send(b, "POST", wire.PathVideos, `{"prompt":"last","num_inference_steps":1,"size":"256x256"}`)
+	lastID, _ := last["id"].(string)
+	eventually(t, time.Minute, "the job held via one Envoy to complete, polled via the other", func() bool {
+		return send(a, "GET", wire.PathVideos+"/"+lastID, "")["status"] == "completed"
+	})
+	prompts := map[string]int{}
+	workerPrompts(t, ws[0], prompts)
+	if prompts["deleted"] != 0 || prompts["first"] != 1 || prompts["last"] != 1 {
+		t.Fatalf("the worker was given %v", prompts)
+	}
+}

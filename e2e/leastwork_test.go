@@ -8,6 +8,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -302,6 +303,11 @@ func startLeastWorkReplicas(t *testing.T, urls []string, extra ...string) (front
 	t.Helper()
 	front = freePort(t)
 	state := t.TempDir()
+	extra = slices.Clone(extra)
+	for i, a := range extra {
+		// {front}: the front port, for flags that name it.
+		extra[i] = strings.ReplaceAll(a, "{front}", strconv.Itoa(front))
+	}
 	args := append([]string{"--external-envoy", "--host", "127.0.0.1", "--port", strconv.Itoa(front),
 		"--xds-port", strconv.Itoa(freePort(t)), "--state-dir", state, "--routing-algorithm", "least-work",
 		"--wasm-filter", filepath.Join(binDir, "diffusion-tagger.wasm"), "--worker-urls", strings.Join(urls, ",")}, extra...)
