@@ -322,7 +322,9 @@ func queueCmd(ctx context.Context, args []string) error {
 	burst := fs.Int("burst", 200, "requests in each burst")
 	service := fs.Duration("service-time", 100*time.Millisecond, "each request's service time")
 	out := fs.String("out", "", "output directory (default bench-results/<time>)")
-	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all: plain, slow-worker, priority, second-tenant, disconnects, drain-update, burst-resources, self-named, max-queued-50)")
+	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all: plain, slow-worker, priority, second-tenant, disconnects, drain-update, burst-resources, self-named, videos, videos-slow-worker, max-queued-50)")
+	videoJobs := fs.Int("video-jobs", 64, "video creates sent at once in the video scenarios")
+	videoTime := fs.Duration("video-time", 2*time.Second, "each video job's time on its worker")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -330,10 +332,11 @@ func queueCmd(ctx context.Context, args []string) error {
 	if *only != "" {
 		scenarios = strings.Split(*only, ",")
 	}
-	if *workers < 1 || *burst < 1 || *service <= 0 {
-		return fmt.Errorf("--workers, --burst and --service-time must be positive")
+	if *workers < 1 || *burst < 1 || *service <= 0 || *videoJobs < 1 || *videoTime <= 0 {
+		return fmt.Errorf("--workers, --burst, --service-time, --video-jobs and --video-time must be positive")
 	}
-	rows, err := bench.RunQueue(ctx, bench.QueueConfig{RouterBin: *bin, Workers: *workers, Burst: *burst, Service: *service, Scenarios: scenarios, Log: os.Stdout})
+	rows, err := bench.RunQueue(ctx, bench.QueueConfig{RouterBin: *bin, Workers: *workers, Burst: *burst, Service: *service, Scenarios: scenarios,
+		VideoJobs: *videoJobs, VideoTime: *videoTime, Log: os.Stdout})
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,9 @@ type QueueConfig struct {
 	Service   time.Duration
 	// Scenarios, if set, runs only these (by name).
 	Scenarios []string
+	// VideoJobs video creates of VideoTime each (the video scenarios).
+	VideoJobs int
+	VideoTime time.Duration
 	Log       io.Writer
 }
 
@@ -69,6 +72,14 @@ type QueueScenario struct {
 	// Resources: what the router holds before, during and after the
 	// burst (burst-resources).
 	Resources []ResourceSample `json:"resources,omitempty"`
+	// Video scenarios: the creates' latencies (s; p50, p99, max), how
+	// many jobs the router held, and jobs a worker was given more than
+	// once (by the workers' own job lists).
+	CreateP50S float64 `json:"create_p50_s,omitempty"`
+	CreateP99S float64 `json:"create_p99_s,omitempty"`
+	CreateMaxS float64 `json:"create_max_s,omitempty"`
+	Held       int     `json:"held,omitempty"`
+	RunTwice   int     `json:"run_twice"`
 }
 
 // DepthSample is where requests wait at one time.
@@ -86,21 +97,24 @@ func RunQueue(ctx context.Context, qc QueueConfig) ([]QueueScenario, error) {
 		name     string
 		run      func(context.Context, *queueLab) (QueueScenario, error)
 		bindings []string
+		task     string // the workers' task type ("": images)
 	}{
-		{"plain", plainBurst, []string{"early", "late", "late-at-free"}},
-		{"slow-worker", slowWorker, both},
-		{"priority", priorityProbe, both},
-		{"second-tenant", secondTenant, both},
-		{"disconnects", disconnects, both},
-		{"drain-update", drainUpdate, both},
-		{"burst-resources", burstResources, []string{"late"}},
-		{"self-named", selfNamed, []string{"late", "late-trusted"}},
+		{"plain", plainBurst, []string{"early", "late", "late-at-free"}, ""},
+		{"slow-worker", slowWorker, both, ""},
+		{"priority", priorityProbe, both, ""},
+		{"second-tenant", secondTenant, both, ""},
+		{"disconnects", disconnects, both, ""},
+		{"drain-update", drainUpdate, both, ""},
+		{"burst-resources", burstResources, []string{"late"}, ""},
+		{"self-named", selfNamed, []string{"late", "late-trusted"}, ""},
+		{"videos", videoBurst(false), both, "T2V"},
+		{"videos-slow-worker", videoBurst(true), both, "T2V"},
 	} {
 		if !qc.runs(sc.name) {
 			continue
 		}
 		for _, binding := range sc.bindings {
-			lab, err := newQueueLab(qc, binding, nil)
+			lab, err := newQueueLab(qc, binding, nil, sc.task)
 			if err != nil {
 				return out, err
 			}
@@ -117,7 +131,7 @@ func RunQueue(ctx context.Context, qc QueueConfig) ([]QueueScenario, error) {
 	if !qc.runs("max-queued-50") {
 		return out, nil
 	}
-	lab, err := newQueueLab(qc, "late", []string{"--max-queued", "50"})
+	lab, err := newQueueLab(qc, "late", []string{"--max-queued", "50"}, "")
 	if err != nil {
 		return out, err
 	}
@@ -142,6 +156,10 @@ func (qc QueueConfig) logf(format string, a ...any) {
 }
 
 func (r QueueScenario) summary() string {
+	if r.CreateP99S > 0 {
+		return fmt.Sprintf("makespan %.2fs creates p50 %.3fs p99 %.3fs max %.3fs held %d completed %d lost %d run-twice %d",
+			r.MakespanS, r.CreateP50S, r.CreateP99S, r.CreateMaxS, r.Held, r.Served, r.Lost, r.RunTwice)
+	}
 	if len(r.Resources) > 0 {
 		var b strings.Builder
 		fmt.Fprintf(&b, "makespan %.2fs served %d lost %d max-waiting %d;", r.MakespanS, r.Served, r.Lost, r.MaxWaiting)
@@ -171,9 +189,12 @@ type queueLab struct {
 	client  *http.Client
 }
 
-func newQueueLab(qc QueueConfig, binding string, extra []string) (*queueLab, error) {
+func newQueueLab(qc QueueConfig, binding string, extra []string, task string) (*queueLab, error) {
 	cfg := fakeworker.DefaultConfig()
 	cfg.TimeScale, cfg.Base, cfg.PerStep, cfg.Jitter, cfg.UpdateTime = 1, qc.Service, 0, 0, 4*qc.Service
+	if task != "" {
+		cfg.TaskType, cfg.Base = task, qc.VideoTime
+	}
 	urls, stop, err := Workers(qc.Workers, cfg)
 	if err != nil {
 		return nil, err
