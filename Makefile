@@ -60,6 +60,7 @@ test: fmt-check vet envoy
 	@for f in FuzzAddWorker FuzzWorkerByID FuzzFleetCalls; do \
 		$(GO) test -run XXX -fuzz "^$$f$$" -fuzztime 20000x ./api || exit 1; \
 	done
+	$(GO) test -run XXX -fuzz '^FuzzDescribe$$' -fuzztime 20000x ./heldjobs
 	$(MAKE) compose-test
 
 # docker compose up, for real: the project's compose file with images built
