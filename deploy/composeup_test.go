@@ -70,6 +70,33 @@ func TestComposeUp(t *testing.T) {
 	if code, hdr, _ := call(c, "GET", base+"/v1/videos/"+job.ID+"/content", ""); code != 200 || hdr.Get("Content-Type") != "video/mp4" {
 		t.Fatalf("content = %d %v", code, hdr)
 	}
+	// Two more at once for the one video worker: the second finds its
+	// slot taken and is held by the control plane, which sends it through
+	// the Envoy service (--held-jobs-envoy) when the first ends.
+	var more []string
+	for range 2 {
+		code, _, b := call(c, "POST", base+"/v1/videos", `{"prompt":"more waves","num_inference_steps":2,"size":"256x256"}`)
+		var j struct{ ID string }
+		if code != 200 || json.Unmarshal(b, &j) != nil || j.ID == "" {
+			t.Fatalf("video create = %d %.300s", code, b)
+		}
+		more = append(more, j.ID)
+	}
+	var queue struct {
+		Held struct {
+			Taken int `json:"taken"`
+		} `json:"held_jobs"`
+	}
+	if code, _, b := call(c, "GET", base+"/queue", ""); code != 200 || json.Unmarshal(b, &queue) != nil || queue.Held.Taken < 1 {
+		t.Fatalf("GET /queue = %d %.300s: want a held video job", code, b)
+	}
+	for _, id := range more {
+		eventually(t, ctx, time.Minute, "video job "+id+" to complete", func() bool {
+			code, _, b := call(c, "GET", base+"/v1/videos/"+id, "")
+			var j struct{ Status string }
+			return code == 200 && json.Unmarshal(b, &j) == nil && j.Status == "completed"
+		})
+	}
 
 	// The filter holds the control plane's job-id secret: it picks with
 	// the control plane's view (its syncs are signed with the secret) and

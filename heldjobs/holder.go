@@ -423,10 +423,16 @@ func (h *Holder) run(ctx context.Context, j *Job, e *queue.Entry) {
 		case out.refused != "":
 			h.fail(j, "worker_refused", out.refused)
 			return
-		case ctx.Err() != nil:
-			return // stopping while sending: Sending, sent again at start
 		default:
-			h.o.Log.WithFields(logrus.Fields{"job": j.ID, "worker": g.Worker, "reason": out.retry}).Info("held job: no worker took it; it waits again")
+			log := h.o.Log.WithFields(logrus.Fields{"job": j.ID, "worker": g.Worker, "reason": out.retry})
+			if out.maybe {
+				h.mu.Lock()
+				h.stats.Resent++
+				h.mu.Unlock()
+				log.Warn("held job: its send failed after it may have reached the worker; it waits again and may run twice")
+			} else {
+				log.Info("held job: no worker took it; it waits again")
+			}
 			h.moveTo(j, Sending, Waiting, "")
 			if err := h.save(j); err != nil {
 				h.o.Log.WithError(err).WithField("job", j.ID).Error("held job: recording that it waits again")
@@ -575,8 +581,8 @@ func (h *Holder) forget() {
 	}
 	slices.SortFunc(ended, func(a, b *Job) int { return endedAt(a).Compare(endedAt(b)) })
 	var drop []string
-	for i, j := range ended {
-		if now.Sub(endedAt(j)) > h.o.Retain || len(h.jobs)-len(drop) > maxRecords && i < len(ended) {
+	for _, j := range ended {
+		if now.Sub(endedAt(j)) > h.o.Retain || len(h.jobs)-len(drop) > maxRecords {
 			drop = append(drop, j.ID)
 			delete(h.jobs, j.ID)
 			delete(h.byWrapped, j.Wrapped)

@@ -3,11 +3,14 @@ package heldjobs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -39,18 +42,27 @@ func keptHeaders(h http.Header) map[string][]string {
 
 // sendOutcome is how a send ended: sent (the worker's id as signed, the
 // worker and the Envoy that sent it), refused by the worker (4xx: the
-// job can never run), or to retry (no worker took it).
+// job can never run), or to retry (no worker took it; maybe: one may
+// have, the answer was lost).
 type sendOutcome struct {
 	sent                 bool
 	wrapped, worker      string
 	node, refused, retry string
+	maybe                bool
 }
+
+// sendTimeout bounds a create's send (a worker answers a create at once);
+// a send under way when the router stops is let finish within it, so its
+// outcome is recorded.
+const sendTimeout = 30 * time.Second
 
 // maxAnswerBytes bounds a create's answer read (a job object).
 const maxAnswerBytes = wire.MaxHeldBytes
 
 // send sends a job's create through the Envoy, granted worker.
 func (h *Holder) send(ctx context.Context, j *Job, worker string) sendOutcome {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
+	defer cancel()
 	f, err := os.Open(h.st.bodyPath(j.ID))
 	if err != nil {
 		return sendOutcome{refused: "its stored body is gone: " + err.Error()}
@@ -68,12 +80,14 @@ func (h *Holder) send(ctx context.Context, j *Job, worker string) sendOutcome {
 	req.Header.Set(wire.HeaderForward, wire.ForwardToken(h.o.Secret, now.UnixMilli(), wire.Forward{Worker: worker, WaitedMs: max(now.Sub(j.Created).Milliseconds(), 0)}))
 	resp, err := h.o.Client.Do(req)
 	if err != nil {
-		return sendOutcome{retry: err.Error()}
+		// Refused: nothing was sent. Anything else may have reached
+		// the worker.
+		return sendOutcome{retry: err.Error(), maybe: !errors.Is(err, syscall.ECONNREFUSED)}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if err != nil {
-		return sendOutcome{retry: "reading the answer: " + err.Error()}
+		return sendOutcome{retry: "reading the answer: " + err.Error(), maybe: resp.StatusCode < 300}
 	}
 	switch code := resp.StatusCode; {
 	case code >= 200 && code < 300:
