@@ -28,6 +28,9 @@ type fakeEnvoy struct {
 	creates   []string // prompts, in order
 	workers   []string
 	failFirst int
+	// dropFirst takes that many creates and closes the connection
+	// without an answer.
+	dropFirst int
 }
 
 func newFakeEnvoy(t *testing.T) *fakeEnvoy {
@@ -49,6 +52,12 @@ func newFakeEnvoy(t *testing.T) *fakeEnvoy {
 		}
 		e.creates = append(e.creates, fmt.Sprint(body["prompt"]))
 		e.workers = append(e.workers, f.Worker)
+		if e.dropFirst > 0 {
+			e.dropFirst--
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+			return
+		}
 		w.Header().Set(wire.HeaderNode, "envoy-1")
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"id":"job-%d.key.mac","status":"queued"}`, len(e.creates))
@@ -294,5 +303,26 @@ func TestDescribe(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// A send whose answer was lost after the worker may have taken it: the job
+// waits again, and the possible second run is counted.
+func TestLostAnswerCounted(t *testing.T) {
+	e := newFakeEnvoy(t)
+	e.dropFirst = 1
+	q := queue.New(queue.Options{})
+	h := openHolder(t, t.TempDir(), q, e.URL, 0)
+	run(t, h)
+	obj, err := h.Take(create("lost"), ask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Dispatch(videoFleet())
+	eventually(t, "queued again", func() bool { j, _ := h.Lookup(obj.ID); return j.State == Waiting && j.Sends == 1 && q.Waiting() == 1 })
+	q.Dispatch(videoFleet())
+	eventually(t, "sent", func() bool { j, _ := h.Lookup(obj.ID); return j.State == Sent })
+	if st := h.Status(); st.Resent != 1 || len(e.seen()) != 2 {
+		t.Fatalf("resent %d, the worker saw %v; want the lost answer counted", st.Resent, e.seen())
 	}
 }
