@@ -147,11 +147,25 @@ func (s *store) writeBody(id string, r io.Reader, limit int64) (int64, error) {
 	if err == nil {
 		err = os.Rename(tmp, s.bodyPath(id))
 	}
+	if err == nil {
+		// The rename itself, so a record written next never names a
+		// body a power cut took back.
+		err = syncDir(s.bodies)
+	}
 	if err != nil {
 		_ = os.Remove(tmp)
 		return n, err
 	}
 	return n, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (s *store) bodyPath(id string) string { return filepath.Join(s.bodies, id) }

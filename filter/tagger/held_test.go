@@ -124,4 +124,3 @@ func TestHeldJobsGoToTheControlPlane(t *testing.T) {
 		})
 	}
 }
-
