@@ -98,7 +98,29 @@ type ListAnswer struct {
 
 // WorkersAnswer answers GET /workers.
 type WorkersAnswer struct {
-	Workers []WorkerView `json:"workers"`
+	Workers        []WorkerView `json:"workers"`
+	WeightVersions VersionsView `json:"weight_versions"`
+}
+
+// VersionsView is the fleet's weight versions: every version it had, in
+// the order it first had them (what a minimum version means), the version
+// an update under way moves to, and how many workers hold each version
+// now (any state).
+type VersionsView struct {
+	History  []string       `json:"history"`
+	Updating string         `json:"updating,omitempty"`
+	Workers  map[string]int `json:"workers"`
+}
+
+func versionsView(snap registry.Snapshot) VersionsView {
+	v := VersionsView{History: snap.Fleet.History, Updating: snap.Fleet.Updating, Workers: map[string]int{}}
+	if v.History == nil {
+		v.History = []string{}
+	}
+	for _, w := range snap.Workers {
+		v.Workers[w.WeightVersion]++
+	}
+	return v
 }
 
 // WorkerAnswer answers GET /workers/{id}.
@@ -127,6 +149,8 @@ type HealthAnswer struct {
 	ModelPath        string    `json:"model_path"`
 	RunningOperation string    `json:"running_operation"`
 	Store            StoreView `json:"store"`
+	// WeightVersions: the fleet's version history, workers per version.
+	WeightVersions VersionsView `json:"weight_versions"`
 }
 
 // StoreView says whether the registry store writes: while it fails, every

@@ -22,7 +22,8 @@ func queueOff(w http.ResponseWriter, q *queue.Queue) bool {
 // queueWait holds a filter's request until the queue grants it a worker
 // (200 QueueGrant), or answers why it never will: 429 with Retry-After
 // (the queue or the tenant's share is full), 504 (its wait passed
-// --queue-timeout), 409 (cancelled, or its ticket already waits).
+// --queue-timeout), 409 (cancelled, its ticket already waits, or no worker
+// holds the weight version it names and none will).
 func (f *filterAPI) queueWait(w http.ResponseWriter, r *http.Request) {
 	if queueOff(w, f.Queue) {
 		return
@@ -45,7 +46,7 @@ func (f *filterAPI) queueWait(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	g, err := f.Queue.Wait(r.Context(), queue.Request{Key: queue.Key{Node: qr.Node, Ticket: qr.Ticket}, Priority: qr.Priority,
-		Tenant: qr.Tenant, Cost: qr.Cost, Pool: leastwork.Pool(qr.Pool), Model: qr.Model})
+		Tenant: qr.Tenant, Cost: qr.Cost, Pool: leastwork.Pool(qr.Pool), Model: qr.Model, Version: qr.Version, MinVersion: qr.MinVersion})
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, wire.QueueGrant{Worker: g.Worker, Second: g.Second})
@@ -54,6 +55,8 @@ func (f *filterAPI) queueWait(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusTooManyRequests, "%v", err))
 	case errors.Is(err, queue.ErrTimeout):
 		writeError(w, errorf(http.StatusGatewayTimeout, "%v", err))
+	case errors.Is(err, queue.ErrVersion):
+		writeError(w, errorf(http.StatusConflict, "%v", err))
 	case errors.Is(err, queue.ErrNoWorker):
 		// The filter then routes as without the queue: Envoy's 503.
 		writeError(w, errorf(http.StatusServiceUnavailable, "%v", err))

@@ -71,6 +71,10 @@ func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (_ Upd
 	} else {
 		op.reg.NoteVersion(version)
 	}
+	// Requests that name this version (or a minimum it meets) wait for
+	// it while the update runs.
+	op.reg.BeginUpdate(version)
+	defer op.reg.EndUpdate()
 	var storeErr error // a change the registry store could not write
 	out := UpdateOutcome{Outcome: Outcome{ID: id, Quarantined: []string{}}, Version: version, ModelPath: modelPath, Mode: spec.Mode}
 	var targets []registry.Worker

@@ -223,7 +223,7 @@ func (h *Holder) start(j *Job, e *queue.Entry) {
 // request is a job as the queue takes it.
 func request(j *Job) queue.Request {
 	return queue.Request{Key: queue.Key{Node: Node, Ticket: j.ID}, Priority: j.Priority, Tenant: j.Tenant, Cost: j.Cost,
-		Pool: leastwork.PoolVideo, Model: j.Model}
+		Pool: leastwork.PoolVideo, Model: j.Model, Version: j.Version, MinVersion: j.MinVersion}
 }
 
 // Refusal is a create the holder did not take: the status and reason to
@@ -276,7 +276,8 @@ func (h *Holder) Take(r *http.Request, ask wire.QueueRequest) (Object, error) {
 	now := h.o.Now()
 	obj.CreatedAt = now.Unix()
 	j := &Job{ID: id, Path: r.URL.RequestURI(), Header: keptHeaders(r.Header), Bytes: n, State: Waiting, Object: obj,
-		Created: now, Model: ask.Model, Priority: ask.Priority, Tenant: ask.Tenant, Cost: ask.Cost}
+		Created: now, Model: ask.Model, Priority: ask.Priority, Tenant: ask.Tenant, Cost: ask.Cost,
+		Version: ask.Version, MinVersion: ask.MinVersion}
 	if !wire.ValidTenant(j.Tenant) {
 		j.Tenant = wire.DefaultTenant
 	}
@@ -374,6 +375,9 @@ func (h *Holder) run(ctx context.Context, j *Job, e *queue.Entry) {
 			return // deleted
 		case errors.Is(err, queue.ErrTimeout):
 			h.fail(j, "queue_timeout", err.Error())
+			return
+		case errors.Is(err, queue.ErrVersion):
+			h.fail(j, "weight_version", err.Error())
 			return
 		case errors.Is(err, queue.ErrNoWorker):
 			if noWorkerSince.IsZero() {

@@ -47,6 +47,9 @@ type Job struct {
 	Tenant   string    `json:"tenant"`
 	Cost     int64     `json:"cost"`
 	Model    string    `json:"model,omitempty"`
+	// Version and MinVersion are its weight-version rules.
+	Version    string `json:"weight_version,omitempty"`
+	MinVersion string `json:"min_weight_version,omitempty"`
 	// Sends counts the creates sent for it (more than one only after a
 	// crash while sending, or a send that failed before any worker took
 	// it).

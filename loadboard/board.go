@@ -302,7 +302,7 @@ func (b *Board) view(snap, running registry.Snapshot, known bool, out func(key s
 // on it; b.mu is held.
 func (b *Board) viewWorker(w registry.Worker, work [2]int64, now time.Time, typical float64) wire.PickWorker {
 	a := Addr(w)
-	pw := wire.PickWorker{Addr: a, Video: w.Caps.Video(), Image: w.Caps.Image(),
+	pw := wire.PickWorker{Addr: a, Version: w.WeightVersion, Video: w.Caps.Video(), Image: w.Caps.Image(),
 		Models: w.Caps.ModelIDs, RemoteWork: work[0], RemoteRequests: work[1], Slots: w.Slots}
 	if wd, ok := b.words[a]; ok && now.Sub(wd.at) <= wordFresh {
 		held := wd.queued + wd.running

@@ -55,10 +55,11 @@ type dispatch struct {
 	cands, sample, sampleAll []int
 }
 
-// eligibleKey names a candidate list.
+// eligibleKey names a candidate list: what the serving rules read.
 type eligibleKey struct {
-	pool  leastwork.Pool
-	model string
+	pool                leastwork.Pool
+	model               string
+	version, minVersion string
 }
 
 func (d *dispatch) slots(i int) int64 {
@@ -108,7 +109,7 @@ func (q *Queue) opens(d *dispatch, i int) bool {
 func (q *Queue) refuseUnservable(d *dispatch) {
 	var none []*waiter
 	q.each(scanLimit, func(x *waiter) bool {
-		if len(d.serving(&x.Request)) == 0 {
+		if len(d.serving(&x.Request)) == 0 && !versionSoon(d, &x.Request) {
 			none = append(none, x)
 		}
 		return true
@@ -116,7 +117,11 @@ func (q *Queue) refuseUnservable(d *dispatch) {
 	for _, w := range none {
 		q.unlink(w)
 		q.stats.Refused++
-		w.done <- result{err: ErrNoWorker}
+		err := ErrNoWorker
+		if versioned(&w.Request) && len(d.servingKind(&w.Request)) > 0 {
+			err = versionRefusal(d, &w.Request)
+		}
+		w.done <- result{err: err}
 	}
 }
 

@@ -18,14 +18,14 @@ package queue
 type rule func(d *dispatch, r *Request, cands []int) []int
 
 // servingRules run first; the first, kind, reads the whole view.
-func servingRules() []rule { return []rule{kind} }
+func servingRules() []rule { return []rule{kind, versions} }
 
 // nowRules run on what the serving rules leave.
 func nowRules() []rule { return []rule{openNow} }
 
 // serving is the workers that could ever take r.
 func (d *dispatch) serving(r *Request) []int {
-	k := eligibleKey{r.Pool, r.Model}
+	k := eligibleKey{r.Pool, r.Model, r.Version, r.MinVersion}
 	if c, ok := d.serves[k]; ok {
 		return c
 	}
@@ -45,4 +45,12 @@ func (d *dispatch) takingNow(r *Request, all []int) []int {
 		d.cands = keep(d, r, d.cands)
 	}
 	return d.cands
+}
+
+// servingKind is the workers of r's kind alone, whatever its version
+// rules (to tell a request no worker of its kind serves from one whose
+// version none holds).
+func (d *dispatch) servingKind(r *Request) []int {
+	plain := Request{Pool: r.Pool, Model: r.Model}
+	return d.serving(&plain)
 }

@@ -40,6 +40,10 @@ var (
 	// none is held out for a while (an update, a sleep the queue waits
 	// out): the request is answered as without the queue.
 	ErrNoWorker = errors.New("no worker of this kind is in rotation")
+	// ErrVersion: no worker holds the weight version the request names
+	// (or a later one, for a minimum), and no update under way brings
+	// one: answered 409.
+	ErrVersion = errors.New("no worker holds the weight version the request names, and no update under way brings it")
 )
 
 // Key names a queued request: the Envoy that holds it and its ticket there.
@@ -55,6 +59,9 @@ type Request struct {
 	Cost     int64
 	Pool     leastwork.Pool
 	Model    string
+	// Version and MinVersion are its weight-version rules ("": none;
+	// version.go).
+	Version, MinVersion string
 }
 
 // Grant is the worker a request goes to, and the next best for a retry.
@@ -81,6 +88,11 @@ type Fleet struct {
 	// a worker so far (wire.LoadReport.Freed): Options.Ahead plans from
 	// when a worker's request really ended.
 	Freed func(addr string) uint64
+	// History is the fleet's weight versions in the order it first had
+	// them; Updating the version an update under way moves to ("": none).
+	// The version rules read them (version.go).
+	History  []string
+	Updating string
 }
 
 // Options configure a queue.

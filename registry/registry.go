@@ -159,6 +159,11 @@ type Weights struct {
 	Request map[string]any `json:"-"`
 	// UpdatedAt is when the fleet switched.
 	UpdatedAt time.Time `json:"updated_at"`
+	// History is every weight version the fleet had, in the order it
+	// first had them (history.go); Updating is the version an update
+	// under way moves to ("" when none: not stored).
+	History  []string `json:"history,omitempty"`
+	Updating string   `json:"-"`
 }
 
 // Snapshot is a consistent view of the fleet at one generation.
@@ -278,6 +283,7 @@ func (r *Registry) beginLocked(keys ...string) undo {
 // cannot write, the change is undone and an ErrStore returned. Caller
 // holds mu.
 func (r *Registry) commitLocked(u undo, keys ...string) (uint64, error) {
+	r.noteWorkersLocked()
 	if r.store != nil {
 		// Written before anyone learns of the change: what an API call
 		// answered is on disk.
@@ -336,6 +342,7 @@ func (r *Registry) Snapshot() Snapshot {
 
 func (r *Registry) snapshotLocked() Snapshot {
 	out := Snapshot{Generation: r.gen, Workers: make([]Worker, 0, len(r.workers)), Fleet: r.fleet}
+	out.Fleet.History = slices.Clone(r.fleet.History)
 	for _, w := range r.workers {
 		out.Workers = append(out.Workers, copyWorker(*w))
 	}
@@ -636,7 +643,9 @@ func (r *Registry) SetFleetWeights(wt Weights) (uint64, error) {
 	defer r.mu.Unlock()
 	undo := r.beginLocked()
 	wt.UpdatedAt = r.now()
+	wt.History, wt.Updating = r.fleet.History, r.fleet.Updating
 	r.fleet = wt
+	r.noteLocked(wt.Version)
 	gen, err := r.commitLocked(undo)
 	if err != nil {
 		return gen, fmt.Errorf("record the fleet's weights %s: %w", wt.Version, err)

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -215,5 +216,41 @@ func TestCountsPaused(t *testing.T) {
 		if got := tc.c.Paused(tc.holdAsleep); got != tc.want {
 			t.Errorf("%s: Paused(%v) = %v, want %v", tc.name, tc.holdAsleep, got, tc.want)
 		}
+	}
+}
+
+func TestHistory(t *testing.T) {
+	r := New(nil)
+	for _, v := range []string{"b", "a"} {
+		u, _ := ParseWorkerURL("http://10.0.0.1:" + map[string]string{"a": "1", "b": "2"}[v])
+		if _, err := r.Add(u, "10.0.0.1", Capabilities{}, StateActive, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.SetWorkersWeights([]string{u.String()}, v, "/m/"+v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.BeginUpdate("step-2")
+	snap := r.Snapshot()
+	if got := snap.Fleet.History; !slices.Equal(got, []string{"0", "b", "a", "step-2"}) || snap.Fleet.Updating != "step-2" {
+		t.Fatalf("history %v, updating %q", got, snap.Fleet.Updating)
+	}
+	if _, err := r.SetFleetWeights(Weights{Version: "step-2"}); err != nil {
+		t.Fatal(err)
+	}
+	r.EndUpdate()
+	w := r.Snapshot().Fleet
+	for _, tc := range []struct {
+		have, min string
+		want      bool
+	}{
+		{"step-2", "a", true}, {"a", "step-2", false}, {"a", "a", true}, {"b", "a", false}, {"x", "x", true}, {"a", "x", false}, {"x", "a", false},
+	} {
+		if got := w.AtLeast(tc.have, tc.min); got != tc.want {
+			t.Errorf("AtLeast(%q, %q) = %v", tc.have, tc.min, got)
+		}
+	}
+	if w.Updating != "" || !slices.Equal(w.History, []string{"0", "b", "a", "step-2"}) {
+		t.Fatalf("after the update: %+v", w)
 	}
 }

@@ -598,6 +598,7 @@ func (r *router) queueFleet() queue.Fleet {
 		}
 	}
 	return queue.Fleet{View: view, DefaultSlots: r.c.Queue.Slots, ReportedAt: r.board.ReportedAt, Freed: r.board.Freed,
+		History: snap.Fleet.History, Updating: snap.Fleet.Updating,
 		// Workers out only for a while: loading weights, asleep while the
 		// queue waits it out, or in rotation but not yet (or no longer)
 		// in every Envoy's (an update's end, a join, an ejection).

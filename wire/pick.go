@@ -114,10 +114,12 @@ func EjectionAfter(n int64) Ejection {
 type PickWorker struct {
 	// Addr is the worker's address as Envoy's host map names it: "ip:port",
 	// "[v6]:port".
-	Addr   string   `json:"addr"`
-	Video  bool     `json:"video,omitempty"`
-	Image  bool     `json:"image,omitempty"`
-	Models []string `json:"models,omitempty"`
+	Addr string `json:"addr"`
+	// Version is the weight version the worker holds.
+	Version string   `json:"version,omitempty"`
+	Video   bool     `json:"video,omitempty"`
+	Image   bool     `json:"image,omitempty"`
+	Models  []string `json:"models,omitempty"`
 	// RemoteWork and RemoteRequests are the outstanding work and requests
 	// other Envoys have sent it.
 	RemoteWork     int64 `json:"remote_work,omitempty"`

@@ -53,6 +53,10 @@ type QueueRequest struct {
 	// the request (at most leastwork.SampleSize): fresher than its last
 	// report, so the queue does not grant a slot this Envoy just took.
 	Hosts []HostReport `json:"hosts,omitempty"`
+	// Version and MinVersion are the request's weight-version rules
+	// (HeaderPinVersion, HeaderMinVersion; "": none).
+	Version    string `json:"weight_version,omitempty"`
+	MinVersion string `json:"min_weight_version,omitempty"`
 }
 
 // QueueGrant is the worker a queued request goes to, and the next best.
@@ -116,6 +120,13 @@ func (r QueueRequest) Check() error {
 		return fmt.Errorf("\"model\" is over 512 bytes")
 	case len(r.Hosts) > 64:
 		return fmt.Errorf("at most 64 \"hosts\"")
+	}
+	for name, v := range map[string]string{"weight_version": r.Version, "min_weight_version": r.MinVersion} {
+		if v != "" {
+			if err := CheckVersion(`"`+name+`"`, v); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

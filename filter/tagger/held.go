@@ -91,11 +91,6 @@ func (c *httpContext) toHeld(what string) {
 // it, counted there as a grant is; the answer names this Envoy, whose
 // reports count the job from now on.
 func (c *httpContext) bindForwarded(cost int64, known bool) {
-	pk := c.p.picker
-	if !known {
-		pk.tab.Global = *pk.readGlobal()
-		cost = pk.tab.CostOf(string(c.task), defaultCost(c.task))
-	}
 	c.tagQueue()
-	c.bind(leastwork.Choice{First: c.forwardTo}, cost, known, true)
+	c.bind(leastwork.Choice{First: c.forwardTo}, c.estimate(cost, known), known, true)
 }

@@ -169,6 +169,9 @@ type httpContext struct {
 	// forwardTo is the worker the queue granted its held job.
 	forwarded bool
 	forwardTo string
+	// pinVersion and minVersion are the request's weight-version rules
+	// (versions.go).
+	pinVersion, minVersion string
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the

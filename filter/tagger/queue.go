@@ -116,7 +116,8 @@ func (c *httpContext) enqueue(cost int64, known bool) bool {
 func (c *httpContext) queueRequest(cost int64) wire.QueueRequest {
 	pk := c.p.picker
 	qr := wire.QueueRequest{Node: pk.envoyID(), Ticket: newRequestID()[:24], Priority: c.priority, Tenant: c.tenant,
-		Cost: cost, Pool: int(poolOf(c.task)), Model: c.model, Hosts: []wire.HostReport{}}
+		Cost: cost, Pool: int(poolOf(c.task)), Model: c.model, Hosts: []wire.HostReport{},
+		Version: c.pinVersion, MinVersion: c.minVersion}
 	for _, h := range pk.tab.Hosts {
 		qr.Hosts = append(qr.Hosts, hostReport(h))
 	}
@@ -140,7 +141,7 @@ func (c *httpContext) onTurn(_, bodySize, _ int) {
 			_ = proxywasm.ResumeHttpRequest()
 			return
 		}
-	case "429", "504":
+	case "429", "504", "409":
 		code, _ := strconv.Atoi(status)
 		headers := textHeaders
 		if ra := headerValue(hs, "retry-after"); ra != "" {
@@ -150,8 +151,14 @@ func (c *httpContext) onTurn(_, bodySize, _ int) {
 		_ = proxywasm.SendHttpResponse(uint32(code), headers, []byte(errorText(body)), -1)
 		return
 	}
-	// The queue's owner is away (or confused): today's pick, at once.
+	// The queue's owner is away (or confused): today's pick, at once;
+	// a request with version rules is refused rather than served by
+	// weights it did not ask for.
 	c.p.picker.queueFallbacks.Increment(1)
+	if c.versioned() {
+		c.refuse(503, "the router's control plane, which applies "+wire.HeaderPinVersion+" and "+wire.HeaderMinVersion+", did not answer; try again")
+		return
+	}
 	if choice, cost, st := c.p.picker.choose(c.task, c.model, c.queuedCost, c.queuedKnown, false); st == pickMade {
 		c.bind(choice, cost, c.queuedKnown, false)
 	} else {

@@ -70,6 +70,9 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	if c.pickPending && c.p.cfg.Queue && c.queueHeaders() {
 		return types.ActionPause // refused: bad priority or tenant
 	}
+	if picks(method, c.task) && !c.forwarded && c.versionHeaders() {
+		return types.ActionPause // refused: a bad version rule, or one no queue applies
+	}
 	if !endOfStream && c.task.ParsesBody() && c.smallJSONBody() {
 		c.readBody = true
 		return types.ActionPause // hold the headers until the body told us the model
@@ -123,6 +126,9 @@ func (c *httpContext) pick(cost int64, known, queue bool) (waits bool) {
 	}
 	if c.p.cfg.Queue {
 		c.tagQueue()
+	}
+	if c.versioned() {
+		return c.queueVersioned(cost, known)
 	}
 	choice, cost, st := c.p.picker.choose(c.task, c.model, cost, known, queue)
 	if st == pickFull {

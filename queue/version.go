@@ -1,0 +1,67 @@
+package queue
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/diffrouter/diffusion-router/wire"
+)
+
+// versions is the serving rule of a request's weight-version rules: a
+// pinned version keeps the workers holding exactly it; a minimum keeps
+// those holding it or a version the fleet had after it (Fleet.History).
+func versions(d *dispatch, r *Request, cands []int) []int {
+	if !versioned(r) {
+		return cands
+	}
+	out := cands[:0]
+	for _, i := range cands {
+		have := d.v.Workers[i].Version
+		if r.Version != "" && have != r.Version {
+			continue
+		}
+		if r.MinVersion != "" && !wire.AtLeast(d.f.History, have, r.MinVersion) {
+			continue
+		}
+		out = append(out, i)
+	}
+	return out
+}
+
+func versioned(r *Request) bool { return r.Version != "" || r.MinVersion != "" }
+
+// versionSoon reports whether an update under way brings a version r's
+// rules accept: it waits for it rather than being refused.
+func versionSoon(d *dispatch, r *Request) bool {
+	u := d.f.Updating
+	if !versioned(r) || u == "" {
+		return false
+	}
+	return (r.Version == "" || r.Version == u) && (r.MinVersion == "" || wire.AtLeast(d.f.History, u, r.MinVersion))
+}
+
+// versionRefusal is ErrVersion saying which versions the workers of r's
+// kind hold.
+func versionRefusal(d *dispatch, r *Request) error {
+	var held []string
+	for _, i := range d.servingKind(r) {
+		if v := d.v.Workers[i].Version; !slices.Contains(held, v) {
+			held = append(held, v)
+		}
+	}
+	slices.Sort(held)
+	want := "weight version " + fmt.Sprintf("%q", r.Version)
+	if r.Version == "" {
+		want = "weight version " + fmt.Sprintf("%q", r.MinVersion) + " or later"
+	}
+	return fmt.Errorf("%w: no worker holds %s; the workers in rotation hold %s", ErrVersion, want, strings.Join(quoteAll(held), ", "))
+}
+
+func quoteAll(vs []string) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = fmt.Sprintf("%q", v)
+	}
+	return out
+}
