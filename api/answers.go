@@ -110,10 +110,16 @@ type VersionsView struct {
 	History  []string       `json:"history"`
 	Updating string         `json:"updating,omitempty"`
 	Workers  map[string]int `json:"workers"`
+	// Groups are the open groups (x-diffusion-group): the version each
+	// was fixed to by its first grant, and its requests waiting.
+	Groups map[string]queue.GroupStatus `json:"groups,omitempty"`
 }
 
-func versionsView(snap registry.Snapshot) VersionsView {
+func versionsView(snap registry.Snapshot, q *queue.Queue) VersionsView {
 	v := VersionsView{History: snap.Fleet.History, Updating: snap.Fleet.Updating, Workers: map[string]int{}}
+	if q != nil {
+		v.Groups = q.Groups()
+	}
 	if v.History == nil {
 		v.History = []string{}
 	}

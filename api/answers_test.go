@@ -67,7 +67,7 @@ func TestAnswersHaveTheFieldsTheReadmePromises(t *testing.T) {
 		{ListAnswer{}, readmeLine(t, readme, "| `GET /list_workers`"), []string{"urls"}},
 		{WorkersAnswer{}, readmeLine(t, readme, "| `GET /workers`"), []string{"workers", "weight_versions"}},
 		{HealthAnswer{}, readmeLine(t, readme, "| `GET /health`"), []string{"weight_versions"}},
-		{VersionsView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"history", "updating", "workers"}},
+		{VersionsView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"history", "updating", "workers", "groups"}},
 		{WorkerView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"worker_id", "display_id", "url", "is_sleeping",
 			"state", "reason", "since", "is_dead", "consecutive_failures", "active_requests", "requests", "errors",
 			"task_types", "models", "video_support"}},

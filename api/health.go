@@ -54,6 +54,6 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 		Generation:      snap.Generation, WeightVersion: snap.Fleet.Version, ModelPath: snap.Fleet.ModelPath,
 		RunningOperation: s.Fleet.Running(),
 		Store:            storeView(s.Fleet.Registry()),
-		WeightVersions:   versionsView(snap),
+		WeightVersions:   versionsView(snap, s.Queue),
 	})
 }

@@ -46,7 +46,7 @@ func (f *filterAPI) queueWait(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	g, err := f.Queue.Wait(r.Context(), queue.Request{Key: queue.Key{Node: qr.Node, Ticket: qr.Ticket}, Priority: qr.Priority,
-		Tenant: qr.Tenant, Cost: qr.Cost, Pool: leastwork.Pool(qr.Pool), Model: qr.Model, Version: qr.Version, MinVersion: qr.MinVersion})
+		Tenant: qr.Tenant, Cost: qr.Cost, Pool: leastwork.Pool(qr.Pool), Model: qr.Model, Version: qr.Version, MinVersion: qr.MinVersion, Group: qr.Group})
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, wire.QueueGrant{Worker: g.Worker, Second: g.Second})

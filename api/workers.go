@@ -150,7 +150,7 @@ func (s *Server) getWorkers(w http.ResponseWriter, _ *http.Request) {
 	for _, wk := range snap.Workers {
 		out = append(out, viewOf(wk, seen))
 	}
-	writeJSON(w, http.StatusOK, WorkersAnswer{Workers: out, WeightVersions: versionsView(snap)})
+	writeJSON(w, http.StatusOK, WorkersAnswer{Workers: out, WeightVersions: versionsView(snap, s.Queue)})
 }
 
 func (s *Server) lookup(raw string) (registry.Worker, error) {

@@ -223,7 +223,7 @@ func (h *Holder) start(j *Job, e *queue.Entry) {
 // request is a job as the queue takes it.
 func request(j *Job) queue.Request {
 	return queue.Request{Key: queue.Key{Node: Node, Ticket: j.ID}, Priority: j.Priority, Tenant: j.Tenant, Cost: j.Cost,
-		Pool: leastwork.PoolVideo, Model: j.Model, Version: j.Version, MinVersion: j.MinVersion}
+		Pool: leastwork.PoolVideo, Model: j.Model, Version: j.Version, MinVersion: j.MinVersion, Group: j.Group}
 }
 
 // Refusal is a create the holder did not take: the status and reason to
@@ -277,7 +277,7 @@ func (h *Holder) Take(r *http.Request, ask wire.QueueRequest) (Object, error) {
 	obj.CreatedAt = now.Unix()
 	j := &Job{ID: id, Path: r.URL.RequestURI(), Header: keptHeaders(r.Header), Bytes: n, State: Waiting, Object: obj,
 		Created: now, Model: ask.Model, Priority: ask.Priority, Tenant: ask.Tenant, Cost: ask.Cost,
-		Version: ask.Version, MinVersion: ask.MinVersion}
+		Version: ask.Version, MinVersion: ask.MinVersion, Group: ask.Group}
 	if !wire.ValidTenant(j.Tenant) {
 		j.Tenant = wire.DefaultTenant
 	}

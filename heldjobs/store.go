@@ -50,6 +50,7 @@ type Job struct {
 	// Version and MinVersion are its weight-version rules.
 	Version    string `json:"weight_version,omitempty"`
 	MinVersion string `json:"min_weight_version,omitempty"`
+	Group      string `json:"group,omitempty"`
 	// Sends counts the creates sent for it (more than one only after a
 	// crash while sending, or a send that failed before any worker took
 	// it).

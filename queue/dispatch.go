@@ -109,18 +109,20 @@ func (q *Queue) opens(d *dispatch, i int) bool {
 func (q *Queue) refuseUnservable(d *dispatch) {
 	var none []*waiter
 	q.each(scanLimit, func(x *waiter) bool {
-		if len(d.serving(&x.Request)) == 0 && !versionSoon(d, &x.Request) {
+		r := q.effective(&x.Request)
+		if len(d.serving(r)) == 0 && !versionSoon(d, r) {
 			none = append(none, x)
 		}
 		return true
 	})
 	for _, w := range none {
+		r := q.effective(&w.Request)
+		err := ErrNoWorker
+		if versioned(r) && len(d.servingKind(r)) > 0 {
+			err = versionRefusal(d, r, w.Request.Version == "" && r.Version != "")
+		}
 		q.unlink(w)
 		q.stats.Refused++
-		err := ErrNoWorker
-		if versioned(&w.Request) && len(d.servingKind(&w.Request)) > 0 {
-			err = versionRefusal(d, &w.Request)
-		}
 		w.done <- result{err: err}
 	}
 }
@@ -139,8 +141,9 @@ func (q *Queue) next(d *dispatch) (*waiter, leastwork.Choice) {
 	var w *waiter
 	var choice leastwork.Choice
 	q.each(scanLimit, func(x *waiter) bool {
-		all := d.serving(&x.Request)
-		cands := d.takingNow(&x.Request, all)
+		r := q.effective(&x.Request)
+		all := d.serving(r)
+		cands := d.takingNow(r, all)
 		if len(cands) == 0 {
 			return true
 		}
@@ -178,7 +181,13 @@ func isOpen(d *dispatch, cands []int, addr string) bool {
 // grant sends w to its worker and counts it there for the rest of the
 // dispatch; q.mu is held.
 func (q *Queue) grant(d *dispatch, w *waiter, choice leastwork.Choice) {
-	q.unlink(w)
+	version := ""
+	for _, x := range d.v.Workers {
+		if x.Addr == choice.First {
+			version = x.Version
+		}
+	}
+	q.unlink(w, version)
 	q.stats.Granted++
 	if q.opts.Granted != nil {
 		q.opts.Granted(w.Request, choice.First, d.now.Sub(w.at))

@@ -60,8 +60,9 @@ type Request struct {
 	Pool     leastwork.Pool
 	Model    string
 	// Version and MinVersion are its weight-version rules ("": none;
-	// version.go).
-	Version, MinVersion string
+	// version.go); Group names its group (group.go: the group's requests
+	// share the weight version its first grant had).
+	Version, MinVersion, Group string
 }
 
 // Grant is the worker a request goes to, and the next best for a retry.
@@ -112,6 +113,11 @@ type Options struct {
 	// this long (0: only when over MaxTenants): GET /queue shows the
 	// active ones.
 	TenantIdle time.Duration
+	// GroupIdle forgets a group with nothing waiting and no grant for
+	// this long (0: DefaultGroupIdle); MaxGroups bounds the groups
+	// remembered (0: DefaultMaxGroups).
+	GroupIdle time.Duration
+	MaxGroups int
 	Now        func() time.Time
 	// Granted, if set, is told of each grant: the request, its worker
 	// and how long it waited (metrics, logs). It runs under the queue's
@@ -185,6 +191,10 @@ type Queue struct {
 	stats Stats
 	// forgotAt is when idle tenants were last looked for (forgetIdle).
 	forgotAt time.Time
+	// groups are the open groups (group.go); groupsForgotAt when idle
+	// ones were last looked for.
+	groups         map[string]*group
+	groupsForgotAt time.Time
 	kick     chan struct{}
 	rot      int
 	rnd      uint64
@@ -206,8 +216,14 @@ func New(o Options) *Queue {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.GroupIdle <= 0 {
+		o.GroupIdle = DefaultGroupIdle
+	}
+	if o.MaxGroups <= 0 {
+		o.MaxGroups = DefaultMaxGroups
+	}
 	return &Queue{opts: o, byKey: map[Key]*waiter{}, perTen: map[string]int{}, fair: newShares(o.Weights, o.MaxTenants),
-		dues: map[string][]due{}, seen: map[string]uint64{}, kick: make(chan struct{}, 1)}
+		dues: map[string][]due{}, seen: map[string]uint64{}, kick: make(chan struct{}, 1), groups: map[string]*group{}}
 }
 
 // Kick wakes Run to dispatch: the queue or the fleet changed (a request
@@ -315,6 +331,10 @@ func (q *Queue) add(r Request) (*waiter, error) {
 		q.stats.Refused++
 		return nil, ErrTenantFull
 	}
+	if err := q.enterGroup(&r); err != nil {
+		q.stats.Refused++
+		return nil, err
+	}
 	b := q.band(r.Priority)
 	t, ok := b.tenants[r.Tenant]
 	if !ok {
@@ -349,9 +369,17 @@ func (q *Queue) remove(w *waiter, c *uint64) bool {
 	return true
 }
 
-// unlink drops w from its tenant and band; q.mu is held.
-func (q *Queue) unlink(w *waiter) {
+// unlink drops w from its tenant and band (and its group: granted to
+// a worker holding version, if set); q.mu is held.
+func (q *Queue) unlink(w *waiter, version ...string) {
 	w.gone = true
+	if w.Group != "" {
+		v := ""
+		if len(version) > 0 {
+			v = version[0]
+		}
+		q.leaveGroup(&w.Request, v)
+	}
 	delete(q.byKey, w.Key)
 	q.waiting--
 	if q.perTen[w.Tenant]--; q.perTen[w.Tenant] <= 0 {

@@ -31,6 +31,10 @@ func versions(d *dispatch, r *Request, cands []int) []int {
 
 func versioned(r *Request) bool { return r.Version != "" || r.MinVersion != "" }
 
+// A group request that pins no version yet is served by any worker (its
+// grant fixes the group's version); versioned is about its effective
+// request (Queue.effective).
+
 // versionSoon reports whether an update under way brings a version r's
 // rules accept: it waits for it rather than being refused.
 func versionSoon(d *dispatch, r *Request) bool {
@@ -42,8 +46,8 @@ func versionSoon(d *dispatch, r *Request) bool {
 }
 
 // versionRefusal is ErrVersion saying which versions the workers of r's
-// kind hold.
-func versionRefusal(d *dispatch, r *Request) error {
+// kind hold (ofGroup: the version is r's group's).
+func versionRefusal(d *dispatch, r *Request, ofGroup bool) error {
 	var held []string
 	for _, i := range d.servingKind(r) {
 		if v := d.v.Workers[i].Version; !slices.Contains(held, v) {
@@ -52,6 +56,9 @@ func versionRefusal(d *dispatch, r *Request) error {
 	}
 	slices.Sort(held)
 	want := "weight version " + fmt.Sprintf("%q", r.Version)
+	if ofGroup {
+		want = fmt.Sprintf("weight version %q, the version of group %q", r.Version, r.Group)
+	}
 	if r.Version == "" {
 		want = "weight version " + fmt.Sprintf("%q", r.MinVersion) + " or later"
 	}

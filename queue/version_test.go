@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -79,5 +80,70 @@ func TestVersionRules(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestGroupsStayOnOneVersion: a group's first grant fixes its version; its
+// other requests go only to workers holding it, wait for one while it is
+// busy (counted by WaitingFor), and are refused, naming the group, once no
+// worker holds it and no update brings it.
+func TestGroupsStayOnOneVersion(t *testing.T) {
+	q := New(Options{})
+	grp := func(ticket string) Request { r := req(ticket, 0, "t"); r.Group = "g1"; return r }
+	out := waitAll(t, q, grp("a"))
+	f := versionFleet("")
+	f.View.Workers[0].RemoteRequests = 1 // the "0" worker busy: a goes to "1"
+	if q.Dispatch(f) != 1 {
+		t.Fatal("the group's first request was not granted")
+	}
+	if o := <-out; o.err != nil || o.grant.Worker != "10.0.0.2:80" {
+		t.Fatalf("first: %+v", o)
+	}
+	if g := q.Groups()["g1"]; g.Version != "1" {
+		t.Fatalf("group after its first grant: %+v", g)
+	}
+	// "1" busy now, "0" free: the group's next request waits for "1".
+	out = waitAll(t, q, grp("b"))
+	f = versionFleet("")
+	f.View.Workers[1].RemoteRequests = 1
+	if n := q.Dispatch(f); n != 0 || q.WaitingFor("1") != 1 {
+		t.Fatalf("granted %d (waiting for version 1: %d); want it waiting for its group's version", n, q.WaitingFor("1"))
+	}
+	if q.Dispatch(versionFleet("")) != 1 {
+		t.Fatal("not granted once its version's worker is free")
+	}
+	if o := <-out; o.err != nil || o.grant.Worker != "10.0.0.2:80" {
+		t.Fatalf("second: %+v", o)
+	}
+	// A request of the group pinning another version is refused at once.
+	if _, err := q.Wait(context.Background(), func() Request { r := grp("c"); r.Version = "0"; return r }()); !errors.Is(err, ErrVersion) {
+		t.Fatalf("a group request pinning another version: %v", err)
+	}
+	// Its version gone for good: refused, naming the group.
+	out = waitAll(t, q, grp("d"))
+	f = versionFleet("")
+	f.View.Workers[1].Version = "2"
+	f.History = append(f.History, "2")
+	q.Dispatch(f)
+	if o := <-out; !errors.Is(o.err, ErrVersion) || !strings.Contains(o.err.Error(), `group "g1"`) {
+		t.Fatalf("a group whose version is gone: %v", o.err)
+	}
+}
+
+// TestGroupsForgotten: an idle group is forgotten after GroupIdle.
+func TestGroupsForgotten(t *testing.T) {
+	now := time.Unix(1000, 0)
+	q := New(Options{GroupIdle: time.Minute, Now: func() time.Time { return now }})
+	r := req("a", 0, "t")
+	r.Group = "g"
+	out := waitAll(t, q, r)
+	q.Dispatch(versionFleet(""))
+	<-out
+	if len(q.Groups()) != 1 {
+		t.Fatal("the group was not kept")
+	}
+	now = now.Add(2 * time.Minute)
+	if g := q.Groups(); len(g) != 0 {
+		t.Fatalf("an idle group was kept: %v", g)
 	}
 }

@@ -57,6 +57,8 @@ type QueueRequest struct {
 	// (HeaderPinVersion, HeaderMinVersion; "": none).
 	Version    string `json:"weight_version,omitempty"`
 	MinVersion string `json:"min_weight_version,omitempty"`
+	// Group is the request's group (HeaderGroup; "": none).
+	Group string `json:"group,omitempty"`
 }
 
 // QueueGrant is the worker a queued request goes to, and the next best.
@@ -120,6 +122,11 @@ func (r QueueRequest) Check() error {
 		return fmt.Errorf("\"model\" is over 512 bytes")
 	case len(r.Hosts) > 64:
 		return fmt.Errorf("at most 64 \"hosts\"")
+	}
+	if r.Group != "" {
+		if err := CheckGroup(r.Group); err != nil {
+			return err
+		}
 	}
 	for name, v := range map[string]string{"weight_version": r.Version, "min_weight_version": r.MinVersion} {
 		if v != "" {

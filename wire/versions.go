@@ -12,9 +12,30 @@ const (
 	// HeaderMinVersion: served only by a worker holding this version or
 	// one the fleet had after it (its update history).
 	HeaderMinVersion = "x-diffusion-min-weight-version"
-	// MaxVersionLen bounds a version named in a header.
+	// HeaderGroup names the request's group: the group's requests are
+	// served by the weight version its first granted request had.
+	HeaderGroup = "x-diffusion-group"
+	// MaxVersionLen bounds a version named in a header, MaxGroupLen a
+	// group name.
 	MaxVersionLen = 128
+	MaxGroupLen   = 128
 )
+
+// CheckGroup checks a group name: 1 to MaxGroupLen letters, digits or
+// ._:@/-.
+func CheckGroup(g string) error {
+	if len(g) == 0 || len(g) > MaxGroupLen {
+		return fmt.Errorf("%s must be 1 to %d characters", HeaderGroup, MaxGroupLen)
+	}
+	for i := 0; i < len(g); i++ {
+		switch c := g[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == ':', c == '@', c == '/', c == '-':
+		default:
+			return fmt.Errorf("%s must be letters, digits or ._:@/-", HeaderGroup)
+		}
+	}
+	return nil
+}
 
 // CheckVersion checks a version named in header h: 1 to MaxVersionLen
 // printable characters, no spaces.

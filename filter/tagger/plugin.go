@@ -169,9 +169,9 @@ type httpContext struct {
 	// forwardTo is the worker the queue granted its held job.
 	forwarded bool
 	forwardTo string
-	// pinVersion and minVersion are the request's weight-version rules
-	// (versions.go).
-	pinVersion, minVersion string
+	// pinVersion, minVersion and group are the request's weight-version
+	// rules (versions.go).
+	pinVersion, minVersion, group string
 }
 
 // fail handles an error of the plugin itself: counted, logged, and the

@@ -117,7 +117,7 @@ func (c *httpContext) queueRequest(cost int64) wire.QueueRequest {
 	pk := c.p.picker
 	qr := wire.QueueRequest{Node: pk.envoyID(), Ticket: newRequestID()[:24], Priority: c.priority, Tenant: c.tenant,
 		Cost: cost, Pool: int(poolOf(c.task)), Model: c.model, Hosts: []wire.HostReport{},
-		Version: c.pinVersion, MinVersion: c.minVersion}
+		Version: c.pinVersion, MinVersion: c.minVersion, Group: c.group}
 	for _, h := range pk.tab.Hosts {
 		qr.Hosts = append(qr.Hosts, hostReport(h))
 	}
@@ -156,7 +156,7 @@ func (c *httpContext) onTurn(_, bodySize, _ int) {
 	// weights it did not ask for.
 	c.p.picker.queueFallbacks.Increment(1)
 	if c.versioned() {
-		c.refuse(503, "the router's control plane, which applies "+wire.HeaderPinVersion+" and "+wire.HeaderMinVersion+", did not answer; try again")
+		c.refuse(503, "the router's control plane, which applies "+rulesHeaders+", did not answer; try again")
 		return
 	}
 	if choice, cost, st := c.p.picker.choose(c.task, c.model, c.queuedCost, c.queuedKnown, false); st == pickMade {

@@ -17,12 +17,13 @@ import (
 // given twice, is answered 400, and so is a rule on a router without its
 // queue (handled: the caller returns ActionPause).
 func (c *httpContext) versionHeaders() (handled bool) {
-	if name := repeatedHeader(wire.HeaderPinVersion, wire.HeaderMinVersion); name != "" {
+	if name := repeatedHeader(wire.HeaderPinVersion, wire.HeaderMinVersion, wire.HeaderGroup); name != "" {
 		return c.refuse(400, name+" was given more than once; send it once")
 	}
 	pin, _ := proxywasm.GetHttpRequestHeader(wire.HeaderPinVersion)
 	min, _ := proxywasm.GetHttpRequestHeader(wire.HeaderMinVersion)
-	if pin == "" && min == "" {
+	group, _ := proxywasm.GetHttpRequestHeader(wire.HeaderGroup)
+	if pin == "" && min == "" && group == "" {
 		return false
 	}
 	for h, v := range map[string]string{wire.HeaderPinVersion: pin, wire.HeaderMinVersion: min} {
@@ -32,14 +33,22 @@ func (c *httpContext) versionHeaders() (handled bool) {
 			}
 		}
 	}
-	if c.p.picker == nil || !c.p.cfg.Queue {
-		return c.refuse(400, wire.HeaderPinVersion+" and "+wire.HeaderMinVersion+" are applied by the router-owned queue, which this router runs without (--queue, with least-work routing)")
+	if group != "" {
+		if err := wire.CheckGroup(group); err != nil {
+			return c.refuse(400, err.Error())
+		}
 	}
-	c.pinVersion, c.minVersion = pin, min
+	if c.p.picker == nil || !c.p.cfg.Queue {
+		return c.refuse(400, rulesHeaders+" are applied by the router-owned queue, which this router runs without (--queue, with least-work routing)")
+	}
+	c.pinVersion, c.minVersion, c.group = pin, min, group
 	return false
 }
 
-func (c *httpContext) versioned() bool { return c.pinVersion != "" || c.minVersion != "" }
+// rulesHeaders names the headers of the version rules, for refusals.
+const rulesHeaders = wire.HeaderPinVersion + ", " + wire.HeaderMinVersion + " and " + wire.HeaderGroup
+
+func (c *httpContext) versioned() bool { return c.pinVersion != "" || c.minVersion != "" || c.group != "" }
 
 // queueVersioned sends a request with version rules to the queue (a video
 // create to the held jobs, which queue it); it reports whether the request
@@ -53,7 +62,7 @@ func (c *httpContext) queueVersioned(cost int64, known bool) (waits bool) {
 	if c.enqueue(cost, known) {
 		return true
 	}
-	c.refuse(503, "the router's control plane, which applies "+wire.HeaderPinVersion+" and "+wire.HeaderMinVersion+", cannot be asked; try again")
+	c.refuse(503, "the router's control plane, which applies "+rulesHeaders+", cannot be asked; try again")
 	return true
 }
 
