@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,5 +62,65 @@ func TestWeightVersionRules(t *testing.T) {
 	// The old version is gone, and no update brings it back.
 	if res := sendImage(context.Background(), r.Front, map[string]string{wire.HeaderPinVersion: "0"}); res.status != http.StatusConflict {
 		t.Fatalf("pinned to a version the fleet left: %d %s", res.status, res.body)
+	}
+}
+
+// The case, on a real Envoy: 48 groups of 8 requests sent at once,
+// a weight update (drain mode 2 at a time, or in place) asked a second in:
+// every group is served by one weight version, every request served.
+func TestGroupsStayOnOneVersion(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"drain", "inplace"} {
+		t.Run(mode, func(t *testing.T) {
+			_, urls := startFleet(t, 8, "--time-scale", "1", "--base", "200ms", "--per-step", "0", "--jitter", "0", "--update-time", "1s")
+			r := startQueueRouter(t, urls)
+			const groups, size = 48, 8
+			results := make([]queueResult, groups*size)
+			var wg sync.WaitGroup
+			start := time.Now()
+			for i := range results {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i] = sendImage(context.Background(), r.Front, map[string]string{wire.HeaderGroup: fmt.Sprintf("g%d", i/size)})
+				}()
+			}
+			time.Sleep(time.Second) // the scenario: the update a second into the burst
+			up := postJSON(t, r.Front+"/update_weights_from_disk", map[string]any{"model_path": "/ckpt/step-2", "weight_version": "step-2",
+				"mode": mode, "max_unavailable": 2})
+			if up.Status != 200 {
+				t.Fatalf("update = %d %s", up.Status, up.Body)
+			}
+			wg.Wait()
+			mixed, served := 0, 0
+			versions := map[string]int{}
+			for g := range groups {
+				seen := map[string]bool{}
+				for _, res := range results[g*size : (g+1)*size] {
+					if res.err == nil && res.status == 200 {
+						served++
+						v := res.header.Get(wire.HeaderWeightVersion)
+						seen[v] = true
+						versions[v]++
+					}
+				}
+				if len(seen) > 1 {
+					mixed++
+				}
+			}
+			t.Logf("%s: %d of %d served, %d mixed groups, by version %v, in %v; the update waited %v s for pinned requests",
+				mode, served, len(results), mixed, versions, time.Since(start).Round(10*time.Millisecond), up.JSON(t)["waited_for_pinned_s"])
+			if mixed != 0 || served != len(results) {
+				t.Fatalf("%d mixed groups, %d of %d served; want none mixed, all served", mixed, served, len(results))
+			}
+			// Drain mode switches batches under the burst; in place, every
+			// worker switches at once, after the groups on the old weights.
+			if mode == "drain" && (versions["0"] == 0 || versions["step-2"] == 0) {
+				t.Fatalf("versions %v: the update did not happen during the burst; the test shows nothing", versions)
+			}
+			if res := sendImage(context.Background(), r.Front, map[string]string{wire.HeaderGroup: "after"}); res.status != 200 || res.header.Get(wire.HeaderWeightVersion) != "step-2" {
+				t.Fatalf("a new group after the update: %d by version %q", res.status, res.header.Get(wire.HeaderWeightVersion))
+			}
+		})
 	}
 }

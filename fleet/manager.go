@@ -72,6 +72,11 @@ type Config struct {
 	// arrives meanwhile), instead of leaving requests to queue behind the
 	// update inside the workers.
 	HoldInPlace bool
+	// Pinned, if set, counts the requests waiting that only one weight
+	// version will serve (pinned to it, or of a group on it): an update
+	// does not take the last workers holding a version while some wait
+	// for it, within its per-worker timeout (the router-owned queue).
+	Pinned interface{ WaitingFor(version string) int }
 	// Pickers, if set, are the filters that pick workers themselves
 	// (least-work routing): a drain also waits until they have all seen
 	// the worker leave rotation, since Envoy's endpoint update alone does

@@ -47,6 +47,10 @@ type UpdateOutcome struct {
 	Version   string `json:"weight_version"`
 	ModelPath string `json:"model_path"`
 	Mode      string `json:"mode"`
+	// WaitedForPinnedS is how long the update waited for requests that
+	// only the old weights serve (pinned, or of a group on them) before
+	// taking the last workers holding them.
+	WaitedForPinnedS float64 `json:"waited_for_pinned_s,omitempty"`
 }
 
 // ErrCatchUp means a joining worker could not load the fleet's weights.
@@ -98,6 +102,7 @@ func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (_ Upd
 	case spec.Mode == ModeDrain:
 		batch := max(1, spec.MaxUnavailable)
 		for i := 0; i < len(targets) && !out.Rejected; i += batch {
+			out.WaitedForPinnedS += op.waitForPinned(ctx, targets[i:min(i+batch, len(targets))], spec.Timeout, log)
 			op.updateDrained(ctx, targets[i:min(i+batch, len(targets))], body, version, modelPath, spec.Timeout, &out.Outcome, i == 0, true)
 		}
 	case op.cfg.HoldInPlace:
@@ -107,6 +112,7 @@ func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (_ Upd
 		// requests wait in the router's queue, not behind the update in a
 		// worker, so no answer after the update's 200 comes from the old
 		// weights.
+		out.WaitedForPinnedS += op.waitForPinned(ctx, targets, spec.Timeout, log)
 		op.updateDrained(ctx, targets, body, version, modelPath, spec.Timeout, &out.Outcome, true, false)
 	default:
 		results := op.workers.callAll(ctx, targets, PathUpdateWeights, body, spec.Timeout)
@@ -157,7 +163,8 @@ func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (_ Upd
 		outcome = "partial"
 	}
 	op.cfg.Recorder.WeightUpdate(outcome, time.Since(started))
-	log.WithFields(logrus.Fields{"failed": out.Failed, "took": time.Since(started).Round(time.Millisecond).String()}).Info("weight update done")
+	log.WithFields(logrus.Fields{"failed": out.Failed, "took": time.Since(started).Round(time.Millisecond).String(),
+		"waited_for_pinned_s": out.WaitedForPinnedS}).Info("weight update done")
 	return out, nil
 }
 

@@ -244,6 +244,16 @@ func (r *router) buildFilterSide(context.Context) error {
 	return nil
 }
 
+// pinnedOf is the queue as updates ask it about requests waiting for one
+// weight version (nil without the queue: a nil *queue.Queue in the
+// interface would not be nil).
+func pinnedOf(q *queue.Queue) interface{ WaitingFor(string) int } {
+	if q == nil {
+		return nil
+	}
+	return q
+}
+
 // videoModel is the model a video worker in rotation holds ("" if none):
 // a held job's answers name it, as a worker's would, when its create
 // names none.
@@ -306,6 +316,7 @@ func (r *router) buildFleet(ctx context.Context) error {
 		OutlierFailures:  c.OutlierFailures,
 		Recorder:         r.metrics,
 		HoldInPlace:      c.Queue.On,
+		Pinned:           pinnedOf(r.queue),
 		Tracer:           r.tracer,
 		// Each worker's update, and in drain mode its drain, is bounded.
 		WeightUpdateTimeout: c.WeightUpdateTimeout,
