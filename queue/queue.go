@@ -118,7 +118,7 @@ type Options struct {
 	// remembered (0: DefaultMaxGroups).
 	GroupIdle time.Duration
 	MaxGroups int
-	Now        func() time.Time
+	Now       func() time.Time
 	// Granted, if set, is told of each grant: the request, its worker
 	// and how long it waited (metrics, logs). It runs under the queue's
 	// lock: it must not call the queue.
@@ -195,9 +195,9 @@ type Queue struct {
 	// ones were last looked for.
 	groups         map[string]*group
 	groupsForgotAt time.Time
-	kick     chan struct{}
-	rot      int
-	rnd      uint64
+	kick           chan struct{}
+	rot            int
+	rnd            uint64
 }
 
 // Stats are the queue's counters since start.

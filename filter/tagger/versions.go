@@ -48,7 +48,9 @@ func (c *httpContext) versionHeaders() (handled bool) {
 // rulesHeaders names the headers of the version rules, for refusals.
 const rulesHeaders = wire.HeaderPinVersion + ", " + wire.HeaderMinVersion + " and " + wire.HeaderGroup
 
-func (c *httpContext) versioned() bool { return c.pinVersion != "" || c.minVersion != "" || c.group != "" }
+func (c *httpContext) versioned() bool {
+	return c.pinVersion != "" || c.minVersion != "" || c.group != ""
+}
 
 // queueVersioned sends a request with version rules to the queue (a video
 // create to the held jobs, which queue it); it reports whether the request
