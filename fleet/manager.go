@@ -76,7 +76,12 @@ type Config struct {
 	// version will serve (pinned to it, or of a group on it): an update
 	// does not take the last workers holding a version while some wait
 	// for it, within its per-worker timeout (the router-owned queue).
-	Pinned interface{ WaitingFor(version string) int }
+	Pinned interface {
+		WaitingFor(version string) int
+		// Closing names the versions the update is about to take away
+		// (nil: none), so that no new group starts on them.
+		Closing(versions []string)
+	}
 	// Pickers, if set, are the filters that pick workers themselves
 	// (least-work routing): a drain also waits until they have all seen
 	// the worker leave rotation, since Envoy's endpoint update alone does

@@ -49,6 +49,9 @@ func (op *operations) waitForPinned(ctx context.Context, batch []registry.Worker
 	if len(last) == 0 {
 		return 0
 	}
+	// No new group starts on them from now on (the update's end opens
+	// them again): what waits for them can only drain.
+	op.cfg.Pinned.Closing(last)
 	start := time.Now()
 	deadline := start.Add(timeout)
 	t := time.NewTicker(pinnedPoll)

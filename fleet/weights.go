@@ -79,6 +79,9 @@ func (op *operations) UpdateWeights(ctx context.Context, spec UpdateSpec) (_ Upd
 	// it while the update runs.
 	op.reg.BeginUpdate(version)
 	defer op.reg.EndUpdate()
+	if op.cfg.Pinned != nil {
+		defer op.cfg.Pinned.Closing(nil)
+	}
 	var storeErr error // a change the registry store could not write
 	out := UpdateOutcome{Outcome: Outcome{ID: id, Quarantined: []string{}}, Version: version, ModelPath: modelPath, Mode: spec.Mode}
 	var targets []registry.Worker

@@ -13,6 +13,7 @@ var (
 	queueWaitingDesc = prometheus.NewDesc("diffusion_router_queue_waiting", "Requests waiting in the router-owned queue, by priority.", []string{"priority"}, nil)
 	queueOldestDesc  = prometheus.NewDesc("diffusion_router_queue_oldest_wait_seconds", "How long the oldest waiting request has waited.", nil, nil)
 	queueEndsDesc    = prometheus.NewDesc("diffusion_router_queue_requests_total", "Requests that left the router-owned queue, by how: granted a worker, refused (full), cancelled (client gone), timed_out.", []string{"outcome"}, nil)
+	queueRulesDesc   = prometheus.NewDesc("diffusion_router_queue_version_rules_total", "Requests with weight-version rules (x-diffusion-weight-version, x-diffusion-min-weight-version, x-diffusion-group), by outcome: granted a worker the rules accept, or refused for them (409).", []string{"outcome"}, nil)
 )
 
 // queueCollector reads the queue at scrape time.
@@ -22,6 +23,7 @@ func (c queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueWaitingDesc
 	ch <- queueOldestDesc
 	ch <- queueEndsDesc
+	ch <- queueRulesDesc
 }
 
 func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
@@ -37,6 +39,9 @@ func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, st.OldestWaitSeconds)
 	for outcome, n := range map[string]uint64{"granted": st.Granted, "refused": st.Refused, "cancelled": st.Cancelled, "timed_out": st.TimedOut} {
 		ch <- prometheus.MustNewConstMetric(queueEndsDesc, prometheus.CounterValue, float64(n), outcome)
+	}
+	for outcome, n := range map[string]uint64{"granted": st.RuleGranted, "refused": st.RuleRefused} {
+		ch <- prometheus.MustNewConstMetric(queueRulesDesc, prometheus.CounterValue, float64(n), outcome)
 	}
 }
 

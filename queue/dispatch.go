@@ -50,6 +50,8 @@ type dispatch struct {
 	serves map[eligibleKey][]int
 	// The eligibility rules (eligible.go), listed once per dispatch.
 	servingRules, nowRules []rule
+	// closing are the versions an update is about to take away.
+	closing []string
 	empty                  leastwork.Table
 	// Scratch: the candidates of one request, and samples of them.
 	cands, sample, sampleAll []int
@@ -60,6 +62,7 @@ type eligibleKey struct {
 	pool                leastwork.Pool
 	model               string
 	version, minVersion string
+	fresh               bool // a group's request before its group has a version
 }
 
 func (d *dispatch) slots(i int) int64 {
@@ -78,7 +81,7 @@ func (d *dispatch) busy(i int) int64 {
 // workers are open; q.mu is held.
 func (q *Queue) survey(f Fleet) *dispatch {
 	d := &dispatch{f: f, v: f.View, now: q.opts.Now(), serves: map[eligibleKey][]int{},
-		servingRules: servingRules(), nowRules: nowRules()}
+		servingRules: servingRules(), nowRules: nowRules(), closing: q.closing}
 	d.v.Workers = slices.Clone(d.v.Workers)
 	q.countGrants(&d.v, f, d.now)
 	q.forgetDues(d.v)
@@ -120,6 +123,7 @@ func (q *Queue) refuseUnservable(d *dispatch) {
 		err := ErrNoWorker
 		if versioned(r) && len(d.servingKind(r)) > 0 {
 			err = versionRefusal(d, r, w.Request.Version == "" && r.Version != "")
+			q.stats.RuleRefused++
 		}
 		q.unlink(w)
 		q.stats.Refused++
@@ -140,7 +144,7 @@ const waitForBetter = 0.25
 func (q *Queue) next(d *dispatch) (*waiter, leastwork.Choice) {
 	var w *waiter
 	var choice leastwork.Choice
-	q.each(scanLimit, func(x *waiter) bool {
+	q.each(q.scan(), func(x *waiter) bool {
 		r := q.effective(&x.Request)
 		all := d.serving(r)
 		cands := d.takingNow(r, all)
@@ -186,6 +190,9 @@ func (q *Queue) grant(d *dispatch, w *waiter, choice leastwork.Choice) {
 		if x.Addr == choice.First {
 			version = x.Version
 		}
+	}
+	if versioned(&w.Request) || w.Group != "" {
+		q.stats.RuleGranted++
 	}
 	q.unlink(w, version)
 	q.stats.Granted++

@@ -25,7 +25,7 @@ func nowRules() []rule { return []rule{openNow} }
 
 // serving is the workers that could ever take r.
 func (d *dispatch) serving(r *Request) []int {
-	k := eligibleKey{r.Pool, r.Model, r.Version, r.MinVersion}
+	k := eligibleKey{r.Pool, r.Model, r.Version, r.MinVersion, fresh(r)}
 	if c, ok := d.serves[k]; ok {
 		return c
 	}

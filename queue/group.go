@@ -136,3 +136,29 @@ func (q *Queue) WaitingFor(version string) int {
 	}
 	return n
 }
+
+// Closing names the versions a weight update is about to take away (nil:
+// none): a group that has no version yet is not started on them, so the
+// requests waiting for them (WaitingFor) can only fall to zero.
+func (q *Queue) Closing(versions []string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closing = slices.Clone(versions)
+	q.Kick()
+}
+
+// fresh reports whether r is a group's request before its group has a
+// version.
+func fresh(r *Request) bool { return r.Group != "" && r.Version == "" }
+
+// scan is how many waiting requests a grant looks through: scanLimit, or
+// all while an update is about to take versions away, when the requests
+// waiting for them must be found behind any number of new groups that
+// wait for the update (else the update would wait for them in vain).
+// q.mu is held.
+func (q *Queue) scan() int {
+	if len(q.closing) > 0 {
+		return max(q.waiting, scanLimit)
+	}
+	return scanLimit
+}

@@ -195,6 +195,8 @@ type Queue struct {
 	// ones were last looked for.
 	groups         map[string]*group
 	groupsForgotAt time.Time
+	// closing are the versions an update is about to take away (Closing).
+	closing []string
 	kick           chan struct{}
 	rot            int
 	rnd            uint64
@@ -203,6 +205,10 @@ type Queue struct {
 // Stats are the queue's counters since start.
 type Stats struct {
 	Granted, Refused, Cancelled, TimedOut uint64
+	// RuleGranted and RuleRefused count requests with weight-version
+	// rules (a pinned or minimum version, a group) granted, and refused
+	// for their rules (ErrVersion; also counted in Refused).
+	RuleGranted, RuleRefused uint64
 }
 
 // New returns an empty queue.
@@ -333,6 +339,7 @@ func (q *Queue) add(r Request) (*waiter, error) {
 	}
 	if err := q.enterGroup(&r); err != nil {
 		q.stats.Refused++
+		q.stats.RuleRefused++
 		return nil, err
 	}
 	b := q.band(r.Priority)

@@ -18,6 +18,10 @@ type Status struct {
 	Refused          uint64 `json:"refused"`
 	Cancelled        uint64 `json:"cancelled"`
 	TimedOut         uint64 `json:"timed_out"`
+	// RuleGranted and RuleRefused: requests with weight-version rules
+	// granted, and refused for their rules (409; in Refused too).
+	RuleGranted uint64 `json:"rule_granted"`
+	RuleRefused uint64 `json:"rule_refused"`
 }
 
 // BandStatus is one priority's waiting requests by tenant.
@@ -44,7 +48,8 @@ func (q *Queue) Status() Status {
 	q.forgetIdle()
 	now := q.opts.Now()
 	s := Status{Waiting: q.waiting, Priorities: []BandStatus{}, Tenants: []TenantStatus{}, UnreportedGrants: len(q.grants),
-		Granted: q.stats.Granted, Refused: q.stats.Refused, Cancelled: q.stats.Cancelled, TimedOut: q.stats.TimedOut}
+		Granted: q.stats.Granted, Refused: q.stats.Refused, Cancelled: q.stats.Cancelled, TimedOut: q.stats.TimedOut,
+		RuleGranted: q.stats.RuleGranted, RuleRefused: q.stats.RuleRefused}
 	var oldest time.Time
 	for _, b := range q.bands {
 		bs := BandStatus{Priority: b.priority, Tenants: map[string]int{}}

@@ -12,12 +12,15 @@ import (
 // pinned version keeps the workers holding exactly it; a minimum keeps
 // those holding it or a version the fleet had after it (Fleet.History).
 func versions(d *dispatch, r *Request, cands []int) []int {
-	if !versioned(r) {
+	if !versioned(r) && !(fresh(r) && len(d.closing) > 0) {
 		return cands
 	}
 	out := cands[:0]
 	for _, i := range cands {
 		have := d.v.Workers[i].Version
+		if fresh(r) && slices.Contains(d.closing, have) {
+			continue // a new group does not start on weights on their way out
+		}
 		if r.Version != "" && have != r.Version {
 			continue
 		}
@@ -39,6 +42,9 @@ func versioned(r *Request) bool { return r.Version != "" || r.MinVersion != "" }
 // rules accept: it waits for it rather than being refused.
 func versionSoon(d *dispatch, r *Request) bool {
 	u := d.f.Updating
+	if u != "" && fresh(r) {
+		return true // a new group starts on the update's version
+	}
 	if !versioned(r) || u == "" {
 		return false
 	}

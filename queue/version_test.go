@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +146,45 @@ func TestGroupsForgotten(t *testing.T) {
 	now = now.Add(2 * time.Minute)
 	if g := q.Groups(); len(g) != 0 {
 		t.Fatalf("an idle group was kept: %v", g)
+	}
+}
+
+// TestClosingVersion: while an update is about to take version "0" away,
+// new groups do not start on it, and a request of a group on it is found
+// and granted behind any number of new groups waiting (past scanLimit).
+func TestClosingVersion(t *testing.T) {
+	q := New(Options{})
+	first := req("first", 0, "t")
+	first.Group = "old"
+	out := waitAll(t, q, first)
+	q.Dispatch(versionFleet("")) // "old" starts on a free worker
+	if o := <-out; o.err != nil {
+		t.Fatal(o.err)
+	}
+	f := versionFleet("2")
+	f.View.Workers[1].RemoteRequests = 1 // only the "0" worker is free
+	f.History = append(f.History, "2")
+	if v := q.Groups()["old"].Version; v != "0" && v != "1" {
+		t.Fatalf("group version %q", v)
+	}
+	q.Closing([]string{"0", "1"})
+	var fresh []Request
+	for i := range scanLimit + 10 {
+		r := req(fmt.Sprintf("new-%d", i), 0, "t")
+		r.Group = fmt.Sprintf("new-%d", i)
+		fresh = append(fresh, r)
+	}
+	later := req("later", 0, "t")
+	later.Group = "old"
+	outs := waitAll(t, q, append(fresh, later)...)
+	f.View.Workers[0].RemoteRequests, f.View.Workers[1].RemoteRequests = 0, 0
+	if n := q.Dispatch(f); n != 1 {
+		t.Fatalf("granted %d, want the old group's request alone", n)
+	}
+	if o := <-outs; o.key != "later" || o.err != nil {
+		t.Fatalf("granted %+v, want the old group's request", o)
+	}
+	if q.WaitingFor("0")+q.WaitingFor("1") != 0 || q.Waiting() != scanLimit+10 {
+		t.Fatalf("waiting for old versions %d, all %d", q.WaitingFor("0")+q.WaitingFor("1"), q.Waiting())
 	}
 }

@@ -247,7 +247,10 @@ func (r *router) buildFilterSide(context.Context) error {
 // pinnedOf is the queue as updates ask it about requests waiting for one
 // weight version (nil without the queue: a nil *queue.Queue in the
 // interface would not be nil).
-func pinnedOf(q *queue.Queue) interface{ WaitingFor(string) int } {
+func pinnedOf(q *queue.Queue) interface {
+	WaitingFor(string) int
+	Closing([]string)
+} {
 	if q == nil {
 		return nil
 	}
