@@ -52,7 +52,7 @@ type dispatch struct {
 	servingRules, nowRules []rule
 	// closing are the versions an update is about to take away.
 	closing []string
-	empty                  leastwork.Table
+	empty   leastwork.Table
 	// Scratch: the candidates of one request, and samples of them.
 	cands, sample, sampleAll []int
 }

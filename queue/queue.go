@@ -197,9 +197,9 @@ type Queue struct {
 	groupsForgotAt time.Time
 	// closing are the versions an update is about to take away (Closing).
 	closing []string
-	kick           chan struct{}
-	rot            int
-	rnd            uint64
+	kick    chan struct{}
+	rot     int
+	rnd     uint64
 }
 
 // Stats are the queue's counters since start.
