@@ -2,6 +2,9 @@ package api
 
 import (
 	"encoding/json"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/diffrouter/diffusion-router/fleet"
@@ -110,15 +113,39 @@ type VersionsView struct {
 	History  []string       `json:"history"`
 	Updating string         `json:"updating,omitempty"`
 	Workers  map[string]int `json:"workers"`
-	// Groups are the open groups (x-diffusion-group): the version each
-	// was fixed to by its first grant, and its requests waiting.
-	Groups map[string]queue.GroupStatus `json:"groups,omitempty"`
+	// Groups are open groups (x-diffusion-group): the version each was
+	// fixed to by its first grant, and its requests waiting; at most
+	// maxShownGroups, those with requests waiting first. OpenGroups
+	// counts them all.
+	Groups     map[string]queue.GroupStatus `json:"groups,omitempty"`
+	OpenGroups int                          `json:"open_groups"`
 }
+
+// maxShownGroups bounds the groups an answer lists (a trainer may keep
+// thousands open).
+const maxShownGroups = 100
 
 func versionsView(snap registry.Snapshot, q *queue.Queue) VersionsView {
 	v := VersionsView{History: snap.Fleet.History, Updating: snap.Fleet.Updating, Workers: map[string]int{}}
 	if q != nil {
-		v.Groups = q.Groups()
+		all := q.Groups()
+		v.OpenGroups = len(all)
+		names := slices.Collect(maps.Keys(all))
+		slices.SortFunc(names, func(a, b string) int {
+			if wa, wb := all[a].Waiting > 0, all[b].Waiting > 0; wa != wb {
+				if wa {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
+		if len(names) > 0 {
+			v.Groups = make(map[string]queue.GroupStatus, min(len(names), maxShownGroups))
+			for _, name := range names[:min(len(names), maxShownGroups)] {
+				v.Groups[name] = all[name]
+			}
+		}
 	}
 	if v.History == nil {
 		v.History = []string{}

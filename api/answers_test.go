@@ -1,10 +1,14 @@
 package api
 
 import (
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/diffrouter/diffusion-router/queue"
+	"github.com/diffrouter/diffusion-router/registry"
 )
 
 // jsonNames is every JSON name an answer type writes, embedded structs'
@@ -67,7 +71,7 @@ func TestAnswersHaveTheFieldsTheReadmePromises(t *testing.T) {
 		{ListAnswer{}, readmeLine(t, readme, "| `GET /list_workers`"), []string{"urls"}},
 		{WorkersAnswer{}, readmeLine(t, readme, "| `GET /workers`"), []string{"workers", "weight_versions"}},
 		{HealthAnswer{}, readmeLine(t, readme, "| `GET /health`"), []string{"weight_versions"}},
-		{VersionsView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"history", "updating", "workers", "groups"}},
+		{VersionsView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"history", "updating", "workers", "groups", "open_groups"}},
 		{WorkerView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"worker_id", "display_id", "url", "is_sleeping",
 			"state", "reason", "since", "is_dead", "consecutive_failures", "active_requests", "requests", "errors",
 			"task_types", "models", "video_support"}},
@@ -98,5 +102,25 @@ func TestAnswersHaveTheFieldsTheReadmePromises(t *testing.T) {
 		if !update[f] {
 			t.Errorf("a weight update's answer lacks %q, which every other fleet-wide call's answer has", f)
 		}
+	}
+}
+
+// The groups an answer lists are bounded, those with requests waiting
+// first; open_groups counts them all.
+func TestVersionsViewBoundsGroups(t *testing.T) {
+	q := queue.New(queue.Options{})
+	for i := range maxShownGroups + 50 {
+		r := queue.Request{Key: queue.Key{Node: "n", Ticket: fmt.Sprint(i)}, Tenant: "t", Group: fmt.Sprintf("g%03d", i)}
+		if _, err := q.Enter(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Cancel(queue.Key{Node: "n", Ticket: "0"}) // g000: open, nothing waiting
+	v := versionsView(registry.Snapshot{}, q)
+	if v.OpenGroups != maxShownGroups+50 || len(v.Groups) != maxShownGroups {
+		t.Fatalf("open %d, listed %d", v.OpenGroups, len(v.Groups))
+	}
+	if _, listed := v.Groups["g000"]; listed {
+		t.Fatal("a group with nothing waiting was listed before ones with requests waiting")
 	}
 }
