@@ -8,9 +8,12 @@ import (
 	"github.com/diffrouter/diffusion-router/wire"
 )
 
-// versions is the serving rule of a request's weight-version rules: a
-// pinned version keeps the workers holding exactly it; a minimum keeps
-// those holding it or a version the fleet had after it (Fleet.History).
+// versions is the serving rule of a request's weight-version rules (of
+// the request as its group makes it: Queue.effective): a pinned version
+// keeps the workers holding exactly it; a minimum keeps those holding it
+// or a version the fleet had after it (Fleet.History); a group's request
+// before its group has a version may take any worker but those whose
+// version an update is about to take away (Queue.Closing).
 func versions(d *dispatch, r *Request, cands []int) []int {
 	if !versioned(r) && !(fresh(r) && len(d.closing) > 0) {
 		return cands
@@ -33,10 +36,6 @@ func versions(d *dispatch, r *Request, cands []int) []int {
 }
 
 func versioned(r *Request) bool { return r.Version != "" || r.MinVersion != "" }
-
-// A group request that pins no version yet is served by any worker (its
-// grant fixes the group's version); versioned is about its effective
-// request (Queue.effective).
 
 // versionSoon reports whether an update under way brings a version r's
 // rules accept: it waits for it rather than being refused.
