@@ -140,7 +140,7 @@ func Open(o Options) (*Holder, error) {
 		if j.State == Sent {
 			h.byWrapped[j.Wrapped] = j.ID
 		}
-		if j.State == Waiting || j.State == Sending {
+		if j.State.open() {
 			h.bytes += j.Bytes
 		}
 	}
@@ -155,7 +155,7 @@ func (h *Holder) Run(ctx context.Context) {
 	h.ctx = ctx
 	waiting := make([]*Job, 0)
 	for _, j := range h.jobs {
-		if j.State == Waiting || j.State == Sending {
+		if j.State.open() {
 			waiting = append(waiting, j)
 		}
 	}
@@ -347,7 +347,7 @@ func (h *Holder) save(j *Job) error {
 // worker took waits again.
 func (h *Holder) run(ctx context.Context, j *Job, e *queue.Entry) {
 	defer h.wg.Done()
-	key := queue.Key{Node: Node, Ticket: j.ID}
+	key := request(j).Key
 	var noWorkerSince time.Time
 	for {
 		var err error
@@ -467,7 +467,7 @@ func (h *Holder) moveTo(j *Job, from, to State, worker string) bool {
 // fail ends a job that never ran.
 func (h *Holder) fail(j *Job, code, msg string) {
 	h.mu.Lock()
-	if j.State != Waiting && j.State != Sending {
+	if !j.State.open() {
 		h.mu.Unlock()
 		return
 	}
@@ -512,12 +512,9 @@ func (h *Holder) Delete(id string) error {
 	h.bytes -= j.Bytes
 	h.stats.Deleted++
 	h.mu.Unlock()
-	h.o.Queue.Cancel(queue.Key{Node: Node, Ticket: id})
+	h.o.Queue.Cancel(request(j).Key)
 	h.st.removeBody(id)
-	if err := h.save(j); err != nil {
-		return err
-	}
-	return nil
+	return h.save(j)
 }
 
 // Waiting returns the jobs that wait (or are being sent), oldest first.
@@ -526,7 +523,7 @@ func (h *Holder) Waiting() []Job {
 	defer h.mu.Unlock()
 	var out []Job
 	for _, j := range h.jobs {
-		if j.State == Waiting || j.State == Sending {
+		if j.State.open() {
 			out = append(out, *j)
 		}
 	}
@@ -558,7 +555,7 @@ func (h *Holder) Status() Status {
 	s := Status{Bytes: h.bytes, Stats: h.stats}
 	var oldest time.Time
 	for _, j := range h.jobs {
-		if j.State == Waiting || j.State == Sending {
+		if j.State.open() {
 			s.Waiting++
 			if oldest.IsZero() || j.Created.Before(oldest) {
 				oldest = j.Created
@@ -578,7 +575,7 @@ func (h *Holder) forget() {
 	now := h.o.Now()
 	var ended []*Job
 	for _, j := range h.jobs {
-		if j.State == Waiting || j.State == Sending {
+		if j.State.open() {
 			continue
 		}
 		ended = append(ended, j)

@@ -32,6 +32,10 @@ const (
 	Deleted State = "deleted"
 )
 
+// open reports whether a job in state s is still the router's: waiting,
+// or being sent (its body stored, counted against --max-held-bytes).
+func (s State) open() bool { return s == Waiting || s == Sending }
+
 // Job is one held video job as stored.
 type Job struct {
 	// ID is the router's own id of the job (the client sees it signed).

@@ -185,16 +185,10 @@ func isOpen(d *dispatch, cands []int, addr string) bool {
 // grant sends w to its worker and counts it there for the rest of the
 // dispatch; q.mu is held.
 func (q *Queue) grant(d *dispatch, w *waiter, choice leastwork.Choice) {
-	version := ""
-	for _, x := range d.v.Workers {
-		if x.Addr == choice.First {
-			version = x.Version
-		}
-	}
 	if versioned(&w.Request) || w.Group != "" {
 		q.stats.RuleGranted++
 	}
-	q.unlink(w, version)
+	q.unlink(w)
 	q.stats.Granted++
 	if q.opts.Granted != nil {
 		q.opts.Granted(w.Request, choice.First, d.now.Sub(w.at))
@@ -204,6 +198,9 @@ func (q *Queue) grant(d *dispatch, w *waiter, choice leastwork.Choice) {
 	for _, i := range d.sample {
 		if d.v.Workers[i].Addr != choice.First {
 			continue
+		}
+		if w.Group != "" {
+			q.fixGroup(w.Group, d.v.Workers[i].Version)
 		}
 		g := grant{node: w.Node, ticket: w.Ticket, addr: choice.First, cost: w.Cost, at: d.now, before: d.busy(i)}
 		if d.f.Freed != nil {

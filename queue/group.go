@@ -67,17 +67,18 @@ func (q *Queue) enterGroup(r *Request) error {
 	return nil
 }
 
-// leaveGroup counts a request out of its group; version, if set, is the
-// version of the worker it was granted, which fixes a group's first.
-// q.mu is held.
-func (q *Queue) leaveGroup(r *Request, version string) {
-	g := q.groups[r.Group]
-	if g == nil {
-		return
+// leaveGroup counts a request out of its group; q.mu is held.
+func (q *Queue) leaveGroup(r *Request) {
+	if g := q.groups[r.Group]; g != nil {
+		g.live--
+		g.last = q.opts.Now()
 	}
-	g.live--
-	g.last = q.opts.Now()
-	if version != "" && g.version == "" {
+}
+
+// fixGroup gives a group the version of the worker its first request was
+// granted; q.mu is held.
+func (q *Queue) fixGroup(name, version string) {
+	if g := q.groups[name]; g != nil && g.version == "" {
 		g.version = version
 	}
 }

@@ -376,16 +376,11 @@ func (q *Queue) remove(w *waiter, c *uint64) bool {
 	return true
 }
 
-// unlink drops w from its tenant and band (and its group: granted to
-// a worker holding version, if set); q.mu is held.
-func (q *Queue) unlink(w *waiter, version ...string) {
+// unlink drops w from its tenant, band and group; q.mu is held.
+func (q *Queue) unlink(w *waiter) {
 	w.gone = true
 	if w.Group != "" {
-		v := ""
-		if len(version) > 0 {
-			v = version[0]
-		}
-		q.leaveGroup(&w.Request, v)
+		q.leaveGroup(&w.Request)
 	}
 	delete(q.byKey, w.Key)
 	q.waiting--

@@ -2,8 +2,6 @@ package registry
 
 import (
 	"slices"
-
-	"github.com/diffrouter/diffusion-router/wire"
 )
 
 // The fleet's weight versions in the order it first had them (Weights.History):
@@ -13,13 +11,6 @@ import (
 
 // maxHistory bounds the versions remembered (the oldest go first).
 const maxHistory = 1000
-
-// Rank is v's place in the history (-1: never seen).
-func (w Weights) Rank(v string) int { return slices.Index(w.History, v) }
-
-// AtLeast reports whether a worker holding have satisfies a request for
-// min or later (wire.AtLeast on the history).
-func (w Weights) AtLeast(have, min string) bool { return wire.AtLeast(w.History, have, min) }
 
 // noteLocked adds v to the history if it is new; r.mu is held.
 func (r *Registry) noteLocked(v string) {

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/diffrouter/diffusion-router/wire"
 )
 
 func mustURL(t *testing.T, s string) WorkerURL {
@@ -246,7 +248,7 @@ func TestHistory(t *testing.T) {
 	}{
 		{"step-2", "a", true}, {"a", "step-2", false}, {"a", "a", true}, {"b", "a", false}, {"x", "x", true}, {"a", "x", false}, {"x", "a", false},
 	} {
-		if got := w.AtLeast(tc.have, tc.min); got != tc.want {
+		if got := wire.AtLeast(w.History, tc.have, tc.min); got != tc.want {
 			t.Errorf("AtLeast(%q, %q) = %v", tc.have, tc.min, got)
 		}
 	}

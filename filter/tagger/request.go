@@ -82,10 +82,11 @@ func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) types.Action
 	// may wait; a larger one is picked at once. So is a video create whose
 	// body is not read (the openai SDK's, multipart): waiting, its create
 	// call would not answer until a slot frees, past the SDK's timeout for
-	// long jobs (whose retry creates the job again); it goes at once, as
-	// without the queue, until the router can answer a create itself.
-	// With held jobs the body is not held here at all: the control plane
-	// takes the create and answers it at once.
+	// long jobs (whose retry creates the job again); without held jobs
+	// (--hold-video-jobs=false, or external Envoys not told where to send
+	// them) it goes at once, as without the queue. With held jobs the body
+	// is not held here at all: the control plane takes the create and
+	// answers it at once.
 	unreadVideo := c.task == TaskVideo && !endOfStream && !c.p.cfg.HoldJobs
 	if c.pick(0, false, c.p.cfg.Queue && (endOfStream || c.bodyFitsHold() || c.holdsJob()) && !unreadVideo) {
 		return types.ActionPause // waits for its turn in the router's queue
