@@ -583,7 +583,7 @@ func (h *Holder) forget() {
 	slices.SortFunc(ended, func(a, b *Job) int { return endedAt(a).Compare(endedAt(b)) })
 	var drop []string
 	for _, j := range ended {
-		if now.Sub(endedAt(j)) > h.o.Retain || len(h.jobs)-len(drop) > maxRecords {
+		if now.Sub(endedAt(j)) > h.o.Retain || len(h.jobs) > maxRecords {
 			drop = append(drop, j.ID)
 			delete(h.jobs, j.ID)
 			delete(h.byWrapped, j.Wrapped)

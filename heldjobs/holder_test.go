@@ -326,3 +326,32 @@ func TestLostAnswerCounted(t *testing.T) {
 		t.Fatalf("resent %d, the worker saw %v; want the lost answer counted", st.Resent, e.seen())
 	}
 }
+
+// forget keeps at most maxRecords records, dropping the oldest ended
+// ones, and every record of a job ended longer than Retain ago.
+func TestForgetBoundsRecords(t *testing.T) {
+	h := openHolder(t, t.TempDir(), queue.New(queue.Options{}), "http://127.0.0.1:1", 0)
+	defer h.Close()
+	now := time.Now()
+	h.o.Now = func() time.Time { return now }
+	for i := range maxRecords + 10 {
+		id := fmt.Sprintf("video_%06d", i)
+		h.jobs[id] = &Job{ID: id, State: Failed, Ended: now.Add(-time.Duration(maxRecords+10-i) * time.Millisecond)}
+	}
+	h.jobs["video_old"] = &Job{ID: "video_old", State: Deleted, Ended: now.Add(-h.o.Retain - time.Minute)}
+	h.jobs["video_waiting"] = &Job{ID: "video_waiting", State: Waiting, Created: now.Add(-48 * time.Hour)}
+	h.forget()
+	if len(h.jobs) != maxRecords {
+		t.Fatalf("%d records kept, want %d", len(h.jobs), maxRecords)
+	}
+	for _, id := range []string{"video_old", "video_000000", "video_000010"} {
+		if _, kept := h.jobs[id]; kept {
+			t.Fatalf("%s kept: the oldest ended records go first", id)
+		}
+	}
+	for _, id := range []string{"video_waiting", "video_000011"} {
+		if _, kept := h.jobs[id]; !kept {
+			t.Fatalf("%s dropped", id)
+		}
+	}
+}

@@ -56,6 +56,9 @@ func (c *httpContext) versioned() bool {
 // create to the held jobs, which queue it); it reports whether the request
 // now waits. One the queue cannot be asked about is refused 503.
 func (c *httpContext) queueVersioned(cost int64, known bool) (waits bool) {
+	// No pick weighed workers for it: the records an earlier pick read
+	// are not this Envoy's count now, and go with no ask.
+	c.p.picker.tab.Hosts = c.p.picker.tab.Hosts[:0]
 	cost = c.estimate(cost, known)
 	if c.holdsJob() {
 		c.hold(cost)
