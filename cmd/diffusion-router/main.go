@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/router"
+	"github.com/diffrouter/diffusion-router/version"
 	"github.com/diffrouter/diffusion-router/xds/trust"
 )
 
@@ -49,9 +51,26 @@ func main() {
 		fmt.Fprintln(os.Stderr, "diffusion-router:", err)
 		os.Exit(2)
 	}
+	if cfg.ShowVersion {
+		fmt.Println(version.String())
+		return
+	}
 	log := router.NewLogger(cfg.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cfg.StopWithStdin {
+		// The launcher that holds standard input usually reads our output
+		// too: once it is gone, a log line must fail (EPIPE), not kill the
+		// router with SIGPIPE before it has stopped its Envoy.
+		signal.Ignore(syscall.SIGPIPE)
+		go func() {
+			// Reads end at EOF (the launcher has gone) or an error: either
+			// way no one holds the other end any more.
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			log.Info("standard input closed (--stop-with-stdin): stopping")
+			stop()
+		}()
+	}
 	err = router.Run(ctx, cfg, log, func(a router.Addresses) {
 		if a.Front == "" {
 			fmt.Printf("diffusion-router: control plane ready; xDS at %s, registry API at %s\n", a.XDS, a.API)
