@@ -16,7 +16,7 @@ import (
 
 // The answers of the registry API. Their JSON names follow the Python
 // routers' (sglang-diffusion-routing) where a client can tell, with the
-// router's own fields on top; README's API section promises them, and
+// router's own fields on top; docs/api.md promises them, and
 // answers_test.go holds the two to each other.
 
 // ErrorAnswer is every error: {"error": "..."}.

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/diffrouter/diffusion-router/fleet"
 	"github.com/diffrouter/diffusion-router/queue"
 	"github.com/diffrouter/diffusion-router/registry"
 )
@@ -31,11 +33,11 @@ func jsonNames(t reflect.Type) map[string]bool {
 	return out
 }
 
-// readmeLine is the README.md item (a table row, a list item, a
+// docLine is the item of a docs page (a table row, a list item, a
 // paragraph) whose first line starts with prefix, its lines joined.
-func readmeLine(t *testing.T, readme, prefix string) string {
+func docLine(t *testing.T, doc page, prefix string) string {
 	t.Helper()
-	lines := strings.Split(readme, "\n")
+	lines := strings.Split(doc.text, "\n")
 	for i, l := range lines {
 		if !strings.HasPrefix(strings.TrimSpace(l), prefix) {
 			continue
@@ -50,49 +52,57 @@ func readmeLine(t *testing.T, readme, prefix string) string {
 		}
 		return item
 	}
-	t.Fatalf("README.md has no line starting %q", prefix)
+	t.Fatalf("%s has no line starting %q", doc.path, prefix)
 	return ""
 }
 
-// The fields README promises for each answer are fields of its type: a
-// renamed field fails here, not in a user's client.
-func TestAnswersHaveTheFieldsTheReadmePromises(t *testing.T) {
-	b, err := os.ReadFile("../README.md")
+// page is a docs page's path and text.
+type page struct{ path, text string }
+
+func readPage(t *testing.T, path string) page {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme := string(b)
-	compat := readmeLine(t, readme, "- **Same shapes**") + readmeLine(t, readme, "- **The seed router's endpoints**")
+	return page{path, string(b)}
+}
+
+// The fields the docs promise for each answer are fields of its type: a
+// renamed field fails here, not in a user's client.
+func TestAnswersHaveTheFieldsTheDocsPromise(t *testing.T) {
+	api, compatPage := readPage(t, "../docs/api.md"), readPage(t, "../docs/compatibility.md")
+	compat := docLine(t, compatPage, "- **Same shapes**") + docLine(t, compatPage, "- **The seed router's endpoints**")
 	tests := []struct {
 		answer any
-		line   string // where README promises the fields
+		line   string // where the docs promise the fields
 		fields []string
 	}{
-		{ListAnswer{}, readmeLine(t, readme, "| `GET /list_workers`"), []string{"urls"}},
-		{WorkersAnswer{}, readmeLine(t, readme, "| `GET /workers`"), []string{"workers", "weight_versions"}},
-		{HealthAnswer{}, readmeLine(t, readme, "| `GET /health`"), []string{"weight_versions"}},
-		{VersionsView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"history", "updating", "workers", "groups", "open_groups"}},
-		{WorkerView{}, readmeLine(t, readme, "| `GET /workers`"), []string{"worker_id", "display_id", "url", "is_sleeping",
+		{ListAnswer{}, docLine(t, api, "| `GET /list_workers`"), []string{"urls"}},
+		{WorkersAnswer{}, docLine(t, api, "| `GET /workers`"), []string{"workers", "weight_versions"}},
+		{HealthAnswer{}, docLine(t, api, "| `GET /health`"), []string{"weight_versions"}},
+		{VersionsView{}, docLine(t, api, "| `GET /workers`"), []string{"history", "updating", "workers", "groups", "open_groups"}},
+		{WorkerView{}, docLine(t, api, "| `GET /workers`"), []string{"worker_id", "display_id", "url", "is_sleeping",
 			"state", "reason", "since", "is_dead", "consecutive_failures", "active_requests", "requests", "errors",
 			"task_types", "models", "video_support"}},
-		{HealthAnswer{}, readmeLine(t, readme, "| `GET /health`"), []string{"status", "healthy_workers", "total_workers"}},
+		{HealthAnswer{}, docLine(t, api, "| `GET /health`"), []string{"status", "healthy_workers", "total_workers"}},
 		{HealthAnswer{}, compat, []string{"sleeping_workers"}},
 		{AddAnswer{}, compat, []string{"status", "worker_urls", "urls"}},
-		{AddAnswer{}, readmeLine(t, readme, "| `POST /add_worker`"), []string{"added", "same_server_as", "synced"}},
+		{AddAnswer{}, docLine(t, api, "| `POST /add_worker`"), []string{"added", "same_server_as", "synced"}},
 		{WorkerAnswer{}, compat, []string{"worker"}},
 		{ChangeAnswer{}, compat, []string{"status"}},
 		{RemoveAnswer{}, compat, []string{"status", "worker_id"}},
-		{ErrorAnswer{}, readmeLine(t, readme, "Errors are always JSON"), []string{"error"}},
+		{ErrorAnswer{}, docLine(t, api, "Errors are always JSON"), []string{"error"}},
 	}
 	for _, tt := range tests {
 		typ := reflect.TypeOf(tt.answer)
 		names := jsonNames(typ)
 		for _, f := range tt.fields {
 			if !strings.Contains(tt.line, "`"+f+"`") && !strings.Contains(tt.line, `"`+f+`"`) {
-				t.Errorf("README no longer promises %q where the test looks (%.60s...); update the test with it", f, tt.line)
+				t.Errorf("the docs no longer promise %q where the test looks (%.60s...); update the test with them", f, tt.line)
 			}
 			if !names[f] {
-				t.Errorf("%s has no JSON field %q, which README promises", typ.Name(), f)
+				t.Errorf("%s has no JSON field %q, which the docs promise", typ.Name(), f)
 			}
 		}
 	}
@@ -101,6 +111,36 @@ func TestAnswersHaveTheFieldsTheReadmePromises(t *testing.T) {
 	for f := range jsonNames(reflect.TypeOf(CallAnswer{})) {
 		if !update[f] {
 			t.Errorf("a weight update's answer lacks %q, which every other fleet-wide call's answer has", f)
+		}
+	}
+}
+
+// The Python launcher reads a weight update's answer by its JSON names
+// (WeightUpdate.from_answer): each must be a field of UpdateAnswer, or
+// the launcher would read zeros.
+func TestLauncherReadsTheUpdateAnswer(t *testing.T) {
+	src, err := os.ReadFile("../python/diffusion_router/launcher.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := string(src)
+	start := strings.Index(from, "def from_answer(")
+	if start < 0 {
+		t.Fatal("launcher.py has no from_answer")
+	}
+	from = from[start:]
+	if end := strings.Index(from, "\nclass "); end > 0 {
+		from = from[:end]
+	}
+	update := jsonNames(reflect.TypeOf(UpdateAnswer{}))
+	result := jsonNames(reflect.TypeOf(fleet.CallResult{}))
+	read := regexp.MustCompile(`\b(body|r)\.get\("([a-z_]+)"`).FindAllStringSubmatch(from, -1)
+	if len(read) < 8 {
+		t.Fatalf("found %d reads in from_answer; the test no longer matches the launcher", len(read))
+	}
+	for _, m := range read {
+		if names := map[string]map[string]bool{"body": update, "r": result}[m[1]]; !names[m[2]] {
+			t.Errorf("the launcher reads %q, which the answer does not have", m[2])
 		}
 	}
 }

@@ -67,12 +67,12 @@ WHEEL_DIST="$work/dist" ./scripts/build-wheel.sh >&2
 
 # Each wheel holds its platform's binaries (ELF e_machine: x86-64 62, AArch64 183).
 python3 - "$work/dist" <<'PY'
-import glob, sys, zipfile
+import glob, re, sys, zipfile
 want = {"x86_64": 62, "aarch64": 183}
-wheels = glob.glob(sys.argv[1] + "/diffusion_router-*.whl")
-assert sorted(w.rsplit("_", 1)[1][:-4] for w in wheels) == ["aarch64", "x86_64"], wheels
-for w in wheels:
-    arch = w.rsplit("_", 1)[1][:-4]
+wheels = {re.search(r"-py3-none-manylinux_2_17_(x86_64|aarch64)\.whl$", w).group(1): w
+          for w in glob.glob(sys.argv[1] + "/diffusion_router-*.whl")}
+assert sorted(wheels) == ["aarch64", "x86_64"], wheels
+for arch, w in wheels.items():
     z = zipfile.ZipFile(w)
     for name in ("diffusion-router", "fake-worker"):
         info = z.getinfo(f"diffusion_router/_bin/{name}")
