@@ -54,7 +54,7 @@ func TestSlug(t *testing.T) {
 	tests := map[string]string{
 		"Least-work routing": "least-work-routing",
 		"Rollouts across a weight update: groups, bounded staleness, pinned versions": "rollouts-across-a-weight-update-groups-bounded-staleness-pinned-versions",
-		"The `x-diffusion-tenant` header": "the-x-diffusion-tenant-header",
+		"The `x-diffusion-tenant` header":                                             "the-x-diffusion-tenant-header",
 	}
 	for in, want := range tests {
 		if got := slug(in); got != want {
