@@ -226,7 +226,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	c.HealthCheckInterval = 10 * time.Second
 	fs.Var(&seconds{d: &c.HealthCheckInterval}, "health-check-interval", "seconds between health checks of each worker")
 	fs.IntVar(&c.HealthCheckFailureThreshold, "health-check-failure-threshold", 3, "failed health checks in a row that take a worker out")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warning or error")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "critical, error, warning, info, debug or trace (uvicorn's names, as the Python routers take)")
 	fs.BoolVar(&c.Verbose, "verbose", false, "same as --log-level debug")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
 	fs.BoolVar(&c.StopWithStdin, "stop-with-stdin", false, "stop (as on SIGTERM) when standard input closes: for a launcher that starts the router as its child and holds the other end")
@@ -408,10 +408,8 @@ func (c Config) Validate() error {
 	if c.EnvoyConcurrency < 0 {
 		errs = append(errs, fmt.Errorf("--envoy-concurrency must not be negative"))
 	}
-	switch strings.ToLower(c.LogLevel) {
-	case "debug", "info", "warning", "warn", "error", "critical":
-	default:
-		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warning or error", c.LogLevel))
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
 	}
 	if c.ExternalEnvoy && c.XDSTLSDir == "" && c.StateDir == "" {
 		errs = append(errs, errors.New("--external-envoy needs --xds-tls-dir or --state-dir: the Envoys connect with credentials kept there, which a temporary directory would lose"))

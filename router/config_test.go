@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 func TestParse(t *testing.T) {
@@ -167,6 +169,23 @@ func TestParse(t *testing.T) {
 				t.Fatalf("StopWithStdin %v ShowVersion %v", c.StopWithStdin, c.ShowVersion)
 			}
 		}},
+		{name: "the Python router's full command line", args: []string{"--host", "127.0.0.1", "--port", "31000",
+			"--worker-urls", "http://a:1", "http://b:2", "--max-connections", "8", "--timeout", "120.5",
+			"--health-check-interval", "3600", "--health-check-failure-threshold", "2",
+			"--routing-algorithm", "round-robin", "--verbose", "--log-level", "warning"}, check: func(t *testing.T, c Config) {
+			if c.Host != "127.0.0.1" || c.Port != 31000 || len(c.WorkerURLs) != 2 || c.MaxConnections != 8 ||
+				c.Timeout != 120500*time.Millisecond || c.HealthCheckInterval != time.Hour || c.HealthCheckFailureThreshold != 2 ||
+				c.RoutingAlgorithm != "round-robin" || c.LogLevel != "debug" {
+				t.Fatalf("parsed %+v", c)
+			}
+		}},
+		{name: "worker urls with no value, as argparse's nargs=*", args: []string{"--worker-urls", "--port", "5"}, check: func(t *testing.T, c Config) {
+			if len(c.WorkerURLs) != 0 || c.Port != 5 {
+				t.Fatalf("urls %v port %d", c.WorkerURLs, c.Port)
+			}
+		}},
+		{name: "uvicorn's log levels", args: []string{"--log-level", "critical"}, check: func(t *testing.T, c Config) {}},
+		{name: "uvicorn's trace", args: []string{"--log-level", "TRACE"}, check: func(t *testing.T, c Config) {}},
 		{name: "zero connections", args: []string{"--max-connections", "0"}, wantErr: true},
 		{name: "port out of range", args: []string{"--port", "70000"}, wantErr: true},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: true},
@@ -187,5 +206,28 @@ func TestParse(t *testing.T) {
 			}
 			tt.check(t, c)
 		})
+	}
+}
+
+func TestParseLogLevel(t *testing.T) {
+	tests := []struct {
+		in   string
+		want logrus.Level
+		bad  bool
+	}{
+		{"trace", logrus.TraceLevel, false},
+		{"debug", logrus.DebugLevel, false},
+		{"INFO", logrus.InfoLevel, false},
+		{"warning", logrus.WarnLevel, false},
+		{"warn", logrus.WarnLevel, false},
+		{"error", logrus.ErrorLevel, false},
+		{"critical", logrus.ErrorLevel, false},
+		{"loud", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseLogLevel(tt.in)
+		if (err != nil) != tt.bad || !tt.bad && got != tt.want {
+			t.Errorf("parseLogLevel(%q) = %v, %v; want %v (error %v)", tt.in, got, err, tt.want, tt.bad)
+		}
 	}
 }

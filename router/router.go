@@ -33,12 +33,31 @@ func NewLogger(level string) *logrus.Logger {
 	l := logrus.New()
 	l.SetOutput(os.Stderr)
 	l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000"})
-	lv, err := logrus.ParseLevel(strings.ToLower(level))
+	lv, err := parseLogLevel(level)
 	if err != nil {
-		lv = logrus.InfoLevel
+		lv = logrus.InfoLevel // Validate has refused it already
 	}
 	l.SetLevel(lv)
 	return l
+}
+
+// parseLogLevel reads --log-level: logrus's names and uvicorn's, which the
+// Python routers pass their --log-level to (critical: errors only, as the
+// router logs nothing more severe and lives on; trace: everything).
+func parseLogLevel(s string) (logrus.Level, error) {
+	switch strings.ToLower(s) {
+	case "trace":
+		return logrus.TraceLevel, nil
+	case "debug":
+		return logrus.DebugLevel, nil
+	case "info":
+		return logrus.InfoLevel, nil
+	case "warning", "warn":
+		return logrus.WarnLevel, nil
+	case "error", "critical":
+		return logrus.ErrorLevel, nil
+	}
+	return logrus.InfoLevel, fmt.Errorf("--log-level %q: want critical, error, warning, info, debug or trace", s)
 }
 
 func splitHostPort(hp string) (string, uint32, error) {
