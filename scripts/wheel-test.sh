@@ -6,7 +6,8 @@
 #   2. `python -m diffusion_router --worker-urls A B` passes a smoke test
 #      against the wheel's fake workers (health, generations on both,
 #      a weight update, a clean stop);
-#   3. the launcher's tests (python/tests).
+#   3. the launcher's tests (python/tests), after mypy --strict passed on
+#      the package and them.
 # Every process started is stopped (process groups), and the virtualenv and
 # the wheels are removed, also on failure.
 set -euo pipefail
@@ -83,6 +84,11 @@ for arch, w in wheels.items():
     assert z.read("diffusion_router/_bin/diffusion-tagger.wasm")[:4] == b"\0asm", w
 print("wheel-test: both wheels hold their platform's binaries", file=sys.stderr)
 PY
+
+echo "wheel-test: type-checking the Python package and its tests (mypy --strict)" >&2
+python3 -m venv "$work/typecheck"
+"$work/typecheck/bin/python" -m pip install --quiet --disable-pip-version-check mypy==2.4.1
+(cd python && "$work/typecheck/bin/mypy" --strict --cache-dir "$work/mypy-cache" diffusion_router tests >&2)
 
 echo "wheel-test: installing the x86_64 wheel in a fresh virtualenv" >&2
 python3 -m venv "$work/venv"

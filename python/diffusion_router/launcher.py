@@ -274,7 +274,7 @@ class Router(RouterClient):
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.api_url: Optional[str] = None
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: Optional["subprocess.Popen[str]"] = None
         self._tail: Deque[str] = collections.deque(maxlen=40)
         self._ready = threading.Event()
         self._pumps: List[threading.Thread] = []

@@ -16,7 +16,7 @@ import time
 import unittest
 import urllib.error
 import urllib.request
-from typing import List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import diffusion_router
 from diffusion_router import Router, RouterClient, RouterError, RouterStartError, WeightUpdateError
@@ -35,12 +35,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_until(what: str, cond, timeout: float = 30.0) -> None:
+def wait_until(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:g} s: {what}")
         time.sleep(0.1)
+
+
+def wait_gone(pid: int, timeout: float, why: str = "") -> None:
+    wait_until(f"process {pid} gone{why}", lambda: not alive(pid), timeout)
 
 
 class FakeWorker:
@@ -84,7 +88,7 @@ class FakeWorker:
         self.proc.stdout.close()
 
 
-def generate(url: str) -> Tuple[int, dict, dict]:
+def generate(url: str) -> Tuple[int, Dict[str, str], Dict[str, Any]]:
     req = urllib.request.Request(url + "/v1/images/generations",
                                  data=json.dumps({"prompt": "a red fox", "response_format": "b64_json"}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
@@ -132,7 +136,7 @@ class LauncherTest(unittest.TestCase):
         self.router = router = Router(worker_urls=[a.url], output=None)
         with router:
             pid = router.pid
-            self.assertIsNotNone(pid)
+            assert pid is not None
             envoys = _children(pid)  # Envoy (its own process group)
             self.assertTrue(envoys, "the router runs its Envoy as a child")
             self.assertEqual(router.health()["status"], "healthy")
@@ -159,7 +163,7 @@ class LauncherTest(unittest.TestCase):
         # The block's end stops the router, its Envoy, and its process group.
         self.assertIsNone(router.pid)
         for p in [pid, *envoys]:
-            wait_until(f"process {p} gone", lambda p=p: not alive(p), timeout=10)
+            wait_gone(p, 10)
         self.assertFalse(port_open(front), "the front port still answers")
         router.stop()  # harmless again
 
@@ -207,7 +211,7 @@ class LauncherTest(unittest.TestCase):
 
     def test_arguments_checked(self) -> None:
         with self.assertRaises(TypeError):
-            Router(worker_urls="http://gpu-1:30000")  # type: ignore[arg-type]
+            Router(worker_urls="http://gpu-1:30000")  # a str is a Sequence[str]: checked at run time
         with self.assertRaises(ValueError):
             Router(port=70000)
 
@@ -230,7 +234,7 @@ class LauncherTest(unittest.TestCase):
                 self.assertGreaterEqual(len(fields), 3, out.stderr)
                 pids, url = [int(p) for p in fields[:-1]], fields[-1]
                 for p in pids:
-                    wait_until(f"process {p} gone after the launcher's {how}", lambda p=p: not alive(p), timeout=90)
+                    wait_gone(p, 90, f" after the launcher's {how}")
                 self.assertFalse(port_open(url))
 
 
