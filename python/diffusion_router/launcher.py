@@ -22,12 +22,25 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import IO, Any, Deque, Dict, List, Mapping, Optional, Sequence
+from typing import IO, Any, Deque, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._binary import binary_path
 
-# What the binary prints on standard output once it serves.
+# What the binary prints on standard output once it serves: with its own
+# Envoy, or (--external-envoy) the control plane alone.
 _READY = re.compile(r"^diffusion-router: ready on (http://\S+) \(registry API (http://\S+)")
+_READY_ALONE = re.compile(r"^diffusion-router: control plane ready; xDS at \S+, registry API at (\S+)$")
+
+
+class _Stderr:
+    """The default output: this process's standard error as it is when a
+    line is written (a test runner or a trainer may swap sys.stderr)."""
+
+    def __repr__(self) -> str:
+        return "sys.stderr"
+
+
+STDERR = _Stderr()
 
 
 class RouterError(Exception):
@@ -239,7 +252,8 @@ class Router(RouterClient):
 
     ``args`` are any further flags of ``diffusion-router`` (``--help`` lists
     them). The router's output goes to ``output`` (default: this process's
-    standard error; ``None`` drops it).
+    standard error; ``None`` drops it). With ``--external-envoy`` in
+    ``args`` there is no front port: ``url`` becomes the registry API's.
     """
 
     def __init__(
@@ -253,7 +267,7 @@ class Router(RouterClient):
         args: Sequence[str] = (),
         binary: Optional[str] = None,
         env: Optional[Mapping[str, str]] = None,
-        output: Optional[IO[str]] = sys.stderr,
+        output: Union[IO[str], _Stderr, None] = STDERR,
         ready_timeout: float = 120.0,
         stop_timeout: float = 90.0,
         timeout: float = 60.0,
@@ -383,7 +397,11 @@ class Router(RouterClient):
                 if m:
                     self.api_url = m.group(2)
                     self._ready.set()
-            out = self.output
+                alone = _READY_ALONE.match(line)
+                if alone:  # --external-envoy: the API is what there is to call
+                    self.api_url = self.url = "http://" + alone.group(1)
+                    self._ready.set()
+            out = sys.stderr if isinstance(self.output, _Stderr) else self.output
             if out is not None:
                 try:
                     out.write(line + "\n")

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -197,6 +198,15 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(missing.exception.status, 404)
         # An unhealthy fleet is an answer.
         self.assertEqual(router.health()["status"], "unhealthy")
+
+    def test_control_plane_alone(self) -> None:
+        # --external-envoy: no front port; the launcher calls the API.
+        with tempfile.TemporaryDirectory() as state:
+            self.router = router = Router(args=["--external-envoy", "--state-dir", state], output=None).start()
+            self.assertEqual(router.url, router.api_url)
+            self.assertEqual(router.workers(), [])
+            router.stop()
+            self.assertIsNone(router.pid)
 
     def test_start_failure_names_the_cause(self) -> None:
         with self.assertRaises(RouterStartError) as caught:
