@@ -4,7 +4,8 @@
 #   make test   everything CI runs: format, vet, unit and end-to-end tests (-race),
 #               the pip wheel as a user installs it (wheel-test), and docker
 #               compose for real (compose-test)
-#   make wheel  the Python wheels (x86_64, aarch64) in dist/
+#   make wheel  the Python wheels: this machine's in dist/, the other platform's
+#               (x86_64, aarch64) in dist/other-platforms/
 
 SHELL := /bin/bash
 GO ?= go

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the Python wheels into dist/: for each platform, the router and the
-# fake worker compiled for it (static, CGO off: they run on any glibc or
-# none) and the Wasm filter (one build serves all), packed by hatchling
-# (pyproject.toml) in a project-local virtualenv. Old wheels of this
-# package in dist/ are removed first.
+# Builds the Python wheels: for each platform, the router and the fake
+# worker compiled for it (static, CGO off: they run on any glibc or none)
+# and the Wasm filter (one build serves all), packed by hatchling
+# (pyproject.toml) in a project-local virtualenv. This machine's platform
+# goes to dist/, so that `pip install dist/*.whl` installs it (pip refuses a
+# wheel of another platform named on its command line); the others to
+# dist/other-platforms/. Old wheels of this package there are removed first.
 #
 #   scripts/build-wheel.sh                      every platform (x86_64, aarch64)
 #   WHEEL_ARCHES=amd64 scripts/build-wheel.sh   only one
@@ -27,11 +29,15 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 dist="${WHEEL_DIST:-$root/dist}"
+others="$dist/other-platforms"
+host="$("$GO" env GOHOSTARCH)"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$dist"
-rm -f "$dist"/diffusion_router-*.whl
+mkdir -p "$dist" "$others"
+rm -f "$dist"/diffusion_router-*.whl "$others"/diffusion_router-*.whl
 for arch in $arches; do
+  out="$dist"
+  [ "$arch" = "$host" ] || out="$others"
   plat="${platform[$arch]:-}"
   [ -n "$plat" ] || { echo "build-wheel: no wheel platform for GOARCH $arch" >&2; exit 1; }
   dir="$stage/$arch"
@@ -40,6 +46,7 @@ for arch in $arches; do
   CGO_ENABLED=0 GOOS=linux GOARCH="$arch" "$GO" build -trimpath -buildvcs=auto -ldflags='-s -w' -o "$dir/" ./cmd/diffusion-router ./cmd/fake-worker
   cp bin/diffusion-tagger.wasm "$dir/"
   DIFFUSION_ROUTER_WHEEL_BIN="$dir" DIFFUSION_ROUTER_WHEEL_PLATFORM="$plat" \
-    "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$dist" "$root"
+    "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$out" "$root"
 done
-ls -l "$dist"/diffusion_router-*.whl
+rmdir "$others" 2>/dev/null || true
+find "$dist" -name 'diffusion_router-*.whl' -exec ls -l {} +

