@@ -306,8 +306,6 @@ class Router(RouterClient):
             cmd += ["--worker-urls", *self.worker_urls]
         if self.routing_algorithm:
             cmd += ["--routing-algorithm", self.routing_algorithm]
-        if self.admin_token:
-            cmd += ["--admin-token", self.admin_token]
         return cmd + self.args
 
     def start(self) -> "Router":
@@ -316,6 +314,10 @@ class Router(RouterClient):
             if self._proc is not None:
                 raise RuntimeError("this Router has already been started")
             env = dict(os.environ if self.env is None else self.env)
+            if self.admin_token:
+                # In the environment, not on the command line, where any
+                # user of the machine could read it (ps).
+                env["DIFFUSION_ROUTER_ADMIN_TOKEN"] = self.admin_token
             self._proc = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.PIPE,

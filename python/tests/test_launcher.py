@@ -208,6 +208,16 @@ class LauncherTest(unittest.TestCase):
             router.stop()
             self.assertIsNone(router.pid)
 
+    def test_admin_token(self) -> None:
+        self.router = router = Router(admin_token="s3cret-token-for-the-test", output=None).start()
+        assert router.pid is not None
+        with open(f"/proc/{router.pid}/cmdline", "rb") as f:
+            self.assertNotIn(b"s3cret", f.read(), "the token is on the command line")
+        self.assertEqual(router.workers(), [])  # the launcher sends it
+        with self.assertRaises(RouterError) as caught:
+            RouterClient(router.url).add_worker("http://127.0.0.1:9")  # without it
+        self.assertEqual(caught.exception.status, 401)
+
     def test_start_failure_names_the_cause(self) -> None:
         with self.assertRaises(RouterStartError) as caught:
             Router(routing_algorithm="fastest", output=None).start()
