@@ -17,11 +17,12 @@ import time
 import unittest
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import diffusion_router
 from diffusion_router import Router, RouterClient, RouterError, RouterStartError, WeightUpdateError
-from diffusion_router.launcher import _children
+from diffusion_router.launcher import _children, _free_port
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -218,6 +219,26 @@ class LauncherTest(unittest.TestCase):
             RouterClient(router.url).add_worker("http://127.0.0.1:9")  # without it
         self.assertEqual(caught.exception.status, 401)
 
+    def test_readme_trainer_example(self) -> None:
+        # The README's example, as written, on two fake workers.
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        m = re.search(r"## From a trainer\n\n```python\n(.*?)```", readme, re.S)
+        assert m is not None, "README.md has no trainer example"
+        a, b = self.worker("worker-a"), self.worker("worker-b")
+        code = (m.group(1).replace("http://gpu-1:30000", a.url).replace("http://gpu-2:30000", b.url)
+                .replace("port=30080", f"port={_free_port('127.0.0.1')}"))
+        self.assertNotIn("gpu-", code)
+        versions: List[Optional[str]] = []
+
+        def rollout(url: str) -> None:
+            status, headers, body = generate(url)
+            self.assertEqual(status, 200, body)
+            versions.append(headers.get("x-weight-version"))
+
+        exec(code, {"num_steps": 3, "rollout": rollout, "save_checkpoint": lambda path: None})
+        # Each rollout after the first ran on the weights of the update before it.
+        self.assertEqual(versions[1:], ["step-0", "step-1"])
+
     def test_start_failure_names_the_cause(self) -> None:
         with self.assertRaises(RouterStartError) as caught:
             Router(routing_algorithm="fastest", output=None).start()
@@ -243,7 +264,7 @@ class LauncherTest(unittest.TestCase):
                 script = textwrap.dedent(f"""
                     import os, signal, sys
                     from diffusion_router import Router
-                    from diffusion_router.launcher import _children
+                    from diffusion_router.launcher import _children, _free_port
                     r = Router(output=None).start()
                     print(r.pid, *_children(r.pid), r.url, flush=True)
                     if {how!r} == "kill":
