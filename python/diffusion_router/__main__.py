@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import sys
 
-from ._binary import binary_path
+from ._binary import binary_path, router_env
 
 
 def main() -> None:
     path = binary_path()
-    os.execv(path, [path, *sys.argv[1:]])
+    args = sys.argv[1:]
+    os.execve(path, [path, *args], router_env(args, os.environ))
 
 
 if __name__ == "__main__":

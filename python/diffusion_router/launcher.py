@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import IO, Any, Deque, Dict, List, Mapping, Optional, Sequence, Union
 
-from ._binary import binary_path
+from ._binary import binary_path, router_env
 
 # What the binary prints on standard output once it serves: with its own
 # Envoy, or (--external-envoy) the control plane alone.
@@ -313,13 +313,14 @@ class Router(RouterClient):
         with self._lock:
             if self._proc is not None:
                 raise RuntimeError("this Router has already been started")
-            env = dict(os.environ if self.env is None else self.env)
+            cmd = self.command()
+            env = router_env(cmd, os.environ if self.env is None else self.env)
             if self.admin_token:
                 # In the environment, not on the command line, where any
                 # user of the machine could read it (ps).
                 env["DIFFUSION_ROUTER_ADMIN_TOKEN"] = self.admin_token
             self._proc = subprocess.Popen(
-                self.command(),
+                cmd,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
