@@ -47,6 +47,8 @@ func TestDrainWaitsForEveryEnvoy(t *testing.T) {
 	}
 	envoys.setPending("b", 0)
 	until(t, "the drained worker to leave", func() bool { _, ok := m.Registry().Get(key); return !ok })
+	// The drain records its transition just after the worker leaves.
+	until(t, "the drain's transition", func() bool { return rec.count() >= 2 })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	want := [][3]string{{"active", "draining", "removed"}, {"draining", "removed", "drained"}}
@@ -94,6 +96,7 @@ func TestDrainTimeoutRemovesAnyway(t *testing.T) {
 		t.Fatal(err)
 	}
 	until(t, "the drain timeout to remove the worker", func() bool { _, ok := m.Registry().Get(key); return !ok })
+	until(t, "the drain's transition", func() bool { return rec.count() >= 2 })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	if len(rec.seen) != 2 || rec.seen[1][2] != string(CauseDrained) {

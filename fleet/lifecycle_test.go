@@ -85,6 +85,12 @@ func (r *transitionLog) Transition(from, to, cause string) {
 	r.seen = append(r.seen, [3]string{from, to, cause})
 }
 
+func (r *transitionLog) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
+}
+
 func TestMoveWritesLogsAndCountsOnce(t *testing.T) {
 	logger, hook := test.NewNullLogger()
 	logger.SetOutput(io.Discard)
