@@ -280,8 +280,7 @@ class LauncherTest(unittest.TestCase):
                 script = textwrap.dedent(f"""
                     import os, signal, sys
                     from diffusion_router import Router
-                    from diffusion_router._binary import router_env
-from diffusion_router.launcher import _children, _free_port
+                    from diffusion_router.launcher import _children
                     r = Router(output=None).start()
                     print(r.pid, *_children(r.pid), r.url, flush=True)
                     if {how!r} == "kill":
