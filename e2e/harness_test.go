@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/harness/poll"
+
 	"github.com/diffrouter/diffusion-router/envoy"
 	"github.com/diffrouter/diffusion-router/harness/bench"
 	"github.com/diffrouter/diffusion-router/harness/freeport"
@@ -335,13 +337,7 @@ func get(t testing.TB, url string) response {
 // eventually polls cond until it is true or the deadline passes.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	poll.Until(t, timeout, 25*time.Millisecond, what, cond)
 }
 
 // workerStats reads a fake worker's /stats.

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/harness/poll"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/diffrouter/diffusion-router/envoyadmin"
@@ -156,13 +158,7 @@ func fakeManager(t *testing.T, envoys *fakeEnvoys, cfg Config) (*Manager, *trans
 // until polls cond for up to 5 s.
 func until(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, 5*time.Millisecond, what, cond)
 }
 
 // pickersAt is a fake of the filters that pick workers: they have seen

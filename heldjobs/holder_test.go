@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/harness/poll"
+
 	"github.com/diffrouter/diffusion-router/jobid"
 	"github.com/diffrouter/diffusion-router/queue"
 	"github.com/diffrouter/diffusion-router/wire"
@@ -119,13 +121,7 @@ func videoFleet() queue.Fleet {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, 5*time.Millisecond, what, cond)
 }
 
 func TestTakeAnswersQueuedAndSendsOnGrant(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diffrouter/diffusion-router/harness/poll"
+
 	"github.com/diffrouter/diffusion-router/leastwork"
 	"github.com/diffrouter/diffusion-router/wire"
 )
@@ -36,13 +38,7 @@ func waitAll(t *testing.T, q *Queue, rs ...Request) <-chan outcome {
 // eventually polls cond until it holds, failing the test after 5 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5 s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, time.Millisecond, what, cond)
 }
 
 func req(ticket string, prio int, tenant string) Request {
