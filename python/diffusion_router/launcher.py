@@ -277,8 +277,9 @@ class Router(RouterClient):
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port {port} is not a TCP port (None picks a free one)")
         self.host = host
-        self.port = port if port is not None else _free_port(host if host not in ("", "0.0.0.0", "::") else "127.0.0.1")
-        super().__init__(f"http://{_connect_host(host)}:{self.port}", admin_token=admin_token, timeout=timeout)
+        connect = _connect_host(host)
+        self.port = port if port is not None else _free_port(connect.strip("[]"))
+        super().__init__(f"http://{connect}:{self.port}", admin_token=admin_token, timeout=timeout)
         self.worker_urls = list(worker_urls)
         self.routing_algorithm = routing_algorithm
         self.args = list(args)
