@@ -389,7 +389,12 @@ func TestLeastWorkRetriedVideoJobCountsWhereItRuns(t *testing.T) {
 	t.Parallel()
 	ws, urls := startFleet(t, 2, "--task-type", "T2V", "--time-scale", "0.01")
 	dropper, runner := ws[0], ws[1]
-	r := startRouter(t, "--routing-algorithm", "least-work", "--worker-urls", strings.Join(urls, ","))
+	// The dropper's resets must not get it ejected: once it is out, the
+	// one busy runner is no free slot, and a create is held by the router
+	// (answered queued) instead of retried where the test looks. Ejection
+	// has tests of its own.
+	r := startRouter(t, "--routing-algorithm", "least-work", "--outlier-consecutive-failures", "1000",
+		"--worker-urls", strings.Join(urls, ","))
 	// The filter picks once it has the control plane's view. A create
 	// the workers refuse (no prompt: 422) makes no job.
 	eventually(t, 10*time.Second, "the filter to pick", func() bool {
